@@ -1,0 +1,103 @@
+//! JSON shapes of the ledger's client API, shared by the ledger, the gateway and billing
+//! (loopback, unauthenticated until the consortium issue adds service authentication).
+
+use rust_decimal::Decimal;
+use serde::{Deserialize, Serialize};
+
+use crate::ids::{CustomerId, GatewayId, MeterId};
+use crate::money::Currency;
+use crate::reading::Envelope;
+
+/// `POST /v1/readings`: a gateway forwards verified-at-the-edge readings; the leader verifies
+/// them again before proposing (it does not trust a gateway's word).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct SubmitReadings {
+    pub gateway_id: GatewayId,
+    pub readings: Vec<Envelope>,
+}
+
+/// What became of each submitted reading, in request order.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct SubmitReadingsResponse {
+    /// The transaction that carried the accepted readings, if any reached the log.
+    pub tx_id: Option<String>,
+    pub log_index: Option<u64>,
+    pub outcomes: Vec<ReadingOutcome>,
+}
+
+/// The fate of one reading at the ledger.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ReadingOutcome {
+    /// SHA-256 of the canonical bytes, hex (absent if the envelope did not decode).
+    pub digest: Option<String>,
+    pub status: OutcomeStatus,
+    /// Stable reason code for rejections and equivocations.
+    pub reason: Option<String>,
+}
+
+/// Final statuses: the gateway may drop a reading from its outbox on any of them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum OutcomeStatus {
+    /// Committed and settled.
+    Accepted,
+    /// The same reading was committed before: nothing changed.
+    Duplicate,
+    /// Same meter and sequence as a committed reading, other bytes: refused, alarm raised.
+    Equivocation,
+    /// Refused before the log (decode, unknown meter or key, bad signature).
+    Rejected,
+}
+
+/// `GET /v1/meters`: the registry as committed in the ledger's configuration.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MeterInfo {
+    pub meter_id: MeterId,
+    pub key_id: u32,
+    /// Ed25519 public key, hex.
+    pub public_key: String,
+    pub customer_id: CustomerId,
+}
+
+/// `GET /v1/customers/{id}/account`: committed settlement state of one customer, unrounded.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CustomerAccount {
+    pub customer_id: CustomerId,
+    pub currency: Currency,
+    pub energy_import_wh: u64,
+    pub energy_export_wh: u64,
+    /// Sum of the interval charges posted to the account (debits), full precision.
+    #[serde(with = "rust_decimal::serde::str")]
+    pub amount: Decimal,
+    pub intervals_settled: u64,
+    /// Leader-stamped time of the last transaction applied.
+    pub as_of_ms: i64,
+    /// Log index of the last transaction applied.
+    pub applied_index: u64,
+}
+
+/// `GET /v1/transactions?from=N`: committed transactions, for followers such as billing and tests.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct TransactionSummary {
+    pub index: u64,
+    pub tx_id: String,
+    pub kind: String,
+    pub time_ms: i64,
+    pub reading_digests: Vec<String>,
+}
+
+/// A page of committed transactions.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct TransactionPage {
+    pub transactions: Vec<TransactionSummary>,
+    /// Index to ask for next.
+    pub next: u64,
+}
+
+/// Error body of every Wattle HTTP API.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ErrorBody {
+    /// Stable, machine-readable code.
+    pub code: String,
+    pub message: String,
+}

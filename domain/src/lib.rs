@@ -1,0 +1,18 @@
+//! Wattle's shared, sans-IO domain: identifiers and units, the signed-reading format and its
+//! canonical codec, verification under one acceptance rule (ZIP-215), money, settlement, the
+//! ledger's transaction codec and the JSON shapes of the ledger's client API.
+//!
+//! Nothing here touches the network, the disk or a database. The one exception is
+//! [`clock::Clock::now`], which reads the wall clock for the runtimes; the ledger's state
+//! machine and settlement never call it (the leader stamps time into transactions).
+
+pub mod api;
+pub mod clock;
+pub mod codec;
+pub mod ids;
+pub mod limits;
+pub mod money;
+pub mod reading;
+pub mod settlement;
+pub mod tx;
+pub mod verify;

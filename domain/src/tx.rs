@@ -1,0 +1,291 @@
+//! Ledger transactions and their canonical codec. Every raft entry's application payload is one
+//! [`Transaction`]; its bytes are what the Merkle tree will hash, so they never come from serde.
+
+use ed25519_dalek::{Signer, SigningKey};
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+use crate::codec::{DecodeError, Reader, Writer};
+use crate::ids::{CustomerId, GatewayId, KeyId, MeterId, TxId, UnixMillis};
+use crate::limits::{BATCH_READINGS_MAX, READING_BYTES, TRANSACTION_BYTES_MAX};
+use crate::money::{Currency, UnitPrice};
+use crate::reading::SignedReading;
+use crate::verify::{verify_signature, SignatureError, VerifiedReading};
+
+/// Version of the transaction encoding.
+pub const TX_VERSION: u8 = 1;
+/// Domain-separation tag of the bytes an operator signs for an admin action.
+pub const ADMIN_TAG: &[u8; 13] = b"wattle.admin\0";
+
+/// One ledger transaction, as proposed by the leader.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Transaction {
+    /// Application transaction id (openraft returns no log id before commit).
+    pub tx_id: TxId,
+    /// The settlement rules version that executes this transaction.
+    pub rules_version: u32,
+    /// Leader-stamped time; the state machine never reads a clock.
+    pub time: UnixMillis,
+    pub body: TxBody,
+}
+
+/// What a transaction does.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum TxBody {
+    /// A configuration change signed by the operator key (governance replaces the signer later).
+    Admin(SignedAdmin),
+    /// Meter readings whose signatures the leader verified.
+    Readings(ReadingBatch),
+    /// Leader-stamped time only: drives deadlines.
+    Tick,
+}
+
+/// Readings forwarded by one gateway.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ReadingBatch {
+    pub gateway_id: GatewayId,
+    pub readings: Vec<BatchReading>,
+}
+
+/// One reading in a batch, with its envelope's backfill mark.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BatchReading {
+    pub reading: VerifiedReading,
+    pub backfill: bool,
+}
+
+/// A configuration change.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum AdminAction {
+    RegisterCustomer {
+        customer_id: CustomerId,
+        currency: Currency,
+    },
+    RegisterMeter {
+        meter_id: MeterId,
+        key_id: KeyId,
+        public_key: [u8; 32],
+        customer_id: CustomerId,
+    },
+    SetFlatPrice(UnitPrice),
+}
+
+/// An admin action signed by the operator key. `nonce` must exceed every earlier admin nonce,
+/// so a replayed action is refused.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SignedAdmin {
+    pub nonce: u64,
+    pub action: AdminAction,
+    pub operator_key: [u8; 32],
+    pub signature: [u8; 64],
+}
+
+impl SignedAdmin {
+    /// Signs `action` with the operator key.
+    pub fn sign(nonce: u64, action: AdminAction, key: &SigningKey) -> Self {
+        let signature = key.sign(&admin_message(nonce, &action)).to_bytes();
+        SignedAdmin {
+            nonce,
+            action,
+            operator_key: key.verifying_key().to_bytes(),
+            signature,
+        }
+    }
+    /// Checks the signature (not whether the key is the ledger's operator key).
+    pub fn verify(&self) -> Result<(), SignatureError> {
+        verify_signature(
+            &self.operator_key,
+            &self.signature,
+            &admin_message(self.nonce, &self.action),
+        )
+    }
+}
+
+fn admin_message(nonce: u64, action: &AdminAction) -> Vec<u8> {
+    let mut writer = Writer::new();
+    writer.fixed(ADMIN_TAG).u64(nonce);
+    action.encode(&mut writer);
+    writer.finish()
+}
+
+impl AdminAction {
+    fn encode(&self, writer: &mut Writer) {
+        match self {
+            AdminAction::RegisterCustomer {
+                customer_id,
+                currency,
+            } => {
+                writer.u8(1).short_bytes(customer_id.as_str().as_bytes());
+                currency.encode(writer);
+            }
+            AdminAction::RegisterMeter {
+                meter_id,
+                key_id,
+                public_key,
+                customer_id,
+            } => {
+                writer
+                    .u8(2)
+                    .short_bytes(meter_id.as_str().as_bytes())
+                    .u32(key_id.0)
+                    .fixed(public_key)
+                    .short_bytes(customer_id.as_str().as_bytes());
+            }
+            AdminAction::SetFlatPrice(price) => {
+                writer.u8(3);
+                price.encode(writer);
+            }
+        }
+    }
+    fn decode(reader: &mut Reader<'_>) -> Result<Self, DecodeError> {
+        match reader.u8()? {
+            1 => Ok(AdminAction::RegisterCustomer {
+                customer_id: decode_id(reader, "customer_id")?,
+                currency: Currency::decode(reader)?,
+            }),
+            2 => Ok(AdminAction::RegisterMeter {
+                meter_id: decode_id(reader, "meter_id")?,
+                key_id: KeyId(reader.u32()?),
+                public_key: reader.array()?,
+                customer_id: decode_id(reader, "customer_id")?,
+            }),
+            3 => Ok(AdminAction::SetFlatPrice(UnitPrice::decode(reader)?)),
+            other => Err(DecodeError::invalid(
+                "admin_action",
+                format!("unknown kind {other}"),
+            )),
+        }
+    }
+}
+
+fn decode_id<T: std::str::FromStr<Err = crate::ids::IdError>>(
+    reader: &mut Reader<'_>,
+    field: &'static str,
+) -> Result<T, DecodeError> {
+    let raw = reader.short_bytes()?;
+    let text = std::str::from_utf8(raw).map_err(|_| DecodeError::invalid(field, "not UTF-8"))?;
+    text.parse()
+        .map_err(|error: crate::ids::IdError| DecodeError::invalid(field, error.to_string()))
+}
+
+impl Transaction {
+    /// The canonical bytes.
+    pub fn encode(&self) -> Vec<u8> {
+        let mut writer = Writer::new();
+        writer
+            .u8(TX_VERSION)
+            .fixed(&self.tx_id.0)
+            .u32(self.rules_version)
+            .i64(self.time.0);
+        match &self.body {
+            TxBody::Admin(admin) => {
+                writer.u8(1).u64(admin.nonce);
+                admin.action.encode(&mut writer);
+                writer.fixed(&admin.operator_key).fixed(&admin.signature);
+            }
+            TxBody::Readings(batch) => {
+                assert!(
+                    batch.readings.len() <= BATCH_READINGS_MAX,
+                    "batch over BATCH_READINGS_MAX built by the leader"
+                );
+                writer
+                    .u8(2)
+                    .short_bytes(batch.gateway_id.as_str().as_bytes())
+                    .u32(batch.readings.len() as u32);
+                for item in &batch.readings {
+                    let signed = item.reading.signed();
+                    writer
+                        .fixed(signed.bytes())
+                        .fixed(signed.signature())
+                        .u8(u8::from(item.backfill));
+                }
+            }
+            TxBody::Tick => {
+                writer.u8(3);
+            }
+        }
+        writer.finish()
+    }
+
+    /// Decodes canonical bytes of a committed transaction.
+    pub fn decode(bytes: &[u8]) -> Result<Self, DecodeError> {
+        if bytes.len() > TRANSACTION_BYTES_MAX {
+            return Err(DecodeError::TooLarge {
+                size: bytes.len(),
+                limit: TRANSACTION_BYTES_MAX,
+            });
+        }
+        let mut reader = Reader::new(bytes);
+        let version = reader.u8()?;
+        if version != TX_VERSION {
+            return Err(DecodeError::UnsupportedVersion(version));
+        }
+        let tx_id = TxId(reader.array()?);
+        let rules_version = reader.u32()?;
+        let time = UnixMillis(reader.i64()?);
+        let body = match reader.u8()? {
+            1 => {
+                let nonce = reader.u64()?;
+                let action = AdminAction::decode(&mut reader)?;
+                TxBody::Admin(SignedAdmin {
+                    nonce,
+                    action,
+                    operator_key: reader.array()?,
+                    signature: reader.array()?,
+                })
+            }
+            2 => {
+                let gateway_id = decode_id(&mut reader, "gateway_id")?;
+                let count = reader.u32()? as usize;
+                if count > BATCH_READINGS_MAX {
+                    return Err(DecodeError::TooLarge {
+                        size: count,
+                        limit: BATCH_READINGS_MAX,
+                    });
+                }
+                let mut readings = Vec::with_capacity(count);
+                for _ in 0..count {
+                    let bytes = reader.take(READING_BYTES)?.to_vec();
+                    let signature: [u8; 64] = reader.array()?;
+                    let backfill = reader.bool("backfill")?;
+                    let signed = SignedReading::from_parts(bytes, signature)?;
+                    readings.push(BatchReading {
+                        reading: VerifiedReading::from_committed(signed),
+                        backfill,
+                    });
+                }
+                TxBody::Readings(ReadingBatch {
+                    gateway_id,
+                    readings,
+                })
+            }
+            3 => TxBody::Tick,
+            other => {
+                return Err(DecodeError::invalid(
+                    "body",
+                    format!("unknown kind {other}"),
+                ))
+            }
+        };
+        reader.finish()?;
+        Ok(Transaction {
+            tx_id,
+            rules_version,
+            time,
+            body,
+        })
+    }
+}
+
+// serde only for openraft's transport: the canonical bytes as hex.
+impl Serialize for Transaction {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_str(&hex::encode(self.encode()))
+    }
+}
+impl<'de> Deserialize<'de> for Transaction {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let text = String::deserialize(deserializer)?;
+        let bytes = hex::decode(text).map_err(serde::de::Error::custom)?;
+        Transaction::decode(&bytes).map_err(serde::de::Error::custom)
+    }
+}

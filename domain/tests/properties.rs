@@ -1,0 +1,154 @@
+//! Property tests of the codecs and the batch verifier, through the crate's public API.
+
+use domain::ids::{GatewayId, KeyId, MeterId, Sequence, TxId, UnixMillis, UnixSeconds};
+use domain::reading::{ClockStatus, FirmwareVersion, Reading, SignedReading, StatusFlags};
+use domain::tx::{BatchReading, ReadingBatch, Transaction, TxBody};
+use domain::verify::{verify_batch, SignatureError};
+use ed25519_dalek::SigningKey;
+use proptest::prelude::*;
+use rand::SeedableRng;
+
+fn reading_strategy() -> impl Strategy<Value = Reading> {
+    (
+        "[A-Za-z0-9._-]{1,16}",
+        any::<u32>(),
+        any::<u64>(),
+        -4_000_000_000i64..4_000_000_000i64,
+        1i64..=86_400,
+        1u64..=u64::MAX,
+        any::<[u64; 4]>(),
+        0u8..3,
+        0u32..16,
+        any::<u32>(),
+    )
+        .prop_map(
+            |(
+                meter,
+                key_id,
+                sequence,
+                start,
+                length,
+                modulus,
+                registers,
+                clock,
+                status,
+                firmware,
+            )| Reading {
+                meter_id: MeterId::new(meter).expect("strategy yields valid ids"),
+                key_id: KeyId(key_id),
+                sequence: Sequence(sequence),
+                interval_start: UnixSeconds(start),
+                interval_end: UnixSeconds(start + length),
+                import_start_wh: registers[0] % modulus,
+                import_end_wh: registers[1] % modulus,
+                export_start_wh: registers[2] % modulus,
+                export_end_wh: registers[3] % modulus,
+                register_modulus_wh: modulus,
+                clock_status: [
+                    ClockStatus::Synchronized,
+                    ClockStatus::Informative,
+                    ClockStatus::Unsynchronized,
+                ][clock as usize],
+                status: StatusFlags::new(status).expect("defined bits"),
+                firmware: FirmwareVersion(firmware),
+            },
+        )
+}
+
+proptest! {
+    #[test]
+    fn reading_round_trips(reading in reading_strategy()) {
+        let bytes = reading.encode().expect("valid");
+        prop_assert_eq!(bytes.len(), domain::limits::READING_BYTES);
+        prop_assert_eq!(Reading::decode(&bytes).expect("decodes"), reading);
+    }
+
+    #[test]
+    fn reading_rejects_trailing_and_truncated(reading in reading_strategy(), extra in proptest::collection::vec(any::<u8>(), 1..8), cut in 1usize..110) {
+        let bytes = reading.encode().expect("valid");
+        let mut longer = bytes.clone();
+        longer.extend_from_slice(&extra);
+        prop_assert!(Reading::decode(&longer).is_err());
+        prop_assert!(Reading::decode(&bytes[..bytes.len() - cut]).is_err());
+    }
+
+    #[test]
+    fn decoder_never_panics(noise in proptest::collection::vec(any::<u8>(), 0..300)) {
+        let _ = Reading::decode(&noise);
+        let _ = Transaction::decode(&noise);
+    }
+
+    #[test]
+    fn energy_allows_one_rollover(start in 0u64..1_000_000, delta in 0u64..1_000_000) {
+        let modulus = 1_000_000u64;
+        let reading = Reading {
+            meter_id: MeterId::new("M").expect("id"), key_id: KeyId(1), sequence: Sequence(1),
+            interval_start: UnixSeconds(0), interval_end: UnixSeconds(900),
+            import_start_wh: start, import_end_wh: (start + delta) % modulus,
+            export_start_wh: 0, export_end_wh: 0, register_modulus_wh: modulus,
+            clock_status: ClockStatus::Synchronized, status: StatusFlags::default(), firmware: FirmwareVersion(1),
+        };
+        prop_assert_eq!(reading.import_energy().0, delta);
+    }
+
+    #[test]
+    fn batch_verification_finds_exactly_the_bad_items(count in 1usize..40, bad in proptest::collection::btree_set(0usize..40, 0..6), seed in any::<u64>()) {
+        let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
+        let key = SigningKey::from_bytes(&[7u8; 32]);
+        let public = key.verifying_key().to_bytes();
+        let items: Vec<(SignedReading, [u8; 32])> = (0..count).map(|index| {
+            let reading = sample(index as u64);
+            let signed = reading.sign(&key).expect("valid");
+            let mut signature = *signed.signature();
+            if bad.contains(&index) { signature[0] ^= 1; }
+            (SignedReading::from_parts(signed.bytes().to_vec(), signature).expect("decodes"), public)
+        }).collect();
+        let outcomes = verify_batch(items, &mut rng);
+        for (index, outcome) in outcomes.iter().enumerate() {
+            if bad.contains(&index) {
+                prop_assert!(matches!(outcome, Err((_, SignatureError::BadSignature))));
+            } else {
+                prop_assert!(outcome.is_ok());
+            }
+        }
+    }
+
+    #[test]
+    fn transaction_round_trips(count in 0usize..20, time in any::<i64>(), id in any::<[u8; 16]>()) {
+        let key = SigningKey::from_bytes(&[9u8; 32]);
+        let public = key.verifying_key().to_bytes();
+        let items: Vec<(SignedReading, [u8; 32])> = (0..count).map(|index| (sample(index as u64).sign(&key).expect("valid"), public)).collect();
+        let readings = verify_batch(items, &mut rand::rngs::StdRng::seed_from_u64(1))
+            .into_iter()
+            .enumerate()
+            .map(|(index, outcome)| BatchReading { reading: outcome.expect("valid"), backfill: index % 2 == 0 })
+            .collect();
+        let tx = Transaction {
+            tx_id: TxId(id), rules_version: 1, time: UnixMillis(time),
+            body: TxBody::Readings(ReadingBatch { gateway_id: GatewayId::new("gw-1").expect("id"), readings }),
+        };
+        let bytes = tx.encode();
+        prop_assert_eq!(Transaction::decode(&bytes).expect("decodes"), tx);
+        let mut longer = bytes.clone();
+        longer.push(0);
+        prop_assert!(Transaction::decode(&longer).is_err());
+    }
+}
+
+fn sample(sequence: u64) -> Reading {
+    Reading {
+        meter_id: MeterId::new("WTL0000000001").expect("id"),
+        key_id: KeyId(1),
+        sequence: Sequence(sequence),
+        interval_start: UnixSeconds(1_767_225_600 + 900 * sequence as i64),
+        interval_end: UnixSeconds(1_767_226_500 + 900 * sequence as i64),
+        import_start_wh: 1_000 + sequence * 100,
+        import_end_wh: 1_100 + sequence * 100,
+        export_start_wh: 0,
+        export_end_wh: 0,
+        register_modulus_wh: 1_000_000_000_000,
+        clock_status: ClockStatus::Synchronized,
+        status: StatusFlags::default(),
+        firmware: FirmwareVersion(1),
+    }
+}
