@@ -1,1 +1,251 @@
-fn main() {}
+//! `wattle`: one command for every Wattle process, plus the sandbox that runs them all.
+
+mod cli;
+mod sandbox;
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+use domain::ids::GatewayId;
+
+use crate::cli::{parse_host_port, shutdown_signal, write_ready_file, ClockArgs};
+
+/// Wattle: signed smart-meter readings, verified at the edge, settled on a replicated ledger,
+/// billed to the cent.
+#[derive(Debug, Parser)]
+#[command(name = "wattle", version, about, long_about = None)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run everything locally: an embedded MQTT broker, a ledger node, a gateway, billing and a
+    /// fleet of simulated meters in accelerated time.
+    Sandbox(sandbox::SandboxArgs),
+    /// Run a ledger node (openraft over RocksDB) serving the ledger's client API.
+    Node(NodeArgs),
+    /// Run an edge gateway: MQTT in, verification, durable outbox, forwarding to the ledger.
+    Gateway(GatewayArgs),
+    /// Run the billing service: customers' running bills over HTTP.
+    Billing(BillingArgs),
+    /// Run a fleet of simulated meters that publish signed readings over MQTT.
+    Sim(SimArgs),
+    /// Create an Ed25519 secret key file (for the operator or a gateway); prints the public key.
+    Keygen {
+        /// Where to write the secret key (64 hex characters).
+        #[arg(long)]
+        out: PathBuf,
+    },
+}
+
+#[derive(Debug, clap::Args)]
+struct NodeArgs {
+    /// This node's id in the cluster.
+    #[arg(long, default_value_t = 1)]
+    node_id: u64,
+    /// Directory for the node's RocksDB database and snapshots.
+    #[arg(long)]
+    data_dir: PathBuf,
+    /// Address to serve the API and raft RPCs on (port 0: pick a free one).
+    #[arg(long, default_value = "127.0.0.1:7000")]
+    listen: SocketAddr,
+    /// Initialise a new single-node cluster if this node was never initialised.
+    #[arg(long)]
+    bootstrap: bool,
+    /// Admin configuration (tariff, meter registries) to load as signed admin transactions.
+    #[arg(long)]
+    admin_config: Option<PathBuf>,
+    /// Operator secret key file that signs the admin transactions.
+    #[arg(long)]
+    operator_key: Option<PathBuf>,
+    /// Write {"address": ...} here once serving.
+    #[arg(long)]
+    ready_file: Option<PathBuf>,
+    #[command(flatten)]
+    clock: ClockArgs,
+}
+
+#[derive(Debug, clap::Args)]
+struct GatewayArgs {
+    /// This gateway's id (also its MQTT client id suffix: keep it stable across restarts so the
+    /// broker keeps its session).
+    #[arg(long, default_value = "gw-1")]
+    gateway_id: GatewayId,
+    /// Directory for the outbox and quarantine (RocksDB).
+    #[arg(long)]
+    data_dir: PathBuf,
+    /// MQTT broker, host:port.
+    #[arg(long, default_value = "127.0.0.1:1883")]
+    broker: String,
+    /// The ledger's client API base URL.
+    #[arg(long, default_value = "http://127.0.0.1:7000")]
+    ledger: String,
+    /// Address for /healthz, /metrics and /v1/quarantine.
+    #[arg(long, default_value = "127.0.0.1:7100")]
+    listen: SocketAddr,
+    #[arg(long)]
+    ready_file: Option<PathBuf>,
+    #[command(flatten)]
+    clock: ClockArgs,
+}
+
+#[derive(Debug, clap::Args)]
+struct BillingArgs {
+    /// Address to serve bills on.
+    #[arg(long, default_value = "127.0.0.1:7200")]
+    listen: SocketAddr,
+    /// The ledger's client API base URL.
+    #[arg(long, default_value = "http://127.0.0.1:7000")]
+    ledger: String,
+    #[arg(long)]
+    ready_file: Option<PathBuf>,
+}
+
+#[derive(Debug, clap::Args)]
+struct SimArgs {
+    /// Number of meters.
+    #[arg(long, default_value_t = 100)]
+    meters: u32,
+    /// Seed for meter keys and consumption: the same seed gives the same fleet and readings.
+    #[arg(long, default_value_t = 1)]
+    seed: u64,
+    /// Site (substation area) the meters publish under.
+    #[arg(long, default_value = "site-1")]
+    site: String,
+    /// Interval length in seconds: 60, 300, 900, 1800 or 3600; aligned to UTC.
+    #[arg(long, default_value_t = 900, value_parser = parse_interval)]
+    interval_s: i64,
+    /// Stop after this many intervals (default: run until stopped).
+    #[arg(long)]
+    intervals: Option<u64>,
+    /// MQTT broker, host:port.
+    #[arg(long, default_value = "127.0.0.1:1883")]
+    broker: String,
+    /// Write the fleet's registry (meter id, key id, public key, customer) here.
+    #[arg(long)]
+    registry_out: Option<PathBuf>,
+    /// Only write the registry, publish nothing.
+    #[arg(long, requires = "registry_out")]
+    registry_only: bool,
+    /// Write the ground truth (one JSON line per reading sent) here.
+    #[arg(long)]
+    truth_out: Option<PathBuf>,
+    #[command(flatten)]
+    clock: ClockArgs,
+}
+
+fn parse_interval(text: &str) -> Result<i64, String> {
+    let seconds: i64 = text.parse().map_err(|_| format!("{text:?} is not a number of seconds"))?;
+    if [60, 300, 900, 1_800, 3_600].contains(&seconds) {
+        Ok(seconds)
+    } else {
+        Err("interval must be 60, 300, 900, 1800 or 3600 seconds".into())
+    }
+}
+
+fn init_logging() {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("WATTLE_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,openraft=warn,rumqttd=off"));
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    if std::env::var("WATTLE_LOG_FORMAT").as_deref() == Ok("json") {
+        builder.json().init();
+    } else {
+        builder.compact().init();
+    }
+}
+
+fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    init_logging();
+    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    runtime.block_on(run(cli.command))
+}
+
+async fn run(command: Command) -> anyhow::Result<()> {
+    match command {
+        Command::Sandbox(args) => sandbox::run(args).await,
+        Command::Node(args) => {
+            let node = ledger::node::start(ledger::node::NodeConfig {
+                node_id: args.node_id,
+                data_dir: args.data_dir,
+                listen: args.listen,
+                bootstrap: args.bootstrap,
+                admin_config: args.admin_config,
+                operator_key: args.operator_key,
+                clock: args.clock.clock(),
+            })
+            .await?;
+            write_ready_file(args.ready_file.as_deref(), node.address)?;
+            shutdown_signal().await;
+            tracing::info!("stopping the ledger node");
+            node.stop().await;
+            Ok(())
+        }
+        Command::Gateway(args) => {
+            let (broker_host, broker_port) = parse_host_port(&args.broker)?;
+            let gateway = gateway::start(gateway::GatewayConfig {
+                gateway_id: args.gateway_id,
+                data_dir: args.data_dir,
+                broker_host,
+                broker_port,
+                ledger_url: args.ledger,
+                listen: args.listen,
+                clock: args.clock.clock(),
+            })
+            .await?;
+            write_ready_file(args.ready_file.as_deref(), gateway.address)?;
+            shutdown_signal().await;
+            tracing::info!("stopping the gateway");
+            gateway.stop().await;
+            Ok(())
+        }
+        Command::Billing(args) => {
+            let billing =
+                billing::start(billing::BillingConfig { listen: args.listen, ledger_url: args.ledger }).await?;
+            write_ready_file(args.ready_file.as_deref(), billing.address)?;
+            shutdown_signal().await;
+            billing.stop().await;
+            Ok(())
+        }
+        Command::Sim(args) => {
+            if let Some(path) = &args.registry_out {
+                firmware_sim::write_registry(path, args.seed, args.meters)?;
+                tracing::info!(path = %path.display(), meters = args.meters, "registry written");
+            }
+            if args.registry_only {
+                return Ok(());
+            }
+            let (broker_host, broker_port) = parse_host_port(&args.broker)?;
+            let config = firmware_sim::SimConfig {
+                meters: args.meters,
+                seed: args.seed,
+                site: args.site,
+                interval_s: args.interval_s,
+                intervals: args.intervals,
+                broker_host,
+                broker_port,
+                truth_out: args.truth_out,
+                clock: args.clock.clock(),
+            };
+            tokio::select! {
+                summary = firmware_sim::run(config) => {
+                    let summary = summary?;
+                    tracing::info!(published = summary.published, intervals = summary.intervals, "simulation finished");
+                }
+                _ = shutdown_signal() => tracing::info!("simulation stopped"),
+            }
+            Ok(())
+        }
+        Command::Keygen { out } => {
+            let secret: [u8; 32] = rand::random();
+            let key = ed25519_dalek::SigningKey::from_bytes(&secret);
+            std::fs::write(&out, hex::encode(secret)).with_context(|| format!("writing {}", out.display()))?;
+            println!("{}", hex::encode(key.verifying_key().to_bytes()));
+            Ok(())
+        }
+    }
+}

@@ -1,1 +1,5 @@
+//! Wattle's integration tests: real processes (`wattle` through `CARGO_BIN_EXE_wattle`), real
+//! mosquitto, real RocksDB in temporary directories, all on 127.0.0.1.
 
+mod end_to_end;
+mod support;

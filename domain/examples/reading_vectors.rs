@@ -12,10 +12,7 @@ const SECRET_KEYS: [&str; 3] = [
 ];
 
 fn key(index: usize) -> SigningKey {
-    let bytes: [u8; 32] = hex::decode(SECRET_KEYS[index])
-        .expect("hex")
-        .try_into()
-        .expect("32 bytes");
+    let bytes: [u8; 32] = hex::decode(SECRET_KEYS[index]).expect("hex").try_into().expect("32 bytes");
     SigningKey::from_bytes(&bytes)
 }
 
@@ -70,25 +67,13 @@ fn main() {
         let signed = reading.sign(&key).expect("valid reading");
         println!("```vector");
         println!("secret_key: {}", SECRET_KEYS[index]);
-        println!(
-            "public_key: {}",
-            hex::encode(key.verifying_key().to_bytes())
-        );
+        println!("public_key: {}", hex::encode(key.verifying_key().to_bytes()));
         println!("meter_id: {}", reading.meter_id);
         println!("key_id: {}", reading.key_id.0);
         println!("sequence: {}", reading.sequence.0);
-        println!(
-            "interval: {} .. {}",
-            reading.interval_start.0, reading.interval_end.0
-        );
-        println!(
-            "import_wh: {} -> {}",
-            reading.import_start_wh, reading.import_end_wh
-        );
-        println!(
-            "export_wh: {} -> {}",
-            reading.export_start_wh, reading.export_end_wh
-        );
+        println!("interval: {} .. {}", reading.interval_start.0, reading.interval_end.0);
+        println!("import_wh: {} -> {}", reading.import_start_wh, reading.import_end_wh);
+        println!("export_wh: {} -> {}", reading.export_start_wh, reading.export_end_wh);
         println!("register_modulus_wh: {}", reading.register_modulus_wh);
         println!("clock_status: {:?}", reading.clock_status);
         println!("status: {:#x}", reading.status.bits());
@@ -103,18 +88,11 @@ fn main() {
 
 /// The group order L, little-endian (RFC 8032 section 5.1).
 const GROUP_ORDER_LE: [u8; 32] = [
-    0xed, 0xd3, 0xf5, 0x5c, 0x1a, 0x63, 0x12, 0x58, 0xd6, 0x9c, 0xf7, 0xa2, 0xde, 0xf9, 0xde, 0x14,
-    0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0x10,
+    0xed, 0xd3, 0xf5, 0x5c, 0x1a, 0x63, 0x12, 0x58, 0xd6, 0x9c, 0xf7, 0xa2, 0xde, 0xf9, 0xde, 0x14, 0, 0, 0, 0, 0, 0,
+    0, 0, 0, 0, 0, 0, 0, 0, 0, 0x10,
 ];
 
-fn reject(
-    name: &str,
-    expect: &str,
-    why: &str,
-    public_key: [u8; 32],
-    canonical: &[u8],
-    signature: &[u8],
-) {
+fn reject(name: &str, expect: &str, why: &str, public_key: [u8; 32], canonical: &[u8], signature: &[u8]) {
     println!("```reject");
     println!("name: {name}");
     println!("why: {why}");
@@ -161,14 +139,7 @@ fn print_rejects() {
     );
 
     let other = readings()[0].sign(&key(1)).expect("valid");
-    reject(
-        "wrong_key",
-        "signature",
-        "signed by another meter's key",
-        public_one,
-        &canonical,
-        other.signature(),
-    );
+    reject("wrong_key", "signature", "signed by another meter's key", public_one, &canonical, other.signature());
 
     let mut trailing = canonical.clone();
     trailing.push(0);
@@ -221,14 +192,7 @@ fn print_rejects() {
     let mut truncated = canonical.clone();
     truncated.truncate(109);
     let truncated_signature = key_one.sign(&truncated).to_bytes();
-    reject(
-        "truncated",
-        "decode",
-        "109 bytes, validly signed",
-        public_one,
-        &truncated,
-        &truncated_signature,
-    );
+    reject("truncated", "decode", "109 bytes, validly signed", public_one, &truncated, &truncated_signature);
 
     // ZIP-215 accepts this (small-order key and R, S = 0); ed25519-dalek's verify_strict would not.
     // Every Wattle verifier must agree, so this one is accepted by the signature rule, and the
@@ -237,5 +201,12 @@ fn print_rejects() {
     identity[0] = 1;
     let mut small_order_signature = [0u8; 64];
     small_order_signature[0] = 1;
-    reject("small_order_key", "registry", "identity point as key and R, S = 0: verifies under ZIP-215, so the registry must refuse the key", identity, &canonical, &small_order_signature);
+    reject(
+        "small_order_key",
+        "registry",
+        "identity point as key and R, S = 0: verifies under ZIP-215, so the registry must refuse the key",
+        identity,
+        &canonical,
+        &small_order_signature,
+    );
 }

@@ -12,18 +12,12 @@ pub enum Clock {
     /// Wall-clock time.
     Real,
     /// Simulated time: at real instant `anchor` it is `start`, and it runs `speed` times as fast.
-    Simulated {
-        start: UnixMillis,
-        anchor: UnixMillis,
-        speed: u32,
-    },
+    Simulated { start: UnixMillis, anchor: UnixMillis, speed: u32 },
 }
 
 /// Wall-clock milliseconds since the epoch. The one place the domain crate reads a clock.
 pub fn wall_clock_now() -> UnixMillis {
-    let elapsed = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap_or_default();
+    let elapsed = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default();
     UnixMillis(i64::try_from(elapsed.as_millis()).unwrap_or(i64::MAX))
 }
 
@@ -37,15 +31,9 @@ impl Clock {
     pub fn at_real(&self, real: UnixMillis) -> UnixMillis {
         match *self {
             Clock::Real => real,
-            Clock::Simulated {
-                start,
-                anchor,
-                speed,
-            } => UnixMillis(
-                start
-                    .0
-                    .saturating_add((real.0 - anchor.0).saturating_mul(i64::from(speed))),
-            ),
+            Clock::Simulated { start, anchor, speed } => {
+                UnixMillis(start.0.saturating_add((real.0 - anchor.0).saturating_mul(i64::from(speed))))
+            }
         }
     }
 
@@ -67,11 +55,7 @@ mod tests {
 
     #[test]
     fn simulated_clock_runs_at_speed_from_the_anchor() {
-        let clock = Clock::Simulated {
-            start: UnixMillis(1_000_000),
-            anchor: UnixMillis(500),
-            speed: 60,
-        };
+        let clock = Clock::Simulated { start: UnixMillis(1_000_000), anchor: UnixMillis(500), speed: 60 };
         assert_eq!(clock.at_real(UnixMillis(500)), UnixMillis(1_000_000));
         assert_eq!(clock.at_real(UnixMillis(1_500)), UnixMillis(1_060_000));
     }

@@ -25,10 +25,7 @@ pub enum DecodeError {
 impl DecodeError {
     /// An invalid-field error.
     pub fn invalid(field: &'static str, reason: impl Into<String>) -> Self {
-        DecodeError::InvalidField {
-            field,
-            reason: reason.into(),
-        }
+        DecodeError::InvalidField { field, reason: reason.into() }
     }
 }
 
@@ -45,9 +42,7 @@ impl Writer {
     }
     /// A writer with reserved capacity.
     pub fn with_capacity(capacity: usize) -> Self {
-        Self {
-            bytes: Vec::with_capacity(capacity),
-        }
+        Self { bytes: Vec::with_capacity(capacity) }
     }
     pub fn u8(&mut self, value: u8) -> &mut Self {
         self.bytes.push(value);
@@ -80,14 +75,12 @@ impl Writer {
     }
     /// A short byte string: u8 length, then the bytes. Panics past 255 bytes, a caller bug.
     pub fn short_bytes(&mut self, value: &[u8]) -> &mut Self {
-        let length =
-            u8::try_from(value.len()).expect("short_bytes longer than 255: caller must bound it");
+        let length = u8::try_from(value.len()).expect("short_bytes longer than 255: caller must bound it");
         self.u8(length).fixed(value)
     }
     /// A byte string with a u32 length prefix.
     pub fn long_bytes(&mut self, value: &[u8]) -> &mut Self {
-        let length =
-            u32::try_from(value.len()).expect("long_bytes longer than 4 GiB: caller must bound it");
+        let length = u32::try_from(value.len()).expect("long_bytes longer than 4 GiB: caller must bound it");
         self.u32(length).fixed(value)
     }
     /// The bytes written so far.
@@ -112,10 +105,7 @@ impl<'a> Reader<'a> {
     pub fn take(&mut self, count: usize) -> Result<&'a [u8], DecodeError> {
         let remaining = self.bytes.len() - self.offset;
         if remaining < count {
-            return Err(DecodeError::Truncated {
-                offset: self.offset,
-                needed: count - remaining,
-            });
+            return Err(DecodeError::Truncated { offset: self.offset, needed: count - remaining });
         }
         let slice = &self.bytes[self.offset..self.offset + count];
         self.offset += count;
@@ -159,10 +149,7 @@ impl<'a> Reader<'a> {
     pub fn long_bytes(&mut self, limit: usize) -> Result<&'a [u8], DecodeError> {
         let length = self.u32()? as usize;
         if length > limit {
-            return Err(DecodeError::TooLarge {
-                size: length,
-                limit,
-            });
+            return Err(DecodeError::TooLarge { size: length, limit });
         }
         self.take(length)
     }

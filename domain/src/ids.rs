@@ -13,11 +13,7 @@ pub enum IdError {
     #[error("{kind} is empty")]
     Empty { kind: &'static str },
     #[error("{kind} is {length} bytes, limit {limit}")]
-    TooLong {
-        kind: &'static str,
-        length: usize,
-        limit: usize,
-    },
+    TooLong { kind: &'static str, length: usize, limit: usize },
     #[error("{kind} contains {character:?}; allowed are ASCII letters, digits, '-', '_' and '.'")]
     BadCharacter { kind: &'static str, character: char },
 }
@@ -27,16 +23,9 @@ fn check_id(kind: &'static str, value: &str, limit: usize) -> Result<(), IdError
         return Err(IdError::Empty { kind });
     }
     if value.len() > limit {
-        return Err(IdError::TooLong {
-            kind,
-            length: value.len(),
-            limit,
-        });
+        return Err(IdError::TooLong { kind, length: value.len(), limit });
     }
-    if let Some(character) = value
-        .chars()
-        .find(|c| !(c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.')))
-    {
+    if let Some(character) = value.chars().find(|c| !(c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))) {
         return Err(IdError::BadCharacter { kind, character });
     }
     Ok(())
@@ -122,9 +111,7 @@ pub struct UnixSeconds(pub i64);
 pub struct UnixMillis(pub i64);
 
 /// Energy in whole watt-hours.
-#[derive(
-    Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize, Default,
-)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize, Default)]
 pub struct EnergyWh(pub u64);
 
 /// An application transaction id, chosen by whoever builds the transaction; unique per ledger.
@@ -150,14 +137,8 @@ mod tests {
     fn ids_are_validated() {
         assert!(MeterId::new("WTL0000000001").is_ok());
         assert_eq!(MeterId::new(""), Err(IdError::Empty { kind: "meter id" }));
-        assert!(matches!(
-            MeterId::new("x".repeat(17)),
-            Err(IdError::TooLong { .. })
-        ));
-        assert!(matches!(
-            CustomerId::new("a b"),
-            Err(IdError::BadCharacter { character: ' ', .. })
-        ));
+        assert!(matches!(MeterId::new("x".repeat(17)), Err(IdError::TooLong { .. })));
+        assert!(matches!(CustomerId::new("a b"), Err(IdError::BadCharacter { character: ' ', .. })));
         let parsed: MeterId = serde_json::from_str("\"M-1\"").expect("valid id");
         assert_eq!(parsed.as_str(), "M-1");
         assert!(serde_json::from_str::<MeterId>("\"M 1\"").is_err());

@@ -22,17 +22,8 @@ pub enum MoneyError {
 #[serde(try_from = "String", into = "String")]
 pub struct Currency([u8; 3]);
 
-const CURRENCIES: [(&str, u32); 9] = [
-    ("EUR", 2),
-    ("GBP", 2),
-    ("USD", 2),
-    ("CHF", 2),
-    ("DKK", 2),
-    ("SEK", 2),
-    ("NOK", 2),
-    ("PLN", 2),
-    ("CZK", 2),
-];
+const CURRENCIES: [(&str, u32); 9] =
+    [("EUR", 2), ("GBP", 2), ("USD", 2), ("CHF", 2), ("DKK", 2), ("SEK", 2), ("NOK", 2), ("PLN", 2), ("CZK", 2)];
 
 impl Currency {
     /// A supported currency by its ISO code.
@@ -53,19 +44,14 @@ impl Currency {
     }
     /// Digits of the minor unit (2 for cents).
     pub fn minor_unit_digits(&self) -> u32 {
-        CURRENCIES
-            .iter()
-            .find(|(known, _)| *known == self.code())
-            .map(|(_, digits)| *digits)
-            .expect("known currency")
+        CURRENCIES.iter().find(|(known, _)| *known == self.code()).map(|(_, digits)| *digits).expect("known currency")
     }
     pub(crate) fn encode(&self, writer: &mut Writer) {
         writer.fixed(&self.0);
     }
     pub(crate) fn decode(reader: &mut Reader<'_>) -> Result<Self, DecodeError> {
         let raw: [u8; 3] = reader.array()?;
-        let code =
-            std::str::from_utf8(&raw).map_err(|_| DecodeError::invalid("currency", "not ASCII"))?;
+        let code = std::str::from_utf8(&raw).map_err(|_| DecodeError::invalid("currency", "not ASCII"))?;
         Currency::new(code).map_err(|error| DecodeError::invalid("currency", error.to_string()))
     }
 }
@@ -98,10 +84,9 @@ impl Money {
     /// `round_dp` alone would round half to even).
     pub fn round_to_minor_unit(&self) -> Money {
         Money {
-            amount: self.amount.round_dp_with_strategy(
-                self.currency.minor_unit_digits(),
-                RoundingStrategy::MidpointAwayFromZero,
-            ),
+            amount: self
+                .amount
+                .round_dp_with_strategy(self.currency.minor_unit_digits(), RoundingStrategy::MidpointAwayFromZero),
             currency: self.currency,
         }
     }
@@ -120,26 +105,18 @@ impl UnitPrice {
         self.currency.encode(writer);
     }
     pub(crate) fn decode(reader: &mut Reader<'_>) -> Result<Self, DecodeError> {
-        Ok(UnitPrice {
-            per_kwh: decode_decimal(reader, "per_kwh")?,
-            currency: Currency::decode(reader)?,
-        })
+        Ok(UnitPrice { per_kwh: decode_decimal(reader, "per_kwh")?, currency: Currency::decode(reader)? })
     }
 }
 
 /// Canonical decimal: the normalised mantissa as i128 and the scale as u8.
 pub fn encode_decimal(writer: &mut Writer, value: Decimal) {
     let normalized = value.normalize();
-    writer
-        .i128(normalized.mantissa())
-        .u8(normalized.scale() as u8);
+    writer.i128(normalized.mantissa()).u8(normalized.scale() as u8);
 }
 
 /// Decodes [`encode_decimal`]; refuses non-normalised or out-of-range encodings.
-pub fn decode_decimal(
-    reader: &mut Reader<'_>,
-    field: &'static str,
-) -> Result<Decimal, DecodeError> {
+pub fn decode_decimal(reader: &mut Reader<'_>, field: &'static str) -> Result<Decimal, DecodeError> {
     let mantissa = reader.i128()?;
     let scale = reader.u8()?;
     let value = Decimal::try_from_i128_with_scale(mantissa, u32::from(scale))
@@ -160,22 +137,10 @@ mod tests {
     fn rounding_is_half_away_from_zero() {
         let eur = Currency::new("EUR").expect("EUR");
         // DOMAIN.md: tax on 250 kWh at 2.05 ct = 512.5 ct -> EUR 5.13.
-        let money = Money {
-            amount: Decimal::from_str("5.125").expect("decimal"),
-            currency: eur,
-        };
-        assert_eq!(
-            money.round_to_minor_unit().amount,
-            Decimal::from_str("5.13").expect("decimal")
-        );
-        let negative = Money {
-            amount: Decimal::from_str("-5.125").expect("decimal"),
-            currency: eur,
-        };
-        assert_eq!(
-            negative.round_to_minor_unit().amount,
-            Decimal::from_str("-5.13").expect("decimal")
-        );
+        let money = Money { amount: Decimal::from_str("5.125").expect("decimal"), currency: eur };
+        assert_eq!(money.round_to_minor_unit().amount, Decimal::from_str("5.13").expect("decimal"));
+        let negative = Money { amount: Decimal::from_str("-5.125").expect("decimal"), currency: eur };
+        assert_eq!(negative.round_to_minor_unit().amount, Decimal::from_str("-5.13").expect("decimal"));
     }
 
     #[test]

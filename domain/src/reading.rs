@@ -15,8 +15,7 @@ use thiserror::Error;
 use crate::codec::{DecodeError, Reader, Writer};
 use crate::ids::{EnergyWh, KeyId, MeterId, Sequence, UnixSeconds};
 use crate::limits::{
-    ENVELOPE_BYTES_MAX, ENVELOPE_FIELD_HEX_MAX, INTERVAL_SECONDS_MAX, METER_ID_BYTES_MAX,
-    READING_BYTES,
+    ENVELOPE_BYTES_MAX, ENVELOPE_FIELD_HEX_MAX, INTERVAL_SECONDS_MAX, METER_ID_BYTES_MAX, READING_BYTES,
 };
 
 /// Domain-separation tag that starts every reading's canonical bytes (15 bytes incl. the NUL).
@@ -44,10 +43,7 @@ impl ClockStatus {
             0 => Ok(Self::Synchronized),
             1 => Ok(Self::Informative),
             2 => Ok(Self::Unsynchronized),
-            other => Err(DecodeError::invalid(
-                "clock_status",
-                format!("unknown value {other}"),
-            )),
+            other => Err(DecodeError::invalid("clock_status", format!("unknown value {other}"))),
         }
     }
 }
@@ -66,16 +62,12 @@ impl StatusFlags {
     /// The meter's clock was set during the interval.
     pub const CLOCK_ADJUSTED: u32 = 1 << 3;
     /// Every defined bit.
-    pub const DEFINED: u32 =
-        Self::REGISTER_RESET | Self::TAMPER | Self::POWER_OUTAGE | Self::CLOCK_ADJUSTED;
+    pub const DEFINED: u32 = Self::REGISTER_RESET | Self::TAMPER | Self::POWER_OUTAGE | Self::CLOCK_ADJUSTED;
 
     /// Flags from bits; undefined bits are refused.
     pub fn new(bits: u32) -> Result<Self, DecodeError> {
         if bits & !Self::DEFINED != 0 {
-            return Err(DecodeError::invalid(
-                "status",
-                format!("undefined bits {:#x}", bits & !Self::DEFINED),
-            ));
+            return Err(DecodeError::invalid("status", format!("undefined bits {:#x}", bits & !Self::DEFINED)));
         }
         Ok(Self(bits))
     }
@@ -95,13 +87,7 @@ pub struct FirmwareVersion(pub u32);
 
 impl fmt::Display for FirmwareVersion {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(
-            f,
-            "{}.{}.{}",
-            self.0 >> 16,
-            (self.0 >> 8) & 0xff,
-            self.0 & 0xff
-        )
+        write!(f, "{}.{}.{}", self.0 >> 16, (self.0 >> 8) & 0xff, self.0 & 0xff)
     }
 }
 
@@ -140,11 +126,7 @@ pub enum InvalidReading {
     #[error("register modulus is zero")]
     ZeroModulus,
     #[error("register {register} = {value} Wh is not below the modulus {modulus}")]
-    RegisterOutOfRange {
-        register: &'static str,
-        value: u64,
-        modulus: u64,
-    },
+    RegisterOutOfRange { register: &'static str, value: u64, modulus: u64 },
 }
 
 impl Reading {
@@ -155,10 +137,7 @@ impl Reading {
             return Err(InvalidReading::EmptyInterval { start, end });
         }
         if end - start > INTERVAL_SECONDS_MAX {
-            return Err(InvalidReading::IntervalTooLong {
-                seconds: end - start,
-                limit: INTERVAL_SECONDS_MAX,
-            });
+            return Err(InvalidReading::IntervalTooLong { seconds: end - start, limit: INTERVAL_SECONDS_MAX });
         }
         let modulus = self.register_modulus_wh;
         if modulus == 0 {
@@ -171,11 +150,7 @@ impl Reading {
             ("export_end_wh", self.export_end_wh),
         ] {
             if value >= modulus {
-                return Err(InvalidReading::RegisterOutOfRange {
-                    register,
-                    value,
-                    modulus,
-                });
+                return Err(InvalidReading::RegisterOutOfRange { register, value, modulus });
             }
         }
         Ok(())
@@ -183,20 +158,12 @@ impl Reading {
 
     /// Energy imported over the interval, allowing for one register rollover.
     pub fn import_energy(&self) -> EnergyWh {
-        EnergyWh(register_delta(
-            self.import_start_wh,
-            self.import_end_wh,
-            self.register_modulus_wh,
-        ))
+        EnergyWh(register_delta(self.import_start_wh, self.import_end_wh, self.register_modulus_wh))
     }
 
     /// Energy exported over the interval, allowing for one register rollover.
     pub fn export_energy(&self) -> EnergyWh {
-        EnergyWh(register_delta(
-            self.export_start_wh,
-            self.export_end_wh,
-            self.register_modulus_wh,
-        ))
+        EnergyWh(register_delta(self.export_start_wh, self.export_end_wh, self.register_modulus_wh))
     }
 
     /// The canonical bytes (what is signed). Fails only if the reading is inconsistent.
@@ -230,9 +197,7 @@ impl Reading {
     /// Decodes canonical bytes; rejects anything that [`Reading::encode`] would not produce.
     pub fn decode(bytes: &[u8]) -> Result<Self, DecodeError> {
         if bytes.len() > READING_BYTES {
-            return Err(DecodeError::TrailingBytes {
-                count: bytes.len() - READING_BYTES,
-            });
+            return Err(DecodeError::TrailingBytes { count: bytes.len() - READING_BYTES });
         }
         let mut reader = Reader::new(bytes);
         if reader.take(READING_TAG.len())? != READING_TAG {
@@ -263,9 +228,7 @@ impl Reading {
             firmware: FirmwareVersion(reader.u32()?),
         };
         reader.finish()?;
-        reading
-            .validate()
-            .map_err(|error| DecodeError::invalid("reading", error.to_string()))?;
+        reading.validate().map_err(|error| DecodeError::invalid("reading", error.to_string()))?;
         Ok(reading)
     }
 
@@ -273,11 +236,7 @@ impl Reading {
     pub fn sign(&self, key: &SigningKey) -> Result<SignedReading, InvalidReading> {
         let bytes = self.encode()?;
         let signature = key.sign(&bytes).to_bytes();
-        Ok(SignedReading {
-            reading: self.clone(),
-            bytes,
-            signature,
-        })
+        Ok(SignedReading { reading: self.clone(), bytes, signature })
     }
 }
 
@@ -293,13 +252,9 @@ fn register_delta(start: u64, end: u64, modulus: u64) -> u64 {
 fn decode_padded_meter_id(raw: &[u8]) -> Result<MeterId, DecodeError> {
     let length = raw.iter().position(|&b| b == 0).unwrap_or(raw.len());
     if raw[length..].iter().any(|&b| b != 0) {
-        return Err(DecodeError::invalid(
-            "meter_id",
-            "non-zero byte after the NUL padding",
-        ));
+        return Err(DecodeError::invalid("meter_id", "non-zero byte after the NUL padding"));
     }
-    let text = std::str::from_utf8(&raw[..length])
-        .map_err(|_| DecodeError::invalid("meter_id", "not ASCII"))?;
+    let text = std::str::from_utf8(&raw[..length]).map_err(|_| DecodeError::invalid("meter_id", "not ASCII"))?;
     MeterId::new(text).map_err(|error| DecodeError::invalid("meter_id", error.to_string()))
 }
 
@@ -337,11 +292,7 @@ impl SignedReading {
     /// Decodes the canonical bytes; keeps them exactly as received.
     pub fn from_parts(bytes: Vec<u8>, signature: [u8; 64]) -> Result<Self, DecodeError> {
         let reading = Reading::decode(&bytes)?;
-        Ok(Self {
-            reading,
-            bytes,
-            signature,
-        })
+        Ok(Self { reading, bytes, signature })
     }
     pub fn reading(&self) -> &Reading {
         &self.reading
@@ -420,10 +371,7 @@ impl Envelope {
     /// Parses an MQTT payload (JSON) into an envelope, within the size limit.
     pub fn parse_json(payload: &[u8]) -> Result<Self, EnvelopeError> {
         if payload.len() > ENVELOPE_BYTES_MAX {
-            return Err(EnvelopeError::TooLarge {
-                size: payload.len(),
-                limit: ENVELOPE_BYTES_MAX,
-            });
+            return Err(EnvelopeError::TooLarge { size: payload.len(), limit: ENVELOPE_BYTES_MAX });
         }
         serde_json::from_slice(payload).map_err(|error| EnvelopeError::Json(error.to_string()))
     }
@@ -435,10 +383,8 @@ impl Envelope {
         }
         let bytes = decode_hex("reading", &self.reading)?;
         let signature = decode_hex("signature", &self.signature)?;
-        let signature: [u8; 64] = signature
-            .as_slice()
-            .try_into()
-            .map_err(|_| EnvelopeError::SignatureLength(signature.len()))?;
+        let signature: [u8; 64] =
+            signature.as_slice().try_into().map_err(|_| EnvelopeError::SignatureLength(signature.len()))?;
         Ok(SignedReading::from_parts(bytes, signature)?)
     }
 }
@@ -450,8 +396,5 @@ fn decode_hex(field: &'static str, text: &str) -> Result<Vec<u8>, EnvelopeError>
             reason: format!("{} characters, limit {ENVELOPE_FIELD_HEX_MAX}", text.len()),
         });
     }
-    hex::decode(text).map_err(|error| EnvelopeError::Hex {
-        field,
-        reason: error.to_string(),
-    })
+    hex::decode(text).map_err(|error| EnvelopeError::Hex { field, reason: error.to_string() })
 }

@@ -36,9 +36,6 @@ pub fn settle_flat(reading: &VerifiedReading, price: &UnitPrice) -> IntervalChar
     IntervalCharge {
         energy_import,
         energy_export,
-        amount: Money {
-            amount: kwh * price.per_kwh,
-            currency: price.currency,
-        },
+        amount: Money { amount: kwh * price.per_kwh, currency: price.currency },
     }
 }

@@ -56,16 +56,8 @@ pub struct BatchReading {
 /// A configuration change.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum AdminAction {
-    RegisterCustomer {
-        customer_id: CustomerId,
-        currency: Currency,
-    },
-    RegisterMeter {
-        meter_id: MeterId,
-        key_id: KeyId,
-        public_key: [u8; 32],
-        customer_id: CustomerId,
-    },
+    RegisterCustomer { customer_id: CustomerId, currency: Currency },
+    RegisterMeter { meter_id: MeterId, key_id: KeyId, public_key: [u8; 32], customer_id: CustomerId },
     SetFlatPrice(UnitPrice),
 }
 
@@ -83,20 +75,11 @@ impl SignedAdmin {
     /// Signs `action` with the operator key.
     pub fn sign(nonce: u64, action: AdminAction, key: &SigningKey) -> Self {
         let signature = key.sign(&admin_message(nonce, &action)).to_bytes();
-        SignedAdmin {
-            nonce,
-            action,
-            operator_key: key.verifying_key().to_bytes(),
-            signature,
-        }
+        SignedAdmin { nonce, action, operator_key: key.verifying_key().to_bytes(), signature }
     }
     /// Checks the signature (not whether the key is the ledger's operator key).
     pub fn verify(&self) -> Result<(), SignatureError> {
-        verify_signature(
-            &self.operator_key,
-            &self.signature,
-            &admin_message(self.nonce, &self.action),
-        )
+        verify_signature(&self.operator_key, &self.signature, &admin_message(self.nonce, &self.action))
     }
 }
 
@@ -110,19 +93,11 @@ fn admin_message(nonce: u64, action: &AdminAction) -> Vec<u8> {
 impl AdminAction {
     fn encode(&self, writer: &mut Writer) {
         match self {
-            AdminAction::RegisterCustomer {
-                customer_id,
-                currency,
-            } => {
+            AdminAction::RegisterCustomer { customer_id, currency } => {
                 writer.u8(1).short_bytes(customer_id.as_str().as_bytes());
                 currency.encode(writer);
             }
-            AdminAction::RegisterMeter {
-                meter_id,
-                key_id,
-                public_key,
-                customer_id,
-            } => {
+            AdminAction::RegisterMeter { meter_id, key_id, public_key, customer_id } => {
                 writer
                     .u8(2)
                     .short_bytes(meter_id.as_str().as_bytes())
@@ -149,10 +124,7 @@ impl AdminAction {
                 customer_id: decode_id(reader, "customer_id")?,
             }),
             3 => Ok(AdminAction::SetFlatPrice(UnitPrice::decode(reader)?)),
-            other => Err(DecodeError::invalid(
-                "admin_action",
-                format!("unknown kind {other}"),
-            )),
+            other => Err(DecodeError::invalid("admin_action", format!("unknown kind {other}"))),
         }
     }
 }
@@ -163,19 +135,14 @@ fn decode_id<T: std::str::FromStr<Err = crate::ids::IdError>>(
 ) -> Result<T, DecodeError> {
     let raw = reader.short_bytes()?;
     let text = std::str::from_utf8(raw).map_err(|_| DecodeError::invalid(field, "not UTF-8"))?;
-    text.parse()
-        .map_err(|error: crate::ids::IdError| DecodeError::invalid(field, error.to_string()))
+    text.parse().map_err(|error: crate::ids::IdError| DecodeError::invalid(field, error.to_string()))
 }
 
 impl Transaction {
     /// The canonical bytes.
     pub fn encode(&self) -> Vec<u8> {
         let mut writer = Writer::new();
-        writer
-            .u8(TX_VERSION)
-            .fixed(&self.tx_id.0)
-            .u32(self.rules_version)
-            .i64(self.time.0);
+        writer.u8(TX_VERSION).fixed(&self.tx_id.0).u32(self.rules_version).i64(self.time.0);
         match &self.body {
             TxBody::Admin(admin) => {
                 writer.u8(1).u64(admin.nonce);
@@ -187,16 +154,10 @@ impl Transaction {
                     batch.readings.len() <= BATCH_READINGS_MAX,
                     "batch over BATCH_READINGS_MAX built by the leader"
                 );
-                writer
-                    .u8(2)
-                    .short_bytes(batch.gateway_id.as_str().as_bytes())
-                    .u32(batch.readings.len() as u32);
+                writer.u8(2).short_bytes(batch.gateway_id.as_str().as_bytes()).u32(batch.readings.len() as u32);
                 for item in &batch.readings {
                     let signed = item.reading.signed();
-                    writer
-                        .fixed(signed.bytes())
-                        .fixed(signed.signature())
-                        .u8(u8::from(item.backfill));
+                    writer.fixed(signed.bytes()).fixed(signed.signature()).u8(u8::from(item.backfill));
                 }
             }
             TxBody::Tick => {
@@ -209,10 +170,7 @@ impl Transaction {
     /// Decodes canonical bytes of a committed transaction.
     pub fn decode(bytes: &[u8]) -> Result<Self, DecodeError> {
         if bytes.len() > TRANSACTION_BYTES_MAX {
-            return Err(DecodeError::TooLarge {
-                size: bytes.len(),
-                limit: TRANSACTION_BYTES_MAX,
-            });
+            return Err(DecodeError::TooLarge { size: bytes.len(), limit: TRANSACTION_BYTES_MAX });
         }
         let mut reader = Reader::new(bytes);
         let version = reader.u8()?;
@@ -226,21 +184,13 @@ impl Transaction {
             1 => {
                 let nonce = reader.u64()?;
                 let action = AdminAction::decode(&mut reader)?;
-                TxBody::Admin(SignedAdmin {
-                    nonce,
-                    action,
-                    operator_key: reader.array()?,
-                    signature: reader.array()?,
-                })
+                TxBody::Admin(SignedAdmin { nonce, action, operator_key: reader.array()?, signature: reader.array()? })
             }
             2 => {
                 let gateway_id = decode_id(&mut reader, "gateway_id")?;
                 let count = reader.u32()? as usize;
                 if count > BATCH_READINGS_MAX {
-                    return Err(DecodeError::TooLarge {
-                        size: count,
-                        limit: BATCH_READINGS_MAX,
-                    });
+                    return Err(DecodeError::TooLarge { size: count, limit: BATCH_READINGS_MAX });
                 }
                 let mut readings = Vec::with_capacity(count);
                 for _ in 0..count {
@@ -248,31 +198,15 @@ impl Transaction {
                     let signature: [u8; 64] = reader.array()?;
                     let backfill = reader.bool("backfill")?;
                     let signed = SignedReading::from_parts(bytes, signature)?;
-                    readings.push(BatchReading {
-                        reading: VerifiedReading::from_committed(signed),
-                        backfill,
-                    });
+                    readings.push(BatchReading { reading: VerifiedReading::from_committed(signed), backfill });
                 }
-                TxBody::Readings(ReadingBatch {
-                    gateway_id,
-                    readings,
-                })
+                TxBody::Readings(ReadingBatch { gateway_id, readings })
             }
             3 => TxBody::Tick,
-            other => {
-                return Err(DecodeError::invalid(
-                    "body",
-                    format!("unknown kind {other}"),
-                ))
-            }
+            other => return Err(DecodeError::invalid("body", format!("unknown kind {other}"))),
         };
         reader.finish()?;
-        Ok(Transaction {
-            tx_id,
-            rules_version,
-            time,
-            body,
-        })
+        Ok(Transaction { tx_id, rules_version, time, body })
     }
 }
 

@@ -42,47 +42,37 @@ impl VerifiedReading {
 }
 
 /// Verifies one signature over `message` (ZIP-215).
-pub fn verify_signature(
-    public_key: &[u8; 32],
-    signature: &[u8; 64],
-    message: &[u8],
-) -> Result<(), SignatureError> {
+pub fn verify_signature(public_key: &[u8; 32], signature: &[u8; 64], message: &[u8]) -> Result<(), SignatureError> {
     let key = VerificationKey::try_from(*public_key).map_err(|_| SignatureError::MalformedKey)?;
-    key.verify(&Signature::from(*signature), message)
-        .map_err(|_| SignatureError::BadSignature)
+    key.verify(&Signature::from(*signature), message).map_err(|_| SignatureError::BadSignature)
+}
+
+/// A reading whose signature was refused, with the reason.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RejectedReading {
+    pub signed: SignedReading,
+    pub error: SignatureError,
 }
 
 /// Verifies one reading under `public_key`.
-pub fn verify(
-    signed: SignedReading,
-    public_key: &[u8; 32],
-) -> Result<VerifiedReading, (SignedReading, SignatureError)> {
+pub fn verify(signed: SignedReading, public_key: &[u8; 32]) -> Result<VerifiedReading, Box<RejectedReading>> {
     match verify_signature(public_key, signed.signature(), signed.bytes()) {
         Ok(()) => Ok(VerifiedReading { signed }),
-        Err(error) => Err((signed, error)),
+        Err(error) => Err(Box::new(RejectedReading { signed, error })),
     }
 }
 
 /// The outcome of one item of a batch, in input order.
-pub type BatchOutcome = Result<VerifiedReading, (SignedReading, SignatureError)>;
+pub type BatchOutcome = Result<VerifiedReading, Box<RejectedReading>>;
 
 /// Verifies many readings at once, each under its own key; bisects a failing batch so that one
 /// bad signature costs O(log n) extra batch checks, not n single ones.
-pub fn verify_batch<R: RngCore + CryptoRng>(
-    items: Vec<(SignedReading, [u8; 32])>,
-    rng: &mut R,
-) -> Vec<BatchOutcome> {
+pub fn verify_batch<R: RngCore + CryptoRng>(items: Vec<(SignedReading, [u8; 32])>, rng: &mut R) -> Vec<BatchOutcome> {
     let mut outcomes: Vec<Option<BatchOutcome>> = (0..items.len()).map(|_| None).collect();
-    let indexed: Vec<(usize, SignedReading, [u8; 32])> = items
-        .into_iter()
-        .enumerate()
-        .map(|(index, (signed, key))| (index, signed, key))
-        .collect();
+    let indexed: Vec<(usize, SignedReading, [u8; 32])> =
+        items.into_iter().enumerate().map(|(index, (signed, key))| (index, signed, key)).collect();
     bisect(indexed, rng, &mut outcomes);
-    outcomes
-        .into_iter()
-        .map(|outcome| outcome.expect("bisect decides every item"))
-        .collect()
+    outcomes.into_iter().map(|outcome| outcome.expect("bisect decides every item")).collect()
 }
 
 fn bisect<R: RngCore + CryptoRng>(
@@ -100,11 +90,7 @@ fn bisect<R: RngCore + CryptoRng>(
     }
     let mut verifier = batch::Verifier::new();
     for (_, signed, key) in &items {
-        verifier.queue((
-            VerificationKeyBytes::from(*key),
-            Signature::from(*signed.signature()),
-            signed.bytes(),
-        ));
+        verifier.queue((VerificationKeyBytes::from(*key), Signature::from(*signed.signature()), signed.bytes()));
     }
     if verifier.verify(&mut *rng).is_ok() {
         for (index, signed, _) in items {

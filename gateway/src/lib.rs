@@ -1,1 +1,535 @@
-//! gateway
+//! The edge gateway: takes readings from MQTT, verifies each against the registry the ledger
+//! committed (ZIP-215, batch verification, bisected on failure), keeps every good one in a
+//! durable RocksDB outbox before acknowledging it to the broker, quarantines every bad one with
+//! its reason, and forwards the outbox to the ledger until the ledger reports each reading final.
+
+pub mod limits;
+pub mod store;
+
+use std::collections::HashMap;
+use std::fmt::Write as _;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use axum::extract::{Query, State};
+use axum::http::StatusCode;
+use axum::response::IntoResponse;
+use axum::routing::get;
+use axum::{Json, Router};
+use domain::api::{MeterInfo, OutcomeStatus, SubmitReadings, SubmitReadingsResponse};
+use domain::clock::Clock;
+use domain::ids::{GatewayId, KeyId, MeterId};
+use domain::reading::{Envelope, SignedReading};
+use domain::verify::verify_batch;
+use rumqttc::{AsyncClient, Event, MqttOptions, Packet, Publish, QoS};
+use serde::Deserialize;
+use tokio::sync::{mpsc, oneshot, Notify};
+use tokio::task::JoinHandle;
+
+use crate::limits::*;
+use crate::store::{GatewayStore, QuarantineEntry};
+
+/// The topic filter the gateway subscribes to.
+pub const READING_TOPIC_FILTER: &str = "wattle/v1/+/+/reading";
+
+/// How to run a gateway.
+#[derive(Debug, Clone)]
+pub struct GatewayConfig {
+    pub gateway_id: GatewayId,
+    pub data_dir: PathBuf,
+    pub broker_host: String,
+    pub broker_port: u16,
+    /// Base URL of the ledger's client API, e.g. `http://127.0.0.1:7000`.
+    pub ledger_url: String,
+    pub listen: SocketAddr,
+    pub clock: Clock,
+}
+
+/// Counters exported on `/metrics`.
+#[derive(Debug, Default)]
+pub struct Metrics {
+    readings_in: AtomicU64,
+    readings_accepted: AtomicU64,
+    readings_forwarded: AtomicU64,
+    readings_duplicate_at_ledger: AtomicU64,
+    forward_failures: AtomicU64,
+    forward_latency_ms_last: AtomicU64,
+    rejected_by_reason: Mutex<HashMap<String, u64>>,
+    mqtt_connected: AtomicBool,
+    mqtt_subscribed: AtomicBool,
+}
+
+impl Metrics {
+    fn reject(&self, reason: &str) {
+        *self
+            .rejected_by_reason
+            .lock()
+            .expect("metrics lock is never poisoned")
+            .entry(reason.to_string())
+            .or_default() += 1;
+    }
+}
+
+/// The meters this gateway accepts readings from, as committed in the ledger.
+struct Registry {
+    meters: HashMap<MeterId, (KeyId, [u8; 32])>,
+    refreshed: Option<Instant>,
+}
+
+#[derive(Clone)]
+struct Shared {
+    config: GatewayConfig,
+    store: GatewayStore,
+    metrics: Arc<Metrics>,
+    registry: Arc<Mutex<Registry>>,
+    http: reqwest::Client,
+    outbox_ready: Arc<Notify>,
+}
+
+/// A running gateway.
+pub struct GatewayHandle {
+    pub address: SocketAddr,
+    shutdown: Option<oneshot::Sender<()>>,
+    tasks: Vec<JoinHandle<()>>,
+}
+
+impl std::fmt::Debug for GatewayHandle {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("GatewayHandle").field("address", &self.address).finish()
+    }
+}
+
+impl GatewayHandle {
+    /// Stops the gateway's tasks. Readings in the outbox stay there for the next start.
+    pub async fn stop(mut self) {
+        if let Some(shutdown) = self.shutdown.take() {
+            let _ = shutdown.send(());
+        }
+        for task in &self.tasks {
+            task.abort();
+        }
+        for task in self.tasks.drain(..) {
+            let _ = task.await;
+        }
+    }
+}
+
+/// Starts the gateway: HTTP first (so `/healthz` answers), then MQTT ingest and forwarding.
+pub async fn start(config: GatewayConfig) -> anyhow::Result<GatewayHandle> {
+    let store = GatewayStore::open(&config.data_dir)?;
+    let http = reqwest::Client::builder().timeout(LEDGER_REQUEST_TIMEOUT).build()?;
+    let shared = Shared {
+        config: config.clone(),
+        store,
+        metrics: Arc::new(Metrics::default()),
+        registry: Arc::new(Mutex::new(Registry { meters: HashMap::new(), refreshed: None })),
+        http,
+        outbox_ready: Arc::new(Notify::new()),
+    };
+    if let Err(error) = refresh_registry(&shared).await {
+        tracing::warn!(%error, "registry not loaded from the ledger yet; will retry on first reading");
+    }
+    let listener =
+        tokio::net::TcpListener::bind(config.listen).await.with_context(|| format!("binding {}", config.listen))?;
+    let address = listener.local_addr()?;
+    let (shutdown_sender, shutdown_receiver) = oneshot::channel::<()>();
+    let router = Router::new()
+        .route("/healthz", get(healthz))
+        .route("/metrics", get(metrics))
+        .route("/v1/quarantine", get(list_quarantine))
+        .with_state(shared.clone());
+    let server = tokio::spawn(async move {
+        let serve = axum::serve(listener, router).with_graceful_shutdown(async move {
+            let _ = shutdown_receiver.await;
+        });
+        if let Err(error) = serve.await {
+            tracing::error!(%error, "gateway HTTP server stopped");
+        }
+    });
+    let (sender, receiver) = mpsc::channel::<Publish>(INGEST_QUEUE_MAX);
+    let mut options =
+        MqttOptions::new(format!("wattle-gateway-{}", config.gateway_id), &config.broker_host, config.broker_port);
+    // A persistent session: the broker keeps our subscription and queues QoS 1 messages while
+    // we are away; we acknowledge only what is durably stored.
+    options.set_clean_session(false);
+    options.set_manual_acks(true);
+    options.set_keep_alive(Duration::from_secs(30));
+    options.set_inflight(MQTT_INFLIGHT_MAX);
+    let (client, event_loop) = AsyncClient::new(options, INGEST_QUEUE_MAX);
+    let mqtt = tokio::spawn(mqtt_loop(client.clone(), event_loop, sender, shared.metrics.clone()));
+    let ingest = tokio::spawn(ingest_loop(shared.clone(), client, receiver));
+    let forward = tokio::spawn(forward_loop(shared.clone()));
+    tracing::info!(%address, gateway = %config.gateway_id, "gateway serving");
+    Ok(GatewayHandle { address, shutdown: Some(shutdown_sender), tasks: vec![server, mqtt, ingest, forward] })
+}
+
+async fn mqtt_loop(
+    client: AsyncClient,
+    mut event_loop: rumqttc::EventLoop,
+    sender: mpsc::Sender<Publish>,
+    metrics: Arc<Metrics>,
+) {
+    let mut failures = 0u32;
+    loop {
+        match event_loop.poll().await {
+            Ok(Event::Incoming(Packet::ConnAck(ack))) => {
+                failures = 0;
+                metrics.mqtt_connected.store(true, Ordering::Relaxed);
+                tracing::info!(session_present = ack.session_present, "connected to the broker");
+                if let Err(error) = client.subscribe(READING_TOPIC_FILTER, QoS::AtLeastOnce).await {
+                    tracing::error!(%error, "subscribe request failed");
+                }
+            }
+            Ok(Event::Incoming(Packet::SubAck(_))) => {
+                metrics.mqtt_subscribed.store(true, Ordering::Relaxed);
+                tracing::info!(filter = READING_TOPIC_FILTER, "subscribed");
+            }
+            Ok(Event::Incoming(Packet::Publish(publish))) => {
+                // A full queue blocks here, so we stop reading from the broker (back-pressure).
+                if sender.send(publish).await.is_err() {
+                    return;
+                }
+            }
+            Ok(_) => {}
+            Err(error) => {
+                metrics.mqtt_connected.store(false, Ordering::Relaxed);
+                metrics.mqtt_subscribed.store(false, Ordering::Relaxed);
+                failures += 1;
+                let backoff = Duration::from_millis((100u64 << failures.min(6)).min(5_000));
+                tracing::warn!(%error, failures, ?backoff, "MQTT connection lost; reconnecting");
+                tokio::time::sleep(backoff).await;
+            }
+        }
+    }
+}
+
+async fn refresh_registry(shared: &Shared) -> anyhow::Result<()> {
+    let url = format!("{}/v1/meters", shared.config.ledger_url);
+    let meters: Vec<MeterInfo> = shared.http.get(&url).send().await?.error_for_status()?.json().await?;
+    let mut map = HashMap::with_capacity(meters.len());
+    for meter in meters {
+        let key: [u8; 32] = match hex::decode(&meter.public_key).ok().and_then(|bytes| bytes.try_into().ok()) {
+            Some(key) => key,
+            None => {
+                tracing::error!(meter = %meter.meter_id, "ledger registry holds a malformed key; meter skipped");
+                continue;
+            }
+        };
+        map.insert(meter.meter_id, (KeyId(meter.key_id), key));
+    }
+    let mut registry = shared.registry.lock().expect("registry lock is never poisoned");
+    tracing::info!(meters = map.len(), "registry refreshed from the ledger");
+    registry.meters = map;
+    registry.refreshed = Some(Instant::now());
+    Ok(())
+}
+
+fn quarantine_entry(
+    shared: &Shared,
+    source: &str,
+    reason: &str,
+    detail: String,
+    digest: Option<String>,
+    payload: &[u8],
+) -> QuarantineEntry {
+    shared.metrics.reject(reason);
+    let kept = &payload[..payload.len().min(QUARANTINE_PAYLOAD_BYTES_MAX)];
+    let mut text = String::from_utf8_lossy(kept).into_owned();
+    if payload.len() > kept.len() {
+        let _ = write!(text, "... ({} bytes in all)", payload.len());
+    }
+    tracing::warn!(source, reason, %detail, "reading quarantined");
+    QuarantineEntry {
+        id: 0,
+        received_ms: shared.config.clock.now().0,
+        source: source.to_string(),
+        reason: reason.to_string(),
+        detail,
+        digest,
+        payload: text,
+    }
+}
+
+async fn ingest_loop(shared: Shared, client: AsyncClient, mut receiver: mpsc::Receiver<Publish>) {
+    let mut batch = Vec::with_capacity(INGEST_BATCH_MAX);
+    loop {
+        if receiver.recv_many(&mut batch, INGEST_BATCH_MAX).await == 0 {
+            return;
+        }
+        let result = process_batch(&shared, &batch).await;
+        match result {
+            Ok(()) => {
+                for publish in batch.drain(..) {
+                    if let Err(error) = client.ack(&publish).await {
+                        tracing::warn!(%error, "acknowledgement not sent; the broker will redeliver");
+                    }
+                }
+                shared.outbox_ready.notify_one();
+            }
+            Err(error) => {
+                // Nothing was acknowledged: the broker redelivers after reconnect.
+                tracing::error!(%error, "storing a batch failed; readings not acknowledged");
+                batch.clear();
+                tokio::time::sleep(FORWARD_BACKOFF_MAX).await;
+            }
+        }
+    }
+}
+
+#[tracing::instrument(skip_all, fields(messages = batch.len()))]
+async fn process_batch(shared: &Shared, batch: &[Publish]) -> anyhow::Result<()> {
+    shared.metrics.readings_in.fetch_add(batch.len() as u64, Ordering::Relaxed);
+    let mut rejected = Vec::new();
+    let mut opened: Vec<(usize, Envelope, SignedReading)> = Vec::new();
+    for (index, publish) in batch.iter().enumerate() {
+        let topic = publish.topic.as_str();
+        match Envelope::parse_json(&publish.payload)
+            .and_then(|envelope| envelope.open().map(|signed| (envelope, signed)))
+        {
+            Ok((envelope, signed)) => opened.push((index, envelope, signed)),
+            Err(error) => {
+                rejected.push(quarantine_entry(shared, topic, error.code(), error.to_string(), None, &publish.payload))
+            }
+        }
+    }
+    let needs_refresh = {
+        let registry = shared.registry.lock().expect("registry lock is never poisoned");
+        let stale = registry.refreshed.is_none_or(|at| at.elapsed() >= REGISTRY_REFRESH_MIN);
+        stale && opened.iter().any(|(_, _, signed)| !registry.meters.contains_key(&signed.reading().meter_id))
+    };
+    if needs_refresh {
+        if let Err(error) = refresh_registry(shared).await {
+            tracing::warn!(%error, "registry refresh failed");
+        }
+    }
+    let mut candidates = Vec::new();
+    let mut candidate_envelopes = Vec::new();
+    {
+        let registry = shared.registry.lock().expect("registry lock is never poisoned");
+        for (index, envelope, signed) in opened {
+            let topic = batch[index].topic.as_str();
+            let reading = signed.reading();
+            match registry.meters.get(&reading.meter_id) {
+                None => rejected.push(quarantine_entry(
+                    shared,
+                    topic,
+                    "unknown_meter",
+                    format!("meter {} is not registered", reading.meter_id),
+                    Some(signed.digest().to_string()),
+                    &batch[index].payload,
+                )),
+                Some((key_id, _)) if *key_id != reading.key_id => rejected.push(quarantine_entry(
+                    shared,
+                    topic,
+                    "unknown_key",
+                    format!(
+                        "meter {} has key {} registered, reading names key {}",
+                        reading.meter_id, key_id.0, reading.key_id.0
+                    ),
+                    Some(signed.digest().to_string()),
+                    &batch[index].payload,
+                )),
+                Some((_, key)) => {
+                    candidates.push((signed, *key));
+                    candidate_envelopes.push((index, envelope));
+                }
+            }
+        }
+    }
+    let outcomes = tokio::task::spawn_blocking(move || verify_batch(candidates, &mut rand::thread_rng())).await?;
+    let mut accepted = Vec::new();
+    for ((index, envelope), outcome) in candidate_envelopes.into_iter().zip(outcomes) {
+        match outcome {
+            Ok(_) => accepted.push(envelope),
+            Err(refused) => rejected.push(quarantine_entry(
+                shared,
+                &batch[index].topic,
+                "bad_signature",
+                format!(
+                    "meter {} sequence {}: {}",
+                    refused.signed.reading().meter_id,
+                    refused.signed.reading().sequence,
+                    refused.error
+                ),
+                Some(refused.signed.digest().to_string()),
+                &batch[index].payload,
+            )),
+        }
+    }
+    shared.metrics.readings_accepted.fetch_add(accepted.len() as u64, Ordering::Relaxed);
+    let store = shared.store.clone();
+    tokio::task::spawn_blocking(move || store.store_batch(&accepted, rejected)).await??;
+    Ok(())
+}
+
+async fn forward_loop(shared: Shared) {
+    let mut backoff = FORWARD_BACKOFF_MIN;
+    loop {
+        match forward_once(&shared).await {
+            Ok(0) => {
+                backoff = FORWARD_BACKOFF_MIN;
+                let _ = tokio::time::timeout(Duration::from_millis(200), shared.outbox_ready.notified()).await;
+            }
+            Ok(_) => backoff = FORWARD_BACKOFF_MIN,
+            Err(error) => {
+                shared.metrics.forward_failures.fetch_add(1, Ordering::Relaxed);
+                tracing::warn!(%error, ?backoff, "forwarding to the ledger failed; retrying");
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(FORWARD_BACKOFF_MAX);
+            }
+        }
+    }
+}
+
+/// Sends the head of the outbox to the ledger; returns how many readings were completed.
+async fn forward_once(shared: &Shared) -> anyhow::Result<usize> {
+    let store = shared.store.clone();
+    let head = tokio::task::spawn_blocking(move || store.outbox_head(FORWARD_BATCH_MAX)).await??;
+    if head.is_empty() {
+        return Ok(0);
+    }
+    let started = Instant::now();
+    let request = SubmitReadings {
+        gateway_id: shared.config.gateway_id.clone(),
+        readings: head.iter().map(|(_, envelope)| envelope.clone()).collect(),
+    };
+    let response = shared.http.post(format!("{}/v1/readings", shared.config.ledger_url)).json(&request).send().await?;
+    let status = response.status();
+    if !status.is_success() {
+        let body = response.text().await.unwrap_or_default();
+        anyhow::bail!("ledger answered {status}: {body}");
+    }
+    let response: SubmitReadingsResponse = response.json().await?;
+    anyhow::ensure!(
+        response.outcomes.len() == head.len(),
+        "ledger answered {} outcomes for {} readings",
+        response.outcomes.len(),
+        head.len()
+    );
+    let mut rejected = Vec::new();
+    for ((_, envelope), outcome) in head.iter().zip(&response.outcomes) {
+        match outcome.status {
+            OutcomeStatus::Accepted => {}
+            OutcomeStatus::Duplicate => {
+                shared.metrics.readings_duplicate_at_ledger.fetch_add(1, Ordering::Relaxed);
+            }
+            OutcomeStatus::Equivocation | OutcomeStatus::Rejected => {
+                let reason = format!("ledger_{}", outcome.reason.as_deref().unwrap_or("rejected"));
+                let payload = serde_json::to_vec(envelope)?;
+                rejected.push(quarantine_entry(
+                    shared,
+                    "ledger",
+                    &reason,
+                    format!("{:?}", outcome.status),
+                    outcome.digest.clone(),
+                    &payload,
+                ));
+            }
+        }
+    }
+    let ids: Vec<u64> = head.iter().map(|(id, _)| *id).collect();
+    let count = ids.len();
+    let store = shared.store.clone();
+    tokio::task::spawn_blocking(move || store.complete(&ids, rejected)).await??;
+    shared.metrics.readings_forwarded.fetch_add(count as u64, Ordering::Relaxed);
+    shared.metrics.forward_latency_ms_last.store(started.elapsed().as_millis() as u64, Ordering::Relaxed);
+    tracing::debug!(count, log_index = ?response.log_index, "forwarded to the ledger");
+    Ok(count)
+}
+
+async fn healthz(State(shared): State<Shared>) -> impl IntoResponse {
+    let connected = shared.metrics.mqtt_connected.load(Ordering::Relaxed);
+    let subscribed = shared.metrics.mqtt_subscribed.load(Ordering::Relaxed);
+    let body = serde_json::json!({
+        "mqtt_connected": connected,
+        "mqtt_subscribed": subscribed,
+        "outbox_depth": shared.store.outbox_depth(),
+        "registry_meters": shared.registry.lock().expect("registry lock is never poisoned").meters.len(),
+    });
+    let status = if connected && subscribed { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
+    (status, Json(body))
+}
+
+async fn metrics(State(shared): State<Shared>) -> String {
+    let m = &shared.metrics;
+    let mut out = String::new();
+    let mut line = |name: &str, help: &str, kind: &str, value: u64| {
+        let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {value}");
+    };
+    line(
+        "wattle_gateway_readings_in_total",
+        "Messages received from MQTT.",
+        "counter",
+        m.readings_in.load(Ordering::Relaxed),
+    );
+    line(
+        "wattle_gateway_readings_accepted_total",
+        "Readings verified and stored in the outbox.",
+        "counter",
+        m.readings_accepted.load(Ordering::Relaxed),
+    );
+    line(
+        "wattle_gateway_readings_forwarded_total",
+        "Readings the ledger reported final.",
+        "counter",
+        m.readings_forwarded.load(Ordering::Relaxed),
+    );
+    line(
+        "wattle_gateway_duplicates_total",
+        "Readings the ledger had already committed.",
+        "counter",
+        m.readings_duplicate_at_ledger.load(Ordering::Relaxed),
+    );
+    line(
+        "wattle_gateway_forward_failures_total",
+        "Failed forwards (retried with backoff).",
+        "counter",
+        m.forward_failures.load(Ordering::Relaxed),
+    );
+    line("wattle_gateway_outbox_depth", "Readings waiting for the ledger.", "gauge", shared.store.outbox_depth());
+    line(
+        "wattle_gateway_forward_latency_ms",
+        "Latency of the last forward to the ledger.",
+        "gauge",
+        m.forward_latency_ms_last.load(Ordering::Relaxed),
+    );
+    let _ = writeln!(out, "# HELP wattle_gateway_readings_rejected_total Readings quarantined, by reason.\n# TYPE wattle_gateway_readings_rejected_total counter");
+    let mut reasons: Vec<(String, u64)> = m
+        .rejected_by_reason
+        .lock()
+        .expect("metrics lock is never poisoned")
+        .iter()
+        .map(|(k, v)| (k.clone(), *v))
+        .collect();
+    reasons.sort();
+    for (reason, count) in reasons {
+        let _ = writeln!(out, "wattle_gateway_readings_rejected_total{{reason=\"{reason}\"}} {count}");
+    }
+    out
+}
+
+#[derive(Debug, Deserialize)]
+struct QuarantineQuery {
+    #[serde(default)]
+    from: u64,
+    limit: Option<usize>,
+}
+
+async fn list_quarantine(State(shared): State<Shared>, Query(query): Query<QuarantineQuery>) -> impl IntoResponse {
+    let limit = query.limit.unwrap_or(QUARANTINE_PAGE_MAX).clamp(1, QUARANTINE_PAGE_MAX);
+    match shared.store.quarantine(query.from, limit) {
+        Ok(entries) => (StatusCode::OK, Json(serde_json::json!({ "entries": entries }))).into_response(),
+        Err(error) => {
+            tracing::error!(%error, "reading the quarantine failed");
+            (
+                StatusCode::INTERNAL_SERVER_ERROR,
+                Json(serde_json::json!({"code": "storage", "message": "quarantine unreadable"})),
+            )
+                .into_response()
+        }
+    }
+}

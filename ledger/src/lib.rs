@@ -1,1 +1,10 @@
-//! ledger
+//! The consortium ledger: openraft (0.9, storage-v2) over RocksDB, a sans-IO state machine that
+//! deduplicates and settles readings, and the HTTP API that gateways and billing use.
+
+pub mod api;
+pub mod entry;
+pub mod limits;
+pub mod network;
+pub mod node;
+pub mod state;
+pub mod store;

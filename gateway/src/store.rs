@@ -1,0 +1,149 @@
+//! The gateway's durable state in RocksDB: the outbox of verified readings waiting for the
+//! ledger, and the quarantine of rejected ones with their reasons.
+
+use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+
+use anyhow::Context;
+use domain::reading::Envelope;
+use rocksdb::{ColumnFamilyDescriptor, DBRecoveryMode, Direction, IteratorMode, Options, WriteBatch, WriteOptions, DB};
+use serde::{Deserialize, Serialize};
+
+const CF_OUTBOX: &str = "outbox";
+const CF_QUARANTINE: &str = "quarantine";
+
+/// A rejected message, kept with its reason.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct QuarantineEntry {
+    pub id: u64,
+    pub received_ms: i64,
+    /// Where it came from (MQTT topic, or `ledger` for rejections reported by the ledger).
+    pub source: String,
+    /// Stable reason code, e.g. `bad_signature`.
+    pub reason: String,
+    pub detail: String,
+    /// SHA-256 of the canonical reading bytes, when the reading decoded.
+    pub digest: Option<String>,
+    /// The payload as received (UTF-8, lossy), cut to a bounded length.
+    pub payload: String,
+}
+
+/// The gateway's database.
+#[derive(Clone)]
+pub struct GatewayStore {
+    db: Arc<DB>,
+    next_outbox: Arc<AtomicU64>,
+    next_quarantine: Arc<AtomicU64>,
+}
+
+impl std::fmt::Debug for GatewayStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("GatewayStore").finish_non_exhaustive()
+    }
+}
+
+fn last_key(db: &DB, cf: &rocksdb::ColumnFamily) -> anyhow::Result<u64> {
+    match db.iterator_cf(cf, IteratorMode::End).next() {
+        None => Ok(0),
+        Some(item) => {
+            let (key, _) = item?;
+            Ok(u64::from_be_bytes(key.as_ref().try_into().context("outbox keys are 8 bytes")?) + 1)
+        }
+    }
+}
+
+impl GatewayStore {
+    pub fn open(data_dir: &Path) -> anyhow::Result<Self> {
+        std::fs::create_dir_all(data_dir)?;
+        let mut options = Options::default();
+        options.create_if_missing(true);
+        options.create_missing_column_families(true);
+        options.set_wal_recovery_mode(DBRecoveryMode::AbsoluteConsistency);
+        let families =
+            [CF_OUTBOX, CF_QUARANTINE].into_iter().map(|name| ColumnFamilyDescriptor::new(name, Options::default()));
+        let db =
+            DB::open_cf_descriptors(&options, data_dir.join("db"), families).context("opening gateway database")?;
+        let next_outbox = last_key(&db, db.cf_handle(CF_OUTBOX).expect("created"))?;
+        let next_quarantine = last_key(&db, db.cf_handle(CF_QUARANTINE).expect("created"))?;
+        Ok(GatewayStore {
+            db: Arc::new(db),
+            next_outbox: Arc::new(AtomicU64::new(next_outbox)),
+            next_quarantine: Arc::new(AtomicU64::new(next_quarantine)),
+        })
+    }
+
+    fn cf(&self, name: &str) -> &rocksdb::ColumnFamily {
+        self.db.cf_handle(name).expect("column families are created at open")
+    }
+
+    /// Durably stores verified readings and rejections in one synced write; only after it
+    /// returns may the messages be acknowledged to the broker.
+    pub fn store_batch(&self, accepted: &[Envelope], rejected: Vec<QuarantineEntry>) -> anyhow::Result<()> {
+        let mut batch = WriteBatch::default();
+        for envelope in accepted {
+            let id = self.next_outbox.fetch_add(1, Ordering::SeqCst);
+            batch.put_cf(self.cf(CF_OUTBOX), id.to_be_bytes(), serde_json::to_vec(envelope)?);
+        }
+        for mut entry in rejected {
+            entry.id = self.next_quarantine.fetch_add(1, Ordering::SeqCst);
+            batch.put_cf(self.cf(CF_QUARANTINE), entry.id.to_be_bytes(), serde_json::to_vec(&entry)?);
+        }
+        let mut options = WriteOptions::default();
+        options.set_sync(true);
+        self.db.write_opt(batch, &options)?;
+        Ok(())
+    }
+
+    /// The oldest readings in the outbox, in arrival order.
+    pub fn outbox_head(&self, limit: usize) -> anyhow::Result<Vec<(u64, Envelope)>> {
+        let mut out = Vec::new();
+        for item in self.db.iterator_cf(self.cf(CF_OUTBOX), IteratorMode::Start).take(limit) {
+            let (key, value) = item?;
+            let id = u64::from_be_bytes(key.as_ref().try_into().context("outbox keys are 8 bytes")?);
+            out.push((id, serde_json::from_slice(&value).context("outbox entry decodes")?));
+        }
+        Ok(out)
+    }
+
+    /// Removes forwarded readings (the ledger reported each one final) and records the ledger's
+    /// rejections, in one synced write.
+    pub fn complete(&self, ids: &[u64], rejected: Vec<QuarantineEntry>) -> anyhow::Result<()> {
+        let mut batch = WriteBatch::default();
+        for id in ids {
+            batch.delete_cf(self.cf(CF_OUTBOX), id.to_be_bytes());
+        }
+        for mut entry in rejected {
+            entry.id = self.next_quarantine.fetch_add(1, Ordering::SeqCst);
+            batch.put_cf(self.cf(CF_QUARANTINE), entry.id.to_be_bytes(), serde_json::to_vec(&entry)?);
+        }
+        let mut options = WriteOptions::default();
+        options.set_sync(true);
+        self.db.write_opt(batch, &options)?;
+        Ok(())
+    }
+
+    /// Readings waiting in the outbox.
+    pub fn outbox_depth(&self) -> u64 {
+        self.db.iterator_cf(self.cf(CF_OUTBOX), IteratorMode::Start).next().and_then(|item| item.ok()).map_or(
+            0,
+            |(key, _)| {
+                let first = u64::from_be_bytes(key.as_ref().try_into().unwrap_or([0; 8]));
+                self.next_outbox.load(Ordering::SeqCst).saturating_sub(first)
+            },
+        )
+    }
+
+    /// Quarantine entries from id `from`, oldest first.
+    pub fn quarantine(&self, from: u64, limit: usize) -> anyhow::Result<Vec<QuarantineEntry>> {
+        let mut out = Vec::new();
+        let start = from.to_be_bytes();
+        for item in
+            self.db.iterator_cf(self.cf(CF_QUARANTINE), IteratorMode::From(&start, Direction::Forward)).take(limit)
+        {
+            let (_, value) = item?;
+            out.push(serde_json::from_slice(&value).context("quarantine entry decodes")?);
+        }
+        Ok(out)
+    }
+}

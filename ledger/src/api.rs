@@ -1,0 +1,398 @@
+//! The ledger's HTTP API: the client API used by gateways and billing (`/v1/...`), the raft RPC
+//! endpoints (`/raft/...`), `/healthz` and `/metrics`.
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+
+use axum::extract::{DefaultBodyLimit, Path, Query, State};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use domain::api::{
+    CustomerAccount, ErrorBody, MeterInfo, OutcomeStatus, ReadingOutcome, SubmitReadings, SubmitReadingsResponse,
+    TransactionPage, TransactionSummary,
+};
+use domain::clock::Clock;
+use domain::ids::{CustomerId, TxId};
+use domain::reading::SignedReading;
+use domain::settlement::RULES_VERSION;
+use domain::tx::{BatchReading, ReadingBatch, Transaction, TxBody};
+use domain::verify::verify_batch;
+use openraft::raft::{AppendEntriesRequest, InstallSnapshotRequest, VoteRequest};
+use openraft::{EntryPayload, Raft};
+use serde::Deserialize;
+
+use crate::entry::{NodeId, TypeConfig};
+use crate::limits::{COMMIT_WAIT_MAX, REQUEST_BYTES_MAX, SUBMIT_READINGS_MAX, TRANSACTION_PAGE_MAX};
+use crate::state::{self, MeterRecord, ReadingResult, Table, TxResult};
+use crate::store::Store;
+
+/// Counters exported on `/metrics`.
+#[derive(Debug, Default)]
+pub struct Metrics {
+    pub readings_submitted: AtomicU64,
+    pub readings_accepted: AtomicU64,
+    pub readings_duplicate: AtomicU64,
+    pub readings_equivocation: AtomicU64,
+    pub transactions_proposed: AtomicU64,
+    pub rejected_by_reason: Mutex<BTreeMap<String, u64>>,
+}
+
+impl Metrics {
+    fn reject(&self, reason: &str) {
+        let mut map = self.rejected_by_reason.lock().expect("metrics lock is never poisoned");
+        *map.entry(reason.to_string()).or_default() += 1;
+    }
+}
+
+/// Shared state of the HTTP handlers.
+#[derive(Clone)]
+pub struct AppState {
+    pub node_id: NodeId,
+    pub raft: Raft<TypeConfig>,
+    pub store: Store,
+    pub clock: Clock,
+    pub metrics: Arc<Metrics>,
+}
+
+/// The router of a ledger node.
+pub fn router(state: AppState) -> Router {
+    Router::new()
+        .route("/v1/readings", post(submit_readings))
+        .route("/v1/meters", get(list_meters))
+        .route("/v1/customers/{customer_id}/account", get(customer_account))
+        .route("/v1/transactions", get(list_transactions))
+        .route("/healthz", get(healthz))
+        .route("/metrics", get(metrics))
+        .route("/raft/append", post(raft_append))
+        .route("/raft/vote", post(raft_vote))
+        .route("/raft/snapshot", post(raft_snapshot))
+        .layer(DefaultBodyLimit::max(REQUEST_BYTES_MAX))
+        .with_state(state)
+}
+
+/// An API error: HTTP status plus a stable code and a message; never internals.
+#[derive(Debug)]
+pub struct ApiError {
+    status: StatusCode,
+    code: &'static str,
+    message: String,
+}
+
+impl ApiError {
+    fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {
+        ApiError { status, code, message: message.into() }
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        (self.status, Json(ErrorBody { code: self.code.to_string(), message: self.message })).into_response()
+    }
+}
+
+fn rejected(reason: &str) -> ReadingOutcome {
+    ReadingOutcome { digest: None, status: OutcomeStatus::Rejected, reason: Some(reason.to_string()) }
+}
+
+async fn ensure_leader(app: &AppState) -> Result<(), ApiError> {
+    match app.raft.current_leader().await {
+        Some(leader) if leader == app.node_id => Ok(()),
+        Some(leader) => {
+            Err(ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "not_leader", format!("node {leader} leads")))
+        }
+        None => Err(ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "no_leader", "no leader elected yet")),
+    }
+}
+
+/// Proposes a transaction and waits until it is committed and applied.
+pub async fn propose(app: &AppState, body: TxBody) -> Result<(u64, TxResult), ApiError> {
+    let tx = Transaction { tx_id: TxId(rand::random()), rules_version: RULES_VERSION, time: app.clock.now(), body };
+    app.metrics.transactions_proposed.fetch_add(1, Ordering::Relaxed);
+    match tokio::time::timeout(COMMIT_WAIT_MAX, app.raft.client_write(tx)).await {
+        Err(_) => Err(ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "commit_timeout", "not committed in time; retry")),
+        Ok(Err(error)) => {
+            tracing::warn!(%error, "client write failed");
+            Err(ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "write_failed", error.to_string()))
+        }
+        Ok(Ok(response)) => Ok((response.log_id.index, response.data)),
+    }
+}
+
+#[tracing::instrument(skip_all, fields(gateway = %request.gateway_id, readings = request.readings.len()))]
+async fn submit_readings(
+    State(app): State<AppState>,
+    Json(request): Json<SubmitReadings>,
+) -> Result<Json<SubmitReadingsResponse>, ApiError> {
+    if request.readings.len() > SUBMIT_READINGS_MAX {
+        return Err(ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "batch_too_large",
+            format!("{} readings, limit {SUBMIT_READINGS_MAX}", request.readings.len()),
+        ));
+    }
+    ensure_leader(&app).await?;
+    let count = request.readings.len();
+    app.metrics.readings_submitted.fetch_add(count as u64, Ordering::Relaxed);
+    let mut outcomes: Vec<Option<ReadingOutcome>> = vec![None; count];
+    let mut candidates: Vec<(usize, SignedReading, [u8; 32], bool)> = Vec::new();
+    for (index, envelope) in request.readings.iter().enumerate() {
+        let signed = match envelope.open() {
+            Ok(signed) => signed,
+            Err(error) => {
+                outcomes[index] = Some(rejected(error.code()));
+                continue;
+            }
+        };
+        let reading = signed.reading();
+        match state::meter(&app.store.state(), &reading.meter_id) {
+            None => outcomes[index] = Some(rejected("unknown_meter")),
+            Some(MeterRecord { key_id, .. }) if key_id != reading.key_id => {
+                outcomes[index] = Some(rejected("unknown_key"))
+            }
+            Some(record) => candidates.push((index, signed, record.public_key, envelope.backfill)),
+        }
+    }
+    // The leader verifies every signature itself before proposing (DESIGN.md, trust model).
+    let positions: Vec<(usize, bool)> = candidates.iter().map(|(index, _, _, backfill)| (*index, *backfill)).collect();
+    let items: Vec<(SignedReading, [u8; 32])> =
+        candidates.into_iter().map(|(_, signed, key, _)| (signed, key)).collect();
+    let verified = tokio::task::spawn_blocking(move || verify_batch(items, &mut rand::thread_rng()))
+        .await
+        .map_err(|error| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", error.to_string()))?;
+    let mut batch = Vec::new();
+    let mut batch_positions = Vec::new();
+    for ((index, backfill), outcome) in positions.into_iter().zip(verified) {
+        match outcome {
+            Ok(reading) => {
+                batch_positions.push((index, reading.digest().to_string()));
+                batch.push(BatchReading { reading, backfill });
+            }
+            Err(refused) => {
+                let meter = &refused.signed.reading().meter_id;
+                tracing::info!(%meter, error = %refused.error, "reading refused by the leader");
+                let digest = Some(refused.signed.digest().to_string());
+                outcomes[index] = Some(ReadingOutcome { digest, ..rejected("bad_signature") });
+            }
+        }
+    }
+    let mut tx_id = None;
+    let mut log_index = None;
+    if !batch.is_empty() {
+        let (index, result) =
+            propose(&app, TxBody::Readings(ReadingBatch { gateway_id: request.gateway_id.clone(), readings: batch }))
+                .await?;
+        log_index = Some(index);
+        tx_id = Some(index.to_string());
+        for ((position, digest), result) in batch_positions.into_iter().zip(result.readings) {
+            let (status, reason) = match result {
+                ReadingResult::Accepted => (OutcomeStatus::Accepted, None),
+                ReadingResult::Duplicate => (OutcomeStatus::Duplicate, None),
+                ReadingResult::Equivocation => {
+                    tracing::error!(%digest, "equivocation: same meter and sequence, different bytes");
+                    (OutcomeStatus::Equivocation, Some(result.code().to_string()))
+                }
+                other => (OutcomeStatus::Rejected, Some(other.code().to_string())),
+            };
+            outcomes[position] = Some(ReadingOutcome { digest: Some(digest), status, reason });
+        }
+    }
+    let outcomes: Vec<ReadingOutcome> =
+        outcomes.into_iter().map(|outcome| outcome.expect("every reading gets an outcome")).collect();
+    for outcome in &outcomes {
+        match outcome.status {
+            OutcomeStatus::Accepted => app.metrics.readings_accepted.fetch_add(1, Ordering::Relaxed),
+            OutcomeStatus::Duplicate => app.metrics.readings_duplicate.fetch_add(1, Ordering::Relaxed),
+            OutcomeStatus::Equivocation => app.metrics.readings_equivocation.fetch_add(1, Ordering::Relaxed),
+            OutcomeStatus::Rejected => {
+                app.metrics.reject(outcome.reason.as_deref().unwrap_or("unknown"));
+                0
+            }
+        };
+    }
+    Ok(Json(SubmitReadingsResponse { tx_id, log_index, outcomes }))
+}
+
+async fn list_meters(State(app): State<AppState>) -> Json<Vec<MeterInfo>> {
+    let meters = app
+        .store
+        .scan_prefix(Table::Private, state::METER_PREFIX)
+        .into_iter()
+        .map(|(_, value)| {
+            let record = MeterRecord::decode(&value).expect("committed meter record decodes");
+            MeterInfo {
+                meter_id: record.meter_id,
+                key_id: record.key_id.0,
+                public_key: hex::encode(record.public_key),
+                customer_id: record.customer_id,
+            }
+        })
+        .collect();
+    Json(meters)
+}
+
+async fn customer_account(
+    State(app): State<AppState>,
+    Path(customer_id): Path<String>,
+) -> Result<Json<CustomerAccount>, ApiError> {
+    let customer_id = CustomerId::new(customer_id)
+        .map_err(|error| ApiError::new(StatusCode::BAD_REQUEST, "bad_customer_id", error.to_string()))?;
+    let state = app.store.state();
+    let currency = state::customer_currency(&state, &customer_id).ok_or_else(|| {
+        ApiError::new(StatusCode::NOT_FOUND, "unknown_customer", format!("no customer {customer_id}"))
+    })?;
+    let account = state::account(&state, &state::customer_account_name(&customer_id));
+    Ok(Json(CustomerAccount {
+        customer_id,
+        currency,
+        energy_import_wh: account.as_ref().map_or(0, |a| a.energy_import_wh),
+        energy_export_wh: account.as_ref().map_or(0, |a| a.energy_export_wh),
+        amount: account.as_ref().map_or(rust_decimal::Decimal::ZERO, |a| a.debits_posted - a.credits_posted),
+        intervals_settled: account.as_ref().map_or(0, |a| a.transfers_count),
+        as_of_ms: app.store.as_of_ms(),
+        applied_index: app.store.applied_index(),
+    }))
+}
+
+#[derive(Debug, Deserialize)]
+struct PageQuery {
+    #[serde(default)]
+    from: u64,
+    limit: Option<u64>,
+}
+
+async fn list_transactions(
+    State(app): State<AppState>,
+    Query(query): Query<PageQuery>,
+) -> Result<Json<TransactionPage>, ApiError> {
+    let limit = query.limit.unwrap_or(TRANSACTION_PAGE_MAX).clamp(1, TRANSACTION_PAGE_MAX);
+    let applied = app.store.applied_index();
+    let entries = app
+        .store
+        .log_entries(query.from, limit)
+        .map_err(|error| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "storage", error.to_string()))?;
+    let mut next = query.from;
+    let mut transactions = Vec::new();
+    for entry in entries.into_iter().filter(|entry| entry.log_id.index <= applied) {
+        next = entry.log_id.index + 1;
+        let summary = match &entry.payload {
+            EntryPayload::Normal(tx) => {
+                let (kind, reading_digests) = match &tx.body {
+                    TxBody::Admin(_) => ("admin", Vec::new()),
+                    TxBody::Tick => ("tick", Vec::new()),
+                    TxBody::Readings(batch) => {
+                        ("readings", batch.readings.iter().map(|item| item.reading.digest().to_string()).collect())
+                    }
+                };
+                TransactionSummary {
+                    index: entry.log_id.index,
+                    tx_id: tx.tx_id.to_string(),
+                    kind: kind.to_string(),
+                    time_ms: tx.time.0,
+                    reading_digests,
+                }
+            }
+            EntryPayload::Blank | EntryPayload::Membership(_) => TransactionSummary {
+                index: entry.log_id.index,
+                tx_id: String::new(),
+                kind: if matches!(entry.payload, EntryPayload::Blank) { "blank" } else { "membership" }.to_string(),
+                time_ms: 0,
+                reading_digests: Vec::new(),
+            },
+        };
+        transactions.push(summary);
+    }
+    Ok(Json(TransactionPage { transactions, next }))
+}
+
+async fn healthz(State(app): State<AppState>) -> Response {
+    let metrics = app.raft.metrics().borrow().clone();
+    let body = serde_json::json!({
+        "node_id": app.node_id,
+        "state": format!("{:?}", metrics.state),
+        "leader": metrics.current_leader,
+        "term": metrics.current_term,
+        "last_log_index": metrics.last_log_index,
+        "applied_index": metrics.last_applied.map(|log_id| log_id.index),
+    });
+    let status = if metrics.current_leader.is_some() { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
+    (status, Json(body)).into_response()
+}
+
+async fn metrics(State(app): State<AppState>) -> String {
+    let raft = app.raft.metrics().borrow().clone();
+    let m = &app.metrics;
+    let mut out = String::new();
+    let mut gauge = |name: &str, help: &str, kind: &str, value: u64| {
+        let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {value}");
+    };
+    gauge(
+        "wattle_ledger_is_leader",
+        "1 if this node leads.",
+        "gauge",
+        u64::from(raft.current_leader == Some(app.node_id)),
+    );
+    gauge("wattle_ledger_term", "Current raft term.", "gauge", raft.current_term);
+    gauge("wattle_ledger_last_log_index", "Last log index.", "gauge", raft.last_log_index.unwrap_or(0));
+    let applied = raft.last_applied.map_or(0, |log_id| log_id.index);
+    gauge("wattle_ledger_applied_index", "Last applied index.", "gauge", applied);
+    gauge(
+        "wattle_ledger_apply_lag",
+        "Log entries not yet applied.",
+        "gauge",
+        raft.last_log_index.unwrap_or(0).saturating_sub(applied),
+    );
+    gauge(
+        "wattle_ledger_readings_submitted_total",
+        "Readings submitted.",
+        "counter",
+        m.readings_submitted.load(Ordering::Relaxed),
+    );
+    gauge(
+        "wattle_ledger_readings_accepted_total",
+        "Readings committed and settled.",
+        "counter",
+        m.readings_accepted.load(Ordering::Relaxed),
+    );
+    gauge(
+        "wattle_ledger_readings_duplicate_total",
+        "Exact duplicates dropped.",
+        "counter",
+        m.readings_duplicate.load(Ordering::Relaxed),
+    );
+    gauge(
+        "wattle_ledger_readings_equivocation_total",
+        "Equivocations refused.",
+        "counter",
+        m.readings_equivocation.load(Ordering::Relaxed),
+    );
+    gauge(
+        "wattle_ledger_transactions_proposed_total",
+        "Transactions proposed.",
+        "counter",
+        m.transactions_proposed.load(Ordering::Relaxed),
+    );
+    let _ = writeln!(out, "# HELP wattle_ledger_readings_rejected_total Readings refused, by reason.\n# TYPE wattle_ledger_readings_rejected_total counter");
+    for (reason, count) in m.rejected_by_reason.lock().expect("metrics lock is never poisoned").iter() {
+        let _ = writeln!(out, "wattle_ledger_readings_rejected_total{{reason=\"{reason}\"}} {count}");
+    }
+    out
+}
+
+async fn raft_append(State(app): State<AppState>, Json(request): Json<AppendEntriesRequest<TypeConfig>>) -> Response {
+    Json(app.raft.append_entries(request).await).into_response()
+}
+
+async fn raft_vote(State(app): State<AppState>, Json(request): Json<VoteRequest<NodeId>>) -> Response {
+    Json(app.raft.vote(request).await).into_response()
+}
+
+async fn raft_snapshot(
+    State(app): State<AppState>,
+    Json(request): Json<InstallSnapshotRequest<TypeConfig>>,
+) -> Response {
+    Json(app.raft.install_snapshot(request).await).into_response()
+}

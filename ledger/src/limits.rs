@@ -1,0 +1,30 @@
+//! Named limits of the ledger, each with its reason.
+
+use std::time::Duration;
+
+/// Most envelopes in one `POST /v1/readings`: one transaction's worth (the domain's
+/// `BATCH_READINGS_MAX`), so a request maps to at most one raft entry.
+pub const SUBMIT_READINGS_MAX: usize = domain::limits::BATCH_READINGS_MAX;
+
+/// Largest HTTP request body: a full reading batch as JSON (~400 bytes per envelope).
+pub const REQUEST_BYTES_MAX: usize = 4 * 1024 * 1024;
+
+/// Most transactions returned by one `GET /v1/transactions` page.
+pub const TRANSACTION_PAGE_MAX: u64 = 1_000;
+
+/// How long a client write may wait for commit before the API answers 503.
+pub const COMMIT_WAIT_MAX: Duration = Duration::from_secs(10);
+
+/// Timeout of one raft RPC to a peer (snapshot chunks included).
+pub const RAFT_RPC_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Heartbeat and election timeouts, generous for a loaded 2-core machine.
+pub const HEARTBEAT_INTERVAL_MS: u64 = 250;
+pub const ELECTION_TIMEOUT_MIN_MS: u64 = 1_000;
+pub const ELECTION_TIMEOUT_MAX_MS: u64 = 2_000;
+
+/// Build a snapshot after this many applied entries (CCF: every 10,000 transactions).
+pub const SNAPSHOT_AFTER_ENTRIES: u64 = 10_000;
+
+/// How long start-up waits for this node to become leader before loading admin configuration.
+pub const LEADER_WAIT_MAX: Duration = Duration::from_secs(30);

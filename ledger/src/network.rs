@@ -1,0 +1,95 @@
+//! Raft RPCs between nodes over HTTP/JSON (reqwest client, axum server in `api.rs`), with a
+//! timeout on every call. Loopback or a private network; TLS arrives with node attestation.
+
+use openraft::error::{InstallSnapshotError, NetworkError, RPCError, RaftError, RemoteError, Unreachable};
+use openraft::network::{RPCOption, RaftNetwork, RaftNetworkFactory};
+use openraft::raft::{
+    AppendEntriesRequest, AppendEntriesResponse, InstallSnapshotRequest, InstallSnapshotResponse, VoteRequest,
+    VoteResponse,
+};
+use openraft::BasicNode;
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+
+use crate::entry::{NodeId, TypeConfig};
+use crate::limits::RAFT_RPC_TIMEOUT;
+
+/// Creates a connection per peer; they share one HTTP client (and its connection pool).
+#[derive(Clone, Debug)]
+pub struct HttpNetwork {
+    client: reqwest::Client,
+}
+
+impl HttpNetwork {
+    pub fn new() -> anyhow::Result<Self> {
+        Ok(HttpNetwork { client: reqwest::Client::builder().timeout(RAFT_RPC_TIMEOUT).build()? })
+    }
+}
+
+/// Connection to one peer.
+#[derive(Debug)]
+pub struct HttpConnection {
+    client: reqwest::Client,
+    target: NodeId,
+    address: String,
+}
+
+impl RaftNetworkFactory<TypeConfig> for HttpNetwork {
+    type Network = HttpConnection;
+
+    async fn new_client(&mut self, target: NodeId, node: &BasicNode) -> HttpConnection {
+        HttpConnection { client: self.client.clone(), target, address: node.addr.clone() }
+    }
+}
+
+impl HttpConnection {
+    async fn call<Request, Response, Error>(
+        &self,
+        path: &str,
+        request: &Request,
+    ) -> Result<Response, RPCError<NodeId, BasicNode, Error>>
+    where
+        Request: Serialize,
+        Response: DeserializeOwned,
+        Error: std::error::Error + DeserializeOwned,
+    {
+        let url = format!("http://{}/raft/{path}", self.address);
+        let response = self
+            .client
+            .post(url)
+            .json(request)
+            .send()
+            .await
+            .map_err(|error| RPCError::Unreachable(Unreachable::new(&error)))?;
+        let result: Result<Response, Error> =
+            response.json().await.map_err(|error| RPCError::Network(NetworkError::new(&error)))?;
+        result.map_err(|error| RPCError::RemoteError(RemoteError::new(self.target, error)))
+    }
+}
+
+impl RaftNetwork<TypeConfig> for HttpConnection {
+    async fn append_entries(
+        &mut self,
+        request: AppendEntriesRequest<TypeConfig>,
+        _option: RPCOption,
+    ) -> Result<AppendEntriesResponse<NodeId>, RPCError<NodeId, BasicNode, RaftError<NodeId>>> {
+        self.call("append", &request).await
+    }
+
+    async fn install_snapshot(
+        &mut self,
+        request: InstallSnapshotRequest<TypeConfig>,
+        _option: RPCOption,
+    ) -> Result<InstallSnapshotResponse<NodeId>, RPCError<NodeId, BasicNode, RaftError<NodeId, InstallSnapshotError>>>
+    {
+        self.call("snapshot", &request).await
+    }
+
+    async fn vote(
+        &mut self,
+        request: VoteRequest<NodeId>,
+        _option: RPCOption,
+    ) -> Result<VoteResponse<NodeId>, RPCError<NodeId, BasicNode, RaftError<NodeId>>> {
+        self.call("vote", &request).await
+    }
+}

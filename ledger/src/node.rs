@@ -1,0 +1,231 @@
+//! Starting a ledger node: open the store, start openraft, serve the API, initialise a new
+//! cluster when asked, and load the admin configuration (meters, customers, tariff) as signed
+//! admin transactions once this node leads.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use anyhow::{bail, Context};
+use domain::api::MeterInfo;
+use domain::clock::Clock;
+use domain::ids::{CustomerId, KeyId};
+use domain::money::{Currency, UnitPrice};
+use domain::tx::{AdminAction, SignedAdmin, TxBody};
+use ed25519_dalek::SigningKey;
+use openraft::{BasicNode, Config, Raft, SnapshotPolicy};
+use rust_decimal::Decimal;
+use serde::Deserialize;
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
+
+use crate::api::{propose, router, AppState, Metrics};
+use crate::entry::NodeId;
+use crate::limits::{
+    ELECTION_TIMEOUT_MAX_MS, ELECTION_TIMEOUT_MIN_MS, HEARTBEAT_INTERVAL_MS, LEADER_WAIT_MAX, SNAPSHOT_AFTER_ENTRIES,
+};
+use crate::network::HttpNetwork;
+use crate::state;
+use crate::store::Store;
+
+/// How to run one node.
+#[derive(Debug, Clone)]
+pub struct NodeConfig {
+    pub node_id: NodeId,
+    pub data_dir: PathBuf,
+    /// Address to serve on; port 0 picks a free port (fine for a single node).
+    pub listen: SocketAddr,
+    /// Initialise a new single-node cluster if this node has never been initialised.
+    pub bootstrap: bool,
+    /// Admin configuration (tariff and meter registries) to load once this node leads.
+    pub admin_config: Option<PathBuf>,
+    /// File holding the operator's Ed25519 secret key (64 hex characters).
+    pub operator_key: Option<PathBuf>,
+    pub clock: Clock,
+}
+
+/// The admin configuration file (TOML).
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AdminConfig {
+    pub tariff: TariffConfig,
+    /// Meter registries written by `wattle sim --registry-out`, relative to this file.
+    pub registries: Vec<PathBuf>,
+}
+
+/// The flat tariff of the walking skeleton.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TariffConfig {
+    pub currency: Currency,
+    #[serde(with = "rust_decimal::serde::str")]
+    pub price_per_kwh: Decimal,
+}
+
+/// A running node.
+pub struct NodeHandle {
+    pub address: SocketAddr,
+    pub raft: Raft<crate::entry::TypeConfig>,
+    shutdown: Option<oneshot::Sender<()>>,
+    server: JoinHandle<()>,
+}
+
+impl std::fmt::Debug for NodeHandle {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("NodeHandle").field("address", &self.address).finish()
+    }
+}
+
+impl NodeHandle {
+    /// Stops serving and shuts raft down.
+    pub async fn stop(mut self) {
+        if let Some(shutdown) = self.shutdown.take() {
+            let _ = shutdown.send(());
+        }
+        let _ = (&mut self.server).await;
+        if let Err(error) = self.raft.shutdown().await {
+            tracing::warn!(%error, "raft shutdown");
+        }
+    }
+}
+
+/// Parses an Ed25519 secret key file: 64 hex characters, surrounding whitespace ignored.
+pub fn read_signing_key(path: &Path) -> anyhow::Result<SigningKey> {
+    let text = std::fs::read_to_string(path).with_context(|| format!("reading key file {}", path.display()))?;
+    let bytes = hex::decode(text.trim()).with_context(|| format!("{} is not hex", path.display()))?;
+    let secret: [u8; 32] =
+        bytes.try_into().map_err(|_| anyhow::anyhow!("{} must hold 32 bytes (64 hex characters)", path.display()))?;
+    Ok(SigningKey::from_bytes(&secret))
+}
+
+/// Starts a node and returns once it serves.
+pub async fn start(config: NodeConfig) -> anyhow::Result<NodeHandle> {
+    let store = Store::open(&config.data_dir).context("opening the node's database")?;
+    let raft_config = Config {
+        cluster_name: "wattle".into(),
+        heartbeat_interval: HEARTBEAT_INTERVAL_MS,
+        election_timeout_min: ELECTION_TIMEOUT_MIN_MS,
+        election_timeout_max: ELECTION_TIMEOUT_MAX_MS,
+        snapshot_policy: SnapshotPolicy::LogsSinceLast(SNAPSHOT_AFTER_ENTRIES),
+        max_in_snapshot_log_to_keep: 1_000,
+        ..Default::default()
+    };
+    let raft_config = Arc::new(raft_config.validate().context("raft configuration")?);
+    let raft = Raft::new(config.node_id, raft_config, HttpNetwork::new()?, store.log_store(), store.state_machine())
+        .await
+        .context("starting raft")?;
+    let listener =
+        tokio::net::TcpListener::bind(config.listen).await.with_context(|| format!("binding {}", config.listen))?;
+    let address = listener.local_addr()?;
+    let app = AppState {
+        node_id: config.node_id,
+        raft: raft.clone(),
+        store: store.clone(),
+        clock: config.clock,
+        metrics: Arc::new(Metrics::default()),
+    };
+    let (shutdown_sender, shutdown_receiver) = oneshot::channel::<()>();
+    let server = tokio::spawn({
+        let router = router(app.clone());
+        async move {
+            let serve = axum::serve(listener, router).with_graceful_shutdown(async move {
+                let _ = shutdown_receiver.await;
+            });
+            if let Err(error) = serve.await {
+                tracing::error!(%error, "ledger API server stopped");
+            }
+        }
+    });
+    tracing::info!(node_id = config.node_id, %address, "ledger node serving");
+    if config.bootstrap && !raft.is_initialized().await? {
+        let members = BTreeMap::from([(config.node_id, BasicNode::new(address.to_string()))]);
+        raft.initialize(members).await.context("initialising the cluster")?;
+        tracing::info!(node_id = config.node_id, "initialised a new single-node cluster");
+    }
+    if let Some(admin_config) = &config.admin_config {
+        let operator_key = config
+            .operator_key
+            .as_deref()
+            .context("--admin-config needs --operator-key to sign the admin transactions")?;
+        let key = read_signing_key(operator_key)?;
+        wait_for_leadership(&raft, config.node_id).await?;
+        load_admin_config(&app, admin_config, &key).await?;
+    }
+    Ok(NodeHandle { address, raft, shutdown: Some(shutdown_sender), server })
+}
+
+async fn wait_for_leadership(raft: &Raft<crate::entry::TypeConfig>, node_id: NodeId) -> anyhow::Result<()> {
+    let mut metrics = raft.metrics();
+    let deadline = tokio::time::Instant::now() + LEADER_WAIT_MAX;
+    loop {
+        if metrics.borrow().current_leader == Some(node_id) {
+            return Ok(());
+        }
+        if tokio::time::timeout_at(deadline, metrics.changed()).await.is_err() {
+            bail!("this node did not become leader within {LEADER_WAIT_MAX:?}; load the admin configuration on the leader");
+        }
+    }
+}
+
+/// Submits the admin transactions needed to make the ledger's configuration match the file:
+/// idempotent, so a restart with the same file changes nothing.
+pub async fn load_admin_config(app: &AppState, path: &Path, key: &SigningKey) -> anyhow::Result<()> {
+    let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+    let config: AdminConfig = toml::from_str(&text).with_context(|| format!("parsing {}", path.display()))?;
+    let base = path.parent().unwrap_or(Path::new("."));
+    let mut meters: Vec<MeterInfo> = Vec::new();
+    for registry in &config.registries {
+        let registry_path = base.join(registry);
+        let text = std::fs::read_to_string(&registry_path)
+            .with_context(|| format!("reading registry {}", registry_path.display()))?;
+        let mut listed: Vec<MeterInfo> =
+            serde_json::from_str(&text).with_context(|| format!("parsing registry {}", registry_path.display()))?;
+        meters.append(&mut listed);
+    }
+    let mut actions = Vec::new();
+    let state_view = app.store.state();
+    let price = UnitPrice { per_kwh: config.tariff.price_per_kwh, currency: config.tariff.currency };
+    if state::flat_price(&state_view) != Some(price) {
+        actions.push(AdminAction::SetFlatPrice(price));
+    }
+    let customers: BTreeSet<CustomerId> = meters.iter().map(|meter| meter.customer_id.clone()).collect();
+    for customer_id in customers {
+        if state::customer_currency(&state_view, &customer_id).is_none() {
+            actions.push(AdminAction::RegisterCustomer { customer_id, currency: config.tariff.currency });
+        }
+    }
+    for meter in meters {
+        let public_key: [u8; 32] = hex::decode(&meter.public_key)
+            .ok()
+            .and_then(|bytes| bytes.try_into().ok())
+            .with_context(|| format!("meter {}: public key is not 32 bytes of hex", meter.meter_id))?;
+        let wanted = state::MeterRecord {
+            meter_id: meter.meter_id.clone(),
+            key_id: KeyId(meter.key_id),
+            public_key,
+            customer_id: meter.customer_id.clone(),
+        };
+        if state::meter(&state_view, &meter.meter_id).as_ref() != Some(&wanted) {
+            actions.push(AdminAction::RegisterMeter {
+                meter_id: wanted.meter_id,
+                key_id: wanted.key_id,
+                public_key,
+                customer_id: wanted.customer_id,
+            });
+        }
+    }
+    let mut nonce = state::admin_nonce(&state_view);
+    let count = actions.len();
+    for action in actions {
+        nonce += 1;
+        let (_, result) = propose(app, TxBody::Admin(SignedAdmin::sign(nonce, action, key)))
+            .await
+            .map_err(|error| anyhow::anyhow!("admin transaction not committed: {error:?}"))?;
+        if let Some(reason) = result.admin_refused {
+            bail!("the ledger refused an admin transaction: {reason}");
+        }
+    }
+    tracing::info!(path = %path.display(), actions = count, "admin configuration loaded");
+    Ok(())
+}

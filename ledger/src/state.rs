@@ -1,0 +1,637 @@
+//! The ledger's state machine, sans-IO: it takes committed transactions and a read view of the
+//! state and returns writes. It never reads a clock, a file, the network or RocksDB; the
+//! runtime (`store.rs`) commits its writes together with `last_applied` in one `WriteBatch`.
+//!
+//! Tables: `Public` holds what every party may read in plaintext (operator key, admin nonce,
+//! tariff); `Private` holds customers, meters, dedup ranges, settled readings and accounts
+//! (encrypted once the consortium issue adds encryption; the layout will not change).
+
+use std::collections::BTreeMap;
+
+use domain::codec::{DecodeError, Reader, Writer};
+use domain::ids::{CustomerId, KeyId, MeterId, Sequence};
+use domain::money::{decode_decimal, encode_decimal, Currency, UnitPrice};
+use domain::reading::ReadingDigest;
+use domain::settlement::{settle_flat, supports_rules_version};
+use domain::tx::{AdminAction, ReadingBatch, SignedAdmin, Transaction, TxBody};
+use domain::verify::is_acceptable_public_key;
+use rust_decimal::Decimal;
+use serde::{Deserialize, Serialize};
+
+/// The two table families; each is its own RocksDB column family.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Table {
+    Public,
+    Private,
+}
+
+/// Read access to committed state.
+pub trait StateRead {
+    fn get(&self, table: Table, key: &[u8]) -> Option<Vec<u8>>;
+}
+
+/// Writes produced by applying transactions, readable through [`Overlay`] before they commit.
+#[derive(Debug, Default)]
+pub struct WriteSet {
+    pub puts: BTreeMap<(Table, Vec<u8>), Vec<u8>>,
+}
+
+/// Committed state plus the writes of the entries applied so far in this batch.
+pub struct Overlay<'a> {
+    base: &'a dyn StateRead,
+    pub writes: WriteSet,
+}
+
+impl<'a> Overlay<'a> {
+    pub fn new(base: &'a dyn StateRead) -> Self {
+        Self { base, writes: WriteSet::default() }
+    }
+    fn put(&mut self, table: Table, key: Vec<u8>, value: Vec<u8>) {
+        self.writes.puts.insert((table, key), value);
+    }
+}
+
+impl StateRead for Overlay<'_> {
+    fn get(&self, table: Table, key: &[u8]) -> Option<Vec<u8>> {
+        match self.writes.puts.get(&(table, key.to_vec())) {
+            Some(value) => Some(value.clone()),
+            None => self.base.get(table, key),
+        }
+    }
+}
+
+/// What applying one transaction did, returned to the client that proposed it.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TxResult {
+    /// Per reading, in batch order (empty for other transactions).
+    pub readings: Vec<ReadingResult>,
+    /// For admin transactions: `None` if applied, else the reason it was refused.
+    pub admin_refused: Option<String>,
+}
+
+/// The fate of one reading in a committed batch.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ReadingResult {
+    Accepted,
+    Duplicate,
+    Equivocation,
+    UnknownMeter,
+    UnknownKey,
+    NoTariff,
+    CurrencyMismatch,
+}
+
+impl ReadingResult {
+    /// Stable reason code.
+    pub fn code(self) -> &'static str {
+        match self {
+            ReadingResult::Accepted => "accepted",
+            ReadingResult::Duplicate => "duplicate",
+            ReadingResult::Equivocation => "equivocation",
+            ReadingResult::UnknownMeter => "unknown_meter",
+            ReadingResult::UnknownKey => "unknown_key",
+            ReadingResult::NoTariff => "no_tariff",
+            ReadingResult::CurrencyMismatch => "currency_mismatch",
+        }
+    }
+}
+
+// ---- keys -------------------------------------------------------------------------------------
+
+const KEY_OPERATOR: &[u8] = b"operator_key";
+const KEY_ADMIN_NONCE: &[u8] = b"admin_nonce";
+const KEY_PRICE: &[u8] = b"flat_price";
+
+fn key_customer(customer: &CustomerId) -> Vec<u8> {
+    [b"c/".as_slice(), customer.as_str().as_bytes()].concat()
+}
+fn key_meter(meter: &MeterId) -> Vec<u8> {
+    [b"m/".as_slice(), meter.as_str().as_bytes()].concat()
+}
+/// Prefix of every meter record, for listing the registry.
+pub const METER_PREFIX: &[u8] = b"m/";
+fn key_ranges(meter: &MeterId, key_id: KeyId) -> Vec<u8> {
+    let mut key = [b"d/".as_slice(), meter.as_str().as_bytes(), b"/"].concat();
+    key.extend_from_slice(&key_id.0.to_be_bytes());
+    key
+}
+fn key_settled(meter: &MeterId, key_id: KeyId, sequence: Sequence) -> Vec<u8> {
+    let mut key = [b"r/".as_slice(), meter.as_str().as_bytes(), b"/"].concat();
+    key.extend_from_slice(&key_id.0.to_be_bytes());
+    key.extend_from_slice(&sequence.0.to_be_bytes());
+    key
+}
+fn key_account(account: &str) -> Vec<u8> {
+    [b"a/".as_slice(), account.as_bytes()].concat()
+}
+fn key_equivocation(meter: &MeterId, key_id: KeyId, sequence: Sequence, digest: &ReadingDigest) -> Vec<u8> {
+    let mut key = key_settled(meter, key_id, sequence);
+    key[0] = b'e';
+    key.extend_from_slice(&digest.0);
+    key
+}
+
+/// The customer's receivable account (debited by interval charges).
+pub fn customer_account_name(customer: &CustomerId) -> String {
+    format!("customer:{customer}")
+}
+/// The supplier's accrual account for a currency (credited by interval charges).
+pub fn supplier_accrual_account_name(currency: Currency) -> String {
+    format!("supplier-accrual:{currency}")
+}
+
+// ---- records ----------------------------------------------------------------------------------
+
+/// A registered meter.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MeterRecord {
+    pub meter_id: MeterId,
+    pub key_id: KeyId,
+    pub public_key: [u8; 32],
+    pub customer_id: CustomerId,
+}
+
+impl MeterRecord {
+    fn encode(&self) -> Vec<u8> {
+        let mut writer = Writer::new();
+        writer
+            .short_bytes(self.meter_id.as_str().as_bytes())
+            .u32(self.key_id.0)
+            .fixed(&self.public_key)
+            .short_bytes(self.customer_id.as_str().as_bytes());
+        writer.finish()
+    }
+    pub fn decode(bytes: &[u8]) -> Result<Self, DecodeError> {
+        let mut reader = Reader::new(bytes);
+        let meter_id = decode_text(&mut reader, "meter_id")?;
+        let record = MeterRecord {
+            meter_id,
+            key_id: KeyId(reader.u32()?),
+            public_key: reader.array()?,
+            customer_id: decode_text(&mut reader, "customer_id")?,
+        };
+        reader.finish()?;
+        Ok(record)
+    }
+}
+
+fn decode_text<T: std::str::FromStr>(reader: &mut Reader<'_>, field: &'static str) -> Result<T, DecodeError>
+where
+    T::Err: std::fmt::Display,
+{
+    let raw = reader.short_bytes()?;
+    let text = std::str::from_utf8(raw).map_err(|_| DecodeError::invalid(field, "not UTF-8"))?;
+    text.parse().map_err(|error: T::Err| DecodeError::invalid(field, error.to_string()))
+}
+
+/// A double-entry account: posted debits and credits at full precision, plus the energy behind them.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Account {
+    pub currency: Currency,
+    pub debits_posted: Decimal,
+    pub credits_posted: Decimal,
+    pub energy_import_wh: u64,
+    pub energy_export_wh: u64,
+    pub transfers_count: u64,
+}
+
+impl Account {
+    fn new(currency: Currency) -> Self {
+        Account {
+            currency,
+            debits_posted: Decimal::ZERO,
+            credits_posted: Decimal::ZERO,
+            energy_import_wh: 0,
+            energy_export_wh: 0,
+            transfers_count: 0,
+        }
+    }
+    fn encode(&self) -> Vec<u8> {
+        let mut writer = Writer::new();
+        writer.fixed(self.currency.code().as_bytes());
+        encode_decimal(&mut writer, self.debits_posted);
+        encode_decimal(&mut writer, self.credits_posted);
+        writer.u64(self.energy_import_wh).u64(self.energy_export_wh).u64(self.transfers_count);
+        writer.finish()
+    }
+    pub fn decode(bytes: &[u8]) -> Result<Self, DecodeError> {
+        let mut reader = Reader::new(bytes);
+        let code: [u8; 3] = reader.array()?;
+        let currency = Currency::new(std::str::from_utf8(&code).unwrap_or("???"))
+            .map_err(|error| DecodeError::invalid("currency", error.to_string()))?;
+        let account = Account {
+            currency,
+            debits_posted: decode_decimal(&mut reader, "debits_posted")?,
+            credits_posted: decode_decimal(&mut reader, "credits_posted")?,
+            energy_import_wh: reader.u64()?,
+            energy_export_wh: reader.u64()?,
+            transfers_count: reader.u64()?,
+        };
+        reader.finish()?;
+        Ok(account)
+    }
+}
+
+/// Sorted, disjoint, non-adjacent inclusive ranges of sequences seen for one (meter, key).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct SequenceRanges(pub Vec<(u64, u64)>);
+
+impl SequenceRanges {
+    pub fn contains(&self, sequence: u64) -> bool {
+        let index = self.0.partition_point(|&(_, end)| end < sequence);
+        self.0.get(index).is_some_and(|&(start, _)| start <= sequence)
+    }
+    /// Adds one sequence, merging with neighbours.
+    pub fn insert(&mut self, sequence: u64) {
+        if self.contains(sequence) {
+            return;
+        }
+        let index = self.0.partition_point(|&(_, end)| end < sequence);
+        let joins_left = index > 0 && self.0[index - 1].1.checked_add(1) == Some(sequence);
+        let joins_right = index < self.0.len() && sequence.checked_add(1) == Some(self.0[index].0);
+        match (joins_left, joins_right) {
+            (true, true) => {
+                self.0[index - 1].1 = self.0[index].1;
+                self.0.remove(index);
+            }
+            (true, false) => self.0[index - 1].1 = sequence,
+            (false, true) => self.0[index].0 = sequence,
+            (false, false) => self.0.insert(index, (sequence, sequence)),
+        }
+    }
+    fn encode(&self) -> Vec<u8> {
+        let mut writer = Writer::with_capacity(4 + 16 * self.0.len());
+        writer.u32(self.0.len() as u32);
+        for &(start, end) in &self.0 {
+            writer.u64(start).u64(end);
+        }
+        writer.finish()
+    }
+    fn decode(bytes: &[u8]) -> Result<Self, DecodeError> {
+        let mut reader = Reader::new(bytes);
+        let count = reader.u32()? as usize;
+        if count > bytes.len() / 16 {
+            return Err(DecodeError::invalid("ranges", "count exceeds bytes"));
+        }
+        let ranges = (0..count).map(|_| Ok((reader.u64()?, reader.u64()?))).collect::<Result<Vec<_>, DecodeError>>()?;
+        reader.finish()?;
+        Ok(SequenceRanges(ranges))
+    }
+}
+
+/// The settlement line of one accepted reading: what was settled, traceable to its digest.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SettledReading {
+    pub digest: ReadingDigest,
+    pub log_index: u64,
+    pub interval_start: i64,
+    pub energy_import_wh: u64,
+    pub energy_export_wh: u64,
+    pub amount: Decimal,
+}
+
+impl SettledReading {
+    fn encode(&self) -> Vec<u8> {
+        let mut writer = Writer::new();
+        writer
+            .fixed(&self.digest.0)
+            .u64(self.log_index)
+            .i64(self.interval_start)
+            .u64(self.energy_import_wh)
+            .u64(self.energy_export_wh);
+        encode_decimal(&mut writer, self.amount);
+        writer.finish()
+    }
+    pub fn decode(bytes: &[u8]) -> Result<Self, DecodeError> {
+        let mut reader = Reader::new(bytes);
+        let settled = SettledReading {
+            digest: ReadingDigest(reader.array()?),
+            log_index: reader.u64()?,
+            interval_start: reader.i64()?,
+            energy_import_wh: reader.u64()?,
+            energy_export_wh: reader.u64()?,
+            amount: decode_decimal(&mut reader, "amount")?,
+        };
+        reader.finish()?;
+        Ok(settled)
+    }
+}
+
+// ---- reads used by the API --------------------------------------------------------------------
+
+/// A registered meter, if any.
+pub fn meter(state: &dyn StateRead, meter_id: &MeterId) -> Option<MeterRecord> {
+    state.get(Table::Private, &key_meter(meter_id)).map(|bytes| decode_or_crash(MeterRecord::decode(&bytes)))
+}
+
+/// A customer's currency, if the customer is registered.
+pub fn customer_currency(state: &dyn StateRead, customer: &CustomerId) -> Option<Currency> {
+    state.get(Table::Private, &key_customer(customer)).map(|bytes| {
+        let code = std::str::from_utf8(&bytes).expect("currency stored as ASCII");
+        Currency::new(code).expect("stored currency is supported")
+    })
+}
+
+/// An account by name, if it has been created.
+pub fn account(state: &dyn StateRead, name: &str) -> Option<Account> {
+    state.get(Table::Private, &key_account(name)).map(|bytes| decode_or_crash(Account::decode(&bytes)))
+}
+
+/// The flat tariff, if set.
+pub fn flat_price(state: &dyn StateRead) -> Option<UnitPrice> {
+    state.get(Table::Public, KEY_PRICE).map(|bytes| {
+        let mut reader = Reader::new(&bytes);
+        let per_kwh = decode_or_crash(decode_decimal(&mut reader, "per_kwh"));
+        let code: [u8; 3] = decode_or_crash(reader.array());
+        let currency = Currency::new(std::str::from_utf8(&code).unwrap_or("???")).expect("stored currency");
+        UnitPrice { per_kwh, currency }
+    })
+}
+
+/// The highest admin nonce applied so far (0 before the first).
+pub fn admin_nonce(state: &dyn StateRead) -> u64 {
+    state
+        .get(Table::Public, KEY_ADMIN_NONCE)
+        .map_or(0, |bytes| u64::from_be_bytes(bytes.as_slice().try_into().expect("nonce stored as 8 bytes")))
+}
+
+/// Committed state that does not decode is a broken invariant: crash rather than replicate it.
+fn decode_or_crash<T>(result: Result<T, DecodeError>) -> T {
+    match result {
+        Ok(value) => value,
+        Err(error) => panic!("committed state does not decode: {error}"),
+    }
+}
+
+// ---- apply ------------------------------------------------------------------------------------
+
+/// Applies one committed transaction at `log_index`.
+pub fn apply(state: &mut Overlay<'_>, log_index: u64, tx: &Transaction) -> TxResult {
+    assert!(
+        supports_rules_version(tx.rules_version),
+        "entry {log_index} needs rules version {}, which this build cannot execute",
+        tx.rules_version
+    );
+    match &tx.body {
+        TxBody::Admin(admin) => TxResult { readings: Vec::new(), admin_refused: apply_admin(state, admin).err() },
+        TxBody::Readings(batch) => TxResult { readings: apply_readings(state, log_index, batch), admin_refused: None },
+        TxBody::Tick => TxResult::default(),
+    }
+}
+
+fn apply_admin(state: &mut Overlay<'_>, admin: &SignedAdmin) -> Result<(), String> {
+    admin.verify().map_err(|error| format!("bad_operator_signature: {error}"))?;
+    match state.get(Table::Public, KEY_OPERATOR) {
+        // The first admin transaction pins the operator key (genesis).
+        None => state.put(Table::Public, KEY_OPERATOR.to_vec(), admin.operator_key.to_vec()),
+        Some(operator) if operator == admin.operator_key => {}
+        Some(_) => return Err("not_operator: signed by a key other than the ledger's operator key".into()),
+    }
+    let last_nonce = admin_nonce(state);
+    if admin.nonce <= last_nonce {
+        return Err(format!("stale_nonce: {} is not above {last_nonce}", admin.nonce));
+    }
+    match &admin.action {
+        AdminAction::RegisterCustomer { customer_id, currency } => {
+            if let Some(existing) = customer_currency(state, customer_id) {
+                if existing != *currency {
+                    return Err(format!("customer_currency_fixed: {customer_id} bills in {existing}"));
+                }
+            }
+            state.put(Table::Private, key_customer(customer_id), currency.code().as_bytes().to_vec());
+        }
+        AdminAction::RegisterMeter { meter_id, key_id, public_key, customer_id } => {
+            if !is_acceptable_public_key(public_key) {
+                return Err("weak_key: not a valid, non-small-order Ed25519 key".into());
+            }
+            if customer_currency(state, customer_id).is_none() {
+                return Err(format!("unknown_customer: {customer_id}"));
+            }
+            let record = MeterRecord {
+                meter_id: meter_id.clone(),
+                key_id: *key_id,
+                public_key: *public_key,
+                customer_id: customer_id.clone(),
+            };
+            state.put(Table::Private, key_meter(meter_id), record.encode());
+        }
+        AdminAction::SetFlatPrice(price) => {
+            let mut writer = Writer::new();
+            encode_decimal(&mut writer, price.per_kwh);
+            writer.fixed(price.currency.code().as_bytes());
+            state.put(Table::Public, KEY_PRICE.to_vec(), writer.finish());
+        }
+    }
+    state.put(Table::Public, KEY_ADMIN_NONCE.to_vec(), admin.nonce.to_be_bytes().to_vec());
+    Ok(())
+}
+
+fn apply_readings(state: &mut Overlay<'_>, log_index: u64, batch: &ReadingBatch) -> Vec<ReadingResult> {
+    batch.readings.iter().map(|item| apply_reading(state, log_index, &item.reading)).collect()
+}
+
+fn apply_reading(state: &mut Overlay<'_>, log_index: u64, verified: &domain::verify::VerifiedReading) -> ReadingResult {
+    let reading = verified.reading();
+    let Some(meter_record) = meter(state, &reading.meter_id) else {
+        return ReadingResult::UnknownMeter;
+    };
+    if meter_record.key_id != reading.key_id {
+        return ReadingResult::UnknownKey;
+    }
+    let digest = verified.digest();
+    let ranges_key = key_ranges(&reading.meter_id, reading.key_id);
+    let mut ranges = state
+        .get(Table::Private, &ranges_key)
+        .map(|bytes| decode_or_crash(SequenceRanges::decode(&bytes)))
+        .unwrap_or_default();
+    let settled_key = key_settled(&reading.meter_id, reading.key_id, reading.sequence);
+    if ranges.contains(reading.sequence.0) {
+        let settled = state
+            .get(Table::Private, &settled_key)
+            .map(|bytes| decode_or_crash(SettledReading::decode(&bytes)))
+            .expect("a sequence in the dedup ranges has its settled record");
+        if settled.digest == digest {
+            return ReadingResult::Duplicate;
+        }
+        state.put(
+            Table::Private,
+            key_equivocation(&reading.meter_id, reading.key_id, reading.sequence, &digest),
+            log_index.to_be_bytes().to_vec(),
+        );
+        return ReadingResult::Equivocation;
+    }
+    let Some(price) = flat_price(state) else {
+        return ReadingResult::NoTariff;
+    };
+    let currency = customer_currency(state, &meter_record.customer_id).expect("a meter's customer is registered");
+    if currency != price.currency {
+        return ReadingResult::CurrencyMismatch;
+    }
+    let charge = settle_flat(verified, &price);
+    ranges.insert(reading.sequence.0);
+    state.put(Table::Private, ranges_key, ranges.encode());
+    let settled = SettledReading {
+        digest,
+        log_index,
+        interval_start: reading.interval_start.0,
+        energy_import_wh: charge.energy_import.0,
+        energy_export_wh: charge.energy_export.0,
+        amount: charge.amount.amount,
+    };
+    state.put(Table::Private, settled_key, settled.encode());
+    // One transfer: debit the customer, credit the supplier's accrual account.
+    let debit_name = customer_account_name(&meter_record.customer_id);
+    let credit_name = supplier_accrual_account_name(currency);
+    let mut debit = account(state, &debit_name).unwrap_or_else(|| Account::new(currency));
+    debit.debits_posted += charge.amount.amount;
+    debit.energy_import_wh += charge.energy_import.0;
+    debit.energy_export_wh += charge.energy_export.0;
+    debit.transfers_count += 1;
+    state.put(Table::Private, key_account(&debit_name), debit.encode());
+    let mut credit = account(state, &credit_name).unwrap_or_else(|| Account::new(currency));
+    credit.credits_posted += charge.amount.amount;
+    credit.energy_import_wh += charge.energy_import.0;
+    credit.energy_export_wh += charge.energy_export.0;
+    credit.transfers_count += 1;
+    state.put(Table::Private, key_account(&credit_name), credit.encode());
+    ReadingResult::Accepted
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use domain::ids::{GatewayId, TxId, UnixMillis, UnixSeconds};
+    use domain::reading::{ClockStatus, FirmwareVersion, Reading, StatusFlags};
+    use domain::tx::BatchReading;
+    use ed25519_dalek::SigningKey;
+    use proptest::prelude::*;
+    use std::cell::RefCell;
+    use std::str::FromStr;
+
+    /// Committed state in memory: the same state machine runs on it as on RocksDB.
+    #[derive(Default)]
+    struct Memory(RefCell<WriteSet>);
+    impl StateRead for Memory {
+        fn get(&self, table: Table, key: &[u8]) -> Option<Vec<u8>> {
+            self.0.borrow().puts.get(&(table, key.to_vec())).cloned()
+        }
+    }
+    impl Memory {
+        fn apply(&self, index: u64, body: TxBody) -> TxResult {
+            let tx =
+                Transaction { tx_id: TxId([index as u8; 16]), rules_version: 1, time: UnixMillis(index as i64), body };
+            let mut overlay = Overlay::new(self);
+            let result = apply(&mut overlay, index, &tx);
+            let writes = overlay.writes.puts;
+            self.0.borrow_mut().puts.extend(writes);
+            result
+        }
+    }
+
+    fn reading(sequence: u64, import_wh: u64) -> Reading {
+        Reading {
+            meter_id: MeterId::new("M1").expect("id"),
+            key_id: KeyId(1),
+            sequence: Sequence(sequence),
+            interval_start: UnixSeconds(900 * sequence as i64),
+            interval_end: UnixSeconds(900 * (sequence as i64 + 1)),
+            import_start_wh: 1_000,
+            import_end_wh: 1_000 + import_wh,
+            export_start_wh: 0,
+            export_end_wh: 0,
+            register_modulus_wh: 1_000_000_000,
+            clock_status: ClockStatus::Synchronized,
+            status: StatusFlags::default(),
+            firmware: FirmwareVersion(1),
+        }
+    }
+
+    fn batch(meter_key: &SigningKey, readings: &[Reading]) -> TxBody {
+        let public = meter_key.verifying_key().to_bytes();
+        let items = readings.iter().map(|r| (r.sign(meter_key).expect("valid"), public)).collect();
+        let verified = domain::verify::verify_batch(items, &mut rand::thread_rng());
+        TxBody::Readings(ReadingBatch {
+            gateway_id: GatewayId::new("gw").expect("id"),
+            readings: verified
+                .into_iter()
+                .map(|v| BatchReading { reading: v.expect("valid"), backfill: false })
+                .collect(),
+        })
+    }
+
+    fn configured() -> (Memory, SigningKey, SigningKey) {
+        let memory = Memory::default();
+        let operator = SigningKey::from_bytes(&[1; 32]);
+        let meter_key = SigningKey::from_bytes(&[2; 32]);
+        let eur = Currency::new("EUR").expect("EUR");
+        let customer = CustomerId::new("C1").expect("id");
+        let actions = [
+            AdminAction::RegisterCustomer { customer_id: customer.clone(), currency: eur },
+            AdminAction::RegisterMeter {
+                meter_id: MeterId::new("M1").expect("id"),
+                key_id: KeyId(1),
+                public_key: meter_key.verifying_key().to_bytes(),
+                customer_id: customer,
+            },
+            AdminAction::SetFlatPrice(UnitPrice { per_kwh: Decimal::from_str("0.30").expect("price"), currency: eur }),
+        ];
+        for (nonce, action) in actions.into_iter().enumerate() {
+            let result =
+                memory.apply(nonce as u64 + 1, TxBody::Admin(SignedAdmin::sign(nonce as u64 + 1, action, &operator)));
+            assert_eq!(result.admin_refused, None);
+        }
+        (memory, operator, meter_key)
+    }
+
+    #[test]
+    fn readings_settle_once_and_equivocation_is_refused() {
+        let (memory, _, meter_key) = configured();
+        let result = memory.apply(10, batch(&meter_key, &[reading(1, 500), reading(2, 250)]));
+        assert_eq!(result.readings, vec![ReadingResult::Accepted, ReadingResult::Accepted]);
+        // The same reading again, in another transaction: a duplicate, nothing changes.
+        let result = memory.apply(11, batch(&meter_key, &[reading(1, 500)]));
+        assert_eq!(result.readings, vec![ReadingResult::Duplicate]);
+        // Same sequence, different bytes: equivocation.
+        let result = memory.apply(12, batch(&meter_key, &[reading(2, 999)]));
+        assert_eq!(result.readings, vec![ReadingResult::Equivocation]);
+        let customer = account(&memory, "customer:C1").expect("account");
+        let supplier = account(&memory, "supplier-accrual:EUR").expect("account");
+        assert_eq!(customer.energy_import_wh, 750);
+        assert_eq!(customer.debits_posted, Decimal::from_str("0.225").expect("amount"));
+        assert_eq!(customer.debits_posted, supplier.credits_posted, "debits equal credits");
+        assert_eq!(customer.transfers_count, 2);
+    }
+
+    #[test]
+    fn admin_transactions_need_the_operator_key_and_a_fresh_nonce() {
+        let (memory, operator, _) = configured();
+        let eur = Currency::new("EUR").expect("EUR");
+        let price = AdminAction::SetFlatPrice(UnitPrice { per_kwh: Decimal::ONE, currency: eur });
+        let replay = memory.apply(20, TxBody::Admin(SignedAdmin::sign(2, price.clone(), &operator)));
+        assert!(replay.admin_refused.expect("refused").starts_with("stale_nonce"));
+        let intruder = SigningKey::from_bytes(&[3; 32]);
+        let foreign = memory.apply(21, TxBody::Admin(SignedAdmin::sign(99, price, &intruder)));
+        assert!(foreign.admin_refused.expect("refused").starts_with("not_operator"));
+        assert_eq!(flat_price(&memory).expect("price").per_kwh, Decimal::from_str("0.30").expect("price"));
+    }
+
+    proptest! {
+        #[test]
+        fn ranges_match_a_set(sequences in proptest::collection::vec(0u64..200, 0..300)) {
+            let mut ranges = SequenceRanges::default();
+            let mut set = std::collections::BTreeSet::new();
+            for sequence in sequences {
+                ranges.insert(sequence);
+                set.insert(sequence);
+            }
+            for probe in 0..201 {
+                prop_assert_eq!(ranges.contains(probe), set.contains(&probe));
+            }
+            for window in ranges.0.windows(2) {
+                prop_assert!(window[0].1 + 1 < window[1].0, "ranges stay disjoint and non-adjacent");
+            }
+            prop_assert_eq!(SequenceRanges::decode(&ranges.encode()).expect("decodes"), ranges);
+        }
+    }
+}

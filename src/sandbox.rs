@@ -1,0 +1,261 @@
+//! `wattle sandbox`: the whole platform in one process on 127.0.0.1 — an embedded rumqttd broker,
+//! a ledger node, a gateway, billing and a simulated fleet in accelerated time.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use anyhow::{bail, Context};
+use domain::clock::{wall_clock_now, Clock};
+use domain::ids::{GatewayId, UnixMillis};
+use rust_decimal::Decimal;
+
+use crate::cli::shutdown_signal;
+
+/// Options of the sandbox.
+#[derive(Debug, clap::Args)]
+pub struct SandboxArgs {
+    /// Number of simulated meters (one customer each).
+    #[arg(long, default_value_t = 100)]
+    meters: u32,
+    /// Simulated seconds per real second (900: a 15-minute interval per second).
+    #[arg(long, default_value_t = 900)]
+    speed: u32,
+    /// Simulated start instant.
+    #[arg(long, default_value = "2026-01-05T00:00:00Z")]
+    start: chrono::DateTime<chrono::Utc>,
+    /// Flat price per kWh.
+    #[arg(long, default_value = "0.3120")]
+    price_per_kwh: Decimal,
+    /// Currency of the price.
+    #[arg(long, default_value = "EUR")]
+    currency: String,
+    /// Seed of the fleet.
+    #[arg(long, default_value_t = 1)]
+    seed: u64,
+    /// Keep data here instead of a temporary directory removed at exit.
+    #[arg(long)]
+    data_dir: Option<PathBuf>,
+    /// Smoke mode: run N intervals, check every served bill against the ground truth times the
+    /// price, and exit 0 only if all match.
+    #[arg(long)]
+    exit_after_intervals: Option<u64>,
+}
+
+/// How long smoke mode waits for the last readings to settle.
+const SETTLE_WAIT_MAX: Duration = Duration::from_secs(60);
+
+fn free_port() -> anyhow::Result<u16> {
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+}
+
+/// Starts rumqttd on 127.0.0.1 in its own thread (its `start()` blocks).
+fn start_broker(port: u16) -> anyhow::Result<()> {
+    let config = format!(
+        r#"
+id = 0
+[router]
+max_connections = 10010
+max_outgoing_packet_count = 2000
+max_segment_size = 104857600
+max_segment_count = 10
+
+[v4.1]
+name = "v4-1"
+listen = "127.0.0.1:{port}"
+next_connection_delay_ms = 1
+[v4.1.connections]
+connection_timeout_ms = 60000
+max_payload_size = 20480
+max_inflight_count = 1000
+dynamic_filters = true
+"#
+    );
+    let config: rumqttd::Config = toml::from_str(&config).context("embedded broker configuration")?;
+    std::thread::Builder::new().name("rumqttd".into()).spawn(move || {
+        let mut broker = rumqttd::Broker::new(config);
+        if let Err(error) = broker.start() {
+            tracing::error!(%error, "embedded MQTT broker stopped");
+        }
+    })?;
+    Ok(())
+}
+
+async fn wait_until<F, Fut>(what: &str, limit: Duration, mut check: F) -> anyhow::Result<()>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = tokio::time::Instant::now() + limit;
+    while !check().await {
+        if tokio::time::Instant::now() >= deadline {
+            bail!("{what} did not happen within {limit:?}");
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    Ok(())
+}
+
+pub async fn run(args: SandboxArgs) -> anyhow::Result<()> {
+    let temporary = tempfile::Builder::new().prefix("wattle-sandbox-").tempdir()?;
+    let data_dir: PathBuf = args.data_dir.clone().unwrap_or_else(|| temporary.path().to_path_buf());
+    std::fs::create_dir_all(&data_dir)?;
+    let clock = Clock::Simulated {
+        start: UnixMillis(args.start.timestamp_millis()),
+        anchor: wall_clock_now(),
+        speed: args.speed.max(1),
+    };
+    // Configuration: operator key, registry of the fleet, tariff.
+    let operator_key = data_dir.join("operator.key");
+    if !operator_key.exists() {
+        std::fs::write(&operator_key, hex::encode(rand::random::<[u8; 32]>()))?;
+    }
+    firmware_sim::write_registry(&data_dir.join("meters.json"), args.seed, args.meters)?;
+    let admin_config = data_dir.join("ledger-config.toml");
+    std::fs::write(
+        &admin_config,
+        format!(
+            "registries = [\"meters.json\"]\n\n[tariff]\ncurrency = \"{}\"\nprice_per_kwh = \"{}\"\n",
+            args.currency, args.price_per_kwh
+        ),
+    )?;
+    let broker_port = free_port()?;
+    start_broker(broker_port)?;
+    let node = ledger::node::start(ledger::node::NodeConfig {
+        node_id: 1,
+        data_dir: data_dir.join("node-1"),
+        listen: "127.0.0.1:0".parse()?,
+        bootstrap: true,
+        admin_config: Some(admin_config),
+        operator_key: Some(operator_key),
+        clock,
+    })
+    .await?;
+    let ledger_url = format!("http://{}", node.address);
+    let gateway = gateway::start(gateway::GatewayConfig {
+        gateway_id: GatewayId::new("sandbox-gw")?,
+        data_dir: data_dir.join("gateway"),
+        broker_host: "127.0.0.1".into(),
+        broker_port,
+        ledger_url: ledger_url.clone(),
+        listen: "127.0.0.1:0".parse()?,
+        clock,
+    })
+    .await?;
+    let http = reqwest::Client::new();
+    let gateway_health = format!("http://{}/healthz", gateway.address);
+    wait_until("gateway subscribed to the broker", Duration::from_secs(30), || async {
+        http.get(&gateway_health).send().await.is_ok_and(|response| response.status().is_success())
+    })
+    .await?;
+    let billing =
+        billing::start(billing::BillingConfig { listen: "127.0.0.1:0".parse()?, ledger_url: ledger_url.clone() })
+            .await?;
+    let first_customer = firmware_sim::customer_id(0);
+    println!();
+    println!(
+        "Wattle sandbox is running: {} meters, simulated time from {} at {}x",
+        args.meters, args.start, args.speed
+    );
+    println!("  MQTT broker   127.0.0.1:{broker_port} (topics wattle/v1/{{site}}/{{meter}}/reading)");
+    println!("  ledger        {ledger_url}  (/healthz, /metrics, /v1/meters, /v1/transactions)");
+    println!("  gateway       http://{}  (/healthz, /metrics, /v1/quarantine)", gateway.address);
+    println!("  billing       http://{}", billing.address);
+    println!("  data          {}", data_dir.display());
+    println!();
+    println!("Fetch a customer's running bill:");
+    println!("  curl -s http://{}/v1/customers/{first_customer}/bill", billing.address);
+    println!();
+    let truth_path = data_dir.join("ground-truth.jsonl");
+    let sim = firmware_sim::run(firmware_sim::SimConfig {
+        meters: args.meters,
+        seed: args.seed,
+        site: "site-1".into(),
+        interval_s: 900,
+        intervals: args.exit_after_intervals,
+        broker_host: "127.0.0.1".into(),
+        broker_port,
+        truth_out: Some(truth_path.clone()),
+        clock,
+    });
+    let outcome = match args.exit_after_intervals {
+        Some(intervals) => {
+            let summary = sim.await?;
+            tracing::info!(published = summary.published, "fleet finished; checking the bills");
+            check_bills(&http, &format!("http://{}", billing.address), &truth_path, args.price_per_kwh, intervals).await
+        }
+        None => {
+            tokio::select! {
+                result = sim => result.map(|_| ()),
+                _ = shutdown_signal() => { println!("stopping..."); Ok(()) }
+            }
+        }
+    };
+    billing.stop().await;
+    gateway.stop().await;
+    node.stop().await;
+    outcome
+}
+
+/// Smoke mode: every customer's served bill must equal the ground truth times the price.
+async fn check_bills(
+    http: &reqwest::Client,
+    billing_url: &str,
+    truth_path: &Path,
+    price_per_kwh: Decimal,
+    intervals: u64,
+) -> anyhow::Result<()> {
+    let truth = firmware_sim::read_truth(truth_path)?;
+    let mut expected: BTreeMap<String, (u64, u64)> = BTreeMap::new();
+    for record in &truth {
+        let entry = expected.entry(record.customer_id.to_string()).or_default();
+        entry.0 += record.import_wh;
+        entry.1 += 1;
+    }
+    let mut bills = BTreeMap::new();
+    let deadline = tokio::time::Instant::now() + SETTLE_WAIT_MAX;
+    for customer in expected.keys() {
+        loop {
+            let bill: billing::Bill = http
+                .get(format!("{billing_url}/v1/customers/{customer}/bill"))
+                .send()
+                .await?
+                .error_for_status()?
+                .json()
+                .await?;
+            if bill.intervals_settled >= intervals || tokio::time::Instant::now() >= deadline {
+                bills.insert(customer.clone(), bill);
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+    let mut mismatches = 0;
+    for (customer, (import_wh, count)) in &expected {
+        let bill = &bills[customer];
+        let energy_kwh = Decimal::from(*import_wh) / Decimal::from(1000u32);
+        let amount = (energy_kwh * price_per_kwh).round_dp_with_strategy(
+            bill.currency.minor_unit_digits(),
+            rust_decimal::RoundingStrategy::MidpointAwayFromZero,
+        );
+        if bill.amount != amount || bill.energy_import_kwh != energy_kwh || bill.intervals_settled != *count {
+            mismatches += 1;
+            eprintln!(
+                "MISMATCH {customer}: served {} {} for {} kWh over {} intervals; ground truth {amount} for {energy_kwh} kWh over {count}",
+                bill.amount, bill.currency, bill.energy_import_kwh, bill.intervals_settled
+            );
+        }
+    }
+    let total: Decimal = bills.values().map(|bill| bill.amount).sum();
+    println!(
+        "smoke check: {} customers, {} readings, {intervals} intervals; bills total {total}; {} of {} bills equal the ground truth",
+        expected.len(),
+        truth.len(),
+        expected.len() - mismatches,
+        expected.len()
+    );
+    if mismatches > 0 {
+        bail!("{mismatches} bills differ from the ground truth");
+    }
+    Ok(())
+}

@@ -1,0 +1,157 @@
+//! Helpers for running real processes in tests: free ports, mosquitto, `wattle` subcommands,
+//! polling with deadlines (never sleeping to wait for something).
+
+use std::net::TcpStream;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context};
+
+/// The `wattle` binary under test.
+pub fn wattle() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_wattle"))
+}
+
+/// A free TCP port on 127.0.0.1 (for processes that need a concrete port).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").and_then(|listener| listener.local_addr()).expect("bind port 0").port()
+}
+
+/// Polls `check` every 25 ms until it returns `Some`, or fails after `limit`.
+pub async fn poll_until<T, F, Fut>(what: &str, limit: Duration, mut check: F) -> anyhow::Result<T>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let deadline = Instant::now() + limit;
+    loop {
+        if let Some(value) = check().await {
+            return Ok(value);
+        }
+        if Instant::now() >= deadline {
+            bail!("timed out after {limit:?} waiting for {what}");
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+}
+
+/// A child process that is killed (by its PID, which we started) when dropped.
+pub struct Process {
+    pub name: String,
+    child: Child,
+    log: PathBuf,
+}
+
+impl Process {
+    /// Starts a process with stdout and stderr going to `dir/name.log`.
+    pub fn spawn(name: &str, dir: &Path, mut command: Command) -> anyhow::Result<Process> {
+        let log = dir.join(format!("{name}.log"));
+        let file = std::fs::File::create(&log)?;
+        let child = command
+            .stdin(Stdio::null())
+            .stdout(file.try_clone()?)
+            .stderr(file)
+            .spawn()
+            .with_context(|| format!("starting {name}"))?;
+        Ok(Process { name: name.to_string(), child, log })
+    }
+
+    /// The last lines of the process's log, for failure messages.
+    pub fn log_tail(&self) -> String {
+        let text = std::fs::read_to_string(&self.log).unwrap_or_default();
+        let lines: Vec<&str> = text.lines().collect();
+        lines[lines.len().saturating_sub(30)..].join("\n")
+    }
+
+    /// Whether it has exited, with its status.
+    pub fn try_wait(&mut self) -> Option<std::process::ExitStatus> {
+        self.child.try_wait().ok().flatten()
+    }
+
+    /// Waits for the process to exit within `limit`.
+    pub async fn wait(&mut self, limit: Duration) -> anyhow::Result<std::process::ExitStatus> {
+        let name = self.name.clone();
+        let result = poll_until(&format!("{name} to exit"), limit, || {
+            let status = self.try_wait();
+            async move { status }
+        })
+        .await;
+        result.with_context(|| format!("{name} log:\n{}", self.log_tail()))
+    }
+
+    /// Reads `{"address": ...}` from the ready file the process writes once it serves.
+    pub async fn ready_address(&mut self, ready_file: &Path) -> anyhow::Result<String> {
+        let limit = Duration::from_secs(60);
+        let deadline = Instant::now() + limit;
+        loop {
+            if let Ok(text) = std::fs::read_to_string(ready_file) {
+                let value: serde_json::Value = serde_json::from_str(&text)?;
+                return Ok(value["address"].as_str().context("address in ready file")?.to_string());
+            }
+            if let Some(status) = self.try_wait() {
+                bail!("{} exited with {status} before it was ready:\n{}", self.name, self.log_tail());
+            }
+            if Instant::now() >= deadline {
+                bail!("{} not ready after {limit:?}:\n{}", self.name, self.log_tail());
+            }
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
+    }
+}
+
+impl Drop for Process {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A mosquitto broker on a free port of 127.0.0.1 with the given extra configuration lines.
+pub struct Mosquitto {
+    pub port: u16,
+    _process: Process,
+}
+
+impl Mosquitto {
+    pub async fn start(dir: &Path, extra_config: &str) -> anyhow::Result<Mosquitto> {
+        let mut last_error = None;
+        // The port is free when chosen but may be taken before mosquitto binds it: retry.
+        for attempt in 0..5 {
+            let port = free_port();
+            let config = dir.join(format!("mosquitto-{attempt}.conf"));
+            std::fs::write(&config, format!("listener {port} 127.0.0.1\nallow_anonymous true\n{extra_config}\n"))?;
+            let mut command = Command::new("mosquitto");
+            command.arg("-c").arg(&config);
+            let mut process = Process::spawn(&format!("mosquitto-{attempt}"), dir, command)?;
+            let deadline = Instant::now() + Duration::from_secs(10);
+            loop {
+                if TcpStream::connect(("127.0.0.1", port)).is_ok() {
+                    return Ok(Mosquitto { port, _process: process });
+                }
+                if let Some(status) = process.try_wait() {
+                    last_error = Some(anyhow::anyhow!("mosquitto exited with {status}:\n{}", process.log_tail()));
+                    break;
+                }
+                if Instant::now() >= deadline {
+                    last_error = Some(anyhow::anyhow!("mosquitto did not listen on {port}"));
+                    break;
+                }
+                tokio::time::sleep(Duration::from_millis(25)).await;
+            }
+        }
+        Err(last_error.unwrap_or_else(|| anyhow::anyhow!("mosquitto did not start")))
+    }
+}
+
+/// Clock arguments shared by every process of one run, so they agree on "now".
+pub fn clock_args(start: &str, speed: u32, anchor_ms: i64) -> Vec<String> {
+    vec![
+        "--clock-start".into(),
+        start.into(),
+        "--clock-speed".into(),
+        speed.to_string(),
+        "--clock-anchor-ms".into(),
+        anchor_ms.to_string(),
+    ]
+}
