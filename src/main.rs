@@ -110,15 +110,22 @@ struct SimArgs {
     /// Number of meters.
     #[arg(long, default_value_t = 100)]
     meters: u32,
-    /// Seed for meter keys and consumption: the same seed gives the same fleet and readings.
+    /// Seed for meter keys, consumption and fault placement: the same seed and plan give the
+    /// same fleet and byte-identical readings.
     #[arg(long, default_value_t = 1)]
     seed: u64,
-    /// Site (substation area) the meters publish under.
-    #[arg(long, default_value = "site-1")]
-    site: String,
+    /// Number of sites (substation areas); meters are split into contiguous blocks.
+    #[arg(long, default_value_t = 1)]
+    sites: u32,
+    /// MQTT connections per site (a data concentrator publishes for many meters).
+    #[arg(long, default_value_t = 1)]
+    connections_per_site: u32,
     /// Interval length in seconds: 60, 300, 900, 1800 or 3600; aligned to UTC.
     #[arg(long, default_value_t = 900, value_parser = parse_interval)]
     interval_s: i64,
+    /// Start of the first interval (sequence 1), RFC 3339; default: the interval the clock is in.
+    #[arg(long)]
+    epoch: Option<chrono::DateTime<chrono::Utc>>,
     /// Stop after this many intervals (default: run until stopped).
     #[arg(long)]
     intervals: Option<u64>,
@@ -131,11 +138,87 @@ struct SimArgs {
     /// Only write the registry, publish nothing.
     #[arg(long, requires = "registry_out")]
     registry_only: bool,
-    /// Write the ground truth (one JSON line per reading sent) here.
+    /// Write the ground truth (compact binary, see firmware-sim/src/truth.rs) here.
     #[arg(long)]
     truth_out: Option<PathBuf>,
+    /// Inject a fault: KIND:SHARE for a share of the fleet (e.g. bit-flip:0.01), or
+    /// KIND@METER:SEQUENCE[:PARAM] for one meter index. Repeatable. Kinds: bit-flip, wrong-key,
+    /// equivocation, duplicate, sequence-gap, clock-skew (PARAM seconds), unsynced-clock (PARAM
+    /// intervals), counter-reset, rollover, impossible-jump (PARAM Wh), offline (PARAM intervals).
+    #[arg(long = "fault")]
+    faults: Vec<firmware_sim::FaultRequest>,
+    /// Replay the fault plan of an earlier run (JSON from --fault-plan-out) instead of --fault.
+    #[arg(long)]
+    fault_plan: Option<PathBuf>,
+    /// Write the fault plan actually used here.
+    #[arg(long)]
+    fault_plan_out: Option<PathBuf>,
+    /// How many days of readings each meter remembers for backfill.
+    #[arg(long, default_value_t = firmware_sim::limits::MEMORY_DAYS_DEFAULT)]
+    memory_days: u32,
+    /// Before starting, measure bare Ed25519 signing on this machine and report the ratio at the end.
+    #[arg(long)]
+    measure_bare_signing: bool,
     #[command(flatten)]
     clock: ClockArgs,
+}
+
+async fn run_sim(args: SimArgs) -> anyhow::Result<()> {
+    if let Some(path) = &args.registry_out {
+        firmware_sim::write_registry(path, args.seed, args.meters)?;
+        tracing::info!(path = %path.display(), meters = args.meters, "registry written");
+    }
+    if args.registry_only {
+        return Ok(());
+    }
+    let bare_signing = args.measure_bare_signing.then(|| firmware_sim::bare_signing_per_second(2.0));
+    let (broker_host, broker_port) = parse_host_port(&args.broker)?;
+    let fault_plan = match &args.fault_plan {
+        Some(path) => Some(serde_json::from_str(
+            &std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?,
+        )?),
+        None => None,
+    };
+    let config = firmware_sim::SimConfig {
+        meters: args.meters,
+        seed: args.seed,
+        sites: args.sites,
+        connections_per_site: args.connections_per_site,
+        interval_s: args.interval_s,
+        epoch: args.epoch.map(|epoch| domain::ids::UnixSeconds(epoch.timestamp())),
+        intervals: args.intervals,
+        broker_host,
+        broker_port,
+        truth_out: args.truth_out,
+        faults: args.faults,
+        fault_plan,
+        memory_days: args.memory_days,
+        clock: args.clock.clock(),
+    };
+    let fleet = firmware_sim::build_fleet(&config);
+    if let Some(path) = &args.fault_plan_out {
+        std::fs::write(path, serde_json::to_string_pretty(&fleet.plan)?)
+            .with_context(|| format!("writing {}", path.display()))?;
+    }
+    tracing::info!(
+        meters = fleet.meters,
+        sites = fleet.sites,
+        faults = fleet.plan.faults.len(),
+        epoch = fleet.epoch.0,
+        "fleet starting"
+    );
+    tokio::select! {
+        summary = firmware_sim::run(config, fleet) => {
+            let summary = summary?;
+            let rate = summary.published as f64 / summary.elapsed_s.max(1e-9);
+            tracing::info!(published = summary.published, intervals = summary.intervals, backfilled = summary.backfilled, readings_per_s = format!("{rate:.0}"), "simulation finished");
+            if let Some(bare) = bare_signing {
+                println!("signed and published {rate:.0} readings/s; bare Ed25519 signing {bare:.0}/s on one core; ratio {:.2}", rate / bare);
+            }
+        }
+        _ = shutdown_signal() => tracing::info!("simulation stopped"),
+    }
+    Ok(())
 }
 
 fn parse_interval(text: &str) -> Result<i64, String> {
@@ -211,35 +294,7 @@ async fn run(command: Command) -> anyhow::Result<()> {
             billing.stop().await;
             Ok(())
         }
-        Command::Sim(args) => {
-            if let Some(path) = &args.registry_out {
-                firmware_sim::write_registry(path, args.seed, args.meters)?;
-                tracing::info!(path = %path.display(), meters = args.meters, "registry written");
-            }
-            if args.registry_only {
-                return Ok(());
-            }
-            let (broker_host, broker_port) = parse_host_port(&args.broker)?;
-            let config = firmware_sim::SimConfig {
-                meters: args.meters,
-                seed: args.seed,
-                site: args.site,
-                interval_s: args.interval_s,
-                intervals: args.intervals,
-                broker_host,
-                broker_port,
-                truth_out: args.truth_out,
-                clock: args.clock.clock(),
-            };
-            tokio::select! {
-                summary = firmware_sim::run(config) => {
-                    let summary = summary?;
-                    tracing::info!(published = summary.published, intervals = summary.intervals, "simulation finished");
-                }
-                _ = shutdown_signal() => tracing::info!("simulation stopped"),
-            }
-            Ok(())
-        }
+        Command::Sim(args) => run_sim(args).await,
         Command::Keygen { out } => {
             let secret: [u8; 32] = rand::random();
             let key = ed25519_dalek::SigningKey::from_bytes(&secret);

@@ -157,7 +157,7 @@ pub async fn run(args: SandboxArgs) -> anyhow::Result<()> {
         "Wattle sandbox is running: {} meters, simulated time from {} at {}x",
         args.meters, args.start, args.speed
     );
-    println!("  MQTT broker   127.0.0.1:{broker_port} (topics wattle/v1/{{site}}/{{meter}}/reading)");
+    println!("  MQTT broker   127.0.0.1:{broker_port} (topics wattle/v1/{{site}}/{{meter}}/reading, .../birth)");
     println!("  ledger        {ledger_url}  (/healthz, /metrics, /v1/meters, /v1/transactions)");
     println!("  gateway       http://{}  (/healthz, /metrics, /v1/quarantine)", gateway.address);
     println!("  billing       http://{}", billing.address);
@@ -166,18 +166,25 @@ pub async fn run(args: SandboxArgs) -> anyhow::Result<()> {
     println!("Fetch a customer's running bill:");
     println!("  curl -s http://{}/v1/customers/{first_customer}/bill", billing.address);
     println!();
-    let truth_path = data_dir.join("ground-truth.jsonl");
-    let sim = firmware_sim::run(firmware_sim::SimConfig {
+    let truth_path = data_dir.join("ground-truth.bin");
+    let sim_config = firmware_sim::SimConfig {
         meters: args.meters,
         seed: args.seed,
-        site: "site-1".into(),
+        sites: 1,
+        connections_per_site: 1,
         interval_s: 900,
+        epoch: None,
         intervals: args.exit_after_intervals,
         broker_host: "127.0.0.1".into(),
         broker_port,
         truth_out: Some(truth_path.clone()),
+        faults: Vec::new(),
+        fault_plan: None,
+        memory_days: firmware_sim::limits::MEMORY_DAYS_DEFAULT,
         clock,
-    });
+    };
+    let fleet = firmware_sim::build_fleet(&sim_config);
+    let sim = firmware_sim::run(sim_config, fleet);
     let outcome = match args.exit_after_intervals {
         Some(intervals) => {
             let summary = sim.await?;
@@ -205,10 +212,10 @@ async fn check_bills(
     price_per_kwh: Decimal,
     intervals: u64,
 ) -> anyhow::Result<()> {
-    let truth = firmware_sim::read_truth(truth_path)?;
+    let truth = firmware_sim::Truth::read(truth_path)?.records;
     let mut expected: BTreeMap<String, (u64, u64)> = BTreeMap::new();
     for record in &truth {
-        let entry = expected.entry(record.customer_id.to_string()).or_default();
+        let entry = expected.entry(firmware_sim::customer_id(record.meter).to_string()).or_default();
         entry.0 += record.import_wh;
         entry.1 += 1;
     }

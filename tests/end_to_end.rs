@@ -140,18 +140,18 @@ async fn signed_readings_become_bills_equal_to_ground_truth() -> anyhow::Result<
     flipped_bytes[76] ^= 0x01; // one bit of import_end_wh
     let flipped = domain::reading::SignedReading::from_parts(flipped_bytes, *signed.signature())?;
     let flipped_digest = flipped.digest().to_string();
-    let topic_zero = firmware_sim::reading_topic("site-1", &firmware_sim::meter_id(0));
+    let topic_zero = firmware_sim::reading_topic("site-0", &firmware_sim::meter_id(0));
     publish(broker.port, &topic_zero, &serde_json::to_string(&flipped.to_envelope(false))?)?;
 
     let stranger = ed25519_dalek::SigningKey::from_bytes(&[0x5a; 32]);
     let foreign = stray_reading(1, 1).sign(&stranger)?;
     let foreign_digest = foreign.digest().to_string();
-    let topic_one = firmware_sim::reading_topic("site-1", &firmware_sim::meter_id(1));
+    let topic_one = firmware_sim::reading_topic("site-0", &firmware_sim::meter_id(1));
     publish(broker.port, &topic_one, &serde_json::to_string(&foreign.to_envelope(false))?)?;
 
     let unknown_key_id = stray_reading(2, 9).sign(&stranger)?;
     let unknown_key_digest = unknown_key_id.digest().to_string();
-    let topic_two = firmware_sim::reading_topic("site-1", &firmware_sim::meter_id(2));
+    let topic_two = firmware_sim::reading_topic("site-0", &firmware_sim::meter_id(2));
     publish(broker.port, &topic_two, &serde_json::to_string(&unknown_key_id.to_envelope(false))?)?;
     publish(broker.port, &topic_two, "this is not a reading")?;
 
@@ -169,19 +169,19 @@ async fn signed_readings_become_bills_equal_to_ground_truth() -> anyhow::Result<
         ])
         .args(["--broker", &broker_address])
         .arg("--truth-out")
-        .arg(path("truth.jsonl"))
+        .arg(path("truth.bin"))
         .args(&clock);
     let mut sim = Process::spawn("sim", dir.path(), command)?;
     let status = sim.wait(Duration::from_secs(120)).await?;
     anyhow::ensure!(status.success(), "sim failed:\n{}", sim.log_tail());
 
     // What each bill must be, computed here from the ground truth alone.
-    let truth = firmware_sim::read_truth(&path("truth.jsonl"))?;
-    assert_eq!(truth.len() as u64, u64::from(METERS) * INTERVALS);
+    let truth = firmware_sim::Truth::read(&path("truth.bin"))?;
+    assert_eq!(truth.records.len() as u64, u64::from(METERS) * INTERVALS);
     let price = Decimal::from_str(PRICE)?;
     let mut expected: BTreeMap<String, u64> = BTreeMap::new();
-    for record in &truth {
-        *expected.entry(record.customer_id.to_string()).or_default() += record.import_wh;
+    for record in &truth.records {
+        *expected.entry(firmware_sim::customer_id(record.meter).to_string()).or_default() += record.import_wh;
     }
     for (customer, import_wh) in &expected {
         let bill: serde_json::Value =
@@ -235,7 +235,12 @@ async fn signed_readings_become_bills_equal_to_ground_truth() -> anyhow::Result<
     }
     let unique: BTreeSet<&String> = digests.iter().collect();
     assert_eq!(unique.len(), digests.len(), "no reading appears twice in the ledger");
-    let truth_digests: BTreeSet<&String> = truth.iter().map(|record| &record.digest).collect();
+    let truth_digests: Vec<String> = truth
+        .records
+        .iter()
+        .map(|record| truth.fleet.stored_reading(record.meter, record.sequence).digest().to_string())
+        .collect();
+    let truth_digests: BTreeSet<&String> = truth_digests.iter().collect();
     assert_eq!(unique, truth_digests, "the ledger holds exactly the ground truth's readings");
     for bad in [&flipped_digest, &foreign_digest, &unknown_key_digest] {
         assert!(!unique.contains(bad), "a tampered reading reached the ledger");

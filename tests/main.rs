@@ -2,4 +2,5 @@
 //! mosquitto, real RocksDB in temporary directories, all on 127.0.0.1.
 
 mod end_to_end;
+mod fleet;
 mod support;

@@ -57,6 +57,23 @@ impl Process {
         Ok(Process { name: name.to_string(), child, log })
     }
 
+    /// Starts a process whose stdout the caller has set; stderr goes to `dir/name.log`.
+    pub fn spawn_with_stdout(name: &str, dir: &Path, mut command: Command) -> anyhow::Result<Process> {
+        let log = dir.join(format!("{name}.log"));
+        let child = command
+            .stdin(Stdio::null())
+            .stderr(std::fs::File::create(&log)?)
+            .spawn()
+            .with_context(|| format!("starting {name}"))?;
+        Ok(Process { name: name.to_string(), child, log })
+    }
+
+    /// Kills the process now (SIGKILL) and reaps it.
+    pub fn kill(&mut self) -> std::io::Result<()> {
+        self.child.kill()?;
+        self.child.wait().map(|_| ())
+    }
+
     /// The last lines of the process's log, for failure messages.
     pub fn log_tail(&self) -> String {
         let text = std::fs::read_to_string(&self.log).unwrap_or_default();

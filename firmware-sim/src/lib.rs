@@ -1,50 +1,42 @@
-//! The simulated meter fleet: meters with Ed25519 keys derived from a seed, cumulative registers,
-//! one signed reading per meter per interval published over MQTT, and the ground truth of what
-//! each meter measured, for tests to compare bills against.
+//! The simulated meter fleet. Meters belong to sites; each site publishes for its meters over
+//! a few MQTT connections, as data concentrators do. Every meter signs one reading per interval
+//! (QoS 1), announces itself with a birth message, is marked offline by its connection's last
+//! will, and re-sends any range of its remembered readings on a backfill command. Faults come
+//! from a replayable plan ([`faults`]); the ground truth is written compactly ([`truth`]).
+//!
+//! Topics (`{site}` is `site-N`, `{meter}` the meter id):
+//! - `wattle/v1/{site}/{meter}/reading`: the reading envelope (JSON, `docs/reading-format.md`), QoS 1.
+//! - `wattle/v1/{site}/{meter}/birth`: retained, QoS 1: meter id, key id, public key, firmware,
+//!   interval length, connection.
+//! - `wattle/v1/{site}/connection/{n}/state`: retained, QoS 1: `{"online":true,...}` on connect;
+//!   the connection's last will sets `{"online":false,...}`, marking its meters offline.
+//! - `wattle/v1/{site}/{meter}/cmd/backfill`: commands to the meter, `{"from":N,"to":M}`
+//!   (inclusive, at most 4,096 sequences); answered on the reading topic with `"backfill":true`.
 
+pub mod faults;
+pub mod fleet;
 pub mod limits;
+pub mod truth;
 
-use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::time::Duration;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use domain::api::MeterInfo;
 use domain::clock::Clock;
-use domain::ids::{CustomerId, KeyId, MeterId, Sequence, UnixMillis, UnixSeconds};
-use domain::reading::{ClockStatus, FirmwareVersion, Reading, StatusFlags};
-use ed25519_dalek::SigningKey;
-use rumqttc::{AsyncClient, Event, MqttOptions, Outgoing, Packet, QoS};
+use domain::ids::{UnixMillis, UnixSeconds};
+use rumqttc::{AsyncClient, Event, LastWill, MqttOptions, Packet, QoS};
 use serde::{Deserialize, Serialize};
-use sha2::{Digest, Sha256};
+use tokio::sync::{mpsc, watch};
 
-/// Registers of simulated meters roll over at 10^12 Wh (a 9-digit kWh display).
-pub const REGISTER_MODULUS_WH: u64 = 1_000_000_000_000;
-/// The key id every simulated meter signs with (no rotation yet).
-pub const SIM_KEY_ID: KeyId = KeyId(1);
-/// Firmware version 1.0.0.
-pub const SIM_FIRMWARE: FirmwareVersion = FirmwareVersion(0x01_00_00);
-
-/// A meter's secret key, derived from the fleet seed and the meter's index.
-pub fn meter_key(seed: u64, index: u32) -> SigningKey {
-    let digest: [u8; 32] = Sha256::new()
-        .chain_update(b"wattle.sim.meter-key")
-        .chain_update(seed.to_be_bytes())
-        .chain_update(index.to_be_bytes())
-        .finalize()
-        .into();
-    SigningKey::from_bytes(&digest)
-}
-
-/// A meter's id: `WTL` and ten digits.
-pub fn meter_id(index: u32) -> MeterId {
-    MeterId::new(format!("WTL{index:010}")).expect("WTL + 10 digits is a valid meter id")
-}
-
-/// The customer a meter bills to: one customer per meter in the simulation.
-pub fn customer_id(index: u32) -> CustomerId {
-    CustomerId::new(format!("C{index:07}")).expect("C + 7 digits is a valid customer id")
-}
+pub use crate::faults::{Fault, FaultKind, FaultPlan, FaultRequest};
+pub use crate::fleet::{
+    customer_id, interval_import_wh, meter_id, meter_index, meter_key, Fleet, REGISTER_MODULUS_WH, SIM_FIRMWARE,
+    SIM_KEY_ID,
+};
+pub use crate::truth::{Truth, TruthRecord, TruthWriter};
 
 /// The registry entries of a fleet, as the ledger's admin configuration loads them.
 pub fn registry(seed: u64, meters: u32) -> Vec<MeterInfo> {
@@ -64,50 +56,34 @@ pub fn write_registry(path: &Path, seed: u64, meters: u32) -> anyhow::Result<()>
     std::fs::write(path, json).with_context(|| format!("writing registry {}", path.display()))
 }
 
-fn mix(seed: u64, meter: u32, interval_start: i64) -> u64 {
-    let digest = Sha256::new()
-        .chain_update(b"wattle.sim.noise")
-        .chain_update(seed.to_be_bytes())
-        .chain_update(meter.to_be_bytes())
-        .chain_update(interval_start.to_be_bytes())
-        .finalize();
-    u64::from_be_bytes(digest[..8].try_into().expect("8 bytes"))
+/// The topic a meter publishes its readings on.
+pub fn reading_topic(site: &str, meter: &domain::ids::MeterId) -> String {
+    format!("wattle/v1/{site}/{meter}/reading")
 }
 
-/// Energy a household meter imports over one interval: a daily shape (night trough, morning
-/// and evening peaks) scaled per meter, with noise. Deterministic in (seed, meter, interval).
-/// The realism issue replaces this with the BDEW profiles.
-pub fn interval_import_wh(seed: u64, meter: u32, interval_start: UnixSeconds, interval_s: i64) -> u64 {
-    let hour = interval_start.0.rem_euclid(86_400) / 3_600;
-    // Watts per household, by hour of day (UTC treated as local for the skeleton).
-    const SHAPE_W: [u64; 24] = [
-        180, 150, 140, 140, 150, 200, 320, 480, 420, 350, 330, 360, 420, 380, 340, 350, 420, 560, 700, 680, 600, 480,
-        350, 240,
-    ];
-    let scale_percent = 60 + (mix(seed, meter, -1) % 90); // 60..150 % of the mean household
-    let noise_percent = 80 + (mix(seed, meter, interval_start.0) % 41); // 80..120 %
-    let watts = SHAPE_W[hour as usize] * scale_percent / 100 * noise_percent / 100;
-    watts * interval_s as u64 / 3_600
+/// The topic a meter listens on for backfill commands.
+pub fn backfill_topic(site: &str, meter: &domain::ids::MeterId) -> String {
+    format!("wattle/v1/{site}/{meter}/cmd/backfill")
 }
 
-/// One line of the ground truth: what a meter measured and sent for one interval.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
-pub struct TruthRecord {
-    pub meter_id: MeterId,
-    pub customer_id: CustomerId,
-    pub sequence: u64,
-    pub interval_start: i64,
-    pub interval_end: i64,
-    pub import_wh: u64,
-    pub export_wh: u64,
-    /// SHA-256 of the canonical bytes sent.
-    pub digest: String,
+/// A backfill command: re-send sequences `from..=to`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BackfillCommand {
+    pub from: u64,
+    pub to: u64,
 }
 
-/// Reads a ground-truth file.
-pub fn read_truth(path: &Path) -> anyhow::Result<Vec<TruthRecord>> {
-    let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
-    text.lines().filter(|line| !line.is_empty()).map(|line| Ok(serde_json::from_str(line)?)).collect()
+/// A meter's birth message.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Birth {
+    pub meter_id: domain::ids::MeterId,
+    pub key_id: u32,
+    pub public_key: String,
+    pub firmware: String,
+    pub interval_s: i64,
+    pub site: String,
+    pub connection: u32,
 }
 
 /// How to run the fleet.
@@ -115,68 +91,105 @@ pub fn read_truth(path: &Path) -> anyhow::Result<Vec<TruthRecord>> {
 pub struct SimConfig {
     pub meters: u32,
     pub seed: u64,
-    pub site: String,
+    pub sites: u32,
+    pub connections_per_site: u32,
     pub interval_s: i64,
+    /// Start of sequence 1; defaults to the start of the interval the clock is in.
+    pub epoch: Option<UnixSeconds>,
     /// Stop after this many intervals (run until stopped if `None`).
     pub intervals: Option<u64>,
     pub broker_host: String,
     pub broker_port: u16,
     pub truth_out: Option<PathBuf>,
+    pub faults: Vec<FaultRequest>,
+    /// A fault plan to replay (from `--fault-plan-out` of an earlier run); overrides `faults`.
+    pub fault_plan: Option<FaultPlan>,
+    pub memory_days: u32,
     pub clock: Clock,
 }
 
-/// The topic a meter publishes its readings on.
-pub fn reading_topic(site: &str, meter: &MeterId) -> String {
-    format!("wattle/v1/{site}/{meter}/reading")
+/// What a run did.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct SimSummary {
+    pub published: u64,
+    pub intervals: u64,
+    pub backfilled: u64,
+    pub elapsed_s: f64,
 }
 
-/// Runs the fleet: publishes one signed reading per meter per interval as the clock passes each
-/// interval's end, and waits for the broker to acknowledge every one before returning.
-pub async fn run(config: SimConfig) -> anyhow::Result<SimSummary> {
-    let keys: Vec<SigningKey> = (0..config.meters).map(|index| meter_key(config.seed, index)).collect();
-    let mut registers_wh: Vec<u64> = (0..config.meters).map(|index| mix(config.seed, index, -2) % 50_000_000).collect();
-    let mut options = MqttOptions::new(
-        format!("wattle-sim-{}-{}", config.site, config.seed),
-        &config.broker_host,
-        config.broker_port,
-    );
-    options.set_keep_alive(Duration::from_secs(30));
-    options.set_inflight(limits::MQTT_INFLIGHT_MAX);
-    let (client, mut event_loop) = AsyncClient::new(options, limits::MQTT_REQUEST_QUEUE_MAX);
-    let (acks_sender, mut acks) = tokio::sync::watch::channel(0u64);
-    let network = tokio::spawn(async move {
-        let mut acked = 0u64;
-        let mut failures = 0u32;
-        loop {
-            match event_loop.poll().await {
-                Ok(Event::Incoming(Packet::PubAck(_))) => {
-                    acked += 1;
-                    let _ = acks_sender.send(acked);
-                }
-                Ok(Event::Outgoing(Outgoing::Disconnect)) => return,
-                Ok(_) => failures = 0,
-                Err(error) => {
-                    failures += 1;
-                    tracing::warn!(%error, failures, "MQTT connection error; reconnecting");
-                    tokio::time::sleep(Duration::from_millis(100 * u64::from(failures.min(50)))).await;
-                }
-            }
-        }
+#[derive(Debug, Default)]
+struct Counters {
+    published: AtomicU64,
+    acked: AtomicU64,
+    backfilled: AtomicU64,
+    commands_refused: AtomicU64,
+}
+
+/// Resident memory of this process in bytes (Linux), for the progress line and the benchmark.
+pub fn resident_memory_bytes() -> Option<u64> {
+    let statm = std::fs::read_to_string("/proc/self/statm").ok()?;
+    let pages: u64 = statm.split_whitespace().nth(1)?.parse().ok()?;
+    Some(pages * 4_096)
+}
+
+/// Builds the fleet a configuration describes.
+pub fn build_fleet(config: &SimConfig) -> Fleet {
+    let interval_ms = config.interval_s * 1_000;
+    let epoch =
+        config.epoch.unwrap_or_else(|| UnixSeconds(config.clock.now().0.div_euclid(interval_ms) * interval_ms / 1_000));
+    let plan = config.fault_plan.clone().unwrap_or_else(|| {
+        FaultPlan::build(config.seed, config.meters, config.intervals.unwrap_or(96), &config.faults)
     });
+    Fleet::new(config.seed, config.meters, config.sites, config.interval_s, epoch, plan)
+}
+
+/// Runs the fleet: as the clock passes each interval's end, every meter publishes what the plan
+/// says; waits at the end until the broker has acknowledged every publish.
+pub async fn run(config: SimConfig, fleet: Fleet) -> anyhow::Result<SimSummary> {
+    let fleet = Arc::new(fleet);
+    let counters = Arc::new(Counters::default());
+    let (tick_sender, tick) = watch::channel(0u64);
+    let mut connections = Vec::new();
+    let (done_sender, mut done) = mpsc::channel::<(u32, u32, u64)>(1_024);
+    for site in 0..fleet.sites {
+        let site_meters: Vec<u32> = (0..fleet.meters).filter(|meter| fleet.site_of(*meter) == site).collect();
+        if site_meters.is_empty() {
+            continue;
+        }
+        for connection in 0..config.connections_per_site.max(1) {
+            let meters: Vec<u32> = site_meters
+                .iter()
+                .copied()
+                .filter(|meter| meter % config.connections_per_site.max(1) == connection)
+                .collect();
+            if meters.is_empty() {
+                continue;
+            }
+            connections.push(tokio::spawn(run_connection(
+                config.clone(),
+                fleet.clone(),
+                site,
+                connection,
+                meters,
+                tick.clone(),
+                counters.clone(),
+                done_sender.clone(),
+            )));
+        }
+    }
+    drop(done_sender);
+    let connection_count = connections.len();
     let mut truth = match &config.truth_out {
-        Some(path) => Some(std::io::BufWriter::new(
-            std::fs::File::create(path).with_context(|| format!("creating {}", path.display()))?,
-        )),
+        Some(path) => Some(TruthWriter::create(path, &fleet)?),
         None => None,
     };
-    let interval_ms = config.interval_s * 1_000;
-    let first_start_ms = config.clock.now().0.div_euclid(interval_ms) * interval_ms;
-    let mut published = 0u64;
-    let started = std::time::Instant::now();
-    let mut interval_index = 0u64;
-    while config.intervals.is_none_or(|limit| interval_index < limit) {
-        let start_ms = first_start_ms + interval_index as i64 * interval_ms;
-        let end_ms = start_ms + interval_ms;
+    let started = Instant::now();
+    let faults_planned = fleet.plan.faults.len();
+    let mut sequence = 0u64;
+    let mut last_progress = Instant::now();
+    while config.intervals.is_none_or(|limit| sequence < limit) {
+        let next = sequence + 1;
+        let end_ms = (fleet.interval_start(next).0 + fleet.interval_s) * 1_000;
         loop {
             let wait = config.clock.real_millis_until(UnixMillis(end_ms));
             if wait == 0 {
@@ -184,78 +197,224 @@ pub async fn run(config: SimConfig) -> anyhow::Result<SimSummary> {
             }
             tokio::time::sleep(Duration::from_millis(wait.min(1_000))).await;
         }
-        let interval_start = UnixSeconds(start_ms / 1_000);
-        for (index, key) in keys.iter().enumerate() {
-            let index_u32 = index as u32;
-            let import_wh = interval_import_wh(config.seed, index_u32, interval_start, config.interval_s);
-            let import_start_wh = registers_wh[index];
-            let import_end_wh = (import_start_wh + import_wh) % REGISTER_MODULUS_WH;
-            registers_wh[index] = import_end_wh;
-            let reading = Reading {
-                meter_id: meter_id(index_u32),
-                key_id: SIM_KEY_ID,
-                sequence: Sequence(interval_index + 1),
-                interval_start,
-                interval_end: UnixSeconds(end_ms / 1_000),
-                import_start_wh,
-                import_end_wh,
-                export_start_wh: 0,
-                export_end_wh: 0,
-                register_modulus_wh: REGISTER_MODULUS_WH,
-                clock_status: ClockStatus::Synchronized,
-                status: StatusFlags::default(),
-                firmware: SIM_FIRMWARE,
-            };
-            let signed = reading.sign(key).context("simulated reading is valid")?;
-            let payload = serde_json::to_vec(&signed.to_envelope(false))?;
-            client
-                .publish(reading_topic(&config.site, &reading.meter_id), QoS::AtLeastOnce, false, payload)
-                .await
-                .context("queueing a publish")?;
-            published += 1;
-            if let Some(truth) = truth.as_mut() {
-                let record = TruthRecord {
-                    meter_id: reading.meter_id.clone(),
-                    customer_id: customer_id(index_u32),
-                    sequence: reading.sequence.0,
-                    interval_start: reading.interval_start.0,
-                    interval_end: reading.interval_end.0,
-                    import_wh,
-                    export_wh: 0,
-                    digest: signed.digest().to_string(),
-                };
-                serde_json::to_writer(&mut *truth, &record)?;
-                truth.write_all(b"\n")?;
-            }
-        }
         if let Some(truth) = truth.as_mut() {
-            truth.flush()?;
+            truth.write_interval(&fleet, next)?;
         }
-        interval_index += 1;
-        let rate = published as f64 / started.elapsed().as_secs_f64().max(1e-9);
-        tracing::info!(
-            interval = interval_index,
-            meters = config.meters,
-            sim_time = %chrono::DateTime::from_timestamp_millis(end_ms).map(|t| t.to_rfc3339()).unwrap_or_default(),
-            published,
-            readings_per_s = format!("{rate:.0}"),
-            "interval published"
-        );
+        sequence = next;
+        let _ = tick_sender.send(sequence);
+        if last_progress.elapsed() >= Duration::from_secs(1) || config.intervals == Some(sequence) {
+            last_progress = Instant::now();
+            let published = counters.published.load(Ordering::Relaxed);
+            tracing::info!(
+                meters = fleet.meters,
+                interval = sequence,
+                sim_time = %chrono::DateTime::from_timestamp_millis(end_ms).map(|t| t.to_rfc3339()).unwrap_or_default(),
+                published,
+                readings_per_s = format!("{:.0}", published as f64 / started.elapsed().as_secs_f64().max(1e-9)),
+                faults_planned,
+                backfilled = counters.backfilled.load(Ordering::Relaxed),
+                rss_mib = resident_memory_bytes().unwrap_or(0) / (1024 * 1024),
+                "fleet progress"
+            );
+        }
     }
+    // Every connection reports when it has published the last interval.
+    let mut finished = 0;
     let deadline = tokio::time::Instant::now() + limits::ACK_WAIT_MAX;
-    while *acks.borrow() < published {
-        if tokio::time::timeout_at(deadline, acks.changed()).await.is_err() {
-            anyhow::bail!("broker acknowledged {} of {published} readings in time", *acks.borrow());
+    while finished < connection_count {
+        match tokio::time::timeout_at(deadline, done.recv()).await {
+            Ok(Some((_, _, reported))) if reported >= sequence => finished += 1,
+            Ok(Some(_)) => {}
+            Ok(None) | Err(_) => anyhow::bail!("{} of {connection_count} connections finished in time", finished),
         }
     }
-    client.disconnect().await.ok();
-    let _ = tokio::time::timeout(Duration::from_secs(2), network).await;
-    Ok(SimSummary { published, intervals: interval_index })
+    let published = counters.published.load(Ordering::Relaxed);
+    while counters.acked.load(Ordering::Relaxed) < published {
+        if tokio::time::Instant::now() >= deadline {
+            anyhow::bail!(
+                "broker acknowledged {} of {published} publishes in time",
+                counters.acked.load(Ordering::Relaxed)
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let summary = SimSummary {
+        published,
+        intervals: sequence,
+        backfilled: counters.backfilled.load(Ordering::Relaxed),
+        elapsed_s: started.elapsed().as_secs_f64(),
+    };
+    for connection in connections {
+        connection.abort();
+    }
+    Ok(summary)
 }
 
-/// What a run published.
-#[derive(Debug, Clone, Copy)]
-pub struct SimSummary {
-    pub published: u64,
-    pub intervals: u64,
+#[allow(clippy::too_many_arguments)]
+async fn run_connection(
+    config: SimConfig,
+    fleet: Arc<Fleet>,
+    site: u32,
+    connection: u32,
+    meters: Vec<u32>,
+    mut tick: watch::Receiver<u64>,
+    counters: Arc<Counters>,
+    done: mpsc::Sender<(u32, u32, u64)>,
+) -> anyhow::Result<()> {
+    let site_name = Fleet::site_name(site);
+    let state_topic = format!("wattle/v1/{site_name}/connection/{connection}/state");
+    let client_id = format!("wattle-sim-{}-{site_name}-{connection}", config.seed);
+    let mut options = MqttOptions::new(client_id, &config.broker_host, config.broker_port);
+    options.set_keep_alive(Duration::from_secs(30));
+    options.set_inflight(limits::MQTT_INFLIGHT_MAX);
+    options.set_max_packet_size(limits::MQTT_PACKET_BYTES_MAX, limits::MQTT_PACKET_BYTES_MAX);
+    let offline = serde_json::json!({ "online": false, "site": site_name, "connection": connection }).to_string();
+    options.set_last_will(LastWill::new(&state_topic, offline, QoS::AtLeastOnce, true));
+    let (client, mut event_loop) = AsyncClient::new(options, limits::MQTT_REQUEST_QUEUE_MAX);
+    let (command_sender, mut commands) = mpsc::channel::<(u32, BackfillCommand)>(limits::COMMAND_QUEUE_MAX);
+    let owned: std::collections::HashSet<u32> = meters.iter().copied().collect();
+    // The network task: reconnects, counts acknowledgements, announces births, takes commands.
+    let network = {
+        let client = client.clone();
+        let counters = counters.clone();
+        let fleet = fleet.clone();
+        let meters = meters.clone();
+        let site_name = site_name.clone();
+        tokio::spawn(async move {
+            let mut failures = 0u32;
+            loop {
+                match event_loop.poll().await {
+                    Ok(Event::Incoming(Packet::ConnAck(_))) => {
+                        failures = 0;
+                        let online = serde_json::json!({ "online": true, "site": site_name, "connection": connection, "meters": meters.len() });
+                        let _ = client.try_publish(&state_topic, QoS::AtLeastOnce, true, online.to_string());
+                        let _ = client.try_subscribe(format!("wattle/v1/{site_name}/+/cmd/backfill"), QoS::AtLeastOnce);
+                        let client = client.clone();
+                        let (fleet, meters, site_name, counters) =
+                            (fleet.clone(), meters.clone(), site_name.clone(), counters.clone());
+                        tokio::spawn(async move {
+                            for meter in meters {
+                                let birth = Birth {
+                                    meter_id: meter_id(meter),
+                                    key_id: SIM_KEY_ID.0,
+                                    public_key: hex::encode(meter_key(fleet.seed, meter).verifying_key().to_bytes()),
+                                    firmware: SIM_FIRMWARE.to_string(),
+                                    interval_s: fleet.interval_s,
+                                    site: site_name.clone(),
+                                    connection,
+                                };
+                                let topic = format!("wattle/v1/{site_name}/{}/birth", birth.meter_id);
+                                let payload = serde_json::to_vec(&birth).expect("birth serialises");
+                                if client.publish(topic, QoS::AtLeastOnce, true, payload).await.is_err() {
+                                    return;
+                                }
+                                counters.published.fetch_add(1, Ordering::Relaxed);
+                            }
+                        });
+                    }
+                    Ok(Event::Incoming(Packet::PubAck(_))) => {
+                        counters.acked.fetch_add(1, Ordering::Relaxed);
+                    }
+                    Ok(Event::Incoming(Packet::Publish(publish))) => {
+                        let meter = publish.topic.split('/').nth(3).and_then(meter_index);
+                        let command: Option<BackfillCommand> = serde_json::from_slice(&publish.payload).ok();
+                        match (meter, command) {
+                            (Some(meter), Some(command)) if owned.contains(&meter) => {
+                                if command_sender.try_send((meter, command)).is_err() {
+                                    counters.commands_refused.fetch_add(1, Ordering::Relaxed);
+                                }
+                            }
+                            (Some(meter), _) if !owned.contains(&meter) => {}
+                            _ => {
+                                counters.commands_refused.fetch_add(1, Ordering::Relaxed);
+                                tracing::warn!(topic = %publish.topic, "malformed backfill command ignored");
+                            }
+                        }
+                    }
+                    Ok(_) => {}
+                    Err(error) => {
+                        failures += 1;
+                        let backoff = Duration::from_millis((100u64 << failures.min(6)).min(5_000));
+                        tracing::warn!(%error, failures, ?backoff, "MQTT connection lost; reconnecting");
+                        tokio::time::sleep(backoff).await;
+                    }
+                }
+            }
+        })
+    };
+    // Live state: each meter's import register after the last sequence published.
+    let mut registers: Vec<u64> = meters.iter().map(|meter| fleet.import_before_wh(*meter, 1)).collect();
+    // A meter holds its key; deriving it costs a base-point multiplication, as much as a signature.
+    let keys: Vec<ed25519_dalek::SigningKey> = meters.iter().map(|meter| meter_key(fleet.seed, *meter)).collect();
+    let mut published_up_to = 0u64;
+    let memory_s = i64::from(config.memory_days) * 86_400;
+    let result: anyhow::Result<()> = async {
+        loop {
+            tokio::select! {
+                changed = tick.changed() => {
+                    if changed.is_err() {
+                        return Ok(());
+                    }
+                    let target = *tick.borrow_and_update();
+                    while published_up_to < target {
+                        let sequence = published_up_to + 1;
+                        for (slot, meter) in meters.iter().enumerate() {
+                            let reading = fleet.step(*meter, sequence, registers[slot]);
+                            registers[slot] = reading.import_end_wh;
+                            let stored = reading.sign(&keys[slot]).context("valid reading")?;
+                            for emission in fleet.emissions(*meter, &stored, |earlier| fleet.stored_reading(*meter, earlier)) {
+                                let topic = reading_topic(&site_name, &emission.reading.reading().meter_id);
+                                client.publish(topic, QoS::AtLeastOnce, false, serde_json::to_vec(&emission.envelope)?).await?;
+                                counters.published.fetch_add(1, Ordering::Relaxed);
+                            }
+                        }
+                        published_up_to = sequence;
+                    }
+                    let _ = done.send((site, connection, published_up_to)).await;
+                }
+                Some((meter, command)) = commands.recv() => {
+                    let now_s = config.clock.now().0 / 1_000;
+                    let oldest = fleet.sequences_ended_by(now_s - memory_s) + 1;
+                    let from = command.from.max(oldest).max(1);
+                    let to = command.to.min(published_up_to);
+                    if command.to < command.from || command.to - command.from >= limits::BACKFILL_RANGE_MAX || from > to {
+                        counters.commands_refused.fetch_add(1, Ordering::Relaxed);
+                        tracing::warn!(meter, ?command, oldest, newest = published_up_to, "backfill command outside memory or limits");
+                        continue;
+                    }
+                    let key = meter_key(fleet.seed, meter);
+                    let mut register = fleet.import_before_wh(meter, from);
+                    for sequence in from..=to {
+                        let reading = fleet.step(meter, sequence, register);
+                        register = reading.import_end_wh;
+                        let signed = reading.sign(&key).context("valid reading")?;
+                        let topic = reading_topic(&site_name, &signed.reading().meter_id);
+                        client.publish(topic, QoS::AtLeastOnce, false, serde_json::to_vec(&signed.to_envelope(true))?).await?;
+                        counters.published.fetch_add(1, Ordering::Relaxed);
+                        counters.backfilled.fetch_add(1, Ordering::Relaxed);
+                    }
+                }
+            }
+        }
+    }
+    .await;
+    network.abort();
+    result
+}
+
+/// Measures bare Ed25519 signing of 110-byte messages on this core for about `seconds`, for the
+/// ratio the benchmark reports.
+pub fn bare_signing_per_second(seconds: f64) -> f64 {
+    use ed25519_dalek::Signer;
+    let key = meter_key(0, 0);
+    let message = [7u8; domain::limits::READING_BYTES];
+    let started = Instant::now();
+    let mut count = 0u64;
+    while started.elapsed().as_secs_f64() < seconds {
+        for _ in 0..256 {
+            std::hint::black_box(key.sign(std::hint::black_box(&message)));
+        }
+        count += 256;
+    }
+    count as f64 / started.elapsed().as_secs_f64()
 }
