@@ -54,8 +54,12 @@ struct NodeArgs {
     #[arg(long, default_value = "127.0.0.1:7000")]
     listen: SocketAddr,
     /// Initialise a new single-node cluster if this node was never initialised.
-    #[arg(long)]
+    #[arg(long, conflicts_with = "init_members")]
     bootstrap: bool,
+    /// Initialise a new cluster of these voters if never initialised, as ID=HOST:PORT,...
+    /// (give the same list to every node; the lowest id initialises, the others wait).
+    #[arg(long, value_delimiter = ',', value_parser = parse_member)]
+    init_members: Vec<(u64, String)>,
     /// Admin configuration (tariff, meter registries) to load as signed admin transactions.
     #[arg(long)]
     admin_config: Option<PathBuf>,
@@ -81,9 +85,9 @@ struct GatewayArgs {
     /// MQTT broker, host:port.
     #[arg(long, default_value = "127.0.0.1:1883")]
     broker: String,
-    /// The ledger's client API base URL.
-    #[arg(long, default_value = "http://127.0.0.1:7000")]
-    ledger: String,
+    /// Ledger nodes' client API base URLs (repeat or separate with commas); any node will do.
+    #[arg(long, value_delimiter = ',', default_value = "http://127.0.0.1:7000")]
+    ledger: Vec<String>,
     /// Address for /healthz, /metrics and /v1/quarantine.
     #[arg(long, default_value = "127.0.0.1:7100")]
     listen: SocketAddr,
@@ -221,6 +225,13 @@ async fn run_sim(args: SimArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
+fn parse_member(text: &str) -> Result<(u64, String), String> {
+    let (id, address) = text.split_once('=').ok_or_else(|| format!("{text:?} is not ID=HOST:PORT"))?;
+    let id = id.parse().map_err(|_| format!("{id:?} is not a node id"))?;
+    address.parse::<SocketAddr>().map_err(|_| format!("{address:?} is not HOST:PORT"))?;
+    Ok((id, address.to_string()))
+}
+
 fn parse_interval(text: &str) -> Result<i64, String> {
     let seconds: i64 = text.parse().map_err(|_| format!("{text:?} is not a number of seconds"))?;
     if [60, 300, 900, 1_800, 3_600].contains(&seconds) {
@@ -257,6 +268,7 @@ async fn run(command: Command) -> anyhow::Result<()> {
                 data_dir: args.data_dir,
                 listen: args.listen,
                 bootstrap: args.bootstrap,
+                init_members: args.init_members,
                 admin_config: args.admin_config,
                 operator_key: args.operator_key,
                 clock: args.clock.clock(),
@@ -275,7 +287,7 @@ async fn run(command: Command) -> anyhow::Result<()> {
                 data_dir: args.data_dir,
                 broker_host,
                 broker_port,
-                ledger_url: args.ledger,
+                ledger_urls: args.ledger,
                 listen: args.listen,
                 clock: args.clock.clock(),
             })

@@ -126,6 +126,7 @@ pub async fn run(args: SandboxArgs) -> anyhow::Result<()> {
         data_dir: data_dir.join("node-1"),
         listen: "127.0.0.1:0".parse()?,
         bootstrap: true,
+        init_members: Vec::new(),
         admin_config: Some(admin_config),
         operator_key: Some(operator_key),
         clock,
@@ -137,7 +138,7 @@ pub async fn run(args: SandboxArgs) -> anyhow::Result<()> {
         data_dir: data_dir.join("gateway"),
         broker_host: "127.0.0.1".into(),
         broker_port,
-        ledger_url: ledger_url.clone(),
+        ledger_urls: vec![ledger_url.clone()],
         listen: "127.0.0.1:0".parse()?,
         clock,
     })

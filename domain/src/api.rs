@@ -101,3 +101,17 @@ pub struct ErrorBody {
     pub code: String,
     pub message: String,
 }
+
+/// `POST /v1/admin`: an operator-signed admin action, hex of `SignedAdmin::to_bytes`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct SubmitAdmin {
+    pub admin: String,
+}
+
+/// The ledger's answer to an admin action.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct SubmitAdminResponse {
+    pub log_index: u64,
+    /// Why the state machine refused it, if it did.
+    pub refused: Option<String>,
+}

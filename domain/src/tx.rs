@@ -77,6 +77,33 @@ impl SignedAdmin {
         let signature = key.sign(&admin_message(nonce, &action)).to_bytes();
         SignedAdmin { nonce, action, operator_key: key.verifying_key().to_bytes(), signature }
     }
+    /// Canonical bytes of the signed action (as inside a transaction).
+    pub fn to_bytes(&self) -> Vec<u8> {
+        let mut writer = Writer::new();
+        self.encode(&mut writer);
+        writer.finish()
+    }
+
+    /// Decodes [`SignedAdmin::to_bytes`]; rejects trailing bytes.
+    pub fn from_bytes(bytes: &[u8]) -> Result<Self, DecodeError> {
+        let mut reader = Reader::new(bytes);
+        let admin = Self::decode(&mut reader)?;
+        reader.finish()?;
+        Ok(admin)
+    }
+
+    fn encode(&self, writer: &mut Writer) {
+        writer.u64(self.nonce);
+        self.action.encode(writer);
+        writer.fixed(&self.operator_key).fixed(&self.signature);
+    }
+
+    fn decode(reader: &mut Reader<'_>) -> Result<Self, DecodeError> {
+        let nonce = reader.u64()?;
+        let action = AdminAction::decode(reader)?;
+        Ok(SignedAdmin { nonce, action, operator_key: reader.array()?, signature: reader.array()? })
+    }
+
     /// Checks the signature (not whether the key is the ledger's operator key).
     pub fn verify(&self) -> Result<(), SignatureError> {
         verify_signature(&self.operator_key, &self.signature, &admin_message(self.nonce, &self.action))
@@ -145,9 +172,8 @@ impl Transaction {
         writer.u8(TX_VERSION).fixed(&self.tx_id.0).u32(self.rules_version).i64(self.time.0);
         match &self.body {
             TxBody::Admin(admin) => {
-                writer.u8(1).u64(admin.nonce);
-                admin.action.encode(&mut writer);
-                writer.fixed(&admin.operator_key).fixed(&admin.signature);
+                writer.u8(1);
+                admin.encode(&mut writer);
             }
             TxBody::Readings(batch) => {
                 assert!(
@@ -181,11 +207,7 @@ impl Transaction {
         let rules_version = reader.u32()?;
         let time = UnixMillis(reader.i64()?);
         let body = match reader.u8()? {
-            1 => {
-                let nonce = reader.u64()?;
-                let action = AdminAction::decode(&mut reader)?;
-                TxBody::Admin(SignedAdmin { nonce, action, operator_key: reader.array()?, signature: reader.array()? })
-            }
+            1 => TxBody::Admin(SignedAdmin::decode(&mut reader)?),
             2 => {
                 let gateway_id = decode_id(&mut reader, "gateway_id")?;
                 let count = reader.u32()? as usize;

@@ -43,8 +43,10 @@ pub struct GatewayConfig {
     pub data_dir: PathBuf,
     pub broker_host: String,
     pub broker_port: u16,
-    /// Base URL of the ledger's client API, e.g. `http://127.0.0.1:7000`.
-    pub ledger_url: String,
+    /// Base URLs of the ledger nodes' client APIs, e.g. `http://127.0.0.1:7000`; any node takes
+    /// writes (followers forward them to the leader), and the gateway moves to the next URL when
+    /// one fails.
+    pub ledger_urls: Vec<String>,
     pub listen: SocketAddr,
     pub clock: Clock,
 }
@@ -88,6 +90,19 @@ struct Shared {
     registry: Arc<Mutex<Registry>>,
     http: reqwest::Client,
     outbox_ready: Arc<Notify>,
+    /// Index into `config.ledger_urls` of the node currently used.
+    ledger_choice: Arc<AtomicU64>,
+}
+
+impl Shared {
+    fn ledger_url(&self) -> &str {
+        let urls = &self.config.ledger_urls;
+        &urls[self.ledger_choice.load(Ordering::Relaxed) as usize % urls.len()]
+    }
+    /// Moves to the next ledger node after a failure.
+    fn next_ledger(&self) {
+        self.ledger_choice.fetch_add(1, Ordering::Relaxed);
+    }
 }
 
 /// A running gateway.
@@ -129,7 +144,9 @@ pub async fn start(config: GatewayConfig) -> anyhow::Result<GatewayHandle> {
         registry: Arc::new(Mutex::new(Registry { meters: HashMap::new(), refreshed: None })),
         http,
         outbox_ready: Arc::new(Notify::new()),
+        ledger_choice: Arc::new(AtomicU64::new(0)),
     };
+    anyhow::ensure!(!config.ledger_urls.is_empty(), "at least one ledger URL is needed");
     if let Err(error) = refresh_registry(&shared).await {
         tracing::warn!(%error, "registry not loaded from the ledger yet; will retry on first reading");
     }
@@ -208,8 +225,14 @@ async fn mqtt_loop(
 }
 
 async fn refresh_registry(shared: &Shared) -> anyhow::Result<()> {
-    let url = format!("{}/v1/meters", shared.config.ledger_url);
-    let meters: Vec<MeterInfo> = shared.http.get(&url).send().await?.error_for_status()?.json().await?;
+    let url = format!("{}/v1/meters", shared.ledger_url());
+    let meters: Vec<MeterInfo> = match shared.http.get(&url).send().await.and_then(|r| r.error_for_status()) {
+        Ok(response) => response.json().await?,
+        Err(error) => {
+            shared.next_ledger();
+            return Err(error.into());
+        }
+    };
     let mut map = HashMap::with_capacity(meters.len());
     for meter in meters {
         let key: [u8; 32] = match hex::decode(&meter.public_key).ok().and_then(|bytes| bytes.try_into().ok()) {
@@ -376,6 +399,7 @@ async fn forward_loop(shared: Shared) {
             }
             Ok(_) => backoff = FORWARD_BACKOFF_MIN,
             Err(error) => {
+                shared.next_ledger();
                 shared.metrics.forward_failures.fetch_add(1, Ordering::Relaxed);
                 tracing::warn!(%error, ?backoff, "forwarding to the ledger failed; retrying");
                 tokio::time::sleep(backoff).await;
@@ -397,7 +421,7 @@ async fn forward_once(shared: &Shared) -> anyhow::Result<usize> {
         gateway_id: shared.config.gateway_id.clone(),
         readings: head.iter().map(|(_, envelope)| envelope.clone()).collect(),
     };
-    let response = shared.http.post(format!("{}/v1/readings", shared.config.ledger_url)).json(&request).send().await?;
+    let response = shared.http.post(format!("{}/v1/readings", shared.ledger_url())).json(&request).send().await?;
     let status = response.status();
     if !status.is_success() {
         let body = response.text().await.unwrap_or_default();

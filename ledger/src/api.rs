@@ -7,7 +7,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use axum::extract::{DefaultBodyLimit, Path, Query, State};
-use axum::http::StatusCode;
+use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
@@ -56,7 +56,12 @@ pub struct AppState {
     pub store: Store,
     pub clock: Clock,
     pub metrics: Arc<Metrics>,
+    /// Client for forwarding writes to the leader.
+    pub http: reqwest::Client,
 }
+
+/// Header marking a request a follower forwarded, so it is never forwarded twice.
+const FORWARDED_HEADER: &str = "x-wattle-forwarded";
 
 /// The router of a ledger node.
 pub fn router(state: AppState) -> Router {
@@ -65,6 +70,7 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/meters", get(list_meters))
         .route("/v1/customers/{customer_id}/account", get(customer_account))
         .route("/v1/transactions", get(list_transactions))
+        .route("/v1/admin", post(submit_admin))
         .route("/healthz", get(healthz))
         .route("/metrics", get(metrics))
         .route("/raft/append", post(raft_append))
@@ -98,14 +104,75 @@ fn rejected(reason: &str) -> ReadingOutcome {
     ReadingOutcome { digest: None, status: OutcomeStatus::Rejected, reason: Some(reason.to_string()) }
 }
 
-async fn ensure_leader(app: &AppState) -> Result<(), ApiError> {
-    match app.raft.current_leader().await {
-        Some(leader) if leader == app.node_id => Ok(()),
-        Some(leader) => {
-            Err(ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "not_leader", format!("node {leader} leads")))
-        }
+/// Where writes must go: this node, or the leader's address.
+enum Route {
+    Here,
+    Leader(String),
+}
+
+fn route(app: &AppState) -> Result<Route, ApiError> {
+    let metrics = app.raft.metrics().borrow().clone();
+    match metrics.current_leader {
+        Some(leader) if leader == app.node_id => Ok(Route::Here),
+        Some(leader) => match metrics.membership_config.membership().get_node(&leader) {
+            Some(node) => Ok(Route::Leader(node.addr.clone())),
+            None => Err(ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "no_leader",
+                format!("leader {leader} has no address"),
+            )),
+        },
         None => Err(ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "no_leader", "no leader elected yet")),
     }
+}
+
+/// Forwards a write to the leader once and relays its answer.
+async fn forward<T: serde::Serialize>(
+    app: &AppState,
+    headers: &HeaderMap,
+    leader: &str,
+    path: &str,
+    body: &T,
+) -> Result<Response, ApiError> {
+    if headers.contains_key(FORWARDED_HEADER) {
+        return Err(ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "not_leader",
+            "forwarded to a node that does not lead",
+        ));
+    }
+    let response = app
+        .http
+        .post(format!("http://{leader}{path}"))
+        .header(FORWARDED_HEADER, "1")
+        .json(body)
+        .send()
+        .await
+        .map_err(|error| ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "leader_unreachable", error.to_string()))?;
+    let status = StatusCode::from_u16(response.status().as_u16()).unwrap_or(StatusCode::BAD_GATEWAY);
+    let bytes = response
+        .bytes()
+        .await
+        .map_err(|error| ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "leader_unreachable", error.to_string()))?;
+    Ok((status, [(axum::http::header::CONTENT_TYPE, "application/json")], bytes).into_response())
+}
+
+/// `POST /v1/admin`: an operator-signed admin action (hex of its canonical bytes), proposed by
+/// the leader; followers forward it.
+async fn submit_admin(
+    State(app): State<AppState>,
+    headers: HeaderMap,
+    Json(request): Json<domain::api::SubmitAdmin>,
+) -> Result<Response, ApiError> {
+    let bytes = hex::decode(&request.admin)
+        .map_err(|error| ApiError::new(StatusCode::BAD_REQUEST, "malformed_admin", error.to_string()))?;
+    let admin = domain::tx::SignedAdmin::from_bytes(&bytes)
+        .map_err(|error| ApiError::new(StatusCode::BAD_REQUEST, "malformed_admin", error.to_string()))?;
+    if let Route::Leader(leader) = route(&app)? {
+        return forward(&app, &headers, &leader, "/v1/admin", &request).await;
+    }
+    let (log_index, result) = propose(&app, TxBody::Admin(admin)).await?;
+    Ok(Json(domain::api::SubmitAdminResponse { log_index, refused: result.admin_refused }).into_response())
 }
 
 /// Proposes a transaction and waits until it is committed and applied.
@@ -125,8 +192,9 @@ pub async fn propose(app: &AppState, body: TxBody) -> Result<(u64, TxResult), Ap
 #[tracing::instrument(skip_all, fields(gateway = %request.gateway_id, readings = request.readings.len()))]
 async fn submit_readings(
     State(app): State<AppState>,
+    headers: HeaderMap,
     Json(request): Json<SubmitReadings>,
-) -> Result<Json<SubmitReadingsResponse>, ApiError> {
+) -> Result<Response, ApiError> {
     if request.readings.len() > SUBMIT_READINGS_MAX {
         return Err(ApiError::new(
             StatusCode::PAYLOAD_TOO_LARGE,
@@ -134,7 +202,9 @@ async fn submit_readings(
             format!("{} readings, limit {SUBMIT_READINGS_MAX}", request.readings.len()),
         ));
     }
-    ensure_leader(&app).await?;
+    if let Route::Leader(leader) = route(&app)? {
+        return forward(&app, &headers, &leader, "/v1/readings", &request).await;
+    }
     let count = request.readings.len();
     app.metrics.readings_submitted.fetch_add(count as u64, Ordering::Relaxed);
     let mut outcomes: Vec<Option<ReadingOutcome>> = vec![None; count];
@@ -213,7 +283,7 @@ async fn submit_readings(
             }
         };
     }
-    Ok(Json(SubmitReadingsResponse { tx_id, log_index, outcomes }))
+    Ok(Json(SubmitReadingsResponse { tx_id, log_index, outcomes }).into_response())
 }
 
 async fn list_meters(State(app): State<AppState>) -> Json<Vec<MeterInfo>> {
@@ -317,6 +387,8 @@ async fn healthz(State(app): State<AppState>) -> Response {
         "term": metrics.current_term,
         "last_log_index": metrics.last_log_index,
         "applied_index": metrics.last_applied.map(|log_id| log_id.index),
+        "snapshot_index": metrics.snapshot.map(|log_id| log_id.index),
+        "purged_index": metrics.purged.map(|log_id| log_id.index),
     });
     let status = if metrics.current_leader.is_some() { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
     (status, Json(body)).into_response()

@@ -9,10 +9,11 @@ use std::sync::Arc;
 
 use anyhow::{bail, Context};
 use domain::api::MeterInfo;
+use domain::api::{SubmitAdmin, SubmitAdminResponse};
 use domain::clock::Clock;
 use domain::ids::{CustomerId, KeyId};
 use domain::money::{Currency, UnitPrice};
-use domain::tx::{AdminAction, SignedAdmin, TxBody};
+use domain::tx::{AdminAction, SignedAdmin};
 use ed25519_dalek::SigningKey;
 use openraft::{BasicNode, Config, Raft, SnapshotPolicy};
 use rust_decimal::Decimal;
@@ -20,7 +21,7 @@ use serde::Deserialize;
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 
-use crate::api::{propose, router, AppState, Metrics};
+use crate::api::{router, AppState, Metrics};
 use crate::entry::NodeId;
 use crate::limits::{
     ELECTION_TIMEOUT_MAX_MS, ELECTION_TIMEOUT_MIN_MS, HEARTBEAT_INTERVAL_MS, LEADER_WAIT_MAX, SNAPSHOT_AFTER_ENTRIES,
@@ -28,6 +29,9 @@ use crate::limits::{
 use crate::network::HttpNetwork;
 use crate::state;
 use crate::store::Store;
+
+/// Attempts per admin transaction while a leader is being elected.
+const ADMIN_ATTEMPTS_MAX: u32 = 20;
 
 /// How to run one node.
 #[derive(Debug, Clone)]
@@ -38,6 +42,9 @@ pub struct NodeConfig {
     pub listen: SocketAddr,
     /// Initialise a new single-node cluster if this node has never been initialised.
     pub bootstrap: bool,
+    /// Initialise a new cluster of these voters (id, address) if never initialised; only the
+    /// node with the lowest id does it, the others wait to be contacted.
+    pub init_members: Vec<(NodeId, String)>,
     /// Admin configuration (tariff and meter registries) to load once this node leads.
     pub admin_config: Option<PathBuf>,
     /// File holding the operator's Ed25519 secret key (64 hex characters).
@@ -124,6 +131,7 @@ pub async fn start(config: NodeConfig) -> anyhow::Result<NodeHandle> {
         store: store.clone(),
         clock: config.clock,
         metrics: Arc::new(Metrics::default()),
+        http: reqwest::Client::builder().timeout(crate::limits::COMMIT_WAIT_MAX * 2).build()?,
     };
     let (shutdown_sender, shutdown_receiver) = oneshot::channel::<()>();
     let server = tokio::spawn({
@@ -138,10 +146,18 @@ pub async fn start(config: NodeConfig) -> anyhow::Result<NodeHandle> {
         }
     });
     tracing::info!(node_id = config.node_id, %address, "ledger node serving");
-    if config.bootstrap && !raft.is_initialized().await? {
-        let members = BTreeMap::from([(config.node_id, BasicNode::new(address.to_string()))]);
-        raft.initialize(members).await.context("initialising the cluster")?;
-        tracing::info!(node_id = config.node_id, "initialised a new single-node cluster");
+    if !raft.is_initialized().await? {
+        let lowest = config.init_members.iter().map(|(id, _)| *id).min();
+        if config.bootstrap {
+            let members = BTreeMap::from([(config.node_id, BasicNode::new(address.to_string()))]);
+            raft.initialize(members).await.context("initialising the cluster")?;
+            tracing::info!(node_id = config.node_id, "initialised a new single-node cluster");
+        } else if lowest == Some(config.node_id) {
+            let members: BTreeMap<NodeId, BasicNode> =
+                config.init_members.iter().map(|(id, address)| (*id, BasicNode::new(address.clone()))).collect();
+            raft.initialize(members).await.context("initialising the cluster")?;
+            tracing::info!(node_id = config.node_id, voters = config.init_members.len(), "initialised a new cluster");
+        }
     }
     if let Some(admin_config) = &config.admin_config {
         let operator_key = config
@@ -149,28 +165,44 @@ pub async fn start(config: NodeConfig) -> anyhow::Result<NodeHandle> {
             .as_deref()
             .context("--admin-config needs --operator-key to sign the admin transactions")?;
         let key = read_signing_key(operator_key)?;
-        wait_for_leadership(&raft, config.node_id).await?;
-        load_admin_config(&app, admin_config, &key).await?;
+        wait_for_leader(&raft).await?;
+        load_admin_config(&app, address, admin_config, &key).await?;
     }
     Ok(NodeHandle { address, raft, shutdown: Some(shutdown_sender), server })
 }
 
-async fn wait_for_leadership(raft: &Raft<crate::entry::TypeConfig>, node_id: NodeId) -> anyhow::Result<()> {
+async fn wait_for_leader(raft: &Raft<crate::entry::TypeConfig>) -> anyhow::Result<()> {
     let mut metrics = raft.metrics();
     let deadline = tokio::time::Instant::now() + LEADER_WAIT_MAX;
     loop {
-        if metrics.borrow().current_leader == Some(node_id) {
+        if metrics.borrow().current_leader.is_some() {
             return Ok(());
         }
         if tokio::time::timeout_at(deadline, metrics.changed()).await.is_err() {
-            bail!("this node did not become leader within {LEADER_WAIT_MAX:?}; load the admin configuration on the leader");
+            bail!("no leader was elected within {LEADER_WAIT_MAX:?}");
         }
     }
 }
 
+/// Submits one signed admin action through this node's own API (which forwards to the leader).
+async fn submit_admin(app: &AppState, address: SocketAddr, admin: &SignedAdmin) -> anyhow::Result<SubmitAdminResponse> {
+    let request = SubmitAdmin { admin: hex::encode(admin.to_bytes()) };
+    let response = app.http.post(format!("http://{address}/v1/admin")).json(&request).send().await?;
+    let status = response.status();
+    if !status.is_success() {
+        bail!("admin transaction not committed ({status}): {}", response.text().await.unwrap_or_default());
+    }
+    Ok(response.json().await?)
+}
+
 /// Submits the admin transactions needed to make the ledger's configuration match the file:
 /// idempotent, so a restart with the same file changes nothing.
-pub async fn load_admin_config(app: &AppState, path: &Path, key: &SigningKey) -> anyhow::Result<()> {
+pub async fn load_admin_config(
+    app: &AppState,
+    address: SocketAddr,
+    path: &Path,
+    key: &SigningKey,
+) -> anyhow::Result<()> {
     let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
     let config: AdminConfig = toml::from_str(&text).with_context(|| format!("parsing {}", path.display()))?;
     let base = path.parent().unwrap_or(Path::new("."));
@@ -219,11 +251,20 @@ pub async fn load_admin_config(app: &AppState, path: &Path, key: &SigningKey) ->
     let count = actions.len();
     for action in actions {
         nonce += 1;
-        let (_, result) = propose(app, TxBody::Admin(SignedAdmin::sign(nonce, action, key)))
-            .await
-            .map_err(|error| anyhow::anyhow!("admin transaction not committed: {error:?}"))?;
-        if let Some(reason) = result.admin_refused {
-            bail!("the ledger refused an admin transaction: {reason}");
+        let mut attempts = 0;
+        loop {
+            attempts += 1;
+            match submit_admin(app, address, &SignedAdmin::sign(nonce, action.clone(), key)).await {
+                Ok(SubmitAdminResponse { refused: None, .. }) => break,
+                Ok(SubmitAdminResponse { refused: Some(reason), .. }) => {
+                    bail!("the ledger refused an admin transaction: {reason}")
+                }
+                Err(error) if attempts < ADMIN_ATTEMPTS_MAX => {
+                    tracing::warn!(%error, attempts, "admin transaction not committed yet; retrying");
+                    tokio::time::sleep(std::time::Duration::from_millis(200 * attempts as u64)).await;
+                }
+                Err(error) => return Err(error),
+            }
         }
     }
     tracing::info!(path = %path.display(), actions = count, "admin configuration loaded");

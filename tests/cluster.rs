@@ -1,0 +1,264 @@
+//! The ledger as a three-node cluster of real processes: the leader is SIGKILLed under load, a
+//! new leader is elected, the killed node restarts on its port and catches up, and every reading
+//! the meters sent is committed exactly once.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::Path;
+use std::process::Command;
+use std::str::FromStr;
+use std::time::Duration;
+
+use anyhow::Context;
+use rust_decimal::{Decimal, RoundingStrategy};
+
+use crate::support::{clock_args, free_port, poll_until, wattle, Mosquitto, Process};
+
+const METERS: u32 = 20;
+const INTERVALS: u64 = 24;
+const SEED: u64 = 11;
+const PRICE: &str = "0.3117";
+const EPOCH: &str = "2026-06-01T00:00:00Z";
+const SPEED: u32 = 1_800;
+
+struct Node {
+    id: u64,
+    port: u16,
+    process: Option<Process>,
+}
+
+fn node_command(dir: &Path, id: u64, ports: &[u16], clock: &[String]) -> Command {
+    let members: Vec<String> =
+        ports.iter().enumerate().map(|(index, port)| format!("{}=127.0.0.1:{port}", index + 1)).collect();
+    let mut command = wattle();
+    command
+        .args(["node", "--node-id", &id.to_string(), "--listen", &format!("127.0.0.1:{}", ports[id as usize - 1])])
+        .args(["--init-members", &members.join(",")])
+        .arg("--data-dir")
+        .arg(dir.join(format!("node-{id}")))
+        .arg("--ready-file")
+        .arg(dir.join(format!("node-{id}.ready")))
+        .args(clock);
+    if id == 1 {
+        command.arg("--admin-config").arg(dir.join("ledger.toml")).arg("--operator-key").arg(dir.join("operator.key"));
+    }
+    command
+}
+
+async fn health(http: &reqwest::Client, port: u16) -> Option<serde_json::Value> {
+    http.get(format!("http://127.0.0.1:{port}/healthz")).send().await.ok()?.json().await.ok()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn leader_killed_under_load_loses_and_doubles_nothing() -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let path = |name: &str| dir.path().join(name);
+    let http = reqwest::Client::builder().timeout(Duration::from_secs(5)).build()?;
+    let clock = clock_args(EPOCH, SPEED, domain::clock::wall_clock_now().0);
+
+    anyhow::ensure!(wattle()
+        .args(["keygen", "--out"])
+        .arg(path("operator.key"))
+        .stdout(std::process::Stdio::null())
+        .status()?
+        .success());
+    anyhow::ensure!(wattle()
+        .args([
+            "sim",
+            "--meters",
+            &METERS.to_string(),
+            "--seed",
+            &SEED.to_string(),
+            "--registry-only",
+            "--registry-out"
+        ])
+        .arg(path("meters.json"))
+        .status()?
+        .success());
+    std::fs::write(
+        path("ledger.toml"),
+        format!("registries = [\"meters.json\"]\n[tariff]\ncurrency = \"EUR\"\nprice_per_kwh = \"{PRICE}\"\n"),
+    )?;
+
+    let ports: Vec<u16> = (0..3).map(|_| free_port()).collect();
+    let mut nodes: Vec<Node> = Vec::new();
+    for id in 1..=3u64 {
+        let process = Process::spawn(&format!("node-{id}"), dir.path(), node_command(dir.path(), id, &ports, &clock))?;
+        nodes.push(Node { id, port: ports[id as usize - 1], process: Some(process) });
+    }
+    for node in &mut nodes {
+        let ready = path(&format!("node-{}.ready", node.id));
+        node.process.as_mut().context("running")?.ready_address(&ready).await?;
+    }
+    let ledger_urls: Vec<String> = ports.iter().map(|port| format!("http://127.0.0.1:{port}")).collect();
+
+    let broker = Mosquitto::start(dir.path(), "").await?;
+    let mut command = wattle();
+    command
+        .args(["gateway", "--gateway-id", "gw-cluster", "--listen", "127.0.0.1:0"])
+        .args(["--broker", &format!("127.0.0.1:{}", broker.port), "--ledger", &ledger_urls.join(",")])
+        .arg("--data-dir")
+        .arg(path("gateway"))
+        .arg("--ready-file")
+        .arg(path("gateway.ready"))
+        .args(&clock);
+    let mut gateway = Process::spawn("gateway", dir.path(), command)?;
+    let gateway_url = format!("http://{}", gateway.ready_address(&path("gateway.ready")).await?);
+    poll_until("gateway subscribed", Duration::from_secs(30), || {
+        let request = http.get(format!("{gateway_url}/healthz")).send();
+        async move { request.await.ok().filter(|response| response.status().is_success()) }
+    })
+    .await?;
+
+    let mut command = wattle();
+    command
+        .args([
+            "sim",
+            "--meters",
+            &METERS.to_string(),
+            "--seed",
+            &SEED.to_string(),
+            "--intervals",
+            &INTERVALS.to_string(),
+        ])
+        .args(["--broker", &format!("127.0.0.1:{}", broker.port), "--epoch", EPOCH])
+        .arg("--truth-out")
+        .arg(path("truth.bin"))
+        .args(&clock);
+    let mut sim = Process::spawn("sim", dir.path(), command)?;
+
+    // Under load: once a third of the readings are committed, kill the leader.
+    let leader = poll_until("a third of the readings committed", Duration::from_secs(60), || {
+        let http = http.clone();
+        let port = ports[1];
+        async move {
+            let status = health(&http, port).await?;
+            let applied = status["applied_index"].as_u64()?;
+            (applied >= 30).then(|| status["leader"].as_u64()).flatten()
+        }
+    })
+    .await?;
+    let killed = &mut nodes[leader as usize - 1];
+    killed.process.as_mut().context("running")?.kill()?;
+    killed.process = None;
+    let survivors: Vec<u16> = nodes.iter().filter(|node| node.id != leader).map(|node| node.port).collect();
+    let new_leader = poll_until("a new leader", Duration::from_secs(30), || {
+        let http = http.clone();
+        let survivors = survivors.clone();
+        async move {
+            for port in survivors {
+                if let Some(leader_now) = health(&http, port).await.and_then(|status| status["leader"].as_u64()) {
+                    if leader_now != leader {
+                        return Some(leader_now);
+                    }
+                }
+            }
+            None
+        }
+    })
+    .await?;
+    assert_ne!(new_leader, leader);
+
+    // The killed node restarts on its own port with its own data and catches up.
+    let _ = std::fs::remove_file(path(&format!("node-{leader}.ready")));
+    let process = Process::spawn(
+        &format!("node-{leader}-restarted"),
+        dir.path(),
+        node_command(dir.path(), leader, &ports, &clock),
+    )?;
+    nodes[leader as usize - 1].process = Some(process);
+    nodes[leader as usize - 1]
+        .process
+        .as_mut()
+        .context("running")?
+        .ready_address(&path(&format!("node-{leader}.ready")))
+        .await?;
+
+    let status = sim.wait(Duration::from_secs(120)).await?;
+    anyhow::ensure!(status.success(), "sim failed:\n{}", sim.log_tail());
+    let truth = firmware_sim::Truth::read(&path("truth.bin"))?;
+    let expected_readings = (u64::from(METERS) * INTERVALS) as usize;
+    assert_eq!(truth.records.len(), expected_readings);
+
+    // Every node converges on the same applied index, with every reading committed.
+    let restarted_port = ports[leader as usize - 1];
+    let reading_digests = |port: u16| {
+        let http = http.clone();
+        async move {
+            let mut digests = Vec::new();
+            let mut from = 0u64;
+            loop {
+                let page: serde_json::Value = http
+                    .get(format!("http://127.0.0.1:{port}/v1/transactions?from={from}"))
+                    .send()
+                    .await
+                    .ok()?
+                    .json()
+                    .await
+                    .ok()?;
+                let transactions = page["transactions"].as_array()?;
+                if transactions.is_empty() {
+                    return Some(digests);
+                }
+                for transaction in transactions {
+                    for digest in transaction["reading_digests"].as_array()? {
+                        digests.push(digest.as_str()?.to_string());
+                    }
+                }
+                from = page["next"].as_u64()?;
+            }
+        }
+    };
+    let digests = poll_until("the restarted node has every reading", Duration::from_secs(90), || {
+        let fetch = reading_digests(restarted_port);
+        async move { fetch.await.filter(|digests| digests.len() >= expected_readings) }
+    })
+    .await
+    .with_context(|| format!("gateway log:\n{}", gateway.log_tail()))?;
+    let unique: BTreeSet<&String> = digests.iter().collect();
+    assert_eq!(unique.len(), digests.len(), "no reading is committed twice");
+    let truth_digests: Vec<String> =
+        truth.records.iter().map(|r| truth.fleet.stored_reading(r.meter, r.sequence).digest().to_string()).collect();
+    assert_eq!(unique, truth_digests.iter().collect::<BTreeSet<_>>(), "exactly the readings the meters sent");
+    let applied = |port: u16| {
+        let http = http.clone();
+        async move { health(&http, port).await.and_then(|status| status["applied_index"].as_u64()) }
+    };
+    poll_until("equal applied index on every node", Duration::from_secs(30), || {
+        let ports = ports.clone();
+        let applied = &applied;
+        async move {
+            let mut indexes = Vec::new();
+            for port in ports {
+                indexes.push(applied(port).await?);
+            }
+            indexes.windows(2).all(|pair| pair[0] == pair[1]).then_some(())
+        }
+    })
+    .await?;
+
+    // Settled state agrees with the ground truth on the restarted node.
+    let price = Decimal::from_str(PRICE)?;
+    let mut expected: BTreeMap<u32, u64> = BTreeMap::new();
+    for record in &truth.records {
+        *expected.entry(record.meter).or_default() += record.import_wh;
+    }
+    for (meter, import_wh) in expected {
+        let customer = firmware_sim::customer_id(meter);
+        let account: serde_json::Value = http
+            .get(format!("http://127.0.0.1:{restarted_port}/v1/customers/{customer}/account"))
+            .send()
+            .await?
+            .json()
+            .await?;
+        assert_eq!(account["energy_import_wh"].as_u64(), Some(import_wh), "{customer}");
+        assert_eq!(account["intervals_settled"].as_u64(), Some(INTERVALS), "{customer}");
+        let amount = Decimal::from_str(account["amount"].as_str().context("amount")?)?;
+        let expected_amount = Decimal::from(import_wh) / Decimal::from(1000) * price;
+        assert_eq!(amount, expected_amount, "{customer}");
+        assert_eq!(
+            amount.round_dp_with_strategy(2, RoundingStrategy::MidpointAwayFromZero),
+            expected_amount.round_dp_with_strategy(2, RoundingStrategy::MidpointAwayFromZero)
+        );
+    }
+    Ok(())
+}
