@@ -34,6 +34,8 @@ enum Command {
     Billing(BillingArgs),
     /// Run a fleet of simulated meters that publish signed readings over MQTT.
     Sim(SimArgs),
+    /// Change the ledger cluster's membership (operator-signed admin transactions).
+    Cluster(ClusterArgs),
     /// Create an Ed25519 secret key file (for the operator or a gateway); prints the public key.
     Keygen {
         /// Where to write the secret key (64 hex characters).
@@ -69,8 +71,40 @@ struct NodeArgs {
     /// Write {"address": ...} here once serving.
     #[arg(long)]
     ready_file: Option<PathBuf>,
+    /// Build a snapshot, and purge the log behind it, after this many entries.
+    #[arg(long, default_value_t = ledger::limits::SNAPSHOT_AFTER_ENTRIES_DEFAULT)]
+    snapshot_after_entries: u64,
     #[command(flatten)]
     clock: ClockArgs,
+}
+
+#[derive(Debug, clap::Args)]
+struct ClusterArgs {
+    /// Any ledger node's client API base URL (followers forward to the leader).
+    #[arg(long, default_value = "http://127.0.0.1:7000")]
+    ledger: String,
+    /// Operator secret key file: membership changes are operator-signed admin transactions.
+    #[arg(long)]
+    operator_key: PathBuf,
+    #[command(subcommand)]
+    change: ClusterChange,
+}
+
+#[derive(Debug, Subcommand)]
+enum ClusterChange {
+    /// Add a node as a learner: it receives the log (or a snapshot) but does not vote yet.
+    AddNode {
+        #[arg(long)]
+        node_id: u64,
+        /// The new node's HOST:PORT.
+        #[arg(long)]
+        address: SocketAddr,
+    },
+    /// Make exactly these nodes the voters, e.g. --voters 1,2,3,4.
+    SetVoters {
+        #[arg(long, value_delimiter = ',', required = true)]
+        voters: Vec<u64>,
+    },
 }
 
 #[derive(Debug, clap::Args)]
@@ -272,6 +306,7 @@ async fn run(command: Command) -> anyhow::Result<()> {
                 admin_config: args.admin_config,
                 operator_key: args.operator_key,
                 clock: args.clock.clock(),
+                snapshot_after_entries: args.snapshot_after_entries,
             })
             .await?;
             write_ready_file(args.ready_file.as_deref(), node.address)?;
@@ -307,6 +342,26 @@ async fn run(command: Command) -> anyhow::Result<()> {
             Ok(())
         }
         Command::Sim(args) => run_sim(args).await,
+        Command::Cluster(args) => {
+            let key = ledger::node::read_signing_key(&args.operator_key)?;
+            let http = reqwest::Client::new();
+            let config: serde_json::Value =
+                http.get(format!("{}/v1/config", args.ledger)).send().await?.error_for_status()?.json().await?;
+            let nonce = config["admin_nonce"].as_u64().context("admin_nonce in /v1/config")? + 1;
+            let action = match args.change {
+                ClusterChange::AddNode { node_id, address } => {
+                    domain::tx::AdminAction::AddNode { node_id, address: address.to_string() }
+                }
+                ClusterChange::SetVoters { voters } => domain::tx::AdminAction::SetVoters { voters },
+            };
+            let admin = domain::tx::SignedAdmin::sign(nonce, action, &key);
+            let response = ledger::node::submit_admin_to(&http, &args.ledger, &admin).await?;
+            if let Some(reason) = response.refused {
+                anyhow::bail!("the ledger refused the change: {reason}");
+            }
+            println!("committed at log index {}", response.log_index);
+            Ok(())
+        }
         Command::Keygen { out } => {
             let secret: [u8; 32] = rand::random();
             let key = ed25519_dalek::SigningKey::from_bytes(&secret);

@@ -130,6 +130,7 @@ pub async fn run(args: SandboxArgs) -> anyhow::Result<()> {
         admin_config: Some(admin_config),
         operator_key: Some(operator_key),
         clock,
+        snapshot_after_entries: ledger::limits::SNAPSHOT_AFTER_ENTRIES_DEFAULT,
     })
     .await?;
     let ledger_url = format!("http://{}", node.address);

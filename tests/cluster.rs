@@ -27,12 +27,18 @@ struct Node {
 }
 
 fn node_command(dir: &Path, id: u64, ports: &[u16], clock: &[String]) -> Command {
+    node_command_with(dir, id, ports, clock, &[])
+}
+
+/// A node of the cluster whose initial voters listen on `ports[..3]`; `extra` arguments appended.
+fn node_command_with(dir: &Path, id: u64, ports: &[u16], clock: &[String], extra: &[&str]) -> Command {
     let members: Vec<String> =
-        ports.iter().enumerate().map(|(index, port)| format!("{}=127.0.0.1:{port}", index + 1)).collect();
+        ports.iter().take(3).enumerate().map(|(index, port)| format!("{}=127.0.0.1:{port}", index + 1)).collect();
     let mut command = wattle();
     command
         .args(["node", "--node-id", &id.to_string(), "--listen", &format!("127.0.0.1:{}", ports[id as usize - 1])])
         .args(["--init-members", &members.join(",")])
+        .args(extra)
         .arg("--data-dir")
         .arg(dir.join(format!("node-{id}")))
         .arg("--ready-file")
@@ -260,5 +266,142 @@ async fn leader_killed_under_load_loses_and_doubles_nothing() -> anyhow::Result<
             expected_amount.round_dp_with_strategy(2, RoundingStrategy::MidpointAwayFromZero)
         );
     }
+    Ok(())
+}
+
+/// Writes the operator key, the fleet registry and the ledger's admin configuration.
+fn configure(dir: &Path) -> anyhow::Result<()> {
+    anyhow::ensure!(wattle()
+        .args(["keygen", "--out"])
+        .arg(dir.join("operator.key"))
+        .stdout(std::process::Stdio::null())
+        .status()?
+        .success());
+    anyhow::ensure!(wattle()
+        .args([
+            "sim",
+            "--meters",
+            &METERS.to_string(),
+            "--seed",
+            &SEED.to_string(),
+            "--registry-only",
+            "--registry-out"
+        ])
+        .arg(dir.join("meters.json"))
+        .status()?
+        .success());
+    std::fs::write(
+        dir.join("ledger.toml"),
+        format!("registries = [\"meters.json\"]\n[tariff]\ncurrency = \"EUR\"\nprice_per_kwh = \"{PRICE}\"\n"),
+    )?;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_joining_after_the_log_was_purged_installs_a_snapshot() -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let path = |name: &str| dir.path().join(name);
+    let http = reqwest::Client::builder().timeout(Duration::from_secs(5)).build()?;
+    let clock = clock_args(EPOCH, SPEED, domain::clock::wall_clock_now().0);
+    configure(dir.path())?;
+    let ports: Vec<u16> = (0..4).map(|_| free_port()).collect();
+    // Snapshots every 8 entries, so the log is purged long before node 4 arrives.
+    let small_snapshots = ["--snapshot-after-entries", "8"];
+    let mut processes = Vec::new();
+    for id in 1..=3u64 {
+        let command = node_command_with(dir.path(), id, &ports, &clock, &small_snapshots);
+        processes.push(Process::spawn(&format!("node-{id}"), dir.path(), command)?);
+    }
+    for (index, process) in processes.iter_mut().enumerate() {
+        process.ready_address(&path(&format!("node-{}.ready", index + 1))).await?;
+    }
+    let ledger_urls: Vec<String> = ports[..3].iter().map(|port| format!("http://127.0.0.1:{port}")).collect();
+    let broker = Mosquitto::start(dir.path(), "").await?;
+    let mut command = wattle();
+    command
+        .args(["gateway", "--gateway-id", "gw-snapshot", "--listen", "127.0.0.1:0"])
+        .args(["--broker", &format!("127.0.0.1:{}", broker.port), "--ledger", &ledger_urls.join(",")])
+        .arg("--data-dir")
+        .arg(path("gateway"))
+        .arg("--ready-file")
+        .arg(path("gateway.ready"))
+        .args(&clock);
+    let mut gateway = Process::spawn("gateway", dir.path(), command)?;
+    let gateway_url = format!("http://{}", gateway.ready_address(&path("gateway.ready")).await?);
+    poll_until("gateway subscribed", Duration::from_secs(30), || {
+        let request = http.get(format!("{gateway_url}/healthz")).send();
+        async move { request.await.ok().filter(|response| response.status().is_success()) }
+    })
+    .await?;
+    let intervals = 8u64;
+    let mut command = wattle();
+    command
+        .args([
+            "sim",
+            "--meters",
+            &METERS.to_string(),
+            "--seed",
+            &SEED.to_string(),
+            "--intervals",
+            &intervals.to_string(),
+        ])
+        .args(["--broker", &format!("127.0.0.1:{}", broker.port), "--epoch", EPOCH])
+        .arg("--truth-out")
+        .arg(path("truth.bin"))
+        .args(&clock);
+    let mut sim = Process::spawn("sim", dir.path(), command)?;
+    anyhow::ensure!(sim.wait(Duration::from_secs(120)).await?.success(), "sim failed:\n{}", sim.log_tail());
+    let truth = firmware_sim::Truth::read(&path("truth.bin"))?;
+    let customer = firmware_sim::customer_id(3);
+    let expected_wh: u64 = truth.records.iter().filter(|r| r.meter == 3).map(|r| r.import_wh).sum();
+    let account = |port: u16| {
+        let request = http.get(format!("http://127.0.0.1:{port}/v1/customers/{customer}/account")).send();
+        async move { request.await.ok()?.json::<serde_json::Value>().await.ok() }
+    };
+    poll_until("every reading settled", Duration::from_secs(60), || {
+        let fetch = account(ports[0]);
+        async move { fetch.await.filter(|a| a["intervals_settled"].as_u64() == Some(intervals)) }
+    })
+    .await
+    .with_context(|| format!("gateway log:\n{}", gateway.log_tail()))?;
+    let purged = poll_until("the log purged behind a snapshot", Duration::from_secs(30), || {
+        let fetch = health(&http, ports[0]);
+        async move { fetch.await.and_then(|status| status["purged_index"].as_u64()).filter(|index| *index > 0) }
+    })
+    .await?;
+
+    // Node 4 starts empty and joins through operator-signed membership changes.
+    let command = node_command_with(dir.path(), 4, &ports, &clock, &small_snapshots);
+    let mut node_four = Process::spawn("node-4", dir.path(), command)?;
+    node_four.ready_address(&path("node-4.ready")).await?;
+    for change in [
+        vec![
+            "add-node".to_string(),
+            "--node-id".into(),
+            "4".into(),
+            "--address".into(),
+            format!("127.0.0.1:{}", ports[3]),
+        ],
+        vec!["set-voters".to_string(), "--voters".into(), "1,2,3,4".into()],
+    ] {
+        let status = wattle()
+            .args(["cluster", "--ledger", &ledger_urls[1], "--operator-key"])
+            .arg(path("operator.key"))
+            .args(&change)
+            .status()?;
+        anyhow::ensure!(status.success(), "wattle cluster {change:?} failed");
+    }
+    let joined = poll_until("node 4 caught up", Duration::from_secs(60), || {
+        let fetch = account(ports[3]);
+        async move { fetch.await.filter(|a| a["intervals_settled"].as_u64() == Some(intervals)) }
+    })
+    .await
+    .with_context(|| format!("node 4 log:\n{}", node_four.log_tail()))?;
+    assert_eq!(joined["energy_import_wh"].as_u64(), Some(expected_wh));
+    assert_eq!(joined, account(ports[0]).await.context("account on node 1")?, "node 4 holds the same state");
+    let status = health(&http, ports[3]).await.context("node 4 health")?;
+    let snapshot = status["snapshot_index"].as_u64().context("node 4 installed a snapshot")?;
+    assert!(snapshot >= purged, "node 4's state came from a snapshot covering the purged log ({snapshot} < {purged})");
+    drop(processes);
     Ok(())
 }

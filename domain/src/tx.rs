@@ -56,10 +56,32 @@ pub struct BatchReading {
 /// A configuration change.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum AdminAction {
-    RegisterCustomer { customer_id: CustomerId, currency: Currency },
-    RegisterMeter { meter_id: MeterId, key_id: KeyId, public_key: [u8; 32], customer_id: CustomerId },
+    RegisterCustomer {
+        customer_id: CustomerId,
+        currency: Currency,
+    },
+    RegisterMeter {
+        meter_id: MeterId,
+        key_id: KeyId,
+        public_key: [u8; 32],
+        customer_id: CustomerId,
+    },
     SetFlatPrice(UnitPrice),
+    /// Add a ledger node as a learner (it replicates but does not vote yet).
+    AddNode {
+        node_id: u64,
+        address: String,
+    },
+    /// Make exactly these nodes the voters.
+    SetVoters {
+        voters: Vec<u64>,
+    },
 }
+
+/// Longest node address in an admin action.
+pub const NODE_ADDRESS_BYTES_MAX: usize = 255;
+/// Most voters a consortium ledger runs with (raft clusters larger than this only slow commits).
+pub const VOTERS_MAX: usize = 9;
 
 /// An admin action signed by the operator key. `nonce` must exceed every earlier admin nonce,
 /// so a replayed action is refused.
@@ -136,6 +158,17 @@ impl AdminAction {
                 writer.u8(3);
                 price.encode(writer);
             }
+            AdminAction::AddNode { node_id, address } => {
+                assert!(address.len() <= NODE_ADDRESS_BYTES_MAX, "node address over NODE_ADDRESS_BYTES_MAX");
+                writer.u8(4).u64(*node_id).short_bytes(address.as_bytes());
+            }
+            AdminAction::SetVoters { voters } => {
+                assert!(voters.len() <= VOTERS_MAX, "more than VOTERS_MAX voters");
+                writer.u8(5).u8(voters.len() as u8);
+                for voter in voters {
+                    writer.u64(*voter);
+                }
+            }
         }
     }
     fn decode(reader: &mut Reader<'_>) -> Result<Self, DecodeError> {
@@ -151,6 +184,20 @@ impl AdminAction {
                 customer_id: decode_id(reader, "customer_id")?,
             }),
             3 => Ok(AdminAction::SetFlatPrice(UnitPrice::decode(reader)?)),
+            4 => {
+                let node_id = reader.u64()?;
+                let address = std::str::from_utf8(reader.short_bytes()?)
+                    .map_err(|_| DecodeError::invalid("address", "not UTF-8"))?
+                    .to_string();
+                Ok(AdminAction::AddNode { node_id, address })
+            }
+            5 => {
+                let count = usize::from(reader.u8()?);
+                if count > VOTERS_MAX {
+                    return Err(DecodeError::TooLarge { size: count, limit: VOTERS_MAX });
+                }
+                Ok(AdminAction::SetVoters { voters: (0..count).map(|_| reader.u64()).collect::<Result<_, _>>()? })
+            }
             other => Err(DecodeError::invalid("admin_action", format!("unknown kind {other}"))),
         }
     }

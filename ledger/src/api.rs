@@ -71,6 +71,7 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/customers/{customer_id}/account", get(customer_account))
         .route("/v1/transactions", get(list_transactions))
         .route("/v1/admin", post(submit_admin))
+        .route("/v1/config", get(public_config))
         .route("/healthz", get(healthz))
         .route("/metrics", get(metrics))
         .route("/raft/append", post(raft_append))
@@ -171,8 +172,42 @@ async fn submit_admin(
     if let Route::Leader(leader) = route(&app)? {
         return forward(&app, &headers, &leader, "/v1/admin", &request).await;
     }
+    let action = admin.action.clone();
     let (log_index, result) = propose(&app, TxBody::Admin(admin)).await?;
+    if result.admin_refused.is_none() {
+        change_membership(&app, &action).await?;
+    }
     Ok(Json(domain::api::SubmitAdminResponse { log_index, refused: result.admin_refused }).into_response())
+}
+
+/// Carries out a committed, operator-signed membership action through openraft.
+async fn change_membership(app: &AppState, action: &domain::tx::AdminAction) -> Result<(), ApiError> {
+    let failed = |error: String| ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "membership_change_failed", error);
+    match action {
+        domain::tx::AdminAction::AddNode { node_id, address } => {
+            tracing::info!(node_id, %address, "adding a learner");
+            app.raft
+                .add_learner(*node_id, openraft::BasicNode::new(address.clone()), true)
+                .await
+                .map_err(|error| failed(error.to_string()))?;
+        }
+        domain::tx::AdminAction::SetVoters { voters } => {
+            tracing::info!(?voters, "changing the voters");
+            let voters: std::collections::BTreeSet<NodeId> = voters.iter().copied().collect();
+            app.raft.change_membership(voters, false).await.map_err(|error| failed(error.to_string()))?;
+        }
+        _ => {}
+    }
+    Ok(())
+}
+
+/// `GET /v1/config`: the public configuration (operator key, admin nonce, tariff).
+async fn public_config(State(app): State<AppState>) -> Json<serde_json::Value> {
+    let state = app.store.state();
+    Json(serde_json::json!({
+        "admin_nonce": state::admin_nonce(&state),
+        "flat_price": state::flat_price(&state),
+    }))
 }
 
 /// Proposes a transaction and waits until it is committed and applied.

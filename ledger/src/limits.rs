@@ -23,8 +23,8 @@ pub const HEARTBEAT_INTERVAL_MS: u64 = 250;
 pub const ELECTION_TIMEOUT_MIN_MS: u64 = 1_000;
 pub const ELECTION_TIMEOUT_MAX_MS: u64 = 2_000;
 
-/// Build a snapshot after this many applied entries (CCF: every 10,000 transactions).
-pub const SNAPSHOT_AFTER_ENTRIES: u64 = 10_000;
+/// Default: build a snapshot after this many applied entries (CCF: every 10,000 transactions).
+pub const SNAPSHOT_AFTER_ENTRIES_DEFAULT: u64 = 10_000;
 
 /// How long start-up waits for this node to become leader before loading admin configuration.
 pub const LEADER_WAIT_MAX: Duration = Duration::from_secs(30);

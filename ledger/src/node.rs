@@ -23,9 +23,7 @@ use tokio::task::JoinHandle;
 
 use crate::api::{router, AppState, Metrics};
 use crate::entry::NodeId;
-use crate::limits::{
-    ELECTION_TIMEOUT_MAX_MS, ELECTION_TIMEOUT_MIN_MS, HEARTBEAT_INTERVAL_MS, LEADER_WAIT_MAX, SNAPSHOT_AFTER_ENTRIES,
-};
+use crate::limits::{ELECTION_TIMEOUT_MAX_MS, ELECTION_TIMEOUT_MIN_MS, HEARTBEAT_INTERVAL_MS, LEADER_WAIT_MAX};
 use crate::network::HttpNetwork;
 use crate::state;
 use crate::store::Store;
@@ -50,6 +48,8 @@ pub struct NodeConfig {
     /// File holding the operator's Ed25519 secret key (64 hex characters).
     pub operator_key: Option<PathBuf>,
     pub clock: Clock,
+    /// Build a snapshot (and purge the log behind it) after this many entries.
+    pub snapshot_after_entries: u64,
 }
 
 /// The admin configuration file (TOML).
@@ -114,8 +114,11 @@ pub async fn start(config: NodeConfig) -> anyhow::Result<NodeHandle> {
         heartbeat_interval: HEARTBEAT_INTERVAL_MS,
         election_timeout_min: ELECTION_TIMEOUT_MIN_MS,
         election_timeout_max: ELECTION_TIMEOUT_MAX_MS,
-        snapshot_policy: SnapshotPolicy::LogsSinceLast(SNAPSHOT_AFTER_ENTRIES),
-        max_in_snapshot_log_to_keep: 1_000,
+        snapshot_policy: SnapshotPolicy::LogsSinceLast(config.snapshot_after_entries.max(1)),
+        // Keep a tenth of a snapshot interval of log behind it, so a slightly lagging follower
+        // catches up from the log rather than by a whole snapshot.
+        max_in_snapshot_log_to_keep: config.snapshot_after_entries / 10,
+        purge_batch_size: 1,
         ..Default::default()
     };
     let raft_config = Arc::new(raft_config.validate().context("raft configuration")?);
@@ -186,8 +189,17 @@ async fn wait_for_leader(raft: &Raft<crate::entry::TypeConfig>) -> anyhow::Resul
 
 /// Submits one signed admin action through this node's own API (which forwards to the leader).
 async fn submit_admin(app: &AppState, address: SocketAddr, admin: &SignedAdmin) -> anyhow::Result<SubmitAdminResponse> {
+    submit_admin_to(&app.http, &format!("http://{address}"), admin).await
+}
+
+/// Submits one signed admin action to a ledger node's API (any node: followers forward).
+pub async fn submit_admin_to(
+    http: &reqwest::Client,
+    ledger_url: &str,
+    admin: &SignedAdmin,
+) -> anyhow::Result<SubmitAdminResponse> {
     let request = SubmitAdmin { admin: hex::encode(admin.to_bytes()) };
-    let response = app.http.post(format!("http://{address}/v1/admin")).json(&request).send().await?;
+    let response = http.post(format!("{ledger_url}/v1/admin")).json(&request).send().await?;
     let status = response.status();
     if !status.is_success() {
         bail!("admin transaction not committed ({status}): {}", response.text().await.unwrap_or_default());

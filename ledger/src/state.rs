@@ -422,6 +422,18 @@ fn apply_admin(state: &mut Overlay<'_>, admin: &SignedAdmin) -> Result<(), Strin
             writer.fixed(price.currency.code().as_bytes());
             state.put(Table::Public, KEY_PRICE.to_vec(), writer.finish());
         }
+        // Membership changes are recorded here (signed, on the ledger's record); the leader
+        // carries them out through openraft once this transaction is committed.
+        AdminAction::AddNode { address, .. } => {
+            if address.is_empty() || address.parse::<std::net::SocketAddr>().is_err() {
+                return Err(format!("bad_address: {address:?} is not HOST:PORT"));
+            }
+        }
+        AdminAction::SetVoters { voters } => {
+            if voters.is_empty() {
+                return Err("no_voters: a cluster needs at least one voter".into());
+            }
+        }
     }
     state.put(Table::Public, KEY_ADMIN_NONCE.to_vec(), admin.nonce.to_be_bytes().to_vec());
     Ok(())
