@@ -61,29 +61,7 @@ async fn leader_killed_under_load_loses_and_doubles_nothing() -> anyhow::Result<
     let http = reqwest::Client::builder().timeout(Duration::from_secs(5)).build()?;
     let clock = clock_args(EPOCH, SPEED, domain::clock::wall_clock_now().0);
 
-    anyhow::ensure!(wattle()
-        .args(["keygen", "--out"])
-        .arg(path("operator.key"))
-        .stdout(std::process::Stdio::null())
-        .status()?
-        .success());
-    anyhow::ensure!(wattle()
-        .args([
-            "sim",
-            "--meters",
-            &METERS.to_string(),
-            "--seed",
-            &SEED.to_string(),
-            "--registry-only",
-            "--registry-out"
-        ])
-        .arg(path("meters.json"))
-        .status()?
-        .success());
-    std::fs::write(
-        path("ledger.toml"),
-        format!("registries = [\"meters.json\"]\n[tariff]\ncurrency = \"EUR\"\nprice_per_kwh = \"{PRICE}\"\n"),
-    )?;
+    configure(dir.path())?;
 
     let ports: Vec<u16> = (0..3).map(|_| free_port()).collect();
     let mut nodes: Vec<Node> = Vec::new();
