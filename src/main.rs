@@ -1,5 +1,6 @@
 //! `wattle`: one command for every Wattle process, plus the sandbox that runs them all.
 
+mod bench;
 mod cli;
 mod sandbox;
 
@@ -34,6 +35,9 @@ enum Command {
     Billing(BillingArgs),
     /// Run a fleet of simulated meters that publish signed readings over MQTT.
     Sim(SimArgs),
+    /// Measure the platform: `wattle bench ledger` (see BENCHMARKS.md).
+    #[command(subcommand)]
+    Bench(BenchCommand),
     /// Change the ledger cluster's membership (operator-signed admin transactions).
     Cluster(ClusterArgs),
     /// Create an Ed25519 secret key file (for the operator or a gateway); prints the public key.
@@ -76,6 +80,13 @@ struct NodeArgs {
     snapshot_after_entries: u64,
     #[command(flatten)]
     clock: ClockArgs,
+}
+
+#[derive(Debug, Subcommand)]
+enum BenchCommand {
+    /// Committed readings per second and commit latency of a ledger cluster with fsync, at several
+    /// batch sizes, with this machine's raw limits measured in the same run.
+    Ledger(bench::LedgerBenchArgs),
 }
 
 #[derive(Debug, clap::Args)]
@@ -282,7 +293,7 @@ fn parse_interval(text: &str) -> Result<i64, String> {
 
 fn init_logging() {
     let filter = tracing_subscriber::EnvFilter::try_from_env("WATTLE_LOG")
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,openraft=warn,rumqttd=off"));
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,openraft=error,rumqttd=off"));
     let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
     if std::env::var("WATTLE_LOG_FORMAT").as_deref() == Ok("json") {
         builder.json().init();
@@ -347,6 +358,7 @@ async fn run(command: Command) -> anyhow::Result<()> {
             Ok(())
         }
         Command::Sim(args) => run_sim(args).await,
+        Command::Bench(BenchCommand::Ledger(args)) => bench::ledger(args).await,
         Command::Cluster(args) => {
             let key = ledger::node::read_signing_key(&args.operator_key)?;
             let http = reqwest::Client::new();

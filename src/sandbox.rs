@@ -42,6 +42,9 @@ pub struct SandboxArgs {
     exit_after_intervals: Option<u64>,
 }
 
+/// Ledger nodes the sandbox runs.
+const LEDGER_NODES: u64 = 3;
+
 /// How long smoke mode waits for the last readings to settle.
 const SETTLE_WAIT_MAX: Duration = Duration::from_secs(60);
 
@@ -121,25 +124,37 @@ pub async fn run(args: SandboxArgs) -> anyhow::Result<()> {
     )?;
     let broker_port = free_port()?;
     start_broker(broker_port)?;
-    let node = ledger::node::start(ledger::node::NodeConfig {
-        node_id: 1,
-        data_dir: data_dir.join("node-1"),
-        listen: "127.0.0.1:0".parse()?,
-        bootstrap: true,
-        init_members: Vec::new(),
-        admin_config: Some(admin_config),
-        operator_key: Some(operator_key),
-        clock,
-        snapshot_after_entries: ledger::limits::SNAPSHOT_AFTER_ENTRIES_DEFAULT,
-    })
-    .await?;
-    let ledger_url = format!("http://{}", node.address);
+    // Three ledger nodes, as the consortium runs it: supplier, grid operator, regulator.
+    let members: Vec<(u64, String)> =
+        (1..=LEDGER_NODES).map(|id| Ok((id, format!("127.0.0.1:{}", free_port()?)))).collect::<anyhow::Result<_>>()?;
+    let mut starting = Vec::new();
+    for (id, address) in &members {
+        let config = ledger::node::NodeConfig {
+            node_id: *id,
+            data_dir: data_dir.join(format!("node-{id}")),
+            listen: address.parse()?,
+            bootstrap: false,
+            init_members: members.clone(),
+            admin_config: (*id == 1).then(|| admin_config.clone()),
+            operator_key: (*id == 1).then(|| operator_key.clone()),
+            clock,
+            snapshot_after_entries: ledger::limits::SNAPSHOT_AFTER_ENTRIES_DEFAULT,
+        };
+        starting.push(tokio::spawn(ledger::node::start(config)));
+    }
+    let mut nodes = Vec::new();
+    for node in starting {
+        nodes.push(node.await??);
+    }
+    let ledger_urls: Vec<String> = nodes.iter().map(|node| format!("http://{}", node.address)).collect();
+    // Billing reads a follower: what it serves is what the cluster committed.
+    let ledger_url = ledger_urls[1].clone();
     let gateway = gateway::start(gateway::GatewayConfig {
         gateway_id: GatewayId::new("sandbox-gw")?,
         data_dir: data_dir.join("gateway"),
         broker_host: "127.0.0.1".into(),
         broker_port,
-        ledger_urls: vec![ledger_url.clone()],
+        ledger_urls: ledger_urls.clone(),
         listen: "127.0.0.1:0".parse()?,
         clock,
     })
@@ -160,7 +175,7 @@ pub async fn run(args: SandboxArgs) -> anyhow::Result<()> {
         args.meters, args.start, args.speed
     );
     println!("  MQTT broker   127.0.0.1:{broker_port} (topics wattle/v1/{{site}}/{{meter}}/reading, .../birth)");
-    println!("  ledger        {ledger_url}  (/healthz, /metrics, /v1/meters, /v1/transactions)");
+    println!("  ledger        {}  (3 nodes; /healthz, /metrics, /v1/meters, /v1/transactions)", ledger_urls.join(" "));
     println!("  gateway       http://{}  (/healthz, /metrics, /v1/quarantine)", gateway.address);
     println!("  billing       http://{}", billing.address);
     println!("  data          {}", data_dir.display());
@@ -202,7 +217,9 @@ pub async fn run(args: SandboxArgs) -> anyhow::Result<()> {
     };
     billing.stop().await;
     gateway.stop().await;
-    node.stop().await;
+    for node in nodes {
+        node.stop().await;
+    }
     outcome
 }
 

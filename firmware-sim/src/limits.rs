@@ -3,9 +3,9 @@
 use std::time::Duration;
 
 /// Unacknowledged QoS 1 publishes in flight per connection (the MQTT receive maximum).
-pub const MQTT_INFLIGHT_MAX: u16 = 1_000;
+pub const MQTT_INFLIGHT_MAX: u16 = 200;
 /// Publishes queued in a client before `publish` waits: bounds memory per connection.
-pub const MQTT_REQUEST_QUEUE_MAX: usize = 4_096;
+pub const MQTT_REQUEST_QUEUE_MAX: usize = 256;
 /// Largest MQTT packet a site connection accepts (backfill commands are tiny).
 pub const MQTT_PACKET_BYTES_MAX: usize = 64 * 1024;
 /// How long to wait at the end for the broker to acknowledge every publish.

@@ -31,7 +31,7 @@ use crate::state::{self, MeterRecord, ReadingResult, Table, TxResult};
 use crate::store::Store;
 
 /// Counters exported on `/metrics`.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct Metrics {
     pub readings_submitted: AtomicU64,
     pub readings_accepted: AtomicU64,
@@ -39,6 +39,66 @@ pub struct Metrics {
     pub readings_equivocation: AtomicU64,
     pub transactions_proposed: AtomicU64,
     pub rejected_by_reason: Mutex<BTreeMap<String, u64>>,
+    /// Readings per proposed reading batch.
+    pub batch_readings: Histogram,
+    /// Milliseconds from proposing a transaction to its commit and application.
+    pub commit_latency_ms: Histogram,
+}
+
+/// A Prometheus histogram with fixed buckets.
+#[derive(Debug)]
+pub struct Histogram {
+    bounds: &'static [u64],
+    counts: Vec<AtomicU64>,
+    sum: AtomicU64,
+    count: AtomicU64,
+}
+
+impl Histogram {
+    pub fn new(bounds: &'static [u64]) -> Self {
+        Histogram {
+            bounds,
+            counts: (0..bounds.len()).map(|_| AtomicU64::new(0)).collect(),
+            sum: AtomicU64::new(0),
+            count: AtomicU64::new(0),
+        }
+    }
+    pub fn observe(&self, value: u64) {
+        if let Some(index) = self.bounds.iter().position(|bound| value <= *bound) {
+            self.counts[index].fetch_add(1, Ordering::Relaxed);
+        }
+        self.sum.fetch_add(value, Ordering::Relaxed);
+        self.count.fetch_add(1, Ordering::Relaxed);
+    }
+    fn render(&self, out: &mut String, name: &str, help: &str) {
+        let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} histogram");
+        let mut cumulative = 0;
+        for (bound, count) in self.bounds.iter().zip(&self.counts) {
+            cumulative += count.load(Ordering::Relaxed);
+            let _ = writeln!(out, "{name}_bucket{{le=\"{bound}\"}} {cumulative}");
+        }
+        let total = self.count.load(Ordering::Relaxed);
+        let _ = writeln!(out, "{name}_bucket{{le=\"+Inf\"}} {total}");
+        let _ = writeln!(out, "{name}_sum {}\n{name}_count {total}", self.sum.load(Ordering::Relaxed));
+    }
+}
+
+const BATCH_BOUNDS: &[u64] = &[1, 10, 100, 500, 1_000, 2_000, 4_096];
+const LATENCY_BOUNDS_MS: &[u64] = &[1, 2, 5, 10, 20, 50, 100, 200, 500, 1_000, 5_000];
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Metrics {
+            readings_submitted: AtomicU64::new(0),
+            readings_accepted: AtomicU64::new(0),
+            readings_duplicate: AtomicU64::new(0),
+            readings_equivocation: AtomicU64::new(0),
+            transactions_proposed: AtomicU64::new(0),
+            rejected_by_reason: Mutex::default(),
+            batch_readings: Histogram::new(BATCH_BOUNDS),
+            commit_latency_ms: Histogram::new(LATENCY_BOUNDS_MS),
+        }
+    }
 }
 
 impl Metrics {
@@ -214,7 +274,13 @@ async fn public_config(State(app): State<AppState>) -> Json<serde_json::Value> {
 pub async fn propose(app: &AppState, body: TxBody) -> Result<(u64, TxResult), ApiError> {
     let tx = Transaction { tx_id: TxId(rand::random()), rules_version: RULES_VERSION, time: app.clock.now(), body };
     app.metrics.transactions_proposed.fetch_add(1, Ordering::Relaxed);
-    match tokio::time::timeout(COMMIT_WAIT_MAX, app.raft.client_write(tx)).await {
+    if let TxBody::Readings(batch) = &tx.body {
+        app.metrics.batch_readings.observe(batch.readings.len() as u64);
+    }
+    let started = std::time::Instant::now();
+    let result = tokio::time::timeout(COMMIT_WAIT_MAX, app.raft.client_write(tx)).await;
+    app.metrics.commit_latency_ms.observe(started.elapsed().as_millis() as u64);
+    match result {
         Err(_) => Err(ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "commit_timeout", "not committed in time; retry")),
         Ok(Err(error)) => {
             tracing::warn!(%error, "client write failed");
@@ -482,6 +548,8 @@ async fn metrics(State(app): State<AppState>) -> String {
         "counter",
         m.transactions_proposed.load(Ordering::Relaxed),
     );
+    m.batch_readings.render(&mut out, "wattle_ledger_batch_readings", "Readings per proposed batch.");
+    m.commit_latency_ms.render(&mut out, "wattle_ledger_commit_latency_ms", "Propose to commit and apply, ms.");
     let _ = writeln!(out, "# HELP wattle_ledger_readings_rejected_total Readings refused, by reason.\n# TYPE wattle_ledger_readings_rejected_total counter");
     for (reason, count) in m.rejected_by_reason.lock().expect("metrics lock is never poisoned").iter() {
         let _ = writeln!(out, "wattle_ledger_readings_rejected_total{{reason=\"{reason}\"}} {count}");

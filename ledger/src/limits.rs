@@ -28,3 +28,6 @@ pub const SNAPSHOT_AFTER_ENTRIES_DEFAULT: u64 = 10_000;
 
 /// How long start-up waits for this node to become leader before loading admin configuration.
 pub const LEADER_WAIT_MAX: Duration = Duration::from_secs(30);
+
+/// How long the initialising node waits for the other initial members to accept connections.
+pub const INIT_PEERS_WAIT_MAX: Duration = Duration::from_secs(10);

@@ -156,6 +156,7 @@ pub async fn start(config: NodeConfig) -> anyhow::Result<NodeHandle> {
             raft.initialize(members).await.context("initialising the cluster")?;
             tracing::info!(node_id = config.node_id, "initialised a new single-node cluster");
         } else if lowest == Some(config.node_id) {
+            wait_for_peers(&config.init_members, config.node_id).await;
             let members: BTreeMap<NodeId, BasicNode> =
                 config.init_members.iter().map(|(id, address)| (*id, BasicNode::new(address.clone()))).collect();
             raft.initialize(members).await.context("initialising the cluster")?;
@@ -172,6 +173,21 @@ pub async fn start(config: NodeConfig) -> anyhow::Result<NodeHandle> {
         load_admin_config(&app, address, admin_config, &key).await?;
     }
     Ok(NodeHandle { address, raft, shutdown: Some(shutdown_sender), server })
+}
+
+/// Waits (bounded) until every other initial member accepts connections, so the first election
+/// does not start against nodes that are still starting.
+async fn wait_for_peers(members: &[(NodeId, String)], node_id: NodeId) {
+    let deadline = tokio::time::Instant::now() + crate::limits::INIT_PEERS_WAIT_MAX;
+    for (id, address) in members.iter().filter(|(id, _)| *id != node_id) {
+        while tokio::net::TcpStream::connect(address).await.is_err() {
+            if tokio::time::Instant::now() >= deadline {
+                tracing::warn!(peer = id, %address, "peer not reachable yet; initialising anyway");
+                break;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        }
+    }
 }
 
 async fn wait_for_leader(raft: &Raft<crate::entry::TypeConfig>) -> anyhow::Result<()> {

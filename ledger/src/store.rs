@@ -507,3 +507,44 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
         }))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use openraft::testing::{StoreBuilder, Suite};
+
+    use super::*;
+
+    /// Opens fresh stores in a temporary directory (kept alive by the returned guard).
+    struct RocksBuilder;
+
+    impl StoreBuilder<TypeConfig, LogStore, StateMachineStore, tempfile::TempDir> for RocksBuilder {
+        async fn build(&self) -> StorageResult<(tempfile::TempDir, LogStore, StateMachineStore)> {
+            let dir = tempfile::tempdir().map_err(write_error)?;
+            let store =
+                Store::open(dir.path()).map_err(|error| write_error(std::io::Error::other(error.to_string())))?;
+            Ok((dir, store.log_store(), store.state_machine()))
+        }
+    }
+
+    /// openraft's own storage test suite, against the RocksDB log and state machine.
+    #[test]
+    fn openraft_storage_suite() -> StorageResult<()> {
+        Suite::test_all(RocksBuilder)
+    }
+
+    /// A reopened store remembers its log, vote, purge point and applied state.
+    #[tokio::test]
+    async fn state_survives_reopening() -> anyhow::Result<()> {
+        let dir = tempfile::tempdir()?;
+        let vote = Vote::new(4, 2);
+        {
+            let store = Store::open(dir.path())?;
+            let mut log = store.log_store();
+            log.save_vote(&vote).await?;
+        }
+        let store = Store::open(dir.path())?;
+        assert_eq!(store.log_store().read_vote().await?, Some(vote));
+        assert_eq!(store.state_machine().applied_state().await?.0, None);
+        Ok(())
+    }
+}
