@@ -11,7 +11,7 @@ use std::time::Duration;
 use anyhow::Context;
 use rust_decimal::{Decimal, RoundingStrategy};
 
-use crate::support::{clock_args, free_port, poll_until, wattle, Mosquitto, Process};
+use crate::support::{clock_args, free_port, poll_until, start_gateway, wattle, Mosquitto, Process};
 
 const METERS: u32 = 20;
 const INTERVALS: u64 = 24;
@@ -76,22 +76,7 @@ async fn leader_killed_under_load_loses_and_doubles_nothing() -> anyhow::Result<
     let ledger_urls: Vec<String> = ports.iter().map(|port| format!("http://127.0.0.1:{port}")).collect();
 
     let broker = Mosquitto::start(dir.path(), "").await?;
-    let mut command = wattle();
-    command
-        .args(["gateway", "--gateway-id", "gw-cluster", "--listen", "127.0.0.1:0"])
-        .args(["--broker", &format!("127.0.0.1:{}", broker.port), "--ledger", &ledger_urls.join(",")])
-        .arg("--data-dir")
-        .arg(path("gateway"))
-        .arg("--ready-file")
-        .arg(path("gateway.ready"))
-        .args(&clock);
-    let mut gateway = Process::spawn("gateway", dir.path(), command)?;
-    let gateway_url = format!("http://{}", gateway.ready_address(&path("gateway.ready")).await?);
-    poll_until("gateway subscribed", Duration::from_secs(30), || {
-        let request = http.get(format!("{gateway_url}/healthz")).send();
-        async move { request.await.ok().filter(|response| response.status().is_success()) }
-    })
-    .await?;
+    let (gateway, _gateway_url) = start_gateway(dir.path(), "gw-cluster", broker.port, &ledger_urls, &clock).await?;
 
     let mut command = wattle();
     command
@@ -295,22 +280,7 @@ async fn a_node_joining_after_the_log_was_purged_installs_a_snapshot() -> anyhow
     }
     let ledger_urls: Vec<String> = ports[..3].iter().map(|port| format!("http://127.0.0.1:{port}")).collect();
     let broker = Mosquitto::start(dir.path(), "").await?;
-    let mut command = wattle();
-    command
-        .args(["gateway", "--gateway-id", "gw-snapshot", "--listen", "127.0.0.1:0"])
-        .args(["--broker", &format!("127.0.0.1:{}", broker.port), "--ledger", &ledger_urls.join(",")])
-        .arg("--data-dir")
-        .arg(path("gateway"))
-        .arg("--ready-file")
-        .arg(path("gateway.ready"))
-        .args(&clock);
-    let mut gateway = Process::spawn("gateway", dir.path(), command)?;
-    let gateway_url = format!("http://{}", gateway.ready_address(&path("gateway.ready")).await?);
-    poll_until("gateway subscribed", Duration::from_secs(30), || {
-        let request = http.get(format!("{gateway_url}/healthz")).send();
-        async move { request.await.ok().filter(|response| response.status().is_success()) }
-    })
-    .await?;
+    let (gateway, _gateway_url) = start_gateway(dir.path(), "gw-snapshot", broker.port, &ledger_urls, &clock).await?;
     let intervals = 8u64;
     let mut command = wattle();
     command

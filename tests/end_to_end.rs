@@ -13,7 +13,7 @@ use domain::ids::{KeyId, Sequence, UnixSeconds};
 use domain::reading::{ClockStatus, Reading, StatusFlags};
 use rust_decimal::{Decimal, RoundingStrategy};
 
-use crate::support::{clock_args, poll_until, wattle, Mosquitto, Process};
+use crate::support::{clock_args, poll_until, start_gateway, wattle, Mosquitto, Process};
 
 const METERS: u32 = 20;
 const INTERVALS: u64 = 8;
@@ -99,31 +99,8 @@ async fn signed_readings_become_bills_equal_to_ground_truth() -> anyhow::Result<
     let meters: Vec<serde_json::Value> = http.get(format!("{ledger_url}/v1/meters")).send().await?.json().await?;
     assert_eq!(meters.len(), METERS as usize, "the registry is committed before the node reports ready");
 
-    let mut command = wattle();
-    command
-        .args([
-            "gateway",
-            "--gateway-id",
-            "gw-e2e",
-            "--listen",
-            "127.0.0.1:0",
-            "--broker",
-            &broker_address,
-            "--ledger",
-            &ledger_url,
-        ])
-        .arg("--data-dir")
-        .arg(path("gateway"))
-        .arg("--ready-file")
-        .arg(path("gateway.ready"))
-        .args(&clock);
-    let mut gateway = Process::spawn("gateway", dir.path(), command)?;
-    let gateway_url = format!("http://{}", gateway.ready_address(&path("gateway.ready")).await?);
-    poll_until("gateway subscribed", Duration::from_secs(30), || {
-        let request = http.get(format!("{gateway_url}/healthz")).send();
-        async move { request.await.ok().filter(|response| response.status().is_success()) }
-    })
-    .await?;
+    let (mut gateway, gateway_url) =
+        start_gateway(dir.path(), "gw-e2e", broker.port, &[ledger_url.clone()], &clock).await?;
 
     let mut command = wattle();
     command
@@ -245,6 +222,27 @@ async fn signed_readings_become_bills_equal_to_ground_truth() -> anyhow::Result<
     for bad in [&flipped_digest, &foreign_digest, &unknown_key_digest] {
         assert!(!unique.contains(bad), "a tampered reading reached the ledger");
     }
+
+    // Submitting without waiting returns a transaction id at once; its status becomes committed,
+    // and a long-poll on the transaction stream returns it.
+    let applied_before: serde_json::Value = http.get(format!("{ledger_url}/healthz")).send().await?.json().await?;
+    let next_index = applied_before["applied_index"].as_u64().context("applied index")? + 1;
+    let late = stray_reading(0, 1).sign(&key_zero)?;
+    let request = serde_json::json!({ "gateway_id": "test", "readings": [late.to_envelope(false)] });
+    let answer: serde_json::Value =
+        http.post(format!("{ledger_url}/v1/readings?wait=false")).json(&request).send().await?.json().await?;
+    assert_eq!(answer["outcomes"][0]["status"], "pending", "{answer}");
+    let tx_id = answer["tx_id"].as_str().context("tx id")?.to_string();
+    let streamed: serde_json::Value =
+        http.get(format!("{ledger_url}/v1/transactions?from={next_index}&wait_ms=10000")).send().await?.json().await?;
+    let streamed = streamed["transactions"].as_array().context("transactions")?;
+    assert!(streamed.iter().any(|t| t["tx_id"] == tx_id.as_str()), "the long-poll returns the new transaction");
+    let status: serde_json::Value =
+        http.get(format!("{ledger_url}/v1/transactions/{tx_id}")).send().await?.json().await?;
+    assert_eq!(status["status"], "committed", "{status}");
+    let unknown: serde_json::Value =
+        http.get(format!("{ledger_url}/v1/transactions/{}", "0".repeat(32))).send().await?.json().await?;
+    assert_eq!(unknown["status"], "unknown");
 
     let metrics = http.get(format!("{gateway_url}/metrics")).send().await?.text().await?;
     assert!(metrics.contains("wattle_gateway_readings_rejected_total{reason=\"bad_signature\"} 2"), "{metrics}");

@@ -172,3 +172,32 @@ pub fn clock_args(start: &str, speed: u32, anchor_ms: i64) -> Vec<String> {
         anchor_ms.to_string(),
     ]
 }
+
+/// Starts `wattle gateway` against a broker and ledger nodes; returns it once subscribed.
+pub async fn start_gateway(
+    dir: &Path,
+    gateway_id: &str,
+    broker_port: u16,
+    ledger_urls: &[String],
+    clock: &[String],
+) -> anyhow::Result<(Process, String)> {
+    let ready = dir.join(format!("{gateway_id}.ready"));
+    let mut command = wattle();
+    command
+        .args(["gateway", "--gateway-id", gateway_id, "--listen", "127.0.0.1:0"])
+        .args(["--broker", &format!("127.0.0.1:{broker_port}"), "--ledger", &ledger_urls.join(",")])
+        .arg("--data-dir")
+        .arg(dir.join(gateway_id))
+        .arg("--ready-file")
+        .arg(&ready)
+        .args(clock);
+    let mut gateway = Process::spawn(gateway_id, dir, command)?;
+    let url = format!("http://{}", gateway.ready_address(&ready).await?);
+    let http = reqwest::Client::new();
+    poll_until("gateway subscribed", Duration::from_secs(30), || {
+        let request = http.get(format!("{url}/healthz")).send();
+        async move { request.await.ok().filter(|response| response.status().is_success()) }
+    })
+    .await?;
+    Ok((gateway, url))
+}

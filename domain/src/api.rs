@@ -19,7 +19,7 @@ pub struct SubmitReadings {
 /// What became of each submitted reading, in request order.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct SubmitReadingsResponse {
-    /// The transaction that carried the accepted readings, if any reached the log.
+    /// The transaction that carries the verified readings, if any were proposed (hex).
     pub tx_id: Option<String>,
     pub log_index: Option<u64>,
     pub outcomes: Vec<ReadingOutcome>,
@@ -47,6 +47,17 @@ pub enum OutcomeStatus {
     Equivocation,
     /// Refused before the log (decode, unknown meter or key, bad signature).
     Rejected,
+    /// Verified and proposed, not yet committed (only when the client did not wait): not final.
+    Pending,
+}
+
+/// `GET /v1/transactions/{tx_id}`: where a transaction stands.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TransactionStatus {
+    pub tx_id: String,
+    /// `committed`, `pending` (proposed by this node, not yet applied) or `unknown`.
+    pub status: String,
+    pub log_index: Option<u64>,
 }
 
 /// `GET /v1/meters`: the registry as committed in the ledger's configuration.

@@ -441,6 +441,7 @@ async fn forward_once(shared: &Shared) -> anyhow::Result<usize> {
             OutcomeStatus::Duplicate => {
                 shared.metrics.readings_duplicate_at_ledger.fetch_add(1, Ordering::Relaxed);
             }
+            OutcomeStatus::Pending => anyhow::bail!("the ledger answered without waiting for commit"),
             OutcomeStatus::Equivocation | OutcomeStatus::Rejected => {
                 let reason = format!("ledger_{}", outcome.reason.as_deref().unwrap_or("rejected"));
                 let payload = serde_json::to_vec(envelope)?;

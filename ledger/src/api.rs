@@ -118,6 +118,8 @@ pub struct AppState {
     pub metrics: Arc<Metrics>,
     /// Client for forwarding writes to the leader.
     pub http: reqwest::Client,
+    /// Transactions this node proposed without waiting that have not been applied yet.
+    pub pending: Arc<Mutex<std::collections::HashSet<TxId>>>,
 }
 
 /// Header marking a request a follower forwarded, so it is never forwarded twice.
@@ -130,6 +132,7 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/meters", get(list_meters))
         .route("/v1/customers/{customer_id}/account", get(customer_account))
         .route("/v1/transactions", get(list_transactions))
+        .route("/v1/transactions/{tx_id}", get(transaction_status))
         .route("/v1/admin", post(submit_admin))
         .route("/v1/config", get(public_config))
         .route("/healthz", get(healthz))
@@ -272,7 +275,12 @@ async fn public_config(State(app): State<AppState>) -> Json<serde_json::Value> {
 
 /// Proposes a transaction and waits until it is committed and applied.
 pub async fn propose(app: &AppState, body: TxBody) -> Result<(u64, TxResult), ApiError> {
-    let tx = Transaction { tx_id: TxId(rand::random()), rules_version: RULES_VERSION, time: app.clock.now(), body };
+    propose_as(app, TxId(rand::random()), body).await
+}
+
+/// Proposes a transaction under a chosen id and waits until it is committed and applied.
+async fn propose_as(app: &AppState, tx_id: TxId, body: TxBody) -> Result<(u64, TxResult), ApiError> {
+    let tx = Transaction { tx_id, rules_version: RULES_VERSION, time: app.clock.now(), body };
     app.metrics.transactions_proposed.fetch_add(1, Ordering::Relaxed);
     if let TxBody::Readings(batch) = &tx.body {
         app.metrics.batch_readings.observe(batch.readings.len() as u64);
@@ -294,6 +302,7 @@ pub async fn propose(app: &AppState, body: TxBody) -> Result<(u64, TxResult), Ap
 async fn submit_readings(
     State(app): State<AppState>,
     headers: HeaderMap,
+    Query(query): Query<SubmitQuery>,
     Json(request): Json<SubmitReadings>,
 ) -> Result<Response, ApiError> {
     if request.readings.len() > SUBMIT_READINGS_MAX {
@@ -304,7 +313,8 @@ async fn submit_readings(
         ));
     }
     if let Route::Leader(leader) = route(&app)? {
-        return forward(&app, &headers, &leader, "/v1/readings", &request).await;
+        let path = if query.wait { "/v1/readings" } else { "/v1/readings?wait=false" };
+        return forward(&app, &headers, &leader, path, &request).await;
     }
     let count = request.readings.len();
     app.metrics.readings_submitted.fetch_add(count as u64, Ordering::Relaxed);
@@ -352,12 +362,33 @@ async fn submit_readings(
     }
     let mut tx_id = None;
     let mut log_index = None;
-    if !batch.is_empty() {
-        let (index, result) =
-            propose(&app, TxBody::Readings(ReadingBatch { gateway_id: request.gateway_id.clone(), readings: batch }))
-                .await?;
+    if !batch.is_empty() && !query.wait {
+        // Answer at once with the transaction id; the client asks GET /v1/transactions/{tx_id}.
+        let id = TxId(rand::random());
+        tx_id = Some(id.to_string());
+        app.pending.lock().expect("pending lock is never poisoned").insert(id);
+        let body = TxBody::Readings(ReadingBatch { gateway_id: request.gateway_id.clone(), readings: batch });
+        let background = app.clone();
+        tokio::spawn(async move {
+            if let Err(error) = propose_as(&background, id, body).await {
+                tracing::warn!(tx_id = %id, ?error, "proposal without waiting failed");
+            }
+            background.pending.lock().expect("pending lock is never poisoned").remove(&id);
+        });
+        for (position, digest) in batch_positions {
+            outcomes[position] =
+                Some(ReadingOutcome { digest: Some(digest), status: OutcomeStatus::Pending, reason: None });
+        }
+    } else if !batch.is_empty() {
+        let id = TxId(rand::random());
+        let (index, result) = propose_as(
+            &app,
+            id,
+            TxBody::Readings(ReadingBatch { gateway_id: request.gateway_id.clone(), readings: batch }),
+        )
+        .await?;
         log_index = Some(index);
-        tx_id = Some(index.to_string());
+        tx_id = Some(id.to_string());
         for ((position, digest), result) in batch_positions.into_iter().zip(result.readings) {
             let (status, reason) = match result {
                 ReadingResult::Accepted => (OutcomeStatus::Accepted, None),
@@ -382,6 +413,7 @@ async fn submit_readings(
                 app.metrics.reject(outcome.reason.as_deref().unwrap_or("unknown"));
                 0
             }
+            OutcomeStatus::Pending => 0,
         };
     }
     Ok(Json(SubmitReadingsResponse { tx_id, log_index, outcomes }).into_response())
@@ -428,11 +460,45 @@ async fn customer_account(
     }))
 }
 
+/// `?wait=false`: answer once verified and proposed, without waiting for commit.
+#[derive(Debug, Deserialize)]
+struct SubmitQuery {
+    #[serde(default = "default_true")]
+    wait: bool,
+}
+
+fn default_true() -> bool {
+    true
+}
+
 #[derive(Debug, Deserialize)]
 struct PageQuery {
     #[serde(default)]
     from: u64,
     limit: Option<u64>,
+    /// Long-poll: wait up to this long (ms, at most 30,000) for transaction `from` to be applied.
+    #[serde(default)]
+    wait_ms: u64,
+}
+
+/// Longest long-poll on `GET /v1/transactions`.
+const LONG_POLL_MAX: std::time::Duration = std::time::Duration::from_secs(30);
+
+async fn transaction_status(
+    State(app): State<AppState>,
+    Path(tx_id): Path<String>,
+) -> Result<Json<domain::api::TransactionStatus>, ApiError> {
+    let bytes: [u8; 16] = hex::decode(&tx_id)
+        .ok()
+        .and_then(|bytes| bytes.try_into().ok())
+        .ok_or_else(|| ApiError::new(StatusCode::BAD_REQUEST, "bad_tx_id", "a transaction id is 32 hex characters"))?;
+    let id = TxId(bytes);
+    let (status, log_index) = match state::transaction_index(&app.store.state(), &id) {
+        Some(index) => ("committed", Some(index)),
+        None if app.pending.lock().expect("pending lock is never poisoned").contains(&id) => ("pending", None),
+        None => ("unknown", None),
+    };
+    Ok(Json(domain::api::TransactionStatus { tx_id, status: status.to_string(), log_index }))
 }
 
 async fn list_transactions(
@@ -440,6 +506,15 @@ async fn list_transactions(
     Query(query): Query<PageQuery>,
 ) -> Result<Json<TransactionPage>, ApiError> {
     let limit = query.limit.unwrap_or(TRANSACTION_PAGE_MAX).clamp(1, TRANSACTION_PAGE_MAX);
+    if query.wait_ms > 0 && app.store.applied_index() < query.from {
+        let deadline = tokio::time::Instant::now() + std::time::Duration::from_millis(query.wait_ms).min(LONG_POLL_MAX);
+        let mut metrics = app.raft.metrics();
+        while app.store.applied_index() < query.from {
+            if tokio::time::timeout_at(deadline, metrics.changed()).await.is_err() {
+                break;
+            }
+        }
+    }
     let applied = app.store.applied_index();
     let entries = app
         .store

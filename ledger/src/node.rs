@@ -135,6 +135,7 @@ pub async fn start(config: NodeConfig) -> anyhow::Result<NodeHandle> {
         clock: config.clock,
         metrics: Arc::new(Metrics::default()),
         http: reqwest::Client::builder().timeout(crate::limits::COMMIT_WAIT_MAX * 2).build()?,
+        pending: Arc::default(),
     };
     let (shutdown_sender, shutdown_receiver) = oneshot::channel::<()>();
     let server = tokio::spawn({

@@ -132,6 +132,17 @@ fn key_equivocation(meter: &MeterId, key_id: KeyId, sequence: Sequence, digest: 
     key
 }
 
+fn key_transaction(tx_id: &domain::ids::TxId) -> Vec<u8> {
+    [b"x/".as_slice(), tx_id.0.as_slice()].concat()
+}
+
+/// The log index at which a transaction was applied, if it was.
+pub fn transaction_index(state: &dyn StateRead, tx_id: &domain::ids::TxId) -> Option<u64> {
+    state
+        .get(Table::Public, &key_transaction(tx_id))
+        .map(|bytes| u64::from_be_bytes(bytes.as_slice().try_into().expect("transaction index stored as 8 bytes")))
+}
+
 /// The customer's receivable account (debited by interval charges).
 pub fn customer_account_name(customer: &CustomerId) -> String {
     format!("customer:{customer}")
@@ -373,6 +384,8 @@ pub fn apply(state: &mut Overlay<'_>, log_index: u64, tx: &Transaction) -> TxRes
         "entry {log_index} needs rules version {}, which this build cannot execute",
         tx.rules_version
     );
+    // Where each transaction landed, so any node can answer "is my transaction committed?".
+    state.put(Table::Public, key_transaction(&tx.tx_id), log_index.to_be_bytes().to_vec());
     match &tx.body {
         TxBody::Admin(admin) => TxResult { readings: Vec::new(), admin_refused: apply_admin(state, admin).err() },
         TxBody::Readings(batch) => TxResult { readings: apply_readings(state, log_index, batch), admin_refused: None },
