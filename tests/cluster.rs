@@ -346,7 +346,15 @@ async fn a_node_joining_after_the_log_was_purged_installs_a_snapshot() -> anyhow
     .await
     .with_context(|| format!("node 4 log:\n{}", node_four.log_tail()))?;
     assert_eq!(joined["energy_import_wh"].as_u64(), Some(expected_wh));
-    assert_eq!(joined, account(ports[0]).await.context("account on node 1")?, "node 4 holds the same state");
+    // Node 4 may still be applying the membership entries: wait until it matches node 1 exactly.
+    poll_until("node 4 holds the same state as node 1", Duration::from_secs(30), || {
+        let (four, one) = (account(ports[3]), account(ports[0]));
+        async move {
+            let (four, one) = (four.await?, one.await?);
+            (four == one).then_some(())
+        }
+    })
+    .await?;
     let status = health(&http, ports[3]).await.context("node 4 health")?;
     let snapshot = status["snapshot_index"].as_u64().context("node 4 installed a snapshot")?;
     assert!(snapshot >= purged, "node 4's state came from a snapshot covering the purged log ({snapshot} < {purged})");

@@ -100,7 +100,7 @@ async fn signed_readings_become_bills_equal_to_ground_truth() -> anyhow::Result<
     assert_eq!(meters.len(), METERS as usize, "the registry is committed before the node reports ready");
 
     let (mut gateway, gateway_url) =
-        start_gateway(dir.path(), "gw-e2e", broker.port, &[ledger_url.clone()], &clock).await?;
+        start_gateway(dir.path(), "gw-e2e", broker.port, std::slice::from_ref(&ledger_url), &clock).await?;
 
     let mut command = wattle();
     command
