@@ -85,6 +85,11 @@ impl GatewayStore {
             let id = self.next_outbox.fetch_add(1, Ordering::SeqCst);
             batch.put_cf(self.cf(CF_OUTBOX), id.to_be_bytes(), serde_json::to_vec(envelope)?);
         }
+        self.commit_with_quarantine(batch, rejected)
+    }
+
+    /// Adds quarantine entries to `batch` (assigning their ids) and writes it, synced.
+    fn commit_with_quarantine(&self, mut batch: WriteBatch, rejected: Vec<QuarantineEntry>) -> anyhow::Result<()> {
         for mut entry in rejected {
             entry.id = self.next_quarantine.fetch_add(1, Ordering::SeqCst);
             batch.put_cf(self.cf(CF_QUARANTINE), entry.id.to_be_bytes(), serde_json::to_vec(&entry)?);
@@ -113,14 +118,7 @@ impl GatewayStore {
         for id in ids {
             batch.delete_cf(self.cf(CF_OUTBOX), id.to_be_bytes());
         }
-        for mut entry in rejected {
-            entry.id = self.next_quarantine.fetch_add(1, Ordering::SeqCst);
-            batch.put_cf(self.cf(CF_QUARANTINE), entry.id.to_be_bytes(), serde_json::to_vec(&entry)?);
-        }
-        let mut options = WriteOptions::default();
-        options.set_sync(true);
-        self.db.write_opt(batch, &options)?;
-        Ok(())
+        self.commit_with_quarantine(batch, rejected)
     }
 
     /// Readings waiting in the outbox.
