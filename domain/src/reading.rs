@@ -136,8 +136,13 @@ impl Reading {
         if end <= start {
             return Err(InvalidReading::EmptyInterval { start, end });
         }
-        if end - start > INTERVAL_SECONDS_MAX {
-            return Err(InvalidReading::IntervalTooLong { seconds: end - start, limit: INTERVAL_SECONDS_MAX });
+        // Widened: `end - start` overflows i64 for extreme timestamps (found by cargo fuzz).
+        let length = i128::from(end) - i128::from(start);
+        if length > i128::from(INTERVAL_SECONDS_MAX) {
+            return Err(InvalidReading::IntervalTooLong {
+                seconds: i64::try_from(length).unwrap_or(i64::MAX),
+                limit: INTERVAL_SECONDS_MAX,
+            });
         }
         let modulus = self.register_modulus_wh;
         if modulus == 0 {

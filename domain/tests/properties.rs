@@ -121,6 +121,18 @@ proptest! {
     }
 }
 
+/// Regression (cargo fuzz): an interval from near i64::MIN to a positive end overflowed `end - start`.
+#[test]
+fn extreme_intervals_are_rejected_without_overflow() {
+    let mut reading = sample(1);
+    reading.interval_start = UnixSeconds(i64::MIN + 5);
+    reading.interval_end = UnixSeconds(1_767_225_600);
+    assert!(matches!(reading.validate(), Err(domain::reading::InvalidReading::IntervalTooLong { .. })));
+    let crash = std::fs::read(concat!(env!("CARGO_MANIFEST_DIR"), "/../fuzz/regressions/reading-interval-overflow"))
+        .expect("the fuzz regression input is in the repository");
+    assert!(Reading::decode(&crash).is_err());
+}
+
 fn sample(sequence: u64) -> Reading {
     Reading {
         meter_id: MeterId::new("WTL0000000001").expect("id"),
