@@ -80,7 +80,14 @@ pub enum ReadingResult {
     UnknownKey,
     NoTariff,
     CurrencyMismatch,
+    /// More energy in one interval than any meter can measure (`ENERGY_PER_READING_WH_MAX`).
+    Implausible,
 }
+
+/// The most energy one reading may carry: 1 GWh in one interval is beyond any metering point.
+/// Refusing more keeps every account sum far from u64 overflow and the money math in range. The
+/// gateway applies a tighter, configured maximum power; this is the ledger's own bound.
+pub const ENERGY_PER_READING_WH_MAX: u64 = 1_000_000_000;
 
 impl ReadingResult {
     /// Stable reason code.
@@ -93,6 +100,7 @@ impl ReadingResult {
             ReadingResult::UnknownKey => "unknown_key",
             ReadingResult::NoTariff => "no_tariff",
             ReadingResult::CurrencyMismatch => "currency_mismatch",
+            ReadingResult::Implausible => "implausible_energy",
         }
     }
 }
@@ -486,6 +494,9 @@ fn apply_reading(state: &mut Overlay<'_>, log_index: u64, verified: &domain::ver
         );
         return ReadingResult::Equivocation;
     }
+    if reading.import_energy().0 > ENERGY_PER_READING_WH_MAX || reading.export_energy().0 > ENERGY_PER_READING_WH_MAX {
+        return ReadingResult::Implausible;
+    }
     let Some(price) = flat_price(state) else {
         return ReadingResult::NoTariff;
     };
@@ -565,7 +576,7 @@ mod tests {
             import_end_wh: 1_000 + import_wh,
             export_start_wh: 0,
             export_end_wh: 0,
-            register_modulus_wh: 1_000_000_000,
+            register_modulus_wh: 1_000_000_000_000,
             clock_status: ClockStatus::Synchronized,
             status: StatusFlags::default(),
             firmware: FirmwareVersion(1),
@@ -626,6 +637,16 @@ mod tests {
         assert_eq!(customer.debits_posted, Decimal::from_str("0.225").expect("amount"));
         assert_eq!(customer.debits_posted, supplier.credits_posted, "debits equal credits");
         assert_eq!(customer.transfers_count, 2);
+    }
+
+    #[test]
+    fn implausible_energy_is_refused_and_not_marked_seen() {
+        let (memory, _, meter_key) = configured();
+        let huge = reading(1, ENERGY_PER_READING_WH_MAX + 1);
+        assert_eq!(memory.apply(10, batch(&meter_key, &[huge])).readings, vec![ReadingResult::Implausible]);
+        assert!(account(&memory, "customer:C1").is_none(), "nothing was settled");
+        // The sequence stays free: the meter's real reading for it is still accepted.
+        assert_eq!(memory.apply(11, batch(&meter_key, &[reading(1, 500)])).readings, vec![ReadingResult::Accepted]);
     }
 
     #[test]
