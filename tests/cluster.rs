@@ -11,7 +11,9 @@ use std::time::Duration;
 use anyhow::Context;
 use rust_decimal::{Decimal, RoundingStrategy};
 
-use crate::support::{clock_args, free_port, poll_until, start_gateway, wattle, Mosquitto, Process};
+use crate::support::{
+    clock_args, configure_ledger, free_port, poll_until, spawn_sim, start_gateway, wattle, Mosquitto, Process,
+};
 
 const METERS: u32 = 20;
 const INTERVALS: u64 = 24;
@@ -61,7 +63,7 @@ async fn leader_killed_under_load_loses_and_doubles_nothing() -> anyhow::Result<
     let http = reqwest::Client::builder().timeout(Duration::from_secs(5)).build()?;
     let clock = clock_args(EPOCH, SPEED, domain::clock::wall_clock_now().0);
 
-    configure(dir.path())?;
+    configure_ledger(dir.path(), METERS, SEED, PRICE)?;
 
     let ports: Vec<u16> = (0..3).map(|_| free_port()).collect();
     let mut nodes: Vec<Node> = Vec::new();
@@ -78,22 +80,7 @@ async fn leader_killed_under_load_loses_and_doubles_nothing() -> anyhow::Result<
     let broker = Mosquitto::start(dir.path(), "").await?;
     let (gateway, _gateway_url) = start_gateway(dir.path(), "gw-cluster", broker.port, &ledger_urls, &clock).await?;
 
-    let mut command = wattle();
-    command
-        .args([
-            "sim",
-            "--meters",
-            &METERS.to_string(),
-            "--seed",
-            &SEED.to_string(),
-            "--intervals",
-            &INTERVALS.to_string(),
-        ])
-        .args(["--broker", &format!("127.0.0.1:{}", broker.port), "--epoch", EPOCH])
-        .arg("--truth-out")
-        .arg(path("truth.bin"))
-        .args(&clock);
-    let mut sim = Process::spawn("sim", dir.path(), command)?;
+    let mut sim = spawn_sim(dir.path(), broker.port, (METERS, SEED, INTERVALS), EPOCH, &clock)?;
 
     // Under load: once a third of the readings are committed, kill the leader.
     let leader = poll_until("a third of the readings committed", Duration::from_secs(60), || {
@@ -232,41 +219,13 @@ async fn leader_killed_under_load_loses_and_doubles_nothing() -> anyhow::Result<
     Ok(())
 }
 
-/// Writes the operator key, the fleet registry and the ledger's admin configuration.
-fn configure(dir: &Path) -> anyhow::Result<()> {
-    anyhow::ensure!(wattle()
-        .args(["keygen", "--out"])
-        .arg(dir.join("operator.key"))
-        .stdout(std::process::Stdio::null())
-        .status()?
-        .success());
-    anyhow::ensure!(wattle()
-        .args([
-            "sim",
-            "--meters",
-            &METERS.to_string(),
-            "--seed",
-            &SEED.to_string(),
-            "--registry-only",
-            "--registry-out"
-        ])
-        .arg(dir.join("meters.json"))
-        .status()?
-        .success());
-    std::fs::write(
-        dir.join("ledger.toml"),
-        format!("registries = [\"meters.json\"]\n[tariff]\ncurrency = \"EUR\"\nprice_per_kwh = \"{PRICE}\"\n"),
-    )?;
-    Ok(())
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_node_joining_after_the_log_was_purged_installs_a_snapshot() -> anyhow::Result<()> {
     let dir = tempfile::tempdir()?;
     let path = |name: &str| dir.path().join(name);
     let http = reqwest::Client::builder().timeout(Duration::from_secs(5)).build()?;
     let clock = clock_args(EPOCH, SPEED, domain::clock::wall_clock_now().0);
-    configure(dir.path())?;
+    configure_ledger(dir.path(), METERS, SEED, PRICE)?;
     let ports: Vec<u16> = (0..4).map(|_| free_port()).collect();
     // Snapshots every 8 entries, so the log is purged long before node 4 arrives.
     let small_snapshots = ["--snapshot-after-entries", "8"];
@@ -282,22 +241,7 @@ async fn a_node_joining_after_the_log_was_purged_installs_a_snapshot() -> anyhow
     let broker = Mosquitto::start(dir.path(), "").await?;
     let (gateway, _gateway_url) = start_gateway(dir.path(), "gw-snapshot", broker.port, &ledger_urls, &clock).await?;
     let intervals = 8u64;
-    let mut command = wattle();
-    command
-        .args([
-            "sim",
-            "--meters",
-            &METERS.to_string(),
-            "--seed",
-            &SEED.to_string(),
-            "--intervals",
-            &intervals.to_string(),
-        ])
-        .args(["--broker", &format!("127.0.0.1:{}", broker.port), "--epoch", EPOCH])
-        .arg("--truth-out")
-        .arg(path("truth.bin"))
-        .args(&clock);
-    let mut sim = Process::spawn("sim", dir.path(), command)?;
+    let mut sim = spawn_sim(dir.path(), broker.port, (METERS, SEED, intervals), EPOCH, &clock)?;
     anyhow::ensure!(sim.wait(Duration::from_secs(120)).await?.success(), "sim failed:\n{}", sim.log_tail());
     let truth = firmware_sim::Truth::read(&path("truth.bin"))?;
     let customer = firmware_sim::customer_id(3);

@@ -13,7 +13,7 @@ use domain::ids::{KeyId, Sequence, UnixSeconds};
 use domain::reading::{ClockStatus, Reading, StatusFlags};
 use rust_decimal::{Decimal, RoundingStrategy};
 
-use crate::support::{clock_args, poll_until, start_gateway, wattle, Mosquitto, Process};
+use crate::support::{clock_args, configure_ledger, poll_until, spawn_sim, start_gateway, wattle, Mosquitto, Process};
 
 const METERS: u32 = 20;
 const INTERVALS: u64 = 8;
@@ -58,29 +58,9 @@ async fn signed_readings_become_bills_equal_to_ground_truth() -> anyhow::Result<
     let anchor_ms = domain::clock::wall_clock_now().0;
     let clock = clock_args(CLOCK_START, CLOCK_SPEED, anchor_ms);
 
-    let status =
-        wattle().args(["keygen", "--out"]).arg(path("operator.key")).stdout(std::process::Stdio::null()).status()?;
-    anyhow::ensure!(status.success(), "keygen failed");
-    let status = wattle()
-        .args([
-            "sim",
-            "--meters",
-            &METERS.to_string(),
-            "--seed",
-            &SEED.to_string(),
-            "--registry-only",
-            "--registry-out",
-        ])
-        .arg(path("meters.json"))
-        .status()?;
-    anyhow::ensure!(status.success(), "writing the registry failed");
-    std::fs::write(
-        path("ledger.toml"),
-        format!("registries = [\"meters.json\"]\n[tariff]\ncurrency = \"EUR\"\nprice_per_kwh = \"{PRICE}\"\n"),
-    )?;
+    configure_ledger(dir.path(), METERS, SEED, PRICE)?;
 
     let broker = Mosquitto::start(dir.path(), "").await?;
-    let broker_address = format!("127.0.0.1:{}", broker.port);
 
     let mut command = wattle();
     command
@@ -133,22 +113,7 @@ async fn signed_readings_become_bills_equal_to_ground_truth() -> anyhow::Result<
     publish(broker.port, &topic_two, "this is not a reading")?;
 
     // The fleet: 20 meters, 8 intervals of 15 simulated minutes (0.5 s each at 1,800x).
-    let mut command = wattle();
-    command
-        .args([
-            "sim",
-            "--meters",
-            &METERS.to_string(),
-            "--seed",
-            &SEED.to_string(),
-            "--intervals",
-            &INTERVALS.to_string(),
-        ])
-        .args(["--broker", &broker_address])
-        .arg("--truth-out")
-        .arg(path("truth.bin"))
-        .args(&clock);
-    let mut sim = Process::spawn("sim", dir.path(), command)?;
+    let mut sim = spawn_sim(dir.path(), broker.port, (METERS, SEED, INTERVALS), CLOCK_START, &clock)?;
     let status = sim.wait(Duration::from_secs(120)).await?;
     anyhow::ensure!(status.success(), "sim failed:\n{}", sim.log_tail());
 

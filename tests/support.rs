@@ -18,21 +18,26 @@ pub fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0").and_then(|listener| listener.local_addr()).expect("bind port 0").port()
 }
 
-/// Polls `check` every 25 ms until it returns `Some`, or fails after `limit`.
+/// How often `poll_until` checks.
+const POLL_EVERY: Duration = Duration::from_millis(25);
+
+/// Polls `check` every 25 ms until it returns `Some`, or fails after `limit`. The one place tests
+/// wait for something.
 pub async fn poll_until<T, F, Fut>(what: &str, limit: Duration, mut check: F) -> anyhow::Result<T>
 where
     F: FnMut() -> Fut,
     Fut: std::future::Future<Output = Option<T>>,
 {
     let deadline = Instant::now() + limit;
+    let mut ticks = tokio::time::interval(POLL_EVERY);
     loop {
+        ticks.tick().await;
         if let Some(value) = check().await {
             return Ok(value);
         }
         if Instant::now() >= deadline {
             bail!("timed out after {limit:?} waiting for {what}");
         }
-        tokio::time::sleep(Duration::from_millis(25)).await;
     }
 }
 
@@ -99,21 +104,21 @@ impl Process {
 
     /// Reads `{"address": ...}` from the ready file the process writes once it serves.
     pub async fn ready_address(&mut self, ready_file: &Path) -> anyhow::Result<String> {
-        let limit = Duration::from_secs(60);
-        let deadline = Instant::now() + limit;
-        loop {
-            if let Ok(text) = std::fs::read_to_string(ready_file) {
-                let value: serde_json::Value = serde_json::from_str(&text)?;
-                return Ok(value["address"].as_str().context("address in ready file")?.to_string());
-            }
-            if let Some(status) = self.try_wait() {
-                bail!("{} exited with {status} before it was ready:\n{}", self.name, self.log_tail());
-            }
-            if Instant::now() >= deadline {
-                bail!("{} not ready after {limit:?}:\n{}", self.name, self.log_tail());
-            }
-            tokio::time::sleep(Duration::from_millis(25)).await;
-        }
+        let name = self.name.clone();
+        let outcome = poll_until(&format!("{name} ready"), Duration::from_secs(60), || {
+            let outcome = match std::fs::read_to_string(ready_file) {
+                Ok(text) => Some(Ok(text)),
+                Err(_) => self
+                    .try_wait()
+                    .map(|status| Err(anyhow::anyhow!("{name} exited with {status} before it was ready"))),
+            };
+            async move { outcome }
+        })
+        .await
+        .and_then(|outcome| outcome)
+        .with_context(|| format!("{} log:\n{}", self.name, self.log_tail()))?;
+        let value: serde_json::Value = serde_json::from_str(&outcome)?;
+        Ok(value["address"].as_str().context("address in ready file")?.to_string())
     }
 }
 
@@ -141,20 +146,19 @@ impl Mosquitto {
             let mut command = Command::new("mosquitto");
             command.arg("-c").arg(&config);
             let mut process = Process::spawn(&format!("mosquitto-{attempt}"), dir, command)?;
-            let deadline = Instant::now() + Duration::from_secs(10);
-            loop {
-                if TcpStream::connect(("127.0.0.1", port)).is_ok() {
-                    return Ok(Mosquitto { port, _process: process });
-                }
-                if let Some(status) = process.try_wait() {
-                    last_error = Some(anyhow::anyhow!("mosquitto exited with {status}:\n{}", process.log_tail()));
-                    break;
-                }
-                if Instant::now() >= deadline {
-                    last_error = Some(anyhow::anyhow!("mosquitto did not listen on {port}"));
-                    break;
-                }
-                tokio::time::sleep(Duration::from_millis(25)).await;
+            let listening = poll_until(&format!("mosquitto listening on {port}"), Duration::from_secs(10), || {
+                let outcome = if TcpStream::connect(("127.0.0.1", port)).is_ok() {
+                    Some(true)
+                } else {
+                    process.try_wait().map(|_| false)
+                };
+                async move { outcome }
+            })
+            .await;
+            match listening {
+                Ok(true) => return Ok(Mosquitto { port, _process: process }),
+                Ok(false) => last_error = Some(anyhow::anyhow!("mosquitto exited:\n{}", process.log_tail())),
+                Err(error) => last_error = Some(error),
             }
         }
         Err(last_error.unwrap_or_else(|| anyhow::anyhow!("mosquitto did not start")))
@@ -200,4 +204,41 @@ pub async fn start_gateway(
     })
     .await?;
     Ok((gateway, url))
+}
+
+/// Writes an operator key, the registry of a fleet and the ledger's admin configuration
+/// (`ledger.toml`, flat tariff in EUR) into `dir`.
+pub fn configure_ledger(dir: &Path, meters: u32, seed: u64, price: &str) -> anyhow::Result<()> {
+    let status = wattle().args(["keygen", "--out"]).arg(dir.join("operator.key")).stdout(Stdio::null()).status()?;
+    anyhow::ensure!(status.success(), "keygen failed");
+    let status = wattle()
+        .args(["sim", "--meters", &meters.to_string(), "--seed", &seed.to_string(), "--registry-only"])
+        .arg("--registry-out")
+        .arg(dir.join("meters.json"))
+        .status()?;
+    anyhow::ensure!(status.success(), "writing the registry failed");
+    std::fs::write(
+        dir.join("ledger.toml"),
+        format!("registries = [\"meters.json\"]\n[tariff]\ncurrency = \"EUR\"\nprice_per_kwh = \"{price}\"\n"),
+    )?;
+    Ok(())
+}
+
+/// Starts `wattle sim` for a fleet, writing the ground truth to `dir/truth.bin`.
+pub fn spawn_sim(
+    dir: &Path,
+    broker_port: u16,
+    (meters, seed, intervals): (u32, u64, u64),
+    epoch: &str,
+    clock: &[String],
+) -> anyhow::Result<Process> {
+    let mut command = wattle();
+    command
+        .args(["sim", "--meters", &meters.to_string(), "--seed", &seed.to_string()])
+        .args(["--intervals", &intervals.to_string(), "--epoch", epoch])
+        .args(["--broker", &format!("127.0.0.1:{broker_port}")])
+        .arg("--truth-out")
+        .arg(dir.join("truth.bin"))
+        .args(clock);
+    Process::spawn("sim", dir, command)
 }
