@@ -13,6 +13,7 @@ use rust_decimal::{Decimal, RoundingStrategy};
 
 use crate::support::{
     clock_args, configure_ledger, free_port, poll_until, spawn_sim, start_gateway, wattle, Mosquitto, Process,
+    CLUSTER_SERIAL,
 };
 
 const METERS: u32 = 20;
@@ -58,6 +59,7 @@ async fn health(http: &reqwest::Client, port: u16) -> Option<serde_json::Value> 
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn leader_killed_under_load_loses_and_doubles_nothing() -> anyhow::Result<()> {
+    let _serial = CLUSTER_SERIAL.lock().await;
     let dir = tempfile::tempdir()?;
     let path = |name: &str| dir.path().join(name);
     let http = reqwest::Client::builder().timeout(Duration::from_secs(5)).build()?;
@@ -221,6 +223,7 @@ async fn leader_killed_under_load_loses_and_doubles_nothing() -> anyhow::Result<
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_node_joining_after_the_log_was_purged_installs_a_snapshot() -> anyhow::Result<()> {
+    let _serial = CLUSTER_SERIAL.lock().await;
     let dir = tempfile::tempdir()?;
     let path = |name: &str| dir.path().join(name);
     let http = reqwest::Client::builder().timeout(Duration::from_secs(5)).build()?;

@@ -13,7 +13,9 @@ use domain::ids::{KeyId, Sequence, UnixSeconds};
 use domain::reading::{ClockStatus, Reading, StatusFlags};
 use rust_decimal::{Decimal, RoundingStrategy};
 
-use crate::support::{clock_args, configure_ledger, poll_until, spawn_sim, start_gateway, wattle, Mosquitto, Process};
+use crate::support::{
+    clock_args, configure_ledger, poll_until, spawn_sim, start_gateway, wattle, Mosquitto, Process, CLUSTER_SERIAL,
+};
 
 const METERS: u32 = 20;
 const INTERVALS: u64 = 8;
@@ -52,6 +54,7 @@ fn stray_reading(index: u32, key_id: u32) -> Reading {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn signed_readings_become_bills_equal_to_ground_truth() -> anyhow::Result<()> {
+    let _serial = CLUSTER_SERIAL.lock().await;
     let dir = tempfile::tempdir()?;
     let path = |name: &str| dir.path().join(name);
     let http = reqwest::Client::new();

@@ -9,6 +9,10 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context};
 
 /// The `wattle` binary under test.
+/// Tests that run a ledger cluster hold this, so they run one at a time: on a 2-core machine two
+/// clusters at once would starve each other's heartbeats and elections.
+pub static CLUSTER_SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
 pub fn wattle() -> Command {
     Command::new(env!("CARGO_BIN_EXE_wattle"))
 }

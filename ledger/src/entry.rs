@@ -2,7 +2,6 @@
 //! membership alike), so stored and later hashed entries never depend on serde's output.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::io::Cursor;
 
 use domain::codec::{DecodeError, Reader, Writer};
 use domain::tx::Transaction;
@@ -21,8 +20,8 @@ openraft::declare_raft_types!(
         NodeId = NodeId,
         Node = BasicNode,
         Entry = Entry<TypeConfig>,
-        SnapshotData = Cursor<Vec<u8>>,
-        AsyncRuntime = openraft::TokioRuntime,
+        SnapshotData = crate::snapshot::SnapshotFile,
+        AsyncRuntime = crate::runtime::LedgerRuntime,
 );
 
 /// Version byte of the entry encoding.

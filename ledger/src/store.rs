@@ -1,17 +1,16 @@
-//! RocksDB storage for openraft: the raft log (`RaftLogStorage`) and the state machine
-//! (`RaftStateMachine`), in one database per node with a column family each for the log, raft's
-//! own metadata, the state machine's metadata, and the public and private tables.
+//! Storage for openraft: the raft log (`RaftLogStorage`) and the state machine
+//! (`RaftStateMachine`), over one [`Kv`] per node (RocksDB on disk; memory in the simulation)
+//! with a column family each for the log, raft's own metadata, the state machine's metadata, and
+//! the public and private tables. Snapshots are files (`snapshot.rs`).
 //!
 //! A batch of applied entries, its state writes, `last_applied` and the membership go to disk in
-//! one `WriteBatch`, so a crash can never apply an entry twice. The WAL is opened with
-//! `AbsoluteConsistency`, so a corrupt log is an error at start, never a silent truncation.
+//! one atomic, synced batch, so a crash can never apply an entry twice.
 
 // openraft's storage traits fix the error type (`StorageError`, ~224 bytes); boxing it in our
 // helpers would only add conversions at every trait boundary.
 #![allow(clippy::result_large_err)]
 
 use std::fmt::Debug;
-use std::io::Cursor;
 use std::ops::{Bound, RangeBounds};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -23,19 +22,15 @@ use openraft::{
     AnyError, EntryPayload, ErrorSubject, ErrorVerb, LogId, RaftLogReader, RaftSnapshotBuilder, SnapshotMeta,
     StorageError, StorageIOError, StoredMembership, Vote,
 };
-use rocksdb::{ColumnFamilyDescriptor, DBRecoveryMode, Direction, IteratorMode, Options, WriteBatch, WriteOptions, DB};
+use sha2::{Digest, Sha256};
 
 use crate::entry::{
     decode_entry, decode_optional_log_id, decode_stored_membership, decode_vote, encode_entry, encode_optional_log_id,
     encode_stored_membership, encode_vote, NodeId, TypeConfig,
 };
+use crate::kv::{Batch, Cf, Kv, MemoryKv, RocksKv};
+use crate::snapshot::{read_records, SnapshotFile, SnapshotWriter, FAMILIES};
 use crate::state::{self, Overlay, StateRead, Table, TxResult};
-
-const CF_LOG: &str = "log";
-const CF_RAFT: &str = "raft";
-const CF_SM_META: &str = "sm_meta";
-const CF_PUBLIC: &str = "public";
-const CF_PRIVATE: &str = "private";
 
 const KEY_VOTE: &[u8] = b"vote";
 const KEY_COMMITTED: &[u8] = b"committed";
@@ -44,8 +39,8 @@ const KEY_LAST_APPLIED: &[u8] = b"last_applied";
 const KEY_MEMBERSHIP: &[u8] = b"membership";
 const KEY_AS_OF: &[u8] = b"as_of_ms";
 
-const SNAPSHOT_TAG: &[u8; 16] = b"wattle.snapshot\0";
-const SNAPSHOT_FILE: &str = "current.snapshot";
+/// The metadata file naming the current snapshot.
+const SNAPSHOT_CURRENT: &str = "current";
 
 type StorageResult<T> = Result<T, StorageError<NodeId>>;
 
@@ -63,10 +58,10 @@ fn write_error(error: impl std::error::Error + 'static) -> StorageError<NodeId> 
     io_error(ErrorSubject::Store, ErrorVerb::Write, error)
 }
 
-/// A node's database. Clone to share.
+/// A node's database and snapshot directory. Clone to share.
 #[derive(Clone)]
 pub struct Store {
-    db: Arc<DB>,
+    kv: Arc<dyn Kv>,
     snapshot_dir: PathBuf,
 }
 
@@ -77,25 +72,28 @@ impl Debug for Store {
 }
 
 impl Store {
-    /// Opens (or creates) the database under `data_dir`.
+    /// Opens (or creates) the RocksDB database and snapshot directory under `data_dir`.
     pub fn open(data_dir: &Path) -> anyhow::Result<Self> {
         std::fs::create_dir_all(data_dir)?;
-        let snapshot_dir = data_dir.join("snapshots");
-        std::fs::create_dir_all(&snapshot_dir)?;
-        let mut options = Options::default();
-        options.create_if_missing(true);
-        options.create_missing_column_families(true);
-        options.set_wal_recovery_mode(DBRecoveryMode::AbsoluteConsistency);
-        options.set_paranoid_checks(true);
-        let families = [CF_LOG, CF_RAFT, CF_SM_META, CF_PUBLIC, CF_PRIVATE]
-            .into_iter()
-            .map(|name| ColumnFamilyDescriptor::new(name, Options::default()));
-        let db = DB::open_cf_descriptors(&options, data_dir.join("db"), families)?;
-        Ok(Store { db: Arc::new(db), snapshot_dir })
+        let kv = RocksKv::open(&data_dir.join("db"))?;
+        Self::with_kv(Arc::new(kv), data_dir.join("snapshots"))
     }
 
-    fn cf(&self, name: &str) -> &rocksdb::ColumnFamily {
-        self.db.cf_handle(name).expect("column families are created at open")
+    /// A store over an in-memory database (the deterministic simulation).
+    pub fn in_memory(kv: Arc<MemoryKv>, snapshot_dir: PathBuf) -> anyhow::Result<Self> {
+        Self::with_kv(kv, snapshot_dir)
+    }
+
+    fn with_kv(kv: Arc<dyn Kv>, snapshot_dir: PathBuf) -> anyhow::Result<Self> {
+        std::fs::create_dir_all(&snapshot_dir)?;
+        // Leftovers of a snapshot being built or received when the node stopped.
+        for entry in std::fs::read_dir(&snapshot_dir)? {
+            let path = entry?.path();
+            if path.extension().is_some_and(|extension| extension == "part") {
+                std::fs::remove_file(&path)?;
+            }
+        }
+        Ok(Store { kv, snapshot_dir })
     }
 
     /// The raft log half.
@@ -109,14 +107,14 @@ impl Store {
     }
 
     /// A read view of committed state.
-    pub fn state(&self) -> RocksState<'_> {
-        RocksState { store: self }
+    pub fn state(&self) -> KvState<'_> {
+        KvState { store: self }
     }
 
     /// Leader-stamped time of the last applied transaction, in ms.
     pub fn as_of_ms(&self) -> i64 {
-        self.db
-            .get_cf(self.cf(CF_SM_META), KEY_AS_OF)
+        self.kv
+            .get(Cf::SmMeta, KEY_AS_OF)
             .expect("state database readable")
             .map_or(0, |bytes| i64::from_be_bytes(bytes.as_slice().try_into().expect("8 bytes")))
     }
@@ -128,53 +126,71 @@ impl Store {
 
     /// Every key and value of a table with the given prefix (for listings).
     pub fn scan_prefix(&self, table: Table, prefix: &[u8]) -> Vec<(Vec<u8>, Vec<u8>)> {
-        let cf = self.cf(table_cf(table));
-        self.db
-            .iterator_cf(cf, IteratorMode::From(prefix, Direction::Forward))
-            .map(|item| item.expect("state database readable"))
-            .take_while(|(key, _)| key.starts_with(prefix))
-            .map(|(key, value)| (key.to_vec(), value.to_vec()))
-            .collect()
+        let mut items = Vec::new();
+        self.kv
+            .scan(table_cf(table), prefix, &mut |key, value| {
+                let inside = key.starts_with(prefix);
+                if inside {
+                    items.push((key.to_vec(), value.to_vec()));
+                }
+                inside
+            })
+            .expect("state database readable");
+        items
+    }
+
+    /// SHA-256 over every key and value of the public and private tables: equal state, equal digest.
+    pub fn state_digest(&self) -> StorageResult<[u8; 32]> {
+        let mut hasher = Sha256::new();
+        self.kv
+            .scan_consistent(&[Cf::Public, Cf::Private], &mut |cf, key, value| {
+                hasher.update([cf as u8]);
+                hasher.update((key.len() as u32).to_be_bytes());
+                hasher.update(key);
+                hasher.update((value.len() as u32).to_be_bytes());
+                hasher.update(value);
+                Ok(())
+            })
+            .map_err(read_error)?;
+        Ok(hasher.finalize().into())
     }
 
     /// Raft entries from `from` (inclusive), at most `limit` of them.
     pub fn log_entries(&self, from: u64, limit: u64) -> StorageResult<Vec<openraft::Entry<TypeConfig>>> {
-        let mut entries = Vec::new();
-        for item in self.db.iterator_cf(self.cf(CF_LOG), IteratorMode::From(&from.to_be_bytes(), Direction::Forward)) {
-            let (_, value) = item.map_err(read_error)?;
-            entries.push(decode_entry(&value).map_err(read_error)?);
-            if entries.len() as u64 >= limit {
-                break;
-            }
-        }
-        Ok(entries)
+        let mut encoded = Vec::new();
+        self.kv
+            .scan(Cf::Log, &from.to_be_bytes(), &mut |_, value| {
+                encoded.push(value.to_vec());
+                (encoded.len() as u64) < limit
+            })
+            .map_err(read_error)?;
+        encoded.iter().map(|bytes| decode_entry(bytes).map_err(read_error)).collect()
+    }
+
+    /// The log entry at `index` in its canonical bytes, if the log still holds it.
+    pub fn log_entry_bytes(&self, index: u64) -> StorageResult<Option<Vec<u8>>> {
+        self.kv.get(Cf::Log, &index.to_be_bytes()).map_err(read_error)
     }
 
     fn read_last_applied(&self) -> StorageResult<Option<LogId<NodeId>>> {
-        match self.db.get_cf(self.cf(CF_SM_META), KEY_LAST_APPLIED).map_err(read_error)? {
+        match self.kv.get(Cf::SmMeta, KEY_LAST_APPLIED).map_err(read_error)? {
             None => Ok(None),
             Some(bytes) => decode_all(&bytes, decode_optional_log_id).map_err(read_error),
         }
     }
 
     fn read_membership(&self) -> StorageResult<StoredMembership<NodeId, openraft::BasicNode>> {
-        match self.db.get_cf(self.cf(CF_SM_META), KEY_MEMBERSHIP).map_err(read_error)? {
+        match self.kv.get(Cf::SmMeta, KEY_MEMBERSHIP).map_err(read_error)? {
             None => Ok(StoredMembership::default()),
             Some(bytes) => decode_all(&bytes, decode_stored_membership).map_err(read_error),
         }
     }
-
-    fn write_synced(&self, batch: WriteBatch) -> Result<(), rocksdb::Error> {
-        let mut options = WriteOptions::default();
-        options.set_sync(true);
-        self.db.write_opt(batch, &options)
-    }
 }
 
-fn table_cf(table: Table) -> &'static str {
+fn table_cf(table: Table) -> Cf {
     match table {
-        Table::Public => CF_PUBLIC,
-        Table::Private => CF_PRIVATE,
+        Table::Public => Cf::Public,
+        Table::Private => Cf::Private,
     }
 }
 
@@ -188,20 +204,20 @@ fn decode_all<T>(
     Ok(value)
 }
 
-/// Committed state read straight from RocksDB.
-pub struct RocksState<'a> {
+/// Committed state read straight from the database.
+pub struct KvState<'a> {
     store: &'a Store,
 }
 
-impl StateRead for RocksState<'_> {
+impl StateRead for KvState<'_> {
     fn get(&self, table: Table, key: &[u8]) -> Option<Vec<u8>> {
-        self.store.db.get_cf(self.store.cf(table_cf(table)), key).expect("state database readable")
+        self.store.kv.get(table_cf(table), key).expect("state database readable")
     }
 }
 
 // ---- log ----------------------------------------------------------------------------------------
 
-/// The raft log in RocksDB, keyed by big-endian index, values in the canonical entry codec.
+/// The raft log, keyed by big-endian index, values in the canonical entry codec.
 #[derive(Clone, Debug)]
 pub struct LogStore {
     store: Store,
@@ -209,15 +225,15 @@ pub struct LogStore {
 
 impl LogStore {
     fn read_meta_log_id(&self, key: &[u8]) -> StorageResult<Option<LogId<NodeId>>> {
-        match self.store.db.get_cf(self.store.cf(CF_RAFT), key).map_err(read_error)? {
+        match self.store.kv.get(Cf::Raft, key).map_err(read_error)? {
             None => Ok(None),
             Some(bytes) => decode_all(&bytes, decode_optional_log_id).map_err(read_error),
         }
     }
     fn write_meta(&self, key: &[u8], value: Vec<u8>) -> StorageResult<()> {
-        let mut batch = WriteBatch::default();
-        batch.put_cf(self.store.cf(CF_RAFT), key, value);
-        self.store.write_synced(batch).map_err(write_error)
+        let mut batch = Batch::default();
+        batch.put(Cf::Raft, key, value);
+        self.store.kv.write(batch).map_err(write_error)
     }
 }
 
@@ -231,17 +247,19 @@ impl RaftLogReader<TypeConfig> for LogStore {
             Bound::Excluded(&index) => index + 1,
             Bound::Unbounded => 0,
         };
-        let mut entries = Vec::new();
-        let cf = self.store.cf(CF_LOG);
-        for item in self.store.db.iterator_cf(cf, IteratorMode::From(&start.to_be_bytes(), Direction::Forward)) {
-            let (key, value) = item.map_err(read_error)?;
-            let index = u64::from_be_bytes(key.as_ref().try_into().expect("log keys are 8 bytes"));
-            if !range.contains(&index) {
-                break;
-            }
-            entries.push(decode_entry(&value).map_err(read_error)?);
-        }
-        Ok(entries)
+        let mut encoded = Vec::new();
+        self.store
+            .kv
+            .scan(Cf::Log, &start.to_be_bytes(), &mut |key, value| {
+                let index = u64::from_be_bytes(key.try_into().expect("log keys are 8 bytes"));
+                let inside = range.contains(&index);
+                if inside {
+                    encoded.push(value.to_vec());
+                }
+                inside
+            })
+            .map_err(read_error)?;
+        encoded.iter().map(|bytes| decode_entry(bytes).map_err(read_error)).collect()
     }
 }
 
@@ -250,13 +268,9 @@ impl RaftLogStorage<TypeConfig> for LogStore {
 
     async fn get_log_state(&mut self) -> StorageResult<LogState<TypeConfig>> {
         let last_purged_log_id = self.read_meta_log_id(KEY_LAST_PURGED)?;
-        let last = self.store.db.iterator_cf(self.store.cf(CF_LOG), IteratorMode::End).next();
-        let last_log_id = match last {
+        let last_log_id = match self.store.kv.last(Cf::Log).map_err(read_error)? {
             None => last_purged_log_id,
-            Some(item) => {
-                let (_, value) = item.map_err(read_error)?;
-                Some(decode_entry(&value).map_err(read_error)?.log_id)
-            }
+            Some((_, value)) => Some(decode_entry(&value).map_err(read_error)?.log_id),
         };
         Ok(LogState { last_purged_log_id, last_log_id })
     }
@@ -270,7 +284,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     }
 
     async fn read_vote(&mut self) -> StorageResult<Option<Vote<NodeId>>> {
-        match self.store.db.get_cf(self.store.cf(CF_RAFT), KEY_VOTE).map_err(read_error)? {
+        match self.store.kv.get(Cf::Raft, KEY_VOTE).map_err(read_error)? {
             None => Ok(None),
             Some(bytes) => Ok(Some(decode_vote(&bytes).map_err(read_error)?)),
         }
@@ -291,87 +305,121 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         I: IntoIterator<Item = openraft::Entry<TypeConfig>> + Send,
         I::IntoIter: Send,
     {
-        let mut batch = WriteBatch::default();
-        let cf = self.store.cf(CF_LOG);
+        let mut batch = Batch::default();
         for entry in entries {
-            batch.put_cf(cf, entry.log_id.index.to_be_bytes(), encode_entry(&entry));
+            batch.put(Cf::Log, entry.log_id.index.to_be_bytes(), encode_entry(&entry));
         }
-        let result = self.store.write_synced(batch);
-        let reported = result.as_ref().map(|_| ()).map_err(|error| std::io::Error::other(error.to_string()));
+        let result = self.store.kv.write(batch);
+        let reported =
+            result.as_ref().map(|_| ()).map_err(|error| std::io::Error::new(error.kind(), error.to_string()));
         callback.log_io_completed(reported);
         result.map_err(write_error)
     }
 
     async fn truncate(&mut self, log_id: LogId<NodeId>) -> StorageResult<()> {
-        let mut batch = WriteBatch::default();
-        batch.delete_range_cf(self.store.cf(CF_LOG), log_id.index.to_be_bytes(), u64::MAX.to_be_bytes());
-        batch.delete_cf(self.store.cf(CF_LOG), u64::MAX.to_be_bytes());
-        self.store.write_synced(batch).map_err(write_error)
+        let mut batch = Batch::default();
+        batch.delete_range(Cf::Log, log_id.index.to_be_bytes(), u64::MAX.to_be_bytes());
+        batch.delete(Cf::Log, u64::MAX.to_be_bytes());
+        self.store.kv.write(batch).map_err(write_error)
     }
 
     async fn purge(&mut self, log_id: LogId<NodeId>) -> StorageResult<()> {
         let mut writer = Writer::new();
         encode_optional_log_id(&mut writer, &Some(log_id));
-        let mut batch = WriteBatch::default();
-        batch.put_cf(self.store.cf(CF_RAFT), KEY_LAST_PURGED, writer.finish());
-        batch.delete_range_cf(self.store.cf(CF_LOG), 0u64.to_be_bytes(), (log_id.index + 1).to_be_bytes());
-        self.store.write_synced(batch).map_err(write_error)
+        let mut batch = Batch::default();
+        batch.put(Cf::Raft, KEY_LAST_PURGED, writer.finish());
+        batch.delete_range(Cf::Log, 0u64.to_be_bytes(), (log_id.index + 1).to_be_bytes());
+        self.store.kv.write(batch).map_err(write_error)
     }
 }
 
 // ---- state machine ------------------------------------------------------------------------------
 
-/// The state machine in RocksDB; the logic is [`crate::state`].
+/// The state machine; the logic is [`crate::state`].
 #[derive(Clone, Debug)]
 pub struct StateMachineStore {
     store: Store,
     snapshot_counter: Arc<AtomicU64>,
 }
 
+fn snapshot_error(
+    meta: Option<&SnapshotMeta<NodeId, openraft::BasicNode>>,
+    verb: ErrorVerb,
+) -> impl Fn(std::io::Error) -> StorageError<NodeId> {
+    let subject = ErrorSubject::Snapshot(meta.map(SnapshotMeta::signature));
+    move |error| io_error(subject.clone(), verb, error)
+}
+
 impl StateMachineStore {
-    fn write_snapshot_file(&self, meta: &SnapshotMeta<NodeId, openraft::BasicNode>, data: &[u8]) -> StorageResult<()> {
+    fn snapshot_path(&self, name: &str) -> PathBuf {
+        self.store.snapshot_dir.join(name)
+    }
+
+    fn fresh_part(&self, purpose: &str) -> PathBuf {
+        let counter = self.snapshot_counter.fetch_add(1, Ordering::Relaxed);
+        self.snapshot_path(&format!("{purpose}-{counter}.part"))
+    }
+
+    /// Makes the data file `part` the current snapshot: moves it into place, replaces the
+    /// metadata file atomically (write, fsync, rename), then removes older data files.
+    fn publish_snapshot(
+        &self,
+        meta: &SnapshotMeta<NodeId, openraft::BasicNode>,
+        part: &Path,
+    ) -> StorageResult<PathBuf> {
+        let failed = snapshot_error(Some(meta), ErrorVerb::Write);
+        let durable = self.store.kv.durable();
+        let data_name = format!("{}.snap", hex::encode(&Sha256::digest(meta.snapshot_id.as_bytes())[..16]));
+        let data_path = self.snapshot_path(&data_name);
+        if part.parent() == Some(self.store.snapshot_dir.as_path()) {
+            std::fs::rename(part, &data_path).map_err(&failed)?;
+        } else {
+            // Data from elsewhere (not received into this directory): copy, leave the original.
+            std::fs::copy(part, &data_path).map_err(&failed)?;
+        }
         let mut writer = Writer::new();
         encode_optional_log_id(&mut writer, &meta.last_log_id);
         encode_stored_membership(&mut writer, &meta.last_membership);
-        writer.short_bytes(meta.snapshot_id.as_bytes()).long_bytes(data);
-        let path = self.store.snapshot_dir.join(SNAPSHOT_FILE);
-        let temporary = path.with_extension("tmp");
-        let subject = ErrorSubject::Snapshot(Some(meta.signature()));
-        std::fs::write(&temporary, writer.finish())
-            .map_err(|error| io_error(subject.clone(), ErrorVerb::Write, error))?;
-        let file =
-            std::fs::File::open(&temporary).map_err(|error| io_error(subject.clone(), ErrorVerb::Write, error))?;
-        file.sync_all().map_err(|error| io_error(subject.clone(), ErrorVerb::Write, error))?;
-        std::fs::rename(&temporary, &path).map_err(|error| io_error(subject, ErrorVerb::Write, error))
+        writer.long_bytes(meta.snapshot_id.as_bytes()).long_bytes(data_name.as_bytes());
+        let temporary = self.fresh_part("current");
+        std::fs::write(&temporary, writer.finish()).map_err(&failed)?;
+        if durable {
+            std::fs::File::open(&temporary).and_then(|file| file.sync_all()).map_err(&failed)?;
+        }
+        std::fs::rename(&temporary, self.snapshot_path(SNAPSHOT_CURRENT)).map_err(&failed)?;
+        if durable {
+            std::fs::File::open(&self.store.snapshot_dir).and_then(|dir| dir.sync_all()).map_err(&failed)?;
+        }
+        for entry in std::fs::read_dir(&self.store.snapshot_dir).map_err(&failed)? {
+            let path = entry.map_err(&failed)?.path();
+            if path != data_path && path.extension().is_some_and(|extension| extension == "snap") {
+                std::fs::remove_file(&path).map_err(&failed)?;
+            }
+        }
+        Ok(data_path)
     }
 }
 
 impl RaftSnapshotBuilder<TypeConfig> for StateMachineStore {
     async fn build_snapshot(&mut self) -> StorageResult<Snapshot<TypeConfig>> {
-        let db = &self.store.db;
-        let view = db.snapshot();
-        let read = |key: &[u8]| view.get_cf(self.store.cf(CF_SM_META), key).map_err(read_error);
-        let last_applied = match read(KEY_LAST_APPLIED)? {
-            None => None,
-            Some(bytes) => decode_all(&bytes, decode_optional_log_id).map_err(read_error)?,
-        };
-        let membership = match read(KEY_MEMBERSHIP)? {
-            None => StoredMembership::default(),
-            Some(bytes) => decode_all(&bytes, decode_stored_membership).map_err(read_error)?,
-        };
-        let mut writer = Writer::new();
-        writer.fixed(SNAPSHOT_TAG);
-        for name in [CF_SM_META, CF_PUBLIC, CF_PRIVATE] {
-            let items: Vec<_> = view
-                .iterator_cf(self.store.cf(name), IteratorMode::Start)
-                .collect::<Result<Vec<_>, _>>()
-                .map_err(read_error)?;
-            writer.u64(items.len() as u64);
-            for (key, value) in items {
-                writer.long_bytes(&key).long_bytes(&value);
-            }
-        }
-        let data = writer.finish();
+        let failed = snapshot_error(None, ErrorVerb::Write);
+        let part = self.fresh_part("build");
+        let mut writer = SnapshotWriter::create(&part).map_err(&failed)?;
+        let mut last_applied = None;
+        let mut membership = StoredMembership::default();
+        let undecodable = |error: DecodeError| std::io::Error::new(std::io::ErrorKind::InvalidData, error.to_string());
+        self.store
+            .kv
+            .scan_consistent(&FAMILIES, &mut |cf, key, value| {
+                if cf == Cf::SmMeta && key == KEY_LAST_APPLIED {
+                    last_applied = decode_all(value, decode_optional_log_id).map_err(undecodable)?;
+                } else if cf == Cf::SmMeta && key == KEY_MEMBERSHIP {
+                    membership = decode_all(value, decode_stored_membership).map_err(undecodable)?;
+                }
+                writer.record(cf, key, value)
+            })
+            .map_err(&failed)?;
+        writer.finish(self.store.kv.durable()).map_err(&failed)?;
         let counter = self.snapshot_counter.fetch_add(1, Ordering::Relaxed);
         let snapshot_id = match &last_applied {
             Some(log_id) => {
@@ -380,8 +428,9 @@ impl RaftSnapshotBuilder<TypeConfig> for StateMachineStore {
             None => format!("empty-{counter}"),
         };
         let meta = SnapshotMeta { last_log_id: last_applied, last_membership: membership, snapshot_id };
-        self.write_snapshot_file(&meta, &data)?;
-        Ok(Snapshot { meta, snapshot: Box::new(Cursor::new(data)) })
+        let data_path = self.publish_snapshot(&meta, &part)?;
+        let file = SnapshotFile::open(&data_path).map_err(snapshot_error(Some(&meta), ErrorVerb::Read))?;
+        Ok(Snapshot { meta, snapshot: Box::new(file) })
     }
 }
 
@@ -422,23 +471,22 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
         let Some(last_applied) = last_applied else {
             return Ok(results);
         };
-        let mut batch = WriteBatch::default();
+        let mut batch = Batch::default();
         for ((table, key), value) in overlay.writes.puts {
-            batch.put_cf(self.store.cf(table_cf(table)), key, value);
+            batch.put(table_cf(table), key, value);
         }
-        let meta = self.store.cf(CF_SM_META);
         let mut writer = Writer::new();
         encode_optional_log_id(&mut writer, &Some(last_applied));
-        batch.put_cf(meta, KEY_LAST_APPLIED, writer.finish());
+        batch.put(Cf::SmMeta, KEY_LAST_APPLIED, writer.finish());
         if let Some(membership) = membership {
             let mut writer = Writer::new();
             encode_stored_membership(&mut writer, &membership);
-            batch.put_cf(meta, KEY_MEMBERSHIP, writer.finish());
+            batch.put(Cf::SmMeta, KEY_MEMBERSHIP, writer.finish());
         }
         if let Some(as_of) = as_of {
-            batch.put_cf(meta, KEY_AS_OF, as_of.to_be_bytes());
+            batch.put(Cf::SmMeta, KEY_AS_OF, as_of.to_be_bytes().to_vec());
         }
-        self.store.write_synced(batch).map_err(write_error)?;
+        self.store.kv.write(batch).map_err(write_error)?;
         Ok(results)
     }
 
@@ -446,65 +494,70 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
         self.clone()
     }
 
-    async fn begin_receiving_snapshot(&mut self) -> StorageResult<Box<Cursor<Vec<u8>>>> {
-        Ok(Box::new(Cursor::new(Vec::new())))
+    async fn begin_receiving_snapshot(&mut self) -> StorageResult<Box<SnapshotFile>> {
+        let part = self.fresh_part("receive");
+        Ok(Box::new(SnapshotFile::create(&part).map_err(snapshot_error(None, ErrorVerb::Write))?))
     }
 
     async fn install_snapshot(
         &mut self,
         meta: &SnapshotMeta<NodeId, openraft::BasicNode>,
-        snapshot: Box<Cursor<Vec<u8>>>,
+        snapshot: Box<SnapshotFile>,
     ) -> StorageResult<()> {
-        let data = snapshot.into_inner();
-        let subject = ErrorSubject::Snapshot(Some(meta.signature()));
-        let corrupt = |error: DecodeError| io_error(subject.clone(), ErrorVerb::Read, error);
-        let mut reader = Reader::new(&data);
-        if reader.take(SNAPSHOT_TAG.len()).map_err(corrupt)? != SNAPSHOT_TAG {
-            return Err(corrupt(DecodeError::BadTag));
+        let part = snapshot.path().to_path_buf();
+        let mut file = snapshot.into_file();
+        // Verified whole before anything is replaced.
+        let records = read_records(&mut file).map_err(snapshot_error(Some(meta), ErrorVerb::Read))?;
+        if self.store.kv.durable() {
+            file.sync_all().map_err(snapshot_error(Some(meta), ErrorVerb::Write))?;
         }
-        let mut batch = WriteBatch::default();
-        for name in [CF_SM_META, CF_PUBLIC, CF_PRIVATE] {
-            let cf = self.store.cf(name);
-            for item in self.store.db.iterator_cf(cf, IteratorMode::Start) {
-                let (key, _) = item.map_err(read_error)?;
-                batch.delete_cf(cf, key);
-            }
-            let count = reader.u64().map_err(corrupt)?;
-            for _ in 0..count {
-                let key = reader.long_bytes(data.len()).map_err(corrupt)?;
-                let value = reader.long_bytes(data.len()).map_err(corrupt)?;
-                batch.put_cf(cf, key, value);
+        drop(file);
+        let mut batch = Batch::default();
+        for cf in FAMILIES {
+            let mut existing = Vec::new();
+            self.store
+                .kv
+                .scan(cf, &[], &mut |key, _| {
+                    existing.push(key.to_vec());
+                    true
+                })
+                .map_err(read_error)?;
+            for key in existing {
+                batch.delete(cf, key);
             }
         }
-        reader.finish().map_err(corrupt)?;
-        let sm_meta = self.store.cf(CF_SM_META);
+        for (cf, key, value) in records {
+            batch.put(cf, key, value);
+        }
         let mut writer = Writer::new();
         encode_optional_log_id(&mut writer, &meta.last_log_id);
-        batch.put_cf(sm_meta, KEY_LAST_APPLIED, writer.finish());
+        batch.put(Cf::SmMeta, KEY_LAST_APPLIED, writer.finish());
         let mut writer = Writer::new();
         encode_stored_membership(&mut writer, &meta.last_membership);
-        batch.put_cf(sm_meta, KEY_MEMBERSHIP, writer.finish());
-        self.store.write_synced(batch).map_err(write_error)?;
-        self.write_snapshot_file(meta, &data)
+        batch.put(Cf::SmMeta, KEY_MEMBERSHIP, writer.finish());
+        self.store.kv.write(batch).map_err(write_error)?;
+        self.publish_snapshot(meta, &part)?;
+        Ok(())
     }
 
     async fn get_current_snapshot(&mut self) -> StorageResult<Option<Snapshot<TypeConfig>>> {
-        let path = self.store.snapshot_dir.join(SNAPSHOT_FILE);
-        let bytes = match std::fs::read(&path) {
+        let failed = snapshot_error(None, ErrorVerb::Read);
+        let bytes = match std::fs::read(self.snapshot_path(SNAPSHOT_CURRENT)) {
             Ok(bytes) => bytes,
             Err(error) if error.kind() == std::io::ErrorKind::NotFound => return Ok(None),
-            Err(error) => return Err(read_error(error)),
+            Err(error) => return Err(failed(error)),
         };
         let mut reader = Reader::new(&bytes);
         let last_log_id = decode_optional_log_id(&mut reader).map_err(read_error)?;
         let last_membership = decode_stored_membership(&mut reader).map_err(read_error)?;
-        let snapshot_id = String::from_utf8(reader.short_bytes().map_err(read_error)?.to_vec()).map_err(read_error)?;
-        let data = reader.long_bytes(bytes.len()).map_err(read_error)?.to_vec();
+        let text = |bytes: &[u8]| String::from_utf8(bytes.to_vec()).map_err(read_error);
+        let snapshot_id = text(reader.long_bytes(bytes.len()).map_err(read_error)?)?;
+        let data_name = text(reader.long_bytes(bytes.len()).map_err(read_error)?)?;
         reader.finish().map_err(read_error)?;
-        Ok(Some(Snapshot {
-            meta: SnapshotMeta { last_log_id, last_membership, snapshot_id },
-            snapshot: Box::new(Cursor::new(data)),
-        }))
+        let meta = SnapshotMeta { last_log_id, last_membership, snapshot_id };
+        let file = SnapshotFile::open(&self.snapshot_path(&data_name))
+            .map_err(snapshot_error(Some(&meta), ErrorVerb::Read))?;
+        Ok(Some(Snapshot { meta, snapshot: Box::new(file) }))
     }
 }
 

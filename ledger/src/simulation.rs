@@ -1,0 +1,855 @@
+//! The deterministic simulation of a ledger cluster: several replicas in one process, on a
+//! current-thread Tokio runtime with paused time, over an in-memory network, with openraft's
+//! randomness seeded ([`crate::runtime`]). One seed fixes everything: the workload, crashes,
+//! message loss, delays (and so reordering), partitions and election timeouts.
+//!
+//! Each replica is the production code: openraft, the store (`store.rs`) over an in-memory
+//! [`MemoryKv`] that survives a crash like synced RocksDB, file-backed snapshots, and the state
+//! machine. After every step the simulation checks, on every replica, live or crashed:
+//!
+//! - **no fork, committed entries never change**: an applied entry's bytes at an index are the
+//!   same on every replica and at every later look;
+//! - **equal state at equal index**: replicas that applied the same index hold the same state;
+//! - **the books balance**: every account equals the sum of its settlement lines
+//!   ([`state::check_books`]);
+//! - **nothing lost**: every reading a client saw accepted is settled, with the digest it was
+//!   accepted with, on every replica that applied its entry; no reading is settled with two contents.
+//!
+//! At the end the network heals and every replica restarts; the cluster must commit a new
+//! transaction and all replicas must converge to one state. The trace hash covers every action
+//! and observation, so the same seed must give the same hash.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::fmt::Write as _;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use domain::ids::{CustomerId, GatewayId, KeyId, MeterId, Sequence, TxId, UnixMillis, UnixSeconds};
+use domain::money::{Currency, UnitPrice};
+use domain::reading::{ClockStatus, FirmwareVersion, Reading, ReadingDigest, StatusFlags};
+use domain::settlement::RULES_VERSION;
+use domain::tx::{AdminAction, BatchReading, ReadingBatch, SignedAdmin, Transaction, TxBody};
+use domain::verify::VerifiedReading;
+use ed25519_dalek::SigningKey;
+use openraft::error::{RPCError, RaftError, RemoteError, Unreachable};
+use openraft::network::{RPCOption, RaftNetwork, RaftNetworkFactory};
+use openraft::raft::{
+    AppendEntriesRequest, AppendEntriesResponse, InstallSnapshotRequest, InstallSnapshotResponse, VoteRequest,
+    VoteResponse,
+};
+use openraft::{BasicNode, Config, Raft, ServerState, SnapshotPolicy};
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+use rust_decimal::Decimal;
+use sha2::{Digest, Sha256};
+
+use crate::entry::{NodeId, TypeConfig};
+use crate::kv::MemoryKv;
+use crate::state::{self, ReadingResult, Table};
+use crate::store::Store;
+
+/// What to simulate.
+#[derive(Debug, Clone)]
+pub struct SimConfig {
+    pub seed: u64,
+    /// Workload and fault steps before the final heal-and-converge phase.
+    pub steps: u32,
+    /// Replicas (voters).
+    pub nodes: u64,
+    /// Meters submitting readings.
+    pub meters: u32,
+    /// Plant the dedup-off bug ([`crate::danger`]): the checks must catch it.
+    pub canary_dedup_off: bool,
+    /// Print every action and observation.
+    pub trace: bool,
+}
+
+impl SimConfig {
+    pub fn new(seed: u64) -> Self {
+        SimConfig { seed, steps: STEPS_DEFAULT, nodes: 3, meters: 4, canary_dedup_off: false, trace: false }
+    }
+}
+
+/// Steps per seed by default.
+pub const STEPS_DEFAULT: u32 = 300;
+/// Virtual time the healed cluster has to commit and converge.
+const CONVERGE_WITHIN: Duration = Duration::from_secs(60);
+/// How long a simulated client waits for its write.
+const CLIENT_TIMEOUT: Duration = Duration::from_secs(3);
+
+/// What one seed did.
+#[derive(Debug, Clone)]
+pub struct SimReport {
+    pub seed: u64,
+    pub trace_hash: String,
+    pub steps: u32,
+    pub virtual_ms: u64,
+    pub final_index: u64,
+    pub max_term: u64,
+    pub readings_accepted: usize,
+    pub submissions: u64,
+    pub replays: u64,
+    pub crashes: u64,
+    pub messages_delivered: u64,
+    pub messages_lost: u64,
+    pub snapshot_chunks: u64,
+}
+
+/// A broken invariant, with what it takes to replay it.
+#[derive(Debug, Clone, thiserror::Error)]
+#[error("simulation seed {seed} failed at step {step}: {message}\n  replay: wattle simulate --seed {seed} --steps {steps} --trace")]
+pub struct Violation {
+    pub seed: u64,
+    pub step: u32,
+    pub steps: u32,
+    pub message: String,
+}
+
+/// Runs one seed on a fresh current-thread runtime with paused time.
+pub fn run(config: &SimConfig) -> Result<SimReport, Violation> {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_time()
+        .start_paused(true)
+        .build()
+        .expect("a current-thread runtime builds");
+    crate::runtime::seed_thread_rng(config.seed);
+    crate::danger::set_dedup_off(config.canary_dedup_off);
+    let result = runtime.block_on(async {
+        let mut sim = Simulation::new(config.clone()).map_err(|error| Violation {
+            seed: config.seed,
+            step: 0,
+            steps: config.steps,
+            message: format!("setting up: {error}"),
+        })?;
+        let outcome = sim.run().await;
+        sim.stop_all().await;
+        outcome
+    });
+    crate::danger::set_dedup_off(false);
+    result
+}
+
+// ---- network ------------------------------------------------------------------------------------
+
+/// The in-memory network: who is up, who is cut off, how lossy and slow links are.
+struct NetState {
+    nodes: BTreeMap<NodeId, Raft<TypeConfig>>,
+    isolated: BTreeSet<NodeId>,
+    loss_per_mille: u32,
+    delay_max_ms: u64,
+    rng: StdRng,
+    delivered: u64,
+    lost: u64,
+    snapshot_chunks: u64,
+}
+
+/// One node's view of the network (openraft's factory).
+#[derive(Clone)]
+struct SimNetwork {
+    state: Arc<Mutex<NetState>>,
+    source: NodeId,
+}
+
+struct SimConnection {
+    state: Arc<Mutex<NetState>>,
+    source: NodeId,
+    target: NodeId,
+}
+
+impl RaftNetworkFactory<TypeConfig> for SimNetwork {
+    type Network = SimConnection;
+
+    async fn new_client(&mut self, target: NodeId, _node: &BasicNode) -> SimConnection {
+        SimConnection { state: Arc::clone(&self.state), source: self.source, target }
+    }
+}
+
+fn lock(state: &Mutex<NetState>) -> std::sync::MutexGuard<'_, NetState> {
+    state.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+fn unreachable<E: std::error::Error>(why: &str) -> RPCError<NodeId, BasicNode, E> {
+    RPCError::Unreachable(Unreachable::new(&std::io::Error::other(why.to_string())))
+}
+
+impl SimConnection {
+    /// Delivers one request after a random delay, unless it or its reply is lost or either end is
+    /// down or cut off; a lost reply means the request took effect but the sender cannot know.
+    async fn call<Response, E, Fut>(
+        &self,
+        deliver: impl FnOnce(Raft<TypeConfig>) -> Fut,
+    ) -> Result<Response, RPCError<NodeId, BasicNode, RaftError<NodeId, E>>>
+    where
+        Fut: std::future::Future<Output = Result<Response, RaftError<NodeId, E>>>,
+        E: std::error::Error,
+    {
+        let (delay, request_lost, reply_lost) = {
+            let mut net = lock(&self.state);
+            let delay_max = net.delay_max_ms;
+            let delay = Duration::from_millis(net.rng.gen_range(0..=delay_max));
+            let loss = net.loss_per_mille;
+            let request_lost = net.rng.gen_range(0..1000) < loss;
+            let reply_lost = net.rng.gen_range(0..1000) < loss;
+            (delay, request_lost, reply_lost)
+        };
+        tokio::time::sleep(delay).await;
+        let target = {
+            let mut net = lock(&self.state);
+            let cut = net.isolated.contains(&self.source) || net.isolated.contains(&self.target);
+            match net.nodes.get(&self.target).cloned() {
+                Some(raft) if !cut && !request_lost => {
+                    net.delivered += 1;
+                    raft
+                }
+                _ => {
+                    net.lost += 1;
+                    return Err(unreachable("lost, down or cut off"));
+                }
+            }
+        };
+        let response = deliver(target).await;
+        if reply_lost {
+            lock(&self.state).lost += 1;
+            return Err(unreachable("reply lost"));
+        }
+        response.map_err(|error| RPCError::RemoteError(RemoteError::new(self.target, error)))
+    }
+}
+
+impl RaftNetwork<TypeConfig> for SimConnection {
+    async fn append_entries(
+        &mut self,
+        request: AppendEntriesRequest<TypeConfig>,
+        _option: RPCOption,
+    ) -> Result<AppendEntriesResponse<NodeId>, RPCError<NodeId, BasicNode, RaftError<NodeId>>> {
+        self.call(|raft| async move { raft.append_entries(request).await }).await
+    }
+
+    async fn install_snapshot(
+        &mut self,
+        request: InstallSnapshotRequest<TypeConfig>,
+        _option: RPCOption,
+    ) -> Result<
+        InstallSnapshotResponse<NodeId>,
+        RPCError<NodeId, BasicNode, RaftError<NodeId, openraft::error::InstallSnapshotError>>,
+    > {
+        lock(&self.state).snapshot_chunks += 1;
+        self.call(|raft| async move { raft.install_snapshot(request).await }).await
+    }
+
+    async fn vote(
+        &mut self,
+        request: VoteRequest<NodeId>,
+        _option: RPCOption,
+    ) -> Result<VoteResponse<NodeId>, RPCError<NodeId, BasicNode, RaftError<NodeId>>> {
+        self.call(|raft| async move { raft.vote(request).await }).await
+    }
+}
+
+// ---- the workload's model -----------------------------------------------------------------------
+
+/// What clients learned, shared with their tasks.
+#[derive(Default)]
+struct Model {
+    /// Per reading (meter, sequence): the digest and log index a client saw it accepted with.
+    accepted: BTreeMap<(MeterId, u64), (ReadingDigest, u64)>,
+    /// Per client result, in completion order (for the trace).
+    results: Vec<String>,
+    violation: Option<String>,
+}
+
+impl Model {
+    fn record(&mut self, batch: &[BatchReading], index: u64, results: &[ReadingResult]) {
+        if results.len() != batch.len() {
+            self.violation = Some(format!("entry {index}: {} results for {} readings", results.len(), batch.len()));
+            return;
+        }
+        for (item, result) in batch.iter().zip(results) {
+            if !matches!(result, ReadingResult::Accepted | ReadingResult::Duplicate) {
+                continue;
+            }
+            let reading = item.reading.reading();
+            let key = (reading.meter_id.clone(), reading.sequence.0);
+            let digest = item.reading.digest();
+            match self.accepted.get(&key) {
+                Some((existing, _)) if *existing != digest => {
+                    self.violation = Some(format!(
+                        "{} sequence {} accepted with two different contents",
+                        reading.meter_id, reading.sequence.0
+                    ));
+                }
+                Some(_) => {}
+                None => {
+                    self.accepted.insert(key, (digest, index));
+                }
+            }
+        }
+    }
+}
+
+/// A simulated meter: its key and registers.
+struct SimMeter {
+    meter_id: MeterId,
+    key: SigningKey,
+    next_sequence: u64,
+    import_wh: u64,
+}
+
+// ---- the simulation -----------------------------------------------------------------------------
+
+struct SimNode {
+    id: NodeId,
+    snapshot_dir: PathBuf,
+    disk: Arc<MemoryKv>,
+    store: Store,
+    raft: Option<Raft<TypeConfig>>,
+    checked_index: u64,
+}
+
+struct Simulation {
+    config: SimConfig,
+    rng: StdRng,
+    net: Arc<Mutex<NetState>>,
+    nodes: Vec<SimNode>,
+    raft_config: Arc<Config>,
+    _dir: tempfile::TempDir,
+    operator: SigningKey,
+    meters: Vec<SimMeter>,
+    /// Every batch submitted so far, for replays.
+    submitted: Vec<Vec<BatchReading>>,
+    model: Arc<Mutex<Model>>,
+    /// Per log index: SHA-256 of the entry applied there.
+    committed: BTreeMap<u64, [u8; 32]>,
+    /// Per applied index: the state digest of any replica that stood there.
+    digests: BTreeMap<u64, [u8; 32]>,
+    trace: Sha256,
+    step: u32,
+    report: SimReport,
+}
+
+fn model_lock(model: &Mutex<Model>) -> std::sync::MutexGuard<'_, Model> {
+    model.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+impl Simulation {
+    fn new(config: SimConfig) -> anyhow::Result<Self> {
+        let dir = tempfile::tempdir()?;
+        let mut rng = StdRng::seed_from_u64(config.seed ^ 0x005e_ed0f_5e7f_1ea7);
+        let net = NetState {
+            nodes: BTreeMap::new(),
+            isolated: BTreeSet::new(),
+            loss_per_mille: 0,
+            delay_max_ms: 5,
+            rng: StdRng::seed_from_u64(rng.gen()),
+            delivered: 0,
+            lost: 0,
+            snapshot_chunks: 0,
+        };
+        let raft_config = Config {
+            cluster_name: "wattle-simulation".into(),
+            heartbeat_interval: 100,
+            election_timeout_min: 400,
+            election_timeout_max: 800,
+            install_snapshot_timeout: 400,
+            // Snapshots often, in small chunks, so lagging replicas install them over a lossy link.
+            snapshot_policy: SnapshotPolicy::LogsSinceLast(25),
+            snapshot_max_chunk_size: 1024,
+            max_in_snapshot_log_to_keep: 0,
+            purge_batch_size: 1,
+            max_payload_entries: 16,
+            ..Default::default()
+        };
+        let raft_config = Arc::new(raft_config.validate()?);
+        let mut nodes = Vec::new();
+        for id in 1..=config.nodes {
+            let snapshot_dir = dir.path().join(format!("node-{id}"));
+            let disk = Arc::new(MemoryKv::default());
+            let store = Store::in_memory(Arc::clone(&disk), snapshot_dir.clone())?;
+            nodes.push(SimNode { id, snapshot_dir, disk, store, raft: None, checked_index: 0 });
+        }
+        let meters = (0..config.meters)
+            .map(|index| SimMeter {
+                meter_id: MeterId::new(format!("SIM{index:04}")).expect("valid meter id"),
+                key: SigningKey::from_bytes(&rng.gen()),
+                next_sequence: 1,
+                import_wh: rng.gen_range(0..1_000_000),
+            })
+            .collect();
+        let report = SimReport {
+            seed: config.seed,
+            trace_hash: String::new(),
+            steps: config.steps,
+            virtual_ms: 0,
+            final_index: 0,
+            max_term: 0,
+            readings_accepted: 0,
+            submissions: 0,
+            replays: 0,
+            crashes: 0,
+            messages_delivered: 0,
+            messages_lost: 0,
+            snapshot_chunks: 0,
+        };
+        Ok(Simulation {
+            operator: SigningKey::from_bytes(&rng.gen()),
+            rng,
+            net: Arc::new(Mutex::new(net)),
+            nodes,
+            raft_config,
+            _dir: dir,
+            meters,
+            submitted: Vec::new(),
+            model: Arc::default(),
+            committed: BTreeMap::new(),
+            digests: BTreeMap::new(),
+            trace: Sha256::new(),
+            step: 0,
+            report,
+            config,
+        })
+    }
+
+    fn violation(&self, message: impl Into<String>) -> Violation {
+        Violation { seed: self.config.seed, step: self.step, steps: self.config.steps, message: message.into() }
+    }
+
+    fn note(&mut self, line: String) {
+        self.trace.update(line.as_bytes());
+        self.trace.update(b"\n");
+        if self.config.trace {
+            println!("[seed {} step {}] {line}", self.config.seed, self.step);
+        }
+    }
+
+    async fn start_node(&mut self, position: usize) -> anyhow::Result<()> {
+        let node = &mut self.nodes[position];
+        let network = SimNetwork { state: Arc::clone(&self.net), source: node.id };
+        let raft = Raft::new(
+            node.id,
+            Arc::clone(&self.raft_config),
+            network,
+            node.store.log_store(),
+            node.store.state_machine(),
+        )
+        .await?;
+        lock(&self.net).nodes.insert(node.id, raft.clone());
+        node.raft = Some(raft);
+        Ok(())
+    }
+
+    /// Kills a node: its disk keeps exactly what was written, nothing more reaches it.
+    async fn crash_node(&mut self, position: usize) -> anyhow::Result<()> {
+        let node = &mut self.nodes[position];
+        let Some(raft) = node.raft.take() else { return Ok(()) };
+        let disk = Arc::new(node.disk.crash_and_reopen());
+        lock(&self.net).nodes.remove(&node.id);
+        let _ = raft.shutdown().await;
+        node.disk = Arc::clone(&disk);
+        node.store = Store::in_memory(disk, node.snapshot_dir.clone())?;
+        Ok(())
+    }
+
+    async fn stop_all(&mut self) {
+        for position in 0..self.nodes.len() {
+            let _ = self.crash_node(position).await;
+        }
+    }
+
+    fn live_positions(&self) -> Vec<usize> {
+        (0..self.nodes.len()).filter(|&position| self.nodes[position].raft.is_some()).collect()
+    }
+
+    /// The live node that believes it leads in the highest term, if any.
+    fn leader(&self) -> Option<Raft<TypeConfig>> {
+        self.nodes
+            .iter()
+            .filter_map(|node| node.raft.as_ref())
+            .filter(|raft| raft.metrics().borrow().state == ServerState::Leader)
+            .max_by_key(|raft| raft.metrics().borrow().current_term)
+            .cloned()
+    }
+
+    fn now_ms(&self) -> i64 {
+        1_800_000_000_000 + self.report.virtual_ms as i64
+    }
+
+    fn transaction(&mut self, body: TxBody) -> Transaction {
+        Transaction { tx_id: TxId(self.rng.gen()), rules_version: RULES_VERSION, time: UnixMillis(self.now_ms()), body }
+    }
+
+    /// Writes through the leader (or a random live node) from a client task; the result lands
+    /// in the model when it arrives.
+    fn submit(&mut self, body: TxBody, label: String) {
+        let target = match self.leader() {
+            Some(leader) if self.rng.gen_ratio(9, 10) => Some(leader),
+            _ => {
+                let live = self.live_positions();
+                if live.is_empty() {
+                    None
+                } else {
+                    self.nodes[live[self.rng.gen_range(0..live.len())]].raft.clone()
+                }
+            }
+        };
+        let Some(raft) = target else { return };
+        let tx = self.transaction(body);
+        self.report.submissions += 1;
+        let model = Arc::clone(&self.model);
+        tokio::spawn(async move {
+            let batch = match &tx.body {
+                TxBody::Readings(batch) => batch.readings.clone(),
+                _ => Vec::new(),
+            };
+            let outcome = tokio::time::timeout(CLIENT_TIMEOUT, raft.client_write(tx)).await;
+            let mut model = model_lock(&model);
+            let line = match outcome {
+                Ok(Ok(response)) => {
+                    model.record(&batch, response.log_id.index, &response.data.readings);
+                    let codes: Vec<&str> = response.data.readings.iter().map(|result| result.code()).collect();
+                    format!("{label} committed at {} {codes:?}", response.log_id.index)
+                }
+                Ok(Err(error)) => format!("{label} failed: {}", error_kind(&error.to_string())),
+                Err(_) => format!("{label} timed out"),
+            };
+            model.results.push(line);
+        });
+    }
+
+    fn reading(&mut self, meter: usize, sequence: u64, import_start: u64, energy: u64) -> VerifiedReading {
+        let meter = &self.meters[meter];
+        let interval_start = 1_800_000_000 + 900 * sequence as i64;
+        let reading = Reading {
+            meter_id: meter.meter_id.clone(),
+            key_id: KeyId(1),
+            sequence: Sequence(sequence),
+            interval_start: UnixSeconds(interval_start),
+            interval_end: UnixSeconds(interval_start + 900),
+            import_start_wh: import_start,
+            import_end_wh: import_start + energy,
+            export_start_wh: 0,
+            export_end_wh: 0,
+            register_modulus_wh: 1_000_000_000_000,
+            clock_status: ClockStatus::Synchronized,
+            status: StatusFlags::default(),
+            firmware: FirmwareVersion(1),
+        };
+        let signed = reading.sign(&meter.key).expect("simulated readings are valid");
+        domain::verify::verify(signed, &meter.key.verifying_key().to_bytes()).expect("signed by the meter's own key")
+    }
+
+    fn fresh_batch(&mut self) -> Vec<BatchReading> {
+        let count = self.rng.gen_range(1..=4);
+        (0..count)
+            .map(|_| {
+                let meter = self.rng.gen_range(0..self.meters.len());
+                let energy = self.rng.gen_range(0..2_000);
+                let sequence = self.meters[meter].next_sequence;
+                let import_start = self.meters[meter].import_wh;
+                self.meters[meter].next_sequence += 1;
+                self.meters[meter].import_wh += energy;
+                BatchReading { reading: self.reading(meter, sequence, import_start, energy), backfill: false }
+            })
+            .collect()
+    }
+
+    fn readings_body(readings: Vec<BatchReading>) -> TxBody {
+        TxBody::Readings(ReadingBatch { gateway_id: GatewayId::new("gw-sim").expect("valid id"), readings })
+    }
+
+    /// Registers customers, meters and the tariff before faults begin.
+    async fn configure(&mut self) -> Result<(), Violation> {
+        let currency = Currency::new("EUR").expect("EUR is supported");
+        let mut actions = vec![AdminAction::SetFlatPrice(UnitPrice { per_kwh: Decimal::new(3127, 4), currency })];
+        for (index, meter) in self.meters.iter().enumerate() {
+            let customer_id = CustomerId::new(format!("C{:03}", index % 2)).expect("valid id");
+            if index < 2 {
+                actions.push(AdminAction::RegisterCustomer { customer_id: customer_id.clone(), currency });
+            }
+            actions.push(AdminAction::RegisterMeter {
+                meter_id: meter.meter_id.clone(),
+                key_id: KeyId(1),
+                public_key: meter.key.verifying_key().to_bytes(),
+                customer_id,
+            });
+        }
+        for (nonce, action) in (1..).zip(actions) {
+            let admin = SignedAdmin::sign(nonce, action, &self.operator);
+            let mut committed = false;
+            for _ in 0..50 {
+                if let Some(leader) = self.leader() {
+                    let tx = self.transaction(TxBody::Admin(admin.clone()));
+                    if let Ok(Ok(response)) = tokio::time::timeout(CLIENT_TIMEOUT, leader.client_write(tx)).await {
+                        if let Some(refused) = response.data.admin_refused {
+                            return Err(self.violation(format!("admin transaction {nonce} refused: {refused}")));
+                        }
+                        committed = true;
+                        break;
+                    }
+                }
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+            if !committed {
+                return Err(self.violation(format!("admin transaction {nonce} not committed in a calm cluster")));
+            }
+        }
+        Ok(())
+    }
+
+    async fn run(&mut self) -> Result<SimReport, Violation> {
+        for position in 0..self.nodes.len() {
+            self.start_node(position).await.map_err(|error| self.violation(format!("starting: {error}")))?;
+        }
+        let members: BTreeMap<NodeId, BasicNode> =
+            self.nodes.iter().map(|node| (node.id, BasicNode::new(format!("sim-{}", node.id)))).collect();
+        let first = self.nodes[0].raft.clone().expect("started");
+        first.initialize(members).await.map_err(|error| self.violation(format!("initialising: {error}")))?;
+        self.configure().await?;
+        self.note("configured".into());
+        while self.step < self.config.steps {
+            self.step += 1;
+            let action = self.act().await.map_err(|error| self.violation(format!("acting: {error}")))?;
+            self.note(action);
+            let wait = self.rng.gen_range(1..=150);
+            self.advance(Duration::from_millis(wait)).await;
+            self.check()?;
+        }
+        self.step += 1;
+        self.converge().await?;
+        self.report.trace_hash = hex::encode(self.trace.clone().finalize());
+        let net = lock(&self.net);
+        self.report.messages_delivered = net.delivered;
+        self.report.messages_lost = net.lost;
+        self.report.snapshot_chunks = net.snapshot_chunks;
+        self.report.readings_accepted = model_lock(&self.model).accepted.len();
+        Ok(self.report.clone())
+    }
+
+    async fn advance(&mut self, duration: Duration) {
+        tokio::time::sleep(duration).await;
+        self.report.virtual_ms += duration.as_millis() as u64;
+    }
+
+    /// One random action: submit, replay, equivocate, crash, restart, partition, heal, degrade
+    /// links, snapshot, or nothing.
+    async fn act(&mut self) -> anyhow::Result<String> {
+        let roll = self.rng.gen_range(0..100);
+        let live = self.live_positions();
+        let down: Vec<usize> = (0..self.nodes.len()).filter(|position| !live.contains(position)).collect();
+        Ok(match roll {
+            0..=39 => {
+                let batch = self.fresh_batch();
+                let label = format!("submit {}", describe(&batch));
+                self.submitted.push(batch.clone());
+                self.submit(Self::readings_body(batch), label.clone());
+                label
+            }
+            40..=51 if !self.submitted.is_empty() => {
+                let batch = self.submitted[self.rng.gen_range(0..self.submitted.len())].clone();
+                let label = format!("replay {}", describe(&batch));
+                self.report.replays += 1;
+                self.submit(Self::readings_body(batch), label.clone());
+                label
+            }
+            52..=54 if !self.submitted.is_empty() => {
+                let batch = self.submitted[self.rng.gen_range(0..self.submitted.len())].clone();
+                let original = batch[0].reading.reading().clone();
+                let meter = self.meters.iter().position(|meter| meter.meter_id == original.meter_id).expect("ours");
+                let energy = original.import_end_wh - original.import_start_wh + 1;
+                let forged = self.reading(meter, original.sequence.0, original.import_start_wh, energy);
+                let item = vec![BatchReading { reading: forged, backfill: false }];
+                let label = format!("equivocate {}", describe(&item));
+                self.submit(Self::readings_body(item), label.clone());
+                label
+            }
+            55..=59 if !live.is_empty() => {
+                let position = live[self.rng.gen_range(0..live.len())];
+                self.crash_node(position).await?;
+                self.report.crashes += 1;
+                format!("crash node {}", self.nodes[position].id)
+            }
+            60..=72 if !down.is_empty() => {
+                let position = down[self.rng.gen_range(0..down.len())];
+                self.start_node(position).await?;
+                format!("restart node {}", self.nodes[position].id)
+            }
+            73..=75 => {
+                let id = self.rng.gen_range(1..=self.config.nodes);
+                lock(&self.net).isolated.insert(id);
+                format!("isolate node {id}")
+            }
+            76..=81 => {
+                lock(&self.net).isolated.clear();
+                "heal partitions".into()
+            }
+            82..=86 => {
+                let loss = *[0, 0, 50, 150, 300].get(self.rng.gen_range(0..5)).expect("in range");
+                let delay = *[2, 10, 40, 120].get(self.rng.gen_range(0..4)).expect("in range");
+                let mut net = lock(&self.net);
+                net.loss_per_mille = loss;
+                net.delay_max_ms = delay;
+                format!("links: loss {loss}/1000, delay up to {delay} ms")
+            }
+            87..=89 if !live.is_empty() => {
+                let position = live[self.rng.gen_range(0..live.len())];
+                if let Some(raft) = &self.nodes[position].raft {
+                    let _ = raft.trigger().snapshot().await;
+                }
+                format!("snapshot on node {}", self.nodes[position].id)
+            }
+            _ => "wait".into(),
+        })
+    }
+
+    /// Checks every invariant on every replica, live or crashed, and notes what each one holds.
+    fn check(&mut self) -> Result<(), Violation> {
+        let results = std::mem::take(&mut model_lock(&self.model).results);
+        for line in results {
+            self.note(line);
+        }
+        if let Some(message) = model_lock(&self.model).violation.take() {
+            return Err(self.violation(message));
+        }
+        let accepted = model_lock(&self.model).accepted.clone();
+        for position in 0..self.nodes.len() {
+            let observation = self.check_node(position, &accepted).map_err(|message| self.violation(message))?;
+            self.note(observation);
+        }
+        Ok(())
+    }
+
+    fn check_node(
+        &mut self,
+        position: usize,
+        accepted: &BTreeMap<(MeterId, u64), (ReadingDigest, u64)>,
+    ) -> Result<String, String> {
+        let node = &self.nodes[position];
+        let id = node.id;
+        let store = node.store.clone();
+        let applied = store.applied_index();
+        if applied < node.checked_index {
+            return Err(format!("node {id}: applied index went back from {} to {applied}", node.checked_index));
+        }
+        // Committed entries never change, and no two replicas apply different entries at an index.
+        for index in node.checked_index + 1..=applied {
+            let Some(bytes) = store.log_entry_bytes(index).map_err(|error| error.to_string())? else {
+                continue; // purged behind a snapshot before this look
+            };
+            let hash: [u8; 32] = Sha256::digest(&bytes).into();
+            match self.committed.get(&index) {
+                Some(known) if *known != hash => return Err(format!("node {id}: fork, entry {index} differs")),
+                Some(_) => {}
+                None => {
+                    self.committed.insert(index, hash);
+                }
+            }
+        }
+        self.nodes[position].checked_index = applied;
+        // Equal state at equal index.
+        let digest = store.state_digest().map_err(|error| error.to_string())?;
+        match self.digests.get(&applied) {
+            Some(known) if *known != digest => {
+                return Err(format!("node {id}: state at index {applied} differs from another replica's"));
+            }
+            Some(_) => {}
+            None => {
+                self.digests.insert(applied, digest);
+            }
+        }
+        // The books balance.
+        let private = store.scan_prefix(Table::Private, b"");
+        state::check_books(&store.state(), &private).map_err(|error| format!("node {id}: books: {error}"))?;
+        // Nothing a client saw accepted is lost.
+        let view = store.state();
+        for ((meter_id, sequence), (digest, index)) in accepted {
+            if *index > applied {
+                continue;
+            }
+            match state::settled(&view, meter_id, KeyId(1), Sequence(*sequence)) {
+                Some(line) if line.digest == *digest => {}
+                Some(_) => return Err(format!("node {id}: {meter_id} #{sequence} settled with other content")),
+                None => return Err(format!("node {id}: {meter_id} #{sequence}, accepted at {index}, is missing")),
+            }
+        }
+        let (alive, term) = match &self.nodes[position].raft {
+            Some(raft) => (true, raft.metrics().borrow().current_term),
+            None => (false, 0),
+        };
+        self.report.max_term = self.report.max_term.max(term);
+        Ok(format!("node {id}: up {alive} term {term} applied {applied} state {}", hex::encode(&digest[..8])))
+    }
+
+    /// Heals everything, restarts every node, then requires a new commit and one common state.
+    async fn converge(&mut self) -> Result<(), Violation> {
+        {
+            let mut net = lock(&self.net);
+            net.isolated.clear();
+            net.loss_per_mille = 0;
+            net.delay_max_ms = 5;
+        }
+        for position in 0..self.nodes.len() {
+            if self.nodes[position].raft.is_none() {
+                self.start_node(position).await.map_err(|error| self.violation(format!("restarting: {error}")))?;
+            }
+        }
+        self.note("heal all, restart all".into());
+        let deadline = tokio::time::Instant::now() + CONVERGE_WITHIN;
+        let final_index = loop {
+            if tokio::time::Instant::now() >= deadline {
+                return Err(self.violation("the healed cluster committed nothing within 60 s"));
+            }
+            if let Some(leader) = self.leader() {
+                let tx = self.transaction(TxBody::Tick);
+                if let Ok(Ok(response)) = tokio::time::timeout(CLIENT_TIMEOUT, leader.client_write(tx)).await {
+                    break response.log_id.index;
+                }
+            }
+            self.advance(Duration::from_millis(100)).await;
+        };
+        loop {
+            let applied: Vec<u64> = self.nodes.iter().map(|node| node.store.applied_index()).collect();
+            if applied.iter().all(|&index| index >= final_index) && applied.windows(2).all(|pair| pair[0] == pair[1]) {
+                break;
+            }
+            if tokio::time::Instant::now() >= deadline {
+                return Err(self.violation(format!("replicas did not converge: applied {applied:?}")));
+            }
+            self.advance(Duration::from_millis(100)).await;
+        }
+        self.check()?;
+        let digests: BTreeSet<[u8; 32]> =
+            self.nodes.iter().map(|node| node.store.state_digest().expect("memory store readable")).collect();
+        if digests.len() != 1 {
+            return Err(self.violation("converged replicas hold different states"));
+        }
+        // Every accepted reading is on every replica (the per-step check covers each applied index).
+        self.report.final_index = final_index;
+        self.note(format!("converged at {final_index}"));
+        Ok(())
+    }
+}
+
+fn describe(batch: &[BatchReading]) -> String {
+    let mut text = String::new();
+    for item in batch {
+        let reading = item.reading.reading();
+        let _ = write!(text, "{}#{} ", reading.meter_id, reading.sequence.0);
+    }
+    text.trim_end().to_string()
+}
+
+/// The kind of a client error, without details that vary (addresses, timings).
+fn error_kind(message: &str) -> &'static str {
+    if message.contains("forward") || message.contains("Forward") {
+        "not leader"
+    } else if message.contains("shut") || message.contains("Fatal") || message.contains("stopped") {
+        "node stopped"
+    } else {
+        "other"
+    }
+}
+
+/// Runs `seeds` and returns their reports, or the first violation.
+pub fn run_seeds(seeds: std::ops::Range<u64>, template: &SimConfig) -> Result<Vec<SimReport>, Violation> {
+    seeds.map(|seed| run(&SimConfig { seed, ..template.clone() })).collect()
+}
