@@ -11,6 +11,7 @@ pub mod clock;
 pub mod codec;
 pub mod ids;
 pub mod limits;
+pub mod merkle;
 pub mod money;
 pub mod reading;
 pub mod settlement;
