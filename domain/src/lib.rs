@@ -14,6 +14,7 @@ pub mod limits;
 pub mod merkle;
 pub mod money;
 pub mod reading;
+pub mod receipt;
 pub mod settlement;
 pub mod tx;
 pub mod verify;

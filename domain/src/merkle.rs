@@ -1,9 +1,10 @@
 //! The ledger's Merkle tree: SHA-256, the shape of RFC 9162 (Certificate Transparency 2.0), one
 //! leaf per raft log index (index 0 is the first leaf).
 //!
-//! - leaf hash = SHA-256(0x00 ‖ transaction digest ‖ claims digest), where the transaction digest is
-//!   SHA-256 of the entry's canonical bytes and the claims digest is SHA-256 of the entry's claims
-//!   document (all zeros when it has none);
+//! - leaf hash = SHA-256(0x00 ‖ transaction id ‖ transaction digest ‖ claims digest), where the
+//!   transaction id is the entry's application id (16 bytes, zeros for raft's own entries), the
+//!   transaction digest is SHA-256 of the entry's canonical bytes and the claims digest is SHA-256
+//!   of the entry's claims document (all zeros when it has none);
 //! - node hash = SHA-256(0x01 ‖ left ‖ right);
 //! - the root of n > 1 leaves splits at k, the largest power of two below n.
 //!
@@ -25,10 +26,11 @@ pub fn sha256(bytes: &[u8]) -> Hash {
     Sha256::digest(bytes).into()
 }
 
-/// A leaf: binds an entry's bytes and its claims.
-pub fn leaf_hash(transaction_digest: &Hash, claims_digest: &Hash) -> Hash {
+/// A leaf: binds an entry's id, bytes and claims.
+pub fn leaf_hash(tx_id: &[u8; 16], transaction_digest: &Hash, claims_digest: &Hash) -> Hash {
     let mut hasher = Sha256::new();
     hasher.update([0x00]);
+    hasher.update(tx_id);
     hasher.update(transaction_digest);
     hasher.update(claims_digest);
     hasher.finalize().into()
@@ -168,7 +170,7 @@ mod tests {
     use proptest::prelude::*;
 
     fn leaves(count: u64) -> Vec<Hash> {
-        (0..count).map(|index| leaf_hash(&sha256(&index.to_be_bytes()), &NO_CLAIMS)).collect()
+        (0..count).map(|index| leaf_hash(&[7; 16], &sha256(&index.to_be_bytes()), &NO_CLAIMS)).collect()
     }
 
     /// Reference: RFC 9162's definition, directly.

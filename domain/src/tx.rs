@@ -37,6 +37,41 @@ pub enum TxBody {
     Readings(ReadingBatch),
     /// Leader-stamped time only: drives deadlines.
     Tick,
+    /// Step one of a signature: every node takes the Merkle root when it applies this entry.
+    SignatureMarker,
+    /// Step two: the leader's signature over the root at a marker; every node checks it against
+    /// its own root and stops on a mismatch.
+    Signature(RootSignature),
+}
+
+/// A node's signature over the Merkle root of the first `marker_index + 1` log entries.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RootSignature {
+    pub marker_index: u64,
+    pub root: [u8; 32],
+    pub node_id: u64,
+    pub node_key: [u8; 32],
+    pub signature: [u8; 64],
+}
+
+impl RootSignature {
+    /// Signs the root of a tree of `marker_index + 1` leaves.
+    pub fn sign(marker_index: u64, root: [u8; 32], node_id: u64, key: &SigningKey) -> Self {
+        let message = crate::receipt::root_message(marker_index + 1, &root);
+        RootSignature {
+            marker_index,
+            root,
+            node_id,
+            node_key: key.verifying_key().to_bytes(),
+            signature: key.sign(&message).to_bytes(),
+        }
+    }
+
+    /// Checks the signature under the key it names (not whether that key is endorsed).
+    pub fn verify(&self) -> Result<(), SignatureError> {
+        let message = crate::receipt::root_message(self.marker_index + 1, &self.root);
+        verify_signature(&self.node_key, &self.signature, &message)
+    }
 }
 
 /// Readings forwarded by one gateway.
@@ -75,6 +110,14 @@ pub enum AdminAction {
     /// Make exactly these nodes the voters.
     SetVoters {
         voters: Vec<u64>,
+    },
+    /// Record a node's signing key with the service key's endorsement of it (receipts carry
+    /// both). The first endorsement pins the service key.
+    EndorseNode {
+        node_id: u64,
+        node_key: [u8; 32],
+        service_key: [u8; 32],
+        endorsement: [u8; 64],
     },
 }
 
@@ -169,6 +212,9 @@ impl AdminAction {
                     writer.u64(*voter);
                 }
             }
+            AdminAction::EndorseNode { node_id, node_key, service_key, endorsement } => {
+                writer.u8(6).u64(*node_id).fixed(node_key).fixed(service_key).fixed(endorsement);
+            }
         }
     }
     fn decode(reader: &mut Reader<'_>) -> Result<Self, DecodeError> {
@@ -198,6 +244,12 @@ impl AdminAction {
                 }
                 Ok(AdminAction::SetVoters { voters: (0..count).map(|_| reader.u64()).collect::<Result<_, _>>()? })
             }
+            6 => Ok(AdminAction::EndorseNode {
+                node_id: reader.u64()?,
+                node_key: reader.array()?,
+                service_key: reader.array()?,
+                endorsement: reader.array()?,
+            }),
             other => Err(DecodeError::invalid("admin_action", format!("unknown kind {other}"))),
         }
     }
@@ -236,6 +288,18 @@ impl Transaction {
             TxBody::Tick => {
                 writer.u8(3);
             }
+            TxBody::SignatureMarker => {
+                writer.u8(4);
+            }
+            TxBody::Signature(signed) => {
+                writer
+                    .u8(5)
+                    .u64(signed.marker_index)
+                    .fixed(&signed.root)
+                    .u64(signed.node_id)
+                    .fixed(&signed.node_key)
+                    .fixed(&signed.signature);
+            }
         }
         writer.finish()
     }
@@ -272,6 +336,14 @@ impl Transaction {
                 TxBody::Readings(ReadingBatch { gateway_id, readings })
             }
             3 => TxBody::Tick,
+            4 => TxBody::SignatureMarker,
+            5 => TxBody::Signature(RootSignature {
+                marker_index: reader.u64()?,
+                root: reader.array()?,
+                node_id: reader.u64()?,
+                node_key: reader.array()?,
+                signature: reader.array()?,
+            }),
             other => return Err(DecodeError::invalid("body", format!("unknown kind {other}"))),
         };
         reader.finish()?;
