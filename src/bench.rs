@@ -30,6 +30,17 @@ pub struct LedgerBenchArgs {
     /// Where to keep the nodes' databases (a temporary directory by default).
     #[arg(long)]
     data_dir: Option<std::path::PathBuf>,
+    /// Signature transactions (Merkle roots signed every 50 ms): measure with them, without them,
+    /// or both in one run (a fresh cluster each). Clients wait for a signature when they are on.
+    #[arg(long, value_enum, default_value = "both")]
+    signatures: SignatureMode,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum SignatureMode {
+    On,
+    Off,
+    Both,
 }
 
 const METERS: u32 = 1_000;
@@ -100,8 +111,32 @@ fn bare_rocksdb_synced_puts_per_second(dir: &Path, batch: usize) -> anyhow::Resu
 
 pub async fn ledger(args: LedgerBenchArgs) -> anyhow::Result<()> {
     let temporary = tempfile::Builder::new().prefix("wattle-bench-").tempdir()?;
-    let dir = args.data_dir.clone().unwrap_or_else(|| temporary.path().to_path_buf());
-    std::fs::create_dir_all(&dir)?;
+    let base = args.data_dir.clone().unwrap_or_else(|| temporary.path().to_path_buf());
+    let modes: &[bool] = match args.signatures {
+        SignatureMode::On => &[true],
+        SignatureMode::Off => &[false],
+        SignatureMode::Both => &[true, false],
+    };
+    let mut table = Vec::new();
+    for &signatures in modes {
+        let dir = base.join(if signatures { "with-signatures" } else { "without-signatures" });
+        table.extend(ledger_cluster(&args, &dir, signatures).await?);
+    }
+    println!("| signatures | batch size | readings | requests | committed readings/s | p50 ms | p99 ms | bare batch verify /s | bare RocksDB synced puts /s | ratio to verify | ratio to fsync |");
+    println!("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
+    for row in table {
+        println!("{row}");
+    }
+    Ok(())
+}
+
+/// Runs every batch size against a fresh cluster; returns the table rows.
+async fn ledger_cluster(
+    args: &LedgerBenchArgs,
+    dir: &std::path::Path,
+    signatures: bool,
+) -> anyhow::Result<Vec<String>> {
+    std::fs::create_dir_all(dir)?;
     let seed = 3;
     let operator_key = dir.join("operator.key");
     std::fs::write(&operator_key, hex::encode(rand::random::<[u8; 32]>()))?;
@@ -127,6 +162,8 @@ pub async fn ledger(args: LedgerBenchArgs) -> anyhow::Result<()> {
             operator_key: (*id == 1).then(|| operator_key.clone()),
             clock: Clock::Real,
             snapshot_after_entries: ledger::limits::SNAPSHOT_AFTER_ENTRIES_DEFAULT,
+            node_key: None,
+            signature_interval: signatures.then_some(ledger::limits::SIGNATURE_INTERVAL_DEFAULT),
         };
         starting.push(tokio::spawn(ledger::node::start(config)));
     }
@@ -136,7 +173,11 @@ pub async fn ledger(args: LedgerBenchArgs) -> anyhow::Result<()> {
     }
     let leader = nodes[0].raft.current_leader().await.context("a leader")?;
     let leader_url = format!("http://{}", members[leader as usize - 1].1);
-    eprintln!("{} nodes up; leader is node {leader}; pre-signing readings...", args.nodes);
+    eprintln!(
+        "{} nodes up (signatures {}); leader is node {leader}; pre-signing readings...",
+        args.nodes,
+        if signatures { "on" } else { "off" }
+    );
 
     // Pre-signed load: distinct (meter, sequence) pairs, so every reading is accepted.
     let keys: Vec<_> = (0..METERS).map(|meter| firmware_sim::meter_key(seed, meter)).collect();
@@ -153,8 +194,7 @@ pub async fn ledger(args: LedgerBenchArgs) -> anyhow::Result<()> {
 
     let http =
         reqwest::Client::builder().timeout(Duration::from_secs(60)).pool_max_idle_per_host(args.concurrency).build()?;
-    println!("| batch size | readings | requests | committed readings/s | p50 ms | p99 ms | bare batch verify /s | bare RocksDB synced puts /s | ratio to verify | ratio to fsync |");
-    println!("|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
+    let mut rows = Vec::new();
     let mut offset = 0usize;
     for &batch in &args.batch_sizes {
         let requests = args.readings.max(batch * 200).div_ceil(batch);
@@ -214,17 +254,20 @@ pub async fn ledger(args: LedgerBenchArgs) -> anyhow::Result<()> {
         let rocks_dir = dir.join(format!("bare-rocksdb-{batch}"));
         let fsync_rate =
             tokio::task::spawn_blocking(move || bare_rocksdb_synced_puts_per_second(&rocks_dir, batch)).await??;
-        println!(
-            "| {batch} | {} | {requests} | {rate:.0} | {:.1} | {:.1} | {verify_rate:.0} | {fsync_rate:.0} | {:.2} | {:.2} |",
+        let row = format!(
+            "| {} | {batch} | {} | {requests} | {rate:.0} | {:.1} | {:.1} | {verify_rate:.0} | {fsync_rate:.0} | {:.2} | {:.2} |",
+            if signatures { "on" } else { "off" },
             requests * batch,
             percentile(&latencies, 0.5),
             percentile(&latencies, 0.99),
             rate / verify_rate,
             rate / fsync_rate,
         );
+        eprintln!("{row}");
+        rows.push(row);
     }
     for node in nodes {
         node.stop().await;
     }
-    Ok(())
+    Ok(rows)
 }

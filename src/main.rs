@@ -27,8 +27,19 @@ enum Command {
     /// Run everything locally: an embedded MQTT broker, a ledger node, a gateway, billing and a
     /// fleet of simulated meters in accelerated time.
     Sandbox(sandbox::SandboxArgs),
-    /// Run a ledger node (openraft over RocksDB) serving the ledger's client API.
-    Node(NodeArgs),
+    /// Run a ledger node (openraft over RocksDB) serving the ledger's client API, or
+    /// `wattle node endorse` to endorse a node's signing key with the service key.
+    Node(NodeCommand),
+    /// Check a receipt offline: `wattle receipt verify FILE --service-key HEX [--claims FILE]`.
+    #[command(subcommand)]
+    Receipt(ReceiptCommand),
+    /// Audit a stopped node's data directory: re-verify every meter signature, re-execute
+    /// settlement, recompute every hash and signature, compare with the node's state. Names the
+    /// first transaction that does not match; exits 1 if one does not.
+    Audit {
+        /// The node's data directory (the node must be stopped).
+        data_dir: PathBuf,
+    },
     /// Run an edge gateway: MQTT in, verification, durable outbox, forwarding to the ledger.
     Gateway(GatewayArgs),
     /// Run the billing service: customers' running bills over HTTP.
@@ -75,13 +86,58 @@ struct SimulateArgs {
 }
 
 #[derive(Debug, clap::Args)]
+#[command(args_conflicts_with_subcommands = true, subcommand_negates_reqs = true)]
+struct NodeCommand {
+    #[command(subcommand)]
+    action: Option<NodeAction>,
+    #[command(flatten)]
+    run: NodeArgs,
+}
+
+#[derive(Debug, Subcommand)]
+enum NodeAction {
+    /// Endorse a node's signing key with the service key (an operator-signed admin
+    /// transaction); receipts carry the endorsement.
+    Endorse {
+        /// Any ledger node's URL (followers forward the admin transaction).
+        #[arg(long)]
+        ledger: String,
+        /// The URL of the node whose key to endorse (its key is read from its /healthz).
+        #[arg(long)]
+        node: String,
+        /// The service's secret key file (64 hex characters).
+        #[arg(long)]
+        service_key: PathBuf,
+        /// The operator's secret key file that signs the admin transaction.
+        #[arg(long)]
+        operator_key: PathBuf,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum ReceiptCommand {
+    /// Verify a receipt (its canonical bytes, as served by GET /v1/receipts/{tx_id}).
+    Verify {
+        /// The receipt file.
+        file: PathBuf,
+        /// The service's public key (64 hex characters), from a source you trust.
+        #[arg(long)]
+        service_key: String,
+        /// The claims document the receipt binds (GET /v1/transactions/{tx_id}/claims); its
+        /// SHA-256 must equal the receipt's claims digest.
+        #[arg(long)]
+        claims: Option<PathBuf>,
+    },
+}
+
+#[derive(Debug, clap::Args)]
 struct NodeArgs {
     /// This node's id in the cluster.
     #[arg(long, default_value_t = 1)]
     node_id: u64,
     /// Directory for the node's RocksDB database and snapshots.
-    #[arg(long)]
-    data_dir: PathBuf,
+    #[arg(long, required = true)]
+    data_dir: Option<PathBuf>,
     /// Address to serve the API and raft RPCs on (port 0: pick a free one).
     #[arg(long, default_value = "127.0.0.1:7000")]
     listen: SocketAddr,
@@ -104,6 +160,14 @@ struct NodeArgs {
     /// Build a snapshot, and purge the log behind it, after this many entries.
     #[arg(long, default_value_t = ledger::limits::SNAPSHOT_AFTER_ENTRIES_DEFAULT)]
     snapshot_after_entries: u64,
+    /// This node's Ed25519 key for signing Merkle roots (64 hex characters); created as
+    /// DATA_DIR/node.key when not given. Endorse it with `wattle node endorse`.
+    #[arg(long)]
+    node_key: Option<PathBuf>,
+    /// While entries are unsigned, the leader signs the Merkle root this often (ms); 0 turns
+    /// signature transactions off (benchmarks only: clients then get no receipts).
+    #[arg(long, default_value_t = 50)]
+    signature_interval_ms: u64,
     #[command(flatten)]
     clock: ClockArgs,
 }
@@ -381,10 +445,75 @@ async fn run(command: Command) -> anyhow::Result<()> {
     match command {
         Command::Simulate(_) => unreachable!("handled before the runtime starts"),
         Command::Sandbox(args) => sandbox::run(args).await,
-        Command::Node(args) => {
+        Command::Node(NodeCommand {
+            action: Some(NodeAction::Endorse { ledger: ledger_url, node, service_key, operator_key }),
+            ..
+        }) => {
+            let service = ledger::node::read_signing_key(&service_key)?;
+            let operator = ledger::node::read_signing_key(&operator_key)?;
+            let response =
+                ledger::node::endorse_node(&reqwest::Client::new(), &ledger_url, &node, &service, &operator).await?;
+            println!(
+                "endorsed the key of {node} at log index {}; service public key {}",
+                response.log_index,
+                hex::encode(service.verifying_key().to_bytes())
+            );
+            Ok(())
+        }
+        Command::Receipt(ReceiptCommand::Verify { file, service_key, claims }) => {
+            let bytes = std::fs::read(&file).with_context(|| format!("reading {}", file.display()))?;
+            let receipt = domain::receipt::Receipt::decode(&bytes)
+                .with_context(|| format!("{} is not a canonical receipt", file.display()))?;
+            let service: [u8; 32] = hex::decode(service_key.trim())
+                .ok()
+                .and_then(|bytes| bytes.try_into().ok())
+                .context("--service-key must be 64 hex characters")?;
+            let document = claims
+                .as_ref()
+                .map(|path| std::fs::read(path).with_context(|| format!("reading {}", path.display())))
+                .transpose()?;
+            receipt.verify(&service, document.as_deref()).context("the receipt does not verify")?;
+            println!(
+                "receipt verifies: transaction {} is entry {} of a ledger of {} entries, root {} signed by node {}{}",
+                receipt.tx_id(),
+                receipt.leaf_index,
+                receipt.tree_size,
+                hex::encode(receipt.root),
+                receipt.node_id,
+                if document.is_some() { "; the claims document matches" } else { "" }
+            );
+            Ok(())
+        }
+        Command::Audit { data_dir } => {
+            let store = ledger::store::Store::open(&data_dir)
+                .with_context(|| format!("opening {} (is the node stopped?)", data_dir.display()))?;
+            let started = std::time::Instant::now();
+            let result = ledger::audit::audit(&store, |done, total| eprintln!("audit: {done} of {total} entries"));
+            match result {
+                Ok(report) => {
+                    println!(
+                        "audit passed: {} entries ({} transactions, {} meter signatures re-verified, {} signature \
+                         transactions checked), {} state keys match, root {} ({:.1} s)",
+                        report.entries,
+                        report.transactions,
+                        report.readings_verified,
+                        report.signatures_checked,
+                        report.state_keys_compared,
+                        report.root.map(hex::encode).unwrap_or_else(|| "-".into()),
+                        started.elapsed().as_secs_f64()
+                    );
+                    Ok(())
+                }
+                Err(failure) => {
+                    println!("{failure}");
+                    std::process::exit(1);
+                }
+            }
+        }
+        Command::Node(NodeCommand { action: None, run: args }) => {
             let node = ledger::node::start(ledger::node::NodeConfig {
                 node_id: args.node_id,
-                data_dir: args.data_dir,
+                data_dir: args.data_dir.context("--data-dir is required")?,
                 listen: args.listen,
                 bootstrap: args.bootstrap,
                 init_members: args.init_members,
@@ -392,6 +521,9 @@ async fn run(command: Command) -> anyhow::Result<()> {
                 operator_key: args.operator_key,
                 clock: args.clock.clock(),
                 snapshot_after_entries: args.snapshot_after_entries,
+                node_key: args.node_key,
+                signature_interval: (args.signature_interval_ms > 0)
+                    .then(|| std::time::Duration::from_millis(args.signature_interval_ms)),
             })
             .await?;
             write_ready_file(args.ready_file.as_deref(), node.address)?;

@@ -139,6 +139,8 @@ pub async fn run(args: SandboxArgs) -> anyhow::Result<()> {
             operator_key: (*id == 1).then(|| operator_key.clone()),
             clock,
             snapshot_after_entries: ledger::limits::SNAPSHOT_AFTER_ENTRIES_DEFAULT,
+            node_key: None,
+            signature_interval: Some(ledger::limits::SIGNATURE_INTERVAL_DEFAULT),
         };
         starting.push(tokio::spawn(ledger::node::start(config)));
     }
@@ -147,6 +149,18 @@ pub async fn run(args: SandboxArgs) -> anyhow::Result<()> {
         nodes.push(node.await??);
     }
     let ledger_urls: Vec<String> = nodes.iter().map(|node| format!("http://{}", node.address)).collect();
+    // The service key endorses each node's signing key, so every receipt verifies offline.
+    let service_key_path = data_dir.join("service.key");
+    if !service_key_path.exists() {
+        std::fs::write(&service_key_path, hex::encode(rand::random::<[u8; 32]>()))?;
+    }
+    let service_key = ledger::node::read_signing_key(&service_key_path)?;
+    let operator = ledger::node::read_signing_key(&operator_key)?;
+    let endorse_http = reqwest::Client::new();
+    for url in &ledger_urls {
+        ledger::node::endorse_node(&endorse_http, &ledger_urls[0], url, &service_key, &operator).await?;
+    }
+    println!("service public key (verify receipts with it): {}", hex::encode(service_key.verifying_key().to_bytes()));
     // Billing reads a follower: what it serves is what the cluster committed.
     let ledger_url = ledger_urls[1].clone();
     let gateway = gateway::start(gateway::GatewayConfig {

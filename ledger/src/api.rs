@@ -120,6 +120,11 @@ pub struct AppState {
     pub http: reqwest::Client,
     /// Transactions this node proposed without waiting that have not been applied yet.
     pub pending: Arc<Mutex<std::collections::HashSet<TxId>>>,
+    /// This node's key for signing Merkle roots.
+    pub node_key: Arc<ed25519_dalek::SigningKey>,
+    /// Signature transactions are proposed this often while the leader has unsigned entries;
+    /// `None` switches them off (benchmarks only), and clients then wait for commit alone.
+    pub signature_interval: Option<std::time::Duration>,
 }
 
 /// Header marking a request a follower forwarded, so it is never forwarded twice.
@@ -133,6 +138,9 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/customers/{customer_id}/account", get(customer_account))
         .route("/v1/transactions", get(list_transactions))
         .route("/v1/transactions/{tx_id}", get(transaction_status))
+        .route("/v1/transactions/{tx_id}/claims", get(transaction_claims))
+        .route("/v1/receipts/{tx_id}", get(receipt))
+        .route("/v1/history", get(history))
         .route("/v1/admin", post(submit_admin))
         .route("/v1/config", get(public_config))
         .route("/healthz", get(healthz))
@@ -287,14 +295,25 @@ async fn propose_as(app: &AppState, tx_id: TxId, body: TxBody) -> Result<(u64, T
     }
     let started = std::time::Instant::now();
     let result = tokio::time::timeout(COMMIT_WAIT_MAX, app.raft.client_write(tx)).await;
-    app.metrics.commit_latency_ms.observe(started.elapsed().as_millis() as u64);
     match result {
         Err(_) => Err(ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "commit_timeout", "not committed in time; retry")),
         Ok(Err(error)) => {
             tracing::warn!(%error, "client write failed");
             Err(ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "write_failed", error.to_string()))
         }
-        Ok(Ok(response)) => Ok((response.log_id.index, response.data)),
+        Ok(Ok(response)) => {
+            let index = response.log_id.index;
+            // Committed for clients only once a later signature covers it (DESIGN.md).
+            if app.signature_interval.is_some() && !app.store.wait_signed(index, COMMIT_WAIT_MAX).await {
+                return Err(ApiError::new(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "not_signed",
+                    format!("applied at {index} but no signature covers it yet; query its status"),
+                ));
+            }
+            app.metrics.commit_latency_ms.observe(started.elapsed().as_millis() as u64);
+            Ok((index, response.data))
+        }
     }
 }
 
@@ -488,13 +507,12 @@ async fn transaction_status(
     State(app): State<AppState>,
     Path(tx_id): Path<String>,
 ) -> Result<Json<domain::api::TransactionStatus>, ApiError> {
-    let bytes: [u8; 16] = hex::decode(&tx_id)
-        .ok()
-        .and_then(|bytes| bytes.try_into().ok())
-        .ok_or_else(|| ApiError::new(StatusCode::BAD_REQUEST, "bad_tx_id", "a transaction id is 32 hex characters"))?;
-    let id = TxId(bytes);
+    let id = parse_tx_id(&tx_id)?;
     let (status, log_index) = match state::transaction_index(&app.store.state(), &id) {
-        Some(index) => ("committed", Some(index)),
+        Some(index) if app.signature_interval.is_none() || app.store.signed_index() >= index => {
+            ("committed", Some(index))
+        }
+        Some(index) => ("pending", Some(index)),
         None if app.pending.lock().expect("pending lock is never poisoned").contains(&id) => ("pending", None),
         None => ("unknown", None),
     };
@@ -515,26 +533,25 @@ async fn list_transactions(
             }
         }
     }
-    let applied = app.store.applied_index();
-    let entries = app
-        .store
-        .log_entries(query.from, limit)
-        .map_err(|error| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "storage", error.to_string()))?;
+    let records = app.store.history_range(query.from, limit).map_err(storage_error)?;
     let mut next = query.from;
     let mut transactions = Vec::new();
-    for entry in entries.into_iter().filter(|entry| entry.log_id.index <= applied) {
-        next = entry.log_id.index + 1;
+    for (index, record) in records {
+        let entry = crate::entry::decode_entry(&record.entry).map_err(storage_error)?;
+        next = index + 1;
         let summary = match &entry.payload {
             EntryPayload::Normal(tx) => {
                 let (kind, reading_digests) = match &tx.body {
                     TxBody::Admin(_) => ("admin", Vec::new()),
                     TxBody::Tick => ("tick", Vec::new()),
+                    TxBody::SignatureMarker => ("signature_marker", Vec::new()),
+                    TxBody::Signature(_) => ("signature", Vec::new()),
                     TxBody::Readings(batch) => {
                         ("readings", batch.readings.iter().map(|item| item.reading.digest().to_string()).collect())
                     }
                 };
                 TransactionSummary {
-                    index: entry.log_id.index,
+                    index,
                     tx_id: tx.tx_id.to_string(),
                     kind: kind.to_string(),
                     time_ms: tx.time.0,
@@ -542,7 +559,7 @@ async fn list_transactions(
                 }
             }
             EntryPayload::Blank | EntryPayload::Membership(_) => TransactionSummary {
-                index: entry.log_id.index,
+                index,
                 tx_id: String::new(),
                 kind: if matches!(entry.payload, EntryPayload::Blank) { "blank" } else { "membership" }.to_string(),
                 time_ms: 0,
@@ -552,6 +569,98 @@ async fn list_transactions(
         transactions.push(summary);
     }
     Ok(Json(TransactionPage { transactions, next }))
+}
+
+fn storage_error(error: impl std::fmt::Display) -> ApiError {
+    ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "storage", error.to_string())
+}
+
+fn parse_tx_id(text: &str) -> Result<TxId, ApiError> {
+    hex::decode(text)
+        .ok()
+        .and_then(|bytes| bytes.try_into().ok())
+        .map(TxId)
+        .ok_or_else(|| ApiError::new(StatusCode::BAD_REQUEST, "bad_tx_id", "a transaction id is 32 hex characters"))
+}
+
+/// The history record of a committed transaction, by id.
+fn record_of(app: &AppState, tx_id: &str) -> Result<(u64, crate::store::HistoryRecord), ApiError> {
+    let id = parse_tx_id(tx_id)?;
+    let index = state::transaction_index(&app.store.state(), &id)
+        .ok_or_else(|| ApiError::new(StatusCode::NOT_FOUND, "unknown_transaction", "no such committed transaction"))?;
+    let record = app.store.history(index).map_err(storage_error)?.ok_or_else(|| {
+        ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "history_missing", "this node is still fetching older history")
+    })?;
+    Ok((index, record))
+}
+
+/// `GET /v1/transactions/{tx_id}/claims`: the claims document bound into the transaction's leaf.
+async fn transaction_claims(State(app): State<AppState>, Path(tx_id): Path<String>) -> Result<Response, ApiError> {
+    let (_, record) = record_of(&app, &tx_id)?;
+    let claims = record
+        .claims
+        .ok_or_else(|| ApiError::new(StatusCode::NOT_FOUND, "no_claims", "this transaction binds no claims"))?;
+    Ok(([(axum::http::header::CONTENT_TYPE, "text/plain; charset=utf-8")], claims).into_response())
+}
+
+#[derive(Debug, Deserialize)]
+struct ReceiptQuery {
+    /// `json` for a readable view; otherwise the canonical bytes.
+    format: Option<String>,
+}
+
+/// `GET /v1/receipts/{tx_id}`: the receipt of a committed transaction (`docs/receipts.md`).
+async fn receipt(
+    State(app): State<AppState>,
+    Path(tx_id): Path<String>,
+    Query(query): Query<ReceiptQuery>,
+) -> Result<Response, ApiError> {
+    let (index, _) = record_of(&app, &tx_id)?;
+    let receipt = crate::receipts::build(&app.store, index).map_err(|error| match error {
+        crate::receipts::ReceiptUnavailable::NotSigned => {
+            ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "not_signed", "no signature covers it yet; retry")
+        }
+        crate::receipts::ReceiptUnavailable::NotEndorsed { node_id } => ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "not_endorsed",
+            format!("node {node_id} signed the root but its key has no endorsement yet"),
+        ),
+        crate::receipts::ReceiptUnavailable::Storage(message) => storage_error(message),
+    })?;
+    Ok(if query.format.as_deref() == Some("json") {
+        Json(receipt).into_response()
+    } else {
+        ([(axum::http::header::CONTENT_TYPE, "application/octet-stream")], receipt.encode()).into_response()
+    })
+}
+
+#[derive(Debug, Deserialize)]
+struct HistoryQuery {
+    from: u64,
+    limit: Option<u64>,
+}
+
+/// One history record, hex-encoded, for peers fetching older history.
+#[derive(Debug, serde::Serialize, Deserialize)]
+pub struct HistoryItem {
+    pub index: u64,
+    pub record: String,
+}
+
+/// `GET /v1/history?from=N&limit=M`: consecutive history records, for a node that joined from a
+/// snapshot and fetches what came before it.
+async fn history(
+    State(app): State<AppState>,
+    Query(query): Query<HistoryQuery>,
+) -> Result<Json<Vec<HistoryItem>>, ApiError> {
+    let limit = query.limit.unwrap_or(TRANSACTION_PAGE_MAX).clamp(1, TRANSACTION_PAGE_MAX);
+    let records = app.store.history_range(query.from, limit).map_err(storage_error)?;
+    Ok(Json(
+        records
+            .into_iter()
+            .map(|(index, record)| HistoryItem { index, record: hex::encode(record.encode()) })
+            .collect(),
+    ))
 }
 
 async fn healthz(State(app): State<AppState>) -> Response {
@@ -565,6 +674,8 @@ async fn healthz(State(app): State<AppState>) -> Response {
         "applied_index": metrics.last_applied.map(|log_id| log_id.index),
         "snapshot_index": metrics.snapshot.map(|log_id| log_id.index),
         "purged_index": metrics.purged.map(|log_id| log_id.index),
+        "signed_index": app.store.signed_index(),
+        "node_key": hex::encode(app.node_key.verifying_key().to_bytes()),
     });
     let status = if metrics.current_leader.is_some() { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
     (status, Json(body)).into_response()

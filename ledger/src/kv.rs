@@ -24,10 +24,13 @@ pub enum Cf {
     Public,
     /// State restricted to the parties entitled to it.
     Private,
+    /// The ledger's history: every applied entry with its claims, leaf and the root after it.
+    /// Not purged with the raft log and not part of snapshots.
+    History,
 }
 
 impl Cf {
-    pub const ALL: [Cf; 5] = [Cf::Log, Cf::Raft, Cf::SmMeta, Cf::Public, Cf::Private];
+    pub const ALL: [Cf; 6] = [Cf::Log, Cf::Raft, Cf::SmMeta, Cf::Public, Cf::Private, Cf::History];
 
     pub fn name(self) -> &'static str {
         match self {
@@ -36,6 +39,7 @@ impl Cf {
             Cf::SmMeta => "sm_meta",
             Cf::Public => "public",
             Cf::Private => "private",
+            Cf::History => "history",
         }
     }
 }

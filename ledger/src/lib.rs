@@ -2,12 +2,14 @@
 //! deduplicates and settles readings, and the HTTP API that gateways and billing use.
 
 pub mod api;
+pub mod audit;
 pub mod danger;
 pub mod entry;
 pub mod kv;
 pub mod limits;
 pub mod network;
 pub mod node;
+pub mod receipts;
 pub mod runtime;
 pub mod simulation;
 pub mod snapshot;

@@ -31,3 +31,15 @@ pub const LEADER_WAIT_MAX: Duration = Duration::from_secs(30);
 
 /// How long the initialising node waits for the other initial members to accept connections.
 pub const INIT_PEERS_WAIT_MAX: Duration = Duration::from_secs(10);
+
+/// Default interval of signature transactions while entries are unsigned (CCF: 1 s; DESIGN.md: 50 ms).
+pub const SIGNATURE_INTERVAL_DEFAULT: Duration = Duration::from_millis(50);
+
+/// Sign sooner than the interval once this many entries are unsigned.
+pub const SIGNATURE_EVERY_ENTRIES: u64 = 1_000;
+
+/// How often the leader's signature loop looks at the log.
+pub const SIGNATURE_POLL: Duration = Duration::from_millis(5);
+
+/// How often a node missing older history (it joined from a snapshot) tries to fetch it.
+pub const HISTORY_FETCH_INTERVAL: Duration = Duration::from_secs(1);

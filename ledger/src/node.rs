@@ -11,9 +11,11 @@ use anyhow::{bail, Context};
 use domain::api::MeterInfo;
 use domain::api::{SubmitAdmin, SubmitAdminResponse};
 use domain::clock::Clock;
+use domain::ids::TxId;
 use domain::ids::{CustomerId, KeyId};
 use domain::money::{Currency, UnitPrice};
-use domain::tx::{AdminAction, SignedAdmin};
+use domain::settlement::RULES_VERSION;
+use domain::tx::{AdminAction, RootSignature, SignedAdmin, Transaction, TxBody};
 use ed25519_dalek::SigningKey;
 use openraft::{BasicNode, Config, Raft, SnapshotPolicy};
 use rust_decimal::Decimal;
@@ -50,6 +52,12 @@ pub struct NodeConfig {
     pub clock: Clock,
     /// Build a snapshot (and purge the log behind it) after this many entries.
     pub snapshot_after_entries: u64,
+    /// File holding this node's Ed25519 signing key for Merkle roots; `None`: `DATA_DIR/node.key`,
+    /// created on first start.
+    pub node_key: Option<PathBuf>,
+    /// How often the leader signs the Merkle root while entries are unsigned; `None` turns
+    /// signature transactions off (benchmarks only).
+    pub signature_interval: Option<std::time::Duration>,
 }
 
 /// The admin configuration file (TOML).
@@ -76,6 +84,7 @@ pub struct NodeHandle {
     pub raft: Raft<crate::entry::TypeConfig>,
     shutdown: Option<oneshot::Sender<()>>,
     server: JoinHandle<()>,
+    tasks: Vec<JoinHandle<()>>,
 }
 
 impl std::fmt::Debug for NodeHandle {
@@ -91,6 +100,9 @@ impl NodeHandle {
             let _ = shutdown.send(());
         }
         let _ = (&mut self.server).await;
+        for task in &self.tasks {
+            task.abort();
+        }
         if let Err(error) = self.raft.shutdown().await {
             tracing::warn!(%error, "raft shutdown");
         }
@@ -128,7 +140,16 @@ pub async fn start(config: NodeConfig) -> anyhow::Result<NodeHandle> {
     let listener =
         tokio::net::TcpListener::bind(config.listen).await.with_context(|| format!("binding {}", config.listen))?;
     let address = listener.local_addr()?;
+    let node_key_path = config.node_key.clone().unwrap_or_else(|| config.data_dir.join("node.key"));
+    let node_key = Arc::new(load_or_create_key(&node_key_path)?);
+    tracing::info!(
+        node_id = config.node_id,
+        node_key = %hex::encode(node_key.verifying_key().to_bytes()),
+        "node signing key loaded"
+    );
     let app = AppState {
+        node_key,
+        signature_interval: config.signature_interval,
         node_id: config.node_id,
         raft: raft.clone(),
         store: store.clone(),
@@ -150,6 +171,8 @@ pub async fn start(config: NodeConfig) -> anyhow::Result<NodeHandle> {
         }
     });
     tracing::info!(node_id = config.node_id, %address, "ledger node serving");
+    let signer = config.signature_interval.map(|interval| tokio::spawn(sign_roots(app.clone(), interval)));
+    let backfill = tokio::spawn(fetch_missing_history(app.clone()));
     if !raft.is_initialized().await? {
         let lowest = config.init_members.iter().map(|(id, _)| *id).min();
         if config.bootstrap {
@@ -173,7 +196,184 @@ pub async fn start(config: NodeConfig) -> anyhow::Result<NodeHandle> {
         wait_for_leader(&raft).await?;
         load_admin_config(&app, address, admin_config, &key).await?;
     }
-    Ok(NodeHandle { address, raft, shutdown: Some(shutdown_sender), server })
+    Ok(NodeHandle {
+        address,
+        raft,
+        shutdown: Some(shutdown_sender),
+        server,
+        tasks: signer.into_iter().chain([backfill]).collect(),
+    })
+}
+
+/// Reads a signing key file, or creates one (mode 0600) if there is none.
+fn load_or_create_key(path: &Path) -> anyhow::Result<SigningKey> {
+    if path.exists() {
+        return read_signing_key(path);
+    }
+    let secret: [u8; 32] = rand::random();
+    write_secret(path, &hex::encode(secret))?;
+    Ok(SigningKey::from_bytes(&secret))
+}
+
+fn write_secret(path: &Path, text: &str) -> anyhow::Result<()> {
+    use std::io::Write as _;
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create_new(true);
+    #[cfg(unix)]
+    std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
+    let mut file = options.open(path).with_context(|| format!("creating key file {}", path.display()))?;
+    file.write_all(text.as_bytes())?;
+    file.sync_all()?;
+    Ok(())
+}
+
+/// The leader's signature loop (DESIGN.md, two steps): while entries are unsigned, every
+/// `interval` or every `SIGNATURE_EVERY_ENTRIES` entries, propose a marker, take the root this
+/// node computed when applying it, and propose the signed root. A marker left pending by an
+/// earlier leader is signed first.
+async fn sign_roots(app: AppState, interval: std::time::Duration) {
+    let mut last_signed_at = tokio::time::Instant::now();
+    loop {
+        tokio::time::sleep(crate::limits::SIGNATURE_POLL).await;
+        if app.raft.metrics().borrow().current_leader != Some(app.node_id) {
+            continue;
+        }
+        let view = app.store.state();
+        let applied = app.store.applied_index();
+        let signed_through = state::last_signed(&view).map(|(_, signature_index)| signature_index);
+        let unsigned = applied.saturating_sub(signed_through.unwrap_or(0));
+        let marker = match state::pending_marker(&view) {
+            Some(marker) => marker,
+            None => {
+                let due = unsigned >= crate::limits::SIGNATURE_EVERY_ENTRIES || last_signed_at.elapsed() >= interval;
+                if unsigned == 0 || !due {
+                    continue;
+                }
+                match app.raft.client_write(internal_transaction(&app, TxBody::SignatureMarker)).await {
+                    Ok(response) => response.log_id.index,
+                    Err(error) => {
+                        tracing::debug!(%error, "signature marker not committed");
+                        continue;
+                    }
+                }
+            }
+        };
+        let root = match app.store.history(marker) {
+            Ok(Some(record)) => record.root,
+            _ => continue, // not applied here yet
+        };
+        let signature = RootSignature::sign(marker, root, app.node_id, &app.node_key);
+        if let Err(error) = app.raft.client_write(internal_transaction(&app, TxBody::Signature(signature))).await {
+            tracing::debug!(%error, "signature not committed");
+            continue;
+        }
+        last_signed_at = tokio::time::Instant::now();
+    }
+}
+
+fn internal_transaction(app: &AppState, body: TxBody) -> Transaction {
+    Transaction { tx_id: TxId(rand::random()), rules_version: RULES_VERSION, time: app.clock.now(), body }
+}
+
+/// A node that joined from a snapshot has no history before it. This fetches the missing
+/// records from peers, checks that their leaves lead to the root this node holds for the first
+/// entry it applied itself, and stores them, so receipts and audit work for every transaction.
+async fn fetch_missing_history(app: AppState) {
+    let http = app.http.clone();
+    loop {
+        tokio::time::sleep(crate::limits::HISTORY_FETCH_INTERVAL).await;
+        let Ok(Some(start)) = app.store.history_start() else { continue };
+        if start == 0 {
+            return; // complete
+        }
+        let peers: Vec<String> = {
+            let metrics = app.raft.metrics().borrow().clone();
+            metrics
+                .membership_config
+                .membership()
+                .nodes()
+                .filter(|(id, _)| **id != app.node_id)
+                .map(|(_, node)| node.addr.clone())
+                .collect()
+        };
+        for peer in peers {
+            match fetch_history_from(&app, &http, &peer, start).await {
+                Ok(count) => {
+                    tracing::info!(%peer, records = count, "fetched history older than this node's snapshot");
+                    break;
+                }
+                Err(error) => tracing::warn!(%peer, %error, "fetching older history failed"),
+            }
+        }
+    }
+}
+
+async fn fetch_history_from(app: &AppState, http: &reqwest::Client, peer: &str, start: u64) -> anyhow::Result<u64> {
+    let mut records = Vec::new();
+    let mut frontier = domain::merkle::Frontier::default();
+    while (records.len() as u64) < start {
+        let from = records.len() as u64;
+        let limit = (start - from).min(crate::limits::TRANSACTION_PAGE_MAX);
+        let page: Vec<crate::api::HistoryItem> = http
+            .get(format!("http://{peer}/v1/history?from={from}&limit={limit}"))
+            .send()
+            .await?
+            .error_for_status()?
+            .json()
+            .await?;
+        if page.is_empty() {
+            bail!("peer has no history from {from}");
+        }
+        for item in page {
+            let record = crate::store::HistoryRecord::decode(&hex::decode(&item.record)?)?;
+            if item.index != records.len() as u64 || record.computed_leaf()? != record.leaf {
+                bail!("peer sent a record that does not match its own leaf at {}", item.index);
+            }
+            frontier.append(record.leaf);
+            if frontier.root() != Some(record.root) {
+                bail!("peer's record {} does not lead to its stated root", item.index);
+            }
+            records.push((item.index, record));
+        }
+    }
+    // Our own first record's root must follow from the fetched leaves plus our own first leaf.
+    let first = app.store.history(start)?.context("own history record vanished")?;
+    frontier.append(first.leaf);
+    if frontier.root() != Some(first.root) {
+        bail!("the peer's history does not lead to this node's root at {start}");
+    }
+    app.store.put_history(&records)?;
+    Ok(records.len() as u64)
+}
+
+/// Endorses a node's signing key with the service key: reads the node's key from its `/healthz`
+/// and submits an operator-signed `EndorseNode` admin transaction to the ledger.
+pub async fn endorse_node(
+    http: &reqwest::Client,
+    ledger_url: &str,
+    node_url: &str,
+    service_key: &SigningKey,
+    operator_key: &SigningKey,
+) -> anyhow::Result<SubmitAdminResponse> {
+    let health: serde_json::Value = http.get(format!("{node_url}/healthz")).send().await?.json().await?;
+    let node_id = health["node_id"].as_u64().context("node_id in the node's /healthz")?;
+    let node_key: [u8; 32] = hex::decode(health["node_key"].as_str().context("node_key in the node's /healthz")?)?
+        .try_into()
+        .map_err(|_| anyhow::anyhow!("node_key is not 32 bytes"))?;
+    let config: serde_json::Value =
+        http.get(format!("{ledger_url}/v1/config")).send().await?.error_for_status()?.json().await?;
+    let nonce = config["admin_nonce"].as_u64().context("admin_nonce in /v1/config")? + 1;
+    let action = AdminAction::EndorseNode {
+        node_id,
+        node_key,
+        service_key: service_key.verifying_key().to_bytes(),
+        endorsement: domain::receipt::endorse(service_key, node_id, &node_key),
+    };
+    let response = submit_admin_to(http, ledger_url, &SignedAdmin::sign(nonce, action, operator_key)).await?;
+    if let Some(reason) = &response.refused {
+        bail!("the ledger refused the endorsement: {reason}");
+    }
+    Ok(response)
 }
 
 /// Waits (bounded) until every other initial member accepts connections, so the first election

@@ -436,8 +436,31 @@ pub fn check_books(state: &dyn StateRead, private: &[(Vec<u8>, Vec<u8>)]) -> Res
 
 // ---- apply ------------------------------------------------------------------------------------
 
-/// Applies one committed transaction at `log_index`.
-pub fn apply(state: &mut Overlay<'_>, log_index: u64, tx: &Transaction) -> TxResult {
+/// What applying one transaction produced.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Applied {
+    pub result: TxResult,
+    /// The claims document bound into the transaction's Merkle leaf (readings: one settlement
+    /// line per reading; `docs/receipts.md`).
+    pub claims: Option<Vec<u8>>,
+}
+
+/// A committed entry this node must not apply: the cluster disagrees with it, so it stops.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("entry {log_index}: {reason}")]
+pub struct Halt {
+    pub log_index: u64,
+    pub reason: String,
+}
+
+/// Applies one committed transaction at `log_index`. `root_at(i)` is this node's Merkle root
+/// over entries `0..=i` (for checking signature transactions).
+pub fn apply(
+    state: &mut Overlay<'_>,
+    log_index: u64,
+    tx: &Transaction,
+    root_at: &dyn Fn(u64) -> Option<[u8; 32]>,
+) -> Result<Applied, Halt> {
     assert!(
         supports_rules_version(tx.rules_version),
         "entry {log_index} needs rules version {}, which this build cannot execute",
@@ -445,11 +468,140 @@ pub fn apply(state: &mut Overlay<'_>, log_index: u64, tx: &Transaction) -> TxRes
     );
     // Where each transaction landed, so any node can answer "is my transaction committed?".
     state.put(Table::Public, key_transaction(&tx.tx_id), log_index.to_be_bytes().to_vec());
-    match &tx.body {
-        TxBody::Admin(admin) => TxResult { readings: Vec::new(), admin_refused: apply_admin(state, admin).err() },
-        TxBody::Readings(batch) => TxResult { readings: apply_readings(state, log_index, batch), admin_refused: None },
-        TxBody::Tick => TxResult::default(),
+    Ok(match &tx.body {
+        TxBody::Admin(admin) => Applied {
+            result: TxResult { readings: Vec::new(), admin_refused: apply_admin(state, admin).err() },
+            claims: None,
+        },
+        TxBody::Readings(batch) => {
+            let (readings, claims) = apply_readings(state, log_index, batch);
+            Applied { result: TxResult { readings, admin_refused: None }, claims: Some(claims) }
+        }
+        TxBody::Tick => Applied::default(),
+        TxBody::SignatureMarker => {
+            state.put(Table::Public, KEY_PENDING_MARKER.to_vec(), log_index.to_be_bytes().to_vec());
+            Applied::default()
+        }
+        TxBody::Signature(signature) => Applied {
+            result: TxResult {
+                readings: Vec::new(),
+                admin_refused: apply_signature(state, log_index, signature, root_at)?,
+            },
+            claims: None,
+        },
+    })
+}
+
+const KEY_PENDING_MARKER: &[u8] = b"pending_marker";
+const KEY_LAST_SIGNED: &[u8] = b"last_signed";
+const KEY_SERVICE_KEY: &[u8] = b"service_key";
+/// Prefix of signature records, keyed by big-endian marker index.
+pub const SIGNATURE_PREFIX: &[u8] = b"s/";
+
+pub fn key_signature(marker_index: u64) -> Vec<u8> {
+    [SIGNATURE_PREFIX, &marker_index.to_be_bytes()].concat()
+}
+fn key_endorsement(node_id: u64, node_key: &[u8; 32]) -> Vec<u8> {
+    [b"n/".as_slice(), &node_id.to_be_bytes(), node_key].concat()
+}
+
+/// A committed signature over the root at a marker.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SignatureRecord {
+    pub signature: domain::tx::RootSignature,
+    /// Where the signature transaction itself sits.
+    pub log_index: u64,
+}
+
+impl SignatureRecord {
+    fn encode(&self) -> Vec<u8> {
+        let mut writer = Writer::new();
+        let signature = &self.signature;
+        writer
+            .u64(signature.marker_index)
+            .fixed(&signature.root)
+            .u64(signature.node_id)
+            .fixed(&signature.node_key)
+            .fixed(&signature.signature)
+            .u64(self.log_index);
+        writer.finish()
     }
+    pub fn decode(bytes: &[u8]) -> Result<Self, DecodeError> {
+        let mut reader = Reader::new(bytes);
+        let record = SignatureRecord {
+            signature: domain::tx::RootSignature {
+                marker_index: reader.u64()?,
+                root: reader.array()?,
+                node_id: reader.u64()?,
+                node_key: reader.array()?,
+                signature: reader.array()?,
+            },
+            log_index: reader.u64()?,
+        };
+        reader.finish()?;
+        Ok(record)
+    }
+}
+
+/// The marker waiting for its signature, if any.
+pub fn pending_marker(state: &dyn StateRead) -> Option<u64> {
+    state
+        .get(Table::Public, KEY_PENDING_MARKER)
+        .filter(|bytes| bytes.len() == 8)
+        .map(|bytes| u64::from_be_bytes(bytes.as_slice().try_into().expect("8 bytes")))
+}
+
+/// The last signature: (marker index it covers, log index of the signature transaction).
+pub fn last_signed(state: &dyn StateRead) -> Option<(u64, u64)> {
+    state.get(Table::Public, KEY_LAST_SIGNED).map(|bytes| {
+        let mut reader = Reader::new(&bytes);
+        (decode_or_crash(reader.u64()), decode_or_crash(reader.u64()))
+    })
+}
+
+/// The service key's endorsement of a node key, if recorded.
+pub fn endorsement(state: &dyn StateRead, node_id: u64, node_key: &[u8; 32]) -> Option<[u8; 64]> {
+    state
+        .get(Table::Public, &key_endorsement(node_id, node_key))
+        .map(|bytes| bytes.as_slice().try_into().expect("endorsements are stored as 64 bytes"))
+}
+
+/// The pinned service key, if any node was endorsed.
+pub fn service_key(state: &dyn StateRead) -> Option<[u8; 32]> {
+    state.get(Table::Public, KEY_SERVICE_KEY).map(|bytes| bytes.as_slice().try_into().expect("32 bytes"))
+}
+
+/// Step four of a signature: check the leader's root against this node's own, then record it.
+/// A wrong root or a bad signature halts the node; a signature for a marker that is no longer
+/// pending (two leaders signed it) is refused and changes nothing.
+fn apply_signature(
+    state: &mut Overlay<'_>,
+    log_index: u64,
+    signature: &domain::tx::RootSignature,
+    root_at: &dyn Fn(u64) -> Option<[u8; 32]>,
+) -> Result<Option<String>, Halt> {
+    if pending_marker(state) != Some(signature.marker_index) {
+        return Ok(Some(format!("stale_signature: marker {} is not pending", signature.marker_index)));
+    }
+    let halt = |reason: String| Halt { log_index, reason };
+    let own = root_at(signature.marker_index)
+        .ok_or_else(|| halt(format!("no Merkle root at marker {}", signature.marker_index)))?;
+    if own != signature.root {
+        return Err(halt(format!(
+            "the leader signed root {} at marker {}, this node computed {}",
+            hex::encode(signature.root),
+            signature.marker_index,
+            hex::encode(own)
+        )));
+    }
+    signature.verify().map_err(|error| halt(format!("root signature does not verify: {error}")))?;
+    let record = SignatureRecord { signature: signature.clone(), log_index };
+    state.put(Table::Public, key_signature(signature.marker_index), record.encode());
+    let mut last = Writer::new();
+    last.u64(signature.marker_index).u64(log_index);
+    state.put(Table::Public, KEY_LAST_SIGNED.to_vec(), last.finish());
+    state.put(Table::Public, KEY_PENDING_MARKER.to_vec(), Vec::new());
+    Ok(None)
 }
 
 fn apply_admin(state: &mut Overlay<'_>, admin: &SignedAdmin) -> Result<(), String> {
@@ -506,13 +658,50 @@ fn apply_admin(state: &mut Overlay<'_>, admin: &SignedAdmin) -> Result<(), Strin
                 return Err("no_voters: a cluster needs at least one voter".into());
             }
         }
+        AdminAction::EndorseNode { node_id, node_key, service_key: endorsing_key, endorsement } => {
+            match service_key(state) {
+                // The first endorsement pins the service key.
+                None => state.put(Table::Public, KEY_SERVICE_KEY.to_vec(), endorsing_key.to_vec()),
+                Some(pinned) if pinned == *endorsing_key => {}
+                Some(_) => return Err("not_service_key: endorsed by a key other than the pinned service key".into()),
+            }
+            let message = domain::receipt::endorsement_message(*node_id, node_key);
+            domain::verify::verify_signature(endorsing_key, endorsement, &message)
+                .map_err(|error| format!("bad_endorsement: {error}"))?;
+            state.put(Table::Public, key_endorsement(*node_id, node_key), endorsement.to_vec());
+        }
     }
     state.put(Table::Public, KEY_ADMIN_NONCE.to_vec(), admin.nonce.to_be_bytes().to_vec());
     Ok(())
 }
 
-fn apply_readings(state: &mut Overlay<'_>, log_index: u64, batch: &ReadingBatch) -> Vec<ReadingResult> {
-    batch.readings.iter().map(|item| apply_reading(state, log_index, &item.reading)).collect()
+/// First line of a readings transaction's claims document.
+pub const CLAIMS_HEADER: &str = "wattle.claims.v1";
+
+/// Settles a batch; returns each reading's fate and the claims document: a header line, then per
+/// reading `meter key_id sequence result amount currency` (amount and currency `-` unless
+/// accepted), each line ending in `\n`.
+fn apply_readings(state: &mut Overlay<'_>, log_index: u64, batch: &ReadingBatch) -> (Vec<ReadingResult>, Vec<u8>) {
+    use std::fmt::Write as _;
+    let mut claims = format!("{CLAIMS_HEADER}\n");
+    let mut results = Vec::with_capacity(batch.readings.len());
+    for item in &batch.readings {
+        let result = apply_reading(state, log_index, &item.reading);
+        let reading = item.reading.reading();
+        let _ = write!(claims, "{} {} {} {} ", reading.meter_id, reading.key_id.0, reading.sequence.0, result.code());
+        let settled = (result == ReadingResult::Accepted)
+            .then(|| settled(state, &reading.meter_id, reading.key_id, reading.sequence))
+            .flatten();
+        match settled.zip(meter(state, &reading.meter_id)) {
+            Some((line, record)) => {
+                let currency = customer_currency(state, &record.customer_id).expect("a meter's customer is registered");
+                let _ = writeln!(claims, "{} {currency}", line.amount);
+            }
+            None => claims.push_str("- -\n"),
+        }
+        results.push(result);
+    }
+    (results, claims.into_bytes())
 }
 
 fn apply_reading(state: &mut Overlay<'_>, log_index: u64, verified: &domain::verify::VerifiedReading) -> ReadingResult {
@@ -609,7 +798,7 @@ mod tests {
             let tx =
                 Transaction { tx_id: TxId([index as u8; 16]), rules_version: 1, time: UnixMillis(index as i64), body };
             let mut overlay = Overlay::new(self);
-            let result = apply(&mut overlay, index, &tx);
+            let result = apply(&mut overlay, index, &tx, &|_| None).expect("no halt").result;
             let writes = overlay.writes.puts;
             self.0.borrow_mut().puts.extend(writes);
             result

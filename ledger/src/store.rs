@@ -31,6 +31,7 @@ use crate::entry::{
 use crate::kv::{Batch, Cf, Kv, MemoryKv, RocksKv};
 use crate::snapshot::{read_records, SnapshotFile, SnapshotWriter, FAMILIES};
 use crate::state::{self, Overlay, StateRead, Table, TxResult};
+use domain::merkle;
 
 const KEY_VOTE: &[u8] = b"vote";
 const KEY_COMMITTED: &[u8] = b"committed";
@@ -38,6 +39,7 @@ const KEY_LAST_PURGED: &[u8] = b"last_purged";
 const KEY_LAST_APPLIED: &[u8] = b"last_applied";
 const KEY_MEMBERSHIP: &[u8] = b"membership";
 const KEY_AS_OF: &[u8] = b"as_of_ms";
+const KEY_FRONTIER: &[u8] = b"merkle_frontier";
 
 /// The metadata file naming the current snapshot.
 const SNAPSHOT_CURRENT: &str = "current";
@@ -63,6 +65,51 @@ fn write_error(error: impl std::error::Error + 'static) -> StorageError<NodeId> 
 pub struct Store {
     kv: Arc<dyn Kv>,
     snapshot_dir: PathBuf,
+    /// The highest log index covered by a committed signature (clients wait on it).
+    signed: Arc<tokio::sync::watch::Sender<u64>>,
+    /// Only for openraft's storage suite, which applies non-contiguous indexes.
+    allow_log_gaps: bool,
+}
+
+/// One entry of the ledger's history: its canonical bytes, its claims document, its Merkle leaf
+/// and the root over every entry up to and including it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HistoryRecord {
+    pub entry: Vec<u8>,
+    pub claims: Option<Vec<u8>>,
+    pub leaf: merkle::Hash,
+    pub root: merkle::Hash,
+}
+
+impl HistoryRecord {
+    pub fn encode(&self) -> Vec<u8> {
+        let mut writer = Writer::with_capacity(self.entry.len() + 80);
+        writer.long_bytes(&self.entry);
+        match &self.claims {
+            None => writer.u8(0),
+            Some(claims) => writer.u8(1).long_bytes(claims),
+        };
+        writer.fixed(&self.leaf).fixed(&self.root);
+        writer.finish()
+    }
+    pub fn decode(bytes: &[u8]) -> Result<Self, DecodeError> {
+        let mut reader = Reader::new(bytes);
+        let entry = reader.long_bytes(bytes.len())?.to_vec();
+        let claims = if reader.bool("claims_present")? { Some(reader.long_bytes(bytes.len())?.to_vec()) } else { None };
+        let record = HistoryRecord { entry, claims, leaf: reader.array()?, root: reader.array()? };
+        reader.finish()?;
+        Ok(record)
+    }
+    /// The leaf recomputed from the entry and claims (what the stored leaf must equal).
+    pub fn computed_leaf(&self) -> Result<merkle::Hash, DecodeError> {
+        let entry = decode_entry(&self.entry)?;
+        let tx_id = match &entry.payload {
+            EntryPayload::Normal(tx) => tx.tx_id.0,
+            _ => [0; 16],
+        };
+        let claims = self.claims.as_deref().map_or(merkle::NO_CLAIMS, merkle::sha256);
+        Ok(merkle::leaf_hash(&tx_id, &merkle::sha256(&self.entry), &claims))
+    }
 }
 
 impl Debug for Store {
@@ -93,7 +140,123 @@ impl Store {
                 std::fs::remove_file(&path)?;
             }
         }
-        Ok(Store { kv, snapshot_dir })
+        let mut store =
+            Store { kv, snapshot_dir, signed: Arc::new(tokio::sync::watch::channel(0).0), allow_log_gaps: false };
+        store.signed = Arc::new(tokio::sync::watch::channel(store.signed_index()).0);
+        Ok(store)
+    }
+
+    /// The highest log index a committed signature covers (0 before the first).
+    pub fn signed_index(&self) -> u64 {
+        state::last_signed(&self.state()).map_or(0, |(marker, _)| marker)
+    }
+
+    /// Waits until a committed signature covers `index`; `false` if `limit` passed first.
+    pub async fn wait_signed(&self, index: u64, limit: std::time::Duration) -> bool {
+        let mut receiver = self.signed.subscribe();
+        tokio::time::timeout(limit, receiver.wait_for(|signed| *signed >= index))
+            .await
+            .is_ok_and(|result| result.is_ok())
+    }
+
+    /// The history record at a log index, if this node holds it.
+    pub fn history(&self, index: u64) -> StorageResult<Option<HistoryRecord>> {
+        match self.kv.get(Cf::History, &index.to_be_bytes()).map_err(read_error)? {
+            None => Ok(None),
+            Some(bytes) => Ok(Some(HistoryRecord::decode(&bytes).map_err(read_error)?)),
+        }
+    }
+
+    /// History records from `from`, at most `limit`, in index order (stops at the first gap).
+    pub fn history_range(&self, from: u64, limit: u64) -> StorageResult<Vec<(u64, HistoryRecord)>> {
+        let mut raw = Vec::new();
+        self.kv
+            .scan(Cf::History, &from.to_be_bytes(), &mut |key, value| {
+                let index = u64::from_be_bytes(key.try_into().expect("history keys are 8 bytes"));
+                let next = from + raw.len() as u64;
+                if index != next || raw.len() as u64 >= limit {
+                    return false;
+                }
+                raw.push((index, value.to_vec()));
+                true
+            })
+            .map_err(read_error)?;
+        raw.into_iter().map(|(index, bytes)| Ok((index, HistoryRecord::decode(&bytes).map_err(read_error)?))).collect()
+    }
+
+    /// The stored Merkle leaves of `count` consecutive entries from `from` (stops at a gap).
+    pub fn history_leaves(&self, from: u64, count: u64) -> StorageResult<Vec<merkle::Hash>> {
+        let mut leaves = Vec::new();
+        let mut failure = None;
+        self.kv
+            .scan(Cf::History, &from.to_be_bytes(), &mut |key, value| {
+                let index = u64::from_be_bytes(key.try_into().expect("history keys are 8 bytes"));
+                if index != from + leaves.len() as u64 || leaves.len() as u64 >= count {
+                    return false;
+                }
+                // The leaf and root are the record's last 64 bytes.
+                match value.len().checked_sub(64) {
+                    Some(start) => leaves.push(value[start..start + 32].try_into().expect("32 bytes")),
+                    None => {
+                        failure = Some(index);
+                        return false;
+                    }
+                }
+                true
+            })
+            .map_err(read_error)?;
+        if let Some(index) = failure {
+            return Err(read_error(std::io::Error::other(format!("history record {index} is truncated"))));
+        }
+        Ok(leaves)
+    }
+
+    /// The first key (and value) at or after `from` that starts with `prefix`.
+    pub fn first_from(&self, table: Table, from: &[u8], prefix: &[u8]) -> Option<(Vec<u8>, Vec<u8>)> {
+        let mut found = None;
+        self.kv
+            .scan(table_cf(table), from, &mut |key, value| {
+                if key.starts_with(prefix) {
+                    found = Some((key.to_vec(), value.to_vec()));
+                }
+                false
+            })
+            .expect("state database readable");
+        found
+    }
+
+    /// Stores history records fetched from a peer (below what this node applied itself).
+    pub fn put_history(&self, records: &[(u64, HistoryRecord)]) -> StorageResult<()> {
+        let mut batch = Batch::default();
+        for (index, record) in records {
+            batch.put(Cf::History, index.to_be_bytes(), record.encode());
+        }
+        self.kv.write(batch).map_err(write_error)
+    }
+
+    /// The lowest log index this node holds history for.
+    pub fn history_start(&self) -> StorageResult<Option<u64>> {
+        let mut first = None;
+        self.kv
+            .scan(Cf::History, &[], &mut |key, _| {
+                first = Some(u64::from_be_bytes(key.try_into().expect("history keys are 8 bytes")));
+                false
+            })
+            .map_err(read_error)?;
+        Ok(first)
+    }
+
+    /// The Merkle frontier after the last applied entry.
+    pub fn frontier(&self) -> StorageResult<merkle::Frontier> {
+        match self.kv.get(Cf::SmMeta, KEY_FRONTIER).map_err(read_error)? {
+            None => Ok(merkle::Frontier::default()),
+            Some(bytes) => merkle::Frontier::decode(&bytes).map_err(read_error),
+        }
+    }
+
+    /// Direct access to the database, for `wattle audit` and its tests.
+    pub fn kv(&self) -> &Arc<dyn Kv> {
+        &self.kv
     }
 
     /// The raft log half.
@@ -454,19 +617,53 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
         let mut last_applied = None;
         let mut membership = None;
         let mut as_of = None;
+        let mut frontier = self.store.frontier()?;
+        let mut roots: std::collections::BTreeMap<u64, merkle::Hash> = std::collections::BTreeMap::new();
+        let mut history = Vec::new();
         for entry in entries {
+            let index = entry.log_id.index;
+            // openraft starts a cluster's log at index 0 and applies contiguously, so leaf i is
+            // entry i. openraft's storage suite applies arbitrary indexes; for it alone, missing
+            // indexes get empty leaves.
+            while self.store.allow_log_gaps && frontier.size() < index {
+                frontier.append(merkle::leaf_hash(&[0; 16], &merkle::sha256(&[]), &merkle::NO_CLAIMS));
+            }
+            if frontier.size() != index {
+                return Err(write_error(std::io::Error::other(format!(
+                    "Merkle tree holds {} leaves but the next entry is {index}",
+                    frontier.size()
+                ))));
+            }
+            let bytes = encode_entry(&entry);
             last_applied = Some(entry.log_id);
-            match entry.payload {
-                EntryPayload::Blank => results.push(TxResult::default()),
+            let (tx_id, claims) = match entry.payload {
+                EntryPayload::Blank => {
+                    results.push(TxResult::default());
+                    ([0; 16], None)
+                }
                 EntryPayload::Normal(tx) => {
                     as_of = Some(tx.time.0);
-                    results.push(state::apply(&mut overlay, entry.log_id.index, &tx));
+                    let store = &self.store;
+                    let root_at = |at: u64| {
+                        roots.get(&at).copied().or_else(|| store.history(at).ok().flatten().map(|record| record.root))
+                    };
+                    let applied = state::apply(&mut overlay, index, &tx, &root_at)
+                        .map_err(|halt| write_error(std::io::Error::other(halt.to_string())))?;
+                    results.push(applied.result);
+                    (tx.tx_id.0, applied.claims)
                 }
                 EntryPayload::Membership(config) => {
                     membership = Some(StoredMembership::new(Some(entry.log_id), config));
                     results.push(TxResult::default());
+                    ([0; 16], None)
                 }
-            }
+            };
+            let claims_digest = claims.as_deref().map_or(merkle::NO_CLAIMS, merkle::sha256);
+            let leaf = merkle::leaf_hash(&tx_id, &merkle::sha256(&bytes), &claims_digest);
+            frontier.append(leaf);
+            let root = frontier.root().expect("a leaf was just appended");
+            roots.insert(index, root);
+            history.push((index, HistoryRecord { entry: bytes, claims, leaf, root }));
         }
         let Some(last_applied) = last_applied else {
             return Ok(results);
@@ -486,7 +683,12 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
         if let Some(as_of) = as_of {
             batch.put(Cf::SmMeta, KEY_AS_OF, as_of.to_be_bytes().to_vec());
         }
+        batch.put(Cf::SmMeta, KEY_FRONTIER, frontier.encode());
+        for (index, record) in history {
+            batch.put(Cf::History, index.to_be_bytes(), record.encode());
+        }
         self.store.kv.write(batch).map_err(write_error)?;
+        self.store.signed.send_replace(self.store.signed_index());
         Ok(results)
     }
 
@@ -537,6 +739,7 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
         batch.put(Cf::SmMeta, KEY_MEMBERSHIP, writer.finish());
         self.store.kv.write(batch).map_err(write_error)?;
         self.publish_snapshot(meta, &part)?;
+        self.store.signed.send_replace(self.store.signed_index());
         Ok(())
     }
 
@@ -573,8 +776,9 @@ mod tests {
     impl StoreBuilder<TypeConfig, LogStore, StateMachineStore, tempfile::TempDir> for RocksBuilder {
         async fn build(&self) -> StorageResult<(tempfile::TempDir, LogStore, StateMachineStore)> {
             let dir = tempfile::tempdir().map_err(write_error)?;
-            let store =
+            let mut store =
                 Store::open(dir.path()).map_err(|error| write_error(std::io::Error::other(error.to_string())))?;
+            store.allow_log_gaps = true;
             Ok((dir, store.log_store(), store.state_machine()))
         }
     }
