@@ -305,6 +305,55 @@ async fn a_node_joining_after_the_log_was_purged_installs_a_snapshot() -> anyhow
     let status = health(&http, ports[3]).await.context("node 4 health")?;
     let snapshot = status["snapshot_index"].as_u64().context("node 4 installed a snapshot")?;
     assert!(snapshot >= purged, "node 4's state came from a snapshot covering the purged log ({snapshot} < {purged})");
+
+    // Node 4 fetched the history before its snapshot from a peer: it serves a valid receipt for a
+    // transaction older than the snapshot.
+    let keygen = wattle().arg("keygen").arg("--out").arg(path("service.key")).output()?;
+    anyhow::ensure!(keygen.status.success(), "keygen failed");
+    let service_public = String::from_utf8(keygen.stdout)?.trim().to_string();
+    for port in &ports {
+        let endorse = wattle()
+            .args(["node", "endorse", "--ledger", &ledger_urls[0], "--node", &format!("http://127.0.0.1:{port}")])
+            .arg("--service-key")
+            .arg(path("service.key"))
+            .arg("--operator-key")
+            .arg(path("operator.key"))
+            .output()?;
+        anyhow::ensure!(endorse.status.success(), "endorse failed: {}", String::from_utf8_lossy(&endorse.stderr));
+    }
+    let page: serde_json::Value =
+        http.get(format!("{}/v1/transactions?from=0&limit=1000", ledger_urls[0])).send().await?.json().await?;
+    let old = page["transactions"]
+        .as_array()
+        .context("transactions")?
+        .iter()
+        .find(|tx| tx["kind"] == "readings" && tx["index"].as_u64().is_some_and(|index| index < snapshot))
+        .context("a readings transaction older than node 4's snapshot")?;
+    let tx_id = old["tx_id"].as_str().context("tx_id")?.to_string();
+    let node_four_url = format!("http://127.0.0.1:{}", ports[3]);
+    let receipt = poll_until("node 4 serves the old receipt", Duration::from_secs(60), || {
+        let request = http.get(format!("{node_four_url}/v1/receipts/{tx_id}")).send();
+        async move {
+            let response = request.await.ok()?;
+            if !response.status().is_success() {
+                return None;
+            }
+            response.bytes().await.ok()
+        }
+    })
+    .await
+    .with_context(|| format!("node 4 log:\n{}", node_four.log_tail()))?;
+    let claims = http.get(format!("{node_four_url}/v1/transactions/{tx_id}/claims")).send().await?.text().await?;
+    std::fs::write(path("old-receipt.bin"), &receipt)?;
+    std::fs::write(path("old-claims.txt"), &claims)?;
+    let verify = wattle()
+        .args(["receipt", "verify"])
+        .arg(path("old-receipt.bin"))
+        .args(["--service-key", &service_public])
+        .arg("--claims")
+        .arg(path("old-claims.txt"))
+        .output()?;
+    assert!(verify.status.success(), "node 4's receipt does not verify: {}", String::from_utf8_lossy(&verify.stderr));
     drop(processes);
     Ok(())
 }

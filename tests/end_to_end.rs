@@ -205,9 +205,15 @@ async fn signed_readings_become_bills_equal_to_ground_truth() -> anyhow::Result<
         http.get(format!("{ledger_url}/v1/transactions?from={next_index}&wait_ms=10000")).send().await?.json().await?;
     let streamed = streamed["transactions"].as_array().context("transactions")?;
     assert!(streamed.iter().any(|t| t["tx_id"] == tx_id.as_str()), "the long-poll returns the new transaction");
-    let status: serde_json::Value =
-        http.get(format!("{ledger_url}/v1/transactions/{tx_id}")).send().await?.json().await?;
-    assert_eq!(status["status"], "committed", "{status}");
+    // Applied at once; committed for clients once a signature transaction covers it (≤ ~50 ms).
+    poll_until("the transaction is committed", Duration::from_secs(10), || {
+        let request = http.get(format!("{ledger_url}/v1/transactions/{tx_id}")).send();
+        async move {
+            let status: serde_json::Value = request.await.ok()?.json().await.ok()?;
+            (status["status"] == "committed").then_some(())
+        }
+    })
+    .await?;
     let unknown: serde_json::Value =
         http.get(format!("{ledger_url}/v1/transactions/{}", "0".repeat(32))).send().await?.json().await?;
     assert_eq!(unknown["status"], "unknown");

@@ -5,3 +5,4 @@ mod cluster;
 mod end_to_end;
 mod fleet;
 mod support;
+mod verifiable;

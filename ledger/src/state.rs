@@ -311,7 +311,7 @@ pub struct SettledReading {
 }
 
 impl SettledReading {
-    fn encode(&self) -> Vec<u8> {
+    pub fn encode(&self) -> Vec<u8> {
         let mut writer = Writer::new();
         writer
             .fixed(&self.digest.0)

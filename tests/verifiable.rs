@@ -1,0 +1,204 @@
+//! The verifiable ledger (issue 7) with a real node process: a receipt verifies offline with the
+//! CLI and fails once changed; `wattle audit` passes on an untouched node and names the
+//! transaction when a settled amount, or a transaction in the history, is changed through the
+//! RocksDB API (so RocksDB's own checksums stay valid).
+
+use std::path::Path;
+use std::process::Command;
+use std::time::Duration;
+
+use anyhow::Context;
+use domain::api::{SubmitReadings, SubmitReadingsResponse};
+use domain::ids::{GatewayId, KeyId, Sequence, UnixSeconds};
+use domain::reading::{ClockStatus, FirmwareVersion, Reading, StatusFlags};
+use ledger::kv::{Batch, Cf, Kv, RocksKv};
+use ledger::state::SettledReading;
+use ledger::store::HistoryRecord;
+use rust_decimal::Decimal;
+
+use crate::support::{configure_ledger, free_port, poll_until, wattle, Process, CLUSTER_SERIAL};
+
+const SEED: u64 = 11;
+const METERS: u32 = 3;
+
+fn reading(meter: u32, sequence: u64) -> Reading {
+    let start = 1_767_571_200 + 900 * sequence as i64;
+    Reading {
+        meter_id: firmware_sim::meter_id(meter),
+        key_id: KeyId(1),
+        sequence: Sequence(sequence),
+        interval_start: UnixSeconds(start),
+        interval_end: UnixSeconds(start + 900),
+        import_start_wh: 10_000 * sequence,
+        import_end_wh: 10_000 * sequence + 250 + u64::from(meter),
+        export_start_wh: 0,
+        export_end_wh: 0,
+        register_modulus_wh: 1_000_000_000_000,
+        clock_status: ClockStatus::Synchronized,
+        status: StatusFlags::default(),
+        firmware: FirmwareVersion(1),
+    }
+}
+
+/// Runs a wattle command to completion; returns (success, stdout + stderr).
+fn run(command: &mut Command) -> anyhow::Result<(bool, String)> {
+    let output = command.output()?;
+    let text = format!("{}{}", String::from_utf8_lossy(&output.stdout), String::from_utf8_lossy(&output.stderr));
+    Ok((output.status.success(), text))
+}
+
+fn audit(data_dir: &Path) -> anyhow::Result<(bool, String)> {
+    run(wattle().arg("audit").arg(data_dir))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn receipts_verify_offline_and_audit_names_tampered_transactions() -> anyhow::Result<()> {
+    let _serial = CLUSTER_SERIAL.lock().await;
+    let dir = tempfile::tempdir()?;
+    let path = |name: &str| dir.path().join(name);
+    let http = reqwest::Client::builder().timeout(Duration::from_secs(15)).build()?;
+    configure_ledger(dir.path(), METERS, SEED, "0.3127")?;
+    let port = free_port();
+    let url = format!("http://127.0.0.1:{port}");
+    let mut command = wattle();
+    command
+        .args(["node", "--node-id", "1", "--bootstrap", "--listen", &format!("127.0.0.1:{port}")])
+        .arg("--data-dir")
+        .arg(path("node-1"))
+        .arg("--ready-file")
+        .arg(path("node-1.ready"))
+        .arg("--admin-config")
+        .arg(path("ledger.toml"))
+        .arg("--operator-key")
+        .arg(path("operator.key"));
+    let mut node = Process::spawn("node-1", dir.path(), command)?;
+    node.ready_address(&path("node-1.ready")).await?;
+
+    // The service key endorses the node's signing key.
+    let (ok, service_public) = run(wattle().arg("keygen").arg("--out").arg(path("service.key")))?;
+    anyhow::ensure!(ok, "keygen failed: {service_public}");
+    let service_public = service_public.trim().to_string();
+    let (ok, output) = run(wattle()
+        .args(["node", "endorse", "--ledger", &url, "--node", &url])
+        .arg("--service-key")
+        .arg(path("service.key"))
+        .arg("--operator-key")
+        .arg(path("operator.key")))?;
+    anyhow::ensure!(ok, "endorse failed: {output}");
+
+    // Two batches of signed readings, each committed (and signed) before the response.
+    let mut tx_ids = Vec::new();
+    for sequence in 1..=2 {
+        let readings = (0..METERS)
+            .map(|meter| {
+                let key = firmware_sim::meter_key(SEED, meter);
+                reading(meter, sequence).sign(&key).expect("valid reading").to_envelope(false)
+            })
+            .collect();
+        let request = SubmitReadings { gateway_id: GatewayId::new("gw-test")?, readings };
+        let response: SubmitReadingsResponse =
+            http.post(format!("{url}/v1/readings")).json(&request).send().await?.error_for_status()?.json().await?;
+        tx_ids.push(response.tx_id.context("a transaction id")?);
+    }
+    let status: serde_json::Value =
+        http.get(format!("{url}/v1/transactions/{}", tx_ids[0])).send().await?.json().await?;
+    assert_eq!(status["status"], "committed", "a transaction is committed once a signature covers it");
+
+    // The receipt verifies offline, with its claims document.
+    let tx_id = &tx_ids[0];
+    let receipt = http.get(format!("{url}/v1/receipts/{tx_id}")).send().await?.error_for_status()?.bytes().await?;
+    let claims =
+        http.get(format!("{url}/v1/transactions/{tx_id}/claims")).send().await?.error_for_status()?.text().await?;
+    assert!(claims.starts_with("wattle.claims.v1\n") && claims.lines().count() == 1 + METERS as usize, "{claims}");
+    std::fs::write(path("receipt.bin"), &receipt)?;
+    std::fs::write(path("claims.txt"), &claims)?;
+    let verify = |file: &str, claims: &str| {
+        run(wattle()
+            .args(["receipt", "verify"])
+            .arg(path(file))
+            .args(["--service-key", &service_public])
+            .arg("--claims")
+            .arg(path(claims)))
+    };
+    let (ok, output) = verify("receipt.bin", "claims.txt")?;
+    assert!(ok, "the receipt does not verify: {output}");
+    assert!(output.contains(tx_id.as_str()), "{output}");
+    // Any changed byte fails (the property test covers every position; here the CLI end to end).
+    let mut changed = receipt.to_vec();
+    let middle = changed.len() / 2;
+    changed[middle] ^= 0x01;
+    std::fs::write(path("changed.bin"), &changed)?;
+    assert!(!verify("changed.bin", "claims.txt")?.0, "a changed receipt verified");
+    std::fs::write(path("other-claims.txt"), claims.replace("accepted", "duplicate"))?;
+    assert!(!verify("receipt.bin", "other-claims.txt")?.0, "other claims verified");
+    let (ok, _) =
+        run(wattle().args(["receipt", "verify"]).arg(path("receipt.bin")).args(["--service-key", &"ab".repeat(32)]))?;
+    assert!(!ok, "a receipt verified under a stranger's service key");
+
+    // Stop the node; the audit passes on its untouched data.
+    node.kill()?;
+    let data_dir = path("node-1");
+    poll_until("the node released its database", Duration::from_secs(20), || {
+        let data_dir = data_dir.clone();
+        async move { RocksKv::open(&data_dir.join("db")).ok().map(drop) }
+    })
+    .await?;
+    let (ok, output) = audit(&data_dir)?;
+    assert!(ok, "audit of an untouched node failed: {output}");
+
+    // Tamper with one settled amount: the audit names the transaction that settled it.
+    {
+        let kv = RocksKv::open(&data_dir.join("db"))?;
+        let mut settled = Vec::new();
+        kv.scan(Cf::Private, b"r/", &mut |key, value| {
+            let inside = key.starts_with(b"r/");
+            if inside {
+                settled.push((key.to_vec(), value.to_vec()));
+            }
+            inside
+        })?;
+        let (key, original) = settled.last().cloned().context("settled readings on disk")?;
+        let mut line = SettledReading::decode(&original)?;
+        line.amount += Decimal::new(1, 2);
+        let mut batch = Batch::default();
+        batch.put(Cf::Private, key.clone(), line.encode());
+        kv.write(batch)?;
+        drop(kv);
+        let (ok, output) = audit(&data_dir)?;
+        println!("changed settled amount: {output}");
+        assert!(!ok, "audit passed over a changed settled amount");
+        assert!(output.contains(&tx_ids[1]), "audit did not name transaction {}: {output}", tx_ids[1]);
+        let kv = RocksKv::open(&data_dir.join("db"))?;
+        let mut batch = Batch::default();
+        batch.put(Cf::Private, key, original);
+        kv.write(batch)?;
+    }
+    assert!(audit(&data_dir)?.0, "audit failed after restoring the amount");
+
+    // Tamper with one transaction in the history: flip a bit of a reading's signature.
+    {
+        let kv = RocksKv::open(&data_dir.join("db"))?;
+        let mut target = None;
+        let wanted = hex::decode(&tx_ids[0])?;
+        kv.scan(Cf::History, &[], &mut |key, value| {
+            let record = HistoryRecord::decode(value).expect("history decodes");
+            if record.entry.windows(wanted.len()).any(|window| window == wanted.as_slice()) {
+                target = Some((key.to_vec(), record));
+                return false;
+            }
+            true
+        })?;
+        let (key, mut record) = target.context("the first readings transaction in the history")?;
+        // The entry's last bytes: the last reading's signature, then its backfill flag.
+        let position = record.entry.len() - 2;
+        record.entry[position] ^= 0x01;
+        let mut batch = Batch::default();
+        batch.put(Cf::History, key, record.encode());
+        kv.write(batch)?;
+    }
+    let (ok, output) = audit(&data_dir)?;
+    println!("changed history: {output}");
+    assert!(!ok, "audit passed over a changed history");
+    assert!(output.contains(&tx_ids[0]), "audit did not name transaction {}: {output}", tx_ids[0]);
+    Ok(())
+}
