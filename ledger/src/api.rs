@@ -125,6 +125,8 @@ pub struct AppState {
     /// Signature transactions are proposed this often while the leader has unsigned entries;
     /// `None` switches them off (benchmarks only), and clients then wait for commit alone.
     pub signature_interval: Option<std::time::Duration>,
+    /// Clients waiting for a signature right now: the leader signs at once while any wait.
+    pub signature_waiters: Arc<AtomicU64>,
 }
 
 /// Header marking a request a follower forwarded, so it is never forwarded twice.
@@ -304,7 +306,16 @@ async fn propose_as(app: &AppState, tx_id: TxId, body: TxBody) -> Result<(u64, T
         Ok(Ok(response)) => {
             let index = response.log_id.index;
             // Committed for clients only once a later signature covers it (DESIGN.md).
-            if app.signature_interval.is_some() && !app.store.wait_signed(index, COMMIT_WAIT_MAX).await {
+            let signed = match app.signature_interval {
+                None => true,
+                Some(_) => {
+                    app.signature_waiters.fetch_add(1, Ordering::Relaxed);
+                    let signed = app.store.wait_signed(index, COMMIT_WAIT_MAX).await;
+                    app.signature_waiters.fetch_sub(1, Ordering::Relaxed);
+                    signed
+                }
+            };
+            if !signed {
                 return Err(ApiError::new(
                     StatusCode::SERVICE_UNAVAILABLE,
                     "not_signed",

@@ -150,6 +150,7 @@ pub async fn start(config: NodeConfig) -> anyhow::Result<NodeHandle> {
     let app = AppState {
         node_key,
         signature_interval: config.signature_interval,
+        signature_waiters: Arc::default(),
         node_id: config.node_id,
         raft: raft.clone(),
         store: store.clone(),
@@ -227,10 +228,11 @@ fn write_secret(path: &Path, text: &str) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// The leader's signature loop (DESIGN.md, two steps): while entries are unsigned, every
-/// `interval` or every `SIGNATURE_EVERY_ENTRIES` entries, propose a marker, take the root this
-/// node computed when applying it, and propose the signed root. A marker left pending by an
-/// earlier leader is signed first.
+/// The leader's signature loop (DESIGN.md, two steps): while entries are unsigned, at the latest
+/// every `interval` or every `SIGNATURE_EVERY_ENTRIES` entries, and at once while a client waits
+/// for its commit, propose a marker, take the root this node computed when applying it, and
+/// propose the signed root. A marker left pending by an earlier leader is signed first. One
+/// signature is in flight at a time, so under load each covers everything since the last.
 async fn sign_roots(app: AppState, interval: std::time::Duration) {
     let mut last_signed_at = tokio::time::Instant::now();
     loop {
@@ -245,7 +247,10 @@ async fn sign_roots(app: AppState, interval: std::time::Duration) {
         let marker = match state::pending_marker(&view) {
             Some(marker) => marker,
             None => {
-                let due = unsigned >= crate::limits::SIGNATURE_EVERY_ENTRIES || last_signed_at.elapsed() >= interval;
+                let waiting = app.signature_waiters.load(std::sync::atomic::Ordering::Relaxed) > 0;
+                let due = waiting
+                    || unsigned >= crate::limits::SIGNATURE_EVERY_ENTRIES
+                    || last_signed_at.elapsed() >= interval;
                 if unsigned == 0 || !due {
                     continue;
                 }

@@ -15,6 +15,9 @@
 //! - **nothing lost**: every reading a client saw accepted is settled, with the digest it was
 //!   accepted with, on every replica that applied its entry; no reading is settled with two contents.
 //!
+//! The leader also signs Merkle roots now and then (marker, then signature); every replica checks
+//! the signed root against its own and halts on a mismatch, which the final convergence catches.
+//!
 //! At the end the network heals and every replica restarts; the cluster must commit a new
 //! transaction and all replicas must converge to one state. The trace hash covers every action
 //! and observation, so the same seed must give the same hash.
@@ -29,7 +32,7 @@ use domain::ids::{CustomerId, GatewayId, KeyId, MeterId, Sequence, TxId, UnixMil
 use domain::money::{Currency, UnitPrice};
 use domain::reading::{ClockStatus, FirmwareVersion, Reading, ReadingDigest, StatusFlags};
 use domain::settlement::RULES_VERSION;
-use domain::tx::{AdminAction, BatchReading, ReadingBatch, SignedAdmin, Transaction, TxBody};
+use domain::tx::{AdminAction, BatchReading, ReadingBatch, RootSignature, SignedAdmin, Transaction, TxBody};
 use domain::verify::VerifiedReading;
 use ed25519_dalek::SigningKey;
 use openraft::error::{RPCError, RaftError, RemoteError, Unreachable};
@@ -690,6 +693,7 @@ impl Simulation {
                 net.delay_max_ms = delay;
                 format!("links: loss {loss}/1000, delay up to {delay} ms")
             }
+            90..=95 => self.sign_root(),
             87..=89 if !live.is_empty() => {
                 let position = live[self.rng.gen_range(0..live.len())];
                 if let Some(raft) = &self.nodes[position].raft {
@@ -699,6 +703,42 @@ impl Simulation {
             }
             _ => "wait".into(),
         })
+    }
+
+    /// The leader's two-step signature, as `node::sign_roots` does it: a marker (unless one is
+    /// pending), then the signed root this replica computed at it. Followers check the root.
+    fn sign_root(&mut self) -> String {
+        let Some(leader) = self.leader() else { return "sign: no leader".into() };
+        let node_id = leader.metrics().borrow().id;
+        let position = self.nodes.iter().position(|node| node.id == node_id).expect("a known node");
+        let store = self.nodes[position].store.clone();
+        let key = SigningKey::from_bytes(&[node_id as u8; 32]);
+        let marker_tx = self.transaction(TxBody::SignatureMarker);
+        let mut signature_tx = self.transaction(TxBody::Tick);
+        let model = Arc::clone(&self.model);
+        tokio::spawn(async move {
+            let marker = match state::pending_marker(&store.state()) {
+                Some(marker) => marker,
+                None => match tokio::time::timeout(CLIENT_TIMEOUT, leader.client_write(marker_tx)).await {
+                    Ok(Ok(response)) => response.log_id.index,
+                    _ => {
+                        model_lock(&model).results.push(format!("node {node_id}: marker not committed"));
+                        return;
+                    }
+                },
+            };
+            let Some(root) = store.history(marker).ok().flatten().map(|record| record.root) else { return };
+            signature_tx.body = TxBody::Signature(RootSignature::sign(marker, root, node_id, &key));
+            let line = match tokio::time::timeout(CLIENT_TIMEOUT, leader.client_write(signature_tx)).await {
+                Ok(Ok(response)) => format!(
+                    "node {node_id}: signature of marker {marker} at {} {:?}",
+                    response.log_id.index, response.data.admin_refused
+                ),
+                _ => format!("node {node_id}: signature of marker {marker} not committed"),
+            };
+            model_lock(&model).results.push(line);
+        });
+        format!("sign on node {node_id}")
     }
 
     /// Checks every invariant on every replica, live or crashed, and notes what each one holds.

@@ -453,14 +453,9 @@ pub struct Halt {
     pub reason: String,
 }
 
-/// Applies one committed transaction at `log_index`. `root_at(i)` is this node's Merkle root
-/// over entries `0..=i` (for checking signature transactions).
-pub fn apply(
-    state: &mut Overlay<'_>,
-    log_index: u64,
-    tx: &Transaction,
-    root_at: &dyn Fn(u64) -> Option<[u8; 32]>,
-) -> Result<Applied, Halt> {
+/// Applies one committed transaction at `log_index`. After applying a signature marker, the
+/// caller records the Merkle root over entries `0..=log_index` with [`record_marker_root`].
+pub fn apply(state: &mut Overlay<'_>, log_index: u64, tx: &Transaction) -> Result<Applied, Halt> {
     assert!(
         supports_rules_version(tx.rules_version),
         "entry {log_index} needs rules version {}, which this build cannot execute",
@@ -483,10 +478,7 @@ pub fn apply(
             Applied::default()
         }
         TxBody::Signature(signature) => Applied {
-            result: TxResult {
-                readings: Vec::new(),
-                admin_refused: apply_signature(state, log_index, signature, root_at)?,
-            },
+            result: TxResult { readings: Vec::new(), admin_refused: apply_signature(state, log_index, signature)? },
             claims: None,
         },
     })
@@ -545,10 +537,22 @@ impl SignatureRecord {
 
 /// The marker waiting for its signature, if any.
 pub fn pending_marker(state: &dyn StateRead) -> Option<u64> {
-    state
-        .get(Table::Public, KEY_PENDING_MARKER)
-        .filter(|bytes| bytes.len() == 8)
-        .map(|bytes| u64::from_be_bytes(bytes.as_slice().try_into().expect("8 bytes")))
+    pending_marker_root(state).map(|(marker, _)| marker)
+}
+
+/// The pending marker and the Merkle root this node computed at it (once recorded).
+fn pending_marker_root(state: &dyn StateRead) -> Option<(u64, Option<[u8; 32]>)> {
+    let bytes = state.get(Table::Public, KEY_PENDING_MARKER)?;
+    let marker = u64::from_be_bytes(bytes.get(..8)?.try_into().expect("8 bytes"));
+    Some((marker, bytes.get(8..40).map(|root| root.try_into().expect("32 bytes"))))
+}
+
+/// Records the Merkle root over entries `0..=marker_index`, computed when the marker was applied,
+/// so the signature step can check it even on a node that later installs a snapshot.
+pub fn record_marker_root(state: &mut Overlay<'_>, marker_index: u64, root: [u8; 32]) {
+    if pending_marker(state) == Some(marker_index) {
+        state.put(Table::Public, KEY_PENDING_MARKER.to_vec(), [marker_index.to_be_bytes().as_slice(), &root].concat());
+    }
 }
 
 /// The last signature: (marker index it covers, log index of the signature transaction).
@@ -578,14 +582,13 @@ fn apply_signature(
     state: &mut Overlay<'_>,
     log_index: u64,
     signature: &domain::tx::RootSignature,
-    root_at: &dyn Fn(u64) -> Option<[u8; 32]>,
 ) -> Result<Option<String>, Halt> {
-    if pending_marker(state) != Some(signature.marker_index) {
+    let pending = pending_marker_root(state).filter(|(marker, _)| *marker == signature.marker_index);
+    let Some((_, own)) = pending else {
         return Ok(Some(format!("stale_signature: marker {} is not pending", signature.marker_index)));
-    }
+    };
     let halt = |reason: String| Halt { log_index, reason };
-    let own = root_at(signature.marker_index)
-        .ok_or_else(|| halt(format!("no Merkle root at marker {}", signature.marker_index)))?;
+    let own = own.ok_or_else(|| halt(format!("no Merkle root recorded at marker {}", signature.marker_index)))?;
     if own != signature.root {
         return Err(halt(format!(
             "the leader signed root {} at marker {}, this node computed {}",
@@ -798,7 +801,7 @@ mod tests {
             let tx =
                 Transaction { tx_id: TxId([index as u8; 16]), rules_version: 1, time: UnixMillis(index as i64), body };
             let mut overlay = Overlay::new(self);
-            let result = apply(&mut overlay, index, &tx, &|_| None).expect("no halt").result;
+            let result = apply(&mut overlay, index, &tx).expect("no halt").result;
             let writes = overlay.writes.puts;
             self.0.borrow_mut().puts.extend(writes);
             result

@@ -618,7 +618,6 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
         let mut membership = None;
         let mut as_of = None;
         let mut frontier = self.store.frontier()?;
-        let mut roots: std::collections::BTreeMap<u64, merkle::Hash> = std::collections::BTreeMap::new();
         let mut history = Vec::new();
         for entry in entries {
             let index = entry.log_id.index;
@@ -643,11 +642,7 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
                 }
                 EntryPayload::Normal(tx) => {
                     as_of = Some(tx.time.0);
-                    let store = &self.store;
-                    let root_at = |at: u64| {
-                        roots.get(&at).copied().or_else(|| store.history(at).ok().flatten().map(|record| record.root))
-                    };
-                    let applied = state::apply(&mut overlay, index, &tx, &root_at)
+                    let applied = state::apply(&mut overlay, index, &tx)
                         .map_err(|halt| write_error(std::io::Error::other(halt.to_string())))?;
                     results.push(applied.result);
                     (tx.tx_id.0, applied.claims)
@@ -662,7 +657,7 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
             let leaf = merkle::leaf_hash(&tx_id, &merkle::sha256(&bytes), &claims_digest);
             frontier.append(leaf);
             let root = frontier.root().expect("a leaf was just appended");
-            roots.insert(index, root);
+            state::record_marker_root(&mut overlay, index, root);
             history.push((index, HistoryRecord { entry: bytes, claims, leaf, root }));
         }
         let Some(last_applied) = last_applied else {
