@@ -10,7 +10,7 @@ use std::time::Duration;
 use anyhow::Context;
 use domain::api::{SubmitReadings, SubmitReadingsResponse};
 use domain::ids::{GatewayId, KeyId, Sequence, UnixSeconds};
-use domain::reading::{ClockStatus, FirmwareVersion, Reading, StatusFlags};
+use domain::reading::Reading;
 use ledger::kv::{Batch, Cf, Kv, RocksKv};
 use ledger::state::SettledReading;
 use ledger::store::HistoryRecord;
@@ -23,21 +23,14 @@ const METERS: u32 = 3;
 
 fn reading(meter: u32, sequence: u64) -> Reading {
     let start = 1_767_571_200 + 900 * sequence as i64;
-    Reading {
-        meter_id: firmware_sim::meter_id(meter),
-        key_id: KeyId(1),
-        sequence: Sequence(sequence),
-        interval_start: UnixSeconds(start),
-        interval_end: UnixSeconds(start + 900),
-        import_start_wh: 10_000 * sequence,
-        import_end_wh: 10_000 * sequence + 250 + u64::from(meter),
-        export_start_wh: 0,
-        export_end_wh: 0,
-        register_modulus_wh: 1_000_000_000_000,
-        clock_status: ClockStatus::Synchronized,
-        status: StatusFlags::default(),
-        firmware: FirmwareVersion(1),
-    }
+    Reading::import_interval(
+        firmware_sim::meter_id(meter),
+        KeyId(1),
+        Sequence(sequence),
+        UnixSeconds(start),
+        10_000 * sequence,
+        250 + u64::from(meter),
+    )
 }
 
 /// Runs a wattle command to completion; returns (success, stdout + stderr).

@@ -129,7 +129,41 @@ pub enum InvalidReading {
     RegisterOutOfRange { register: &'static str, value: u64, modulus: u64 },
 }
 
+/// The register modulus of a meter with a 9-digit kWh display (rolls over at 10^12 Wh).
+pub const REGISTER_MODULUS_WH_DEFAULT: u64 = 1_000_000_000_000;
+
+/// Length of the settlement interval, in seconds.
+pub const INTERVAL_SECONDS: i64 = 900;
+
 impl Reading {
+    /// The common reading: one 15-minute interval from `interval_start`, `import_wh` imported
+    /// from a register at `import_start_wh`, no export, clock synchronised, no status flags,
+    /// firmware 1 (simulations, benchmarks and tests build theirs from it).
+    pub fn import_interval(
+        meter_id: MeterId,
+        key_id: KeyId,
+        sequence: Sequence,
+        interval_start: UnixSeconds,
+        import_start_wh: u64,
+        import_wh: u64,
+    ) -> Reading {
+        Reading {
+            meter_id,
+            key_id,
+            sequence,
+            interval_start,
+            interval_end: UnixSeconds(interval_start.0 + INTERVAL_SECONDS),
+            import_start_wh,
+            import_end_wh: import_start_wh + import_wh,
+            export_start_wh: 0,
+            export_end_wh: 0,
+            register_modulus_wh: REGISTER_MODULUS_WH_DEFAULT,
+            clock_status: ClockStatus::Synchronized,
+            status: StatusFlags::default(),
+            firmware: FirmwareVersion(1),
+        }
+    }
+
     /// Checks the invariants every encoded reading satisfies.
     pub fn validate(&self) -> Result<(), InvalidReading> {
         let (start, end) = (self.interval_start.0, self.interval_end.0);

@@ -30,7 +30,7 @@ use std::time::Duration;
 
 use domain::ids::{CustomerId, GatewayId, KeyId, MeterId, Sequence, TxId, UnixMillis, UnixSeconds};
 use domain::money::{Currency, UnitPrice};
-use domain::reading::{ClockStatus, FirmwareVersion, Reading, ReadingDigest, StatusFlags};
+use domain::reading::{Reading, ReadingDigest};
 use domain::settlement::RULES_VERSION;
 use domain::tx::{AdminAction, BatchReading, ReadingBatch, RootSignature, SignedAdmin, Transaction, TxBody};
 use domain::verify::VerifiedReading;
@@ -522,21 +522,14 @@ impl Simulation {
     fn reading(&mut self, meter: usize, sequence: u64, import_start: u64, energy: u64) -> VerifiedReading {
         let meter = &self.meters[meter];
         let interval_start = 1_800_000_000 + 900 * sequence as i64;
-        let reading = Reading {
-            meter_id: meter.meter_id.clone(),
-            key_id: KeyId(1),
-            sequence: Sequence(sequence),
-            interval_start: UnixSeconds(interval_start),
-            interval_end: UnixSeconds(interval_start + 900),
-            import_start_wh: import_start,
-            import_end_wh: import_start + energy,
-            export_start_wh: 0,
-            export_end_wh: 0,
-            register_modulus_wh: 1_000_000_000_000,
-            clock_status: ClockStatus::Synchronized,
-            status: StatusFlags::default(),
-            firmware: FirmwareVersion(1),
-        };
+        let reading = Reading::import_interval(
+            meter.meter_id.clone(),
+            KeyId(1),
+            Sequence(sequence),
+            UnixSeconds(interval_start),
+            import_start,
+            energy,
+        );
         let signed = reading.sign(&meter.key).expect("simulated readings are valid");
         domain::verify::verify(signed, &meter.key.verifying_key().to_bytes()).expect("signed by the meter's own key")
     }

@@ -781,7 +781,7 @@ fn apply_reading(state: &mut Overlay<'_>, log_index: u64, verified: &domain::ver
 mod tests {
     use super::*;
     use domain::ids::{GatewayId, TxId, UnixMillis, UnixSeconds};
-    use domain::reading::{ClockStatus, FirmwareVersion, Reading, StatusFlags};
+    use domain::reading::Reading;
     use domain::tx::BatchReading;
     use ed25519_dalek::SigningKey;
     use proptest::prelude::*;
@@ -809,21 +809,15 @@ mod tests {
     }
 
     fn reading(sequence: u64, import_wh: u64) -> Reading {
-        Reading {
-            meter_id: MeterId::new("M1").expect("id"),
-            key_id: KeyId(1),
-            sequence: Sequence(sequence),
-            interval_start: UnixSeconds(900 * sequence as i64),
-            interval_end: UnixSeconds(900 * (sequence as i64 + 1)),
-            import_start_wh: 1_000,
-            import_end_wh: 1_000 + import_wh,
-            export_start_wh: 0,
-            export_end_wh: 0,
-            register_modulus_wh: 1_000_000_000_000,
-            clock_status: ClockStatus::Synchronized,
-            status: StatusFlags::default(),
-            firmware: FirmwareVersion(1),
-        }
+        let meter = MeterId::new("M1").expect("id");
+        Reading::import_interval(
+            meter,
+            KeyId(1),
+            Sequence(sequence),
+            UnixSeconds(900 * sequence as i64),
+            1_000,
+            import_wh,
+        )
     }
 
     fn batch(meter_key: &SigningKey, readings: &[Reading]) -> TxBody {
