@@ -228,6 +228,17 @@ struct GatewayArgs {
     listen: SocketAddr,
     #[arg(long)]
     ready_file: Option<PathBuf>,
+    /// Largest power a metering point can carry (kW): a reading with more energy in its 15
+    /// minutes is quarantined as implausible_energy.
+    #[arg(long, default_value_t = gateway::limits::MAX_POWER_W_DEFAULT / 1_000)]
+    max_power_kw: u64,
+    /// How far past the gateway's clock a reading's interval may end (s) before it is
+    /// quarantined as clock_future. Skew inside the window is kept as the meter reported it.
+    #[arg(long, default_value_t = gateway::limits::CLOCK_AHEAD_S_MAX_DEFAULT)]
+    clock_ahead_s: i64,
+    /// MQTT keepalive (s).
+    #[arg(long, default_value_t = 30)]
+    mqtt_keepalive_s: u64,
     #[command(flatten)]
     clock: ClockArgs,
 }
@@ -542,6 +553,9 @@ async fn run(command: Command) -> anyhow::Result<()> {
                 ledger_urls: args.ledger,
                 listen: args.listen,
                 clock: args.clock.clock(),
+                max_power_w: args.max_power_kw.saturating_mul(1_000),
+                clock_ahead_s_max: args.clock_ahead_s,
+                mqtt_keepalive: std::time::Duration::from_secs(args.mqtt_keepalive_s.max(1)),
             })
             .await?;
             write_ready_file(args.ready_file.as_deref(), gateway.address)?;

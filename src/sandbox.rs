@@ -171,6 +171,9 @@ pub async fn run(args: SandboxArgs) -> anyhow::Result<()> {
         ledger_urls: ledger_urls.clone(),
         listen: "127.0.0.1:0".parse()?,
         clock,
+        max_power_w: gateway::limits::MAX_POWER_W_DEFAULT,
+        clock_ahead_s_max: gateway::limits::CLOCK_AHEAD_S_MAX_DEFAULT,
+        mqtt_keepalive: Duration::from_secs(30),
     })
     .await?;
     let http = reqwest::Client::new();

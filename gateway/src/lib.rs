@@ -5,8 +5,9 @@
 
 pub mod limits;
 pub mod store;
+pub mod tracker;
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::fmt::Write as _;
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -31,7 +32,7 @@ use tokio::sync::{mpsc, oneshot, Notify};
 use tokio::task::JoinHandle;
 
 use crate::limits::*;
-use crate::store::{GatewayStore, QuarantineEntry};
+use crate::store::{GatewayStore, QuarantineEntry, Tracking};
 
 /// The topic filter the gateway subscribes to.
 pub const READING_TOPIC_FILTER: &str = "wattle/v1/+/+/reading";
@@ -49,6 +50,23 @@ pub struct GatewayConfig {
     pub ledger_urls: Vec<String>,
     pub listen: SocketAddr,
     pub clock: Clock,
+    /// The largest power a meter can carry, in watts: a reading with more energy in its
+    /// interval is quarantined as `implausible_energy`.
+    pub max_power_w: u64,
+    /// How far past the gateway's clock a reading's interval may end (seconds).
+    pub clock_ahead_s_max: i64,
+    /// MQTT keepalive.
+    pub mqtt_keepalive: Duration,
+}
+
+impl GatewayConfig {
+    fn limits(&self) -> tracker::Limits {
+        tracker::Limits {
+            // Energy = power × 15 minutes.
+            energy_per_interval_wh_max: self.max_power_w / 4,
+            clock_ahead_s_max: self.clock_ahead_s_max,
+        }
+    }
 }
 
 /// Counters exported on `/metrics`.
@@ -63,6 +81,11 @@ pub struct Metrics {
     rejected_by_reason: Mutex<HashMap<String, u64>>,
     mqtt_connected: AtomicBool,
     mqtt_subscribed: AtomicBool,
+    duplicates_dropped: AtomicU64,
+    gap_sequences_opened: AtomicU64,
+    gap_sequences_filled: AtomicU64,
+    gap_sequences_unfilled: AtomicU64,
+    backfill_requests: AtomicU64,
 }
 
 impl Metrics {
@@ -92,6 +115,8 @@ struct Shared {
     outbox_ready: Arc<Notify>,
     /// Index into `config.ledger_urls` of the node currently used.
     ledger_choice: Arc<AtomicU64>,
+    /// Per-meter sequence and register tracking (persisted with each batch).
+    tracker: Arc<Mutex<BTreeMap<MeterId, tracker::MeterState>>>,
 }
 
 impl Shared {
@@ -145,7 +170,9 @@ pub async fn start(config: GatewayConfig) -> anyhow::Result<GatewayHandle> {
         http,
         outbox_ready: Arc::new(Notify::new()),
         ledger_choice: Arc::new(AtomicU64::new(0)),
+        tracker: Arc::new(Mutex::new(BTreeMap::new())),
     };
+    shared.tracker.lock().expect("tracker lock").extend(shared.store.meters()?);
     anyhow::ensure!(!config.ledger_urls.is_empty(), "at least one ledger URL is needed");
     if let Err(error) = refresh_registry(&shared).await {
         tracing::warn!(%error, "registry not loaded from the ledger yet; will retry on first reading");
@@ -174,14 +201,15 @@ pub async fn start(config: GatewayConfig) -> anyhow::Result<GatewayHandle> {
     // we are away; we acknowledge only what is durably stored.
     options.set_clean_session(false);
     options.set_manual_acks(true);
-    options.set_keep_alive(Duration::from_secs(30));
+    options.set_keep_alive(config.mqtt_keepalive);
     options.set_inflight(MQTT_INFLIGHT_MAX);
     let (client, event_loop) = AsyncClient::new(options, INGEST_QUEUE_MAX);
     let mqtt = tokio::spawn(mqtt_loop(client.clone(), event_loop, sender, shared.metrics.clone()));
+    let gaps = tokio::spawn(gap_loop(shared.clone(), client.clone()));
     let ingest = tokio::spawn(ingest_loop(shared.clone(), client, receiver));
     let forward = tokio::spawn(forward_loop(shared.clone()));
     tracing::info!(%address, gateway = %config.gateway_id, "gateway serving");
-    Ok(GatewayHandle { address, shutdown: Some(shutdown_sender), tasks: vec![server, mqtt, ingest, forward] })
+    Ok(GatewayHandle { address, shutdown: Some(shutdown_sender), tasks: vec![server, mqtt, ingest, forward, gaps] })
 }
 
 async fn mqtt_loop(
@@ -364,10 +392,10 @@ async fn process_batch(shared: &Shared, batch: &[Publish]) -> anyhow::Result<()>
         }
     }
     let outcomes = tokio::task::spawn_blocking(move || verify_batch(candidates, &mut rand::thread_rng())).await?;
-    let mut accepted = Vec::new();
+    let mut verified = Vec::new();
     for ((index, envelope), outcome) in candidate_envelopes.into_iter().zip(outcomes) {
         match outcome {
-            Ok(_) => accepted.push(envelope),
+            Ok(reading) => verified.push((index, envelope, reading)),
             Err(refused) => rejected.push(quarantine_entry(
                 shared,
                 &batch[index].topic,
@@ -383,10 +411,122 @@ async fn process_batch(shared: &Shared, batch: &[Publish]) -> anyhow::Result<()>
             )),
         }
     }
+    // Sequence, register, energy and clock checks, against the tracking state.
+    let now_s = shared.config.clock.now().0.div_euclid(1_000);
+    let limits = shared.config.limits();
+    let mut accepted = Vec::new();
+    let mut tracking = Tracking::default();
+    {
+        let mut tracked = shared.tracker.lock().expect("tracker lock is never poisoned");
+        let mut in_batch: HashMap<(MeterId, u64), domain::reading::ReadingDigest> = HashMap::new();
+        let mut changed: BTreeMap<MeterId, ()> = BTreeMap::new();
+        for (index, envelope, verified_reading) in verified {
+            let reading = verified_reading.reading();
+            let digest = verified_reading.digest();
+            let key = (reading.meter_id.clone(), reading.sequence.0);
+            let seen = match in_batch.get(&key) {
+                Some(digest) => Some(*digest),
+                None => shared.store.seen(&reading.meter_id, reading.sequence.0)?,
+            };
+            let state = tracked.entry(reading.meter_id.clone()).or_default();
+            if state.site.is_empty() {
+                state.site = site_of(&batch[index].topic).unwrap_or_default().to_string();
+            }
+            match tracker::check(state, seen, reading, digest, now_s, limits) {
+                tracker::Verdict::Accept { gap_opened, filled } => {
+                    shared.metrics.gap_sequences_opened.fetch_add(gap_opened, Ordering::Relaxed);
+                    if filled {
+                        shared.metrics.gap_sequences_filled.fetch_add(1, Ordering::Relaxed);
+                    }
+                    in_batch.insert(key.clone(), digest);
+                    tracking.seen.push((key.0, key.1, digest));
+                    changed.insert(reading.meter_id.clone(), ());
+                    accepted.push(envelope);
+                }
+                tracker::Verdict::Duplicate => {
+                    shared.metrics.duplicates_dropped.fetch_add(1, Ordering::Relaxed);
+                }
+                tracker::Verdict::Reject { reason, detail } => rejected.push(quarantine_entry(
+                    shared,
+                    &batch[index].topic,
+                    reason,
+                    detail,
+                    Some(digest.to_string()),
+                    &batch[index].payload,
+                )),
+            }
+        }
+        tracking.meters = changed.into_keys().map(|meter| (meter.clone(), tracked[&meter].clone())).collect();
+    }
     shared.metrics.readings_accepted.fetch_add(accepted.len() as u64, Ordering::Relaxed);
     let store = shared.store.clone();
-    tokio::task::spawn_blocking(move || store.store_batch(&accepted, rejected)).await??;
+    tokio::task::spawn_blocking(move || store.store_batch(&accepted, rejected, tracking)).await??;
     Ok(())
+}
+
+/// The site in a reading topic `wattle/v1/{site}/{meter}/reading`.
+fn site_of(topic: &str) -> Option<&str> {
+    let mut parts = topic.split('/');
+    (parts.next() == Some("wattle") && parts.next() == Some("v1")).then(|| parts.next()).flatten()
+}
+
+/// A backfill command (docs/mqtt.md).
+#[derive(Debug, serde::Serialize)]
+struct BackfillCommand {
+    from: u64,
+    to: u64,
+}
+
+/// Gap recovery: asks each meter with missing sequences to send them again on its backfill topic,
+/// every `GAP_RETRY_INTERVAL`, at most `GAP_REQUESTS_MAX` times; what is still missing then is
+/// reported as unfillable (logged and counted) and no longer asked for.
+async fn gap_loop(shared: Shared, client: AsyncClient) {
+    loop {
+        tokio::time::sleep(GAP_RETRY_INTERVAL).await;
+        let mut requests = Vec::new();
+        let mut changed = Vec::new();
+        {
+            let mut tracked = shared.tracker.lock().expect("tracker lock is never poisoned");
+            for (meter, state) in tracked.iter_mut().filter(|(_, state)| !state.missing.is_empty()) {
+                if state.requests >= GAP_REQUESTS_MAX {
+                    let unfilled = state.missing_count();
+                    tracing::warn!(%meter, unfilled, ranges = ?state.missing, "missing readings not recovered by backfill");
+                    shared.metrics.gap_sequences_unfilled.fetch_add(unfilled, Ordering::Relaxed);
+                    state.missing.clear();
+                    state.requests = 0;
+                } else {
+                    state.requests += 1;
+                    let topic = format!("wattle/v1/{}/{meter}/cmd/backfill", state.site);
+                    for &(from, to) in &state.missing {
+                        let mut start = from;
+                        while start <= to {
+                            let end = to.min(start + BACKFILL_SPAN_MAX - 1);
+                            requests.push((topic.clone(), BackfillCommand { from: start, to: end }));
+                            start = end + 1;
+                        }
+                    }
+                }
+                changed.push((meter.clone(), state.clone()));
+            }
+        }
+        for (topic, command) in requests {
+            let payload = serde_json::to_vec(&command).expect("a command serialises");
+            match client.publish(&topic, QoS::AtLeastOnce, false, payload).await {
+                Ok(()) => {
+                    shared.metrics.backfill_requests.fetch_add(1, Ordering::Relaxed);
+                }
+                Err(error) => tracing::warn!(%error, %topic, "backfill request not sent"),
+            }
+        }
+        if !changed.is_empty() {
+            let store = shared.store.clone();
+            match tokio::task::spawn_blocking(move || store.put_meters(&changed)).await {
+                Ok(Ok(())) => {}
+                Ok(Err(error)) => tracing::warn!(%error, "gap bookkeeping not stored"),
+                Err(error) => tracing::warn!(%error, "gap bookkeeping task failed"),
+            }
+        }
+    }
 }
 
 async fn forward_loop(shared: Shared) {
@@ -516,6 +656,38 @@ async fn metrics(State(shared): State<Shared>) -> String {
         m.forward_failures.load(Ordering::Relaxed),
     );
     line("wattle_gateway_outbox_depth", "Readings waiting for the ledger.", "gauge", shared.store.outbox_depth());
+    line(
+        "wattle_gateway_duplicates_dropped_total",
+        "Readings received again with the same signed bytes (dropped at the gateway).",
+        "counter",
+        m.duplicates_dropped.load(Ordering::Relaxed),
+    );
+    line(
+        "wattle_gateway_gap_sequences_opened_total",
+        "Sequences found missing (a later sequence arrived first).",
+        "counter",
+        m.gap_sequences_opened.load(Ordering::Relaxed),
+    );
+    line(
+        "wattle_gateway_gap_sequences_filled_total",
+        "Missing sequences that arrived later (backfill).",
+        "counter",
+        m.gap_sequences_filled.load(Ordering::Relaxed),
+    );
+    line(
+        "wattle_gateway_gap_sequences_unfilled_total",
+        "Missing sequences given up after the last backfill request.",
+        "counter",
+        m.gap_sequences_unfilled.load(Ordering::Relaxed),
+    );
+    let open: u64 = shared.tracker.lock().expect("tracker lock").values().map(tracker::MeterState::missing_count).sum();
+    line("wattle_gateway_gap_sequences_open", "Sequences missing right now.", "gauge", open);
+    line(
+        "wattle_gateway_backfill_requests_total",
+        "Backfill commands published to meters.",
+        "counter",
+        m.backfill_requests.load(Ordering::Relaxed),
+    );
     line(
         "wattle_gateway_forward_latency_ms",
         "Latency of the last forward to the ledger.",

@@ -22,3 +22,13 @@ pub const MQTT_INFLIGHT_MAX: u16 = 1_000;
 pub const QUARANTINE_PAGE_MAX: usize = 1_000;
 /// Longest payload kept verbatim in the quarantine (longer ones are cut, with their length noted).
 pub const QUARANTINE_PAYLOAD_BYTES_MAX: usize = 4_096;
+/// How often missing sequences are asked for again on the meter's backfill topic.
+pub const GAP_RETRY_INTERVAL: Duration = Duration::from_secs(2);
+/// Requests per gap before it is reported unfillable (the meter no longer remembers it, or is gone).
+pub const GAP_REQUESTS_MAX: u32 = 5;
+/// Most sequences in one backfill command (docs/mqtt.md).
+pub const BACKFILL_SPAN_MAX: u64 = 4_096;
+/// Default maximum power of a metering point: 1 MW (a large commercial connection).
+pub const MAX_POWER_W_DEFAULT: u64 = 1_000_000;
+/// Default: how far past the gateway's clock an interval may end (two intervals).
+pub const CLOCK_AHEAD_S_MAX_DEFAULT: i64 = 1_800;

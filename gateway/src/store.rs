@@ -6,12 +6,31 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use anyhow::Context;
-use domain::reading::Envelope;
+use domain::ids::MeterId;
+use domain::reading::{Envelope, ReadingDigest};
+
+use crate::tracker::MeterState;
 use rocksdb::{ColumnFamilyDescriptor, DBRecoveryMode, Direction, IteratorMode, Options, WriteBatch, WriteOptions, DB};
 use serde::{Deserialize, Serialize};
 
 const CF_OUTBOX: &str = "outbox";
 const CF_QUARANTINE: &str = "quarantine";
+/// Per meter: sequence and register tracking (`tracker::MeterState`).
+const CF_METERS: &str = "meters";
+/// Per (meter, sequence): the digest of the reading accepted for it, to tell a duplicate from an
+/// equivocation.
+const CF_SEEN: &str = "seen";
+
+fn seen_key(meter: &MeterId, sequence: u64) -> Vec<u8> {
+    [meter.as_str().as_bytes(), b"/", &sequence.to_be_bytes()].concat()
+}
+
+/// Tracking changes written with a batch: meter states and newly accepted digests.
+#[derive(Debug, Default)]
+pub struct Tracking {
+    pub meters: Vec<(MeterId, MeterState)>,
+    pub seen: Vec<(MeterId, u64, ReadingDigest)>,
+}
 
 /// A rejected message, kept with its reason.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
@@ -60,8 +79,9 @@ impl GatewayStore {
         options.create_if_missing(true);
         options.create_missing_column_families(true);
         options.set_wal_recovery_mode(DBRecoveryMode::AbsoluteConsistency);
-        let families =
-            [CF_OUTBOX, CF_QUARANTINE].into_iter().map(|name| ColumnFamilyDescriptor::new(name, Options::default()));
+        let families = [CF_OUTBOX, CF_QUARANTINE, CF_METERS, CF_SEEN]
+            .into_iter()
+            .map(|name| ColumnFamilyDescriptor::new(name, Options::default()));
         let db =
             DB::open_cf_descriptors(&options, data_dir.join("db"), families).context("opening gateway database")?;
         let next_outbox = last_key(&db, db.cf_handle(CF_OUTBOX).expect("created"))?;
@@ -77,15 +97,55 @@ impl GatewayStore {
         self.db.cf_handle(name).expect("column families are created at open")
     }
 
-    /// Durably stores verified readings and rejections in one synced write; only after it
-    /// returns may the messages be acknowledged to the broker.
-    pub fn store_batch(&self, accepted: &[Envelope], rejected: Vec<QuarantineEntry>) -> anyhow::Result<()> {
+    /// Durably stores verified readings, rejections and the tracking they changed in one synced
+    /// write; only after it returns may the messages be acknowledged to the broker.
+    pub fn store_batch(
+        &self,
+        accepted: &[Envelope],
+        rejected: Vec<QuarantineEntry>,
+        tracking: Tracking,
+    ) -> anyhow::Result<()> {
         let mut batch = WriteBatch::default();
         for envelope in accepted {
             let id = self.next_outbox.fetch_add(1, Ordering::SeqCst);
             batch.put_cf(self.cf(CF_OUTBOX), id.to_be_bytes(), serde_json::to_vec(envelope)?);
         }
+        for (meter, state) in tracking.meters {
+            batch.put_cf(self.cf(CF_METERS), meter.as_str().as_bytes(), state.encode());
+        }
+        for (meter, sequence, digest) in tracking.seen {
+            batch.put_cf(self.cf(CF_SEEN), seen_key(&meter, sequence), digest.0);
+        }
         self.commit_with_quarantine(batch, rejected)
+    }
+
+    /// The digest accepted earlier for (meter, sequence), if any.
+    pub fn seen(&self, meter: &MeterId, sequence: u64) -> anyhow::Result<Option<ReadingDigest>> {
+        Ok(self
+            .db
+            .get_cf(self.cf(CF_SEEN), seen_key(meter, sequence))?
+            .and_then(|bytes| bytes.as_slice().try_into().ok())
+            .map(ReadingDigest))
+    }
+
+    /// Every meter's tracking state (loaded at start).
+    pub fn meters(&self) -> anyhow::Result<Vec<(MeterId, MeterState)>> {
+        let mut out = Vec::new();
+        for item in self.db.iterator_cf(self.cf(CF_METERS), IteratorMode::Start) {
+            let (key, value) = item?;
+            let meter: MeterId = std::str::from_utf8(&key)?.parse()?;
+            out.push((meter, MeterState::decode(&value)?));
+        }
+        Ok(out)
+    }
+
+    /// Writes meter states alone (the gap-recovery loop's bookkeeping).
+    pub fn put_meters(&self, meters: &[(MeterId, MeterState)]) -> anyhow::Result<()> {
+        let mut batch = WriteBatch::default();
+        for (meter, state) in meters {
+            batch.put_cf(self.cf(CF_METERS), meter.as_str().as_bytes(), state.encode());
+        }
+        self.commit_with_quarantine(batch, Vec::new())
     }
 
     /// Adds quarantine entries to `batch` (assigning their ids) and writes it, synced.

@@ -1,0 +1,244 @@
+//! Per-meter sequence and register tracking, sans-IO (DESIGN.md, "duplicates, replays, backfill,
+//! gaps"): a duplicate is dropped and counted, an equivocation rejected, a sequence past the next
+//! one opens a gap (asked for again on the meter's backfill topic), a sequence inside a gap fills
+//! it. Registers never go backwards unless the meter reports a reset; the energy of one interval
+//! must be physically possible; the interval must not end in the future beyond a window. A
+//! skewed or unsynced clock is never corrected: the reading keeps its own interval and flags.
+
+use domain::codec::{DecodeError, Reader, Writer};
+use domain::reading::{Reading, ReadingDigest, StatusFlags};
+
+/// Most missing sequences tracked per meter; a larger hole is reported unfillable at once.
+pub const MISSING_PER_METER_MAX: u64 = 4_096 * 4;
+
+/// What the gateway remembers of one meter.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct MeterState {
+    /// The site from the meter's topic (backfill commands go to its site's topic).
+    pub site: String,
+    /// Highest sequence accepted (0: none yet).
+    pub highest: u64,
+    /// Register values at the end of the highest accepted reading.
+    pub import_end_wh: u64,
+    pub export_end_wh: u64,
+    /// Missing sequences, as sorted disjoint inclusive ranges.
+    pub missing: Vec<(u64, u64)>,
+    /// Backfill requests sent for the current missing ranges.
+    pub requests: u32,
+}
+
+impl MeterState {
+    pub fn missing_count(&self) -> u64 {
+        self.missing.iter().map(|(from, to)| to - from + 1).sum()
+    }
+
+    fn remove_missing(&mut self, sequence: u64) -> bool {
+        let Some(position) = self.missing.iter().position(|&(from, to)| from <= sequence && sequence <= to) else {
+            return false;
+        };
+        let (from, to) = self.missing[position];
+        self.missing.remove(position);
+        if sequence < to {
+            self.missing.insert(position, (sequence + 1, to));
+        }
+        if from < sequence {
+            self.missing.insert(position, (from, sequence - 1));
+        }
+        if self.missing.is_empty() {
+            self.requests = 0;
+        }
+        true
+    }
+
+    pub fn encode(&self) -> Vec<u8> {
+        let mut writer = Writer::new();
+        writer
+            .short_bytes(self.site.as_bytes())
+            .u64(self.highest)
+            .u64(self.import_end_wh)
+            .u64(self.export_end_wh)
+            .u32(self.requests)
+            .u32(self.missing.len() as u32);
+        for &(from, to) in &self.missing {
+            writer.u64(from).u64(to);
+        }
+        writer.finish()
+    }
+
+    pub fn decode(bytes: &[u8]) -> Result<Self, DecodeError> {
+        let mut reader = Reader::new(bytes);
+        let site =
+            String::from_utf8(reader.short_bytes()?.to_vec()).map_err(|_| DecodeError::invalid("site", "not UTF-8"))?;
+        let highest = reader.u64()?;
+        let import_end_wh = reader.u64()?;
+        let export_end_wh = reader.u64()?;
+        let requests = reader.u32()?;
+        let count = reader.u32()? as usize;
+        if count > reader.remaining() / 16 {
+            return Err(DecodeError::invalid("missing", "count exceeds bytes"));
+        }
+        let missing = (0..count).map(|_| Ok((reader.u64()?, reader.u64()?))).collect::<Result<_, DecodeError>>()?;
+        reader.finish()?;
+        Ok(MeterState { site, highest, import_end_wh, export_end_wh, missing, requests })
+    }
+}
+
+/// The configured limits of the checks.
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    /// Most energy one 15-minute interval may carry (from the configured maximum power).
+    pub energy_per_interval_wh_max: u64,
+    /// How far past the gateway's clock an interval may end.
+    pub clock_ahead_s_max: i64,
+}
+
+/// The fate of one verified reading.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Verdict {
+    /// Store and forward it. `gap_opened`: sequences newly found missing; `filled`: it was one.
+    Accept { gap_opened: u64, filled: bool },
+    /// The same signed bytes again: dropped and counted.
+    Duplicate,
+    /// Rejected with a reason code and detail.
+    Reject { reason: &'static str, detail: String },
+}
+
+/// Checks one reading whose signature verified; `seen` is the digest accepted earlier for the
+/// same (meter, sequence), if any. Updates `state` only when the reading is accepted.
+pub fn check(
+    state: &mut MeterState,
+    seen: Option<ReadingDigest>,
+    reading: &Reading,
+    digest: ReadingDigest,
+    now_s: i64,
+    limits: Limits,
+) -> Verdict {
+    match seen {
+        Some(earlier) if earlier == digest => return Verdict::Duplicate,
+        Some(_) => {
+            return Verdict::Reject {
+                reason: "equivocation",
+                detail: format!(
+                    "meter {} sent other signed bytes for sequence {}",
+                    reading.meter_id, reading.sequence.0
+                ),
+            }
+        }
+        None => {}
+    }
+    let import = reading.import_energy().0;
+    let export = reading.export_energy().0;
+    if import.max(export) > limits.energy_per_interval_wh_max {
+        return Verdict::Reject {
+            reason: "implausible_energy",
+            detail: format!(
+                "{} Wh imported, {} Wh exported in one interval; at most {} Wh is physically possible",
+                import, export, limits.energy_per_interval_wh_max
+            ),
+        };
+    }
+    if reading.interval_end.0 > now_s + limits.clock_ahead_s_max {
+        return Verdict::Reject {
+            reason: "clock_future",
+            detail: format!(
+                "the interval ends at {}, more than {} s after the gateway's clock ({now_s})",
+                reading.interval_end.0, limits.clock_ahead_s_max
+            ),
+        };
+    }
+    let sequence = reading.sequence.0;
+    let reset = reading.status.contains(StatusFlags::REGISTER_RESET);
+    if state.highest > 0 && sequence == state.highest + 1 && !reset {
+        let backwards = reading.import_start_wh < state.import_end_wh || reading.export_start_wh < state.export_end_wh;
+        // (A register passing its modulus does so inside one reading, whose end is then below its
+        // start; the next reading starts where that one ended.)
+        if backwards {
+            return Verdict::Reject {
+                reason: "register_backwards",
+                detail: format!(
+                    "meter {} sequence {}: import register starts at {} Wh after ending at {} Wh, without a reset flag",
+                    reading.meter_id, sequence, reading.import_start_wh, state.import_end_wh
+                ),
+            };
+        }
+    }
+    let mut gap_opened = 0;
+    let mut filled = false;
+    if sequence > state.highest {
+        if state.highest > 0 && sequence > state.highest + 1 {
+            let (from, to) = (state.highest + 1, sequence - 1);
+            let room = MISSING_PER_METER_MAX.saturating_sub(state.missing_count());
+            let tracked_to = to.min(from + room.max(1) - 1);
+            if room > 0 {
+                state.missing.push((from, tracked_to));
+                gap_opened = tracked_to - from + 1;
+            }
+        }
+        state.highest = sequence;
+        state.import_end_wh = reading.import_end_wh;
+        state.export_end_wh = reading.export_end_wh;
+    } else {
+        filled = state.remove_missing(sequence);
+    }
+    Verdict::Accept { gap_opened, filled }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use domain::ids::{KeyId, MeterId, Sequence, UnixSeconds};
+
+    const LIMITS: Limits = Limits { energy_per_interval_wh_max: 250_000, clock_ahead_s_max: 300 };
+
+    fn reading(sequence: u64, import_start: u64, energy: u64) -> Reading {
+        Reading::import_interval(
+            MeterId::new("M1").expect("id"),
+            KeyId(1),
+            Sequence(sequence),
+            UnixSeconds(900 * sequence as i64),
+            import_start,
+            energy,
+        )
+    }
+
+    fn run(state: &mut MeterState, reading: &Reading, seen: Option<ReadingDigest>) -> Verdict {
+        let digest = ReadingDigest::of(&reading.encode().expect("valid"));
+        check(state, seen, reading, digest, 1_000_000, LIMITS)
+    }
+
+    #[test]
+    fn gaps_open_and_fill_and_duplicates_are_told_from_equivocations() {
+        let mut state = MeterState::default();
+        assert_eq!(run(&mut state, &reading(1, 0, 10), None), Verdict::Accept { gap_opened: 0, filled: false });
+        assert_eq!(run(&mut state, &reading(5, 40, 10), None), Verdict::Accept { gap_opened: 3, filled: false });
+        assert_eq!(state.missing, vec![(2, 4)]);
+        assert_eq!(run(&mut state, &reading(3, 20, 10), None), Verdict::Accept { gap_opened: 0, filled: true });
+        assert_eq!(state.missing, vec![(2, 2), (4, 4)]);
+        let again = reading(3, 20, 10);
+        let digest = ReadingDigest::of(&again.encode().expect("valid"));
+        assert_eq!(run(&mut state, &again, Some(digest)), Verdict::Duplicate);
+        let other = ReadingDigest([9; 32]);
+        assert!(matches!(run(&mut state, &again, Some(other)), Verdict::Reject { reason: "equivocation", .. }));
+        let decoded = MeterState::decode(&state.encode()).expect("decodes");
+        assert_eq!(decoded, state);
+    }
+
+    #[test]
+    fn registers_energy_and_clock_are_checked() {
+        let mut state = MeterState::default();
+        run(&mut state, &reading(1, 1_000, 10), None);
+        assert!(matches!(
+            run(&mut state, &reading(2, 500, 10), None),
+            Verdict::Reject { reason: "register_backwards", .. }
+        ));
+        let mut reset = reading(2, 0, 10);
+        reset.status = StatusFlags::new(StatusFlags::REGISTER_RESET).expect("defined");
+        assert!(matches!(run(&mut state, &reset, None), Verdict::Accept { .. }));
+        assert!(matches!(
+            run(&mut state, &reading(3, 10, 300_000), None),
+            Verdict::Reject { reason: "implausible_energy", .. }
+        ));
+        let future = reading(2_000, 10, 10);
+        assert!(matches!(run(&mut state, &future, None), Verdict::Reject { reason: "clock_future", .. }));
+    }
+}
