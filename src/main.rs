@@ -306,6 +306,10 @@ struct SimArgs {
     /// How many days of readings each meter remembers for backfill.
     #[arg(long, default_value_t = firmware_sim::limits::MEMORY_DAYS_DEFAULT)]
     memory_days: u32,
+    /// After the last interval (--intervals), keep answering backfill commands this many
+    /// seconds before exiting.
+    #[arg(long, default_value_t = 0)]
+    linger_s: u64,
     /// Before starting, measure bare Ed25519 signing on this machine and report the ratio at the end.
     #[arg(long)]
     measure_bare_signing: bool,
@@ -343,6 +347,7 @@ async fn run_sim(args: SimArgs) -> anyhow::Result<()> {
         faults: args.faults,
         fault_plan,
         memory_days: args.memory_days,
+        linger: std::time::Duration::from_secs(args.linger_s),
         clock: args.clock.clock(),
     };
     let fleet = firmware_sim::build_fleet(&config);

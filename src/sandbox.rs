@@ -215,6 +215,7 @@ pub async fn run(args: SandboxArgs) -> anyhow::Result<()> {
         faults: Vec::new(),
         fault_plan: None,
         memory_days: firmware_sim::limits::MEMORY_DAYS_DEFAULT,
+        linger: Duration::ZERO,
         clock,
     };
     let fleet = firmware_sim::build_fleet(&sim_config);

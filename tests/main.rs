@@ -4,5 +4,6 @@
 mod cluster;
 mod end_to_end;
 mod fleet;
+mod gateway;
 mod support;
 mod verifiable;

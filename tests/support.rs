@@ -83,6 +83,13 @@ impl Process {
         self.child.wait().map(|_| ())
     }
 
+    /// Sends a signal by name (`STOP`, `CONT`, `TERM`) to the process, which must be ours.
+    pub fn signal(&self, signal: &str) -> anyhow::Result<()> {
+        let status = Command::new("kill").arg(format!("-{signal}")).arg(self.child.id().to_string()).status()?;
+        anyhow::ensure!(status.success(), "kill -{signal} {} failed", self.child.id());
+        Ok(())
+    }
+
     /// The last lines of the process's log, for failure messages.
     pub fn log_tail(&self) -> String {
         let text = std::fs::read_to_string(&self.log).unwrap_or_default();

@@ -106,6 +106,8 @@ pub struct SimConfig {
     pub fault_plan: Option<FaultPlan>,
     pub memory_days: u32,
     pub clock: Clock,
+    /// After the last interval, keep answering backfill commands this long before exiting.
+    pub linger: Duration,
 }
 
 /// What a run did.
@@ -250,8 +252,12 @@ pub async fn run(config: SimConfig, fleet: Fleet) -> anyhow::Result<SimSummary> 
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
+    if !config.linger.is_zero() {
+        tracing::info!(linger_s = config.linger.as_secs(), "last interval sent; still answering backfill commands");
+        tokio::time::sleep(config.linger).await;
+    }
     let summary = SimSummary {
-        published,
+        published: counters.published.load(Ordering::Relaxed),
         intervals: sequence,
         backfilled: counters.backfilled.load(Ordering::Relaxed),
         elapsed_s: started.elapsed().as_secs_f64(),
