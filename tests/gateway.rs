@@ -19,6 +19,27 @@ const SPEED: u32 = 9_000;
 /// readings), and the intervals after that reveal the gaps.
 const INTERVALS: u64 = 130;
 
+/// Starts a single bootstrapped ledger node with the fleet's registry; returns it and its URL.
+async fn start_ledger(dir: &std::path::Path, clock: &[String]) -> anyhow::Result<(Process, String)> {
+    configure_ledger(dir, METERS, SEED, "0.25")?;
+    let port = free_port();
+    let mut command = wattle();
+    command
+        .args(["node", "--node-id", "1", "--bootstrap", "--listen", &format!("127.0.0.1:{port}")])
+        .arg("--data-dir")
+        .arg(dir.join("node-1"))
+        .arg("--ready-file")
+        .arg(dir.join("node-1.ready"))
+        .arg("--admin-config")
+        .arg(dir.join("ledger.toml"))
+        .arg("--operator-key")
+        .arg(dir.join("operator.key"))
+        .args(clock);
+    let mut node = Process::spawn("node-1", dir, command)?;
+    node.ready_address(&dir.join("node-1.ready")).await?;
+    Ok((node, format!("http://127.0.0.1:{port}")))
+}
+
 async fn metric(http: &reqwest::Client, url: &str, name: &str) -> Option<u64> {
     let text = http.get(format!("{url}/metrics")).send().await.ok()?.text().await.ok()?;
     text.lines().find_map(|line| line.strip_prefix(&format!("{name} ")).and_then(|value| value.parse().ok()))
@@ -31,26 +52,9 @@ async fn metric(http: &reqwest::Client, url: &str, name: &str) -> Option<u64> {
 async fn readings_the_broker_dropped_reach_the_ledger_by_backfill() -> anyhow::Result<()> {
     let _serial = CLUSTER_SERIAL.lock().await;
     let dir = tempfile::tempdir()?;
-    let path = |name: &str| dir.path().join(name);
     let http = reqwest::Client::builder().timeout(Duration::from_secs(10)).build()?;
     let clock = clock_args(EPOCH, SPEED, domain::clock::wall_clock_now().0);
-    configure_ledger(dir.path(), METERS, SEED, "0.25")?;
-    let port = free_port();
-    let ledger_url = format!("http://127.0.0.1:{port}");
-    let mut command = wattle();
-    command
-        .args(["node", "--node-id", "1", "--bootstrap", "--listen", &format!("127.0.0.1:{port}")])
-        .arg("--data-dir")
-        .arg(path("node-1"))
-        .arg("--ready-file")
-        .arg(path("node-1.ready"))
-        .arg("--admin-config")
-        .arg(path("ledger.toml"))
-        .arg("--operator-key")
-        .arg(path("operator.key"))
-        .args(&clock);
-    let mut node = Process::spawn("node-1", dir.path(), command)?;
-    node.ready_address(&path("node-1.ready")).await?;
+    let (node, ledger_url) = start_ledger(dir.path(), &clock).await?;
     let broker = Mosquitto::start(dir.path(), "").await?;
     // A keepalive longer than the stop: the broker keeps the session open and queues for it.
     let mut gateway_args = clock.clone();
@@ -113,5 +117,90 @@ async fn readings_the_broker_dropped_reach_the_ledger_by_backfill() -> anyhow::R
     assert_eq!(filled, opened, "every missing sequence was filled");
     assert_eq!(open, 0, "no sequence is still missing");
     drop(node);
+    Ok(())
+}
+
+/// Random bytes, a truncated envelope, an oversized message, JSON of the wrong shape and bad hex,
+/// all on a reading topic: each is quarantined with its reason, and the gateway keeps running and
+/// still accepts a good reading afterwards.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn garbage_on_the_mqtt_input_is_quarantined_and_the_gateway_keeps_running() -> anyhow::Result<()> {
+    let _serial = CLUSTER_SERIAL.lock().await;
+    let dir = tempfile::tempdir()?;
+    let http = reqwest::Client::builder().timeout(Duration::from_secs(10)).build()?;
+    let clock = clock_args(EPOCH, SPEED, domain::clock::wall_clock_now().0);
+    let (_node, ledger_url) = start_ledger(dir.path(), &clock).await?;
+    let broker = Mosquitto::start(dir.path(), "").await?;
+    let (gateway, gateway_url) =
+        start_gateway(dir.path(), "gw-garbage", broker.port, std::slice::from_ref(&ledger_url), &clock).await?;
+    let topic = format!("wattle/v1/site-0/{}/reading", firmware_sim::meter_id(0));
+    let key = firmware_sim::meter_key(SEED, 0);
+    let good = domain::reading::Reading::import_interval(
+        firmware_sim::meter_id(0),
+        domain::ids::KeyId(1),
+        domain::ids::Sequence(1),
+        // EPOCH, 2026-06-01T00:00:00Z: the first interval of the simulated clock.
+        domain::ids::UnixSeconds(1_780_272_000),
+        1_000,
+        120,
+    )
+    .sign(&key)?
+    .to_envelope(false);
+    let good_json = serde_json::to_string(&good)?;
+    let random: Vec<u8> = (0..300u32).map(|index| (index.wrapping_mul(2_654_435_761) >> 13) as u8).collect();
+    let inputs: Vec<(&str, Vec<u8>)> = vec![
+        ("malformed_envelope", random),
+        ("malformed_envelope", good_json.as_bytes()[..good_json.len() / 2].to_vec()),
+        ("payload_too_large", vec![b'a'; 64 * 1024]),
+        ("malformed_envelope", br#"{"v":1,"reading":12,"signature":[]}"#.to_vec()),
+        ("malformed_envelope", good_json.replace(&good.signature[..4], "zzzz").into_bytes()),
+        (
+            "malformed_reading",
+            serde_json::to_vec(&domain::reading::Envelope { reading: "00".repeat(20), ..good.clone() })?,
+        ),
+    ];
+    for (_, payload) in &inputs {
+        let path = dir.path().join("payload.bin");
+        std::fs::write(&path, payload)?;
+        let status = std::process::Command::new("mosquitto_pub")
+            .args(["-h", "127.0.0.1", "-p", &broker.port.to_string(), "-q", "1", "-t", &topic, "-f"])
+            .arg(&path)
+            .status()?;
+        anyhow::ensure!(status.success(), "mosquitto_pub failed");
+    }
+    let count = inputs.len();
+    let quarantine = poll_until("every input quarantined", Duration::from_secs(30), || {
+        let request = http.get(format!("{gateway_url}/v1/quarantine")).send();
+        async move {
+            let page: serde_json::Value = request.await.ok()?.json().await.ok()?;
+            let entries = page["entries"].as_array()?.clone();
+            (entries.len() >= count).then_some(entries)
+        }
+    })
+    .await
+    .with_context(|| format!("gateway log:\n{}", gateway.log_tail()))?;
+    let reasons: Vec<&str> = quarantine.iter().filter_map(|entry| entry["reason"].as_str()).collect();
+    let expected: Vec<&str> = inputs.iter().map(|(reason, _)| *reason).collect();
+    assert_eq!(reasons, expected, "each input quarantined in order with its reason");
+    // Still running: a good reading is accepted and reaches the ledger.
+    let path = dir.path().join("good.json");
+    std::fs::write(&path, &good_json)?;
+    let status = std::process::Command::new("mosquitto_pub")
+        .args(["-h", "127.0.0.1", "-p", &broker.port.to_string(), "-q", "1", "-t", &topic, "-f"])
+        .arg(&path)
+        .status()?;
+    anyhow::ensure!(status.success(), "mosquitto_pub failed");
+    let customer = firmware_sim::customer_id(0);
+    poll_until("the good reading settled", Duration::from_secs(30), || {
+        let request = http.get(format!("{ledger_url}/v1/customers/{customer}/account")).send();
+        async move {
+            let account: serde_json::Value = request.await.ok()?.json().await.ok()?;
+            (account["intervals_settled"].as_u64() == Some(1)).then_some(())
+        }
+    })
+    .await
+    .with_context(|| format!("gateway log:\n{}", gateway.log_tail()))?;
+    let health = http.get(format!("{gateway_url}/healthz")).send().await?;
+    assert!(health.status().is_success(), "the gateway is healthy after the garbage");
     Ok(())
 }

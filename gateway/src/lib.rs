@@ -203,6 +203,9 @@ pub async fn start(config: GatewayConfig) -> anyhow::Result<GatewayHandle> {
     options.set_manual_acks(true);
     options.set_keep_alive(config.mqtt_keepalive);
     options.set_inflight(MQTT_INFLIGHT_MAX);
+    // Receive (and quarantine) oversized messages instead of failing the connection on them,
+    // which would make the broker redeliver them forever.
+    options.set_max_packet_size(MQTT_PACKET_BYTES_MAX, MQTT_PACKET_BYTES_MAX);
     let (client, event_loop) = AsyncClient::new(options, INGEST_QUEUE_MAX);
     let mqtt = tokio::spawn(mqtt_loop(client.clone(), event_loop, sender, shared.metrics.clone()));
     let gaps = tokio::spawn(gap_loop(shared.clone(), client.clone()));
@@ -477,36 +480,66 @@ struct BackfillCommand {
     to: u64,
 }
 
-/// Gap recovery: asks each meter with missing sequences to send them again on its backfill topic,
-/// every `GAP_RETRY_INTERVAL`, at most `GAP_REQUESTS_MAX` times; what is still missing then is
-/// reported as unfillable (logged and counted) and no longer asked for.
+/// Gap recovery: asks meters with missing sequences to send them again on their backfill topics.
+/// Each round (every `GAP_RETRY_INTERVAL`) asks for at most `BACKFILL_SEQUENCES_PER_ROUND`
+/// sequences, so the answers fit the broker's queue for us (mosquitto's default: 1,000) next to
+/// live traffic; rounds continue where the last one stopped. A meter whose whole missing set was
+/// asked for `GAP_REQUESTS_MAX` times without arriving is reported unfillable (logged, counted)
+/// and no longer asked for.
 async fn gap_loop(shared: Shared, client: AsyncClient) {
+    let mut cursor: Option<MeterId> = None;
     loop {
         tokio::time::sleep(GAP_RETRY_INTERVAL).await;
         let mut requests = Vec::new();
         let mut changed = Vec::new();
         {
             let mut tracked = shared.tracker.lock().expect("tracker lock is never poisoned");
-            for (meter, state) in tracked.iter_mut().filter(|(_, state)| !state.missing.is_empty()) {
+            let mut budget = BACKFILL_SEQUENCES_PER_ROUND;
+            let start = cursor.clone();
+            let (after, before): (Vec<MeterId>, Vec<MeterId>) = tracked
+                .iter()
+                .filter(|(_, state)| !state.missing.is_empty())
+                .map(|(meter, _)| meter.clone())
+                .partition(|meter| start.as_ref().is_none_or(|start| meter >= start));
+            for meter in after.into_iter().chain(before) {
+                if budget == 0 {
+                    cursor = Some(meter);
+                    break;
+                }
+                let state = tracked.get_mut(&meter).expect("listed above");
                 if state.requests >= GAP_REQUESTS_MAX {
                     let unfilled = state.missing_count();
                     tracing::warn!(%meter, unfilled, ranges = ?state.missing, "missing readings not recovered by backfill");
                     shared.metrics.gap_sequences_unfilled.fetch_add(unfilled, Ordering::Relaxed);
                     state.missing.clear();
                     state.requests = 0;
-                } else {
-                    state.requests += 1;
-                    let topic = format!("wattle/v1/{}/{meter}/cmd/backfill", state.site);
-                    for &(from, to) in &state.missing {
-                        let mut start = from;
-                        while start <= to {
-                            let end = to.min(start + BACKFILL_SPAN_MAX - 1);
-                            requests.push((topic.clone(), BackfillCommand { from: start, to: end }));
-                            start = end + 1;
+                    changed.push((meter.clone(), state.clone()));
+                    continue;
+                }
+                let topic = format!("wattle/v1/{}/{meter}/cmd/backfill", state.site);
+                let mut whole = true;
+                'ranges: for &(from, to) in &state.missing {
+                    let mut next = from;
+                    while next <= to {
+                        if budget == 0 {
+                            whole = false;
+                            break 'ranges;
                         }
+                        let end = to.min(next + BACKFILL_SPAN_MAX.min(budget) - 1);
+                        requests.push((topic.clone(), BackfillCommand { from: next, to: end }));
+                        budget -= end - next + 1;
+                        next = end + 1;
                     }
                 }
-                changed.push((meter.clone(), state.clone()));
+                if whole {
+                    state.requests += 1;
+                    changed.push((meter.clone(), state.clone()));
+                } else {
+                    cursor = Some(meter.clone());
+                }
+            }
+            if budget > 0 {
+                cursor = None;
             }
         }
         for (topic, command) in requests {

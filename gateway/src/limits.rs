@@ -23,7 +23,7 @@ pub const QUARANTINE_PAGE_MAX: usize = 1_000;
 /// Longest payload kept verbatim in the quarantine (longer ones are cut, with their length noted).
 pub const QUARANTINE_PAYLOAD_BYTES_MAX: usize = 4_096;
 /// How often missing sequences are asked for again on the meter's backfill topic.
-pub const GAP_RETRY_INTERVAL: Duration = Duration::from_secs(2);
+pub const GAP_RETRY_INTERVAL: Duration = Duration::from_secs(1);
 /// Requests per gap before it is reported unfillable (the meter no longer remembers it, or is gone).
 pub const GAP_REQUESTS_MAX: u32 = 5;
 /// Most sequences in one backfill command (docs/mqtt.md).
@@ -32,3 +32,13 @@ pub const BACKFILL_SPAN_MAX: u64 = 4_096;
 pub const MAX_POWER_W_DEFAULT: u64 = 1_000_000;
 /// Default: how far past the gateway's clock an interval may end (two intervals).
 pub const CLOCK_AHEAD_S_MAX_DEFAULT: i64 = 1_800;
+/// Sequences per meter whose accepted digest the gateway keeps, to tell a duplicate from an
+/// equivocation: 40 days of 15-minute intervals, longer than meters remember for backfill.
+pub const SEEN_WINDOW_SEQUENCES: u64 = 40 * 96;
+/// Largest MQTT packet the gateway accepts. Envelopes are at most 2 KiB; anything up to this size
+/// is received and quarantined as `payload_too_large`. Set the broker's `max_packet_size` to this
+/// or less: a larger packet would fail the connection and be redelivered.
+pub const MQTT_PACKET_BYTES_MAX: usize = 256 * 1024;
+/// Most sequences asked for in one gap-recovery round: their answers must fit the broker's
+/// queue for the gateway (mosquitto's default `max_queued_messages` is 1,000) beside live traffic.
+pub const BACKFILL_SEQUENCES_PER_ROUND: u64 = 500;

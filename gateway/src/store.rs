@@ -111,6 +111,12 @@ impl GatewayStore {
             batch.put_cf(self.cf(CF_OUTBOX), id.to_be_bytes(), serde_json::to_vec(envelope)?);
         }
         for (meter, state) in tracking.meters {
+            // Digests are kept for a bounded window of sequences; older duplicates are told apart
+            // by the ledger, which deduplicates permanently.
+            let keep_from = state.highest.saturating_sub(crate::limits::SEEN_WINDOW_SEQUENCES);
+            if keep_from > 0 {
+                batch.delete_range_cf(self.cf(CF_SEEN), seen_key(&meter, 0), seen_key(&meter, keep_from));
+            }
             batch.put_cf(self.cf(CF_METERS), meter.as_str().as_bytes(), state.encode());
         }
         for (meter, sequence, digest) in tracking.seen {
@@ -203,5 +209,35 @@ impl GatewayStore {
             out.push(serde_json::from_slice(&value).context("quarantine entry decodes")?);
         }
         Ok(out)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Tracking survives reopening, and digests older than the window are pruned.
+    #[test]
+    fn tracking_is_durable_and_the_seen_window_is_bounded() -> anyhow::Result<()> {
+        let dir = tempfile::tempdir()?;
+        let meter: MeterId = "M1".parse()?;
+        let window = crate::limits::SEEN_WINDOW_SEQUENCES;
+        {
+            let store = GatewayStore::open(dir.path())?;
+            let early = Tracking { meters: Vec::new(), seen: vec![(meter.clone(), 1, ReadingDigest([1; 32]))] };
+            store.store_batch(&[], Vec::new(), early)?;
+            assert_eq!(store.seen(&meter, 1)?, Some(ReadingDigest([1; 32])));
+            let state = MeterState { site: "site-0".into(), highest: window + 10, ..MeterState::default() };
+            let later = Tracking {
+                meters: vec![(meter.clone(), state)],
+                seen: vec![(meter.clone(), window + 10, ReadingDigest([2; 32]))],
+            };
+            store.store_batch(&[], Vec::new(), later)?;
+        }
+        let store = GatewayStore::open(dir.path())?;
+        assert_eq!(store.seen(&meter, 1)?, None, "pruned: older than the window");
+        assert_eq!(store.seen(&meter, window + 10)?, Some(ReadingDigest([2; 32])));
+        assert_eq!(store.meters()?[0].1.highest, window + 10);
+        Ok(())
     }
 }
