@@ -7,7 +7,8 @@ use std::time::Duration;
 use anyhow::Context;
 
 use crate::support::{
-    clock_args, configure_ledger, free_port, poll_until, start_gateway, wattle, Mosquitto, Process, CLUSTER_SERIAL,
+    clock_args, configure_ledger, poll_until, start_gateway, start_single_ledger, wattle, Mosquitto, Process,
+    CLUSTER_SERIAL,
 };
 
 const METERS: u32 = 100;
@@ -19,25 +20,10 @@ const SPEED: u32 = 9_000;
 /// readings), and the intervals after that reveal the gaps.
 const INTERVALS: u64 = 130;
 
-/// Starts a single bootstrapped ledger node with the fleet's registry; returns it and its URL.
+/// Starts a single ledger node with the fleet's registry; returns it and its URL.
 async fn start_ledger(dir: &std::path::Path, clock: &[String]) -> anyhow::Result<(Process, String)> {
     configure_ledger(dir, METERS, SEED, "0.25")?;
-    let port = free_port();
-    let mut command = wattle();
-    command
-        .args(["node", "--node-id", "1", "--bootstrap", "--listen", &format!("127.0.0.1:{port}")])
-        .arg("--data-dir")
-        .arg(dir.join("node-1"))
-        .arg("--ready-file")
-        .arg(dir.join("node-1.ready"))
-        .arg("--admin-config")
-        .arg(dir.join("ledger.toml"))
-        .arg("--operator-key")
-        .arg(dir.join("operator.key"))
-        .args(clock);
-    let mut node = Process::spawn("node-1", dir, command)?;
-    node.ready_address(&dir.join("node-1.ready")).await?;
-    Ok((node, format!("http://127.0.0.1:{port}")))
+    start_single_ledger(dir, clock).await
 }
 
 async fn metric(http: &reqwest::Client, url: &str, name: &str) -> Option<u64> {

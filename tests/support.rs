@@ -253,3 +253,24 @@ pub fn spawn_sim(
         .args(clock);
     Process::spawn("sim", dir, command)
 }
+
+/// Starts one bootstrapped ledger node in `dir` (after `configure_ledger`), loading the admin
+/// configuration; returns it and its URL once it serves.
+pub async fn start_single_ledger(dir: &Path, clock: &[String]) -> anyhow::Result<(Process, String)> {
+    let port = free_port();
+    let mut command = wattle();
+    command
+        .args(["node", "--node-id", "1", "--bootstrap", "--listen", &format!("127.0.0.1:{port}")])
+        .arg("--data-dir")
+        .arg(dir.join("node-1"))
+        .arg("--ready-file")
+        .arg(dir.join("node-1.ready"))
+        .arg("--admin-config")
+        .arg(dir.join("ledger.toml"))
+        .arg("--operator-key")
+        .arg(dir.join("operator.key"))
+        .args(clock);
+    let mut node = Process::spawn("node-1", dir, command)?;
+    node.ready_address(&dir.join("node-1.ready")).await?;
+    Ok((node, format!("http://127.0.0.1:{port}")))
+}

@@ -16,7 +16,7 @@ use ledger::state::SettledReading;
 use ledger::store::HistoryRecord;
 use rust_decimal::Decimal;
 
-use crate::support::{configure_ledger, free_port, poll_until, wattle, Process, CLUSTER_SERIAL};
+use crate::support::{configure_ledger, poll_until, start_single_ledger, wattle, CLUSTER_SERIAL};
 
 const SEED: u64 = 11;
 const METERS: u32 = 3;
@@ -51,21 +51,7 @@ async fn receipts_verify_offline_and_audit_names_tampered_transactions() -> anyh
     let path = |name: &str| dir.path().join(name);
     let http = reqwest::Client::builder().timeout(Duration::from_secs(15)).build()?;
     configure_ledger(dir.path(), METERS, SEED, "0.3127")?;
-    let port = free_port();
-    let url = format!("http://127.0.0.1:{port}");
-    let mut command = wattle();
-    command
-        .args(["node", "--node-id", "1", "--bootstrap", "--listen", &format!("127.0.0.1:{port}")])
-        .arg("--data-dir")
-        .arg(path("node-1"))
-        .arg("--ready-file")
-        .arg(path("node-1.ready"))
-        .arg("--admin-config")
-        .arg(path("ledger.toml"))
-        .arg("--operator-key")
-        .arg(path("operator.key"));
-    let mut node = Process::spawn("node-1", dir.path(), command)?;
-    node.ready_address(&path("node-1.ready")).await?;
+    let (mut node, url) = start_single_ledger(dir.path(), &[]).await?;
 
     // The service key endorses the node's signing key.
     let (ok, service_public) = run(wattle().arg("keygen").arg("--out").arg(path("service.key")))?;
