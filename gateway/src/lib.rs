@@ -483,11 +483,13 @@ struct BackfillCommand {
 /// Gap recovery: asks meters with missing sequences to send them again on their backfill topics.
 /// Each round (every `GAP_RETRY_INTERVAL`) asks for at most `BACKFILL_SEQUENCES_PER_ROUND`
 /// sequences, so the answers fit the broker's queue for us (mosquitto's default: 1,000) next to
-/// live traffic; rounds continue where the last one stopped. A meter whose whole missing set was
-/// asked for `GAP_REQUESTS_MAX` times without arriving is reported unfillable (logged, counted)
-/// and no longer asked for.
+/// live traffic; rounds continue where the last one stopped. A meter is asked again only
+/// `GAP_RETRY_AFTER` after its last request (answers take time on a loaded link), and a meter whose
+/// whole missing set was asked for `GAP_REQUESTS_MAX` times without arriving is reported
+/// unfillable (logged, counted) and no longer asked for.
 async fn gap_loop(shared: Shared, client: AsyncClient) {
     let mut cursor: Option<MeterId> = None;
+    let mut last_asked: HashMap<MeterId, Instant> = HashMap::new();
     loop {
         tokio::time::sleep(GAP_RETRY_INTERVAL).await;
         let mut requests = Vec::new();
@@ -500,6 +502,7 @@ async fn gap_loop(shared: Shared, client: AsyncClient) {
                 .iter()
                 .filter(|(_, state)| !state.missing.is_empty())
                 .map(|(meter, _)| meter.clone())
+                .filter(|meter| last_asked.get(meter).is_none_or(|at| at.elapsed() >= GAP_RETRY_AFTER))
                 .partition(|meter| start.as_ref().is_none_or(|start| meter >= start));
             for meter in after.into_iter().chain(before) {
                 if budget == 0 {
@@ -531,6 +534,7 @@ async fn gap_loop(shared: Shared, client: AsyncClient) {
                         next = end + 1;
                     }
                 }
+                last_asked.insert(meter.clone(), Instant::now());
                 if whole {
                     state.requests += 1;
                     changed.push((meter.clone(), state.clone()));
@@ -541,6 +545,7 @@ async fn gap_loop(shared: Shared, client: AsyncClient) {
             if budget > 0 {
                 cursor = None;
             }
+            last_asked.retain(|meter, _| tracked.get(meter).is_some_and(|state| !state.missing.is_empty()));
         }
         for (topic, command) in requests {
             let payload = serde_json::to_vec(&command).expect("a command serialises");

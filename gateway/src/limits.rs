@@ -22,8 +22,10 @@ pub const MQTT_INFLIGHT_MAX: u16 = 1_000;
 pub const QUARANTINE_PAGE_MAX: usize = 1_000;
 /// Longest payload kept verbatim in the quarantine (longer ones are cut, with their length noted).
 pub const QUARANTINE_PAYLOAD_BYTES_MAX: usize = 4_096;
-/// How often missing sequences are asked for again on the meter's backfill topic.
+/// How often the gap-recovery round runs.
 pub const GAP_RETRY_INTERVAL: Duration = Duration::from_secs(1);
+/// How long after asking a meter for missing readings the gateway asks it again.
+pub const GAP_RETRY_AFTER: Duration = Duration::from_secs(5);
 /// Requests per gap before it is reported unfillable (the meter no longer remembers it, or is gone).
 pub const GAP_REQUESTS_MAX: u32 = 5;
 /// Most sequences in one backfill command (docs/mqtt.md).
