@@ -26,6 +26,30 @@ async fn start_ledger(dir: &std::path::Path, clock: &[String]) -> anyhow::Result
     start_single_ledger(dir, clock).await
 }
 
+/// The fleet's last reported count of published readings, from its progress lines in `sim.log`
+/// (`published=N`, possibly with colour codes around the `=`).
+fn sim_published(dir: &std::path::Path) -> Option<u64> {
+    let raw = std::fs::read_to_string(dir.join("sim.log")).ok()?;
+    // Drop colour codes (ESC [ ... m), whose digits would read as the number.
+    let mut log = String::with_capacity(raw.len());
+    let mut chars = raw.chars();
+    while let Some(c) = chars.next() {
+        if c == '\u{1b}' {
+            for code in chars.by_ref() {
+                if code == 'm' {
+                    break;
+                }
+            }
+        } else {
+            log.push(c);
+        }
+    }
+    let at = log.rfind("published=")? + "published=".len();
+    let digits: String =
+        log[at..].chars().skip_while(|c| !c.is_ascii_digit()).take_while(char::is_ascii_digit).collect();
+    digits.parse().ok()
+}
+
 async fn metric(http: &reqwest::Client, url: &str, name: &str) -> Option<u64> {
     let text = http.get(format!("{url}/metrics")).send().await.ok()?.text().await.ok()?;
     text.lines().find_map(|line| line.strip_prefix(&format!("{name} ")).and_then(|value| value.parse().ok()))
@@ -54,14 +78,21 @@ async fn readings_the_broker_dropped_reach_the_ledger_by_backfill() -> anyhow::R
         .args(["--intervals", &INTERVALS.to_string(), "--epoch", EPOCH, "--linger-s", "120"])
         .args(["--broker", &format!("127.0.0.1:{}", broker.port)])
         .args(&clock);
-    let _sim = Process::spawn("sim", dir.path(), command)?;
+    let sim = Process::spawn("sim", dir.path(), command)?;
     poll_until("the first readings stored", Duration::from_secs(30), || {
         let fetch = metric(&http, &gateway_url, "wattle_gateway_readings_accepted_total");
         async move { fetch.await.filter(|count| *count > 0) }
     })
     .await?;
     gateway.signal("STOP")?;
-    tokio::time::sleep(Duration::from_millis(6_500)).await;
+    let at_stop = sim_published(dir.path()).unwrap_or(0);
+    let during_stop =
+        poll_until("5,000 readings published while the gateway is stopped", Duration::from_secs(30), || {
+            let published = sim_published(dir.path()).filter(|count| *count >= at_stop + 5_000);
+            async move { published }
+        })
+        .await?
+            - at_stop;
     gateway.signal("CONT")?;
 
     poll_until("gaps found", Duration::from_secs(60), || {
@@ -93,12 +124,15 @@ async fn readings_the_broker_dropped_reach_the_ledger_by_backfill() -> anyhow::R
         }
     })
     .await
-    .with_context(|| format!("gateway log:\n{}", gateway.log_tail()))?;
+    .with_context(|| format!("gateway log:\n{}\nsim log:\n{}", gateway.log_tail(), sim.log_tail()))?;
     let opened = metric(&http, &gateway_url, "wattle_gateway_gap_sequences_opened_total").await.unwrap_or(0);
     let filled = metric(&http, &gateway_url, "wattle_gateway_gap_sequences_filled_total").await.unwrap_or(0);
     let open = metric(&http, &gateway_url, "wattle_gateway_gap_sequences_open").await.unwrap_or(u64::MAX);
     let requests = metric(&http, &gateway_url, "wattle_gateway_backfill_requests_total").await.unwrap_or(0);
-    println!("broker dropped {opened} readings; {filled} filled by backfill after {requests} requests");
+    println!(
+        "{during_stop} readings published while stopped; broker dropped {opened}; {filled} filled by backfill after \
+         {requests} requests"
+    );
     assert!(opened >= 1_000, "the broker dropped only {opened} readings: the test did not overflow its queue");
     assert_eq!(filled, opened, "every missing sequence was filled");
     assert_eq!(open, 0, "no sequence is still missing");

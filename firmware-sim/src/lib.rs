@@ -305,8 +305,18 @@ async fn run_connection(
                     Ok(Event::Incoming(Packet::ConnAck(_))) => {
                         failures = 0;
                         let online = serde_json::json!({ "online": true, "site": site_name, "connection": connection, "meters": meters.len() });
-                        let _ = client.try_publish(&state_topic, QoS::AtLeastOnce, true, online.to_string());
-                        let _ = client.try_subscribe(format!("wattle/v1/{site_name}/+/cmd/backfill"), QoS::AtLeastOnce);
+                        // Queued from a task: with the request queue full of readings, a `try_`
+                        // call here could fail and leave the connection without its command
+                        // subscription (backfill would then never be answered).
+                        tokio::spawn({
+                            let client = client.clone();
+                            let (state_topic, command_topic) =
+                                (state_topic.clone(), format!("wattle/v1/{site_name}/+/cmd/backfill"));
+                            async move {
+                                let _ = client.publish(state_topic, QoS::AtLeastOnce, true, online.to_string()).await;
+                                let _ = client.subscribe(command_topic, QoS::AtLeastOnce).await;
+                            }
+                        });
                         let client = client.clone();
                         let (fleet, meters, site_name, counters) =
                             (fleet.clone(), meters.clone(), site_name.clone(), counters.clone());
