@@ -10,7 +10,7 @@ use anyhow::Context;
 use domain::api::{SubmitReadings, SubmitReadingsResponse};
 use domain::clock::Clock;
 use domain::ids::{GatewayId, KeyId, Sequence, UnixSeconds};
-use domain::reading::{ClockStatus, Envelope, Reading, SignedReading, StatusFlags};
+use domain::reading::{Envelope, Reading, SignedReading};
 
 /// Options of `wattle bench ledger`.
 #[derive(Debug, clap::Args)]
@@ -46,21 +46,16 @@ pub enum SignatureMode {
 const METERS: u32 = 1_000;
 
 fn reading(meter: u32, sequence: u64) -> Reading {
-    Reading {
-        meter_id: firmware_sim::meter_id(meter),
-        key_id: KeyId(1),
-        sequence: Sequence(sequence),
-        interval_start: UnixSeconds(1_767_225_600 + 900 * sequence as i64),
-        interval_end: UnixSeconds(1_767_226_500 + 900 * sequence as i64),
-        import_start_wh: 1_000 * sequence,
-        import_end_wh: 1_000 * sequence + 250,
-        export_start_wh: 0,
-        export_end_wh: 0,
-        register_modulus_wh: firmware_sim::REGISTER_MODULUS_WH,
-        clock_status: ClockStatus::Synchronized,
-        status: StatusFlags::default(),
-        firmware: firmware_sim::SIM_FIRMWARE,
-    }
+    let start = UnixSeconds(1_767_225_600 + 900 * sequence as i64);
+    let reading = Reading::import_interval(
+        firmware_sim::meter_id(meter),
+        KeyId(1),
+        Sequence(sequence),
+        start,
+        1_000 * sequence,
+        250,
+    );
+    Reading { firmware: firmware_sim::SIM_FIRMWARE, ..reading }
 }
 
 fn percentile(sorted: &[Duration], fraction: f64) -> f64 {

@@ -12,8 +12,8 @@ use anyhow::Context;
 use rust_decimal::{Decimal, RoundingStrategy};
 
 use crate::support::{
-    clock_args, configure_ledger, free_port, poll_until, spawn_sim, start_gateway, wattle, Mosquitto, Process,
-    CLUSTER_SERIAL,
+    clock_args, configure_ledger, free_port, get_json, poll_until, spawn_sim, start_gateway, wattle, Mosquitto,
+    Process, CLUSTER_SERIAL,
 };
 
 const METERS: u32 = 20;
@@ -54,7 +54,7 @@ fn node_command_with(dir: &Path, id: u64, ports: &[u16], clock: &[String], extra
 }
 
 async fn health(http: &reqwest::Client, port: u16) -> Option<serde_json::Value> {
-    http.get(format!("http://127.0.0.1:{port}/healthz")).send().await.ok()?.json().await.ok()
+    get_json(http, &format!("http://127.0.0.1:{port}/healthz")).await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -145,14 +145,7 @@ async fn leader_killed_under_load_loses_and_doubles_nothing() -> anyhow::Result<
             let mut digests = Vec::new();
             let mut from = 0u64;
             loop {
-                let page: serde_json::Value = http
-                    .get(format!("http://127.0.0.1:{port}/v1/transactions?from={from}"))
-                    .send()
-                    .await
-                    .ok()?
-                    .json()
-                    .await
-                    .ok()?;
+                let page = get_json(&http, &format!("http://127.0.0.1:{port}/v1/transactions?from={from}")).await?;
                 let transactions = page["transactions"].as_array()?;
                 if transactions.is_empty() {
                     return Some(digests);

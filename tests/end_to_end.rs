@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 use domain::ids::{KeyId, Sequence, UnixSeconds};
-use domain::reading::{ClockStatus, Reading, StatusFlags};
+use domain::reading::Reading;
 use rust_decimal::{Decimal, RoundingStrategy};
 
 use crate::support::{
@@ -35,21 +35,10 @@ fn publish(port: u16, topic: &str, payload: &str) -> anyhow::Result<()> {
 
 /// A reading of meter `index` outside the simulated run's sequences.
 fn stray_reading(index: u32, key_id: u32) -> Reading {
-    Reading {
-        meter_id: firmware_sim::meter_id(index),
-        key_id: KeyId(key_id),
-        sequence: Sequence(1_000_000),
-        interval_start: UnixSeconds(1_772_409_600),
-        interval_end: UnixSeconds(1_772_410_500),
-        import_start_wh: 10_000,
-        import_end_wh: 10_250,
-        export_start_wh: 0,
-        export_end_wh: 0,
-        register_modulus_wh: firmware_sim::REGISTER_MODULUS_WH,
-        clock_status: ClockStatus::Synchronized,
-        status: StatusFlags::default(),
-        firmware: firmware_sim::SIM_FIRMWARE,
-    }
+    let meter = firmware_sim::meter_id(index);
+    let reading =
+        Reading::import_interval(meter, KeyId(key_id), Sequence(1_000_000), UnixSeconds(1_772_409_600), 10_000, 250);
+    Reading { firmware: firmware_sim::SIM_FIRMWARE, ..reading }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -7,7 +7,7 @@ use std::time::Duration;
 use anyhow::Context;
 
 use crate::support::{
-    clock_args, configure_ledger, poll_until, start_gateway, start_single_ledger, wattle, Mosquitto, Process,
+    clock_args, configure_ledger, get_json, poll_until, start_gateway, start_single_ledger, wattle, Mosquitto, Process,
     CLUSTER_SERIAL,
 };
 
@@ -108,14 +108,7 @@ async fn readings_the_broker_dropped_reach_the_ledger_by_backfill() -> anyhow::R
         async move {
             for meter in 0..METERS {
                 let customer = firmware_sim::customer_id(meter);
-                let account: serde_json::Value = http
-                    .get(format!("{ledger_url}/v1/customers/{customer}/account"))
-                    .send()
-                    .await
-                    .ok()?
-                    .json()
-                    .await
-                    .ok()?;
+                let account = get_json(&http, &format!("{ledger_url}/v1/customers/{customer}/account")).await?;
                 if account["intervals_settled"].as_u64() != Some(INTERVALS) {
                     return None;
                 }

@@ -274,3 +274,8 @@ pub async fn start_single_ledger(dir: &Path, clock: &[String]) -> anyhow::Result
     node.ready_address(&dir.join("node-1.ready")).await?;
     Ok((node, format!("http://127.0.0.1:{port}")))
 }
+
+/// GETs a URL and parses its JSON body; `None` on any failure (for polling).
+pub async fn get_json(http: &reqwest::Client, url: &str) -> Option<serde_json::Value> {
+    http.get(url).send().await.ok()?.json().await.ok()
+}

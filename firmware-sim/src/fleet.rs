@@ -13,7 +13,7 @@ use sha2::{Digest, Sha256};
 use crate::faults::{Fault, FaultKind, FaultPlan};
 
 /// Registers of simulated meters roll over at 10^12 Wh (a 9-digit kWh display).
-pub const REGISTER_MODULUS_WH: u64 = 1_000_000_000_000;
+pub const REGISTER_MODULUS_WH: u64 = domain::reading::REGISTER_MODULUS_WH_DEFAULT;
 /// The key id every simulated meter signs with (no rotation yet).
 pub const SIM_KEY_ID: KeyId = KeyId(1);
 /// Firmware version 1.0.0.

@@ -86,7 +86,7 @@ pub fn audit(store: &Store, mut progress: impl FnMut(u64, u64)) -> Result<AuditR
             if entry.log_id.index != at {
                 return Err(fail(at, "-", format!("history record holds the entry of index {}", entry.log_id.index)));
             }
-            let (tx_id_bytes, tx_id, claims) = match &entry.payload {
+            let tx_id = match &entry.payload {
                 EntryPayload::Normal(tx) => {
                     let tx_id = tx.tx_id.to_string();
                     report.transactions += 1;
@@ -116,36 +116,24 @@ pub fn audit(store: &Store, mut progress: impl FnMut(u64, u64)) -> Result<AuditR
                     let mut overlay = Overlay::new(&replay);
                     let applied =
                         state::apply(&mut overlay, at, tx).map_err(|halt| fail(at, &tx_id, halt.reason.clone()))?;
-                    let claims = applied.claims;
-                    if claims == record.claims {
-                        // The root this entry leads to, recorded for a marker's signature step.
-                        let claims_digest = claims.as_deref().map_or(merkle::NO_CLAIMS, merkle::sha256);
-                        let mut next = frontier.clone();
-                        next.append(merkle::leaf_hash(&tx.tx_id.0, &merkle::sha256(&record.entry), &claims_digest));
-                        state::record_marker_root(&mut overlay, at, next.root().expect("a leaf was appended"));
-                    }
+                    let root = check_leaf(&mut frontier, at, &record, &tx.tx_id.0, applied.claims)
+                        .map_err(|reason| fail(at, &tx_id, reason))?;
+                    // The root this entry leads to, recorded for a marker's signature step.
+                    state::record_marker_root(&mut overlay, at, root);
                     let writes = overlay.writes.puts;
                     for (key, value) in writes {
                         replay.writers.insert(key.clone(), at);
                         replay.tables.insert(key, value);
                     }
-                    (tx.tx_id.0, tx_id, claims)
+                    tx_id
                 }
-                _ => ([0; 16], "raft entry".to_string(), None),
+                _ => {
+                    let tx_id = "raft entry".to_string();
+                    check_leaf(&mut frontier, at, &record, &[0; 16], None)
+                        .map_err(|reason| fail(at, &tx_id, reason))?;
+                    tx_id
+                }
             };
-            if claims != record.claims {
-                return Err(fail(at, &tx_id, "the stored claims document differs from re-executed settlement".into()));
-            }
-            let claims_digest = claims.as_deref().map_or(merkle::NO_CLAIMS, merkle::sha256);
-            let leaf = merkle::leaf_hash(&tx_id_bytes, &merkle::sha256(&record.entry), &claims_digest);
-            if leaf != record.leaf {
-                return Err(fail(at, &tx_id, "the stored Merkle leaf does not match the entry".into()));
-            }
-            frontier.append(leaf);
-            let root = frontier.root().expect("a leaf was appended");
-            if root != record.root {
-                return Err(fail(at, &tx_id, "the stored Merkle root does not match the history up to here".into()));
-            }
             tx_ids.insert(at, tx_id);
             report.entries += 1;
             index = at + 1;
@@ -182,6 +170,30 @@ pub fn audit(store: &Store, mut progress: impl FnMut(u64, u64)) -> Result<AuditR
         }
     }
     Ok(report)
+}
+
+/// Checks an entry's re-executed claims, its leaf and the root after it against the stored
+/// record, and appends the leaf; returns the root.
+fn check_leaf(
+    frontier: &mut Frontier,
+    at: u64,
+    record: &crate::store::HistoryRecord,
+    tx_id: &[u8; 16],
+    claims: Option<Vec<u8>>,
+) -> Result<merkle::Hash, String> {
+    if claims != record.claims {
+        return Err("the stored claims document differs from re-executed settlement".into());
+    }
+    let leaf = crate::store::entry_leaf(tx_id, &record.entry, claims.as_deref());
+    if leaf != record.leaf {
+        return Err("the stored Merkle leaf does not match the entry".into());
+    }
+    frontier.append(leaf);
+    let root = frontier.root().expect("a leaf was appended");
+    if root != record.root {
+        return Err(format!("the stored Merkle root after entry {at} does not match the history up to it"));
+    }
+    Ok(root)
 }
 
 fn printable(key: &[u8]) -> String {

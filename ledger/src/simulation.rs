@@ -765,10 +765,10 @@ impl Simulation {
         }
         // Committed entries never change, and no two replicas apply different entries at an index.
         for index in node.checked_index + 1..=applied {
-            let Some(bytes) = store.log_entry_bytes(index).map_err(|error| error.to_string())? else {
-                continue; // purged behind a snapshot before this look
+            let Some(record) = store.history(index).map_err(|error| error.to_string())? else {
+                continue; // before the snapshot this replica installed
             };
-            let hash: [u8; 32] = Sha256::digest(&bytes).into();
+            let hash: [u8; 32] = Sha256::digest(&record.entry).into();
             match self.committed.get(&index) {
                 Some(known) if *known != hash => return Err(format!("node {id}: fork, entry {index} differs")),
                 Some(_) => {}

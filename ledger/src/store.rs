@@ -107,9 +107,15 @@ impl HistoryRecord {
             EntryPayload::Normal(tx) => tx.tx_id.0,
             _ => [0; 16],
         };
-        let claims = self.claims.as_deref().map_or(merkle::NO_CLAIMS, merkle::sha256);
-        Ok(merkle::leaf_hash(&tx_id, &merkle::sha256(&self.entry), &claims))
+        Ok(entry_leaf(&tx_id, &self.entry, self.claims.as_deref()))
     }
+}
+
+/// The Merkle leaf of an entry: its transaction id (zeros for raft's own entries), the digest of
+/// its canonical bytes, and the digest of its claims document (zeros if none). docs/receipts.md.
+pub fn entry_leaf(tx_id: &[u8; 16], entry_bytes: &[u8], claims: Option<&[u8]>) -> merkle::Hash {
+    let claims_digest = claims.map_or(merkle::NO_CLAIMS, merkle::sha256);
+    merkle::leaf_hash(tx_id, &merkle::sha256(entry_bytes), &claims_digest)
 }
 
 impl Debug for Store {
@@ -316,23 +322,6 @@ impl Store {
             })
             .map_err(read_error)?;
         Ok(hasher.finalize().into())
-    }
-
-    /// Raft entries from `from` (inclusive), at most `limit` of them.
-    pub fn log_entries(&self, from: u64, limit: u64) -> StorageResult<Vec<openraft::Entry<TypeConfig>>> {
-        let mut encoded = Vec::new();
-        self.kv
-            .scan(Cf::Log, &from.to_be_bytes(), &mut |_, value| {
-                encoded.push(value.to_vec());
-                (encoded.len() as u64) < limit
-            })
-            .map_err(read_error)?;
-        encoded.iter().map(|bytes| decode_entry(bytes).map_err(read_error)).collect()
-    }
-
-    /// The log entry at `index` in its canonical bytes, if the log still holds it.
-    pub fn log_entry_bytes(&self, index: u64) -> StorageResult<Option<Vec<u8>>> {
-        self.kv.get(Cf::Log, &index.to_be_bytes()).map_err(read_error)
     }
 
     fn read_last_applied(&self) -> StorageResult<Option<LogId<NodeId>>> {
@@ -653,8 +642,7 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
                     ([0; 16], None)
                 }
             };
-            let claims_digest = claims.as_deref().map_or(merkle::NO_CLAIMS, merkle::sha256);
-            let leaf = merkle::leaf_hash(&tx_id, &merkle::sha256(&bytes), &claims_digest);
+            let leaf = entry_leaf(&tx_id, &bytes, claims.as_deref());
             frontier.append(leaf);
             let root = frontier.root().expect("a leaf was just appended");
             state::record_marker_root(&mut overlay, index, root);
