@@ -9,8 +9,8 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 # Debian packages: libclang for RocksDB's bindings, a C++ compiler for RocksDB itself,
-# mosquitto and its clients for the integration tests.
-packages=(libclang-dev clang g++ mosquitto mosquitto-clients pkg-config)
+# mosquitto and its clients for the integration tests, mbpoll (a Modbus client we did not write).
+packages=(libclang-dev clang g++ mosquitto mosquitto-clients mbpoll pkg-config)
 
 setup() {
   local missing=()

@@ -218,7 +218,11 @@ async fn ledger_cluster(
                 let mut latencies = Vec::new();
                 loop {
                     let Some((_, readings)) = queue.lock().expect("queue lock").pop() else { break };
-                    let request = SubmitReadings { gateway_id: GatewayId::new("bench").expect("id"), readings };
+                    let request = SubmitReadings {
+                        gateway_id: GatewayId::new("bench").expect("id"),
+                        readings,
+                        gateway_signature: None,
+                    };
                     let sent = Instant::now();
                     let response: SubmitReadingsResponse = http
                         .post(format!("{url}/v1/readings"))

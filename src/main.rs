@@ -313,6 +313,30 @@ struct SimArgs {
     /// Before starting, measure bare Ed25519 signing on this machine and report the ratio at the end.
     #[arg(long)]
     measure_bare_signing: bool,
+    /// Serve every site over Modbus TCP (SunSpec 1/203 plus the signed-reading blocks, SDM630 for
+    /// legacy meters; docs/modbus.md): site N listens on this port + N, meters are unit ids 1...
+    #[arg(long)]
+    modbus_listen: Option<std::net::SocketAddr>,
+    /// A meter index that is an unsigned legacy meter (SDM630 map over Modbus, nothing over MQTT).
+    /// Repeatable.
+    #[arg(long = "legacy-meter")]
+    legacy_meters: Vec<u32>,
+    /// BDEW standard load profile of the meters: h25 (households, dynamised by day of year) or
+    /// g25 (commerce); scaled per meter by a yearly consumption (docs/simulator.md).
+    #[arg(long, default_value = "h25")]
+    profile: firmware_sim::load::Profile,
+    /// Share of meters (0-1) with rooftop PV; they export around solar noon.
+    #[arg(long, default_value_t = 0.2)]
+    pv_share: f64,
+    /// Site latitude in degrees (north positive), for the sun's position.
+    #[arg(long = "latitude", default_value_t = 51.3, allow_negative_numbers = true)]
+    latitude_deg: f64,
+    /// Site longitude in degrees (east positive).
+    #[arg(long = "longitude", default_value_t = 9.5, allow_negative_numbers = true)]
+    longitude_deg: f64,
+    /// Time zone of the load profiles' wall clock (IANA name).
+    #[arg(long, default_value = "Europe/Berlin")]
+    timezone: chrono_tz::Tz,
     #[command(flatten)]
     clock: ClockArgs,
 }
@@ -349,8 +373,17 @@ async fn run_sim(args: SimArgs) -> anyhow::Result<()> {
         memory_days: args.memory_days,
         linger: std::time::Duration::from_secs(args.linger_s),
         clock: args.clock.clock(),
+        modbus_listen: args.modbus_listen,
+        legacy_meters: args.legacy_meters.iter().copied().collect(),
+        load: firmware_sim::load::LoadConfig {
+            profile: args.profile,
+            pv_share: args.pv_share,
+            latitude_deg: args.latitude_deg,
+            longitude_deg: args.longitude_deg,
+            tz: args.timezone,
+        },
     };
-    let fleet = firmware_sim::build_fleet(&config);
+    let fleet = firmware_sim::build_fleet(&config)?;
     if let Some(path) = &args.fault_plan_out {
         std::fs::write(path, serde_json::to_string_pretty(&fleet.plan)?)
             .with_context(|| format!("writing {}", path.display()))?;

@@ -217,8 +217,11 @@ pub async fn run(args: SandboxArgs) -> anyhow::Result<()> {
         memory_days: firmware_sim::limits::MEMORY_DAYS_DEFAULT,
         linger: Duration::ZERO,
         clock,
+        modbus_listen: None,
+        legacy_meters: Default::default(),
+        load: Default::default(),
     };
-    let fleet = firmware_sim::build_fleet(&sim_config);
+    let fleet = firmware_sim::build_fleet(&sim_config)?;
     let sim = firmware_sim::run(sim_config, fleet);
     let outcome = match args.exit_after_intervals {
         Some(intervals) => {

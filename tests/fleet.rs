@@ -27,13 +27,13 @@ struct Message {
 }
 
 /// `mosquitto_sub` on everything under `wattle/v1/`, writing to a file.
-struct Subscriber {
+pub(crate) struct Subscriber {
     output: PathBuf,
     _process: Process,
 }
 
 impl Subscriber {
-    async fn start(dir: &Path, port: u16) -> anyhow::Result<Subscriber> {
+    pub(crate) async fn start(dir: &Path, port: u16) -> anyhow::Result<Subscriber> {
         let output = dir.join("subscriber.out");
         let mut command = Command::new("mosquitto_sub");
         command.args(["-h", "127.0.0.1", "-p", &port.to_string(), "-q", "1", "-v", "-t", "wattle/v1/#"]);
@@ -62,7 +62,7 @@ impl Subscriber {
     }
 
     /// Readings of one meter in arrival order: (envelope, decoded reading if it decodes).
-    fn readings(&self, meter: u32) -> Vec<(Envelope, Option<SignedReading>)> {
+    pub(crate) fn readings(&self, meter: u32) -> Vec<(Envelope, Option<SignedReading>)> {
         let topic = format!("wattle/v1/site-0/{}/reading", meter_id(meter));
         self.messages()
             .into_iter()

@@ -5,5 +5,6 @@ mod cluster;
 mod end_to_end;
 mod fleet;
 mod gateway;
+mod modbus;
 mod support;
 mod verifiable;

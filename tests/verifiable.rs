@@ -74,7 +74,7 @@ async fn receipts_verify_offline_and_audit_names_tampered_transactions() -> anyh
                 reading(meter, sequence).sign(&key).expect("valid reading").to_envelope(false)
             })
             .collect();
-        let request = SubmitReadings { gateway_id: GatewayId::new("gw-test")?, readings };
+        let request = SubmitReadings { gateway_id: GatewayId::new("gw-test")?, readings, gateway_signature: None };
         let response: SubmitReadingsResponse =
             http.post(format!("{url}/v1/readings")).json(&request).send().await?.error_for_status()?.json().await?;
         tx_ids.push(response.tx_id.context("a transaction id")?);

@@ -14,6 +14,63 @@ use crate::reading::Envelope;
 pub struct SubmitReadings {
     pub gateway_id: GatewayId,
     pub readings: Vec<Envelope>,
+    /// The gateway's Ed25519 signature over [`batch_message`]: who vouches for this batch.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub gateway_signature: Option<GatewaySignature>,
+}
+
+/// A gateway's signature of one batch, with the key that made it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GatewaySignature {
+    /// Ed25519 public key, hex.
+    pub public_key: String,
+    /// 64-byte signature, hex.
+    pub signature: String,
+}
+
+/// What a gateway signs for a batch: SHA-256 over a domain tag, the gateway id and every
+/// envelope's reading and signature fields (length-prefixed), in request order.
+pub fn batch_message(gateway_id: &GatewayId, readings: &[Envelope]) -> [u8; 32] {
+    use sha2::{Digest, Sha256};
+    let mut hasher = Sha256::new();
+    hasher.update(b"wattle.gateway-batch.v1\0");
+    let mut field = |bytes: &[u8]| {
+        hasher.update((bytes.len() as u32).to_be_bytes());
+        hasher.update(bytes);
+    };
+    field(gateway_id.as_str().as_bytes());
+    for envelope in readings {
+        field(envelope.reading.as_bytes());
+        field(envelope.signature.as_bytes());
+    }
+    hasher.finalize().into()
+}
+
+impl GatewaySignature {
+    /// Signs a batch with the gateway's key.
+    pub fn sign(key: &ed25519_dalek::SigningKey, gateway_id: &GatewayId, readings: &[Envelope]) -> GatewaySignature {
+        use ed25519_dalek::Signer;
+        let signature = key.sign(&batch_message(gateway_id, readings));
+        GatewaySignature {
+            public_key: hex::encode(key.verifying_key().to_bytes()),
+            signature: hex::encode(signature.to_bytes()),
+        }
+    }
+
+    /// Checks the signature (ZIP-215, as every signature in Wattle); returns the public key.
+    pub fn verify(&self, gateway_id: &GatewayId, readings: &[Envelope]) -> Result<[u8; 32], String> {
+        let key: [u8; 32] = hex::decode(&self.public_key)
+            .ok()
+            .and_then(|bytes| bytes.try_into().ok())
+            .ok_or("gateway public key is not 32 bytes of hex")?;
+        let signature: [u8; 64] = hex::decode(&self.signature)
+            .ok()
+            .and_then(|bytes| bytes.try_into().ok())
+            .ok_or("gateway signature is not 64 bytes of hex")?;
+        crate::verify::verify_signature(&key, &signature, &batch_message(gateway_id, readings))
+            .map_err(|error| format!("gateway signature: {error}"))?;
+        Ok(key)
+    }
 }
 
 /// What became of each submitted reading, in request order.
@@ -65,9 +122,12 @@ pub struct TransactionStatus {
 pub struct MeterInfo {
     pub meter_id: MeterId,
     pub key_id: u32,
-    /// Ed25519 public key, hex.
+    /// Ed25519 public key, hex. For an attested meter: the attesting gateway's key.
     pub public_key: String,
     pub customer_id: CustomerId,
+    /// Set for an unsigned (legacy) meter: the gateway whose key signs its readings.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub attested_by: Option<GatewayId>,
 }
 
 /// `GET /v1/customers/{id}/account`: committed settlement state of one customer, unrounded.

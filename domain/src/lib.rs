@@ -12,6 +12,7 @@ pub mod codec;
 pub mod ids;
 pub mod limits;
 pub mod merkle;
+pub mod modbus;
 pub mod money;
 pub mod reading;
 pub mod receipt;

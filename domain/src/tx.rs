@@ -119,6 +119,15 @@ pub enum AdminAction {
         service_key: [u8; 32],
         endorsement: [u8; 64],
     },
+    /// Register an unsigned (legacy) meter whose readings a gateway attests: they are signed by
+    /// that gateway's key, registered here as the meter's key, and marked as attested.
+    RegisterAttestedMeter {
+        meter_id: MeterId,
+        gateway_id: GatewayId,
+        key_id: KeyId,
+        gateway_key: [u8; 32],
+        customer_id: CustomerId,
+    },
 }
 
 /// Longest node address in an admin action.
@@ -212,6 +221,15 @@ impl AdminAction {
                     writer.u64(*voter);
                 }
             }
+            AdminAction::RegisterAttestedMeter { meter_id, gateway_id, key_id, gateway_key, customer_id } => {
+                writer
+                    .u8(7)
+                    .short_bytes(meter_id.as_str().as_bytes())
+                    .short_bytes(gateway_id.as_str().as_bytes())
+                    .u32(key_id.0)
+                    .fixed(gateway_key)
+                    .short_bytes(customer_id.as_str().as_bytes());
+            }
             AdminAction::EndorseNode { node_id, node_key, service_key, endorsement } => {
                 writer.u8(6).u64(*node_id).fixed(node_key).fixed(service_key).fixed(endorsement);
             }
@@ -249,6 +267,13 @@ impl AdminAction {
                 node_key: reader.array()?,
                 service_key: reader.array()?,
                 endorsement: reader.array()?,
+            }),
+            7 => Ok(AdminAction::RegisterAttestedMeter {
+                meter_id: decode_id(reader, "meter_id")?,
+                gateway_id: decode_id(reader, "gateway_id")?,
+                key_id: KeyId(reader.u32()?),
+                gateway_key: reader.array()?,
+                customer_id: decode_id(reader, "customer_id")?,
             }),
             other => Err(DecodeError::invalid("admin_action", format!("unknown kind {other}"))),
         }

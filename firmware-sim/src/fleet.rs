@@ -1,7 +1,7 @@
 //! The deterministic fleet: every reading any meter ever sends is a pure function of
-//! (seed, meter, sequence, fault plan). Nothing is stored per reading, so the fleet keeps a few
-//! bytes per meter, and a backfilled reading is byte-identical to the original (Ed25519
-//! signatures are deterministic).
+//! (seed, load model, meter, sequence, fault plan). Nothing is stored per reading, so the fleet
+//! keeps a few bytes per meter, and a backfilled reading is byte-identical to the original
+//! (Ed25519 signatures are deterministic). What meters measure comes from [`crate::load`].
 
 use std::collections::HashMap;
 
@@ -11,6 +11,7 @@ use ed25519_dalek::SigningKey;
 use sha2::{Digest, Sha256};
 
 use crate::faults::{Fault, FaultKind, FaultPlan};
+use crate::load::{LoadConfig, LoadConfigError, LoadModel};
 
 /// Registers of simulated meters roll over at 10^12 Wh (a 9-digit kWh display).
 pub const REGISTER_MODULUS_WH: u64 = domain::reading::REGISTER_MODULUS_WH_DEFAULT;
@@ -67,20 +68,18 @@ pub(crate) fn mix(seed: u64, meter: u32, salt: i64) -> u64 {
     u64::from_be_bytes(digest[..8].try_into().expect("8 bytes"))
 }
 
-/// Energy a household meter imports over one interval: a daily shape (night trough, morning
-/// and evening peaks) scaled per meter, with noise. Deterministic in (seed, meter, interval).
-/// The realism issue replaces this with the BDEW profiles.
-pub fn interval_import_wh(seed: u64, meter: u32, interval_start: UnixSeconds, interval_s: i64) -> u64 {
-    let hour = interval_start.0.rem_euclid(86_400) / 3_600;
-    // Watts per household, by hour of day (UTC treated as local for now).
-    const SHAPE_W: [u64; 24] = [
-        180, 150, 140, 140, 150, 200, 320, 480, 420, 350, 330, 360, 420, 380, 340, 350, 420, 560, 700, 680, 600, 480,
-        350, 240,
-    ];
-    let scale_percent = 60 + (mix(seed, meter, -1) % 90); // 60..150 % of the mean household
-    let noise_percent = 80 + (mix(seed, meter, interval_start.0) % 41); // 80..120 %
-    let watts = SHAPE_W[hour as usize] * scale_percent / 100 * noise_percent / 100;
-    watts * interval_s as u64 / 3_600
+/// A meter's two registers, in Wh modulo [`REGISTER_MODULUS_WH`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Registers {
+    pub import_wh: u64,
+    pub export_wh: u64,
+}
+
+impl Registers {
+    /// The registers at the end of a reading's interval.
+    pub fn after(reading: &Reading) -> Registers {
+        Registers { import_wh: reading.import_end_wh, export_wh: reading.export_end_wh }
+    }
 }
 
 /// The fleet's shape and its fault plan.
@@ -94,6 +93,7 @@ pub struct Fleet {
     pub epoch: UnixSeconds,
     pub plan: FaultPlan,
     faults: HashMap<u32, Vec<Fault>>,
+    model: LoadModel,
 }
 
 /// What a meter sends live for one sequence.
@@ -105,9 +105,21 @@ pub struct Emission {
 }
 
 impl Fleet {
+    /// A fleet of households with the default [`LoadConfig`] (see [`Fleet::with_model`]).
     pub fn new(seed: u64, meters: u32, sites: u32, interval_s: i64, epoch: UnixSeconds, plan: FaultPlan) -> Fleet {
         let faults = plan.index();
-        Fleet { seed, meters, sites: sites.max(1), interval_s, epoch, plan, faults }
+        let model = LoadModel::new(seed, LoadConfig::default()).expect("the default load config is valid");
+        Fleet { seed, meters, sites: sites.max(1), interval_s, epoch, plan, faults, model }
+    }
+
+    /// The same fleet measuring with another load and PV model.
+    pub fn with_model(self, config: LoadConfig) -> Result<Fleet, LoadConfigError> {
+        Ok(Fleet { model: LoadModel::new(self.seed, config)?, ..self })
+    }
+
+    /// The load and PV model the meters measure.
+    pub fn model(&self) -> &LoadModel {
+        &self.model
     }
 
     /// Which site a meter belongs to (contiguous blocks of meters).
@@ -155,38 +167,55 @@ impl Fleet {
 
     /// What the meter measured over the interval of `sequence` (import, export) in Wh.
     pub fn measured_wh(&self, meter: u32, sequence: u64) -> (u64, u64) {
-        (interval_import_wh(self.seed, meter, self.interval_start(sequence), self.interval_s), 0)
+        let flows = self.model.interval(meter, self.site_of(meter), self.interval_start(sequence), self.interval_s);
+        (flows.import_wh, flows.export_wh)
     }
 
-    fn initial_import_wh(&self, meter: u32) -> u64 {
-        let base = mix(self.seed, meter, -2) % 50_000_000;
+    fn initial_registers(&self, meter: u32) -> Registers {
+        let has_pv = self.model.premises(meter).pv_kwp.is_some();
+        let base = Registers {
+            import_wh: mix(self.seed, meter, -2) % 50_000_000,
+            export_wh: if has_pv { mix(self.seed, meter, -3) % 20_000_000 } else { 0 },
+        };
         let Some(rollover) =
             self.faults.get(&meter).and_then(|faults| faults.iter().find(|f| f.kind == FaultKind::Rollover))
         else {
             return base;
         };
-        // Choose the start so that the register passes the modulus during the faulty interval.
-        let mut register = 0u64;
+        // Choose the start so that a register passes the modulus during the faulty interval: the
+        // import register, or the export register if the meter only exports then (PV at noon).
+        let mut from_zero = Registers::default();
         for sequence in 1..rollover.sequence {
-            register = self.step(meter, sequence, register).import_end_wh;
+            from_zero = Registers::after(&self.step(meter, sequence, from_zero));
         }
-        let half = self.measured_wh(meter, rollover.sequence).0 / 2;
-        let target = REGISTER_MODULUS_WH - half - 1;
-        (target + REGISTER_MODULUS_WH - register) % REGISTER_MODULUS_WH
+        let start_for = |energy_wh: u64, register_wh: u64| {
+            let target = REGISTER_MODULUS_WH - energy_wh / 2 - 1;
+            (target + REGISTER_MODULUS_WH - register_wh) % REGISTER_MODULUS_WH
+        };
+        match self.measured_wh(meter, rollover.sequence) {
+            (0, export_wh) if export_wh > 0 => {
+                Registers { export_wh: start_for(export_wh, from_zero.export_wh), ..base }
+            }
+            (import_wh, _) => Registers { import_wh: start_for(import_wh, from_zero.import_wh), ..base },
+        }
     }
 
-    /// The reading a meter stores for `sequence`, given its import register before it.
-    pub fn step(&self, meter: u32, sequence: u64, import_before_wh: u64) -> Reading {
-        let (energy, _) = self.measured_wh(meter, sequence);
+    /// The reading a meter stores for `sequence`, given its registers before it.
+    pub fn step(&self, meter: u32, sequence: u64, before: Registers) -> Reading {
+        let (import_wh, export_wh) = self.measured_wh(meter, sequence);
         let mut status = StatusFlags::default();
-        let (import_start_wh, import_end_wh) = if self.fault_at(meter, sequence, FaultKind::CounterReset).is_some() {
-            status = StatusFlags::new(StatusFlags::REGISTER_RESET).expect("defined bit");
-            (0, energy % REGISTER_MODULUS_WH)
-        } else if let Some(jump) = self.fault_at(meter, sequence, FaultKind::ImpossibleJump) {
-            (import_before_wh, (import_before_wh + energy + jump.param.unsigned_abs()) % REGISTER_MODULUS_WH)
-        } else {
-            (import_before_wh, (import_before_wh + energy) % REGISTER_MODULUS_WH)
-        };
+        let advance = |register_wh: u64, energy_wh: u64| (register_wh + energy_wh) % REGISTER_MODULUS_WH;
+        let (import_start_wh, import_end_wh, export_start_wh, export_end_wh) =
+            if self.fault_at(meter, sequence, FaultKind::CounterReset).is_some() {
+                status = StatusFlags::new(StatusFlags::REGISTER_RESET).expect("defined bit");
+                (0, advance(0, import_wh), 0, advance(0, export_wh))
+            } else if let Some(jump) = self.fault_at(meter, sequence, FaultKind::ImpossibleJump) {
+                let jumped_wh = advance(before.import_wh, import_wh + jump.param.unsigned_abs());
+                (before.import_wh, jumped_wh, before.export_wh, advance(before.export_wh, export_wh))
+            } else {
+                let import_end_wh = advance(before.import_wh, import_wh);
+                (before.import_wh, import_end_wh, before.export_wh, advance(before.export_wh, export_wh))
+            };
         let faults = self.faults.get(&meter);
         let skew_s = faults
             .and_then(|faults| {
@@ -209,8 +238,8 @@ impl Fleet {
             interval_end: UnixSeconds(start + self.interval_s),
             import_start_wh,
             import_end_wh,
-            export_start_wh: 0,
-            export_end_wh: 0,
+            export_start_wh,
+            export_end_wh,
             register_modulus_wh: REGISTER_MODULUS_WH,
             clock_status: if unsynced { ClockStatus::Unsynchronized } else { ClockStatus::Synchronized },
             status,
@@ -218,18 +247,23 @@ impl Fleet {
         }
     }
 
-    /// The import register before `sequence` (O(sequence): used to resume and to backfill).
-    pub fn import_before_wh(&self, meter: u32, sequence: u64) -> u64 {
-        let mut register = self.initial_import_wh(meter);
+    /// The registers before `sequence` (O(sequence): used to resume and to backfill).
+    pub fn registers_before(&self, meter: u32, sequence: u64) -> Registers {
+        let mut registers = self.initial_registers(meter);
         for earlier in 1..sequence {
-            register = self.step(meter, earlier, register).import_end_wh;
+            registers = Registers::after(&self.step(meter, earlier, registers));
         }
-        register
+        registers
+    }
+
+    /// The import register before `sequence` (O(sequence)).
+    pub fn import_before_wh(&self, meter: u32, sequence: u64) -> u64 {
+        self.registers_before(meter, sequence).import_wh
     }
 
     /// The signed reading a meter stores for `sequence` (what backfill returns).
     pub fn stored_reading(&self, meter: u32, sequence: u64) -> SignedReading {
-        let reading = self.step(meter, sequence, self.import_before_wh(meter, sequence));
+        let reading = self.step(meter, sequence, self.registers_before(meter, sequence));
         reading.sign(&meter_key(self.seed, meter)).expect("simulated readings are valid")
     }
 
@@ -296,12 +330,12 @@ mod tests {
     #[test]
     fn stored_readings_are_a_chain_and_regenerate_identically() {
         let fleet = fleet_with(Fault { meter: 1, sequence: 3, kind: FaultKind::CounterReset, param: 0 });
-        let mut register = fleet.import_before_wh(1, 1);
+        let mut registers = fleet.registers_before(1, 1);
         for sequence in 1..8 {
-            let reading = fleet.step(1, sequence, register);
-            assert_eq!(reading.import_start_wh, if sequence == 3 { 0 } else { register });
+            let reading = fleet.step(1, sequence, registers);
+            assert_eq!(reading.import_start_wh, if sequence == 3 { 0 } else { registers.import_wh });
             assert_eq!(fleet.stored_reading(1, sequence).reading(), &reading, "regeneration is exact");
-            register = reading.import_end_wh;
+            registers = Registers::after(&reading);
         }
     }
 

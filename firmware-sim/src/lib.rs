@@ -16,6 +16,9 @@
 pub mod faults;
 pub mod fleet;
 pub mod limits;
+pub mod load;
+pub mod modbus;
+pub mod pv;
 pub mod truth;
 
 use std::path::{Path, PathBuf};
@@ -33,8 +36,7 @@ use tokio::sync::{mpsc, watch};
 
 pub use crate::faults::{Fault, FaultKind, FaultPlan, FaultRequest};
 pub use crate::fleet::{
-    customer_id, interval_import_wh, meter_id, meter_index, meter_key, Fleet, REGISTER_MODULUS_WH, SIM_FIRMWARE,
-    SIM_KEY_ID,
+    customer_id, meter_id, meter_index, meter_key, Fleet, REGISTER_MODULUS_WH, SIM_FIRMWARE, SIM_KEY_ID,
 };
 pub use crate::truth::{Truth, TruthRecord, TruthWriter};
 
@@ -46,6 +48,7 @@ pub fn registry(seed: u64, meters: u32) -> Vec<MeterInfo> {
             key_id: SIM_KEY_ID.0,
             public_key: hex::encode(meter_key(seed, index).verifying_key().to_bytes()),
             customer_id: customer_id(index),
+            attested_by: None,
         })
         .collect()
 }
@@ -108,6 +111,12 @@ pub struct SimConfig {
     pub clock: Clock,
     /// After the last interval, keep answering backfill commands this long before exiting.
     pub linger: Duration,
+    /// Serve each site over Modbus TCP: site N listens on this address's port + N.
+    pub modbus_listen: Option<std::net::SocketAddr>,
+    /// Meters without a signing key (SDM630-style legacy meters): Modbus only, never MQTT.
+    pub legacy_meters: std::collections::HashSet<u32>,
+    /// Load profile, PV share, site and time zone of the fleet.
+    pub load: load::LoadConfig,
 }
 
 /// What a run did.
@@ -135,14 +144,14 @@ pub fn resident_memory_bytes() -> Option<u64> {
 }
 
 /// Builds the fleet a configuration describes.
-pub fn build_fleet(config: &SimConfig) -> Fleet {
+pub fn build_fleet(config: &SimConfig) -> Result<Fleet, load::LoadConfigError> {
     let interval_ms = config.interval_s * 1_000;
     let epoch =
         config.epoch.unwrap_or_else(|| UnixSeconds(config.clock.now().0.div_euclid(interval_ms) * interval_ms / 1_000));
     let plan = config.fault_plan.clone().unwrap_or_else(|| {
         FaultPlan::build(config.seed, config.meters, config.intervals.unwrap_or(96), &config.faults)
     });
-    Fleet::new(config.seed, config.meters, config.sites, config.interval_s, epoch, plan)
+    Fleet::new(config.seed, config.meters, config.sites, config.interval_s, epoch, plan).with_model(config.load)
 }
 
 /// Runs the fleet: as the clock passes each interval's end, every meter publishes what the plan
@@ -153,8 +162,30 @@ pub async fn run(config: SimConfig, fleet: Fleet) -> anyhow::Result<SimSummary> 
     let (tick_sender, tick) = watch::channel(0u64);
     let mut connections = Vec::new();
     let (done_sender, mut done) = mpsc::channel::<(u32, u32, u64)>(1_024);
+    let mut servers = Vec::new();
+    if let Some(listen) = config.modbus_listen {
+        let memory_intervals = (u64::from(config.memory_days) * 86_400 / fleet.interval_s.max(1) as u64).max(1);
+        for site in 0..fleet.sites {
+            let address =
+                std::net::SocketAddr::new(listen.ip(), listen.port().checked_add(site as u16).context("Modbus port")?);
+            let listener = tokio::net::TcpListener::bind(address)
+                .await
+                .with_context(|| format!("binding the Modbus server of site {site} to {address}"))?;
+            tracing::info!(site = %Fleet::site_name(site), %address, "Modbus TCP server listening");
+            servers.push(tokio::spawn(modbus::serve_site(
+                fleet.clone(),
+                site,
+                listener,
+                config.legacy_meters.clone(),
+                tick.clone(),
+                memory_intervals,
+            )));
+        }
+    }
     for site in 0..fleet.sites {
-        let site_meters: Vec<u32> = (0..fleet.meters).filter(|meter| fleet.site_of(*meter) == site).collect();
+        let site_meters: Vec<u32> = (0..fleet.meters)
+            .filter(|meter| fleet.site_of(*meter) == site && !config.legacy_meters.contains(meter))
+            .collect();
         if site_meters.is_empty() {
             continue;
         }
@@ -265,6 +296,9 @@ pub async fn run(config: SimConfig, fleet: Fleet) -> anyhow::Result<SimSummary> 
     for connection in connections {
         connection.abort();
     }
+    for server in servers {
+        server.abort();
+    }
     Ok(summary)
 }
 
@@ -370,8 +404,8 @@ async fn run_connection(
             }
         })
     };
-    // Live state: each meter's import register after the last sequence published.
-    let mut registers: Vec<u64> = meters.iter().map(|meter| fleet.import_before_wh(*meter, 1)).collect();
+    // Live state: each meter's registers after the last sequence published.
+    let mut registers: Vec<fleet::Registers> = meters.iter().map(|meter| fleet.registers_before(*meter, 1)).collect();
     // A meter holds its key; deriving it costs a base-point multiplication, as much as a signature.
     let keys: Vec<ed25519_dalek::SigningKey> = meters.iter().map(|meter| meter_key(fleet.seed, *meter)).collect();
     let mut published_up_to = 0u64;
@@ -388,7 +422,7 @@ async fn run_connection(
                         let sequence = published_up_to + 1;
                         for (slot, meter) in meters.iter().enumerate() {
                             let reading = fleet.step(*meter, sequence, registers[slot]);
-                            registers[slot] = reading.import_end_wh;
+                            registers[slot] = fleet::Registers::after(&reading);
                             let stored = reading.sign(&keys[slot]).context("valid reading")?;
                             for emission in fleet.emissions(*meter, &stored, |earlier| fleet.stored_reading(*meter, earlier)) {
                                 let topic = reading_topic(&site_name, &emission.reading.reading().meter_id);
@@ -411,10 +445,10 @@ async fn run_connection(
                         continue;
                     }
                     let key = meter_key(fleet.seed, meter);
-                    let mut register = fleet.import_before_wh(meter, from);
+                    let mut registers = fleet.registers_before(meter, from);
                     for sequence in from..=to {
-                        let reading = fleet.step(meter, sequence, register);
-                        register = reading.import_end_wh;
+                        let reading = fleet.step(meter, sequence, registers);
+                        registers = fleet::Registers::after(&reading);
                         let signed = reading.sign(&key).context("valid reading")?;
                         let topic = reading_topic(&site_name, &signed.reading().meter_id);
                         client.publish(topic, QoS::AtLeastOnce, false, serde_json::to_vec(&signed.to_envelope(true))?).await?;

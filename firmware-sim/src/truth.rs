@@ -4,7 +4,8 @@
 //! fleet shape, epoch, fault plan) through [`crate::fleet::Fleet`], byte for byte.
 //!
 //! Layout (big-endian): magic `WTLTRUTH`, version u8 (1), seed u64, meters u32, sites u32,
-//! interval_s u32, epoch i64, plan length u32 + fault plan JSON; then one block per interval:
+//! interval_s u32, epoch i64, plan length u32 + fault plan JSON, (version 2) model length u32 +
+//! load-model JSON (profile, PV share, site, time zone); then one block per interval:
 //! sequence u64, then for each meter in index order: import_wh u32, export_wh u32, fault u8
 //! (0 none, else `FaultKind::code`).
 
@@ -18,7 +19,17 @@ use crate::faults::{FaultKind, FaultPlan};
 use crate::fleet::Fleet;
 
 const MAGIC: &[u8; 8] = b"WTLTRUTH";
-const VERSION: u8 = 1;
+const VERSION: u8 = 2;
+
+/// The load model's parameters as the header records them.
+#[derive(serde::Serialize, serde::Deserialize)]
+struct ModelHeader {
+    profile: String,
+    pv_share: f64,
+    latitude_deg: f64,
+    longitude_deg: f64,
+    tz: String,
+}
 const RECORD_BYTES: usize = 9;
 
 /// One meter's interval in the ground truth.
@@ -51,6 +62,16 @@ impl TruthWriter {
         out.write_all(&fleet.epoch.0.to_be_bytes())?;
         out.write_all(&(plan.len() as u32).to_be_bytes())?;
         out.write_all(&plan)?;
+        let config = fleet.model().config();
+        let model = serde_json::to_vec(&ModelHeader {
+            profile: config.profile.to_string(),
+            pv_share: config.pv_share,
+            latitude_deg: config.latitude_deg,
+            longitude_deg: config.longitude_deg,
+            tz: config.tz.name().to_string(),
+        })?;
+        out.write_all(&(model.len() as u32).to_be_bytes())?;
+        out.write_all(&model)?;
         Ok(TruthWriter { out, meters: fleet.meters })
     }
 
@@ -92,7 +113,7 @@ impl Truth {
             bail!("{} is not a Wattle truth file", path.display());
         }
         let version = take::<1>(&bytes, &mut offset)?[0];
-        if version != VERSION {
+        if version != 1 && version != VERSION {
             bail!("truth file version {version} is not supported");
         }
         let seed = u64::from_be_bytes(take(&bytes, &mut offset)?);
@@ -105,7 +126,22 @@ impl Truth {
             bytes.get(offset..offset + plan_length).context("truth file truncated in the plan")?,
         )?;
         offset += plan_length;
-        let fleet = Fleet::new(seed, meters, sites, interval_s, epoch, plan);
+        let mut fleet = Fleet::new(seed, meters, sites, interval_s, epoch, plan);
+        if version >= 2 {
+            let length = u32::from_be_bytes(take(&bytes, &mut offset)?) as usize;
+            let header: ModelHeader = serde_json::from_slice(
+                bytes.get(offset..offset + length).context("truth file truncated in the load model")?,
+            )?;
+            offset += length;
+            let config = crate::load::LoadConfig {
+                profile: header.profile.parse()?,
+                pv_share: header.pv_share,
+                latitude_deg: header.latitude_deg,
+                longitude_deg: header.longitude_deg,
+                tz: header.tz.parse().map_err(|error| anyhow::anyhow!("time zone {}: {error}", header.tz))?,
+            };
+            fleet = fleet.with_model(config)?;
+        }
         let mut records = Vec::new();
         while offset < bytes.len() {
             let sequence = u64::from_be_bytes(take(&bytes, &mut offset)?);

@@ -598,6 +598,7 @@ async fn forward_once(shared: &Shared) -> anyhow::Result<usize> {
     let request = SubmitReadings {
         gateway_id: shared.config.gateway_id.clone(),
         readings: head.iter().map(|(_, envelope)| envelope.clone()).collect(),
+        gateway_signature: None,
     };
     let response = shared.http.post(format!("{}/v1/readings", shared.ledger_url())).json(&request).send().await?;
     let status = response.status();

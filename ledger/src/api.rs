@@ -37,6 +37,8 @@ pub struct Metrics {
     pub readings_accepted: AtomicU64,
     pub readings_duplicate: AtomicU64,
     pub readings_equivocation: AtomicU64,
+    /// Reading batches refused because the gateway's batch signature did not verify.
+    pub gateway_signatures_refused: AtomicU64,
     pub transactions_proposed: AtomicU64,
     pub rejected_by_reason: Mutex<BTreeMap<String, u64>>,
     /// Readings per proposed reading batch.
@@ -93,6 +95,7 @@ impl Default for Metrics {
             readings_accepted: AtomicU64::new(0),
             readings_duplicate: AtomicU64::new(0),
             readings_equivocation: AtomicU64::new(0),
+            gateway_signatures_refused: AtomicU64::new(0),
             transactions_proposed: AtomicU64::new(0),
             rejected_by_reason: Mutex::default(),
             batch_readings: Histogram::new(BATCH_BOUNDS),
@@ -342,6 +345,12 @@ async fn submit_readings(
             format!("{} readings, limit {SUBMIT_READINGS_MAX}", request.readings.len()),
         ));
     }
+    if let Some(signature) = &request.gateway_signature {
+        signature.verify(&request.gateway_id, &request.readings).map_err(|error| {
+            app.metrics.gateway_signatures_refused.fetch_add(1, Ordering::Relaxed);
+            ApiError::new(StatusCode::UNAUTHORIZED, "bad_gateway_signature", error)
+        })?;
+    }
     if let Route::Leader(leader) = route(&app)? {
         let path = if query.wait { "/v1/readings" } else { "/v1/readings?wait=false" };
         return forward(&app, &headers, &leader, path, &request).await;
@@ -461,6 +470,7 @@ async fn list_meters(State(app): State<AppState>) -> Json<Vec<MeterInfo>> {
                 key_id: record.key_id.0,
                 public_key: hex::encode(record.public_key),
                 customer_id: record.customer_id,
+                attested_by: record.attested_by,
             }
         })
         .collect();
@@ -738,6 +748,12 @@ async fn metrics(State(app): State<AppState>) -> String {
         "Equivocations refused.",
         "counter",
         m.readings_equivocation.load(Ordering::Relaxed),
+    );
+    gauge(
+        "wattle_ledger_gateway_signatures_refused_total",
+        "Reading batches refused: the gateway's batch signature did not verify.",
+        "counter",
+        m.gateway_signatures_refused.load(Ordering::Relaxed),
     );
     gauge(
         "wattle_ledger_transactions_proposed_total",

@@ -471,13 +471,23 @@ pub async fn load_admin_config(
             key_id: KeyId(meter.key_id),
             public_key,
             customer_id: meter.customer_id.clone(),
+            attested_by: meter.attested_by.clone(),
         };
         if state::meter(&state_view, &meter.meter_id).as_ref() != Some(&wanted) {
-            actions.push(AdminAction::RegisterMeter {
-                meter_id: wanted.meter_id,
-                key_id: wanted.key_id,
-                public_key,
-                customer_id: wanted.customer_id,
+            actions.push(match wanted.attested_by {
+                Some(gateway_id) => AdminAction::RegisterAttestedMeter {
+                    meter_id: wanted.meter_id,
+                    gateway_id,
+                    key_id: wanted.key_id,
+                    gateway_key: public_key,
+                    customer_id: wanted.customer_id,
+                },
+                None => AdminAction::RegisterMeter {
+                    meter_id: wanted.meter_id,
+                    key_id: wanted.key_id,
+                    public_key,
+                    customer_id: wanted.customer_id,
+                },
             });
         }
     }

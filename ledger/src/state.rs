@@ -169,6 +169,8 @@ pub struct MeterRecord {
     pub key_id: KeyId,
     pub public_key: [u8; 32],
     pub customer_id: CustomerId,
+    /// For an unsigned (legacy) meter: the gateway whose key (`public_key`) attests its readings.
+    pub attested_by: Option<domain::ids::GatewayId>,
 }
 
 impl MeterRecord {
@@ -179,17 +181,20 @@ impl MeterRecord {
             .u32(self.key_id.0)
             .fixed(&self.public_key)
             .short_bytes(self.customer_id.as_str().as_bytes());
+        // Optional trailing field: records of signing meters end here.
+        if let Some(gateway) = &self.attested_by {
+            writer.short_bytes(gateway.as_str().as_bytes());
+        }
         writer.finish()
     }
     pub fn decode(bytes: &[u8]) -> Result<Self, DecodeError> {
         let mut reader = Reader::new(bytes);
         let meter_id = decode_text(&mut reader, "meter_id")?;
-        let record = MeterRecord {
-            meter_id,
-            key_id: KeyId(reader.u32()?),
-            public_key: reader.array()?,
-            customer_id: decode_text(&mut reader, "customer_id")?,
-        };
+        let key_id = KeyId(reader.u32()?);
+        let public_key = reader.array()?;
+        let customer_id = decode_text(&mut reader, "customer_id")?;
+        let attested_by = if reader.remaining() > 0 { Some(decode_text(&mut reader, "attested_by")?) } else { None };
+        let record = MeterRecord { meter_id, key_id, public_key, customer_id, attested_by };
         reader.finish()?;
         Ok(record)
     }
@@ -342,6 +347,17 @@ impl SettledReading {
 /// A registered meter, if any.
 pub fn meter(state: &dyn StateRead, meter_id: &MeterId) -> Option<MeterRecord> {
     state.get(Table::Private, &key_meter(meter_id)).map(|bytes| decode_or_crash(MeterRecord::decode(&bytes)))
+}
+
+fn register_meter(state: &mut Overlay<'_>, record: MeterRecord) -> Result<(), String> {
+    if !is_acceptable_public_key(&record.public_key) {
+        return Err("weak_key: not a valid, non-small-order Ed25519 key".into());
+    }
+    if customer_currency(state, &record.customer_id).is_none() {
+        return Err(format!("unknown_customer: {}", record.customer_id));
+    }
+    state.put(Table::Private, key_meter(&record.meter_id), record.encode());
+    Ok(())
 }
 
 /// A customer's currency, if the customer is registered.
@@ -629,19 +645,28 @@ fn apply_admin(state: &mut Overlay<'_>, admin: &SignedAdmin) -> Result<(), Strin
             state.put(Table::Private, key_customer(customer_id), currency.code().as_bytes().to_vec());
         }
         AdminAction::RegisterMeter { meter_id, key_id, public_key, customer_id } => {
-            if !is_acceptable_public_key(public_key) {
-                return Err("weak_key: not a valid, non-small-order Ed25519 key".into());
-            }
-            if customer_currency(state, customer_id).is_none() {
-                return Err(format!("unknown_customer: {customer_id}"));
-            }
-            let record = MeterRecord {
-                meter_id: meter_id.clone(),
-                key_id: *key_id,
-                public_key: *public_key,
-                customer_id: customer_id.clone(),
-            };
-            state.put(Table::Private, key_meter(meter_id), record.encode());
+            register_meter(
+                state,
+                MeterRecord {
+                    meter_id: meter_id.clone(),
+                    key_id: *key_id,
+                    public_key: *public_key,
+                    customer_id: customer_id.clone(),
+                    attested_by: None,
+                },
+            )?;
+        }
+        AdminAction::RegisterAttestedMeter { meter_id, gateway_id, key_id, gateway_key, customer_id } => {
+            register_meter(
+                state,
+                MeterRecord {
+                    meter_id: meter_id.clone(),
+                    key_id: *key_id,
+                    public_key: *gateway_key,
+                    customer_id: customer_id.clone(),
+                    attested_by: Some(gateway_id.clone()),
+                },
+            )?;
         }
         AdminAction::SetFlatPrice(price) => {
             let mut writer = Writer::new();
