@@ -40,8 +40,11 @@ enum Command {
         /// The node's data directory (the node must be stopped).
         data_dir: PathBuf,
     },
-    /// Run an edge gateway: MQTT in, verification, durable outbox, forwarding to the ledger.
+    /// Run an edge gateway: MQTT and Modbus in, verification, durable outbox, forwarding to the
+    /// ledger, every batch signed with the gateway's key.
     Gateway(GatewayArgs),
+    /// List a running gateway's quarantine: every rejected reading with its reason.
+    Quarantine(QuarantineArgs),
     /// Run the billing service: customers' running bills over HTTP.
     Billing(BillingArgs),
     /// Run a fleet of simulated meters that publish signed readings over MQTT.
@@ -61,6 +64,60 @@ enum Command {
         #[arg(long)]
         out: PathBuf,
     },
+}
+
+#[derive(Debug, clap::Args)]
+struct QuarantineArgs {
+    /// The gateway's HTTP address (its --listen).
+    #[arg(long, default_value = "http://127.0.0.1:7100")]
+    gateway: String,
+    /// First entry id to list.
+    #[arg(long, default_value_t = 0)]
+    from: u64,
+    /// Most entries to list (the gateway answers at most 1,000 per request).
+    #[arg(long, default_value_t = 100)]
+    limit: usize,
+    /// Only entries with this reason code (e.g. bad_signature, equivocation).
+    #[arg(long)]
+    reason: Option<String>,
+    /// Print the entries as JSON lines instead of a table.
+    #[arg(long)]
+    json: bool,
+}
+
+async fn list_quarantine(args: QuarantineArgs) -> anyhow::Result<()> {
+    let url = format!("{}/v1/quarantine?from={}&limit={}", args.gateway.trim_end_matches('/'), args.from, args.limit);
+    let body: serde_json::Value =
+        reqwest::get(&url).await.with_context(|| format!("asking {url}"))?.error_for_status()?.json().await?;
+    let entries = body["entries"].as_array().context("the gateway's answer has no entries")?;
+    let wanted = |entry: &&serde_json::Value| args.reason.as_deref().is_none_or(|reason| entry["reason"] == reason);
+    if args.json {
+        for entry in entries.iter().filter(wanted) {
+            println!("{entry}");
+        }
+        return Ok(());
+    }
+    println!("{:>6}  {:<24}  {:<28}  {:<44}  detail", "id", "received", "reason", "source");
+    let mut shown = 0;
+    for entry in entries.iter().filter(wanted) {
+        let received = entry["received_ms"]
+            .as_i64()
+            .and_then(chrono::DateTime::from_timestamp_millis)
+            .map(|at| at.format("%Y-%m-%dT%H:%M:%S%.3fZ").to_string())
+            .unwrap_or_default();
+        println!(
+            "{:>6}  {:<24}  {:<28}  {:<44}  {}",
+            entry["id"],
+            received,
+            entry["reason"].as_str().unwrap_or_default(),
+            entry["source"].as_str().unwrap_or_default(),
+            entry["detail"].as_str().unwrap_or_default()
+        );
+        shown += 1;
+    }
+    let next = entries.last().and_then(|entry| entry["id"].as_u64()).map(|id| id + 1);
+    println!("{shown} entries{}", next.map(|next| format!("; next page: --from {next}")).unwrap_or_default());
+    Ok(())
 }
 
 #[derive(Debug, clap::Args)]
@@ -210,35 +267,52 @@ enum ClusterChange {
 
 #[derive(Debug, clap::Args)]
 struct GatewayArgs {
-    /// This gateway's id (also its MQTT client id suffix: keep it stable across restarts so the
-    /// broker keeps its session).
-    #[arg(long, default_value = "gw-1")]
-    gateway_id: GatewayId,
-    /// Directory for the outbox and quarantine (RocksDB).
+    /// TOML configuration file: the settings below plus Modbus devices (`[[modbus]]`) and
+    /// register maps (`[modbus_maps.NAME]`); see docs/gateway.md. Command-line values win.
     #[arg(long)]
-    data_dir: PathBuf,
-    /// MQTT broker, host:port.
-    #[arg(long, default_value = "127.0.0.1:1883")]
-    broker: String,
+    config: Option<PathBuf>,
+    /// This gateway's id (also its MQTT client id suffix: keep it stable across restarts so the
+    /// broker keeps its session). Default gw-1.
+    #[arg(long)]
+    gateway_id: Option<GatewayId>,
+    /// Directory for the outbox, quarantine and tracking state (RocksDB) and the gateway key.
+    #[arg(long)]
+    data_dir: Option<PathBuf>,
+    /// MQTT broker, host:port. Default 127.0.0.1:1883.
+    #[arg(long)]
+    broker: Option<String>,
     /// Ledger nodes' client API base URLs (repeat or separate with commas); any node will do.
-    #[arg(long, value_delimiter = ',', default_value = "http://127.0.0.1:7000")]
+    /// Default http://127.0.0.1:7000.
+    #[arg(long, value_delimiter = ',')]
     ledger: Vec<String>,
-    /// Address for /healthz, /metrics and /v1/quarantine.
-    #[arg(long, default_value = "127.0.0.1:7100")]
-    listen: SocketAddr,
+    /// Address for /healthz, /metrics and /v1/quarantine. Default 127.0.0.1:7100.
+    #[arg(long)]
+    listen: Option<SocketAddr>,
     #[arg(long)]
     ready_file: Option<PathBuf>,
     /// Largest power a metering point can carry (kW): a reading with more energy in its 15
-    /// minutes is quarantined as implausible_energy.
-    #[arg(long, default_value_t = gateway::limits::MAX_POWER_W_DEFAULT / 1_000)]
-    max_power_kw: u64,
+    /// minutes is quarantined as implausible_energy. Default 1,000.
+    #[arg(long)]
+    max_power_kw: Option<u64>,
     /// How far past the gateway's clock a reading's interval may end (s) before it is
     /// quarantined as clock_future. Skew inside the window is kept as the meter reported it.
-    #[arg(long, default_value_t = gateway::limits::CLOCK_AHEAD_S_MAX_DEFAULT)]
-    clock_ahead_s: i64,
-    /// MQTT keepalive (s).
-    #[arg(long, default_value_t = 30)]
-    mqtt_keepalive_s: u64,
+    /// Default 1,800.
+    #[arg(long)]
+    clock_ahead_s: Option<i64>,
+    /// MQTT keepalive (s). Default 30.
+    #[arg(long)]
+    mqtt_keepalive_s: Option<u64>,
+    /// Interval of gateway-attested readings of unsigned (SDM630) meters (s). Default 900.
+    #[arg(long)]
+    attest_interval_s: Option<i64>,
+    /// Disk budget of the database (MiB): above it the gateway stops taking readings and
+    /// recovers them by gap recovery once below. Default 8,192.
+    #[arg(long)]
+    disk_budget_mb: Option<u64>,
+    /// The gateway's Ed25519 key (64 hex characters); default DATA_DIR/gateway.key, created on
+    /// first start. It signs every batch sent to the ledger and attested readings.
+    #[arg(long)]
+    key_file: Option<PathBuf>,
     #[command(flatten)]
     clock: ClockArgs,
 }
@@ -582,18 +656,49 @@ async fn run(command: Command) -> anyhow::Result<()> {
             Ok(())
         }
         Command::Gateway(args) => {
-            let (broker_host, broker_port) = parse_host_port(&args.broker)?;
+            let file = match &args.config {
+                Some(path) => gateway::config::FileConfig::load(path)?,
+                None => gateway::config::FileConfig::default(),
+            };
+            let modbus = file.devices()?;
+            let broker = args.broker.or(file.broker).unwrap_or_else(|| "127.0.0.1:1883".into());
+            let (broker_host, broker_port) = parse_host_port(&broker)?;
+            let ledger_urls = if args.ledger.is_empty() {
+                file.ledger.unwrap_or_else(|| vec!["http://127.0.0.1:7000".into()])
+            } else {
+                args.ledger
+            };
+            let data_dir =
+                args.data_dir.or(file.data_dir).context("--data-dir (or data_dir in --config) is required")?;
             let gateway = gateway::start(gateway::GatewayConfig {
-                gateway_id: args.gateway_id,
-                data_dir: args.data_dir,
+                gateway_id: args.gateway_id.or(file.gateway_id).map_or_else(|| GatewayId::new("gw-1"), Ok)?,
+                data_dir,
                 broker_host,
                 broker_port,
-                ledger_urls: args.ledger,
-                listen: args.listen,
+                ledger_urls,
+                listen: args.listen.or(file.listen).unwrap_or_else(|| ([127, 0, 0, 1], 7100).into()),
                 clock: args.clock.clock(),
-                max_power_w: args.max_power_kw.saturating_mul(1_000),
-                clock_ahead_s_max: args.clock_ahead_s,
-                mqtt_keepalive: std::time::Duration::from_secs(args.mqtt_keepalive_s.max(1)),
+                max_power_w: args
+                    .max_power_kw
+                    .or(file.max_power_kw)
+                    .map_or(gateway::limits::MAX_POWER_W_DEFAULT, |kw| kw.saturating_mul(1_000)),
+                clock_ahead_s_max: args
+                    .clock_ahead_s
+                    .or(file.clock_ahead_s)
+                    .unwrap_or(gateway::limits::CLOCK_AHEAD_S_MAX_DEFAULT),
+                mqtt_keepalive: std::time::Duration::from_secs(
+                    args.mqtt_keepalive_s.or(file.mqtt_keepalive_s).unwrap_or(30).max(1),
+                ),
+                modbus,
+                attest_interval_s: args
+                    .attest_interval_s
+                    .or(file.attest_interval_s)
+                    .unwrap_or(gateway::limits::ATTEST_INTERVAL_S_DEFAULT),
+                key_file: args.key_file.or(file.key_file),
+                disk_budget_bytes: args
+                    .disk_budget_mb
+                    .or(file.disk_budget_mb)
+                    .map_or(gateway::limits::DISK_BUDGET_BYTES_DEFAULT, |mb| mb.saturating_mul(1024 * 1024)),
             })
             .await?;
             write_ready_file(args.ready_file.as_deref(), gateway.address)?;
@@ -611,6 +716,7 @@ async fn run(command: Command) -> anyhow::Result<()> {
             Ok(())
         }
         Command::Sim(args) => run_sim(args).await,
+        Command::Quarantine(args) => list_quarantine(args).await,
         Command::Bench(BenchCommand::Ledger(args)) => bench::ledger(args).await,
         Command::Cluster(args) => {
             let key = ledger::node::read_signing_key(&args.operator_key)?;

@@ -174,6 +174,10 @@ pub async fn run(args: SandboxArgs) -> anyhow::Result<()> {
         max_power_w: gateway::limits::MAX_POWER_W_DEFAULT,
         clock_ahead_s_max: gateway::limits::CLOCK_AHEAD_S_MAX_DEFAULT,
         mqtt_keepalive: Duration::from_secs(30),
+        modbus: Vec::new(),
+        attest_interval_s: gateway::limits::ATTEST_INTERVAL_S_DEFAULT,
+        key_file: None,
+        disk_budget_bytes: gateway::limits::DISK_BUDGET_BYTES_DEFAULT,
     })
     .await?;
     let http = reqwest::Client::new();

@@ -7,8 +7,8 @@ use std::time::Duration;
 use anyhow::Context;
 
 use crate::support::{
-    clock_args, configure_ledger, get_json, poll_until, start_gateway, start_single_ledger, wattle, Mosquitto, Process,
-    CLUSTER_SERIAL,
+    clock_args, configure_ledger, get_json, metric, poll_until, start_gateway, start_single_ledger, wattle, Mosquitto,
+    Process, CLUSTER_SERIAL,
 };
 
 const METERS: u32 = 100;
@@ -48,11 +48,6 @@ fn sim_published(dir: &std::path::Path) -> Option<u64> {
     let digits: String =
         log[at..].chars().skip_while(|c| !c.is_ascii_digit()).take_while(char::is_ascii_digit).collect();
     digits.parse().ok()
-}
-
-async fn metric(http: &reqwest::Client, url: &str, name: &str) -> Option<u64> {
-    let text = http.get(format!("{url}/metrics")).send().await.ok()?.text().await.ok()?;
-    text.lines().find_map(|line| line.strip_prefix(&format!("{name} ")).and_then(|value| value.parse().ok()))
 }
 
 /// SIGSTOP the gateway while 5,000+ readings are published: mosquitto acknowledges them all to

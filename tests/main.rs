@@ -5,6 +5,7 @@ mod cluster;
 mod end_to_end;
 mod fleet;
 mod gateway;
+mod gateway_modbus;
 mod modbus;
 mod support;
 mod verifiable;

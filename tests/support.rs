@@ -196,6 +196,18 @@ pub async fn start_gateway(
     ledger_urls: &[String],
     clock: &[String],
 ) -> anyhow::Result<(Process, String)> {
+    start_gateway_with(dir, gateway_id, broker_port, ledger_urls, clock, &[]).await
+}
+
+/// [`start_gateway`] with extra arguments (e.g. `--config FILE`).
+pub async fn start_gateway_with(
+    dir: &Path,
+    gateway_id: &str,
+    broker_port: u16,
+    ledger_urls: &[String],
+    clock: &[String],
+    extra: &[String],
+) -> anyhow::Result<(Process, String)> {
     let ready = dir.join(format!("{gateway_id}.ready"));
     let mut command = wattle();
     command
@@ -205,7 +217,8 @@ pub async fn start_gateway(
         .arg(dir.join(gateway_id))
         .arg("--ready-file")
         .arg(&ready)
-        .args(clock);
+        .args(clock)
+        .args(extra);
     let mut gateway = Process::spawn(gateway_id, dir, command)?;
     let url = format!("http://{}", gateway.ready_address(&ready).await?);
     let http = reqwest::Client::new();
@@ -273,6 +286,32 @@ pub async fn start_single_ledger(dir: &Path, clock: &[String]) -> anyhow::Result
     let mut node = Process::spawn("node-1", dir, command)?;
     node.ready_address(&dir.join("node-1.ready")).await?;
     Ok((node, format!("http://127.0.0.1:{port}")))
+}
+
+/// A counter or gauge from a `/metrics` page (`name` with its labels, exactly as printed).
+pub async fn metric(http: &reqwest::Client, url: &str, name: &str) -> Option<u64> {
+    let text = http.get(format!("{url}/metrics")).send().await.ok()?.text().await.ok()?;
+    text.lines().find_map(|line| line.strip_prefix(&format!("{name} ")).and_then(|value| value.parse().ok()))
+}
+
+/// The digest of every reading the ledger holds, in log order (one entry per occurrence).
+pub async fn ledger_reading_digests(http: &reqwest::Client, ledger_url: &str) -> anyhow::Result<Vec<String>> {
+    let mut digests = Vec::new();
+    let mut from = 1u64;
+    loop {
+        let page: serde_json::Value =
+            http.get(format!("{ledger_url}/v1/transactions?from={from}")).send().await?.json().await?;
+        let transactions = page["transactions"].as_array().context("transactions")?;
+        if transactions.is_empty() {
+            return Ok(digests);
+        }
+        for transaction in transactions {
+            for digest in transaction["reading_digests"].as_array().context("digests")? {
+                digests.push(digest.as_str().context("digest")?.to_string());
+            }
+        }
+        from = page["next"].as_u64().context("next")?;
+    }
 }
 
 /// GETs a URL and parses its JSON body; `None` on any failure (for polling).

@@ -61,8 +61,12 @@ impl StatusFlags {
     pub const POWER_OUTAGE: u32 = 1 << 2;
     /// The meter's clock was set during the interval.
     pub const CLOCK_ADJUSTED: u32 = 1 << 3;
+    /// A gateway-attested reading of an unsigned meter whose registers were read as IEEE-754
+    /// float32 kWh (SDM630-style): converted to whole Wh, coarser than 1 Wh above 16,777 kWh.
+    pub const FROM_FLOAT32: u32 = 1 << 4;
     /// Every defined bit.
-    pub const DEFINED: u32 = Self::REGISTER_RESET | Self::TAMPER | Self::POWER_OUTAGE | Self::CLOCK_ADJUSTED;
+    pub const DEFINED: u32 =
+        Self::REGISTER_RESET | Self::TAMPER | Self::POWER_OUTAGE | Self::CLOCK_ADJUSTED | Self::FROM_FLOAT32;
 
     /// Flags from bits; undefined bits are refused.
     pub fn new(bits: u32) -> Result<Self, DecodeError> {

@@ -86,7 +86,11 @@ impl Connection {
                         let r = signed.reading();
                         (r.import_end_wh, r.export_end_wh, modbus::mean_power_w(&signed) as f32)
                     }
-                    None => (0, 0, 0.0),
+                    // Before its first interval closes a meter still shows its registers.
+                    None => {
+                        let registers = self.site.fleet.registers_before(meter, 1);
+                        (registers.import_wh, registers.export_wh, 0.0)
+                    }
                 };
                 let image = modbus::sdm630_image(import, export, power);
                 Ok(Response::ReadInputRegisters(window(&image, 0, address, count)?))

@@ -2,8 +2,12 @@
 //! committed (ZIP-215, batch verification, bisected on failure), keeps every good one in a
 //! durable RocksDB outbox before acknowledging it to the broker, quarantines every bad one with
 //! its reason, and forwards the outbox to the ledger until the ledger reports each reading final.
+//! Modbus devices ([`modbus`]) feed the same pipeline. Every batch forwarded is signed with the
+//! gateway's own key.
 
+pub mod config;
 pub mod limits;
+pub mod modbus;
 pub mod store;
 pub mod tracker;
 
@@ -57,6 +61,15 @@ pub struct GatewayConfig {
     pub clock_ahead_s_max: i64,
     /// MQTT keepalive.
     pub mqtt_keepalive: Duration,
+    /// Modbus devices to poll, each with its resolved register map.
+    pub modbus: Vec<(modbus::ModbusDevice, modbus::DeviceMap)>,
+    /// Interval of the gateway-attested readings of unsigned meters (seconds).
+    pub attest_interval_s: i64,
+    /// The gateway's signing key file; `DATA_DIR/gateway.key` (created on first start) if `None`.
+    pub key_file: Option<PathBuf>,
+    /// Most bytes the gateway's database may take: above it the gateway stops taking readings
+    /// (acknowledged, not stored) and recovers them by gap recovery once below.
+    pub disk_budget_bytes: u64,
 }
 
 impl GatewayConfig {
@@ -86,9 +99,24 @@ pub struct Metrics {
     gap_sequences_filled: AtomicU64,
     gap_sequences_unfilled: AtomicU64,
     backfill_requests: AtomicU64,
+    modbus_polls: AtomicU64,
+    modbus_errors_by_reason: Mutex<HashMap<String, u64>>,
+    readings_attested: AtomicU64,
+    readings_deferred_disk: AtomicU64,
+    disk_bytes: AtomicU64,
+    over_disk_budget: AtomicBool,
 }
 
 impl Metrics {
+    fn modbus_error(&self, reason: &str) {
+        *self
+            .modbus_errors_by_reason
+            .lock()
+            .expect("metrics lock is never poisoned")
+            .entry(reason.to_string())
+            .or_default() += 1;
+    }
+
     fn reject(&self, reason: &str) {
         *self
             .rejected_by_reason
@@ -99,10 +127,32 @@ impl Metrics {
     }
 }
 
+/// One meter of the registry.
+#[derive(Debug, Clone)]
+struct RegistryEntry {
+    key_id: KeyId,
+    public_key: [u8; 32],
+    /// For an unsigned meter: the gateway that attests its readings.
+    attested_by: Option<GatewayId>,
+}
+
 /// The meters this gateway accepts readings from, as committed in the ledger.
 struct Registry {
-    meters: HashMap<MeterId, (KeyId, [u8; 32])>,
+    meters: HashMap<MeterId, RegistryEntry>,
     refreshed: Option<Instant>,
+}
+
+/// A message for the pipeline, from MQTT or Modbus.
+pub(crate) struct Incoming {
+    /// MQTT topic, or `modbus://HOST:PORT/UNIT`.
+    source: String,
+    /// Where gap recovery asks: the MQTT site, or the Modbus source.
+    site: String,
+    payload: Vec<u8>,
+    /// The MQTT message to acknowledge once the batch is durable.
+    ack: Option<Publish>,
+    /// Rejected by the input already (reason code, detail): quarantined as is.
+    rejected: Option<(&'static str, String)>,
 }
 
 #[derive(Clone)]
@@ -117,6 +167,10 @@ struct Shared {
     ledger_choice: Arc<AtomicU64>,
     /// Per-meter sequence and register tracking (persisted with each batch).
     tracker: Arc<Mutex<BTreeMap<MeterId, tracker::MeterState>>>,
+    /// The gateway's signing key: signs forwarded batches and attested readings.
+    key: Arc<ed25519_dalek::SigningKey>,
+    /// Backfill requests to Modbus devices, by source.
+    modbus_backfill: Arc<HashMap<String, mpsc::Sender<(u64, u64)>>>,
 }
 
 impl Shared {
@@ -162,7 +216,23 @@ impl GatewayHandle {
 pub async fn start(config: GatewayConfig) -> anyhow::Result<GatewayHandle> {
     let store = GatewayStore::open(&config.data_dir)?;
     let http = reqwest::Client::builder().timeout(LEDGER_REQUEST_TIMEOUT).build()?;
+    let key_file = config.key_file.clone().unwrap_or_else(|| config.data_dir.join("gateway.key"));
+    let key = load_or_create_key(&key_file)?;
+    tracing::info!(public_key = %hex::encode(key.verifying_key().to_bytes()), file = %key_file.display(), "gateway key");
+    let mut modbus_backfill = HashMap::new();
+    let mut modbus_receivers = Vec::new();
+    for (device, map) in &config.modbus {
+        let (sender, receiver) = mpsc::channel(MODBUS_BACKFILL_QUEUE_MAX);
+        anyhow::ensure!(
+            modbus_backfill.insert(device.source(), sender).is_none(),
+            "Modbus device {} is configured twice",
+            device.source()
+        );
+        modbus_receivers.push((device.clone(), *map, receiver));
+    }
     let shared = Shared {
+        key: Arc::new(key),
+        modbus_backfill: Arc::new(modbus_backfill),
         config: config.clone(),
         store,
         metrics: Arc::new(Metrics::default()),
@@ -194,7 +264,7 @@ pub async fn start(config: GatewayConfig) -> anyhow::Result<GatewayHandle> {
             tracing::error!(%error, "gateway HTTP server stopped");
         }
     });
-    let (sender, receiver) = mpsc::channel::<Publish>(INGEST_QUEUE_MAX);
+    let (sender, receiver) = mpsc::channel::<Incoming>(INGEST_QUEUE_MAX);
     let mut options =
         MqttOptions::new(format!("wattle-gateway-{}", config.gateway_id), &config.broker_host, config.broker_port);
     // A persistent session: the broker keeps our subscription and queues QoS 1 messages while
@@ -207,18 +277,84 @@ pub async fn start(config: GatewayConfig) -> anyhow::Result<GatewayHandle> {
     // which would make the broker redeliver them forever.
     options.set_max_packet_size(MQTT_PACKET_BYTES_MAX, MQTT_PACKET_BYTES_MAX);
     let (client, event_loop) = AsyncClient::new(options, INGEST_QUEUE_MAX);
+    let mut tasks = Vec::new();
+    for (device, map, backfill) in modbus_receivers {
+        tracing::info!(device = %device.source(), map = %device.map, "polling Modbus device");
+        tasks.push(tokio::spawn(modbus::run_device(shared.clone(), device, map, sender.clone(), backfill)));
+    }
+    tasks.push(tokio::spawn(disk_loop(shared.clone())));
     let mqtt = tokio::spawn(mqtt_loop(client.clone(), event_loop, sender, shared.metrics.clone()));
     let gaps = tokio::spawn(gap_loop(shared.clone(), client.clone()));
     let ingest = tokio::spawn(ingest_loop(shared.clone(), client, receiver));
     let forward = tokio::spawn(forward_loop(shared.clone()));
     tracing::info!(%address, gateway = %config.gateway_id, "gateway serving");
-    Ok(GatewayHandle { address, shutdown: Some(shutdown_sender), tasks: vec![server, mqtt, ingest, forward, gaps] })
+    tasks.extend([server, mqtt, ingest, forward, gaps]);
+    Ok(GatewayHandle { address, shutdown: Some(shutdown_sender), tasks })
+}
+
+/// Reads the gateway's Ed25519 key (64 hex characters), creating it (mode 0600) on first start.
+pub fn load_or_create_key(path: &std::path::Path) -> anyhow::Result<ed25519_dalek::SigningKey> {
+    if path.exists() {
+        let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+        let secret: [u8; 32] = hex::decode(text.trim())
+            .ok()
+            .and_then(|bytes| bytes.try_into().ok())
+            .with_context(|| format!("{} does not hold 64 hex characters", path.display()))?;
+        return Ok(ed25519_dalek::SigningKey::from_bytes(&secret));
+    }
+    let secret: [u8; 32] = rand::random();
+    if let Some(parent) = path.parent() {
+        std::fs::create_dir_all(parent)?;
+    }
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create_new(true);
+    #[cfg(unix)]
+    std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
+    let mut file = options.open(path).with_context(|| format!("creating {}", path.display()))?;
+    std::io::Write::write_all(&mut file, hex::encode(secret).as_bytes())?;
+    file.sync_all()?;
+    Ok(ed25519_dalek::SigningKey::from_bytes(&secret))
+}
+
+/// Bytes of the files under `dir` (the RocksDB directory: a handful of files).
+fn directory_bytes(dir: &std::path::Path) -> u64 {
+    let Ok(entries) = std::fs::read_dir(dir) else { return 0 };
+    entries
+        .flatten()
+        .map(|entry| match entry.metadata() {
+            Ok(meta) if meta.is_dir() => directory_bytes(&entry.path()),
+            Ok(meta) => meta.len(),
+            Err(_) => 0,
+        })
+        .sum()
+}
+
+/// Watches the database's size against the disk budget.
+async fn disk_loop(shared: Shared) {
+    loop {
+        let dir = shared.config.data_dir.clone();
+        let bytes = tokio::task::spawn_blocking(move || directory_bytes(&dir)).await.unwrap_or(0);
+        shared.metrics.disk_bytes.store(bytes, Ordering::Relaxed);
+        let over = bytes >= shared.config.disk_budget_bytes;
+        if shared.metrics.over_disk_budget.swap(over, Ordering::Relaxed) != over {
+            if over {
+                tracing::error!(
+                    bytes,
+                    budget = shared.config.disk_budget_bytes,
+                    "disk budget reached: readings are no longer taken; gap recovery fetches them once there is room"
+                );
+            } else {
+                tracing::info!(bytes, "below the disk budget again: taking readings");
+            }
+        }
+        tokio::time::sleep(DISK_CHECK_INTERVAL).await;
+    }
 }
 
 async fn mqtt_loop(
     client: AsyncClient,
     mut event_loop: rumqttc::EventLoop,
-    sender: mpsc::Sender<Publish>,
+    sender: mpsc::Sender<Incoming>,
     metrics: Arc<Metrics>,
 ) {
     let mut failures = 0u32;
@@ -238,7 +374,14 @@ async fn mqtt_loop(
             }
             Ok(Event::Incoming(Packet::Publish(publish))) => {
                 // A full queue blocks here, so we stop reading from the broker (back-pressure).
-                if sender.send(publish).await.is_err() {
+                let incoming = Incoming {
+                    source: publish.topic.clone(),
+                    site: site_of(&publish.topic).unwrap_or_default().to_string(),
+                    payload: publish.payload.to_vec(),
+                    ack: Some(publish),
+                    rejected: None,
+                };
+                if sender.send(incoming).await.is_err() {
                     return;
                 }
             }
@@ -273,7 +416,10 @@ async fn refresh_registry(shared: &Shared) -> anyhow::Result<()> {
                 continue;
             }
         };
-        map.insert(meter.meter_id, (KeyId(meter.key_id), key));
+        map.insert(
+            meter.meter_id,
+            RegistryEntry { key_id: KeyId(meter.key_id), public_key: key, attested_by: meter.attested_by },
+        );
     }
     let mut registry = shared.registry.lock().expect("registry lock is never poisoned");
     tracing::info!(meters = map.len(), "registry refreshed from the ledger");
@@ -308,16 +454,24 @@ fn quarantine_entry(
     }
 }
 
-async fn ingest_loop(shared: Shared, client: AsyncClient, mut receiver: mpsc::Receiver<Publish>) {
+async fn ingest_loop(shared: Shared, client: AsyncClient, mut receiver: mpsc::Receiver<Incoming>) {
     let mut batch = Vec::with_capacity(INGEST_BATCH_MAX);
     loop {
         if receiver.recv_many(&mut batch, INGEST_BATCH_MAX).await == 0 {
             return;
         }
-        let result = process_batch(&shared, &batch).await;
+        let result = if shared.metrics.over_disk_budget.load(Ordering::Relaxed) {
+            // Over the disk budget: take nothing. The readings are acknowledged so the broker
+            // does not queue (and then drop) them for us; the meters still hold them, and the
+            // first reading taken after the pause opens the gap that recovers them.
+            shared.metrics.readings_deferred_disk.fetch_add(batch.len() as u64, Ordering::Relaxed);
+            Ok(())
+        } else {
+            process_batch(&shared, &batch).await
+        };
         match result {
             Ok(()) => {
-                for publish in batch.drain(..) {
+                for publish in batch.drain(..).filter_map(|incoming| incoming.ack) {
                     if let Err(error) = client.ack(&publish).await {
                         tracing::warn!(%error, "acknowledgement not sent; the broker will redeliver");
                     }
@@ -335,12 +489,16 @@ async fn ingest_loop(shared: Shared, client: AsyncClient, mut receiver: mpsc::Re
 }
 
 #[tracing::instrument(skip_all, fields(messages = batch.len()))]
-async fn process_batch(shared: &Shared, batch: &[Publish]) -> anyhow::Result<()> {
+async fn process_batch(shared: &Shared, batch: &[Incoming]) -> anyhow::Result<()> {
     shared.metrics.readings_in.fetch_add(batch.len() as u64, Ordering::Relaxed);
     let mut rejected = Vec::new();
     let mut opened: Vec<(usize, Envelope, SignedReading)> = Vec::new();
     for (index, publish) in batch.iter().enumerate() {
-        let topic = publish.topic.as_str();
+        let topic = publish.source.as_str();
+        if let Some((reason, detail)) = &publish.rejected {
+            rejected.push(quarantine_entry(shared, topic, reason, detail.clone(), None, &publish.payload));
+            continue;
+        }
         match Envelope::parse_json(&publish.payload)
             .and_then(|envelope| envelope.open().map(|signed| (envelope, signed)))
         {
@@ -365,7 +523,7 @@ async fn process_batch(shared: &Shared, batch: &[Publish]) -> anyhow::Result<()>
     {
         let registry = shared.registry.lock().expect("registry lock is never poisoned");
         for (index, envelope, signed) in opened {
-            let topic = batch[index].topic.as_str();
+            let topic = batch[index].source.as_str();
             let reading = signed.reading();
             match registry.meters.get(&reading.meter_id) {
                 None => rejected.push(quarantine_entry(
@@ -376,19 +534,19 @@ async fn process_batch(shared: &Shared, batch: &[Publish]) -> anyhow::Result<()>
                     Some(signed.digest().to_string()),
                     &batch[index].payload,
                 )),
-                Some((key_id, _)) if *key_id != reading.key_id => rejected.push(quarantine_entry(
+                Some(entry) if entry.key_id != reading.key_id => rejected.push(quarantine_entry(
                     shared,
                     topic,
                     "unknown_key",
                     format!(
                         "meter {} has key {} registered, reading names key {}",
-                        reading.meter_id, key_id.0, reading.key_id.0
+                        reading.meter_id, entry.key_id.0, reading.key_id.0
                     ),
                     Some(signed.digest().to_string()),
                     &batch[index].payload,
                 )),
-                Some((_, key)) => {
-                    candidates.push((signed, *key));
+                Some(entry) => {
+                    candidates.push((signed, entry.public_key));
                     candidate_envelopes.push((index, envelope));
                 }
             }
@@ -401,7 +559,7 @@ async fn process_batch(shared: &Shared, batch: &[Publish]) -> anyhow::Result<()>
             Ok(reading) => verified.push((index, envelope, reading)),
             Err(refused) => rejected.push(quarantine_entry(
                 shared,
-                &batch[index].topic,
+                &batch[index].source,
                 "bad_signature",
                 format!(
                     "meter {} sequence {}: {}",
@@ -433,7 +591,7 @@ async fn process_batch(shared: &Shared, batch: &[Publish]) -> anyhow::Result<()>
             };
             let state = tracked.entry(reading.meter_id.clone()).or_default();
             if state.site.is_empty() {
-                state.site = site_of(&batch[index].topic).unwrap_or_default().to_string();
+                state.site = batch[index].site.clone();
             }
             match tracker::check(state, seen, reading, digest, now_s, limits) {
                 tracker::Verdict::Accept { gap_opened, filled } => {
@@ -451,7 +609,7 @@ async fn process_batch(shared: &Shared, batch: &[Publish]) -> anyhow::Result<()>
                 }
                 tracker::Verdict::Reject { reason, detail } => rejected.push(quarantine_entry(
                     shared,
-                    &batch[index].topic,
+                    &batch[index].source,
                     reason,
                     detail,
                     Some(digest.to_string()),
@@ -519,7 +677,13 @@ async fn gap_loop(shared: Shared, client: AsyncClient) {
                     changed.push((meter.clone(), state.clone()));
                     continue;
                 }
-                let topic = format!("wattle/v1/{}/{meter}/cmd/backfill", state.site);
+                // A Modbus meter is asked through its device's history model; an MQTT one on its
+                // site's backfill topic.
+                let topic = if state.site.starts_with("modbus://") {
+                    state.site.clone()
+                } else {
+                    format!("wattle/v1/{}/{meter}/cmd/backfill", state.site)
+                };
                 let mut whole = true;
                 'ranges: for &(from, to) in &state.missing {
                     let mut next = from;
@@ -548,6 +712,12 @@ async fn gap_loop(shared: Shared, client: AsyncClient) {
             last_asked.retain(|meter, _| tracked.get(meter).is_some_and(|state| !state.missing.is_empty()));
         }
         for (topic, command) in requests {
+            if let Some(device) = shared.modbus_backfill.get(&topic) {
+                if device.try_send((command.from, command.to)).is_ok() {
+                    shared.metrics.backfill_requests.fetch_add(1, Ordering::Relaxed);
+                }
+                continue;
+            }
             let payload = serde_json::to_vec(&command).expect("a command serialises");
             match client.publish(&topic, QoS::AtLeastOnce, false, payload).await {
                 Ok(()) => {
@@ -599,6 +769,14 @@ async fn forward_once(shared: &Shared) -> anyhow::Result<usize> {
         gateway_id: shared.config.gateway_id.clone(),
         readings: head.iter().map(|(_, envelope)| envelope.clone()).collect(),
         gateway_signature: None,
+    };
+    let request = SubmitReadings {
+        gateway_signature: Some(domain::api::GatewaySignature::sign(
+            &shared.key,
+            &request.gateway_id,
+            &request.readings,
+        )),
+        ..request
     };
     let response = shared.http.post(format!("{}/v1/readings", shared.ledger_url())).json(&request).send().await?;
     let status = response.status();
@@ -652,6 +830,8 @@ async fn healthz(State(shared): State<Shared>) -> impl IntoResponse {
         "mqtt_connected": connected,
         "mqtt_subscribed": subscribed,
         "outbox_depth": shared.store.outbox_depth(),
+        "over_disk_budget": shared.metrics.over_disk_budget.load(Ordering::Relaxed),
+        "modbus_devices": shared.config.modbus.len(),
         "registry_meters": shared.registry.lock().expect("registry lock is never poisoned").meters.len(),
     });
     let status = if connected && subscribed { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
@@ -733,6 +913,43 @@ async fn metrics(State(shared): State<Shared>) -> String {
         "gauge",
         m.forward_latency_ms_last.load(Ordering::Relaxed),
     );
+    line(
+        "wattle_gateway_modbus_polls_total",
+        "Modbus polls answered.",
+        "counter",
+        m.modbus_polls.load(Ordering::Relaxed),
+    );
+    line(
+        "wattle_gateway_readings_attested_total",
+        "Readings of unsigned meters attested (signed) by this gateway.",
+        "counter",
+        m.readings_attested.load(Ordering::Relaxed),
+    );
+    line(
+        "wattle_gateway_readings_deferred_disk_budget_total",
+        "Messages not taken because the database reached its disk budget (recovered by gap recovery).",
+        "counter",
+        m.readings_deferred_disk.load(Ordering::Relaxed),
+    );
+    line(
+        "wattle_gateway_disk_bytes",
+        "Bytes of the gateway's database.",
+        "gauge",
+        m.disk_bytes.load(Ordering::Relaxed),
+    );
+    line("wattle_gateway_disk_budget_bytes", "The configured disk budget.", "gauge", shared.config.disk_budget_bytes);
+    let _ = writeln!(out, "# HELP wattle_gateway_modbus_errors_total Modbus polls that failed or returned invalid data, by reason.\n# TYPE wattle_gateway_modbus_errors_total counter");
+    let mut modbus_reasons: Vec<(String, u64)> = m
+        .modbus_errors_by_reason
+        .lock()
+        .expect("metrics lock is never poisoned")
+        .iter()
+        .map(|(k, v)| (k.clone(), *v))
+        .collect();
+    modbus_reasons.sort();
+    for (reason, count) in modbus_reasons {
+        let _ = writeln!(out, "wattle_gateway_modbus_errors_total{{reason=\"{reason}\"}} {count}");
+    }
     let _ = writeln!(out, "# HELP wattle_gateway_readings_rejected_total Readings quarantined, by reason.\n# TYPE wattle_gateway_readings_rejected_total counter");
     let mut reasons: Vec<(String, u64)> = m
         .rejected_by_reason

@@ -44,3 +44,18 @@ pub const MQTT_PACKET_BYTES_MAX: usize = 256 * 1024;
 /// Most sequences asked for in one gap-recovery round: their answers must fit the broker's
 /// queue for the gateway (mosquitto's default `max_queued_messages` is 1,000) beside live traffic.
 pub const BACKFILL_SEQUENCES_PER_ROUND: u64 = 500;
+/// Backfill requests queued per Modbus device (the gap loop drops further ones until the next round).
+pub const MODBUS_BACKFILL_QUEUE_MAX: usize = 16;
+/// Sequences read from a Modbus device's history per backfill request: each is one round trip,
+/// so live polling of the device waits at most this many requests.
+pub const MODBUS_BACKFILL_PER_REQUEST_MAX: u64 = 64;
+/// Backoff between Modbus reconnects: doubles from the first to the last value.
+pub const MODBUS_BACKOFF_MIN: Duration = Duration::from_millis(200);
+pub const MODBUS_BACKOFF_MAX: Duration = Duration::from_secs(30);
+/// How often the database's size is checked against the disk budget.
+pub const DISK_CHECK_INTERVAL: Duration = Duration::from_secs(1);
+/// Default disk budget of the gateway's database: 8 GiB (40 days of 100,000 meters' outbox
+/// would need far less; the budget guards a substation box's small disk).
+pub const DISK_BUDGET_BYTES_DEFAULT: u64 = 8 * 1024 * 1024 * 1024;
+/// Default interval of gateway-attested readings of unsigned meters (seconds).
+pub const ATTEST_INTERVAL_S_DEFAULT: i64 = 900;

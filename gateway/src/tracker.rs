@@ -25,6 +25,9 @@ pub struct MeterState {
     pub missing: Vec<(u64, u64)>,
     /// Backfill requests sent for the current missing ranges.
     pub requests: u32,
+    /// End of the highest accepted reading's interval (Unix seconds; 0 before the first): where
+    /// the next gateway-attested reading of an unsigned meter starts.
+    pub interval_end_s: i64,
 }
 
 impl MeterState {
@@ -62,6 +65,7 @@ impl MeterState {
         for &(from, to) in &self.missing {
             writer.u64(from).u64(to);
         }
+        writer.i64(self.interval_end_s);
         writer.finish()
     }
 
@@ -78,8 +82,10 @@ impl MeterState {
             return Err(DecodeError::invalid("missing", "count exceeds bytes"));
         }
         let missing = (0..count).map(|_| Ok((reader.u64()?, reader.u64()?))).collect::<Result<_, DecodeError>>()?;
+        // States written before the field existed end here.
+        let interval_end_s = if reader.remaining() > 0 { reader.i64()? } else { 0 };
         reader.finish()?;
-        Ok(MeterState { site, highest, import_end_wh, export_end_wh, missing, requests })
+        Ok(MeterState { site, highest, import_end_wh, export_end_wh, missing, requests, interval_end_s })
     }
 }
 
@@ -177,6 +183,7 @@ pub fn check(
         state.highest = sequence;
         state.import_end_wh = reading.import_end_wh;
         state.export_end_wh = reading.export_end_wh;
+        state.interval_end_s = reading.interval_end.0;
     } else {
         filled = state.remove_missing(sequence);
     }
