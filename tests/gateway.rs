@@ -212,3 +212,69 @@ async fn garbage_on_the_mqtt_input_is_quarantined_and_the_gateway_keeps_running(
     assert!(health.status().is_success(), "the gateway is healthy after the garbage");
     Ok(())
 }
+
+/// A gateway whose database reaches its disk budget (the ledger is away, so the outbox grows)
+/// stops taking readings, gives the space back once the outbox drains, and recovers every
+/// reading it did not take from the meters by gap recovery: every sequence is settled.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn over_the_disk_budget_the_gateway_pauses_and_recovers_every_reading_by_backfill() -> anyhow::Result<()> {
+    const INTERVALS: u64 = 70;
+    let _serial = CLUSTER_SERIAL.lock().await;
+    let dir = tempfile::tempdir()?;
+    let http = reqwest::Client::builder().timeout(Duration::from_secs(10)).build()?;
+    let clock = clock_args(EPOCH, SPEED, domain::clock::wall_clock_now().0);
+    let (node, ledger_url) = start_ledger(dir.path(), &clock).await?;
+    let broker = Mosquitto::start(dir.path(), "").await?;
+    let mut gateway_args = clock.clone();
+    gateway_args.extend(["--disk-budget-mb".to_string(), "2".to_string()]);
+    let (gateway, gateway_url) =
+        start_gateway(dir.path(), "gw-disk", broker.port, std::slice::from_ref(&ledger_url), &gateway_args).await?;
+    // The ledger goes away: nothing leaves the outbox.
+    node.signal("STOP")?;
+    let mut command = wattle();
+    command
+        .args(["sim", "--meters", &METERS.to_string(), "--seed", &SEED.to_string()])
+        .args(["--intervals", &INTERVALS.to_string(), "--epoch", EPOCH, "--linger-s", "120"])
+        .args(["--broker", &format!("127.0.0.1:{}", broker.port)])
+        .args(&clock);
+    let sim = Process::spawn("sim", dir.path(), command)?;
+    let deferred = poll_until("the disk budget reached", Duration::from_secs(30), || {
+        let fetch = metric(&http, &gateway_url, "wattle_gateway_readings_deferred_disk_budget_total");
+        async move { fetch.await.filter(|count| *count >= 200) }
+    })
+    .await
+    .with_context(|| format!("gateway log:\n{}", gateway.log_tail()))?;
+    let health = get_json(&http, &format!("{gateway_url}/healthz")).await.context("healthz")?;
+    assert_eq!(health["over_disk_budget"], true, "{health}");
+    node.signal("CONT")?;
+    poll_until("below the budget again", Duration::from_secs(60), || async {
+        let health = get_json(&http, &format!("{gateway_url}/healthz")).await?;
+        (health["over_disk_budget"] == false).then_some(())
+    })
+    .await
+    .with_context(|| format!("gateway log:\n{}", gateway.log_tail()))?;
+    poll_until("every sequence settled", Duration::from_secs(120), || {
+        let http = http.clone();
+        let ledger_url = ledger_url.clone();
+        async move {
+            for meter in 0..METERS {
+                let customer = firmware_sim::customer_id(meter);
+                let account = get_json(&http, &format!("{ledger_url}/v1/customers/{customer}/account")).await?;
+                if account["intervals_settled"].as_u64() != Some(INTERVALS) {
+                    return None;
+                }
+            }
+            Some(())
+        }
+    })
+    .await
+    .with_context(|| format!("gateway log:\n{}\nsim log:\n{}", gateway.log_tail(), sim.log_tail()))?;
+    let filled = metric(&http, &gateway_url, "wattle_gateway_gap_sequences_filled_total").await.unwrap_or(0);
+    let deferred_total =
+        metric(&http, &gateway_url, "wattle_gateway_readings_deferred_disk_budget_total").await.unwrap_or(0);
+    println!(
+        "{deferred_total} readings not taken over the budget (first check: {deferred}); {filled} recovered by backfill"
+    );
+    assert!(filled > 0, "readings not taken were recovered by gap recovery");
+    Ok(())
+}

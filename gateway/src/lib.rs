@@ -329,13 +329,32 @@ fn directory_bytes(dir: &std::path::Path) -> u64 {
         .sum()
 }
 
-/// Watches the database's size against the disk budget.
+/// Watches the database's size against the disk budget; while over it, gives space back as the
+/// outbox drains (at most every `DISK_RECLAIM_INTERVAL`).
 async fn disk_loop(shared: Shared) {
+    let mut last_reclaim: Option<(Instant, u64)> = None;
     loop {
+        if shared.metrics.over_disk_budget.load(Ordering::Relaxed) {
+            let depth = shared.store.outbox_depth();
+            let due =
+                last_reclaim.is_none_or(|(at, depth_then)| at.elapsed() >= DISK_RECLAIM_INTERVAL && depth < depth_then);
+            if due {
+                let store = shared.store.clone();
+                match tokio::task::spawn_blocking(move || store.reclaim()).await {
+                    Ok(Ok(())) => tracing::info!(outbox_depth = depth, "over the disk budget: space reclaimed"),
+                    Ok(Err(error)) => tracing::warn!(%error, "reclaiming disk space failed"),
+                    Err(error) => tracing::warn!(%error, "reclaim task failed"),
+                }
+                last_reclaim = Some((Instant::now(), depth));
+            }
+        }
         let dir = shared.config.data_dir.clone();
         let bytes = tokio::task::spawn_blocking(move || directory_bytes(&dir)).await.unwrap_or(0);
         shared.metrics.disk_bytes.store(bytes, Ordering::Relaxed);
-        let over = bytes >= shared.config.disk_budget_bytes;
+        // Hysteresis: stop at the budget, take readings again only below 90 % of it.
+        let was_over = shared.metrics.over_disk_budget.load(Ordering::Relaxed);
+        let resume_below = shared.config.disk_budget_bytes / 10 * DISK_RESUME_TENTHS;
+        let over = if was_over { bytes >= resume_below } else { bytes >= shared.config.disk_budget_bytes };
         if shared.metrics.over_disk_budget.swap(over, Ordering::Relaxed) != over {
             if over {
                 tracing::error!(
@@ -650,6 +669,10 @@ async fn gap_loop(shared: Shared, client: AsyncClient) {
     let mut last_asked: HashMap<MeterId, Instant> = HashMap::new();
     loop {
         tokio::time::sleep(GAP_RETRY_INTERVAL).await;
+        if shared.metrics.over_disk_budget.load(Ordering::Relaxed) {
+            // The answers could not be taken: asking would only use up the attempts.
+            continue;
+        }
         let mut requests = Vec::new();
         let mut changed = Vec::new();
         {

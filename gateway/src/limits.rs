@@ -52,6 +52,12 @@ pub const MODBUS_BACKFILL_PER_REQUEST_MAX: u64 = 64;
 /// Backoff between Modbus reconnects: doubles from the first to the last value.
 pub const MODBUS_BACKOFF_MIN: Duration = Duration::from_millis(200);
 pub const MODBUS_BACKOFF_MAX: Duration = Duration::from_secs(30);
+/// Least time between two reclaims of disk space while over the budget (a flush and a compaction
+/// of the outbox: seconds of I/O on a large database).
+pub const DISK_RECLAIM_INTERVAL: Duration = Duration::from_secs(3);
+/// Over the disk budget, readings are taken again once the database is below this many tenths of
+/// it (hysteresis: no flapping at the edge).
+pub const DISK_RESUME_TENTHS: u64 = 9;
 /// How often the database's size is checked against the disk budget.
 pub const DISK_CHECK_INTERVAL: Duration = Duration::from_secs(1);
 /// Default disk budget of the gateway's database: 8 GiB (40 days of 100,000 meters' outbox

@@ -187,6 +187,17 @@ impl GatewayStore {
         self.commit_with_quarantine(batch, rejected)
     }
 
+    /// Gives disk space back after the outbox drained: flushes every memtable (so RocksDB can
+    /// delete the write-ahead log files they pinned) and compacts the outbox, whose deleted
+    /// entries otherwise stay on disk as tombstones until a compaction happens to reach them.
+    pub fn reclaim(&self) -> anyhow::Result<()> {
+        for name in [CF_OUTBOX, CF_QUARANTINE, CF_METERS, CF_SEEN] {
+            self.db.flush_cf(self.cf(name)).with_context(|| format!("flushing {name}"))?;
+        }
+        self.db.compact_range_cf(self.cf(CF_OUTBOX), None::<&[u8]>, None::<&[u8]>);
+        Ok(())
+    }
+
     /// Readings waiting in the outbox.
     pub fn outbox_depth(&self) -> u64 {
         self.db.iterator_cf(self.cf(CF_OUTBOX), IteratorMode::Start).next().and_then(|item| item.ok()).map_or(
