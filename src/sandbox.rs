@@ -113,7 +113,16 @@ pub async fn run(args: SandboxArgs) -> anyhow::Result<()> {
     if !operator_key.exists() {
         std::fs::write(&operator_key, hex::encode(rand::random::<[u8; 32]>()))?;
     }
-    firmware_sim::write_registry(&data_dir.join("meters.json"), args.seed, args.meters)?;
+    // The last meter is an unsigned legacy meter (SDM630 over Modbus): the gateway attests its
+    // readings with its own key, which the registry names as the meter's.
+    anyhow::ensure!(args.meters >= 2, "the sandbox needs at least 2 meters");
+    let legacy = args.meters - 1;
+    let gateway_id = GatewayId::new("sandbox-gw")?;
+    let gateway_key = gateway::load_or_create_key(&data_dir.join("gateway").join("gateway.key"))?;
+    let mut registry = firmware_sim::registry(args.seed, args.meters);
+    registry[legacy as usize].public_key = hex::encode(gateway_key.verifying_key().to_bytes());
+    registry[legacy as usize].attested_by = Some(gateway_id.clone());
+    std::fs::write(data_dir.join("meters.json"), serde_json::to_string_pretty(&registry)?)?;
     let admin_config = data_dir.join("ledger-config.toml");
     std::fs::write(
         &admin_config,
@@ -163,8 +172,32 @@ pub async fn run(args: SandboxArgs) -> anyhow::Result<()> {
     println!("service public key (verify receipts with it): {}", hex::encode(service_key.verifying_key().to_bytes()));
     // Billing reads a follower: what it serves is what the cluster committed.
     let ledger_url = ledger_urls[1].clone();
+    // Meters 0-3 are also read over Modbus (SunSpec; what MQTT already delivered is dropped as a
+    // duplicate), the legacy meter only there.
+    let modbus_port = free_port()?;
+    let modbus_address: std::net::SocketAddr = format!("127.0.0.1:{modbus_port}").parse()?;
+    let device =
+        |meter: u32, map: &str| -> anyhow::Result<(gateway::modbus::ModbusDevice, gateway::modbus::DeviceMap)> {
+            let device = gateway::modbus::ModbusDevice {
+                address: modbus_address,
+                unit: (meter + 1) as u8,
+                map: map.to_string(),
+                meter_id: Some(firmware_sim::meter_id(meter)),
+                poll_ms: 250,
+                timeout_ms: 1_000,
+                retries: 2,
+            };
+            let resolved = if map == "sdm630" {
+                gateway::modbus::DeviceMap::Energy(gateway::modbus::EnergyMap::SDM630)
+            } else {
+                gateway::modbus::DeviceMap::SunSpec
+            };
+            Ok((device, resolved))
+        };
+    let mut modbus = (0..legacy.min(4)).map(|meter| device(meter, "sunspec")).collect::<anyhow::Result<Vec<_>>>()?;
+    modbus.push(device(legacy, "sdm630")?);
     let gateway = gateway::start(gateway::GatewayConfig {
-        gateway_id: GatewayId::new("sandbox-gw")?,
+        gateway_id: gateway_id.clone(),
         data_dir: data_dir.join("gateway"),
         broker_host: "127.0.0.1".into(),
         broker_port,
@@ -174,7 +207,7 @@ pub async fn run(args: SandboxArgs) -> anyhow::Result<()> {
         max_power_w: gateway::limits::MAX_POWER_W_DEFAULT,
         clock_ahead_s_max: gateway::limits::CLOCK_AHEAD_S_MAX_DEFAULT,
         mqtt_keepalive: Duration::from_secs(30),
-        modbus: Vec::new(),
+        modbus,
         attest_interval_s: gateway::limits::ATTEST_INTERVAL_S_DEFAULT,
         key_file: None,
         disk_budget_bytes: gateway::limits::DISK_BUDGET_BYTES_DEFAULT,
@@ -198,6 +231,12 @@ pub async fn run(args: SandboxArgs) -> anyhow::Result<()> {
     println!("  MQTT broker   127.0.0.1:{broker_port} (topics wattle/v1/{{site}}/{{meter}}/reading, .../birth)");
     println!("  ledger        {}  (3 nodes; /healthz, /metrics, /v1/meters, /v1/transactions)", ledger_urls.join(" "));
     println!("  gateway       http://{}  (/healthz, /metrics, /v1/quarantine)", gateway.address);
+    println!(
+        "  Modbus TCP    {modbus_address}  (site-0; unit N+1 is meter N; SunSpec 1/203 + signed block at 40177; \
+         unit {} is {}, an SDM630 legacy meter whose readings the gateway attests)",
+        legacy + 1,
+        firmware_sim::meter_id(legacy)
+    );
     println!("  billing       http://{}", billing.address);
     println!("  data          {}", data_dir.display());
     println!();
@@ -221,8 +260,8 @@ pub async fn run(args: SandboxArgs) -> anyhow::Result<()> {
         memory_days: firmware_sim::limits::MEMORY_DAYS_DEFAULT,
         linger: Duration::ZERO,
         clock,
-        modbus_listen: None,
-        legacy_meters: Default::default(),
+        modbus_listen: Some(modbus_address),
+        legacy_meters: [legacy].into_iter().collect(),
         load: Default::default(),
     };
     let fleet = firmware_sim::build_fleet(&sim_config)?;
@@ -231,7 +270,15 @@ pub async fn run(args: SandboxArgs) -> anyhow::Result<()> {
         Some(intervals) => {
             let summary = sim.await?;
             tracing::info!(published = summary.published, "fleet finished; checking the bills");
-            check_bills(&http, &format!("http://{}", billing.address), &truth_path, args.price_per_kwh, intervals).await
+            check_bills(
+                &http,
+                &format!("http://{}", billing.address),
+                &truth_path,
+                args.price_per_kwh,
+                intervals,
+                legacy,
+            )
+            .await
         }
         None => {
             tokio::select! {
@@ -255,8 +302,17 @@ async fn check_bills(
     truth_path: &Path,
     price_per_kwh: Decimal,
     intervals: u64,
+    legacy: u32,
 ) -> anyhow::Result<()> {
-    let truth = firmware_sim::Truth::read(truth_path)?.records;
+    let truth_file = firmware_sim::Truth::read(truth_path)?;
+    // The legacy meter's bill comes from readings the gateway attested at its own interval
+    // boundaries: its energy must be a difference of two of the meter's registers.
+    let mut registers = vec![truth_file.fleet.registers_before(legacy, 1).import_wh];
+    for record in truth_file.records.iter().filter(|record| record.meter == legacy) {
+        registers.push(registers[registers.len() - 1] + record.import_wh);
+    }
+    let legacy_customer = firmware_sim::customer_id(legacy).to_string();
+    let truth: Vec<_> = truth_file.records.into_iter().filter(|record| record.meter != legacy).collect();
     let mut expected: BTreeMap<String, (u64, u64)> = BTreeMap::new();
     for record in &truth {
         let entry = expected.entry(firmware_sim::customer_id(record.meter).to_string()).or_default();
@@ -297,12 +353,32 @@ async fn check_bills(
             );
         }
     }
+    let attested: billing::Bill = http
+        .get(format!("{billing_url}/v1/customers/{legacy_customer}/bill"))
+        .send()
+        .await?
+        .error_for_status()?
+        .json()
+        .await?;
+    let attested_wh = (attested.energy_import_kwh * Decimal::from(1000u32)).trunc();
+    let attested_wh = u64::try_from(attested_wh).unwrap_or(u64::MAX);
+    // float32 kWh: each register read within ~4 Wh.
+    let traced = registers.iter().any(|a| registers.iter().any(|b| b > a && (b - a).abs_diff(attested_wh) <= 8));
+    println!(
+        "attested legacy meter {legacy_customer}: {} kWh over {} intervals, {}",
+        attested.energy_import_kwh,
+        attested.intervals_settled,
+        if traced { "a difference of its registers" } else { "NOT a difference of its registers" }
+    );
+    if !traced || attested.intervals_settled == 0 {
+        mismatches += 1;
+    }
     let total: Decimal = bills.values().map(|bill| bill.amount).sum();
     println!(
         "smoke check: {} customers, {} readings, {intervals} intervals; bills total {total}; {} of {} bills equal the ground truth",
         expected.len(),
         truth.len(),
-        expected.len() - mismatches,
+        expected.len().saturating_sub(mismatches),
         expected.len()
     );
     if mismatches > 0 {
