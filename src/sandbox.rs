@@ -295,6 +295,10 @@ pub async fn run(args: SandboxArgs) -> anyhow::Result<()> {
     outcome
 }
 
+async fn fetch_bill(http: &reqwest::Client, billing_url: &str, customer: &str) -> anyhow::Result<billing::Bill> {
+    Ok(http.get(format!("{billing_url}/v1/customers/{customer}/bill")).send().await?.error_for_status()?.json().await?)
+}
+
 /// Smoke mode: every customer's served bill must equal the ground truth times the price.
 async fn check_bills(
     http: &reqwest::Client,
@@ -323,13 +327,7 @@ async fn check_bills(
     let deadline = tokio::time::Instant::now() + SETTLE_WAIT_MAX;
     for customer in expected.keys() {
         loop {
-            let bill: billing::Bill = http
-                .get(format!("{billing_url}/v1/customers/{customer}/bill"))
-                .send()
-                .await?
-                .error_for_status()?
-                .json()
-                .await?;
+            let bill = fetch_bill(http, billing_url, customer).await?;
             if bill.intervals_settled >= intervals || tokio::time::Instant::now() >= deadline {
                 bills.insert(customer.clone(), bill);
                 break;
@@ -353,13 +351,7 @@ async fn check_bills(
             );
         }
     }
-    let attested: billing::Bill = http
-        .get(format!("{billing_url}/v1/customers/{legacy_customer}/bill"))
-        .send()
-        .await?
-        .error_for_status()?
-        .json()
-        .await?;
+    let attested = fetch_bill(http, billing_url, &legacy_customer).await?;
     let attested_wh = (attested.energy_import_kwh * Decimal::from(1000u32)).trunc();
     let attested_wh = u64::try_from(attested_wh).unwrap_or(u64::MAX);
     // float32 kWh: each register read within ~4 Wh.

@@ -50,6 +50,21 @@ fn sim_published(dir: &std::path::Path) -> Option<u64> {
     digits.parse().ok()
 }
 
+/// Waits until every meter's customer has `intervals` intervals settled (one meter per customer).
+async fn every_sequence_settled(http: &reqwest::Client, ledger_url: &str, intervals: u64) -> anyhow::Result<()> {
+    poll_until("every sequence settled", Duration::from_secs(120), || async move {
+        for meter in 0..METERS {
+            let customer = firmware_sim::customer_id(meter);
+            let account = get_json(http, &format!("{ledger_url}/v1/customers/{customer}/account")).await?;
+            if account["intervals_settled"].as_u64() != Some(intervals) {
+                return None;
+            }
+        }
+        Some(())
+    })
+    .await
+}
+
 /// SIGSTOP the gateway while 5,000+ readings are published: mosquitto acknowledges them all to
 /// the meters and drops what exceeds its queue. After SIGCONT the gateway sees the gaps, asks
 /// the meters on their backfill topics, and every sequence reaches the ledger.
@@ -97,22 +112,9 @@ async fn readings_the_broker_dropped_reach_the_ledger_by_backfill() -> anyhow::R
     .await
     .with_context(|| format!("gateway log:\n{}", gateway.log_tail()))?;
     // Every meter's every sequence is settled: each customer has one meter.
-    poll_until("every sequence settled", Duration::from_secs(120), || {
-        let http = http.clone();
-        let ledger_url = ledger_url.clone();
-        async move {
-            for meter in 0..METERS {
-                let customer = firmware_sim::customer_id(meter);
-                let account = get_json(&http, &format!("{ledger_url}/v1/customers/{customer}/account")).await?;
-                if account["intervals_settled"].as_u64() != Some(INTERVALS) {
-                    return None;
-                }
-            }
-            Some(())
-        }
-    })
-    .await
-    .with_context(|| format!("gateway log:\n{}\nsim log:\n{}", gateway.log_tail(), sim.log_tail()))?;
+    every_sequence_settled(&http, &ledger_url, INTERVALS)
+        .await
+        .with_context(|| format!("gateway log:\n{}\nsim log:\n{}", gateway.log_tail(), sim.log_tail()))?;
     let opened = metric(&http, &gateway_url, "wattle_gateway_gap_sequences_opened_total").await.unwrap_or(0);
     let filled = metric(&http, &gateway_url, "wattle_gateway_gap_sequences_filled_total").await.unwrap_or(0);
     let open = metric(&http, &gateway_url, "wattle_gateway_gap_sequences_open").await.unwrap_or(u64::MAX);
@@ -253,22 +255,9 @@ async fn over_the_disk_budget_the_gateway_pauses_and_recovers_every_reading_by_b
     })
     .await
     .with_context(|| format!("gateway log:\n{}", gateway.log_tail()))?;
-    poll_until("every sequence settled", Duration::from_secs(120), || {
-        let http = http.clone();
-        let ledger_url = ledger_url.clone();
-        async move {
-            for meter in 0..METERS {
-                let customer = firmware_sim::customer_id(meter);
-                let account = get_json(&http, &format!("{ledger_url}/v1/customers/{customer}/account")).await?;
-                if account["intervals_settled"].as_u64() != Some(INTERVALS) {
-                    return None;
-                }
-            }
-            Some(())
-        }
-    })
-    .await
-    .with_context(|| format!("gateway log:\n{}\nsim log:\n{}", gateway.log_tail(), sim.log_tail()))?;
+    every_sequence_settled(&http, &ledger_url, INTERVALS)
+        .await
+        .with_context(|| format!("gateway log:\n{}\nsim log:\n{}", gateway.log_tail(), sim.log_tail()))?;
     let filled = metric(&http, &gateway_url, "wattle_gateway_gap_sequences_filled_total").await.unwrap_or(0);
     let deferred_total =
         metric(&http, &gateway_url, "wattle_gateway_readings_deferred_disk_budget_total").await.unwrap_or(0);

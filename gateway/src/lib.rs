@@ -961,31 +961,30 @@ async fn metrics(State(shared): State<Shared>) -> String {
         m.disk_bytes.load(Ordering::Relaxed),
     );
     line("wattle_gateway_disk_budget_bytes", "The configured disk budget.", "gauge", shared.config.disk_budget_bytes);
-    let _ = writeln!(out, "# HELP wattle_gateway_modbus_errors_total Modbus polls that failed or returned invalid data, by reason.\n# TYPE wattle_gateway_modbus_errors_total counter");
-    let mut modbus_reasons: Vec<(String, u64)> = m
-        .modbus_errors_by_reason
-        .lock()
-        .expect("metrics lock is never poisoned")
-        .iter()
-        .map(|(k, v)| (k.clone(), *v))
-        .collect();
-    modbus_reasons.sort();
-    for (reason, count) in modbus_reasons {
-        let _ = writeln!(out, "wattle_gateway_modbus_errors_total{{reason=\"{reason}\"}} {count}");
-    }
-    let _ = writeln!(out, "# HELP wattle_gateway_readings_rejected_total Readings quarantined, by reason.\n# TYPE wattle_gateway_readings_rejected_total counter");
-    let mut reasons: Vec<(String, u64)> = m
-        .rejected_by_reason
-        .lock()
-        .expect("metrics lock is never poisoned")
-        .iter()
-        .map(|(k, v)| (k.clone(), *v))
-        .collect();
+    labelled(
+        &mut out,
+        "wattle_gateway_modbus_errors_total",
+        "Modbus polls that failed or returned invalid data, by reason.",
+        &m.modbus_errors_by_reason,
+    );
+    labelled(
+        &mut out,
+        "wattle_gateway_readings_rejected_total",
+        "Readings quarantined, by reason.",
+        &m.rejected_by_reason,
+    );
+    out
+}
+
+/// A counter with one line per reason, sorted.
+fn labelled(out: &mut String, name: &str, help: &str, counts: &Mutex<HashMap<String, u64>>) {
+    let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} counter");
+    let mut reasons: Vec<(String, u64)> =
+        counts.lock().expect("metrics lock is never poisoned").iter().map(|(k, v)| (k.clone(), *v)).collect();
     reasons.sort();
     for (reason, count) in reasons {
-        let _ = writeln!(out, "wattle_gateway_readings_rejected_total{{reason=\"{reason}\"}} {count}");
+        let _ = writeln!(out, "{name}{{reason=\"{reason}\"}} {count}");
     }
-    out
 }
 
 #[derive(Debug, Deserialize)]
