@@ -97,6 +97,7 @@ pub struct Metrics {
     duplicates_dropped: AtomicU64,
     gap_sequences_opened: AtomicU64,
     gap_sequences_filled: AtomicU64,
+    gap_sequences_quarantined: AtomicU64,
     gap_sequences_unfilled: AtomicU64,
     backfill_requests: AtomicU64,
     modbus_polls: AtomicU64,
@@ -612,29 +613,45 @@ async fn process_batch(shared: &Shared, batch: &[Incoming]) -> anyhow::Result<()
             if state.site.is_empty() {
                 state.site = batch[index].site.clone();
             }
-            match tracker::check(state, seen, reading, digest, now_s, limits) {
-                tracker::Verdict::Accept { gap_opened, filled } => {
-                    shared.metrics.gap_sequences_opened.fetch_add(gap_opened, Ordering::Relaxed);
+            let verdict = tracker::check(state, seen, reading, digest, now_s, limits);
+            if let tracker::Verdict::Accept { gap_opened, .. } | tracker::Verdict::Reject { gap_opened, .. } = &verdict
+            {
+                // The sequence is settled, accepted or quarantined: the same signed bytes again
+                // are a duplicate (never quarantined twice), other bytes an equivocation.
+                shared.metrics.gap_sequences_opened.fetch_add(*gap_opened, Ordering::Relaxed);
+                in_batch.insert(key.clone(), digest);
+                tracking.seen.push((key.0, key.1, digest));
+                changed.insert(reading.meter_id.clone(), ());
+            }
+            let (reason, detail) = match verdict {
+                tracker::Verdict::Accept { filled, .. } => {
                     if filled {
                         shared.metrics.gap_sequences_filled.fetch_add(1, Ordering::Relaxed);
                     }
-                    in_batch.insert(key.clone(), digest);
-                    tracking.seen.push((key.0, key.1, digest));
-                    changed.insert(reading.meter_id.clone(), ());
                     accepted.push(envelope);
+                    continue;
                 }
                 tracker::Verdict::Duplicate => {
                     shared.metrics.duplicates_dropped.fetch_add(1, Ordering::Relaxed);
+                    continue;
                 }
-                tracker::Verdict::Reject { reason, detail } => rejected.push(quarantine_entry(
-                    shared,
-                    &batch[index].source,
-                    reason,
-                    detail,
-                    Some(digest.to_string()),
-                    &batch[index].payload,
-                )),
-            }
+                tracker::Verdict::Equivocation { detail } => ("equivocation", detail),
+                tracker::Verdict::Reject { reason, detail, was_missing, .. } => {
+                    if was_missing {
+                        shared.metrics.gap_sequences_quarantined.fetch_add(1, Ordering::Relaxed);
+                    }
+                    (reason, detail)
+                }
+            };
+            let payload = &batch[index].payload;
+            rejected.push(quarantine_entry(
+                shared,
+                &batch[index].source,
+                reason,
+                detail,
+                Some(digest.to_string()),
+                payload,
+            ));
         }
         tracking.meters = changed.into_keys().map(|meter| (meter.clone(), tracked[&meter].clone())).collect();
     }
@@ -915,6 +932,12 @@ async fn metrics(State(shared): State<Shared>) -> String {
         "Missing sequences that arrived later (backfill).",
         "counter",
         m.gap_sequences_filled.load(Ordering::Relaxed),
+    );
+    line(
+        "wattle_gateway_gap_sequences_quarantined_total",
+        "Missing sequences whose reading arrived but was quarantined (backfill cannot bring other bytes).",
+        "counter",
+        m.gap_sequences_quarantined.load(Ordering::Relaxed),
     );
     line(
         "wattle_gateway_gap_sequences_unfilled_total",

@@ -4,6 +4,8 @@
 //! it. Registers never go backwards unless the meter reports a reset; the energy of one interval
 //! must be physically possible; the interval must not end in the future beyond a window. A
 //! skewed or unsynced clock is never corrected: the reading keeps its own interval and flags.
+//! A validly signed reading that fails one of those checks still settles its sequence: the meter
+//! would only send the same signed bytes again, so its sequence is neither a gap nor asked for.
 
 use domain::codec::{DecodeError, Reader, Writer};
 use domain::reading::{Reading, ReadingDigest, StatusFlags};
@@ -105,12 +107,18 @@ pub enum Verdict {
     Accept { gap_opened: u64, filled: bool },
     /// The same signed bytes again: dropped and counted.
     Duplicate,
-    /// Rejected with a reason code and detail.
-    Reject { reason: &'static str, detail: String },
+    /// Other signed bytes for a sequence already settled: rejected as `equivocation`; the
+    /// tracking is unchanged.
+    Equivocation { detail: String },
+    /// Validly signed, but its content fails a check: rejected with a reason code and detail,
+    /// and its sequence settled all the same. `gap_opened`: sequences newly found missing before
+    /// it; `was_missing`: it closed a gap, which backfill cannot fill with other bytes.
+    Reject { reason: &'static str, detail: String, gap_opened: u64, was_missing: bool },
 }
 
 /// Checks one reading whose signature verified; `seen` is the digest accepted earlier for the
-/// same (meter, sequence), if any. Updates `state` only when the reading is accepted.
+/// same (meter, sequence), if any. Updates `state` unless the reading is a duplicate or an
+/// equivocation.
 pub fn check(
     state: &mut MeterState,
     seen: Option<ReadingDigest>,
@@ -122,8 +130,7 @@ pub fn check(
     match seen {
         Some(earlier) if earlier == digest => return Verdict::Duplicate,
         Some(_) => {
-            return Verdict::Reject {
-                reason: "equivocation",
+            return Verdict::Equivocation {
                 detail: format!(
                     "meter {} sent other signed bytes for sequence {}",
                     reading.meter_id, reading.sequence.0
@@ -132,25 +139,39 @@ pub fn check(
         }
         None => {}
     }
+    match content_fault(state, reading, now_s, limits) {
+        None => {
+            let (gap_opened, filled) = settle(state, reading);
+            Verdict::Accept { gap_opened, filled }
+        }
+        Some((reason, detail)) => {
+            let (gap_opened, was_missing) = settle(state, reading);
+            Verdict::Reject { reason, detail, gap_opened, was_missing }
+        }
+    }
+}
+
+/// The first check the reading's content fails, with its reason code and detail.
+fn content_fault(state: &MeterState, reading: &Reading, now_s: i64, limits: Limits) -> Option<(&'static str, String)> {
     let import = reading.import_energy().0;
     let export = reading.export_energy().0;
     if import.max(export) > limits.energy_per_interval_wh_max {
-        return Verdict::Reject {
-            reason: "implausible_energy",
-            detail: format!(
+        return Some((
+            "implausible_energy",
+            format!(
                 "{} Wh imported, {} Wh exported in one interval; at most {} Wh is physically possible",
                 import, export, limits.energy_per_interval_wh_max
             ),
-        };
+        ));
     }
     if reading.interval_end.0 > now_s + limits.clock_ahead_s_max {
-        return Verdict::Reject {
-            reason: "clock_future",
-            detail: format!(
+        return Some((
+            "clock_future",
+            format!(
                 "the interval ends at {}, more than {} s after the gateway's clock ({now_s})",
                 reading.interval_end.0, limits.clock_ahead_s_max
             ),
-        };
+        ));
     }
     let sequence = reading.sequence.0;
     let reset = reading.status.contains(StatusFlags::REGISTER_RESET);
@@ -159,35 +180,42 @@ pub fn check(
         // (A register passing its modulus does so inside one reading, whose end is then below its
         // start; the next reading starts where that one ended.)
         if backwards {
-            return Verdict::Reject {
-                reason: "register_backwards",
-                detail: format!(
+            return Some((
+                "register_backwards",
+                format!(
                     "meter {} sequence {}: import register starts at {} Wh after ending at {} Wh, without a reset flag",
                     reading.meter_id, sequence, reading.import_start_wh, state.import_end_wh
                 ),
-            };
+            ));
         }
+    }
+    None
+}
+
+/// Records that the meter's reading for its sequence has arrived, accepted or not: a sequence past
+/// the highest opens a gap for those in between and moves the registers to where this reading
+/// ends (the meter signed them, so the next reading is checked against them even when this one
+/// was rejected); one inside a gap closes it. Returns (sequences found missing, closed a gap).
+fn settle(state: &mut MeterState, reading: &Reading) -> (u64, bool) {
+    let sequence = reading.sequence.0;
+    if sequence <= state.highest {
+        return (0, state.remove_missing(sequence));
     }
     let mut gap_opened = 0;
-    let mut filled = false;
-    if sequence > state.highest {
-        if state.highest > 0 && sequence > state.highest + 1 {
-            let (from, to) = (state.highest + 1, sequence - 1);
-            let room = MISSING_PER_METER_MAX.saturating_sub(state.missing_count());
-            let tracked_to = to.min(from + room.max(1) - 1);
-            if room > 0 {
-                state.missing.push((from, tracked_to));
-                gap_opened = tracked_to - from + 1;
-            }
+    if state.highest > 0 && sequence > state.highest + 1 {
+        let (from, to) = (state.highest + 1, sequence - 1);
+        let room = MISSING_PER_METER_MAX.saturating_sub(state.missing_count());
+        let tracked_to = to.min(from + room.max(1) - 1);
+        if room > 0 {
+            state.missing.push((from, tracked_to));
+            gap_opened = tracked_to - from + 1;
         }
-        state.highest = sequence;
-        state.import_end_wh = reading.import_end_wh;
-        state.export_end_wh = reading.export_end_wh;
-        state.interval_end_s = reading.interval_end.0;
-    } else {
-        filled = state.remove_missing(sequence);
     }
-    Verdict::Accept { gap_opened, filled }
+    state.highest = sequence;
+    state.import_end_wh = reading.import_end_wh;
+    state.export_end_wh = reading.export_end_wh;
+    state.interval_end_s = reading.interval_end.0;
+    (gap_opened, false)
 }
 
 #[cfg(test)]
@@ -225,7 +253,7 @@ mod tests {
         let digest = ReadingDigest::of(&again.encode().expect("valid"));
         assert_eq!(run(&mut state, &again, Some(digest)), Verdict::Duplicate);
         let other = ReadingDigest([9; 32]);
-        assert!(matches!(run(&mut state, &again, Some(other)), Verdict::Reject { reason: "equivocation", .. }));
+        assert!(matches!(run(&mut state, &again, Some(other)), Verdict::Equivocation { .. }));
         let decoded = MeterState::decode(&state.encode()).expect("decodes");
         assert_eq!(decoded, state);
     }
@@ -238,14 +266,52 @@ mod tests {
             run(&mut state, &reading(2, 500, 10), None),
             Verdict::Reject { reason: "register_backwards", .. }
         ));
-        let mut reset = reading(2, 0, 10);
+        // The rejected reading settled sequence 2 where it ended (510): 3 is checked against that.
+        assert!(matches!(
+            run(&mut state, &reading(3, 100, 10), None),
+            Verdict::Reject { reason: "register_backwards", .. }
+        ));
+        let mut reset = reading(4, 0, 10);
         reset.status = StatusFlags::new(StatusFlags::REGISTER_RESET).expect("defined");
         assert!(matches!(run(&mut state, &reset, None), Verdict::Accept { .. }));
         assert!(matches!(
-            run(&mut state, &reading(3, 10, 300_000), None),
+            run(&mut state, &reading(5, 10, 300_000), None),
             Verdict::Reject { reason: "implausible_energy", .. }
         ));
         let future = reading(2_000, 10, 10);
         assert!(matches!(run(&mut state, &future, None), Verdict::Reject { reason: "clock_future", .. }));
+    }
+
+    /// An impossible jump is validly signed, so backfill would only bring it again: whether it
+    /// arrives live or by backfill, it is rejected once and its sequence is settled, never asked
+    /// for; the readings after it, whose registers continue from the jump, are accepted.
+    #[test]
+    fn a_signed_reading_that_fails_a_check_settles_its_sequence() {
+        let mut state = MeterState::default();
+        assert_eq!(run(&mut state, &reading(1, 0, 10), None), Verdict::Accept { gap_opened: 0, filled: false });
+        // Live: sequence 2 jumps; 3 continues from where 2 ended and reveals no gap.
+        let verdict = run(&mut state, &reading(2, 10, 300_000), None);
+        assert!(
+            matches!(verdict, Verdict::Reject { reason: "implausible_energy", gap_opened: 0, was_missing: false, .. }),
+            "{verdict:?}"
+        );
+        assert_eq!(run(&mut state, &reading(3, 300_010, 10), None), Verdict::Accept { gap_opened: 0, filled: false });
+        assert!(state.missing.is_empty(), "nothing to ask for: {state:?}");
+        // By backfill: 5 jumps but is missed live; 6 reveals the gap; 5 arrives and closes it.
+        assert_eq!(run(&mut state, &reading(4, 300_020, 10), None), Verdict::Accept { gap_opened: 0, filled: false });
+        assert_eq!(run(&mut state, &reading(6, 600_030, 10), None), Verdict::Accept { gap_opened: 1, filled: false });
+        assert_eq!(state.missing, vec![(5, 5)]);
+        let verdict = run(&mut state, &reading(5, 300_030, 300_000), None);
+        assert!(
+            matches!(verdict, Verdict::Reject { reason: "implausible_energy", gap_opened: 0, was_missing: true, .. }),
+            "{verdict:?}"
+        );
+        assert!(state.missing.is_empty(), "the gap is closed, not left for backfill: {state:?}");
+        assert_eq!(state.requests, 0);
+        // A rejected reading past a gap still reveals the gap before it.
+        let verdict = run(&mut state, &reading(9, 600_060, 300_000), None);
+        assert!(matches!(verdict, Verdict::Reject { gap_opened: 2, .. }), "{verdict:?}");
+        assert_eq!(state.missing, vec![(7, 8)]);
+        assert_eq!(run(&mut state, &reading(10, 900_070, 10), None), Verdict::Accept { gap_opened: 0, filled: false });
     }
 }
