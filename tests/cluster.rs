@@ -12,8 +12,8 @@ use anyhow::Context;
 use rust_decimal::{Decimal, RoundingStrategy};
 
 use crate::support::{
-    clock_args, configure_ledger, free_port, get_json, poll_until, spawn_sim, start_gateway, wattle, Mosquitto,
-    Process, CLUSTER_SERIAL,
+    clock_args, configure_ledger, free_port, get_json, ledger_reading_digests, poll_until, spawn_sim, start_gateway,
+    wattle, Mosquitto, Process, CLUSTER_SERIAL,
 };
 
 const METERS: u32 = 20;
@@ -139,28 +139,9 @@ async fn leader_killed_under_load_loses_and_doubles_nothing() -> anyhow::Result<
 
     // Every node converges on the same applied index, with every reading committed.
     let restarted_port = ports[leader as usize - 1];
-    let reading_digests = |port: u16| {
-        let http = http.clone();
-        async move {
-            let mut digests = Vec::new();
-            let mut from = 0u64;
-            loop {
-                let page = get_json(&http, &format!("http://127.0.0.1:{port}/v1/transactions?from={from}")).await?;
-                let transactions = page["transactions"].as_array()?;
-                if transactions.is_empty() {
-                    return Some(digests);
-                }
-                for transaction in transactions {
-                    for digest in transaction["reading_digests"].as_array()? {
-                        digests.push(digest.as_str()?.to_string());
-                    }
-                }
-                from = page["next"].as_u64()?;
-            }
-        }
-    };
+    let restarted_url = format!("http://127.0.0.1:{restarted_port}");
     let digests = poll_until("the restarted node has every reading", Duration::from_secs(90), || {
-        let fetch = reading_digests(restarted_port);
+        let fetch = ledger_reading_digests(&http, &restarted_url);
         async move { fetch.await.filter(|digests| digests.len() >= expected_readings) }
     })
     .await

@@ -14,7 +14,8 @@ use domain::reading::Reading;
 use rust_decimal::{Decimal, RoundingStrategy};
 
 use crate::support::{
-    clock_args, configure_ledger, poll_until, spawn_sim, start_gateway, wattle, Mosquitto, Process, CLUSTER_SERIAL,
+    clock_args, configure_ledger, ledger_reading_digests, poll_until, spawn_sim, start_gateway, wattle, Mosquitto,
+    Process, CLUSTER_SERIAL,
 };
 
 const METERS: u32 = 20;
@@ -151,22 +152,7 @@ async fn signed_readings_become_bills_equal_to_ground_truth() -> anyhow::Result<
     assert!(entries.iter().any(|entry| entry["reason"] == "malformed_envelope"), "{quarantine}");
 
     // Every good reading is in the ledger exactly once; no bad one is in it at all.
-    let mut digests: Vec<String> = Vec::new();
-    let mut from = 0u64;
-    loop {
-        let page: serde_json::Value =
-            http.get(format!("{ledger_url}/v1/transactions?from={from}")).send().await?.json().await?;
-        let transactions = page["transactions"].as_array().context("transactions")?;
-        if transactions.is_empty() {
-            break;
-        }
-        for transaction in transactions {
-            for digest in transaction["reading_digests"].as_array().context("digests")? {
-                digests.push(digest.as_str().context("digest")?.to_string());
-            }
-        }
-        from = page["next"].as_u64().context("next")?;
-    }
+    let digests = ledger_reading_digests(&http, &ledger_url).await.context("reading the ledger's transactions")?;
     let unique: BTreeSet<&String> = digests.iter().collect();
     assert_eq!(unique.len(), digests.len(), "no reading appears twice in the ledger");
     let truth_digests: Vec<String> = truth

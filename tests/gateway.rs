@@ -7,8 +7,8 @@ use std::time::Duration;
 use anyhow::Context;
 
 use crate::support::{
-    clock_args, configure_ledger, get_json, metric, poll_until, start_gateway, start_single_ledger, wattle, Mosquitto,
-    Process, CLUSTER_SERIAL,
+    clock_args, configure_ledger, get_json, metric, poll_until, sim_published, start_gateway, start_single_ledger,
+    wattle, Mosquitto, Process, CLUSTER_SERIAL,
 };
 
 const METERS: u32 = 100;
@@ -24,30 +24,6 @@ const INTERVALS: u64 = 130;
 async fn start_ledger(dir: &std::path::Path, clock: &[String]) -> anyhow::Result<(Process, String)> {
     configure_ledger(dir, METERS, SEED, "0.25")?;
     start_single_ledger(dir, clock).await
-}
-
-/// The fleet's last reported count of published readings, from its progress lines in `sim.log`
-/// (`published=N`, possibly with colour codes around the `=`).
-fn sim_published(dir: &std::path::Path) -> Option<u64> {
-    let raw = std::fs::read_to_string(dir.join("sim.log")).ok()?;
-    // Drop colour codes (ESC [ ... m), whose digits would read as the number.
-    let mut log = String::with_capacity(raw.len());
-    let mut chars = raw.chars();
-    while let Some(c) = chars.next() {
-        if c == '\u{1b}' {
-            for code in chars.by_ref() {
-                if code == 'm' {
-                    break;
-                }
-            }
-        } else {
-            log.push(c);
-        }
-    }
-    let at = log.rfind("published=")? + "published=".len();
-    let digits: String =
-        log[at..].chars().skip_while(|c| !c.is_ascii_digit()).take_while(char::is_ascii_digit).collect();
-    digits.parse().ok()
 }
 
 /// Waits until every meter's customer has `intervals` intervals settled (one meter per customer).

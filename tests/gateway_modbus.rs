@@ -124,7 +124,7 @@ async fn modbus_meters_reach_the_ledger_with_history_backfill_and_attested_legac
         .collect();
     assert_eq!(expected.len(), 3 * INTERVALS as usize);
     let digests = poll_until("every signed reading in the ledger", Duration::from_secs(60), || async {
-        let digests = ledger_reading_digests(&http, &ledger_url).await.ok()?;
+        let digests = ledger_reading_digests(&http, &ledger_url).await?;
         expected.iter().all(|digest| digests.contains(digest)).then_some(digests)
     })
     .await

@@ -6,6 +6,7 @@ mod end_to_end;
 mod fleet;
 mod gateway;
 mod gateway_modbus;
+mod gateway_restart;
 mod modbus;
 mod support;
 mod verifiable;
