@@ -5,6 +5,7 @@ mod cluster;
 mod end_to_end;
 mod fleet;
 mod gateway;
+mod gateway_faults;
 mod gateway_modbus;
 mod gateway_restart;
 mod modbus;
