@@ -4,8 +4,9 @@
 //! it. Registers never go backwards unless the meter reports a reset; the energy of one interval
 //! must be physically possible; the interval must not end in the future beyond a window. A
 //! skewed or unsynced clock is never corrected: the reading keeps its own interval and flags.
-//! A validly signed reading that fails one of those checks still settles its sequence: the meter
-//! would only send the same signed bytes again, so its sequence is neither a gap nor asked for.
+//! A reading its meter signed that fails one of those checks still settles its sequence: the meter
+//! would only send the same signed bytes again, so its sequence is neither a gap nor asked for. A
+//! gateway-attested reading that fails leaves its sequence open: the gateway attests it again.
 
 use domain::codec::{DecodeError, Reader, Writer};
 use domain::reading::{Reading, ReadingDigest, StatusFlags};
@@ -27,7 +28,7 @@ pub struct MeterState {
     pub missing: Vec<(u64, u64)>,
     /// Backfill requests sent for the current missing ranges.
     pub requests: u32,
-    /// End of the highest accepted reading's interval (Unix seconds; 0 before the first): where
+    /// End of the highest settled reading's interval (Unix seconds; 0 before the first): where
     /// the next gateway-attested reading of an unsigned meter starts.
     pub interval_end_s: i64,
 }
@@ -110,15 +111,26 @@ pub enum Verdict {
     /// Other signed bytes for a sequence already settled: rejected as `equivocation`; the
     /// tracking is unchanged.
     Equivocation { detail: String },
-    /// Validly signed, but its content fails a check: rejected with a reason code and detail,
-    /// and its sequence settled all the same. `gap_opened`: sequences newly found missing before
-    /// it; `was_missing`: it closed a gap, which backfill cannot fill with other bytes.
+    /// Signed by its meter, but its content fails a check: rejected with a reason code and
+    /// detail, and its sequence settled all the same. `gap_opened`: sequences newly found missing
+    /// before it; `was_missing`: it closed a gap, which backfill cannot fill with other bytes.
     Reject { reason: &'static str, detail: String, gap_opened: u64, was_missing: bool },
+    /// Attested by a gateway, and its content fails a check: rejected, the tracking unchanged,
+    /// so the gateway attests the sequence again from the last settled reading.
+    RejectUnsettled { reason: &'static str, detail: String },
+}
+
+/// Who signed a reading: it decides what rejecting the reading does to its sequence.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Signer {
+    /// The meter, which can only send the same signed bytes again.
+    Meter,
+    /// The gateway attesting an unsigned meter, which attests a rejected sequence again.
+    Gateway,
 }
 
 /// Checks one reading whose signature verified; `seen` is the digest accepted earlier for the
-/// same (meter, sequence), if any. Updates `state` unless the reading is a duplicate or an
-/// equivocation.
+/// same (meter, sequence), if any. Updates `state` when it settles the reading's sequence.
 pub fn check(
     state: &mut MeterState,
     seen: Option<ReadingDigest>,
@@ -126,6 +138,7 @@ pub fn check(
     digest: ReadingDigest,
     now_s: i64,
     limits: Limits,
+    signer: Signer,
 ) -> Verdict {
     match seen {
         Some(earlier) if earlier == digest => return Verdict::Duplicate,
@@ -144,10 +157,13 @@ pub fn check(
             let (gap_opened, filled) = settle(state, reading);
             Verdict::Accept { gap_opened, filled }
         }
-        Some((reason, detail)) => {
-            let (gap_opened, was_missing) = settle(state, reading);
-            Verdict::Reject { reason, detail, gap_opened, was_missing }
-        }
+        Some((reason, detail)) => match signer {
+            Signer::Meter => {
+                let (gap_opened, was_missing) = settle(state, reading);
+                Verdict::Reject { reason, detail, gap_opened, was_missing }
+            }
+            Signer::Gateway => Verdict::RejectUnsettled { reason, detail },
+        },
     }
 }
 
@@ -238,7 +254,7 @@ mod tests {
 
     fn run(state: &mut MeterState, reading: &Reading, seen: Option<ReadingDigest>) -> Verdict {
         let digest = ReadingDigest::of(&reading.encode().expect("valid"));
-        check(state, seen, reading, digest, 1_000_000, LIMITS)
+        check(state, seen, reading, digest, 1_000_000, LIMITS, Signer::Meter)
     }
 
     #[test]
@@ -313,5 +329,23 @@ mod tests {
         assert!(matches!(verdict, Verdict::Reject { gap_opened: 2, .. }), "{verdict:?}");
         assert_eq!(state.missing, vec![(7, 8)]);
         assert_eq!(run(&mut state, &reading(10, 900_070, 10), None), Verdict::Accept { gap_opened: 0, filled: false });
+    }
+
+    /// A gateway-attested reading that fails a check leaves the tracking as it was: the gateway
+    /// attests the sequence again from the last settled reading (over the longer span).
+    #[test]
+    fn a_rejected_attested_reading_leaves_its_sequence_open() {
+        let mut state = MeterState::default();
+        run(&mut state, &reading(1, 0, 10), None);
+        let before = state.clone();
+        let spike = reading(2, 10, 300_000);
+        let digest = ReadingDigest::of(&spike.encode().expect("valid"));
+        let verdict = check(&mut state, None, &spike, digest, 1_000_000, LIMITS, Signer::Gateway);
+        assert!(matches!(verdict, Verdict::RejectUnsettled { reason: "implausible_energy", .. }), "{verdict:?}");
+        assert_eq!(state, before);
+        let again = reading(2, 10, 20);
+        let digest = ReadingDigest::of(&again.encode().expect("valid"));
+        let verdict = check(&mut state, None, &again, digest, 1_000_000, LIMITS, Signer::Gateway);
+        assert_eq!(verdict, Verdict::Accept { gap_opened: 0, filled: false });
     }
 }
