@@ -1,6 +1,8 @@
 //! Crash and restart, exactly once, with real processes: while the fleet streams, the gateway is
 //! SIGKILLed and restarted on its data directory; the ledger node is SIGKILLed, readings pile up
-//! in the gateway's outbox, and it restarts on its data directory and port; mosquitto is
+//! in the gateway's outbox, the gateway is killed again and restarts while the ledger is away
+//! (its cached registry still verifies readings), and the ledger restarts on its data directory
+//! and port; mosquitto is
 //! restarted on its port while it holds readings for the gateway, which it forgets (no
 //! persistence), so only gap recovery brings them back. In the end every reading the ground truth
 //! marks good is in the ledger exactly once, and no other reading is.
@@ -78,6 +80,11 @@ async fn gateway_ledger_and_broker_restarts_lose_and_double_nothing() -> anyhow:
         let killed_at = Instant::now();
         // 480 readings: six seconds of the fleet.
         counter_reaches(&http, &gateway_url, "wattle_gateway_outbox_depth", 480).await?;
+        // The gateway dies too, and restarts while the ledger is still away: it verifies with
+        // the registry it cached, instead of quarantining every reading as unknown_meter.
+        gateway.kill()?;
+        (gateway, gateway_url) = start_gateway(dir.path(), GATEWAY, broker.port, &ledger_urls, &clock).await?;
+        counter_reaches(&http, &gateway_url, accepted, 80).await?;
         (ledger, _) = start_single_ledger_on(dir.path(), ledger_port, &clock).await?;
         println!("ledger SIGKILLed and back after {:?}", killed_at.elapsed());
         let forwarded = metric(&http, &gateway_url, "wattle_gateway_readings_forwarded_total").await.unwrap_or(0);
@@ -178,6 +185,8 @@ async fn gateway_ledger_and_broker_restarts_lose_and_double_nothing() -> anyhow:
     // The restarted gateway's counters start after the broker lost what it queued for it.
     assert!(opened > 0, "the broker restart lost no reading: gap recovery was not exercised\n{}", diagnostics());
     assert_eq!(counter("wattle_gateway_gap_sequences_unfilled_total"), 0, "{}", diagnostics());
+    let unknown = counter("wattle_gateway_readings_rejected_total{reason=\"unknown_meter\"}");
+    assert_eq!(unknown, 0, "readings quarantined as unknown_meter\n{}", diagnostics());
     for process in [&mut gateway, &mut ledger] {
         assert!(process.try_wait().is_none(), "{} exited:\n{}", process.name, process.log_tail());
     }

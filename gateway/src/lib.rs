@@ -246,7 +246,10 @@ pub async fn start(config: GatewayConfig) -> anyhow::Result<GatewayHandle> {
     shared.tracker.lock().expect("tracker lock").extend(shared.store.meters()?);
     anyhow::ensure!(!config.ledger_urls.is_empty(), "at least one ledger URL is needed");
     if let Err(error) = refresh_registry(&shared).await {
-        tracing::warn!(%error, "registry not loaded from the ledger yet; will retry on first reading");
+        match load_cached_registry(&shared)? {
+            true => tracing::warn!(%error, "ledger not reachable; using the cached registry"),
+            false => tracing::warn!(%error, "no registry yet: readings wait until the ledger answers"),
+        }
     }
     let listener =
         tokio::net::TcpListener::bind(config.listen).await.with_context(|| format!("binding {}", config.listen))?;
@@ -418,15 +421,45 @@ async fn mqtt_loop(
     }
 }
 
+/// The registry cache: the last registry the ledger served, so a gateway restarted while the
+/// ledger is away still knows its meters.
+fn registry_cache(config: &GatewayConfig) -> PathBuf {
+    config.data_dir.join("registry.json")
+}
+
 async fn refresh_registry(shared: &Shared) -> anyhow::Result<()> {
     let url = format!("{}/v1/meters", shared.ledger_url());
-    let meters: Vec<MeterInfo> = match shared.http.get(&url).send().await.and_then(|r| r.error_for_status()) {
-        Ok(response) => response.json().await?,
+    let body = match shared.http.get(&url).send().await.and_then(|r| r.error_for_status()) {
+        Ok(response) => response.bytes().await?,
         Err(error) => {
             shared.next_ledger();
             return Err(error.into());
         }
     };
+    let meters: Vec<MeterInfo> = serde_json::from_slice(&body)?;
+    let cache = registry_cache(&shared.config);
+    let temporary = cache.with_extension("json.tmp");
+    if let Err(error) = std::fs::write(&temporary, &body).and_then(|()| std::fs::rename(&temporary, &cache)) {
+        tracing::warn!(%error, "registry cache not written");
+    }
+    install_registry(shared, meters, "the ledger");
+    Ok(())
+}
+
+/// Loads the cached registry, if any (at start, before the ledger answers).
+fn load_cached_registry(shared: &Shared) -> anyhow::Result<bool> {
+    let cache = registry_cache(&shared.config);
+    if !cache.exists() {
+        return Ok(false);
+    }
+    let text = std::fs::read(&cache).with_context(|| format!("reading {}", cache.display()))?;
+    let meters: Vec<MeterInfo> =
+        serde_json::from_slice(&text).with_context(|| format!("parsing {}", cache.display()))?;
+    install_registry(shared, meters, "the cache");
+    Ok(true)
+}
+
+fn install_registry(shared: &Shared, meters: Vec<MeterInfo>, from: &str) {
     let mut map = HashMap::with_capacity(meters.len());
     for meter in meters {
         let key: [u8; 32] = match hex::decode(&meter.public_key).ok().and_then(|bytes| bytes.try_into().ok()) {
@@ -442,10 +475,9 @@ async fn refresh_registry(shared: &Shared) -> anyhow::Result<()> {
         );
     }
     let mut registry = shared.registry.lock().expect("registry lock is never poisoned");
-    tracing::info!(meters = map.len(), "registry refreshed from the ledger");
+    tracing::info!(meters = map.len(), from, "registry loaded");
     registry.meters = map;
     registry.refreshed = Some(Instant::now());
-    Ok(())
 }
 
 fn quarantine_entry(
@@ -480,30 +512,57 @@ async fn ingest_loop(shared: Shared, client: AsyncClient, mut receiver: mpsc::Re
         if receiver.recv_many(&mut batch, INGEST_BATCH_MAX).await == 0 {
             return;
         }
-        let result = if shared.metrics.over_disk_budget.load(Ordering::Relaxed) {
-            // Over the disk budget: take nothing. The readings are acknowledged so the broker
-            // does not queue (and then drop) them for us; the meters still hold them, and the
-            // first reading taken after the pause opens the gap that recovers them.
-            shared.metrics.readings_deferred_disk.fetch_add(batch.len() as u64, Ordering::Relaxed);
-            Ok(())
-        } else {
-            process_batch(&shared, &batch).await
-        };
-        match result {
-            Ok(()) => {
-                for publish in batch.drain(..).filter_map(|incoming| incoming.ack) {
-                    if let Err(error) = client.ack(&publish).await {
-                        tracing::warn!(%error, "acknowledgement not sent; the broker will redeliver");
-                    }
+        // A gateway that has never seen the registry cannot tell an unknown meter from one it
+        // has not heard of yet: readings wait for it (back-pressure on MQTT; Modbus polls wait
+        // too) rather than be quarantined as unknown_meter. Garbage needs no registry.
+        if registry_missing(&shared) {
+            let (garbage, readings): (Vec<Incoming>, Vec<Incoming>) = batch.drain(..).partition(|incoming| {
+                incoming.rejected.is_some()
+                    || Envelope::parse_json(&incoming.payload).and_then(|envelope| envelope.open()).is_err()
+            });
+            take(&shared, &client, garbage).await;
+            batch = readings;
+            while !batch.is_empty() && registry_missing(&shared) {
+                if refresh_registry(&shared).await.is_err() {
+                    tokio::time::sleep(REGISTRY_WAIT_RETRY).await;
                 }
-                shared.outbox_ready.notify_one();
             }
-            Err(error) => {
-                // Nothing was acknowledged: the broker redelivers after reconnect.
-                tracing::error!(%error, "storing a batch failed; readings not acknowledged");
-                batch.clear();
-                tokio::time::sleep(FORWARD_BACKOFF_MAX).await;
+        }
+        take(&shared, &client, std::mem::take(&mut batch)).await;
+    }
+}
+
+fn registry_missing(shared: &Shared) -> bool {
+    shared.registry.lock().expect("registry lock is never poisoned").refreshed.is_none()
+}
+
+/// Stores a batch (outbox and quarantine, synced), then acknowledges its MQTT messages.
+async fn take(shared: &Shared, client: &AsyncClient, batch: Vec<Incoming>) {
+    if batch.is_empty() {
+        return;
+    }
+    let result = if shared.metrics.over_disk_budget.load(Ordering::Relaxed) {
+        // Over the disk budget: take nothing. The readings are acknowledged so the broker
+        // does not queue (and then drop) them for us; the meters still hold them, and the
+        // first reading taken after the pause opens the gap that recovers them.
+        shared.metrics.readings_deferred_disk.fetch_add(batch.len() as u64, Ordering::Relaxed);
+        Ok(())
+    } else {
+        process_batch(shared, &batch).await
+    };
+    match result {
+        Ok(()) => {
+            for publish in batch.into_iter().filter_map(|incoming| incoming.ack) {
+                if let Err(error) = client.ack(&publish).await {
+                    tracing::warn!(%error, "acknowledgement not sent; the broker will redeliver");
+                }
             }
+            shared.outbox_ready.notify_one();
+        }
+        Err(error) => {
+            // Nothing was acknowledged: the broker redelivers after reconnect.
+            tracing::error!(%error, "storing a batch failed; readings not acknowledged");
+            tokio::time::sleep(FORWARD_BACKOFF_MAX).await;
         }
     }
 }

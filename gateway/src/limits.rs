@@ -14,6 +14,8 @@ pub const FORWARD_BACKOFF_MIN: Duration = Duration::from_millis(100);
 pub const FORWARD_BACKOFF_MAX: Duration = Duration::from_secs(5);
 /// Timeout of one request to the ledger.
 pub const LEDGER_REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
+/// While no registry was ever loaded, how often the ledger is asked for it.
+pub const REGISTRY_WAIT_RETRY: Duration = Duration::from_secs(1);
 /// Least time between registry refreshes triggered by unknown meters.
 pub const REGISTRY_REFRESH_MIN: Duration = Duration::from_secs(1);
 /// Unacknowledged QoS 1 messages the broker may send us at once.

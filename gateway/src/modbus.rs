@@ -515,7 +515,12 @@ fn attest_sample(
     let interval_s = shared.config.attest_interval_s.max(1);
     let now_s = shared.config.clock.now().0.div_euclid(1_000);
     let boundary = now_s.div_euclid(interval_s) * interval_s;
-    let registered = shared.registry.lock().expect("registry lock is never poisoned").meters.get(meter).cloned();
+    let registered = {
+        let registry = shared.registry.lock().expect("registry lock is never poisoned");
+        // No registry seen yet: nothing can be judged attestable.
+        registry.refreshed?;
+        registry.meters.get(meter).cloned()
+    };
     let key_id = match registered {
         Some(entry) if entry.attested_by.as_ref() == Some(&shared.config.gateway_id) => {
             attest.refused = false;
