@@ -53,6 +53,10 @@ pub struct QuarantineEntry {
 pub struct GatewayStore {
     db: Arc<DB>,
     next_outbox: Arc<AtomicU64>,
+    /// No outbox entry is below this id. The outbox is a queue deleted from its front: an
+    /// iterator from the start would step over every deletion marker still in the memtable
+    /// (hundreds of thousands on a busy gateway), so reads seek here instead.
+    outbox_floor: Arc<AtomicU64>,
     next_quarantine: Arc<AtomicU64>,
 }
 
@@ -86,9 +90,14 @@ impl GatewayStore {
             DB::open_cf_descriptors(&options, data_dir.join("db"), families).context("opening gateway database")?;
         let next_outbox = last_key(&db, db.cf_handle(CF_OUTBOX).expect("created"))?;
         let next_quarantine = last_key(&db, db.cf_handle(CF_QUARANTINE).expect("created"))?;
+        let outbox_floor = match db.iterator_cf(db.cf_handle(CF_OUTBOX).expect("created"), IteratorMode::Start).next() {
+            Some(item) => u64::from_be_bytes(item?.0.as_ref().try_into().context("outbox keys are 8 bytes")?),
+            None => next_outbox,
+        };
         Ok(GatewayStore {
             db: Arc::new(db),
             next_outbox: Arc::new(AtomicU64::new(next_outbox)),
+            outbox_floor: Arc::new(AtomicU64::new(outbox_floor)),
             next_quarantine: Arc::new(AtomicU64::new(next_quarantine)),
         })
     }
@@ -169,10 +178,18 @@ impl GatewayStore {
     /// The oldest readings in the outbox, in arrival order.
     pub fn outbox_head(&self, limit: usize) -> anyhow::Result<Vec<(u64, Envelope)>> {
         let mut out = Vec::new();
-        for item in self.db.iterator_cf(self.cf(CF_OUTBOX), IteratorMode::Start).take(limit) {
+        let floor = self.outbox_floor.load(Ordering::SeqCst).to_be_bytes();
+        let mode = IteratorMode::From(&floor, Direction::Forward);
+        for item in self.db.iterator_cf(self.cf(CF_OUTBOX), mode).take(limit) {
             let (key, value) = item?;
             let id = u64::from_be_bytes(key.as_ref().try_into().context("outbox keys are 8 bytes")?);
             out.push((id, serde_json::from_slice(&value).context("outbox entry decodes")?));
+        }
+        // Everything below the first entry found is gone (ids are written in order, one batch at
+        // a time): later reads start there. An empty read moves nothing, since an id may be
+        // allocated for a batch not yet written.
+        if let Some((first, _)) = out.first() {
+            self.outbox_floor.fetch_max(*first, Ordering::SeqCst);
         }
         Ok(out)
     }
@@ -200,13 +217,12 @@ impl GatewayStore {
 
     /// Readings waiting in the outbox.
     pub fn outbox_depth(&self) -> u64 {
-        self.db.iterator_cf(self.cf(CF_OUTBOX), IteratorMode::Start).next().and_then(|item| item.ok()).map_or(
-            0,
-            |(key, _)| {
-                let first = u64::from_be_bytes(key.as_ref().try_into().unwrap_or([0; 8]));
-                self.next_outbox.load(Ordering::SeqCst).saturating_sub(first)
-            },
-        )
+        let floor = self.outbox_floor.load(Ordering::SeqCst).to_be_bytes();
+        let mode = IteratorMode::From(&floor, Direction::Forward);
+        self.db.iterator_cf(self.cf(CF_OUTBOX), mode).next().and_then(|item| item.ok()).map_or(0, |(key, _)| {
+            let first = u64::from_be_bytes(key.as_ref().try_into().unwrap_or([0; 8]));
+            self.next_outbox.load(Ordering::SeqCst).saturating_sub(first)
+        })
     }
 
     /// Quarantine entries from id `from`, oldest first.
@@ -249,6 +265,38 @@ mod tests {
         assert_eq!(store.seen(&meter, 1)?, None, "pruned: older than the window");
         assert_eq!(store.seen(&meter, window + 10)?, Some(ReadingDigest([2; 32])));
         assert_eq!(store.meters()?[0].1.highest, window + 10);
+        Ok(())
+    }
+
+    /// The outbox drains in order, batch after batch, and reopens where it stopped; its depth
+    /// counts what is left.
+    #[test]
+    fn the_outbox_is_a_durable_queue() -> anyhow::Result<()> {
+        let dir = tempfile::tempdir()?;
+        let envelope =
+            |n: u8| Envelope { version: 1, reading: hex::encode([n; 4]), signature: String::new(), backfill: false };
+        {
+            let store = GatewayStore::open(dir.path())?;
+            for round in 0..3u8 {
+                let batch: Vec<Envelope> = (0..10).map(|n| envelope(round * 10 + n)).collect();
+                store.store_batch(&batch, Vec::new(), Tracking::default())?;
+            }
+            assert_eq!(store.outbox_depth(), 30);
+            let head = store.outbox_head(12)?;
+            assert_eq!(head.iter().map(|(id, _)| *id).collect::<Vec<_>>(), (0..12).collect::<Vec<_>>());
+            store.complete(&head.iter().map(|(id, _)| *id).collect::<Vec<_>>(), Vec::new())?;
+            assert_eq!(store.outbox_depth(), 18);
+            assert_eq!(store.outbox_head(1)?[0].1, envelope(12));
+        }
+        let store = GatewayStore::open(dir.path())?;
+        assert_eq!(store.outbox_depth(), 18, "reopened where it stopped");
+        let rest = store.outbox_head(100)?;
+        assert_eq!(rest.len(), 18);
+        store.complete(&rest.iter().map(|(id, _)| *id).collect::<Vec<_>>(), Vec::new())?;
+        assert_eq!(store.outbox_depth(), 0);
+        assert!(store.outbox_head(10)?.is_empty());
+        store.store_batch(&[envelope(99)], Vec::new(), Tracking::default())?;
+        assert_eq!(store.outbox_head(10)?.iter().map(|(id, _)| *id).collect::<Vec<_>>(), vec![30]);
         Ok(())
     }
 }
