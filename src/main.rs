@@ -185,9 +185,11 @@ enum BenchCommand {
     /// ledger node holding the fleet's registry, and `wattle gateway`, each as a child process.
     /// Pre-signs `--readings` readings of `--meters` simulated meters (deterministic), publishes
     /// them as the fleet does (QoS 1, JSON envelopes on wattle/v1/site-0/METER/reading) as fast as
-    /// the broker takes them, and waits until the gateway's /metrics counts every one accepted:
-    /// decoded, batch-verified, checked against its meter's sequence and registers, and written
-    /// to the RocksDB outbox with fsync (it is acknowledged to the broker only after that).
+    /// the gateway keeps up (at most `--window` ahead), and waits until the gateway has
+    /// acknowledged every one to the broker, which it does only once the reading is decoded,
+    /// batch-verified, checked against its meter's sequence and registers, and written to the
+    /// RocksDB outbox with fsync. The gateway's MQTT connection runs through a relay in this
+    /// process that counts those acknowledgements.
     ///
     /// Reports the wall time from the first publish to the last acceptance, the gateway
     /// process's CPU time over that span (from /proc/PID/stat), readings per gateway CPU-second
