@@ -42,13 +42,13 @@ pub struct GatewayBenchArgs {
     /// stay in order).
     #[arg(long, default_value_t = 1)]
     connections: u32,
-    /// mosquitto's `max_inflight_messages`: QoS 1 messages it sends the gateway ahead of their
-    /// acknowledgements. The gateway acknowledges a batch only once it is stored, so this bounds
-    /// its batches. mosquitto's default is 20; 0 means no limit.
+    /// mosquitto's `max_inflight_messages`: QoS 1 messages it may send the gateway ahead of their
+    /// acknowledgements (mosquitto's default is 20, which would cap the gateway's batches at 20;
+    /// 0 means no limit). mosquitto 2.0.11 exceeds it when acknowledgements come in bursts.
     #[arg(long, default_value_t = 1_000)]
     broker_inflight: u32,
-    /// Most readings published ahead of the gateway's acceptance (0: no limit, as fast as the
-    /// broker takes them). mosquitto 2.0.11 sends a subscriber more than `max_inflight_messages`
+    /// Most readings published ahead of the gateway's acknowledgements (0: no limit, as fast as
+    /// the broker takes them). mosquitto 2.0.11 sends a subscriber more than `max_inflight_messages`
     /// when it acknowledges in bursts, and a gateway that falls a few thousand readings behind
     /// stops for good (see BENCHMARKS.md); below its ingest queue (4,096) it cannot.
     #[arg(long, default_value_t = 3_584)]

@@ -191,7 +191,7 @@ enum BenchCommand {
     /// RocksDB outbox with fsync. The gateway's MQTT connection runs through a relay in this
     /// process that counts those acknowledgements.
     ///
-    /// Reports the wall time from the first publish to the last acceptance, the gateway
+    /// Reports the wall time from the first publish to the last acknowledgement, the gateway
     /// process's CPU time over that span (from /proc/PID/stat), readings per gateway CPU-second
     /// (per core), and its ratio to bare ed25519-consensus batch verification of the same
     /// readings in batches of the gateway's size, on one core, measured before and after. Also
