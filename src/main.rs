@@ -1,6 +1,7 @@
 //! `wattle`: one command for every Wattle process, plus the sandbox that runs them all.
 
 mod bench;
+mod bench_gateway;
 mod cli;
 mod sandbox;
 
@@ -49,7 +50,7 @@ enum Command {
     Billing(BillingArgs),
     /// Run a fleet of simulated meters that publish signed readings over MQTT.
     Sim(SimArgs),
-    /// Measure the platform: `wattle bench ledger` (see BENCHMARKS.md).
+    /// Measure the platform: `wattle bench ledger`, `wattle bench gateway` (see BENCHMARKS.md).
     #[command(subcommand)]
     Bench(BenchCommand),
     /// Change the ledger cluster's membership (operator-signed admin transactions).
@@ -234,6 +235,28 @@ enum BenchCommand {
     /// Committed readings per second and commit latency of a ledger cluster with fsync, at several
     /// batch sizes, with this machine's raw limits measured in the same run.
     Ledger(bench::LedgerBenchArgs),
+    /// Readings verified and durably stored per second, and per core, through the whole gateway,
+    /// with bare batch verification of the same readings on one core measured in the same run.
+    ///
+    /// Starts mosquitto (from PATH; queue without limit, `--broker-inflight` in flight), one
+    /// ledger node holding the fleet's registry, and `wattle gateway`, each as a child process.
+    /// Pre-signs `--readings` readings of `--meters` simulated meters (deterministic), publishes
+    /// them as the fleet does (QoS 1, JSON envelopes on wattle/v1/site-0/METER/reading) as fast as
+    /// the gateway keeps up (at most `--window` ahead), and waits until the gateway has
+    /// acknowledged every one to the broker, which it does only once the reading is decoded,
+    /// batch-verified, checked against its meter's sequence and registers, and written to the
+    /// RocksDB outbox with fsync. The gateway's MQTT connection runs through a relay in this
+    /// process that counts those acknowledgements.
+    ///
+    /// Reports the wall time from the first publish to the last acknowledgement, the gateway
+    /// process's CPU time over that span (from /proc/PID/stat), readings per gateway CPU-second
+    /// (per core), and its ratio to bare ed25519-consensus batch verification of the same
+    /// readings in batches of the gateway's size, on one core, measured before and after. Also
+    /// measured bare: JSON and hex decoding, and RocksDB synced WriteBatches. Forwarding to the
+    /// ledger runs concurrently, as in production; the time until the ledger committed every
+    /// reading is reported too. Everything runs on this machine's cores together, so the wall
+    /// rate depends on them all; the per-core figure much less.
+    Gateway(bench_gateway::GatewayBenchArgs),
 }
 
 #[derive(Debug, clap::Args)]
@@ -718,6 +741,7 @@ async fn run(command: Command) -> anyhow::Result<()> {
         Command::Sim(args) => run_sim(args).await,
         Command::Quarantine(args) => list_quarantine(args).await,
         Command::Bench(BenchCommand::Ledger(args)) => bench::ledger(args).await,
+        Command::Bench(BenchCommand::Gateway(args)) => bench_gateway::gateway(args).await,
         Command::Cluster(args) => {
             let key = ledger::node::read_signing_key(&args.operator_key)?;
             let http = reqwest::Client::new();

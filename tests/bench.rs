@@ -1,0 +1,31 @@
+//! The benchmarks run end to end at a small size: they start their parts, finish, clean up and
+//! report a positive rate.
+
+use std::time::Duration;
+
+use crate::support::{wattle, Process, CLUSTER_SERIAL};
+
+/// `wattle bench gateway` with 2,000 readings of 20 meters (the ledger commits two admin
+/// transactions per meter before it is ready): mosquitto, a ledger node and the gateway as child
+/// processes; every reading accepted, a positive per-core rate, exit 0.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn gateway_benchmark_reports_a_positive_rate() -> anyhow::Result<()> {
+    let _serial = CLUSTER_SERIAL.lock().await;
+    let dir = tempfile::tempdir()?;
+    let mut command = wattle();
+    command.args(["bench", "gateway", "--readings", "2000", "--meters", "20", "--bare-seconds", "0.2"]);
+    let mut bench = Process::spawn("bench", dir.path(), command)?;
+    let status = bench.wait(Duration::from_secs(120)).await?;
+    let output = std::fs::read_to_string(dir.path().join("bench.log"))?;
+    anyhow::ensure!(status.success(), "bench gateway failed with {status}:\n{output}");
+    let per_core: f64 = output
+        .lines()
+        .find(|line| line.contains("readings per gateway CPU-second"))
+        .and_then(|line| line.split('|').nth(2))
+        .map(|cell| cell.trim().trim_matches('*').parse())
+        .transpose()?
+        .ok_or_else(|| anyhow::anyhow!("no per-core row in:\n{output}"))?;
+    anyhow::ensure!(per_core > 0.0, "per-core rate {per_core}:\n{output}");
+    anyhow::ensure!(output.contains("| gaps opened / duplicates dropped at the gateway | 0 / 0 |"), "{output}");
+    Ok(())
+}
