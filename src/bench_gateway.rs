@@ -367,11 +367,11 @@ fn sign_readings(meters: u32, readings: u64, epoch: UnixSeconds) -> Vec<SignedRe
                         .filter(|meter| meter % threads == thread)
                         .map(|meter| {
                             let key = firmware_sim::meter_key(SEED, meter);
-                            let mut register = fleet.import_before_wh(meter, 1);
+                            let mut registers = fleet.registers_before(meter, 1);
                             let chain: Vec<SignedReading> = (1..=sequences)
                                 .map(|sequence| {
-                                    let reading = fleet.step(meter, sequence, register);
-                                    register = reading.import_end_wh;
+                                    let reading = fleet.step(meter, sequence, registers);
+                                    registers = firmware_sim::fleet::Registers::after(&reading);
                                     reading.sign(&key).expect("the fleet's readings are valid")
                                 })
                                 .collect();

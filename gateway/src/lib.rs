@@ -289,7 +289,9 @@ pub async fn start(config: GatewayConfig) -> anyhow::Result<GatewayHandle> {
     tasks.push(tokio::spawn(disk_loop(shared.clone())));
     let mqtt = tokio::spawn(mqtt_loop(client.clone(), event_loop, sender, shared.metrics.clone()));
     let gaps = tokio::spawn(gap_loop(shared.clone(), client.clone()));
-    let ingest = tokio::spawn(ingest_loop(shared.clone(), client, receiver));
+    let (ack_sender, ack_receiver) = mpsc::unbounded_channel();
+    tasks.push(tokio::spawn(ack_loop(client, ack_receiver)));
+    let ingest = tokio::spawn(ingest_loop(shared.clone(), ack_sender, receiver));
     let forward = tokio::spawn(forward_loop(shared.clone()));
     tracing::info!(%address, gateway = %config.gateway_id, "gateway serving");
     tasks.extend([server, mqtt, ingest, forward, gaps]);
@@ -506,7 +508,20 @@ fn quarantine_entry(
     }
 }
 
-async fn ingest_loop(shared: Shared, client: AsyncClient, mut receiver: mpsc::Receiver<Incoming>) {
+/// Sends the acknowledgements of stored messages. Its own task, because `ack` waits for room in
+/// rumqttc's request queue, which only the MQTT loop drains, and the MQTT loop may itself be
+/// waiting for room in the ingest queue: awaiting acks in the ingest loop deadlocked a gateway
+/// under a backlog (mosquitto sends past `max_inflight_messages` to a subscriber that
+/// acknowledges in bursts). The channel holds at most what the broker has in flight to us.
+async fn ack_loop(client: AsyncClient, mut acks: mpsc::UnboundedReceiver<Publish>) {
+    while let Some(publish) = acks.recv().await {
+        if let Err(error) = client.ack(&publish).await {
+            tracing::warn!(%error, "acknowledgement not sent; the broker will redeliver");
+        }
+    }
+}
+
+async fn ingest_loop(shared: Shared, acks: mpsc::UnboundedSender<Publish>, mut receiver: mpsc::Receiver<Incoming>) {
     let mut batch = Vec::with_capacity(INGEST_BATCH_MAX);
     loop {
         if receiver.recv_many(&mut batch, INGEST_BATCH_MAX).await == 0 {
@@ -520,7 +535,7 @@ async fn ingest_loop(shared: Shared, client: AsyncClient, mut receiver: mpsc::Re
                 incoming.rejected.is_some()
                     || Envelope::parse_json(&incoming.payload).and_then(|envelope| envelope.open()).is_err()
             });
-            take(&shared, &client, garbage).await;
+            take(&shared, &acks, garbage).await;
             batch = readings;
             while !batch.is_empty() && registry_missing(&shared) {
                 if refresh_registry(&shared).await.is_err() {
@@ -528,7 +543,7 @@ async fn ingest_loop(shared: Shared, client: AsyncClient, mut receiver: mpsc::Re
                 }
             }
         }
-        take(&shared, &client, std::mem::take(&mut batch)).await;
+        take(&shared, &acks, std::mem::take(&mut batch)).await;
     }
 }
 
@@ -537,7 +552,7 @@ fn registry_missing(shared: &Shared) -> bool {
 }
 
 /// Stores a batch (outbox and quarantine, synced), then acknowledges its MQTT messages.
-async fn take(shared: &Shared, client: &AsyncClient, batch: Vec<Incoming>) {
+async fn take(shared: &Shared, acks: &mpsc::UnboundedSender<Publish>, batch: Vec<Incoming>) {
     if batch.is_empty() {
         return;
     }
@@ -553,9 +568,8 @@ async fn take(shared: &Shared, client: &AsyncClient, batch: Vec<Incoming>) {
     match result {
         Ok(()) => {
             for publish in batch.into_iter().filter_map(|incoming| incoming.ack) {
-                if let Err(error) = client.ack(&publish).await {
-                    tracing::warn!(%error, "acknowledgement not sent; the broker will redeliver");
-                }
+                // Only fails once the gateway stops; the broker then redelivers.
+                let _ = acks.send(publish);
             }
             shared.outbox_ready.notify_one();
         }
@@ -668,11 +682,13 @@ async fn process_batch(shared: &Shared, batch: &[Incoming]) -> anyhow::Result<()
             let reading = verified_reading.reading();
             let digest = verified_reading.digest();
             let key = (reading.meter_id.clone(), reading.sequence.0);
+            let state = tracked.entry(reading.meter_id.clone()).or_default();
             let seen = match in_batch.get(&key) {
                 Some(digest) => Some(*digest),
+                // Above the highest sequence settled nothing can have been seen: no lookup.
+                None if reading.sequence.0 > state.highest => None,
                 None => shared.store.seen(&reading.meter_id, reading.sequence.0)?,
             };
-            let state = tracked.entry(reading.meter_id.clone()).or_default();
             if state.site.is_empty() {
                 state.site = batch[index].site.clone();
             }
@@ -719,9 +735,10 @@ async fn process_batch(shared: &Shared, batch: &[Incoming]) -> anyhow::Result<()
         }
         tracking.meters = changed.into_keys().map(|meter| (meter.clone(), tracked[&meter].clone())).collect();
     }
-    shared.metrics.readings_accepted.fetch_add(accepted.len() as u64, Ordering::Relaxed);
+    let count = accepted.len() as u64;
     let store = shared.store.clone();
     tokio::task::spawn_blocking(move || store.store_batch(&accepted, rejected, tracking)).await??;
+    shared.metrics.readings_accepted.fetch_add(count, Ordering::Relaxed);
     Ok(())
 }
 
