@@ -313,8 +313,8 @@ struct GatewayArgs {
     listen: Option<SocketAddr>,
     #[arg(long)]
     ready_file: Option<PathBuf>,
-    /// Largest power a metering point can carry (kW): a reading with more energy in its 15
-    /// minutes is quarantined as implausible_energy. Default 1,000.
+    /// Largest power a metering point can carry (kW): a reading with more energy than that
+    /// power over its interval is quarantined as implausible_energy. Default 1,000.
     #[arg(long)]
     max_power_kw: Option<u64>,
     /// How far past the gateway's clock a reading's interval may end (s) before it is

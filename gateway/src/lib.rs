@@ -74,11 +74,7 @@ pub struct GatewayConfig {
 
 impl GatewayConfig {
     fn limits(&self) -> tracker::Limits {
-        tracker::Limits {
-            // Energy = power × 15 minutes.
-            energy_per_interval_wh_max: self.max_power_w / 4,
-            clock_ahead_s_max: self.clock_ahead_s_max,
-        }
+        tracker::Limits { max_power_w: self.max_power_w, clock_ahead_s_max: self.clock_ahead_s_max }
     }
 }
 

@@ -95,8 +95,9 @@ impl MeterState {
 /// The configured limits of the checks.
 #[derive(Debug, Clone, Copy)]
 pub struct Limits {
-    /// Most energy one 15-minute interval may carry (from the configured maximum power).
-    pub energy_per_interval_wh_max: u64,
+    /// The largest power a metering point can carry (W): a reading may hold at most this power
+    /// times its interval's length.
+    pub max_power_w: u64,
     /// How far past the gateway's clock an interval may end.
     pub clock_ahead_s_max: i64,
 }
@@ -171,12 +172,15 @@ pub fn check(
 fn content_fault(state: &MeterState, reading: &Reading, now_s: i64, limits: Limits) -> Option<(&'static str, String)> {
     let import = reading.import_energy().0;
     let export = reading.export_energy().0;
-    if import.max(export) > limits.energy_per_interval_wh_max {
+    let seconds = u64::try_from(reading.interval_end.0 - reading.interval_start.0).unwrap_or(0);
+    let energy_max_wh = limits.max_power_w.saturating_mul(seconds) / 3_600;
+    if import.max(export) > energy_max_wh {
         return Some((
             "implausible_energy",
             format!(
-                "{} Wh imported, {} Wh exported in one interval; at most {} Wh is physically possible",
-                import, export, limits.energy_per_interval_wh_max
+                "{import} Wh imported, {export} Wh exported in {seconds} s; at most {energy_max_wh} Wh is physically \
+                 possible at {} kW",
+                limits.max_power_w / 1_000
             ),
         ));
     }
@@ -239,7 +243,7 @@ mod tests {
     use super::*;
     use domain::ids::{KeyId, MeterId, Sequence, UnixSeconds};
 
-    const LIMITS: Limits = Limits { energy_per_interval_wh_max: 250_000, clock_ahead_s_max: 300 };
+    const LIMITS: Limits = Limits { max_power_w: 1_000_000, clock_ahead_s_max: 300 };
 
     fn reading(sequence: u64, import_start: u64, energy: u64) -> Reading {
         Reading::import_interval(
@@ -301,6 +305,19 @@ mod tests {
     /// An impossible jump is validly signed, so backfill would only bring it again: whether it
     /// arrives live or by backfill, it is rejected once and its sequence is settled, never asked
     /// for; the readings after it, whose registers continue from the jump, are accepted.
+    #[test]
+    fn the_energy_limit_scales_with_the_interval() {
+        // 1 MW for 15 minutes is 250 kWh; for one minute 16.7 kWh; for an hour 1 MWh.
+        let at = |seconds: i64, energy: u64| {
+            let mut reading = reading(1, 0, energy);
+            reading.interval_end = UnixSeconds(reading.interval_start.0 + seconds);
+            matches!(run(&mut MeterState::default(), &reading, None), Verdict::Accept { .. })
+        };
+        assert!(at(900, 250_000) && !at(900, 250_001));
+        assert!(at(60, 16_666) && !at(60, 16_667));
+        assert!(at(3_600, 1_000_000) && !at(3_600, 1_000_001));
+    }
+
     #[test]
     fn a_signed_reading_that_fails_a_check_settles_its_sequence() {
         let mut state = MeterState::default();
