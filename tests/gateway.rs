@@ -7,8 +7,8 @@ use std::time::Duration;
 use anyhow::Context;
 
 use crate::support::{
-    clock_args, configure_ledger, get_json, metric, poll_until, sim_published, start_gateway, start_single_ledger,
-    wattle, Mosquitto, Process, CLUSTER_SERIAL,
+    clock_args, configure_ledger, get_json, metric, poll_until, sim_published, spawn_sim_with, start_gateway,
+    start_single_ledger, Mosquitto, Process, CLUSTER_SERIAL,
 };
 
 const METERS: u32 = 100;
@@ -19,6 +19,34 @@ const SPEED: u32 = 9_000;
 /// 130 intervals (13,000 readings, ~13 s); the gateway is stopped for 6.5 s of them (~6,500
 /// readings), and the intervals after that reveal the gaps.
 const INTERVALS: u64 = 130;
+
+/// A ledger node with the fleet's registry, mosquitto and a gateway, on one accelerated clock.
+struct Platform {
+    dir: tempfile::TempDir,
+    http: reqwest::Client,
+    clock: Vec<String>,
+    node: Process,
+    ledger_url: String,
+    broker: Mosquitto,
+    gateway: Process,
+    gateway_url: String,
+}
+
+impl Platform {
+    async fn start(gateway_id: &str, gateway_extra: &[&str]) -> anyhow::Result<Platform> {
+        let dir = tempfile::tempdir()?;
+        let http = reqwest::Client::builder().timeout(Duration::from_secs(10)).build()?;
+        let clock = clock_args(EPOCH, SPEED, domain::clock::wall_clock_now().0);
+        let (node, ledger_url) = start_ledger(dir.path(), &clock).await?;
+        let broker = Mosquitto::start(dir.path(), "").await?;
+        let mut gateway_args = clock.clone();
+        gateway_args.extend(gateway_extra.iter().map(|arg| arg.to_string()));
+        let (gateway, gateway_url) =
+            start_gateway(dir.path(), gateway_id, broker.port, std::slice::from_ref(&ledger_url), &gateway_args)
+                .await?;
+        Ok(Platform { dir, http, clock, node, ledger_url, broker, gateway, gateway_url })
+    }
+}
 
 /// Starts a single ledger node with the fleet's registry; returns it and its URL.
 async fn start_ledger(dir: &std::path::Path, clock: &[String]) -> anyhow::Result<(Process, String)> {
@@ -47,24 +75,12 @@ async fn every_sequence_settled(http: &reqwest::Client, ledger_url: &str, interv
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn readings_the_broker_dropped_reach_the_ledger_by_backfill() -> anyhow::Result<()> {
     let _serial = CLUSTER_SERIAL.lock().await;
-    let dir = tempfile::tempdir()?;
-    let http = reqwest::Client::builder().timeout(Duration::from_secs(10)).build()?;
-    let clock = clock_args(EPOCH, SPEED, domain::clock::wall_clock_now().0);
-    let (node, ledger_url) = start_ledger(dir.path(), &clock).await?;
-    let broker = Mosquitto::start(dir.path(), "").await?;
     // A keepalive longer than the stop: the broker keeps the session open and queues for it.
-    let mut gateway_args = clock.clone();
-    gateway_args.extend(["--mqtt-keepalive-s".to_string(), "300".to_string()]);
-    let (gateway, gateway_url) =
-        start_gateway(dir.path(), "gw-gaps", broker.port, std::slice::from_ref(&ledger_url), &gateway_args).await?;
+    let Platform { dir, http, clock, node, ledger_url, broker, gateway, gateway_url } =
+        Platform::start("gw-gaps", &["--mqtt-keepalive-s", "300"]).await?;
 
-    let mut command = wattle();
-    command
-        .args(["sim", "--meters", &METERS.to_string(), "--seed", &SEED.to_string()])
-        .args(["--intervals", &INTERVALS.to_string(), "--epoch", EPOCH, "--linger-s", "120"])
-        .args(["--broker", &format!("127.0.0.1:{}", broker.port)])
-        .args(&clock);
-    let sim = Process::spawn("sim", dir.path(), command)?;
+    let linger = ["--linger-s".to_string(), "120".to_string()];
+    let sim = spawn_sim_with(dir.path(), broker.port, (METERS, SEED, INTERVALS), EPOCH, &clock, &linger)?;
     poll_until("the first readings stored", Duration::from_secs(30), || {
         let fetch = metric(&http, &gateway_url, "wattle_gateway_readings_accepted_total");
         async move { fetch.await.filter(|count| *count > 0) }
@@ -198,24 +214,12 @@ async fn garbage_on_the_mqtt_input_is_quarantined_and_the_gateway_keeps_running(
 async fn over_the_disk_budget_the_gateway_pauses_and_recovers_every_reading_by_backfill() -> anyhow::Result<()> {
     const INTERVALS: u64 = 70;
     let _serial = CLUSTER_SERIAL.lock().await;
-    let dir = tempfile::tempdir()?;
-    let http = reqwest::Client::builder().timeout(Duration::from_secs(10)).build()?;
-    let clock = clock_args(EPOCH, SPEED, domain::clock::wall_clock_now().0);
-    let (node, ledger_url) = start_ledger(dir.path(), &clock).await?;
-    let broker = Mosquitto::start(dir.path(), "").await?;
-    let mut gateway_args = clock.clone();
-    gateway_args.extend(["--disk-budget-mb".to_string(), "2".to_string()]);
-    let (gateway, gateway_url) =
-        start_gateway(dir.path(), "gw-disk", broker.port, std::slice::from_ref(&ledger_url), &gateway_args).await?;
+    let Platform { dir, http, clock, node, ledger_url, broker, gateway, gateway_url } =
+        Platform::start("gw-disk", &["--disk-budget-mb", "2"]).await?;
     // The ledger goes away: nothing leaves the outbox.
     node.signal("STOP")?;
-    let mut command = wattle();
-    command
-        .args(["sim", "--meters", &METERS.to_string(), "--seed", &SEED.to_string()])
-        .args(["--intervals", &INTERVALS.to_string(), "--epoch", EPOCH, "--linger-s", "120"])
-        .args(["--broker", &format!("127.0.0.1:{}", broker.port)])
-        .args(&clock);
-    let sim = Process::spawn("sim", dir.path(), command)?;
+    let linger = ["--linger-s".to_string(), "120".to_string()];
+    let sim = spawn_sim_with(dir.path(), broker.port, (METERS, SEED, INTERVALS), EPOCH, &clock, &linger)?;
     let deferred = poll_until("the disk budget reached", Duration::from_secs(30), || {
         let fetch = metric(&http, &gateway_url, "wattle_gateway_readings_deferred_disk_budget_total");
         async move { fetch.await.filter(|count| *count >= 200) }

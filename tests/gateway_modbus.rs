@@ -105,7 +105,14 @@ async fn modbus_meters_reach_the_ledger_with_history_backfill_and_attested_legac
     .await
     .with_context(|| gateway.log_tail())?;
     gateway.signal("STOP")?;
-    tokio::time::sleep(Duration::from_secs(4)).await;
+    // Four more intervals close while it is stopped (the ground truth grows by one per interval).
+    let truth_path = dir.path().join("truth.bin");
+    let closed = |truth: &firmware_sim::Truth| truth.records.len() / METERS as usize;
+    let at_stop = closed(&firmware_sim::Truth::read(&truth_path)?);
+    poll_until("four intervals closed while the gateway is stopped", Duration::from_secs(20), || async {
+        (closed(&firmware_sim::Truth::read(&truth_path).ok()?) >= at_stop + 4).then_some(())
+    })
+    .await?;
     gateway.signal("CONT")?;
 
     // Every signed reading of meters 0-2 reaches the ledger exactly once, the missed ones by
@@ -247,7 +254,8 @@ async fn broken_server(listener: tokio::net::TcpListener) {
                     return;
                 }
                 if behaviour == 0 || behaviour == 2 {
-                    tokio::time::sleep(Duration::from_secs(3)).await;
+                    // Then silence until the client gives up and closes the connection.
+                    let _ = stream.read(&mut [0u8; 1]).await;
                     return;
                 }
             }
@@ -291,7 +299,11 @@ async fn invalid_modbus_replies_are_counted_or_quarantined_and_the_gateway_keeps
         assert!(count(reason) > 0, "{reason} counted:\n{text}");
     }
     // The same garbage polled again is not quarantined again.
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    let polls = metric(&http, &gateway_url, "wattle_gateway_modbus_polls_total").await.unwrap_or(0);
+    poll_until("the garbage polled three more times", Duration::from_secs(20), || async {
+        (metric(&http, &gateway_url, "wattle_gateway_modbus_polls_total").await? >= polls + 3).then_some(())
+    })
+    .await?;
     let quarantine = get_json(&http, &format!("{gateway_url}/v1/quarantine")).await.context("quarantine")?;
     let entries = quarantine["entries"].as_array().context("entries")?;
     assert_eq!(entries.iter().filter(|entry| entry["source"] == source.as_str()).count(), 1);
