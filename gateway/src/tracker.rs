@@ -229,6 +229,9 @@ fn settle(state: &mut MeterState, reading: &Reading) -> (u64, bool) {
         if room > 0 {
             state.missing.push((from, tracked_to));
             gap_opened = tracked_to - from + 1;
+            // A new gap gets its full share of backfill requests (the count covers all of the
+            // meter's missing ranges, which are asked for together).
+            state.requests = 0;
         }
     }
     state.highest = sequence;
@@ -276,6 +279,10 @@ mod tests {
         assert!(matches!(run(&mut state, &again, Some(other)), Verdict::Equivocation { .. }));
         let decoded = MeterState::decode(&state.encode()).expect("decodes");
         assert_eq!(decoded, state);
+        // A new gap resets the request count, so it is asked for as often as the first was.
+        state.requests = 4;
+        assert_eq!(run(&mut state, &reading(8, 80, 10), None), Verdict::Accept { gap_opened: 2, filled: false });
+        assert_eq!((state.requests, state.missing.clone()), (0, vec![(2, 2), (4, 4), (6, 7)]));
     }
 
     #[test]
