@@ -8,7 +8,7 @@ use anyhow::Context;
 
 use crate::support::{
     clock_args, configure_ledger, get_json, metric, poll_until, sim_published, spawn_sim_with, start_gateway,
-    start_single_ledger, Mosquitto, Process, CLUSTER_SERIAL,
+    start_single_ledger, wattle, Mosquitto, Process, CLUSTER_SERIAL,
 };
 
 const METERS: u32 = 100;
@@ -204,6 +204,18 @@ async fn garbage_on_the_mqtt_input_is_quarantined_and_the_gateway_keeps_running(
     .with_context(|| format!("gateway log:\n{}", gateway.log_tail()))?;
     let health = http.get(format!("{gateway_url}/healthz")).send().await?;
     assert!(health.status().is_success(), "the gateway is healthy after the garbage");
+    // The operator's view: `wattle quarantine`, filtered by reason, as JSON lines and as a table.
+    let listed = wattle()
+        .args(["quarantine", "--gateway", &gateway_url, "--reason", "malformed_envelope", "--json"])
+        .output()?;
+    anyhow::ensure!(listed.status.success(), "wattle quarantine failed: {}", String::from_utf8_lossy(&listed.stderr));
+    let lines: Vec<serde_json::Value> =
+        String::from_utf8(listed.stdout)?.lines().map(serde_json::from_str).collect::<Result<_, _>>()?;
+    assert_eq!(lines.len(), expected.iter().filter(|reason| **reason == "malformed_envelope").count());
+    assert!(lines.iter().all(|entry| entry["reason"] == "malformed_envelope" && entry["source"] == topic.as_str()));
+    let table = wattle().args(["quarantine", "--gateway", &gateway_url]).output()?;
+    let table = String::from_utf8(table.stdout)?;
+    assert!(table.contains("payload_too_large") && table.contains(&format!("{count} entries")), "{table}");
     Ok(())
 }
 
