@@ -242,9 +242,12 @@ pub async fn start(config: GatewayConfig) -> anyhow::Result<GatewayHandle> {
     shared.tracker.lock().expect("tracker lock").extend(shared.store.meters()?);
     anyhow::ensure!(!config.ledger_urls.is_empty(), "at least one ledger URL is needed");
     if let Err(error) = refresh_registry(&shared).await {
-        match load_cached_registry(&shared)? {
-            true => tracing::warn!(%error, "ledger not reachable; using the cached registry"),
-            false => tracing::warn!(%error, "no registry yet: readings wait until the ledger answers"),
+        match load_cached_registry(&shared) {
+            Ok(true) => tracing::warn!(%error, "ledger not reachable; using the cached registry"),
+            Ok(false) => tracing::warn!(%error, "no registry yet: readings wait until the ledger answers"),
+            Err(cache) => {
+                tracing::error!(%error, %cache, "ledger not reachable and the registry cache unreadable: readings wait until the ledger answers")
+            }
         }
     }
     let listener =
