@@ -639,20 +639,16 @@ async fn process_batch(shared: &Shared, batch: &[Incoming]) -> anyhow::Result<()
                 )),
                 Some(entry) => {
                     candidates.push((signed, entry.public_key));
-                    // An attested meter's readings are signed by its gateway, which can attest a
-                    // rejected sequence again; a meter can only re-send the same bytes.
-                    let signer =
-                        if entry.attested_by.is_some() { tracker::Signer::Gateway } else { tracker::Signer::Meter };
-                    candidate_envelopes.push((index, envelope, signer));
+                    candidate_envelopes.push((index, envelope));
                 }
             }
         }
     }
     let outcomes = tokio::task::spawn_blocking(move || verify_batch(candidates, &mut rand::thread_rng())).await?;
     let mut verified = Vec::new();
-    for ((index, envelope, signer), outcome) in candidate_envelopes.into_iter().zip(outcomes) {
+    for ((index, envelope), outcome) in candidate_envelopes.into_iter().zip(outcomes) {
         match outcome {
-            Ok(reading) => verified.push((index, envelope, reading, signer)),
+            Ok(reading) => verified.push((index, envelope, reading)),
             Err(refused) => rejected.push(quarantine_entry(
                 shared,
                 &batch[index].source,
@@ -677,7 +673,7 @@ async fn process_batch(shared: &Shared, batch: &[Incoming]) -> anyhow::Result<()
         let mut tracked = shared.tracker.lock().expect("tracker lock is never poisoned");
         let mut in_batch: HashMap<(MeterId, u64), domain::reading::ReadingDigest> = HashMap::new();
         let mut changed: BTreeMap<MeterId, ()> = BTreeMap::new();
-        for (index, envelope, verified_reading, signer) in verified {
+        for (index, envelope, verified_reading) in verified {
             let reading = verified_reading.reading();
             let digest = verified_reading.digest();
             let key = (reading.meter_id.clone(), reading.sequence.0);
@@ -691,7 +687,7 @@ async fn process_batch(shared: &Shared, batch: &[Incoming]) -> anyhow::Result<()
             if state.site.is_empty() {
                 state.site = batch[index].site.clone();
             }
-            let verdict = tracker::check(state, seen, reading, digest, now_s, limits, signer);
+            let verdict = tracker::check(state, seen, reading, digest, now_s, limits);
             if let tracker::Verdict::Accept { gap_opened, .. } | tracker::Verdict::Reject { gap_opened, .. } = &verdict
             {
                 // The sequence is settled, accepted or quarantined: the same signed bytes again
@@ -714,7 +710,6 @@ async fn process_batch(shared: &Shared, batch: &[Incoming]) -> anyhow::Result<()
                     continue;
                 }
                 tracker::Verdict::Equivocation { detail } => ("equivocation", detail),
-                tracker::Verdict::RejectUnsettled { reason, detail } => (reason, detail),
                 tracker::Verdict::Reject { reason, detail, was_missing, .. } => {
                     if was_missing {
                         shared.metrics.gap_sequences_quarantined.fetch_add(1, Ordering::Relaxed);

@@ -544,7 +544,8 @@ fn attest_sample(
     let accepted = accepted.filter(|state| state.highest > 0 && state.interval_end_s > 0);
     if let Some((sequence, end_s, ..)) = attest.pending {
         let taken = accepted.as_ref().is_some_and(|state| state.highest >= sequence);
-        // Not accepted two intervals later: it was quarantined; start again from what was.
+        // Not settled two intervals later (accepted or quarantined, both settle it): it was never
+        // stored (e.g. not taken over the disk budget); attest again from what was settled.
         if taken || boundary >= end_s + 2 * interval_s {
             attest.pending = None;
         }

@@ -112,22 +112,12 @@ pub enum Verdict {
     /// Other signed bytes for a sequence already settled: rejected as `equivocation`; the
     /// tracking is unchanged.
     Equivocation { detail: String },
-    /// Signed by its meter, but its content fails a check: rejected with a reason code and
-    /// detail, and its sequence settled all the same. `gap_opened`: sequences newly found missing
+    /// Validly signed, but its content fails a check: rejected with a reason code and detail,
+    /// and its sequence settled all the same (the signer would only send the same bytes again; an
+    /// attesting gateway continues from where this one ended, so a lasting fault such as a
+    /// replaced meter costs one or two quarantined intervals, never a loop). `gap_opened`: sequences newly found missing
     /// before it; `was_missing`: it closed a gap, which backfill cannot fill with other bytes.
     Reject { reason: &'static str, detail: String, gap_opened: u64, was_missing: bool },
-    /// Attested by a gateway, and its content fails a check: rejected, the tracking unchanged,
-    /// so the gateway attests the sequence again from the last settled reading.
-    RejectUnsettled { reason: &'static str, detail: String },
-}
-
-/// Who signed a reading: it decides what rejecting the reading does to its sequence.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Signer {
-    /// The meter, which can only send the same signed bytes again.
-    Meter,
-    /// The gateway attesting an unsigned meter, which attests a rejected sequence again.
-    Gateway,
 }
 
 /// Checks one reading whose signature verified; `seen` is the digest accepted earlier for the
@@ -139,7 +129,6 @@ pub fn check(
     digest: ReadingDigest,
     now_s: i64,
     limits: Limits,
-    signer: Signer,
 ) -> Verdict {
     match seen {
         Some(earlier) if earlier == digest => return Verdict::Duplicate,
@@ -158,13 +147,10 @@ pub fn check(
             let (gap_opened, filled) = settle(state, reading);
             Verdict::Accept { gap_opened, filled }
         }
-        Some((reason, detail)) => match signer {
-            Signer::Meter => {
-                let (gap_opened, was_missing) = settle(state, reading);
-                Verdict::Reject { reason, detail, gap_opened, was_missing }
-            }
-            Signer::Gateway => Verdict::RejectUnsettled { reason, detail },
-        },
+        Some((reason, detail)) => {
+            let (gap_opened, was_missing) = settle(state, reading);
+            Verdict::Reject { reason, detail, gap_opened, was_missing }
+        }
     }
 }
 
@@ -261,7 +247,7 @@ mod tests {
 
     fn run(state: &mut MeterState, reading: &Reading, seen: Option<ReadingDigest>) -> Verdict {
         let digest = ReadingDigest::of(&reading.encode().expect("valid"));
-        check(state, seen, reading, digest, 1_000_000, LIMITS, Signer::Meter)
+        check(state, seen, reading, digest, 1_000_000, LIMITS)
     }
 
     #[test]
@@ -353,23 +339,5 @@ mod tests {
         assert!(matches!(verdict, Verdict::Reject { gap_opened: 2, .. }), "{verdict:?}");
         assert_eq!(state.missing, vec![(7, 8)]);
         assert_eq!(run(&mut state, &reading(10, 900_070, 10), None), Verdict::Accept { gap_opened: 0, filled: false });
-    }
-
-    /// A gateway-attested reading that fails a check leaves the tracking as it was: the gateway
-    /// attests the sequence again from the last settled reading (over the longer span).
-    #[test]
-    fn a_rejected_attested_reading_leaves_its_sequence_open() {
-        let mut state = MeterState::default();
-        run(&mut state, &reading(1, 0, 10), None);
-        let before = state.clone();
-        let spike = reading(2, 10, 300_000);
-        let digest = ReadingDigest::of(&spike.encode().expect("valid"));
-        let verdict = check(&mut state, None, &spike, digest, 1_000_000, LIMITS, Signer::Gateway);
-        assert!(matches!(verdict, Verdict::RejectUnsettled { reason: "implausible_energy", .. }), "{verdict:?}");
-        assert_eq!(state, before);
-        let again = reading(2, 10, 20);
-        let digest = ReadingDigest::of(&again.encode().expect("valid"));
-        let verdict = check(&mut state, None, &again, digest, 1_000_000, LIMITS, Signer::Gateway);
-        assert_eq!(verdict, Verdict::Accept { gap_opened: 0, filled: false });
     }
 }
