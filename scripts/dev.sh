@@ -34,7 +34,10 @@ case "$command" in
   setup) setup ;;
   sandbox)
     setup
-    exec cargo run --profile ci --locked --bin wattle -- sandbox "$@"
+    # Build what `test` builds (every target, so dev-dependencies' features too): one build
+    # serves both commands, in either order, instead of two that recompile each other's crates.
+    cargo build --profile ci --locked --workspace --all-targets
+    exec "${CARGO_TARGET_DIR:-target}/ci/wattle" sandbox "$@"
     ;;
   test)
     setup

@@ -2,7 +2,9 @@
 
 mod bench;
 mod bench_gateway;
+mod broker;
 mod cli;
+mod progress;
 mod sandbox;
 
 use std::net::SocketAddr;
@@ -527,25 +529,44 @@ fn parse_interval(text: &str) -> Result<i64, String> {
     }
 }
 
-fn init_logging(default_filter: &str) {
+/// The default log filter of the services.
+const LOG_FILTER_DEFAULT: &str = "info,openraft=error,rumqttd=off";
+
+/// Structured logs to stderr, or to `file` (the sandbox keeps its terminal for the banner and
+/// one progress line); `WATTLE_LOG` overrides the filter, `WATTLE_LOG_FORMAT=json` gives JSON lines.
+fn init_logging(default_filter: &str, file: Option<&std::path::Path>) -> anyhow::Result<()> {
+    use tracing_subscriber::fmt::writer::BoxMakeWriter;
     let filter = tracing_subscriber::EnvFilter::try_from_env("WATTLE_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default_filter));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    let writer = match file {
+        Some(path) => {
+            let file = std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(path)
+                .with_context(|| format!("opening the log file {}", path.display()))?;
+            BoxMakeWriter::new(std::sync::Mutex::new(file))
+        }
+        None => BoxMakeWriter::new(std::io::stderr),
+    };
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(writer).with_ansi(file.is_none());
     if std::env::var("WATTLE_LOG_FORMAT").as_deref() == Ok("json") {
         builder.json().init();
     } else {
         builder.compact().init();
     }
+    Ok(())
 }
 
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     // openraft logs every lost message of the simulation as an error; they are its point.
-    init_logging(if matches!(cli.command, Command::Simulate(_)) {
-        "warn,openraft=off"
-    } else {
-        "info,openraft=error,rumqttd=off"
-    });
+    match cli.command {
+        Command::Simulate(_) => init_logging("warn,openraft=off", None)?,
+        // The sandbox logs into a file in its data directory, which it creates first.
+        Command::Sandbox(_) => {}
+        _ => init_logging(LOG_FILTER_DEFAULT, None)?,
+    }
     // The simulation runs its own single-threaded runtimes on virtual time.
     if let Command::Simulate(args) = cli.command {
         return simulate(args);

@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use anyhow::{bail, Context};
+use anyhow::bail;
 use domain::clock::{wall_clock_now, Clock};
 use domain::ids::{GatewayId, UnixMillis};
 use rust_decimal::Decimal;
@@ -52,38 +52,6 @@ fn free_port() -> anyhow::Result<u16> {
     Ok(std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
 }
 
-/// Starts rumqttd on 127.0.0.1 in its own thread (its `start()` blocks).
-fn start_broker(port: u16) -> anyhow::Result<()> {
-    let config = format!(
-        r#"
-id = 0
-[router]
-max_connections = 10010
-max_outgoing_packet_count = 2000
-max_segment_size = 104857600
-max_segment_count = 10
-
-[v4.1]
-name = "v4-1"
-listen = "127.0.0.1:{port}"
-next_connection_delay_ms = 1
-[v4.1.connections]
-connection_timeout_ms = 60000
-max_payload_size = 20480
-max_inflight_count = 1000
-dynamic_filters = true
-"#
-    );
-    let config: rumqttd::Config = toml::from_str(&config).context("embedded broker configuration")?;
-    std::thread::Builder::new().name("rumqttd".into()).spawn(move || {
-        let mut broker = rumqttd::Broker::new(config);
-        if let Err(error) = broker.start() {
-            tracing::error!(%error, "embedded MQTT broker stopped");
-        }
-    })?;
-    Ok(())
-}
-
 async fn wait_until<F, Fut>(what: &str, limit: Duration, mut check: F) -> anyhow::Result<()>
 where
     F: FnMut() -> Fut,
@@ -103,6 +71,9 @@ pub async fn run(args: SandboxArgs) -> anyhow::Result<()> {
     let temporary = tempfile::Builder::new().prefix("wattle-sandbox-").tempdir()?;
     let data_dir: PathBuf = args.data_dir.clone().unwrap_or_else(|| temporary.path().to_path_buf());
     std::fs::create_dir_all(&data_dir)?;
+    let log_path = data_dir.join("sandbox.log");
+    crate::init_logging(crate::LOG_FILTER_DEFAULT, Some(&log_path))?;
+    println!("Starting the Wattle sandbox (logs: {})", log_path.display());
     let clock = Clock::Simulated {
         start: UnixMillis(args.start.timestamp_millis()),
         anchor: wall_clock_now(),
@@ -132,7 +103,7 @@ pub async fn run(args: SandboxArgs) -> anyhow::Result<()> {
         ),
     )?;
     let broker_port = free_port()?;
-    start_broker(broker_port)?;
+    crate::broker::start(broker_port).await?;
     // Three ledger nodes, as the consortium runs it: supplier, grid operator, regulator.
     let members: Vec<(u64, String)> =
         (1..=LEDGER_NODES).map(|id| Ok((id, format!("127.0.0.1:{}", free_port()?)))).collect::<anyhow::Result<_>>()?;
@@ -266,9 +237,19 @@ pub async fn run(args: SandboxArgs) -> anyhow::Result<()> {
     };
     let fleet = firmware_sim::build_fleet(&sim_config)?;
     let sim = firmware_sim::run(sim_config, fleet);
+    let progress = tokio::spawn(crate::progress::report(crate::progress::Sources {
+        clock,
+        ledger_url: ledger_url.clone(),
+        gateway_url: format!("http://{}", gateway.address),
+        billing_url: format!("http://{}", billing.address),
+        customer: first_customer.to_string(),
+    }));
     let outcome = match args.exit_after_intervals {
         Some(intervals) => {
-            let summary = sim.await?;
+            let summary = sim.await;
+            progress.abort();
+            crate::progress::finish();
+            let summary = summary?;
             tracing::info!(published = summary.published, "fleet finished; checking the bills");
             check_bills(
                 &http,
@@ -283,10 +264,11 @@ pub async fn run(args: SandboxArgs) -> anyhow::Result<()> {
         None => {
             tokio::select! {
                 result = sim => result.map(|_| ()),
-                _ = shutdown_signal() => { println!("stopping..."); Ok(()) }
+                _ = shutdown_signal() => { crate::progress::finish(); println!("stopping..."); Ok(()) }
             }
         }
     };
+    progress.abort();
     billing.stop().await;
     gateway.stop().await;
     for node in nodes {

@@ -10,5 +10,6 @@ mod gateway_faults;
 mod gateway_modbus;
 mod gateway_restart;
 mod modbus;
+mod sandbox;
 mod support;
 mod verifiable;

@@ -2,9 +2,9 @@
 //! and rounded once here for presentation. It reads the ledger's client API and never writes
 //! settlement state.
 
-use std::fmt::Write as _;
+pub mod metrics;
+
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -73,8 +73,7 @@ impl Bill {
 struct Shared {
     config: BillingConfig,
     http: reqwest::Client,
-    bills_served: Arc<AtomicU64>,
-    ledger_errors: Arc<AtomicU64>,
+    metrics: Arc<metrics::Metrics>,
 }
 
 /// A running billing service.
@@ -104,8 +103,7 @@ pub async fn start(config: BillingConfig) -> anyhow::Result<BillingHandle> {
     let shared = Shared {
         config: config.clone(),
         http: reqwest::Client::builder().timeout(LEDGER_REQUEST_TIMEOUT).build()?,
-        bills_served: Arc::default(),
-        ledger_errors: Arc::default(),
+        metrics: Arc::default(),
     };
     let router = Router::new()
         .route("/v1/customers/{customer_id}/bill", get(bill))
@@ -139,10 +137,13 @@ async fn bill(State(shared): State<Shared>, Path(customer_id): Path<String>) -> 
         Err(reason) => return error(StatusCode::BAD_REQUEST, "bad_customer_id", reason.to_string()),
     };
     let url = format!("{}/v1/customers/{customer_id}/account", shared.config.ledger_url);
-    let response = match shared.http.get(url).send().await {
+    let started = std::time::Instant::now();
+    let response = shared.http.get(url).send().await;
+    shared.metrics.ledger_latency_seconds.observe(started.elapsed().as_secs_f64());
+    let response = match response {
         Ok(response) => response,
         Err(reason) => {
-            shared.ledger_errors.fetch_add(1, Ordering::Relaxed);
+            shared.metrics.ledger_error("unreachable");
             tracing::warn!(%reason, "ledger unreachable");
             return error(StatusCode::BAD_GATEWAY, "ledger_unavailable", "the ledger did not answer; retry");
         }
@@ -153,17 +154,17 @@ async fn bill(State(shared): State<Shared>, Path(customer_id): Path<String>) -> 
             return error(StatusCode::NOT_FOUND, "unknown_customer", format!("no customer {customer_id}"))
         }
         status => {
-            shared.ledger_errors.fetch_add(1, Ordering::Relaxed);
+            shared.metrics.ledger_error("status");
             return error(StatusCode::BAD_GATEWAY, "ledger_error", format!("the ledger answered {status}"));
         }
     }
     match response.json::<CustomerAccount>().await {
         Ok(account) => {
-            shared.bills_served.fetch_add(1, Ordering::Relaxed);
+            shared.metrics.bills_served.inc();
             Json(Bill::from_account(&account)).into_response()
         }
         Err(reason) => {
-            shared.ledger_errors.fetch_add(1, Ordering::Relaxed);
+            shared.metrics.ledger_error("unparsable");
             tracing::error!(%reason, "ledger answer did not parse");
             error(StatusCode::BAD_GATEWAY, "ledger_error", "the ledger's answer did not parse")
         }
@@ -179,11 +180,9 @@ async fn healthz(State(shared): State<Shared>) -> Response {
     }
 }
 
-async fn metrics(State(shared): State<Shared>) -> String {
-    let mut out = String::new();
-    let _ = writeln!(out, "# HELP wattle_billing_bills_served_total Bills served.\n# TYPE wattle_billing_bills_served_total counter\nwattle_billing_bills_served_total {}", shared.bills_served.load(Ordering::Relaxed));
-    let _ = writeln!(out, "# HELP wattle_billing_ledger_errors_total Failed ledger requests.\n# TYPE wattle_billing_ledger_errors_total counter\nwattle_billing_ledger_errors_total {}", shared.ledger_errors.load(Ordering::Relaxed));
-    out
+async fn metrics(State(shared): State<Shared>) -> Response {
+    let content_type = "application/openmetrics-text; version=1.0.0; charset=utf-8";
+    ([(axum::http::header::CONTENT_TYPE, content_type)], shared.metrics.render()).into_response()
 }
 
 #[cfg(test)]

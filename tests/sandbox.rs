@@ -1,0 +1,45 @@
+//! `wattle sandbox` as a newcomer meets it: a standard MQTT client connects to its embedded
+//! broker without choosing a client id, and the terminal shows the banner and progress lines
+//! while the logs go to a file in the sandbox's directory.
+
+use std::time::Duration;
+
+use crate::support::{poll_until, wattle, Process, CLUSTER_SERIAL};
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_standard_client_subscribes_without_a_client_id_and_logs_go_to_a_file() -> anyhow::Result<()> {
+    let _serial = CLUSTER_SERIAL.lock().await;
+    let dir = tempfile::tempdir()?;
+    let data = dir.path().join("sandbox");
+    let mut command = wattle();
+    command.arg("sandbox").args(["--meters", "3"]).arg("--data-dir").arg(&data);
+    let mut sandbox = Process::spawn("sandbox", dir.path(), command)?;
+    let terminal = dir.path().join("sandbox.log");
+    let port: u16 = poll_until("the sandbox's banner", Duration::from_secs(120), || async {
+        let text = std::fs::read_to_string(&terminal).ok()?;
+        let line = text.lines().find(|line| line.trim_start().starts_with("MQTT broker"))?;
+        line.split_whitespace().nth(2)?.rsplit_once(':')?.1.parse().ok()
+    })
+    .await
+    .map_err(|error| anyhow::anyhow!("{error}\n{}", sandbox.log_tail()))?;
+    // mosquitto_sub sends a zero-length client id with a clean session unless given `-i`.
+    let subscriber = tokio::process::Command::new("mosquitto_sub")
+        .args(["-h", "127.0.0.1", "-p", &port.to_string(), "-t", "wattle/#", "-C", "1", "-W", "60"])
+        .kill_on_drop(true)
+        .output()
+        .await?;
+    anyhow::ensure!(
+        subscriber.status.success() && !subscriber.stdout.is_empty(),
+        "mosquitto_sub without a client id got no message ({}): {}",
+        subscriber.status,
+        String::from_utf8_lossy(&subscriber.stderr)
+    );
+    sandbox.signal("INT")?;
+    let status = sandbox.wait(Duration::from_secs(30)).await?;
+    anyhow::ensure!(status.success(), "the sandbox stopped with {status}:\n{}", sandbox.log_tail());
+    let shown = std::fs::read_to_string(&terminal)?;
+    let logged = std::fs::read_to_string(data.join("sandbox.log"))?;
+    anyhow::ensure!(logged.contains("INFO"), "no log lines in sandbox.log:\n{logged}");
+    anyhow::ensure!(!shown.contains("INFO") && !shown.contains("WARN"), "log lines on the terminal:\n{shown}");
+    Ok(())
+}
