@@ -14,14 +14,15 @@
 //! reported once, at the end).
 
 use std::collections::HashMap;
-use std::net::TcpStream;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
+
+use crate::process::{free_port, Mosquitto, Process};
 use domain::ids::UnixSeconds;
 use domain::reading::{Envelope, SignedReading};
 use gateway::limits::INGEST_BATCH_MAX;
@@ -89,72 +90,6 @@ const STALL_AFTER: Duration = Duration::from_secs(20);
 /// Readings (in batches of `INGEST_BATCH_MAX`) the bare measurements cycle over.
 const BARE_SAMPLE_BATCHES: usize = 8;
 
-/// A child process of the benchmark, killed (by its own PID) when dropped.
-struct Service {
-    name: String,
-    child: std::process::Child,
-    log: PathBuf,
-}
-
-impl Service {
-    fn spawn(name: &str, dir: &Path, mut command: Command) -> anyhow::Result<Service> {
-        let log = dir.join(format!("{name}.log"));
-        let file = std::fs::File::create(&log).with_context(|| format!("creating {}", log.display()))?;
-        let child = command
-            .stdin(Stdio::null())
-            .stdout(file.try_clone()?)
-            .stderr(file)
-            .spawn()
-            .with_context(|| format!("starting {name}"))?;
-        Ok(Service { name: name.to_string(), child, log })
-    }
-
-    fn pid(&self) -> String {
-        self.child.id().to_string()
-    }
-
-    /// Fails, with the end of its log, if the process has exited.
-    fn ensure_running(&mut self) -> anyhow::Result<()> {
-        if let Some(status) = self.child.try_wait()? {
-            bail!("{} exited with {status}; its log ends:\n{}", self.name, self.log_tail());
-        }
-        Ok(())
-    }
-
-    fn log_tail(&self) -> String {
-        let text = std::fs::read_to_string(&self.log).unwrap_or_default();
-        let lines: Vec<&str> = text.lines().collect();
-        lines[lines.len().saturating_sub(20)..].join("\n")
-    }
-
-    /// Waits for the `{"address": ...}` ready file the process writes once it serves.
-    async fn ready_address(&mut self, ready_file: &Path, limit: Duration) -> anyhow::Result<String> {
-        let deadline = Instant::now() + limit;
-        loop {
-            if let Ok(text) = std::fs::read_to_string(ready_file) {
-                let value: serde_json::Value = serde_json::from_str(&text)?;
-                return Ok(value["address"].as_str().context("address in ready file")?.to_string());
-            }
-            self.ensure_running()?;
-            if Instant::now() >= deadline {
-                bail!("{} not ready after {limit:?}; its log ends:\n{}", self.name, self.log_tail());
-            }
-            tokio::time::sleep(Duration::from_millis(25)).await;
-        }
-    }
-}
-
-impl Drop for Service {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn free_port() -> anyhow::Result<u16> {
-    Ok(std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
-}
-
 /// Clock ticks per second of /proc's CPU times (`getconf CLK_TCK`; 100 on Linux almost always).
 fn clock_ticks_per_second() -> f64 {
     Command::new("getconf")
@@ -196,9 +131,9 @@ struct CpuSample {
 }
 
 struct Services {
-    mosquitto: Service,
-    ledger: Service,
-    gateway: Service,
+    mosquitto: Mosquitto,
+    ledger: Process,
+    gateway: Process,
 }
 
 impl Services {
@@ -220,45 +155,20 @@ impl Services {
 }
 
 /// mosquitto on a free port of 127.0.0.1, configured not to drop the benchmark's messages.
-async fn start_mosquitto(dir: &Path, inflight: u32) -> anyhow::Result<(Service, u16)> {
-    let mut last_error = None;
-    // A free port may be taken before mosquitto binds it: try another.
-    for attempt in 0..5 {
-        let port = free_port()?;
-        let config = dir.join(format!("mosquitto-{attempt}.conf"));
-        std::fs::write(
-            &config,
-            format!(
-                "listener {port} 127.0.0.1\nallow_anonymous true\n\
-                 # Queue without limit for the gateway (default 1,000, beyond which mosquitto drops).\n\
-                 max_queued_messages 0\n\
-                 max_inflight_messages {inflight}\n"
-            ),
-        )?;
-        let mut command = Command::new("mosquitto");
-        command.arg("-c").arg(&config);
-        let mut mosquitto = Service::spawn(&format!("mosquitto-{attempt}"), dir, command)?;
-        let deadline = Instant::now() + Duration::from_secs(10);
-        loop {
-            if TcpStream::connect(("127.0.0.1", port)).is_ok() {
-                return Ok((mosquitto, port));
-            }
-            if let Err(error) = mosquitto.ensure_running() {
-                last_error = Some(error);
-                break;
-            }
-            if Instant::now() >= deadline {
-                last_error = Some(anyhow::anyhow!("mosquitto not listening on {port} after 10 s"));
-                break;
-            }
-            tokio::time::sleep(Duration::from_millis(25)).await;
-        }
-    }
-    Err(last_error.unwrap_or_else(|| anyhow::anyhow!("mosquitto did not start")))
+async fn start_mosquitto(dir: &Path, inflight: u32) -> anyhow::Result<Mosquitto> {
+    Mosquitto::start(
+        dir,
+        &format!(
+            "# Queue without limit for the gateway (default 1,000, beyond which mosquitto drops).\n\
+             max_queued_messages 0\n\
+             max_inflight_messages {inflight}"
+        ),
+    )
+    .await
 }
 
 /// One bootstrapped ledger node holding the fleet's registry; returns it and its URL.
-async fn start_ledger(dir: &Path, meters: u32, http: &reqwest::Client) -> anyhow::Result<(Service, String)> {
+async fn start_ledger(dir: &Path, meters: u32, http: &reqwest::Client) -> anyhow::Result<(Process, String)> {
     std::fs::write(dir.join("operator.key"), hex::encode(rand::random::<[u8; 32]>()))?;
     firmware_sim::write_registry(&dir.join("meters.json"), SEED, meters)?;
     std::fs::write(
@@ -277,10 +187,10 @@ async fn start_ledger(dir: &Path, meters: u32, http: &reqwest::Client) -> anyhow
         .arg(dir.join("ledger.toml"))
         .arg("--operator-key")
         .arg(dir.join("operator.key"));
-    let mut ledger = Service::spawn("node-1", dir, command)?;
+    let mut ledger = Process::spawn("node-1", dir, command)?;
     // The node is ready once its admin configuration is committed: two admin transactions per
     // meter (customer, meter), one after the other, each fsynced and signed.
-    ledger.ready_address(&dir.join("node-1.ready"), LEDGER_READY_MAX).await?;
+    ledger.ready_address_within(&dir.join("node-1.ready"), LEDGER_READY_MAX).await?;
     let url = format!("http://127.0.0.1:{port}");
     let registered: Vec<serde_json::Value> =
         http.get(format!("{url}/v1/meters")).send().await?.error_for_status()?.json().await?;
@@ -298,7 +208,7 @@ async fn start_gateway(
     broker_port: u16,
     ledger_url: &str,
     http: &reqwest::Client,
-) -> anyhow::Result<(Service, String)> {
+) -> anyhow::Result<(Process, String)> {
     let ready = dir.join("gateway.ready");
     let mut command = Command::new(std::env::current_exe()?);
     command
@@ -308,8 +218,8 @@ async fn start_gateway(
         .arg(dir.join("gateway"))
         .arg("--ready-file")
         .arg(&ready);
-    let mut gateway = Service::spawn("gateway", dir, command)?;
-    let url = format!("http://{}", gateway.ready_address(&ready, Duration::from_secs(60)).await?);
+    let mut gateway = Process::spawn("gateway", dir, command)?;
+    let url = format!("http://{}", gateway.ready_address(&ready).await?);
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
         let healthy = http.get(format!("{url}/healthz")).send().await.is_ok_and(|r| r.status().is_success());
@@ -675,7 +585,8 @@ pub async fn gateway(args: GatewayBenchArgs) -> anyhow::Result<()> {
     let bare_before = measure_bare(sample.clone(), dir.join("bare-rocksdb-before"), args.bare_seconds).await?;
 
     let setup_started = Instant::now();
-    let (mosquitto, broker_port) = start_mosquitto(&dir, args.broker_inflight).await?;
+    let mosquitto = start_mosquitto(&dir, args.broker_inflight).await?;
+    let broker_port = mosquitto.port;
     eprintln!("starting a ledger node and committing the registry of {} meters...", args.meters);
     let (ledger, ledger_url) = start_ledger(&dir, args.meters, &http).await?;
     let counters = Arc::new(PublishCounters::default());

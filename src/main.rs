@@ -4,6 +4,7 @@ mod bench;
 mod bench_gateway;
 mod broker;
 mod cli;
+mod process;
 mod progress;
 mod sandbox;
 

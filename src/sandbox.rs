@@ -11,6 +11,7 @@ use domain::ids::{GatewayId, UnixMillis};
 use rust_decimal::Decimal;
 
 use crate::cli::shutdown_signal;
+use crate::process::{free_port, poll_until};
 
 /// Options of the sandbox.
 #[derive(Debug, clap::Args)]
@@ -47,25 +48,6 @@ const LEDGER_NODES: u64 = 3;
 
 /// How long smoke mode waits for the last readings to settle.
 const SETTLE_WAIT_MAX: Duration = Duration::from_secs(60);
-
-fn free_port() -> anyhow::Result<u16> {
-    Ok(std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
-}
-
-async fn wait_until<F, Fut>(what: &str, limit: Duration, mut check: F) -> anyhow::Result<()>
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = bool>,
-{
-    let deadline = tokio::time::Instant::now() + limit;
-    while !check().await {
-        if tokio::time::Instant::now() >= deadline {
-            bail!("{what} did not happen within {limit:?}");
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    Ok(())
-}
 
 pub async fn run(args: SandboxArgs) -> anyhow::Result<()> {
     let temporary = tempfile::Builder::new().prefix("wattle-sandbox-").tempdir()?;
@@ -186,8 +168,8 @@ pub async fn run(args: SandboxArgs) -> anyhow::Result<()> {
     .await?;
     let http = reqwest::Client::new();
     let gateway_health = format!("http://{}/healthz", gateway.address);
-    wait_until("gateway subscribed to the broker", Duration::from_secs(30), || async {
-        http.get(&gateway_health).send().await.is_ok_and(|response| response.status().is_success())
+    poll_until("gateway subscribed to the broker", Duration::from_secs(30), || async {
+        http.get(&gateway_health).send().await.is_ok_and(|response| response.status().is_success()).then_some(())
     })
     .await?;
     let billing =

@@ -10,6 +10,8 @@ mod gateway_faults;
 mod gateway_modbus;
 mod gateway_restart;
 mod modbus;
+#[path = "../src/process.rs"]
+mod process;
 mod sandbox;
 mod support;
 mod verifiable;
