@@ -37,12 +37,21 @@ enum Command {
     /// Check a receipt offline: `wattle receipt verify FILE --service-key HEX [--claims FILE]`.
     #[command(subcommand)]
     Receipt(ReceiptCommand),
-    /// Audit a stopped node's data directory: re-verify every meter signature, re-execute
-    /// settlement, recompute every hash and signature, compare with the node's state. Names the
-    /// first transaction that does not match; exits 1 if one does not.
+    /// Audit a stopped node's data directory, read-only, trusting only the operator and service
+    /// keys given: re-verify every meter signature, re-execute settlement, recompute every hash
+    /// and signature, compare with the node's state. Names the first entry (log index and
+    /// transaction id) that does not match; exits 1 if one does not.
     Audit {
-        /// The node's data directory (the node must be stopped).
+        /// The node's data directory, opened read-only (nothing is created or written).
         data_dir: PathBuf,
+        /// The operator's public key (64 hex characters, or a file holding them), from a source
+        /// you trust: every admin transaction that took effect must be signed by it.
+        #[arg(long)]
+        operator_key: String,
+        /// The service's public key (64 hex characters, or a file holding them), from a source
+        /// you trust: every endorsement must be its own, every root signer endorsed by it.
+        #[arg(long)]
+        service_key: String,
     },
     /// Run an edge gateway: MQTT and Modbus in, verification, durable outbox, forwarding to the
     /// ledger, every batch signed with the gateway's key.
@@ -177,11 +186,13 @@ enum NodeAction {
 
 #[derive(Debug, Subcommand)]
 enum ReceiptCommand {
-    /// Verify a receipt (its canonical bytes, as served by GET /v1/receipts/{tx_id}).
+    /// Verify a receipt: its canonical bytes (GET /v1/receipts/{tx_id}) or its JSON form
+    /// (GET /v1/receipts/{tx_id}?format=json).
     Verify {
         /// The receipt file.
         file: PathBuf,
-        /// The service's public key (64 hex characters), from a source you trust.
+        /// The service's public key (64 hex characters, or a file holding them), from a source
+        /// you trust.
         #[arg(long)]
         service_key: String,
         /// The claims document the receipt binds (GET /v1/transactions/{tx_id}/claims); its
@@ -630,12 +641,15 @@ async fn run(command: Command) -> anyhow::Result<()> {
         }
         Command::Receipt(ReceiptCommand::Verify { file, service_key, claims }) => {
             let bytes = std::fs::read(&file).with_context(|| format!("reading {}", file.display()))?;
-            let receipt = domain::receipt::Receipt::decode(&bytes)
-                .with_context(|| format!("{} is not a canonical receipt", file.display()))?;
-            let service: [u8; 32] = hex::decode(service_key.trim())
-                .ok()
-                .and_then(|bytes| bytes.try_into().ok())
-                .context("--service-key must be 64 hex characters")?;
+            // The JSON form opens with `{`; the canonical bytes with their tag `wattle.receipt\0`.
+            let receipt = if bytes.iter().find(|byte| !byte.is_ascii_whitespace()) == Some(&b'{') {
+                domain::receipt::Receipt::from_json(&bytes)
+                    .with_context(|| format!("{} is not a receipt's JSON form", file.display()))?
+            } else {
+                domain::receipt::Receipt::decode(&bytes)
+                    .with_context(|| format!("{} is not a canonical receipt", file.display()))?
+            };
+            let service = ledger::audit::public_key_argument(&service_key).context("--service-key")?;
             let document = claims
                 .as_ref()
                 .map(|path| std::fs::read(path).with_context(|| format!("reading {}", path.display())))
@@ -652,20 +666,27 @@ async fn run(command: Command) -> anyhow::Result<()> {
             );
             Ok(())
         }
-        Command::Audit { data_dir } => {
-            let store = ledger::store::Store::open(&data_dir)
-                .with_context(|| format!("opening {} (is the node stopped?)", data_dir.display()))?;
+        Command::Audit { data_dir, operator_key, service_key } => {
+            let anchors = ledger::audit::TrustAnchors {
+                operator_key: ledger::audit::public_key_argument(&operator_key).context("--operator-key")?,
+                service_key: ledger::audit::public_key_argument(&service_key).context("--service-key")?,
+            };
+            let store = ledger::audit::open_store(&data_dir).context("nothing was audited")?;
             let started = std::time::Instant::now();
-            let result = ledger::audit::audit(&store, |done, total| eprintln!("audit: {done} of {total} entries"));
+            let result =
+                ledger::audit::audit(&store, &anchors, |done, total| eprintln!("audit: {done} of {total} entries"));
             match result {
                 Ok(report) => {
                     println!(
                         "audit passed: {} entries ({} transactions, {} meter signatures re-verified, {} signature \
-                         transactions checked), {} state keys match, root {} ({:.1} s)",
+                         transactions checked, {} admin transactions under the operator key, {} endorsements by \
+                         the service key), {} state keys match, root {} ({:.1} s)",
                         report.entries,
                         report.transactions,
                         report.readings_verified,
                         report.signatures_checked,
+                        report.admin_checked,
+                        report.endorsements_checked,
                         report.state_keys_compared,
                         report.root.map(hex::encode).unwrap_or_else(|| "-".into()),
                         started.elapsed().as_secs_f64()

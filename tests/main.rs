@@ -1,6 +1,7 @@
 //! Wattle's integration tests: real processes (`wattle` through `CARGO_BIN_EXE_wattle`), real
 //! mosquitto, real RocksDB in temporary directories, all on 127.0.0.1.
 
+mod audit;
 mod bench;
 mod cluster;
 mod end_to_end;

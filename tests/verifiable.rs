@@ -21,7 +21,7 @@ use crate::support::{configure_ledger, poll_until, start_single_ledger, wattle, 
 const SEED: u64 = 11;
 const METERS: u32 = 3;
 
-fn reading(meter: u32, sequence: u64) -> Reading {
+pub(crate) fn reading(meter: u32, sequence: u64) -> Reading {
     let start = 1_767_571_200 + 900 * sequence as i64;
     Reading::import_interval(
         firmware_sim::meter_id(meter),
@@ -34,14 +34,23 @@ fn reading(meter: u32, sequence: u64) -> Reading {
 }
 
 /// Runs a wattle command to completion; returns (success, stdout + stderr).
-fn run(command: &mut Command) -> anyhow::Result<(bool, String)> {
+pub(crate) fn run(command: &mut Command) -> anyhow::Result<(bool, String)> {
     let output = command.output()?;
     let text = format!("{}{}", String::from_utf8_lossy(&output.stdout), String::from_utf8_lossy(&output.stderr));
     Ok((output.status.success(), text))
 }
 
-fn audit(data_dir: &Path) -> anyhow::Result<(bool, String)> {
-    run(wattle().arg("audit").arg(data_dir))
+/// `wattle audit` under the node's own anchors: `anchors` is (operator key, service key).
+fn audit(data_dir: &Path, anchors: &(String, String)) -> anyhow::Result<(bool, String)> {
+    run(wattle().arg("audit").arg(data_dir).args(["--operator-key", &anchors.0, "--service-key", &anchors.1]))
+}
+
+/// The public key (hex) of a secret key file written by `wattle keygen`.
+pub(crate) fn operator_public_key(secret_file: &Path) -> anyhow::Result<String> {
+    let secret: [u8; 32] = hex::decode(std::fs::read_to_string(secret_file)?.trim())?
+        .try_into()
+        .map_err(|_| anyhow::anyhow!("a secret key is 32 bytes"))?;
+    Ok(hex::encode(ed25519_dalek::SigningKey::from_bytes(&secret).verifying_key().to_bytes()))
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -102,6 +111,16 @@ async fn receipts_verify_offline_and_audit_names_tampered_transactions() -> anyh
     let (ok, output) = verify("receipt.bin", "claims.txt")?;
     assert!(ok, "the receipt does not verify: {output}");
     assert!(output.contains(tx_id.as_str()), "{output}");
+    // The JSON form the API serves verifies too, and fails with a changed leaf index.
+    let json: serde_json::Value =
+        http.get(format!("{url}/v1/receipts/{tx_id}?format=json")).send().await?.error_for_status()?.json().await?;
+    std::fs::write(path("receipt.json"), serde_json::to_vec_pretty(&json)?)?;
+    let (ok, output) = verify("receipt.json", "claims.txt")?;
+    assert!(ok, "the JSON receipt does not verify: {output}");
+    let mut changed_json = json.clone();
+    changed_json["leaf_index"] = serde_json::json!(json["leaf_index"].as_u64().context("leaf_index")? ^ 4);
+    std::fs::write(path("changed.json"), serde_json::to_vec(&changed_json)?)?;
+    assert!(!verify("changed.json", "claims.txt")?.0, "a JSON receipt with a changed leaf index verified");
     // Any changed byte fails (the property test covers every position; here the CLI end to end).
     let mut changed = receipt.to_vec();
     let middle = changed.len() / 2;
@@ -122,7 +141,8 @@ async fn receipts_verify_offline_and_audit_names_tampered_transactions() -> anyh
         async move { RocksKv::open(&data_dir.join("db")).ok().map(drop) }
     })
     .await?;
-    let (ok, output) = audit(&data_dir)?;
+    let anchors = (operator_public_key(&path("operator.key"))?, service_public.clone());
+    let (ok, output) = audit(&data_dir, &anchors)?;
     assert!(ok, "audit of an untouched node failed: {output}");
 
     // Tamper with one settled amount: the audit names the transaction that settled it.
@@ -143,7 +163,7 @@ async fn receipts_verify_offline_and_audit_names_tampered_transactions() -> anyh
         batch.put(Cf::Private, key.clone(), line.encode());
         kv.write(batch)?;
         drop(kv);
-        let (ok, output) = audit(&data_dir)?;
+        let (ok, output) = audit(&data_dir, &anchors)?;
         println!("changed settled amount: {output}");
         assert!(!ok, "audit passed over a changed settled amount");
         assert!(output.contains(&tx_ids[1]), "audit did not name transaction {}: {output}", tx_ids[1]);
@@ -152,7 +172,7 @@ async fn receipts_verify_offline_and_audit_names_tampered_transactions() -> anyh
         batch.put(Cf::Private, key, original);
         kv.write(batch)?;
     }
-    assert!(audit(&data_dir)?.0, "audit failed after restoring the amount");
+    assert!(audit(&data_dir, &anchors)?.0, "audit failed after restoring the amount");
 
     // Tamper with one transaction in the history: flip a bit of a reading's signature.
     {
@@ -175,7 +195,7 @@ async fn receipts_verify_offline_and_audit_names_tampered_transactions() -> anyh
         batch.put(Cf::History, key, record.encode());
         kv.write(batch)?;
     }
-    let (ok, output) = audit(&data_dir)?;
+    let (ok, output) = audit(&data_dir, &anchors)?;
     println!("changed history: {output}");
     assert!(!ok, "audit passed over a changed history");
     assert!(output.contains(&tx_ids[0]), "audit did not name transaction {}: {output}", tx_ids[0]);

@@ -1,8 +1,12 @@
 //! Prints the test vectors of `docs/reading-format.md`: `cargo run -p domain --example reading_vectors`.
 
+use curve25519_dalek::edwards::EdwardsPoint;
+use curve25519_dalek::scalar::Scalar;
+use curve25519_dalek::traits::Identity;
 use domain::ids::{KeyId, MeterId, Sequence, UnixSeconds};
 use domain::reading::{ClockStatus, FirmwareVersion, Reading, StatusFlags};
 use ed25519_dalek::SigningKey;
+use sha2::{Digest, Sha512};
 
 /// RFC 8032 section 7.1, tests 1 to 3: well-known secret keys.
 const SECRET_KEYS: [&str; 3] = [
@@ -81,9 +85,124 @@ fn main() {
         println!("import_energy_wh: {}", reading.import_energy().0);
         println!("canonical: {}", hex::encode(signed.bytes()));
         println!("signature: {}", hex::encode(signed.signature()));
+        let r = &signed.signature()[..32];
+        println!("k: {}", hex::encode(k(r, &key.verifying_key().to_bytes(), signed.bytes()).to_bytes()));
         println!("```\n");
     }
     print_rejects();
+    print_zip215();
+}
+
+/// `k = SHA-512(R ‖ A ‖ M) mod L`, with `R` and `A` exactly the bytes given (docs/reading-format.md).
+fn k(r: &[u8], a: &[u8; 32], message: &[u8]) -> Scalar {
+    Scalar::from_bytes_mod_order_wide(&sha512(&[r, a, message]))
+}
+
+/// SHA-512 of the concatenation of `parts`.
+fn sha512(parts: &[&[u8]]) -> [u8; 64] {
+    let mut hash = Sha512::new();
+    for part in parts {
+        hash.update(part);
+    }
+    let mut wide = [0u8; 64];
+    wide.copy_from_slice(&hash.finalize());
+    wide
+}
+
+/// The secret scalar `a` of an RFC 8032 secret key: the clamped lower half of SHA-512(secret).
+fn secret_scalar(secret: &[u8; 32]) -> Scalar {
+    let mut lower = [0u8; 32];
+    lower.copy_from_slice(&sha512(&[secret])[..32]);
+    lower[0] &= 248;
+    lower[31] &= 127;
+    lower[31] |= 64;
+    Scalar::from_bytes_mod_order(lower)
+}
+
+/// y = p + 1 = 2^255 - 18, sign bit 0: a non-canonical encoding of the identity (y = 1).
+const NON_CANONICAL_IDENTITY: [u8; 32] = {
+    let mut bytes = [0xff; 32];
+    bytes[0] = 0xee;
+    bytes[31] = 0x7f;
+    bytes
+};
+
+/// Prints one ZIP-215 vector; `verdicts` are (registry, rfc8032_strict, wattle).
+fn zip215(name: &str, why: &str, public_key: &[u8; 32], canonical: &[u8], signature: &[u8; 64], verdicts: [&str; 3]) {
+    let [registry, strict, wattle] = verdicts;
+    println!("```zip215");
+    println!("name: {name}");
+    println!("why: {why}");
+    println!("public_key: {}", hex::encode(public_key));
+    println!("canonical: {}", hex::encode(canonical));
+    println!("signature: {}", hex::encode(signature));
+    println!("k: {}", hex::encode(k(&signature[..32], public_key, canonical).to_bytes()));
+    println!("zip215: accept");
+    println!("registry: {registry}");
+    println!("rfc8032_strict: {strict}");
+    println!("wattle: {wattle}");
+    println!("```\n");
+}
+
+fn with_s(r: &[u8; 32], s: Scalar) -> [u8; 64] {
+    let mut bytes = [0u8; 64];
+    bytes[..32].copy_from_slice(r);
+    bytes[32..].copy_from_slice(&s.to_bytes());
+    bytes
+}
+
+/// Signatures that ZIP-215 accepts and stricter RFC 8032 verifiers refuse: what tells an
+/// implementer whether they implemented the acceptance rule, not just Ed25519.
+fn print_zip215() {
+    let secret: [u8; 32] = hex::decode(SECRET_KEYS[0]).expect("hex").try_into().expect("32 bytes");
+    let a = secret_scalar(&secret);
+    let public = key(0).verifying_key().to_bytes();
+    let canonical = readings()[0].encode().expect("valid");
+
+    // R is the identity, encoded non-canonically (y = p + 1); S = k·a, so S·B = R + k·A holds.
+    let s = k(&NON_CANONICAL_IDENTITY, &public, &canonical) * a;
+    zip215(
+        "non_canonical_r",
+        "R is the identity encoded as y = p + 1 (not reduced), S = k*a: ZIP-215 decodes any y, RFC 8032 requires y < p",
+        &public,
+        &canonical,
+        &with_s(&NON_CANONICAL_IDENTITY, s),
+        ["accept", "reject", "accept"],
+    );
+
+    // A is the identity encoded non-canonically; R = r·B and S = r, so [8]S·B = [8]R + [8]k·A.
+    let r = Scalar::from_bytes_mod_order_wide(&sha512(&[b"wattle vector: non-canonical A"]));
+    let r_point = EdwardsPoint::mul_base(&r).compress().to_bytes();
+    zip215(
+        "non_canonical_a",
+        "A is the identity encoded as y = p + 1, R = r*B, S = r: the signature rule accepts it, the registry refuses the small-order key",
+        &NON_CANONICAL_IDENTITY,
+        &canonical,
+        &with_s(&r_point, r),
+        ["refuse", "reject", "reject"],
+    );
+
+    // A' = A + T, T of order 8: the cofactored equation holds, the cofactorless one only if
+    // 8 divides k, so take the first r for which it does not.
+    let torsion = curve25519_dalek::constants::EIGHT_TORSION[1];
+    let mixed = (EdwardsPoint::mul_base(&a) + torsion).compress().to_bytes();
+    let (r_point, s) = (0u32..)
+        .find_map(|attempt| {
+            let r =
+                Scalar::from_bytes_mod_order_wide(&sha512(&[b"wattle vector: mixed-order A", &attempt.to_be_bytes()]));
+            let r_point = EdwardsPoint::mul_base(&r).compress().to_bytes();
+            let k = k(&r_point, &mixed, &canonical);
+            (k * torsion != EdwardsPoint::identity()).then(|| (r_point, r + k * a))
+        })
+        .expect("some r gives a k that 8 does not divide");
+    zip215(
+        "mixed_order_a",
+        "A = a*B + T, T of order 8, S = r + k*a: the cofactored equation holds, the cofactorless one does not (8 does not divide k)",
+        &mixed,
+        &canonical,
+        &with_s(&r_point, s),
+        ["accept", "reject", "accept"],
+    );
 }
 
 /// The group order L, little-endian (RFC 8032 section 5.1).

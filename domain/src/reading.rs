@@ -439,5 +439,12 @@ fn decode_hex(field: &'static str, text: &str) -> Result<Vec<u8>, EnvelopeError>
             reason: format!("{} characters, limit {ENVELOPE_FIELD_HEX_MAX}", text.len()),
         });
     }
+    // One spelling per value: the wire format is lower-case hex (docs/reading-format.md).
+    if let Some(upper) = text.chars().find(char::is_ascii_uppercase) {
+        return Err(EnvelopeError::Hex {
+            field,
+            reason: format!("upper-case {upper:?}; the envelope is lower-case hex"),
+        });
+    }
     hex::decode(text).map_err(|error| EnvelopeError::Hex { field, reason: error.to_string() })
 }

@@ -13,7 +13,7 @@
 //! Every field is bound by one of these checks, so changing any value makes verification fail.
 
 use ed25519_dalek::{Signer, SigningKey};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use crate::codec::{DecodeError, Reader, Writer};
 use crate::ids::TxId;
@@ -93,7 +93,76 @@ pub enum ReceiptError {
     ClaimsMismatch { actual: String, bound: String },
 }
 
+/// The JSON form `GET /v1/receipts/{tx_id}?format=json` serves: the same fields, byte strings
+/// as lower-case hex of their exact length, integers as JSON numbers. Every field is required;
+/// unknown and duplicate fields are refused (docs/receipts.md, "The JSON form").
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ReceiptJson {
+    tx_id: String,
+    leaf_index: u64,
+    transaction_digest: String,
+    claims_digest: String,
+    tree_size: u64,
+    path: Vec<String>,
+    root: String,
+    signature: String,
+    node_id: u64,
+    node_key: String,
+    endorsement: String,
+}
+
+/// Why a JSON receipt is refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ReceiptJsonError {
+    #[error("not a receipt's JSON form: {0}")]
+    Shape(String),
+    #[error("{field} must be {bytes} bytes as lower-case hex")]
+    Hex { field: &'static str, bytes: usize },
+    #[error("path has {length} hashes, at most {PATH_LENGTH_MAX}")]
+    PathTooLong { length: usize },
+}
+
+fn lower_hex<const N: usize>(field: &'static str, text: &str) -> Result<[u8; N], ReceiptJsonError> {
+    let error = ReceiptJsonError::Hex { field, bytes: N };
+    if text.len() != 2 * N || !text.bytes().all(|byte| matches!(byte, b'0'..=b'9' | b'a'..=b'f')) {
+        return Err(error);
+    }
+    let mut bytes = [0; N];
+    hex::decode_to_slice(text, &mut bytes).map_err(|_| error)?;
+    Ok(bytes)
+}
+
 impl Receipt {
+    /// Decodes the JSON form (strict: see [`ReceiptJson`]). It carries the same values as the
+    /// canonical bytes, so it verifies exactly when they do.
+    pub fn from_json(text: &[u8]) -> Result<Self, ReceiptJsonError> {
+        let json: ReceiptJson =
+            serde_json::from_slice(text).map_err(|error| ReceiptJsonError::Shape(error.to_string()))?;
+        if json.path.len() > PATH_LENGTH_MAX {
+            return Err(ReceiptJsonError::PathTooLong { length: json.path.len() });
+        }
+        Ok(Receipt {
+            tx_id: lower_hex("tx_id", &json.tx_id)?,
+            leaf_index: json.leaf_index,
+            transaction_digest: lower_hex("transaction_digest", &json.transaction_digest)?,
+            claims_digest: lower_hex("claims_digest", &json.claims_digest)?,
+            tree_size: json.tree_size,
+            path: json.path.iter().map(|hash| lower_hex("path", hash)).collect::<Result<_, _>>()?,
+            root: lower_hex("root", &json.root)?,
+            signature: lower_hex("signature", &json.signature)?,
+            node_id: json.node_id,
+            node_key: lower_hex("node_key", &json.node_key)?,
+            endorsement: lower_hex("endorsement", &json.endorsement)?,
+        })
+    }
+
+    /// The JSON form, as the API serves it.
+    pub fn to_json(&self) -> String {
+        // Serializing plain strings and integers into a String cannot fail.
+        serde_json::to_string(self).expect("a receipt serializes")
+    }
+
     pub fn tx_id(&self) -> TxId {
         TxId(self.tx_id)
     }
@@ -234,6 +303,26 @@ mod tests {
         let mut longer = bytes.clone();
         longer.push(0);
         assert!(Receipt::decode(&longer).is_err());
+    }
+
+    #[test]
+    fn the_json_form_round_trips_and_is_strict() {
+        let (receipt, service) = example(13, 6, b"claims");
+        let json = receipt.to_json();
+        assert_eq!(Receipt::from_json(json.as_bytes()), Ok(receipt.clone()));
+        assert_eq!(Receipt::from_json(json.as_bytes()).map(|decoded| decoded.verify(&service, None)), Ok(Ok(())));
+        let value: serde_json::Value = serde_json::from_str(&json).expect("json");
+        let upper =
+            json.replace(value["root"].as_str().expect("root"), &value["root"].as_str().expect("root").to_uppercase());
+        assert_eq!(Receipt::from_json(upper.as_bytes()), Err(ReceiptJsonError::Hex { field: "root", bytes: 32 }));
+        let missing = json.replacen("\"node_id\":2,", "", 1);
+        assert!(matches!(Receipt::from_json(missing.as_bytes()), Err(ReceiptJsonError::Shape(_))), "{missing}");
+        let duplicate = json.replacen("{", "{\"node_id\":3,", 1);
+        assert!(matches!(Receipt::from_json(duplicate.as_bytes()), Err(ReceiptJsonError::Shape(_))), "{duplicate}");
+        let unknown = json.replacen("{", "{\"extra\":1,", 1);
+        assert!(matches!(Receipt::from_json(unknown.as_bytes()), Err(ReceiptJsonError::Shape(_))));
+        let short = json.replace(value["node_key"].as_str().expect("key"), "abcd");
+        assert_eq!(Receipt::from_json(short.as_bytes()), Err(ReceiptJsonError::Hex { field: "node_key", bytes: 32 }));
     }
 
     proptest! {

@@ -1,12 +1,14 @@
 //! Property tests of the codecs and the batch verifier, through the crate's public API.
 
+use domain::ids::CustomerId;
 use domain::ids::{GatewayId, KeyId, MeterId, Sequence, TxId, UnixMillis, UnixSeconds};
+use domain::money::{Currency, UnitPrice};
 use domain::reading::{ClockStatus, FirmwareVersion, Reading, SignedReading, StatusFlags};
-use domain::tx::{BatchReading, ReadingBatch, Transaction, TxBody};
+use domain::tx::{AdminAction, BatchReading, ReadingBatch, RootSignature, SignedAdmin, Transaction, TxBody};
 use domain::verify::{verify_batch, SignatureError};
 use ed25519_dalek::SigningKey;
 use proptest::prelude::*;
-use rand::SeedableRng;
+use rand::{Rng, SeedableRng};
 
 fn reading_strategy() -> impl Strategy<Value = Reading> {
     (
@@ -118,6 +120,114 @@ proptest! {
         let mut longer = bytes.clone();
         longer.push(0);
         prop_assert!(Transaction::decode(&longer).is_err());
+    }
+}
+
+fn id_strategy() -> impl Strategy<Value = String> {
+    "[A-Za-z0-9._-]{1,16}"
+}
+
+fn action_strategy() -> impl Strategy<Value = AdminAction> {
+    let currency =
+        prop::sample::select(vec!["EUR", "GBP", "CHF", "CZK"]).prop_map(|code| Currency::new(code).expect("known"));
+    prop_oneof![
+        (id_strategy(), currency.clone()).prop_map(|(customer, currency)| AdminAction::RegisterCustomer {
+            customer_id: CustomerId::new(customer).expect("valid id"),
+            currency
+        }),
+        (id_strategy(), any::<u32>(), any::<[u8; 32]>(), id_strategy()).prop_map(
+            |(meter, key_id, public_key, customer)| {
+                AdminAction::RegisterMeter {
+                    meter_id: MeterId::new(meter).expect("valid id"),
+                    key_id: KeyId(key_id),
+                    public_key,
+                    customer_id: CustomerId::new(customer).expect("valid id"),
+                }
+            }
+        ),
+        (any::<i64>(), 0u32..=28, currency).prop_map(|(mantissa, scale, currency)| AdminAction::SetFlatPrice(
+            UnitPrice { per_kwh: rust_decimal::Decimal::new(mantissa, scale), currency }
+        )),
+        (any::<u64>(), "[0-9a-z.:]{0,255}").prop_map(|(node_id, address)| AdminAction::AddNode { node_id, address }),
+        proptest::collection::vec(any::<u64>(), 0..=domain::tx::VOTERS_MAX)
+            .prop_map(|voters| AdminAction::SetVoters { voters }),
+        (any::<u64>(), any::<[u8; 32]>(), any::<[u8; 32]>(), any::<[u8; 32]>(), any::<[u8; 32]>()).prop_map(
+            |(node_id, node_key, service_key, low, high)| AdminAction::EndorseNode {
+                node_id,
+                node_key,
+                service_key,
+                endorsement: std::array::from_fn(|byte| if byte < 32 { low[byte] } else { high[byte - 32] }),
+            }
+        ),
+        (id_strategy(), id_strategy(), any::<u32>(), any::<[u8; 32]>(), id_strategy()).prop_map(
+            |(meter, gateway, key_id, gateway_key, customer)| AdminAction::RegisterAttestedMeter {
+                meter_id: MeterId::new(meter).expect("valid id"),
+                gateway_id: GatewayId::new(gateway).expect("valid id"),
+                key_id: KeyId(key_id),
+                gateway_key,
+                customer_id: CustomerId::new(customer).expect("valid id"),
+            }
+        ),
+    ]
+}
+
+/// Every body kind, admin actions of every kind, readings batches of 0 to 3 signed readings.
+fn body_strategy() -> impl Strategy<Value = TxBody> {
+    prop_oneof![
+        (any::<u64>(), action_strategy(), any::<u64>()).prop_map(|(nonce, action, seed)| {
+            // Signed for real, though the decoder does not check the signature.
+            let key = SigningKey::from_bytes(&rand::rngs::StdRng::seed_from_u64(seed).gen());
+            TxBody::Admin(SignedAdmin::sign(nonce, action, &key))
+        }),
+        (id_strategy(), 0usize..4, any::<u64>()).prop_map(|(gateway, count, first)| {
+            let key = SigningKey::from_bytes(&[9u8; 32]);
+            let public = key.verifying_key().to_bytes();
+            let items: Vec<(SignedReading, [u8; 32])> = (0..count)
+                .map(|index| (sample(first % 1_000_000 + index as u64 + 1).sign(&key).expect("valid"), public))
+                .collect();
+            let readings = verify_batch(items, &mut rand::rngs::StdRng::seed_from_u64(first))
+                .into_iter()
+                .enumerate()
+                .map(|(index, outcome)| BatchReading { reading: outcome.expect("valid"), backfill: index % 2 == 1 })
+                .collect();
+            TxBody::Readings(ReadingBatch { gateway_id: GatewayId::new(gateway).expect("valid id"), readings })
+        }),
+        Just(TxBody::Tick),
+        Just(TxBody::SignatureMarker),
+        (any::<u64>(), any::<[u8; 32]>(), any::<u64>(), any::<u64>()).prop_map(
+            |(marker_index, root, node_id, seed)| {
+                let key = SigningKey::from_bytes(&rand::rngs::StdRng::seed_from_u64(seed).gen());
+                TxBody::Signature(RootSignature::sign(marker_index, root, node_id, &key))
+            }
+        ),
+    ]
+}
+
+proptest! {
+    /// Past the version byte: every body kind round-trips, and every truncation and every
+    /// appended byte is refused (the fuzz target covers arbitrary bytes).
+    #[test]
+    fn every_transaction_kind_round_trips_and_refuses_truncation_and_trailing_bytes(
+        body in body_strategy(),
+        id in any::<[u8; 16]>(),
+        rules_version in any::<u32>(),
+        time in any::<i64>(),
+        extra in any::<u8>(),
+    ) {
+        let tx = Transaction { tx_id: TxId(id), rules_version, time: UnixMillis(time), body };
+        let bytes = tx.encode();
+        let decoded = Transaction::decode(&bytes);
+        prop_assert_eq!(decoded.as_ref(), Ok(&tx));
+        for length in 0..bytes.len() {
+            prop_assert!(Transaction::decode(&bytes[..length]).is_err(), "a truncation to {} of {} bytes decoded", length, bytes.len());
+        }
+        let mut longer = bytes.clone();
+        longer.push(extra);
+        prop_assert!(Transaction::decode(&longer).is_err(), "a trailing byte was accepted");
+        // An unknown body kind (the byte after version, id, rules version and time) is refused.
+        let mut unknown = bytes.clone();
+        unknown[1 + 16 + 4 + 8] = 6 + extra % 250;
+        prop_assert!(Transaction::decode(&unknown).is_err());
     }
 }
 

@@ -1,5 +1,6 @@
 //! The worked example in docs/receipts.md verifies, and fails when changed.
 
+use domain::merkle::{self, Hash};
 use domain::receipt::Receipt;
 
 const SERVICE_PUBLIC_KEY: &str = "d04ab232742bb4ab3a1368bd4615e4e6d0224ab71a016baf8520a332c9778737";
@@ -30,4 +31,102 @@ fn the_documented_receipt_verifies() {
     let mut changed = receipt.clone();
     changed.tree_size = 4;
     assert!(changed.verify(&service, Some(CLAIMS)).is_err());
+}
+
+/// The fold of docs/receipts.md, as the document states it (pinned below, so a change to the
+/// document must change this transcription too).
+const DOCUMENTED_FOLD: &str = "\
+if leaf_index >= tree_size: fail
+fn := leaf_index; sn := tree_size - 1; r := leaf
+for p in path:
+    if sn = 0: fail
+    if fn is odd or fn = sn:
+        r := node(p, r)
+        while fn is even and fn != 0: fn := fn >> 1; sn := sn >> 1
+    else:
+        r := node(r, p)
+    fn := fn >> 1; sn := sn >> 1
+succeed iff sn = 0 and r = root
+";
+
+fn documented_fold_text() -> String {
+    let doc = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../docs/receipts.md"))
+        .expect("docs/receipts.md is readable");
+    let start = doc.find("<!-- fold-begin -->").expect("fold start marker");
+    let end = doc.find("<!-- fold-end -->").expect("fold end marker");
+    doc[start..end].lines().filter(|line| !line.starts_with("<!--") && !line.starts_with("```")).fold(
+        String::new(),
+        |mut text, line| {
+            text.push_str(line);
+            text.push('\n');
+            text
+        },
+    )
+}
+
+/// [`DOCUMENTED_FOLD`], line by line.
+fn fold_as_documented(leaf: &Hash, leaf_index: u64, tree_size: u64, path: &[Hash], root: &Hash) -> bool {
+    if leaf_index >= tree_size {
+        return false;
+    }
+    let (mut fn_, mut sn, mut r) = (leaf_index, tree_size - 1, *leaf);
+    for p in path {
+        if sn == 0 {
+            return false;
+        }
+        if fn_ & 1 == 1 || fn_ == sn {
+            r = merkle::node_hash(p, &r);
+            while fn_ & 1 == 0 && fn_ != 0 {
+                fn_ >>= 1;
+                sn >>= 1;
+            }
+        } else {
+            r = merkle::node_hash(&r, p);
+        }
+        fn_ >>= 1;
+        sn >>= 1;
+    }
+    sn == 0 && r == *root
+}
+
+#[test]
+fn the_documented_fold_refuses_the_example_at_other_leaf_indexes() {
+    assert_eq!(documented_fold_text(), DOCUMENTED_FOLD, "docs/receipts.md's fold changed: update the transcription");
+    let receipt = Receipt::decode(&documented_receipt()).expect("canonical");
+    let service: [u8; 32] = hex::decode(SERVICE_PUBLIC_KEY).expect("hex").try_into().expect("32 bytes");
+    assert!(fold_as_documented(&receipt.leaf(), receipt.leaf_index, receipt.tree_size, &receipt.path, &receipt.root));
+    // A verifier written from the old document accepted these (bit 2 or 3 of 1 flipped).
+    for leaf_index in [5, 9, 13] {
+        let mut forged = receipt.clone();
+        forged.leaf_index = leaf_index;
+        assert!(
+            !fold_as_documented(&forged.leaf(), forged.leaf_index, forged.tree_size, &forged.path, &forged.root),
+            "the documented fold accepts leaf_index {leaf_index}"
+        );
+        assert!(forged.verify(&service, Some(CLAIMS)).is_err(), "the reference accepts leaf_index {leaf_index}");
+    }
+}
+
+#[test]
+fn the_documented_fold_agrees_with_the_reference() {
+    for size in 1u64..=40 {
+        let leaves: Vec<Hash> = (0..size).map(|leaf| merkle::sha256(&leaf.to_be_bytes())).collect();
+        let root = merkle::root(&leaves);
+        for proven in 0..size {
+            let path = merkle::inclusion_proof(&leaves, proven);
+            // Claimed indexes well past the tree, and every bit flip of the true one.
+            let claims = (0..2 * size + 3).chain((0..64).map(|bit| proven ^ (1 << bit)));
+            for claimed in claims {
+                for length in [path.len().saturating_sub(1), path.len(), path.len() + 1] {
+                    let mut tried = path.clone();
+                    tried.resize(length, root);
+                    let leaf = leaves[proven as usize];
+                    let reference = merkle::root_from_proof(&leaf, claimed, size, &tried) == Some(root);
+                    let documented = fold_as_documented(&leaf, claimed, size, &tried, &root);
+                    assert_eq!(documented, reference, "size {size}, leaf {proven} claimed at {claimed}, path {length}");
+                    assert_eq!(reference, claimed == proven && length == path.len(), "size {size} leaf {proven}");
+                }
+            }
+        }
+    }
 }

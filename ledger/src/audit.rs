@@ -1,5 +1,13 @@
-//! `wattle audit DATA_DIR`: re-derive everything a node holds from its history alone and name the
-//! first transaction that does not match.
+//! `wattle audit DATA_DIR --operator-key KEY --service-key KEY`: re-derive everything a node
+//! holds from its history alone, trusting only the keys given on the command line, and name the
+//! first entry (log index and transaction id) that does not match.
+//!
+//! The store is opened read-only ([`open_store`]): a mistyped path is an error, not a new empty
+//! store, and nothing the audit reads is ever written. The history is not trusted for keys: every
+//! admin transaction that took effect must be signed by the operator anchor, every endorsement
+//! that took effect must be the service anchor's, and every root signature that took effect must
+//! be by a node key the service anchor endorsed, so a history rewritten consistently under other
+//! keys fails at its first foreign signature.
 //!
 //! From the first entry on, the audit decodes each history record, re-verifies every meter
 //! signature against the meter registry as it stood at that point, re-executes the state machine
@@ -9,14 +17,86 @@
 //! the key.
 
 use std::collections::BTreeMap;
+use std::path::PathBuf;
 
 use domain::merkle::{self, Frontier};
-use domain::tx::TxBody;
+use domain::tx::{AdminAction, TxBody};
 use openraft::EntryPayload;
 
 use crate::entry::decode_entry;
+use crate::limits::{AUDIT_PAGE_ENTRIES, AUDIT_PROGRESS_ENTRIES};
 use crate::state::{self, Overlay, StateRead, Table};
 use crate::store::Store;
+
+/// The keys an auditor trusts, from a source other than the store it audits.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TrustAnchors {
+    /// The operator's public key: every admin transaction that took effect is signed by it.
+    pub operator_key: [u8; 32],
+    /// The service's public key: every endorsement that took effect is its signature, and every
+    /// root signature is by a node key it endorsed.
+    pub service_key: [u8; 32],
+}
+
+/// A public key given on the command line: 64 hex characters, or the path of a file holding
+/// them (surrounding whitespace ignored). Trust anchors never come from the store audited.
+pub fn public_key_argument(argument: &str) -> Result<[u8; 32], KeyArgumentError> {
+    let text = if is_key_hex(argument.trim()) {
+        argument.trim().to_string()
+    } else {
+        std::fs::read_to_string(argument)
+            .map_err(|error| KeyArgumentError::Unreadable { path: argument.to_string(), message: error.to_string() })?
+            .trim()
+            .to_string()
+    };
+    if !is_key_hex(&text) {
+        return Err(KeyArgumentError::NotAKey(argument.to_string()));
+    }
+    let mut key = [0; 32];
+    hex::decode_to_slice(&text, &mut key).map_err(|_| KeyArgumentError::NotAKey(argument.to_string()))?;
+    Ok(key)
+}
+
+fn is_key_hex(text: &str) -> bool {
+    text.len() == 64 && text.bytes().all(|byte| byte.is_ascii_hexdigit())
+}
+
+/// Why a key argument is not a public key.
+#[derive(Debug, thiserror::Error)]
+pub enum KeyArgumentError {
+    #[error("{0} is neither 64 hex characters nor a file holding them")]
+    NotAKey(String),
+    #[error("reading the key file {path}: {message}")]
+    Unreadable { path: String, message: String },
+}
+
+/// Why a data directory cannot be audited at all.
+#[derive(Debug, thiserror::Error)]
+pub enum OpenError {
+    #[error("{0} does not exist (mistyped path?)")]
+    Missing(PathBuf),
+    #[error("{0} is not a directory")]
+    NotADirectory(PathBuf),
+    #[error("{0} holds no node database (no db/CURRENT): not a node's data directory")]
+    NoDatabase(PathBuf),
+    #[error("opening the database in {path} read-only: {message}")]
+    Database { path: PathBuf, message: String },
+}
+
+/// Opens a node's data directory for an audit: read-only, never creating a directory, a
+/// database or a column family.
+#[cfg(feature = "rocksdb")]
+pub fn open_store(data_dir: &std::path::Path) -> Result<Store, OpenError> {
+    let path = data_dir.to_path_buf();
+    let metadata = std::fs::metadata(data_dir).map_err(|_| OpenError::Missing(path.clone()))?;
+    if !metadata.is_dir() {
+        return Err(OpenError::NotADirectory(path));
+    }
+    if !data_dir.join("db").join("CURRENT").is_file() {
+        return Err(OpenError::NoDatabase(path));
+    }
+    Store::open_read_only(data_dir).map_err(|error| OpenError::Database { path, message: format!("{error:#}") })
+}
 
 /// What an audit found when everything matched.
 #[derive(Debug, Clone, Default)]
@@ -25,6 +105,10 @@ pub struct AuditReport {
     pub transactions: u64,
     pub readings_verified: u64,
     pub signatures_checked: u64,
+    /// Admin transactions that took effect, each checked against the operator anchor.
+    pub admin_checked: u64,
+    /// Endorsements that took effect, each checked against the service anchor.
+    pub endorsements_checked: u64,
     pub state_keys_compared: u64,
     pub root: Option<merkle::Hash>,
 }
@@ -53,13 +137,19 @@ impl StateRead for Replay {
     }
 }
 
-/// Audits a node's store; `progress(done, total)` is called every 10,000 entries.
-pub fn audit(store: &Store, mut progress: impl FnMut(u64, u64)) -> Result<AuditReport, AuditFailure> {
+/// Audits a node's store against the trust anchors; `progress(done, total)` is called every
+/// [`AUDIT_PROGRESS_ENTRIES`] entries.
+pub fn audit(
+    store: &Store,
+    anchors: &TrustAnchors,
+    mut progress: impl FnMut(u64, u64),
+) -> Result<AuditReport, AuditFailure> {
     let applied = store.applied_index();
     let fail = |index: u64, tx_id: &str, reason: String| AuditFailure { index, tx_id: tx_id.to_string(), reason };
     match store.history_start() {
         Ok(Some(0)) => {}
-        Ok(None) if applied == 0 => return Ok(AuditReport::default()),
+        // An empty ledger proves nothing: more likely the wrong directory than a ledger.
+        Ok(None) => return Err(fail(0, "-", "the store holds no history: nothing to audit".into())),
         Ok(start) => {
             return Err(fail(
                 0,
@@ -72,11 +162,14 @@ pub fn audit(store: &Store, mut progress: impl FnMut(u64, u64)) -> Result<AuditR
     let mut replay = Replay::default();
     let mut frontier = Frontier::default();
     let mut tx_ids: BTreeMap<u64, String> = BTreeMap::new();
+    // Root signatures that took effect: (log index, tx id, node id, node key), checked against
+    // the endorsements once the whole history is replayed (a node signs before it is endorsed).
+    let mut root_signers: Vec<(u64, String, u64, [u8; 32])> = Vec::new();
     let mut report = AuditReport::default();
     let mut index = 0;
-    const PAGE: u64 = 1_000;
     while index <= applied {
-        let records = store.history_range(index, PAGE).map_err(|error| fail(index, "-", error.to_string()))?;
+        let records =
+            store.history_range(index, AUDIT_PAGE_ENTRIES).map_err(|error| fail(index, "-", error.to_string()))?;
         if records.is_empty() {
             return Err(fail(index, "-", format!("history ends before the applied index {applied}")));
         }
@@ -90,6 +183,18 @@ pub fn audit(store: &Store, mut progress: impl FnMut(u64, u64)) -> Result<AuditR
                 EntryPayload::Normal(tx) => {
                     let tx_id = tx.tx_id.to_string();
                     report.transactions += 1;
+                    if !domain::settlement::supports_rules_version(tx.rules_version) {
+                        return Err(fail(
+                            at,
+                            &tx_id,
+                            format!(
+                                "unknown_rules_version: the entry needs rules version {}, which this build cannot \
+                                 execute (it executes {})",
+                                tx.rules_version,
+                                domain::settlement::RULES_VERSION
+                            ),
+                        ));
+                    }
                     if let TxBody::Readings(batch) = &tx.body {
                         for item in &batch.readings {
                             let reading = item.reading.reading();
@@ -116,6 +221,14 @@ pub fn audit(store: &Store, mut progress: impl FnMut(u64, u64)) -> Result<AuditR
                     let mut overlay = Overlay::new(&replay);
                     let applied =
                         state::apply(&mut overlay, at, tx).map_err(|halt| fail(at, &tx_id, halt.reason.clone()))?;
+                    // Only what took effect is trusted configuration; a refused transaction
+                    // changed nothing but its own record.
+                    if applied.result.admin_refused.is_none() {
+                        check_anchors(anchors, tx, &mut report).map_err(|reason| fail(at, &tx_id, reason))?;
+                        if let TxBody::Signature(signature) = &tx.body {
+                            root_signers.push((at, tx_id.clone(), signature.node_id, signature.node_key));
+                        }
+                    }
                     let root = check_leaf(&mut frontier, at, &record, &tx.tx_id.0, applied.claims)
                         .map_err(|reason| fail(at, &tx_id, reason))?;
                     // The root this entry leads to, recorded for a marker's signature step.
@@ -137,12 +250,26 @@ pub fn audit(store: &Store, mut progress: impl FnMut(u64, u64)) -> Result<AuditR
             tx_ids.insert(at, tx_id);
             report.entries += 1;
             index = at + 1;
-            if report.entries % 10_000 == 0 {
+            if report.entries % AUDIT_PROGRESS_ENTRIES == 0 {
                 progress(report.entries, applied + 1);
             }
         }
     }
     report.root = frontier.root();
+    for (at, tx_id, node_id, node_key) in &root_signers {
+        // Endorsements are recorded only when the service anchor signed them (checked above).
+        if state::endorsement(&replay, *node_id, node_key).is_none() {
+            return Err(fail(
+                *at,
+                tx_id,
+                format!(
+                    "unendorsed_signer: node {node_id} signed a root with key {}, which the trusted service key \
+                     never endorsed",
+                    hex::encode(node_key)
+                ),
+            ));
+        }
+    }
     // The node's state must be exactly what its history produces.
     for table in [Table::Public, Table::Private] {
         let on_disk: BTreeMap<Vec<u8>, Vec<u8>> = store.scan_prefix(table, b"").into_iter().collect();
@@ -170,6 +297,30 @@ pub fn audit(store: &Store, mut progress: impl FnMut(u64, u64)) -> Result<AuditR
         }
     }
     Ok(report)
+}
+
+/// Checks a transaction that took effect against the trust anchors.
+fn check_anchors(anchors: &TrustAnchors, tx: &domain::tx::Transaction, report: &mut AuditReport) -> Result<(), String> {
+    let TxBody::Admin(admin) = &tx.body else { return Ok(()) };
+    if admin.operator_key != anchors.operator_key {
+        return Err(format!(
+            "foreign_operator_key: the admin transaction is signed by {}, not the trusted operator key {}",
+            hex::encode(admin.operator_key),
+            hex::encode(anchors.operator_key)
+        ));
+    }
+    report.admin_checked += 1;
+    if let AdminAction::EndorseNode { service_key, node_id, .. } = &admin.action {
+        if *service_key != anchors.service_key {
+            return Err(format!(
+                "foreign_service_key: node {node_id} is endorsed by {}, not the trusted service key {}",
+                hex::encode(service_key),
+                hex::encode(anchors.service_key)
+            ));
+        }
+        report.endorsements_checked += 1;
+    }
+    Ok(())
 }
 
 /// Checks an entry's re-executed claims, its leaf and the root after it against the stored

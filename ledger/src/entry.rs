@@ -85,7 +85,12 @@ pub fn decode_membership(reader: &mut Reader<'_>) -> Result<Membership<NodeId, B
         if count > reader.remaining() / 8 {
             return Err(DecodeError::invalid("membership", "voter count exceeds bytes"));
         }
-        configs.push((0..count).map(|_| reader.u64()).collect::<Result<BTreeSet<_>, _>>()?);
+        let voters = (0..count).map(|_| reader.u64()).collect::<Result<Vec<_>, _>>()?;
+        // Canonical: the encoder writes each set in ascending order, each id once.
+        if voters.windows(2).any(|pair| pair[0] >= pair[1]) {
+            return Err(DecodeError::invalid("membership", "voter ids not strictly ascending"));
+        }
+        configs.push(voters.into_iter().collect::<BTreeSet<_>>());
     }
     let node_count = reader.u32()? as usize;
     if node_count > reader.remaining() / 9 {
@@ -96,7 +101,15 @@ pub fn decode_membership(reader: &mut Reader<'_>) -> Result<Membership<NodeId, B
         let node_id = reader.u64()?;
         let address = std::str::from_utf8(reader.short_bytes()?)
             .map_err(|_| DecodeError::invalid("node_address", "not UTF-8"))?;
+        if nodes.last_key_value().is_some_and(|(last, _)| *last >= node_id) {
+            return Err(DecodeError::invalid("membership", "node ids not strictly ascending"));
+        }
         nodes.insert(node_id, BasicNode::new(address));
+    }
+    // openraft would add a voter missing from the nodes with an empty address, which the
+    // encoder then writes: bytes without it are not what the encoder produces.
+    if let Some(voter) = configs.iter().flatten().find(|voter| !nodes.contains_key(voter)) {
+        return Err(DecodeError::invalid("membership", format!("voter {voter} is not among the nodes")));
     }
     Ok(Membership::new(configs, nodes))
 }
@@ -171,6 +184,50 @@ mod tests {
     use super::*;
     use domain::ids::{TxId, UnixMillis};
     use domain::tx::TxBody;
+
+    /// The entry example of docs/receipts.md is what the codec writes, and its digest.
+    #[test]
+    fn the_documented_entry_example_is_the_codec() {
+        let doc = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../docs/receipts.md"))
+            .expect("docs/receipts.md is readable");
+        let start = doc.find("<!-- entry-example-begin -->").expect("example start");
+        let end = doc.find("<!-- entry-example-end -->").expect("example end");
+        let block = &doc[start..end];
+        let (bytes_text, digest_text) = block.split_once("transaction_digest").expect("a digest line");
+        let hex_of = |text: &str| -> String {
+            text.lines()
+                .map(str::trim)
+                .filter(|line| !line.is_empty() && line.chars().all(|c| c.is_ascii_hexdigit() || c == ' '))
+                .flat_map(|line| line.split(' '))
+                .collect()
+        };
+        let tick = Transaction {
+            tx_id: TxId(std::array::from_fn(|byte| byte as u8)),
+            rules_version: 1,
+            time: UnixMillis(1_767_571_200_000),
+            body: TxBody::Tick,
+        };
+        let entry: Entry<TypeConfig> =
+            Entry { log_id: LogId::new(CommittedLeaderId::new(2, 1), 7), payload: EntryPayload::Normal(tick) };
+        let bytes = encode_entry(&entry);
+        assert_eq!(hex_of(bytes_text), hex::encode(&bytes));
+        assert_eq!(hex_of(digest_text), hex::encode(domain::merkle::sha256(&bytes)));
+    }
+
+    /// Regression (cargo fuzz, `entry`): a membership whose nodes came out of order, or twice,
+    /// decoded, and re-encoded to other bytes; so did one naming a voter without its address.
+    #[test]
+    fn only_canonical_memberships_decode() {
+        let crash = std::fs::read(concat!(env!("CARGO_MANIFEST_DIR"), "/../fuzz/regressions/entry-membership-order"))
+            .expect("the fuzz regression input is in the repository");
+        assert!(decode_entry(&crash).is_err());
+        let mut writer = Writer::new();
+        writer.u8(ENTRY_VERSION).u64(1).u64(1).u64(1).u8(2);
+        writer.u32(1).u32(2).u64(1).u64(2); // voters 1 and 2
+        writer.u32(1).u64(1).short_bytes(b"127.0.0.1:1"); // only node 1 has an address
+        let voter_without_node = writer.finish();
+        assert!(decode_entry(&voter_without_node).is_err());
+    }
 
     #[test]
     fn entries_round_trip() {

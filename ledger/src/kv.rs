@@ -5,10 +5,12 @@
 use std::collections::BTreeMap;
 use std::fmt::Debug;
 use std::ops::Bound;
+#[cfg(feature = "rocksdb")]
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 
+#[cfg(feature = "rocksdb")]
 use rocksdb::{ColumnFamilyDescriptor, DBRecoveryMode, Direction, IteratorMode, Options, WriteBatch, WriteOptions, DB};
 
 /// The column families of a node's database.
@@ -97,17 +99,20 @@ pub trait Kv: Send + Sync + Debug + 'static {
     fn durable(&self) -> bool;
 }
 
+#[cfg(feature = "rocksdb")]
 fn rocks_error(error: rocksdb::Error) -> std::io::Error {
     std::io::Error::other(error.into_string())
 }
 
 /// RocksDB, opened so that a corrupt WAL is an error at start (`AbsoluteConsistency`), with
 /// paranoid checks, every write synced.
+#[cfg(feature = "rocksdb")]
 #[derive(Debug)]
 pub struct RocksKv {
     db: DB,
 }
 
+#[cfg(feature = "rocksdb")]
 impl RocksKv {
     pub fn open(path: &Path) -> anyhow::Result<Self> {
         let mut options = Options::default();
@@ -119,11 +124,24 @@ impl RocksKv {
         Ok(RocksKv { db: DB::open_cf_descriptors(&options, path, families)? })
     }
 
+    /// Opens an existing database read-only (`wattle audit`): nothing is created, no column
+    /// family is added and every write fails, so auditing a store never changes it. A missing
+    /// database or column family is an error.
+    pub fn open_read_only(path: &Path) -> anyhow::Result<Self> {
+        let mut options = Options::default();
+        options.create_if_missing(false);
+        options.create_missing_column_families(false);
+        options.set_paranoid_checks(true);
+        let families = Cf::ALL.into_iter().map(|cf| ColumnFamilyDescriptor::new(cf.name(), Options::default()));
+        Ok(RocksKv { db: DB::open_cf_descriptors_read_only(&options, path, families, false)? })
+    }
+
     fn cf(&self, cf: Cf) -> &rocksdb::ColumnFamily {
         self.db.cf_handle(cf.name()).expect("column families are created at open")
     }
 }
 
+#[cfg(feature = "rocksdb")]
 impl Kv for RocksKv {
     fn get(&self, cf: Cf, key: &[u8]) -> KvResult<Option<Vec<u8>>> {
         self.db.get_cf(self.cf(cf), key).map_err(rocks_error)
@@ -274,7 +292,7 @@ impl Kv for MemoryKv {
     }
 }
 
-#[cfg(test)]
+#[cfg(all(test, feature = "rocksdb"))]
 mod tests {
     use super::*;
 

@@ -8,6 +8,7 @@ pub mod entry;
 pub mod kv;
 pub mod limits;
 pub mod network;
+#[cfg(feature = "rocksdb")]
 pub mod node;
 pub mod receipts;
 pub mod runtime;

@@ -43,3 +43,9 @@ pub const SIGNATURE_POLL: Duration = Duration::from_millis(5);
 
 /// How often a node missing older history (it joined from a snapshot) tries to fetch it.
 pub const HISTORY_FETCH_INTERVAL: Duration = Duration::from_secs(1);
+
+/// History records `wattle audit` reads per page: bounds its memory per step, not the ledger.
+pub const AUDIT_PAGE_ENTRIES: u64 = 1_000;
+
+/// `wattle audit` reports progress every this many entries (a million-entry ledger prints 100 lines).
+pub const AUDIT_PROGRESS_ENTRIES: u64 = 10_000;

@@ -28,7 +28,9 @@ use crate::entry::{
     decode_entry, decode_optional_log_id, decode_stored_membership, decode_vote, encode_entry, encode_optional_log_id,
     encode_stored_membership, encode_vote, NodeId, TypeConfig,
 };
-use crate::kv::{Batch, Cf, Kv, MemoryKv, RocksKv};
+#[cfg(feature = "rocksdb")]
+use crate::kv::RocksKv;
+use crate::kv::{Batch, Cf, Kv, MemoryKv};
 use crate::snapshot::{read_records, SnapshotFile, SnapshotWriter, FAMILIES};
 use crate::state::{self, Overlay, StateRead, Table, TxResult};
 use domain::merkle;
@@ -126,10 +128,26 @@ impl Debug for Store {
 
 impl Store {
     /// Opens (or creates) the RocksDB database and snapshot directory under `data_dir`.
+    #[cfg(feature = "rocksdb")]
     pub fn open(data_dir: &Path) -> anyhow::Result<Self> {
         std::fs::create_dir_all(data_dir)?;
         let kv = RocksKv::open(&data_dir.join("db"))?;
         Self::with_kv(Arc::new(kv), data_dir.join("snapshots"))
+    }
+
+    /// Opens an existing node's database read-only, touching neither it nor the snapshot
+    /// directory (`wattle audit`); writes through this store fail.
+    #[cfg(feature = "rocksdb")]
+    pub fn open_read_only(data_dir: &Path) -> anyhow::Result<Self> {
+        let kv = RocksKv::open_read_only(&data_dir.join("db"))?;
+        let mut store = Store {
+            kv: Arc::new(kv),
+            snapshot_dir: data_dir.join("snapshots"),
+            signed: Arc::new(tokio::sync::watch::channel(0).0),
+            allow_log_gaps: false,
+        };
+        store.signed = Arc::new(tokio::sync::watch::channel(store.signed_index()).0);
+        Ok(store)
     }
 
     /// A store over an in-memory database (the deterministic simulation).
