@@ -882,7 +882,27 @@ fn error_kind(message: &str) -> &'static str {
     }
 }
 
-/// Runs `seeds` and returns their reports, or the first violation.
+/// Runs each of `seeds` twice and returns the first run's reports, or the first violation: a
+/// broken invariant, or a seed whose second run took another trace (nondeterminism would make a
+/// failing seed impossible to replay).
 pub fn run_seeds(seeds: std::ops::Range<u64>, template: &SimConfig) -> Result<Vec<SimReport>, Violation> {
-    seeds.map(|seed| run(&SimConfig { seed, ..template.clone() })).collect()
+    seeds
+        .map(|seed| {
+            let config = SimConfig { seed, ..template.clone() };
+            let first = run(&config)?;
+            let second = run(&config)?;
+            if first.trace_hash != second.trace_hash {
+                return Err(Violation {
+                    seed,
+                    step: first.steps.min(second.steps),
+                    steps: config.steps,
+                    message: format!(
+                        "not deterministic: two runs of the seed took traces {} and {}",
+                        first.trace_hash, second.trace_hash
+                    ),
+                });
+            }
+            Ok(first)
+        })
+        .collect()
 }

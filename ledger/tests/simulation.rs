@@ -1,5 +1,5 @@
 //! The deterministic simulation of the ledger cluster (`ledger::simulation`): 200 seeds without a
-//! violation, the same trace for the same seed, and the planted dedup bug caught.
+//! violation, each run twice with the same trace, and the planted dedup bug caught.
 
 use ledger::simulation::{run, run_seeds, SimConfig};
 
