@@ -72,6 +72,8 @@ pub fn audit(store: &Store, mut progress: impl FnMut(u64, u64)) -> Result<AuditR
     let mut replay = Replay::default();
     let mut frontier = Frontier::default();
     let mut tx_ids: BTreeMap<u64, String> = BTreeMap::new();
+    // The settlement lines re-execution produces, to compare with the history's index.
+    let mut lines = BTreeMap::new();
     let mut report = AuditReport::default();
     let mut index = 0;
     const PAGE: u64 = 1_000;
@@ -120,6 +122,9 @@ pub fn audit(store: &Store, mut progress: impl FnMut(u64, u64)) -> Result<AuditR
                         .map_err(|reason| fail(at, &tx_id, reason))?;
                     // The root this entry leads to, recorded for a marker's signature step.
                     state::record_marker_root(&mut overlay, at, root);
+                    let settled = crate::history::settled_lines(at, tx, record.claims.as_deref())
+                        .map_err(|reason| fail(at, &tx_id, reason))?;
+                    lines.extend(settled);
                     let writes = overlay.writes.puts;
                     for (key, value) in writes {
                         replay.writers.insert(key.clone(), at);
@@ -169,6 +174,9 @@ pub fn audit(store: &Store, mut progress: impl FnMut(u64, u64)) -> Result<AuditR
             return Err(fail(at, &tx_id, format!("{table:?} state key {} is missing", printable(key))));
         }
     }
+    let compared = crate::history::compare_settled_lines(store.kv().as_ref(), &lines)
+        .map_err(|(at, reason)| fail(at, &tx_ids.get(&at).cloned().unwrap_or_else(|| "-".to_string()), reason))?;
+    report.state_keys_compared += compared;
     Ok(report)
 }
 

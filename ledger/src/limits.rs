@@ -43,3 +43,8 @@ pub const SIGNATURE_POLL: Duration = Duration::from_millis(5);
 
 /// How often a node missing older history (it joined from a snapshot) tries to fetch it.
 pub const HISTORY_FETCH_INTERVAL: Duration = Duration::from_secs(1);
+
+/// Most snapshot records written in one batch while installing a snapshot: the install streams
+/// from the file, so memory stays bounded by this (records are small: a meter, a customer, an
+/// account, a meter summary) however many meters the state holds.
+pub const SNAPSHOT_INSTALL_BATCH_RECORDS: usize = 10_000;
