@@ -3,6 +3,7 @@
 mod bench;
 mod bench_gateway;
 mod broker;
+mod bench_state;
 mod cli;
 mod process;
 mod progress;
@@ -271,6 +272,10 @@ enum BenchCommand {
     /// reading is reported too. Everything runs on this machine's cores together, so the wall
     /// rate depends on them all; the per-core figure much less.
     Gateway(bench_gateway::GatewayBenchArgs),
+    /// State, snapshot and history size per meter and per reading, and receipt time, at store
+    /// level: the real store over RocksDB (fsync on), fed committed entries as openraft applies
+    /// them, without a cluster.
+    State(bench_state::StateBenchArgs),
 }
 
 #[derive(Debug, clap::Args)]
@@ -785,6 +790,7 @@ async fn run(command: Command) -> anyhow::Result<()> {
         Command::Quarantine(args) => list_quarantine(args).await,
         Command::Bench(BenchCommand::Ledger(args)) => bench::ledger(args).await,
         Command::Bench(BenchCommand::Gateway(args)) => bench_gateway::gateway(args).await,
+        Command::Bench(BenchCommand::State(args)) => bench_state::state(args).await,
         Command::Cluster(args) => {
             let key = ledger::node::read_signing_key(&args.operator_key)?;
             let http = reqwest::Client::new();

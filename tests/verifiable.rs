@@ -11,8 +11,8 @@ use anyhow::Context;
 use domain::api::{SubmitReadings, SubmitReadingsResponse};
 use domain::ids::{GatewayId, KeyId, Sequence, UnixSeconds};
 use domain::reading::Reading;
+use ledger::history::SettledReading;
 use ledger::kv::{Batch, Cf, Kv, RocksKv};
-use ledger::state::SettledReading;
 use ledger::store::HistoryRecord;
 use rust_decimal::Decimal;
 
@@ -145,22 +145,20 @@ async fn receipts_verify_offline_and_audit_names_tampered_transactions() -> anyh
     let (ok, output) = audit(&data_dir, &anchors)?;
     assert!(ok, "audit of an untouched node failed: {output}");
 
-    // Tamper with one settled amount: the audit names the transaction that settled it.
+    // Tamper with one settled amount (a settlement line, kept in the history's index): the audit
+    // names the transaction that settled it.
     {
         let kv = RocksKv::open(&data_dir.join("db"))?;
         let mut settled = Vec::new();
-        kv.scan(Cf::Private, b"r/", &mut |key, value| {
-            let inside = key.starts_with(b"r/");
-            if inside {
-                settled.push((key.to_vec(), value.to_vec()));
-            }
-            inside
+        kv.scan(Cf::Readings, &[], &mut |key, value| {
+            settled.push((key.to_vec(), value.to_vec()));
+            true
         })?;
         let (key, original) = settled.last().cloned().context("settled readings on disk")?;
         let mut line = SettledReading::decode(&original)?;
         line.amount += Decimal::new(1, 2);
         let mut batch = Batch::default();
-        batch.put(Cf::Private, key.clone(), line.encode());
+        batch.put(Cf::Readings, key.clone(), line.encode());
         kv.write(batch)?;
         drop(kv);
         let (ok, output) = audit(&data_dir, &anchors)?;
@@ -169,7 +167,7 @@ async fn receipts_verify_offline_and_audit_names_tampered_transactions() -> anyh
         assert!(output.contains(&tx_ids[1]), "audit did not name transaction {}: {output}", tx_ids[1]);
         let kv = RocksKv::open(&data_dir.join("db"))?;
         let mut batch = Batch::default();
-        batch.put(Cf::Private, key, original);
+        batch.put(Cf::Readings, key, original);
         kv.write(batch)?;
     }
     assert!(audit(&data_dir, &anchors)?.0, "audit failed after restoring the amount");

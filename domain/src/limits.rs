@@ -26,3 +26,13 @@ pub const TRANSACTION_BYTES_MAX: usize = 2 * 1024 * 1024;
 
 /// Longest interval a reading may cover: one day. Longer spans are not meter intervals.
 pub const INTERVAL_SECONDS_MAX: i64 = 86_400;
+
+/// Largest flat price per kWh an operator may set, in currency units. Retail prices are well
+/// below 1 per kWh in every currency we bill in; 1,000 leaves room for any of them and keeps the
+/// largest reading's charge (1 GWh at this price, 10^9 units) and every account sum far inside
+/// `rust_decimal`'s range (about 7.9 × 10^28).
+pub const PRICE_PER_KWH_MAX: u32 = 1_000;
+
+/// Most decimal places of a price per kWh: 8 (a millionth of a cent). A reading's charge then has
+/// at most 11 (energy is in Wh, 3 places of a kWh), well inside `rust_decimal`'s 28.
+pub const PRICE_SCALE_MAX: u32 = 8;

@@ -111,6 +111,71 @@ pub fn root_from_proof(leaf: &Hash, index: u64, size: u64, path: &[Hash]) -> Opt
     (last == 0).then_some(hash)
 }
 
+/// A perfect subtree of the append-only tree: the `2^level` leaves from `index << level`. Level 0
+/// is a leaf. Once complete, its root never changes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Subtree {
+    pub level: u8,
+    pub index: u64,
+}
+
+impl Subtree {
+    /// Canonical key: the level, then the index big-endian (so one level sorts by index).
+    pub fn key(self) -> [u8; 9] {
+        let mut key = [0u8; 9];
+        key[0] = self.level;
+        key[1..].copy_from_slice(&self.index.to_be_bytes());
+        key
+    }
+    /// Its two halves (level > 0).
+    pub fn children(self) -> (Subtree, Subtree) {
+        assert!(self.level > 0, "a leaf has no children");
+        let level = self.level - 1;
+        (Subtree { level, index: self.index * 2 }, Subtree { level, index: self.index * 2 + 1 })
+    }
+}
+
+/// The inclusion proof of leaf `index` in a tree of `size` leaves, from the roots of perfect
+/// subtrees (`subtree` looks one up): the same path as [`inclusion_proof`], in O(log n) lookups.
+/// Every sibling on the path is one perfect subtree, except the sibling right of the first left
+/// turn, which is the root of at most log2(size) perfect subtrees.
+pub fn inclusion_proof_from<E>(
+    index: u64,
+    size: u64,
+    subtree: &mut impl FnMut(Subtree) -> Result<Hash, E>,
+) -> Result<Vec<Hash>, E> {
+    assert!(index < size, "leaf {index} is outside a tree of {size} leaves");
+    // The root of leaves [start, start + count): RFC 9162's recursion, where a power-of-two
+    // count always starts at a multiple of itself.
+    fn range_root<E>(start: u64, count: u64, subtree: &mut impl FnMut(Subtree) -> Result<Hash, E>) -> Result<Hash, E> {
+        if count.is_power_of_two() {
+            let level = count.trailing_zeros();
+            debug_assert_eq!(start % count, 0, "a perfect subtree is aligned");
+            return subtree(Subtree { level: level as u8, index: start >> level });
+        }
+        let split = split_point(count);
+        let left = range_root(start, split, subtree)?;
+        let right = range_root(start + split, count - split, subtree)?;
+        Ok(node_hash(&left, &right))
+    }
+    let mut path = Vec::new();
+    let (mut start, mut count) = (0, size);
+    // Top down, then reversed: the proof lists siblings deepest first.
+    while count > 1 {
+        let split = split_point(count);
+        if index < start + split {
+            path.push(range_root(start + split, count - split, subtree)?);
+            count = split;
+        } else {
+            path.push(range_root(start, split, subtree)?);
+            start += split;
+            count -= split;
+        }
+    }
+    path.reverse();
+    Ok(path)
+}
+
 /// The roots of the perfect subtrees of an append-only tree: enough to append and take the root.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Frontier {
@@ -125,12 +190,23 @@ impl Frontier {
     }
 
     pub fn append(&mut self, leaf: Hash) {
+        self.append_with(leaf, |_, _| {});
+    }
+
+    /// Appends a leaf and reports every perfect subtree it completes, the leaf itself first
+    /// (level 0), so a store can keep them and build proofs in O(log n) reads.
+    pub fn append_with(&mut self, leaf: Hash, mut completed: impl FnMut(Subtree, &Hash)) {
+        let position = self.size;
+        completed(Subtree { level: 0, index: position }, &leaf);
         let mut hash = leaf;
         let mut size = self.size;
+        let mut level = 0;
         while size & 1 == 1 {
             let left = self.peaks.pop().expect("a set bit has its peak");
             hash = node_hash(&left, &hash);
             size >>= 1;
+            level += 1;
+            completed(Subtree { level, index: position >> level }, &hash);
         }
         self.peaks.push(hash);
         self.size += 1;
@@ -196,6 +272,37 @@ mod tests {
                 let path = inclusion_proof(tree, index);
                 assert_eq!(root_from_proof(&tree[index as usize], index, size, &path), Some(expected));
             }
+        }
+    }
+
+    /// Proofs built from the stored perfect subtrees equal proofs from the full leaf list, for
+    /// every leaf of every tree of 1..=70 leaves; each takes O(log n) lookups.
+    #[test]
+    fn proofs_from_stored_subtrees_equal_proofs_from_leaves() {
+        let all = leaves(70);
+        let mut stored = std::collections::BTreeMap::new();
+        let mut frontier = Frontier::default();
+        for size in 1..=all.len() as u64 {
+            frontier.append_with(all[size as usize - 1], |subtree, hash| {
+                assert!(stored.insert(subtree, *hash).is_none(), "{subtree:?} completed twice");
+            });
+            let tree = &all[..size as usize];
+            for index in 0..size {
+                let mut lookups = 0;
+                let path = inclusion_proof_from(index, size, &mut |subtree| {
+                    lookups += 1;
+                    stored.get(&subtree).copied().ok_or(subtree)
+                })
+                .expect("every subtree of a complete tree is stored");
+                assert_eq!(path, inclusion_proof(tree, index), "leaf {index} of {size}");
+                let bound = 2 * (64 - size.leading_zeros());
+                assert!(lookups <= bound, "leaf {index} of {size}: {lookups} lookups, bound {bound}");
+            }
+        }
+        // Every stored subtree's root is the root of its leaves.
+        for (subtree, hash) in &stored {
+            let start = (subtree.index << subtree.level) as usize;
+            assert_eq!(root(&all[start..start + (1 << subtree.level)]), *hash, "{subtree:?}");
         }
     }
 

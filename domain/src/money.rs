@@ -7,6 +7,7 @@ use serde::{Deserialize, Serialize};
 use thiserror::Error;
 
 use crate::codec::{DecodeError, Reader, Writer};
+use crate::limits::{PRICE_PER_KWH_MAX, PRICE_SCALE_MAX};
 
 /// Why a currency or amount was refused.
 #[derive(Debug, Clone, PartialEq, Eq, Error)]
@@ -99,7 +100,44 @@ pub struct UnitPrice {
     pub currency: Currency,
 }
 
+/// Why a price was refused (committed admin actions are refused with this reason, never applied).
+#[derive(Debug, Clone, PartialEq, Eq, Error)]
+pub enum PriceError {
+    #[error("price_negative: {0} per kWh is below zero")]
+    Negative(Decimal),
+    #[error("price_too_large: {0} per kWh is above {PRICE_PER_KWH_MAX}")]
+    TooLarge(Decimal),
+    #[error("price_too_precise: {0} per kWh has more than {PRICE_SCALE_MAX} decimal places")]
+    TooPrecise(Decimal),
+}
+
+impl PriceError {
+    /// Stable reason code.
+    pub fn code(&self) -> &'static str {
+        match self {
+            PriceError::Negative(_) => "price_negative",
+            PriceError::TooLarge(_) => "price_too_large",
+            PriceError::TooPrecise(_) => "price_too_precise",
+        }
+    }
+}
+
 impl UnitPrice {
+    /// Checks sign, magnitude and scale against the named limits (`limits::PRICE_*`), so that
+    /// settling any plausible reading at this price cannot leave `Decimal`'s range.
+    pub fn validate(&self) -> Result<(), PriceError> {
+        let price = self.per_kwh;
+        if price.is_sign_negative() && !price.is_zero() {
+            return Err(PriceError::Negative(price));
+        }
+        if price > Decimal::from(PRICE_PER_KWH_MAX) {
+            return Err(PriceError::TooLarge(price));
+        }
+        if price.normalize().scale() > PRICE_SCALE_MAX {
+            return Err(PriceError::TooPrecise(price));
+        }
+        Ok(())
+    }
     pub(crate) fn encode(&self, writer: &mut Writer) {
         encode_decimal(writer, self.per_kwh);
         self.currency.encode(writer);
@@ -141,6 +179,24 @@ mod tests {
         assert_eq!(money.round_to_minor_unit().amount, Decimal::from_str("5.13").expect("decimal"));
         let negative = Money { amount: Decimal::from_str("-5.125").expect("decimal"), currency: eur };
         assert_eq!(negative.round_to_minor_unit().amount, Decimal::from_str("-5.13").expect("decimal"));
+    }
+
+    #[test]
+    fn prices_are_checked_for_sign_magnitude_and_scale() {
+        let eur = Currency::new("EUR").expect("EUR");
+        let check =
+            |text: &str| UnitPrice { per_kwh: Decimal::from_str(text).expect("decimal"), currency: eur }.validate();
+        for good in ["0", "0.3127", "1000", "0.00000001", "0.30000000000"] {
+            assert_eq!(check(good), Ok(()), "{good}");
+        }
+        for (bad, code) in [
+            ("-0.01", "price_negative"),
+            ("1000.00000001", "price_too_large"),
+            ("100000000000000000000", "price_too_large"),
+            ("0.000000001", "price_too_precise"),
+        ] {
+            assert_eq!(check(bad).map_err(|error| error.code()), Err(code), "{bad}");
+        }
     }
 
     #[test]

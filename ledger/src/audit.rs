@@ -165,6 +165,8 @@ pub fn audit(
     // Root signatures that took effect: (log index, tx id, node id, node key), checked against
     // the endorsements once the whole history is replayed (a node signs before it is endorsed).
     let mut root_signers: Vec<(u64, String, u64, [u8; 32])> = Vec::new();
+    // The settlement lines re-execution produces, to compare with the history's index.
+    let mut lines = BTreeMap::new();
     let mut report = AuditReport::default();
     let mut index = 0;
     while index <= applied {
@@ -233,6 +235,9 @@ pub fn audit(
                         .map_err(|reason| fail(at, &tx_id, reason))?;
                     // The root this entry leads to, recorded for a marker's signature step.
                     state::record_marker_root(&mut overlay, at, root);
+                    let settled = crate::history::settled_lines(at, tx, record.claims.as_deref())
+                        .map_err(|reason| fail(at, &tx_id, reason))?;
+                    lines.extend(settled);
                     let writes = overlay.writes.puts;
                     for (key, value) in writes {
                         replay.writers.insert(key.clone(), at);
@@ -296,6 +301,9 @@ pub fn audit(
             return Err(fail(at, &tx_id, format!("{table:?} state key {} is missing", printable(key))));
         }
     }
+    let compared = crate::history::compare_settled_lines(store.kv().as_ref(), &lines)
+        .map_err(|(at, reason)| fail(at, &tx_ids.get(&at).cloned().unwrap_or_else(|| "-".to_string()), reason))?;
+    report.state_keys_compared += compared;
     Ok(report)
 }
 

@@ -29,10 +29,17 @@ pub enum Cf {
     /// The ledger's history: every applied entry with its claims, leaf and the root after it.
     /// Not purged with the raft log and not part of snapshots.
     History,
+    /// Part of the history: each settled reading's line (digest, settlement), keyed by (meter,
+    /// key id, sequence), pointing at its log index and position. Written with the entry.
+    Readings,
+    /// Part of the history: the root of every complete perfect subtree of the Merkle tree (level,
+    /// index), leaves included, so a receipt reads O(log n) records. Written with the entry.
+    Tree,
 }
 
 impl Cf {
-    pub const ALL: [Cf; 6] = [Cf::Log, Cf::Raft, Cf::SmMeta, Cf::Public, Cf::Private, Cf::History];
+    pub const ALL: [Cf; 8] =
+        [Cf::Log, Cf::Raft, Cf::SmMeta, Cf::Public, Cf::Private, Cf::History, Cf::Readings, Cf::Tree];
 
     pub fn name(self) -> &'static str {
         match self {
@@ -42,6 +49,8 @@ impl Cf {
             Cf::Public => "public",
             Cf::Private => "private",
             Cf::History => "history",
+            Cf::Readings => "history_readings",
+            Cf::Tree => "history_tree",
         }
     }
 }

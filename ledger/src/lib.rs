@@ -4,7 +4,9 @@
 pub mod api;
 pub mod audit;
 pub mod danger;
+pub mod driver;
 pub mod entry;
+pub mod history;
 pub mod kv;
 pub mod limits;
 pub mod network;

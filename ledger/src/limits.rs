@@ -49,3 +49,8 @@ pub const AUDIT_PAGE_ENTRIES: u64 = 1_000;
 
 /// `wattle audit` reports progress every this many entries (a million-entry ledger prints 100 lines).
 pub const AUDIT_PROGRESS_ENTRIES: u64 = 10_000;
+
+/// Most snapshot records written in one batch while installing a snapshot: the install streams
+/// from the file, so memory stays bounded by this (records are small: a meter, a customer, an
+/// account, a meter summary) however many meters the state holds.
+pub const SNAPSHOT_INSTALL_BATCH_RECORDS: usize = 10_000;

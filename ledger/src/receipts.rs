@@ -1,6 +1,6 @@
 //! Building receipts (`docs/receipts.md`) from a node's history and signature records.
 
-use domain::merkle::{self, Hash};
+use domain::merkle::{self, Hash, Subtree};
 use domain::receipt::Receipt;
 use openraft::EntryPayload;
 
@@ -30,16 +30,29 @@ pub fn signature_covering(store: &Store, index: u64) -> Option<SignatureRecord> 
         .map(|(_, value)| SignatureRecord::decode(&value).expect("committed signature records decode"))
 }
 
-/// The receipt of the entry at log index `index`.
+/// The root of a perfect subtree: stored when it completed; if this node lacks it (history
+/// fetched before subtrees were kept), recomputed from its children, down to the history record.
+fn subtree_root(store: &Store, subtree: Subtree) -> Result<Hash, ReceiptUnavailable> {
+    if let Some(hash) = store.merkle_subtree(subtree).map_err(storage)? {
+        return Ok(hash);
+    }
+    if subtree.level == 0 {
+        let record = store.history(subtree.index).map_err(storage)?;
+        return record
+            .map(|record| record.leaf)
+            .ok_or_else(|| storage(format!("history lacks entry {}", subtree.index)));
+    }
+    let (left, right) = subtree.children();
+    Ok(merkle::node_hash(&subtree_root(store, left)?, &subtree_root(store, right)?))
+}
+
+/// The receipt of the entry at log index `index`: O(log n) reads of stored Merkle subtrees.
 pub fn build(store: &Store, index: u64) -> Result<Receipt, ReceiptUnavailable> {
     let signature = signature_covering(store, index).ok_or(ReceiptUnavailable::NotSigned)?.signature;
     let size = signature.marker_index + 1;
-    let leaves: Vec<Hash> = store.history_leaves(0, size).map_err(storage)?;
-    if leaves.len() as u64 != size {
-        return Err(storage(format!("history holds {} of the {size} leaves under this signature", leaves.len())));
-    }
-    let path = merkle::inclusion_proof(&leaves, index);
-    if merkle::root_from_proof(&leaves[index as usize], index, size, &path) != Some(signature.root) {
+    let record = store.history(index).map_err(storage)?.ok_or_else(|| storage("history record missing"))?;
+    let path = merkle::inclusion_proof_from(index, size, &mut |subtree| subtree_root(store, subtree))?;
+    if merkle::root_from_proof(&record.leaf, index, size, &path) != Some(signature.root) {
         return Err(storage(format!(
             "this node's history does not lead to the root signed at {}",
             signature.marker_index
@@ -47,7 +60,6 @@ pub fn build(store: &Store, index: u64) -> Result<Receipt, ReceiptUnavailable> {
     }
     let endorsement = state::endorsement(&store.state(), signature.node_id, &signature.node_key)
         .ok_or(ReceiptUnavailable::NotEndorsed { node_id: signature.node_id })?;
-    let record = store.history(index).map_err(storage)?.ok_or_else(|| storage("history record missing"))?;
     let entry = crate::entry::decode_entry(&record.entry).map_err(storage)?;
     let tx_id = match &entry.payload {
         EntryPayload::Normal(tx) => tx.tx_id.0,

@@ -257,6 +257,9 @@ impl RaftNetwork<TypeConfig> for SimConnection {
 struct Model {
     /// Per reading (meter, sequence): the digest and log index a client saw it accepted with.
     accepted: BTreeMap<(MeterId, u64), (ReadingDigest, u64)>,
+    /// Per reading a client was told is a duplicate (its sequence already settled, by this content
+    /// or another: the state machine keeps ranges, not digests): the log index of that answer.
+    duplicates: BTreeMap<(MeterId, u64), u64>,
     /// Per client result, in completion order (for the trace).
     results: Vec<String>,
     violation: Option<String>,
@@ -269,11 +272,15 @@ impl Model {
             return;
         }
         for (item, result) in batch.iter().zip(results) {
-            if !matches!(result, ReadingResult::Accepted | ReadingResult::Duplicate) {
-                continue;
-            }
             let reading = item.reading.reading();
             let key = (reading.meter_id.clone(), reading.sequence.0);
+            if *result == ReadingResult::Duplicate {
+                self.duplicates.entry(key).or_insert(index);
+                continue;
+            }
+            if *result != ReadingResult::Accepted {
+                continue;
+            }
             let digest = item.reading.digest();
             match self.accepted.get(&key) {
                 Some((existing, _)) if *existing != digest => {
@@ -743,9 +750,13 @@ impl Simulation {
         if let Some(message) = model_lock(&self.model).violation.take() {
             return Err(self.violation(message));
         }
-        let accepted = model_lock(&self.model).accepted.clone();
+        let (accepted, duplicates) = {
+            let model = model_lock(&self.model);
+            (model.accepted.clone(), model.duplicates.clone())
+        };
         for position in 0..self.nodes.len() {
-            let observation = self.check_node(position, &accepted).map_err(|message| self.violation(message))?;
+            let observation =
+                self.check_node(position, &accepted, &duplicates).map_err(|message| self.violation(message))?;
             self.note(observation);
         }
         Ok(())
@@ -755,6 +766,7 @@ impl Simulation {
         &mut self,
         position: usize,
         accepted: &BTreeMap<(MeterId, u64), (ReadingDigest, u64)>,
+        duplicates: &BTreeMap<(MeterId, u64), u64>,
     ) -> Result<String, String> {
         let node = &self.nodes[position];
         let id = node.id;
@@ -792,17 +804,36 @@ impl Simulation {
         // The books balance.
         let private = store.scan_prefix(Table::Private, b"");
         state::check_books(&store.state(), &private).map_err(|error| format!("node {id}: books: {error}"))?;
-        // Nothing a client saw accepted is lost.
+        // Nothing a client saw accepted is lost: its sequence is settled in state, and its line
+        // (with the digest it was accepted with) is in the history wherever the entry is.
         let view = store.state();
         for ((meter_id, sequence), (digest, index)) in accepted {
             if *index > applied {
                 continue;
             }
-            match state::settled(&view, meter_id, KeyId(1), Sequence(*sequence)) {
-                Some(line) if line.digest == *digest => {}
-                Some(_) => return Err(format!("node {id}: {meter_id} #{sequence} settled with other content")),
-                None => return Err(format!("node {id}: {meter_id} #{sequence}, accepted at {index}, is missing")),
+            if !state::sequence_settled(&view, meter_id, KeyId(1), Sequence(*sequence)) {
+                return Err(format!("node {id}: {meter_id} #{sequence}, accepted at {index}, is not settled"));
             }
+            let holds_entry = store.history(*index).map_err(|error| error.to_string())?.is_some();
+            match store.settled_line(meter_id, KeyId(1), Sequence(*sequence)).map_err(|error| error.to_string())? {
+                Some(line) if line.digest == *digest && line.log_index == *index => {}
+                Some(_) => return Err(format!("node {id}: {meter_id} #{sequence} settled with other content")),
+                None if holds_entry => {
+                    return Err(format!("node {id}: {meter_id} #{sequence}, accepted at {index}, has no line"))
+                }
+                None => {} // before the snapshot this replica installed
+            }
+        }
+        for ((meter_id, sequence), index) in duplicates {
+            if *index <= applied && !state::sequence_settled(&view, meter_id, KeyId(1), Sequence(*sequence)) {
+                return Err(format!("node {id}: {meter_id} #{sequence}, a duplicate at {index}, is not settled"));
+            }
+        }
+        // With the whole history, the state's per-meter totals are the sum of the lines.
+        if store.history_start().map_err(|error| error.to_string())? == Some(0)
+            && store.history_range(0, applied + 1).map_err(|error| error.to_string())?.len() as u64 == applied + 1
+        {
+            store.check_settled_lines().map_err(|error| format!("node {id}: lines: {error}"))?;
         }
         let (alive, term) = match &self.nodes[position].raft {
             Some(raft) => (true, raft.metrics().borrow().current_term),

@@ -14,7 +14,9 @@
 //! ```
 //!
 //! The current snapshot is named by a small metadata file, `current`, replaced atomically
-//! (write, fsync, rename), which names its data file.
+//! (write, fsync, rename), which names its data file. Installing streams the records into the
+//! state in bounded batches behind a marker (`store.rs`): a node that crashes mid-install
+//! finishes it when it reopens, and never takes a half state as complete.
 
 use std::fs::File;
 use std::io::{BufReader, BufWriter, Read, Seek, SeekFrom, Write};
@@ -25,7 +27,15 @@ use std::task::{Context, Poll};
 use sha2::{Digest, Sha256};
 use tokio::io::{AsyncRead, AsyncSeek, AsyncWrite, ReadBuf};
 
-use crate::kv::Cf;
+use crate::entry::{
+    decode_optional_log_id, decode_stored_membership, encode_optional_log_id, encode_stored_membership, NodeId,
+};
+use crate::kv::{Batch, Cf};
+use crate::store::{
+    read_error, snapshot_error, write_error, StorageResult, Store, KEY_LAST_APPLIED, KEY_MEMBERSHIP, SNAPSHOT_CURRENT,
+};
+use domain::codec::{Reader, Writer};
+use openraft::{ErrorVerb, SnapshotMeta, StorageError};
 
 const TAG: &[u8; 16] = b"wattle.snapshot2";
 /// The families a snapshot carries, in file order.
@@ -152,9 +162,24 @@ impl SnapshotWriter {
 /// One key and value of a family.
 pub type Record = (Cf, Vec<u8>, Vec<u8>);
 
-/// Reads a snapshot data file from the start, verifying its checksum before returning any record.
-/// The records come back whole, so a damaged file changes nothing.
+/// Reads a snapshot data file whole, verifying its checksum before returning any record (tests
+/// and small files; an install streams with [`for_each_record`]).
 pub fn read_records(file: &mut File) -> std::io::Result<Vec<Record>> {
+    let mut records = Vec::new();
+    for_each_record(file, &mut |cf, key, value| {
+        records.push((cf, key.to_vec(), value.to_vec()));
+        Ok(())
+    })?;
+    Ok(records)
+}
+
+/// Streams a snapshot data file from the start, one record at a time, holding at most one record
+/// in memory; the checksum is checked at the end, so a caller that must not act on a damaged file
+/// makes one pass with a visitor that does nothing first.
+pub fn for_each_record(
+    file: &mut File,
+    visit: &mut dyn FnMut(Cf, &[u8], &[u8]) -> std::io::Result<()>,
+) -> std::io::Result<()> {
     fn corrupt(what: &str) -> std::io::Error {
         std::io::Error::new(std::io::ErrorKind::InvalidData, format!("snapshot data: {what}"))
     }
@@ -168,16 +193,15 @@ pub fn read_records(file: &mut File) -> std::io::Result<Vec<Record>> {
             self.hasher.update(&buffer[..]);
             Ok(())
         }
-        fn sized(&mut self) -> std::io::Result<Vec<u8>> {
+        fn sized(&mut self, bytes: &mut Vec<u8>) -> std::io::Result<()> {
             let mut length = [0u8; 4];
             self.exact(&mut length)?;
             let length = u32::from_be_bytes(length) as usize;
             if length > RECORD_BYTES_MAX {
                 return Err(corrupt("record too large"));
             }
-            let mut bytes = vec![0u8; length];
-            self.exact(&mut bytes)?;
-            Ok(bytes)
+            bytes.resize(length, 0);
+            self.exact(bytes)
         }
     }
     file.seek(SeekFrom::Start(0))?;
@@ -187,7 +211,7 @@ pub fn read_records(file: &mut File) -> std::io::Result<Vec<Record>> {
     if &tag != TAG {
         return Err(corrupt("not a wattle snapshot (bad tag)"));
     }
-    let mut records = Vec::new();
+    let (mut key, mut value) = (Vec::new(), Vec::new());
     for cf in FAMILIES {
         loop {
             let mut marker = [0u8; 1];
@@ -195,9 +219,9 @@ pub fn read_records(file: &mut File) -> std::io::Result<Vec<Record>> {
             match marker[0] {
                 0 => break,
                 1 => {
-                    let key = reader.sized()?;
-                    let value = reader.sized()?;
-                    records.push((cf, key, value));
+                    reader.sized(&mut key)?;
+                    reader.sized(&mut value)?;
+                    visit(cf, &key, &value)?;
                 }
                 _ => return Err(corrupt("bad record marker")),
             }
@@ -213,7 +237,158 @@ pub fn read_records(file: &mut File) -> std::io::Result<Vec<Record>> {
     if reader.inner.read(&mut rest)? != 0 {
         return Err(corrupt("bytes after the checksum"));
     }
-    Ok(records)
+    Ok(())
+}
+
+// ---- installing into a store ------------------------------------------------------------------
+
+pub(crate) type Meta = SnapshotMeta<NodeId, openraft::BasicNode>;
+
+/// In the `raft` family (which an install leaves alone): the snapshot being installed, while its
+/// records are streamed into the state families. A store that opens with it finishes the install.
+const KEY_INSTALLING: &[u8] = b"snapshot_installing";
+
+/// The `current` file and the install marker: a snapshot's metadata and its data file's name.
+fn encode_pointer(meta: &Meta, data_name: &str) -> Vec<u8> {
+    let mut writer = Writer::new();
+    encode_optional_log_id(&mut writer, &meta.last_log_id);
+    encode_stored_membership(&mut writer, &meta.last_membership);
+    writer.long_bytes(meta.snapshot_id.as_bytes()).long_bytes(data_name.as_bytes());
+    writer.finish()
+}
+
+pub(crate) fn decode_pointer(bytes: &[u8]) -> StorageResult<(Meta, String)> {
+    let mut reader = Reader::new(bytes);
+    let last_log_id = decode_optional_log_id(&mut reader).map_err(read_error)?;
+    let last_membership = decode_stored_membership(&mut reader).map_err(read_error)?;
+    let text = |bytes: &[u8]| String::from_utf8(bytes.to_vec()).map_err(read_error);
+    let snapshot_id = text(reader.long_bytes(bytes.len()).map_err(read_error)?)?;
+    let data_name = text(reader.long_bytes(bytes.len()).map_err(read_error)?)?;
+    reader.finish().map_err(read_error)?;
+    Ok((SnapshotMeta { last_log_id, last_membership, snapshot_id }, data_name))
+}
+
+impl Store {
+    pub(crate) fn snapshot_path(&self, name: &str) -> PathBuf {
+        self.snapshot_dir.join(name)
+    }
+
+    fn sync_snapshot_dir(&self, failed: &impl Fn(std::io::Error) -> StorageError<NodeId>) -> StorageResult<()> {
+        if self.kv.durable() {
+            std::fs::File::open(&self.snapshot_dir).and_then(|dir| dir.sync_all()).map_err(failed)?;
+        }
+        Ok(())
+    }
+
+    /// Moves the data file `part` to its snapshot's name (copies it if it lives elsewhere), durably.
+    pub(crate) fn place_snapshot_data(&self, meta: &Meta, part: &Path) -> StorageResult<String> {
+        let failed = snapshot_error(Some(meta), ErrorVerb::Write);
+        let data_name = format!("{}.snap", hex::encode(&Sha256::digest(meta.snapshot_id.as_bytes())[..16]));
+        let data_path = self.snapshot_path(&data_name);
+        if part.parent() == Some(self.snapshot_dir.as_path()) {
+            std::fs::rename(part, &data_path).map_err(&failed)?;
+        } else {
+            // Data from elsewhere (not received into this directory): copy, leave the original.
+            std::fs::copy(part, &data_path).map_err(&failed)?;
+            if self.kv.durable() {
+                std::fs::File::open(&data_path).and_then(|file| file.sync_all()).map_err(&failed)?;
+            }
+        }
+        self.sync_snapshot_dir(&failed)?;
+        Ok(data_name)
+    }
+
+    /// Makes `data_name` the current snapshot: replaces the metadata file atomically (write to
+    /// `temporary`, fsync, rename, fsync the directory), then removes older data files.
+    pub(crate) fn publish_current(&self, meta: &Meta, data_name: &str, temporary: &Path) -> StorageResult<PathBuf> {
+        let failed = snapshot_error(Some(meta), ErrorVerb::Write);
+        let data_path = self.snapshot_path(data_name);
+        std::fs::write(temporary, encode_pointer(meta, data_name)).map_err(&failed)?;
+        if self.kv.durable() {
+            std::fs::File::open(temporary).and_then(|file| file.sync_all()).map_err(&failed)?;
+        }
+        std::fs::rename(temporary, self.snapshot_path(SNAPSHOT_CURRENT)).map_err(&failed)?;
+        self.sync_snapshot_dir(&failed)?;
+        for entry in std::fs::read_dir(&self.snapshot_dir).map_err(&failed)? {
+            let path = entry.map_err(&failed)?.path();
+            if path != data_path && path.extension().is_some_and(|extension| extension == "snap") {
+                std::fs::remove_file(&path).map_err(&failed)?;
+            }
+        }
+        Ok(data_path)
+    }
+
+    /// Replaces the state with a snapshot's data file, streaming it in batches of at most
+    /// `install_batch_records` records. The first batch writes the install marker and clears the
+    /// state families; the last sets `last_applied` and removes the marker. In between the state
+    /// is partial and marked so: [`Store::finish_interrupted_install`] redoes the install on the
+    /// next open. `verify` first checks the whole file's checksum.
+    pub(crate) fn install_from(
+        &self,
+        meta: &Meta,
+        data_name: &str,
+        verify: bool,
+        temporary: &Path,
+    ) -> StorageResult<()> {
+        let read_failed = snapshot_error(Some(meta), ErrorVerb::Read);
+        let path = self.snapshot_path(data_name);
+        let mut file = std::fs::File::open(&path).map_err(&read_failed)?;
+        if verify {
+            for_each_record(&mut file, &mut |_, _, _| Ok(())).map_err(&read_failed)?;
+        }
+        let mut batch = Batch::default();
+        batch.put(Cf::Raft, KEY_INSTALLING, encode_pointer(meta, data_name));
+        for cf in FAMILIES {
+            // Every key the state writes starts with an ASCII byte; anything else goes one by one.
+            batch.delete_range(cf, Vec::new(), vec![0xff]);
+            self.kv
+                .scan(cf, &[0xff], &mut |key, _| {
+                    batch.delete(cf, key.to_vec());
+                    true
+                })
+                .map_err(read_error)?;
+        }
+        self.kv.write(batch).map_err(write_error)?;
+        let mut batch = Batch::default();
+        let limit = self.install_batch_records.max(1);
+        let mut failure = None;
+        for_each_record(&mut file, &mut |cf, key, value| {
+            batch.put(cf, key, value);
+            if batch.ops.len() >= limit {
+                if let Err(error) = self.kv.write(std::mem::take(&mut batch)) {
+                    failure = Some(error.to_string());
+                    return Err(error);
+                }
+            }
+            Ok(())
+        })
+        .map_err(|error| match failure.take() {
+            Some(message) => write_error(std::io::Error::other(message)),
+            None => read_failed(error),
+        })?;
+        self.kv.write(batch).map_err(write_error)?;
+        // Published before the marker goes: a crash in between redoes the install from the same file.
+        self.publish_current(meta, data_name, temporary)?;
+        let mut batch = Batch::default();
+        let mut writer = Writer::new();
+        encode_optional_log_id(&mut writer, &meta.last_log_id);
+        batch.put(Cf::SmMeta, KEY_LAST_APPLIED, writer.finish());
+        let mut writer = Writer::new();
+        encode_stored_membership(&mut writer, &meta.last_membership);
+        batch.put(Cf::SmMeta, KEY_MEMBERSHIP, writer.finish());
+        batch.delete(Cf::Raft, KEY_INSTALLING);
+        self.kv.write(batch).map_err(write_error)
+    }
+
+    /// Finishes a snapshot install that a crash interrupted (the marker is still there).
+    pub(crate) fn finish_interrupted_install(&self) -> anyhow::Result<()> {
+        let Some(pointer) = self.kv.get(Cf::Raft, KEY_INSTALLING)? else { return Ok(()) };
+        let (meta, data_name) = decode_pointer(&pointer)?;
+        tracing::warn!(snapshot = %meta.snapshot_id, "finishing a snapshot install interrupted by a crash");
+        let temporary = self.snapshot_path("current-resume.part");
+        self.install_from(&meta, &data_name, true, &temporary)?;
+        Ok(())
+    }
 }
 
 #[cfg(test)]

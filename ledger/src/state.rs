@@ -3,15 +3,16 @@
 //! runtime (`store.rs`) commits its writes together with `last_applied` in one `WriteBatch`.
 //!
 //! Tables: `Public` holds what every party may read in plaintext (operator key, admin nonce,
-//! tariff); `Private` holds customers, meters, dedup ranges, settled readings and accounts
-//! (encrypted once the consortium issue adds encryption; the layout will not change).
+//! tariff); `Private` holds customers, meters, per-meter summaries (dedup ranges and settled
+//! totals) and accounts (encrypted once the consortium issue adds encryption; the layout will not
+//! change). Nothing here is kept per reading: a reading's settlement line lives in the history
+//! (`history.rs`), so state, and snapshots, grow with meters, not readings.
 
 use std::collections::BTreeMap;
 
 use domain::codec::{DecodeError, Reader, Writer};
 use domain::ids::{CustomerId, KeyId, MeterId, Sequence};
 use domain::money::{decode_decimal, encode_decimal, Currency, UnitPrice};
-use domain::reading::ReadingDigest;
 use domain::settlement::{settle_flat, supports_rules_version};
 use domain::tx::{AdminAction, ReadingBatch, SignedAdmin, Transaction, TxBody};
 use domain::verify::is_acceptable_public_key;
@@ -74,7 +75,11 @@ pub struct TxResult {
 #[serde(rename_all = "snake_case")]
 pub enum ReadingResult {
     Accepted,
+    /// The state machine's verdict on a sequence already settled, whatever its content: it keeps
+    /// ranges, not digests. The node answering a client tells an exact duplicate from
+    /// equivocation from its history (`Store::settled_digest`) before proposing.
     Duplicate,
+    /// Same sequence, other signed bytes: found by the answering node from its history.
     Equivocation,
     UnknownMeter,
     UnknownKey,
@@ -82,6 +87,8 @@ pub enum ReadingResult {
     CurrencyMismatch,
     /// More energy in one interval than any meter can measure (`ENERGY_PER_READING_WH_MAX`).
     Implausible,
+    /// Its charge, or an account or meter total it adds to, is beyond the range of money.
+    SettlementOverflow,
 }
 
 /// The most energy one reading may carry: 1 GWh in one interval is beyond any metering point.
@@ -101,6 +108,7 @@ impl ReadingResult {
             ReadingResult::NoTariff => "no_tariff",
             ReadingResult::CurrencyMismatch => "currency_mismatch",
             ReadingResult::Implausible => "implausible_energy",
+            ReadingResult::SettlementOverflow => "settlement_overflow",
         }
     }
 }
@@ -124,20 +132,10 @@ fn key_ranges(meter: &MeterId, key_id: KeyId) -> Vec<u8> {
     key.extend_from_slice(&key_id.0.to_be_bytes());
     key
 }
-fn key_settled(meter: &MeterId, key_id: KeyId, sequence: Sequence) -> Vec<u8> {
-    let mut key = [b"r/".as_slice(), meter.as_str().as_bytes(), b"/"].concat();
-    key.extend_from_slice(&key_id.0.to_be_bytes());
-    key.extend_from_slice(&sequence.0.to_be_bytes());
-    key
-}
+/// Prefix of the per-(meter, key) summaries: `d/{meter}/{key id: 4 bytes}`.
+const SUMMARY_PREFIX: &[u8] = b"d/";
 fn key_account(account: &str) -> Vec<u8> {
     [b"a/".as_slice(), account.as_bytes()].concat()
-}
-fn key_equivocation(meter: &MeterId, key_id: KeyId, sequence: Sequence, digest: &ReadingDigest) -> Vec<u8> {
-    let mut key = key_settled(meter, key_id, sequence);
-    key[0] = b'e';
-    key.extend_from_slice(&digest.0);
-    key
 }
 
 fn key_transaction(tx_id: &domain::ids::TxId) -> Vec<u8> {
@@ -304,42 +302,47 @@ impl SequenceRanges {
     }
 }
 
-/// The settlement line of one accepted reading: what was settled, traceable to its digest.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct SettledReading {
-    pub digest: ReadingDigest,
-    pub log_index: u64,
-    pub interval_start: i64,
+/// What the state keeps of one (meter, key id): the sequences settled, as ranges, and the totals
+/// of their settlement lines (the lines themselves are in the history).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct MeterSummary {
+    pub ranges: SequenceRanges,
+    pub readings_settled: u64,
+    pub amount: Decimal,
     pub energy_import_wh: u64,
     pub energy_export_wh: u64,
-    pub amount: Decimal,
 }
 
-impl SettledReading {
-    pub fn encode(&self) -> Vec<u8> {
+impl MeterSummary {
+    fn encode(&self) -> Vec<u8> {
         let mut writer = Writer::new();
-        writer
-            .fixed(&self.digest.0)
-            .u64(self.log_index)
-            .i64(self.interval_start)
-            .u64(self.energy_import_wh)
-            .u64(self.energy_export_wh);
+        writer.long_bytes(&self.ranges.encode()).u64(self.readings_settled);
         encode_decimal(&mut writer, self.amount);
+        writer.u64(self.energy_import_wh).u64(self.energy_export_wh);
         writer.finish()
     }
     pub fn decode(bytes: &[u8]) -> Result<Self, DecodeError> {
         let mut reader = Reader::new(bytes);
-        let settled = SettledReading {
-            digest: ReadingDigest(reader.array()?),
-            log_index: reader.u64()?,
-            interval_start: reader.i64()?,
+        let summary = MeterSummary {
+            ranges: SequenceRanges::decode(reader.long_bytes(bytes.len())?)?,
+            readings_settled: reader.u64()?,
+            amount: decode_decimal(&mut reader, "amount")?,
             energy_import_wh: reader.u64()?,
             energy_export_wh: reader.u64()?,
-            amount: decode_decimal(&mut reader, "amount")?,
         };
         reader.finish()?;
-        Ok(settled)
+        Ok(summary)
     }
+}
+
+/// The summary of a (meter, key id), if any of its readings was settled.
+pub fn meter_summary(state: &dyn StateRead, meter_id: &MeterId, key_id: KeyId) -> Option<MeterSummary> {
+    state.get(Table::Private, &key_ranges(meter_id, key_id)).map(|bytes| decode_or_crash(MeterSummary::decode(&bytes)))
+}
+
+/// Whether a reading's sequence was settled (the dedup ranges say so; the history has its line).
+pub fn sequence_settled(state: &dyn StateRead, meter_id: &MeterId, key_id: KeyId, sequence: Sequence) -> bool {
+    meter_summary(state, meter_id, key_id).is_some_and(|summary| summary.ranges.contains(sequence.0))
 }
 
 // ---- reads used by the API --------------------------------------------------------------------
@@ -373,13 +376,6 @@ pub fn account(state: &dyn StateRead, name: &str) -> Option<Account> {
     state.get(Table::Private, &key_account(name)).map(|bytes| decode_or_crash(Account::decode(&bytes)))
 }
 
-/// The settlement line of one reading, if it was settled.
-pub fn settled(state: &dyn StateRead, meter_id: &MeterId, key_id: KeyId, sequence: Sequence) -> Option<SettledReading> {
-    state
-        .get(Table::Private, &key_settled(meter_id, key_id, sequence))
-        .map(|bytes| decode_or_crash(SettledReading::decode(&bytes)))
-}
-
 /// The flat tariff, if set.
 pub fn flat_price(state: &dyn StateRead) -> Option<UnitPrice> {
     state.get(Table::Public, KEY_PRICE).map(|bytes| {
@@ -406,28 +402,24 @@ fn decode_or_crash<T>(result: Result<T, DecodeError>) -> T {
     }
 }
 
-/// The books balance: every customer account's debits equal the sum of the settlement lines of its
-/// meters, and its transfer count their number; each supplier accrual account's credits equal all
-/// lines in its currency. `private` is the whole private table, `state` a view of the same state.
+/// The books balance: every customer account's debits equal the settled totals of its meters,
+/// and its transfer count their number of readings; each supplier accrual account's credits equal
+/// all totals in its currency. `private` is the whole private table, `state` a view of the same
+/// state. (The totals against the settlement lines in the history: `Store::check_settled_lines`.)
 /// The simulation checks this after every step; `Err` names the first account that is off.
 pub fn check_books(state: &dyn StateRead, private: &[(Vec<u8>, Vec<u8>)]) -> Result<(), String> {
     // Per account name: (sum of lines, number of lines).
     let mut expected: BTreeMap<String, (Decimal, u64)> = BTreeMap::new();
-    for (key, value) in private.iter().filter(|(key, _)| key.starts_with(b"r/")) {
-        // r/{meter}/{key id: 4 bytes}{sequence: 8 bytes}
-        let meter_bytes = key.get(2..key.len().saturating_sub(13)).ok_or("settled key too short")?;
-        let meter_id: MeterId = std::str::from_utf8(meter_bytes)
-            .ok()
-            .and_then(|text| text.parse().ok())
-            .ok_or_else(|| format!("settled key {key:?} names no meter"))?;
-        let record = meter(state, &meter_id).ok_or_else(|| format!("settled reading of unregistered {meter_id}"))?;
-        let line = SettledReading::decode(value).map_err(|error| format!("settled reading of {meter_id}: {error}"))?;
+    for (key, value) in private.iter().filter(|(key, _)| key.starts_with(SUMMARY_PREFIX)) {
+        let meter_id = summary_meter(key)?;
+        let record = meter(state, &meter_id).ok_or_else(|| format!("settled readings of unregistered {meter_id}"))?;
+        let summary = MeterSummary::decode(value).map_err(|error| format!("summary of {meter_id}: {error}"))?;
         let currency = customer_currency(state, &record.customer_id)
             .ok_or_else(|| format!("{} has no currency", record.customer_id))?;
         for name in [customer_account_name(&record.customer_id), supplier_accrual_account_name(currency)] {
             let entry = expected.entry(name).or_insert((Decimal::ZERO, 0));
-            entry.0 += line.amount;
-            entry.1 += 1;
+            entry.0 += summary.amount;
+            entry.1 += summary.readings_settled;
         }
     }
     let mut seen = 0;
@@ -438,16 +430,39 @@ pub fn check_books(state: &dyn StateRead, private: &[(Vec<u8>, Vec<u8>)]) -> Res
         let posted = if name.starts_with("customer:") { account.debits_posted } else { account.credits_posted };
         if posted != sum || account.transfers_count != count {
             return Err(format!(
-                "account {name}: posted {posted} in {} transfers, but its settlement lines sum to {sum} in {count}",
+                "account {name}: posted {posted} in {} transfers, but its meters' settled totals are {sum} in {count}",
                 account.transfers_count
             ));
         }
         seen += 1;
     }
     if seen != expected.len() {
-        return Err(format!("{} accounts have settlement lines, {seen} exist", expected.len()));
+        return Err(format!("{} accounts have settled readings, {seen} exist", expected.len()));
     }
     Ok(())
+}
+
+/// Every (meter, key id) summary in the private table: `private` as for [`check_books`].
+pub fn summaries(private: &[(Vec<u8>, Vec<u8>)]) -> Result<Vec<(MeterId, KeyId, MeterSummary)>, String> {
+    private
+        .iter()
+        .filter(|(key, _)| key.starts_with(SUMMARY_PREFIX))
+        .map(|(key, value)| {
+            let meter_id = summary_meter(key)?;
+            let key_id = KeyId(u32::from_be_bytes(key[key.len() - 4..].try_into().expect("4 bytes")));
+            let summary = MeterSummary::decode(value).map_err(|error| format!("summary of {meter_id}: {error}"))?;
+            Ok((meter_id, key_id, summary))
+        })
+        .collect()
+}
+
+/// The meter of a summary key `d/{meter}/{key id: 4 bytes}`.
+fn summary_meter(key: &[u8]) -> Result<MeterId, String> {
+    let meter_bytes = key.get(2..key.len().saturating_sub(5)).ok_or("summary key too short")?;
+    std::str::from_utf8(meter_bytes)
+        .ok()
+        .and_then(|text| text.parse().ok())
+        .ok_or_else(|| format!("summary key {key:?} names no meter"))
 }
 
 // ---- apply ------------------------------------------------------------------------------------
@@ -485,7 +500,7 @@ pub fn apply(state: &mut Overlay<'_>, log_index: u64, tx: &Transaction) -> Resul
             claims: None,
         },
         TxBody::Readings(batch) => {
-            let (readings, claims) = apply_readings(state, log_index, batch);
+            let (readings, claims) = apply_readings(state, batch);
             Applied { result: TxResult { readings, admin_refused: None }, claims: Some(claims) }
         }
         TxBody::Tick => Applied::default(),
@@ -669,6 +684,7 @@ fn apply_admin(state: &mut Overlay<'_>, admin: &SignedAdmin) -> Result<(), Strin
             )?;
         }
         AdminAction::SetFlatPrice(price) => {
+            price.validate().map_err(|error| error.to_string())?;
             let mut writer = Writer::new();
             encode_decimal(&mut writer, price.per_kwh);
             writer.fixed(price.currency.code().as_bytes());
@@ -708,98 +724,91 @@ pub const CLAIMS_HEADER: &str = "wattle.claims.v1";
 
 /// Settles a batch; returns each reading's fate and the claims document: a header line, then per
 /// reading `meter key_id sequence result amount currency` (amount and currency `-` unless
-/// accepted), each line ending in `\n`.
-fn apply_readings(state: &mut Overlay<'_>, log_index: u64, batch: &ReadingBatch) -> (Vec<ReadingResult>, Vec<u8>) {
+/// accepted), each line ending in `\n`. The history keeps each accepted reading's settlement line
+/// from it (`history::settled_lines`).
+fn apply_readings(state: &mut Overlay<'_>, batch: &ReadingBatch) -> (Vec<ReadingResult>, Vec<u8>) {
     use std::fmt::Write as _;
     let mut claims = format!("{CLAIMS_HEADER}\n");
     let mut results = Vec::with_capacity(batch.readings.len());
     for item in &batch.readings {
-        let result = apply_reading(state, log_index, &item.reading);
+        let outcome = apply_reading(state, &item.reading);
         let reading = item.reading.reading();
+        let result = outcome.as_ref().map_or_else(|result| *result, |_| ReadingResult::Accepted);
         let _ = write!(claims, "{} {} {} {} ", reading.meter_id, reading.key_id.0, reading.sequence.0, result.code());
-        let settled = (result == ReadingResult::Accepted)
-            .then(|| settled(state, &reading.meter_id, reading.key_id, reading.sequence))
-            .flatten();
-        match settled.zip(meter(state, &reading.meter_id)) {
-            Some((line, record)) => {
-                let currency = customer_currency(state, &record.customer_id).expect("a meter's customer is registered");
-                let _ = writeln!(claims, "{} {currency}", line.amount);
+        match outcome {
+            Ok(charge) => {
+                let _ = writeln!(claims, "{} {}", charge.amount.amount, charge.amount.currency);
             }
-            None => claims.push_str("- -\n"),
+            Err(_) => claims.push_str("- -\n"),
         }
         results.push(result);
     }
     (results, claims.into_bytes())
 }
 
-fn apply_reading(state: &mut Overlay<'_>, log_index: u64, verified: &domain::verify::VerifiedReading) -> ReadingResult {
+/// One reading: its charge if settled, else why not. Writes nothing unless it settles.
+fn apply_reading(
+    state: &mut Overlay<'_>,
+    verified: &domain::verify::VerifiedReading,
+) -> Result<domain::settlement::IntervalCharge, ReadingResult> {
     let reading = verified.reading();
     let Some(meter_record) = meter(state, &reading.meter_id) else {
-        return ReadingResult::UnknownMeter;
+        return Err(ReadingResult::UnknownMeter);
     };
     if meter_record.key_id != reading.key_id {
-        return ReadingResult::UnknownKey;
+        return Err(ReadingResult::UnknownKey);
     }
-    let digest = verified.digest();
-    let ranges_key = key_ranges(&reading.meter_id, reading.key_id);
-    let mut ranges = state
-        .get(Table::Private, &ranges_key)
-        .map(|bytes| decode_or_crash(SequenceRanges::decode(&bytes)))
+    let summary_key = key_ranges(&reading.meter_id, reading.key_id);
+    let mut summary = state
+        .get(Table::Private, &summary_key)
+        .map(|bytes| decode_or_crash(MeterSummary::decode(&bytes)))
         .unwrap_or_default();
-    let settled_key = key_settled(&reading.meter_id, reading.key_id, reading.sequence);
-    if ranges.contains(reading.sequence.0) && !crate::danger::dedup_off() {
-        let settled = state
-            .get(Table::Private, &settled_key)
-            .map(|bytes| decode_or_crash(SettledReading::decode(&bytes)))
-            .expect("a sequence in the dedup ranges has its settled record");
-        if settled.digest == digest {
-            return ReadingResult::Duplicate;
-        }
-        state.put(
-            Table::Private,
-            key_equivocation(&reading.meter_id, reading.key_id, reading.sequence, &digest),
-            log_index.to_be_bytes().to_vec(),
-        );
-        return ReadingResult::Equivocation;
+    // Only the ranges decide: the digest of the settled reading is in the history, which a node
+    // that joined from a snapshot may not hold yet, so reading it here would split replicas.
+    if summary.ranges.contains(reading.sequence.0) && !crate::danger::dedup_off() {
+        return Err(ReadingResult::Duplicate);
     }
     if reading.import_energy().0 > ENERGY_PER_READING_WH_MAX || reading.export_energy().0 > ENERGY_PER_READING_WH_MAX {
-        return ReadingResult::Implausible;
+        return Err(ReadingResult::Implausible);
     }
     let Some(price) = flat_price(state) else {
-        return ReadingResult::NoTariff;
+        return Err(ReadingResult::NoTariff);
     };
     let currency = customer_currency(state, &meter_record.customer_id).expect("a meter's customer is registered");
     if currency != price.currency {
-        return ReadingResult::CurrencyMismatch;
+        return Err(ReadingResult::CurrencyMismatch);
     }
-    let charge = settle_flat(verified, &price);
-    ranges.insert(reading.sequence.0);
-    state.put(Table::Private, ranges_key, ranges.encode());
-    let settled = SettledReading {
-        digest,
-        log_index,
-        interval_start: reading.interval_start.0,
-        energy_import_wh: charge.energy_import.0,
-        energy_export_wh: charge.energy_export.0,
-        amount: charge.amount.amount,
-    };
-    state.put(Table::Private, settled_key, settled.encode());
+    let overflow = ReadingResult::SettlementOverflow;
+    let charge = settle_flat(verified, &price).map_err(|_| overflow)?;
+    let amount = charge.amount.amount;
+    let (import_wh, export_wh) = (charge.energy_import.0, charge.energy_export.0);
+    // Every sum first, checked; nothing is written unless all of them fit.
+    summary.readings_settled = summary.readings_settled.checked_add(1).ok_or(overflow)?;
+    summary.amount = summary.amount.checked_add(amount).ok_or(overflow)?;
+    summary.energy_import_wh = summary.energy_import_wh.checked_add(import_wh).ok_or(overflow)?;
+    summary.energy_export_wh = summary.energy_export_wh.checked_add(export_wh).ok_or(overflow)?;
+    summary.ranges.insert(reading.sequence.0);
     // One transfer: debit the customer, credit the supplier's accrual account.
     let debit_name = customer_account_name(&meter_record.customer_id);
     let credit_name = supplier_accrual_account_name(currency);
-    let mut debit = account(state, &debit_name).unwrap_or_else(|| Account::new(currency));
-    debit.debits_posted += charge.amount.amount;
-    debit.energy_import_wh += charge.energy_import.0;
-    debit.energy_export_wh += charge.energy_export.0;
-    debit.transfers_count += 1;
+    let post = |account: Option<Account>, debit: bool| -> Option<Account> {
+        let mut account = account.unwrap_or_else(|| Account::new(currency));
+        if debit {
+            account.debits_posted = account.debits_posted.checked_add(amount)?;
+        } else {
+            account.credits_posted = account.credits_posted.checked_add(amount)?;
+        }
+        account.energy_import_wh = account.energy_import_wh.checked_add(import_wh)?;
+        account.energy_export_wh = account.energy_export_wh.checked_add(export_wh)?;
+        account.transfers_count = account.transfers_count.checked_add(1)?;
+        Some(account)
+    };
+    let debit = post(account(state, &debit_name), true).ok_or(overflow)?;
+    let credit = post(account(state, &credit_name), false).ok_or(overflow)?;
+    state.put(Table::Private, summary_key, summary.encode());
     state.put(Table::Private, key_account(&debit_name), debit.encode());
-    let mut credit = account(state, &credit_name).unwrap_or_else(|| Account::new(currency));
-    credit.credits_posted += charge.amount.amount;
-    credit.energy_import_wh += charge.energy_import.0;
-    credit.energy_export_wh += charge.energy_export.0;
-    credit.transfers_count += 1;
     state.put(Table::Private, key_account(&credit_name), credit.encode());
-    ReadingResult::Accepted
+    Ok(charge)
 }
 
 #[cfg(test)]
@@ -883,16 +892,21 @@ mod tests {
     }
 
     #[test]
-    fn readings_settle_once_and_equivocation_is_refused() {
+    fn a_settled_sequence_is_never_settled_again() {
         let (memory, _, meter_key) = configured();
         let result = memory.apply(10, batch(&meter_key, &[reading(1, 500), reading(2, 250)]));
         assert_eq!(result.readings, vec![ReadingResult::Accepted, ReadingResult::Accepted]);
-        // The same reading again, in another transaction: a duplicate, nothing changes.
+        // The same reading again, in another transaction: nothing changes.
         let result = memory.apply(11, batch(&meter_key, &[reading(1, 500)]));
         assert_eq!(result.readings, vec![ReadingResult::Duplicate]);
-        // Same sequence, different bytes: equivocation.
+        // Same sequence, different bytes: not settled either. The state keeps ranges, not
+        // digests; the answering node tells equivocation from its history (store tests).
         let result = memory.apply(12, batch(&meter_key, &[reading(2, 999)]));
-        assert_eq!(result.readings, vec![ReadingResult::Equivocation]);
+        assert_eq!(result.readings, vec![ReadingResult::Duplicate]);
+        let summary = meter_summary(&memory, &MeterId::new("M1").expect("id"), KeyId(1)).expect("summary");
+        assert_eq!(summary.ranges, SequenceRanges(vec![(1, 2)]));
+        assert_eq!((summary.readings_settled, summary.energy_import_wh), (2, 750));
+        assert_eq!(summary.amount, Decimal::from_str("0.225").expect("amount"));
         let customer = account(&memory, "customer:C1").expect("account");
         let supplier = account(&memory, "supplier-accrual:EUR").expect("account");
         assert_eq!(customer.energy_import_wh, 750);
@@ -922,6 +936,73 @@ mod tests {
         let foreign = memory.apply(21, TxBody::Admin(SignedAdmin::sign(99, price, &intruder)));
         assert!(foreign.admin_refused.expect("refused").starts_with("not_operator"));
         assert_eq!(flat_price(&memory).expect("price").per_kwh, Decimal::from_str("0.30").expect("price"));
+    }
+
+    /// Finding 5 of issue 12: a price out of range is refused with a reason when the admin
+    /// action is applied, and the tariff stays as it was.
+    #[test]
+    fn out_of_range_prices_are_refused_with_a_reason() {
+        let (memory, operator, meter_key) = configured();
+        let eur = Currency::new("EUR").expect("EUR");
+        let cases = [
+            ("100000000000000000000", "price_too_large"),
+            ("-0.30", "price_negative"),
+            ("0.0000000001", "price_too_precise"),
+        ];
+        for (offset, (per_kwh, code)) in cases.into_iter().enumerate() {
+            let action = AdminAction::SetFlatPrice(UnitPrice {
+                per_kwh: Decimal::from_str(per_kwh).expect("price"),
+                currency: eur,
+            });
+            let result = memory.apply(20 + offset as u64, TxBody::Admin(SignedAdmin::sign(4, action, &operator)));
+            let refused = result.admin_refused.unwrap_or_default();
+            assert!(refused.starts_with(code), "price {per_kwh}: refused with {refused:?}, not {code}");
+        }
+        assert_eq!(flat_price(&memory).expect("price").per_kwh, Decimal::from_str("0.30").expect("price"));
+        assert_eq!(memory.apply(30, batch(&meter_key, &[reading(1, 500)])).readings, vec![ReadingResult::Accepted]);
+    }
+
+    /// Plants committed state directly, as an older ledger (before prices were validated) left it.
+    fn plant(memory: &Memory, table: Table, key: &[u8], value: Vec<u8>) {
+        memory.0.borrow_mut().puts.insert((table, key.to_vec()), value);
+    }
+
+    /// Finding 5 of issue 12: a reading whose settlement overflows is refused with a reason, not a
+    /// panic, and nothing of it is written: its sequence stays free for a correct price.
+    #[test]
+    fn a_settlement_that_overflows_is_refused_and_writes_nothing() {
+        let (memory, _, meter_key) = configured();
+        let eur = Currency::new("EUR").expect("EUR");
+        let mut price = Writer::new();
+        encode_decimal(&mut price, Decimal::MAX);
+        price.fixed(eur.code().as_bytes());
+        plant(&memory, Table::Public, KEY_PRICE, price.finish());
+        // 2 kWh at the largest decimal.
+        let result = memory.apply(10, batch(&meter_key, &[reading(1, 2_000)]));
+        assert_eq!(result.readings.iter().map(|r| r.code()).collect::<Vec<_>>(), vec!["settlement_overflow"]);
+        assert!(account(&memory, "customer:C1").is_none(), "nothing was settled");
+        let mut price = Writer::new();
+        encode_decimal(&mut price, Decimal::from_str("0.30").expect("price"));
+        price.fixed(eur.code().as_bytes());
+        plant(&memory, Table::Public, KEY_PRICE, price.finish());
+        assert_eq!(memory.apply(11, batch(&meter_key, &[reading(1, 500)])).readings, vec![ReadingResult::Accepted]);
+    }
+
+    /// Finding 5 of issue 12: an account sum that would overflow refuses the reading, and neither
+    /// account changes.
+    #[test]
+    fn an_account_sum_that_overflows_is_refused_and_writes_nothing() {
+        let (memory, _, meter_key) = configured();
+        let eur = Currency::new("EUR").expect("EUR");
+        let mut full = Account::new(eur);
+        full.debits_posted = Decimal::MAX;
+        full.transfers_count = 1;
+        plant(&memory, Table::Private, &key_account("customer:C1"), full.encode());
+        // 10 kWh at 0.30: 3.0 more than the largest decimal holds.
+        let result = memory.apply(10, batch(&meter_key, &[reading(1, 10_000)]));
+        assert_eq!(result.readings.iter().map(|r| r.code()).collect::<Vec<_>>(), vec!["settlement_overflow"]);
+        assert_eq!(account(&memory, "customer:C1"), Some(full), "the customer's account is unchanged");
+        assert!(account(&memory, "supplier-accrual:EUR").is_none(), "the supplier's account is untouched");
     }
 
     proptest! {

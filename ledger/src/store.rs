@@ -30,95 +30,55 @@ use crate::entry::{
 };
 #[cfg(feature = "rocksdb")]
 use crate::kv::RocksKv;
+use crate::history::{self, SettledReading};
 use crate::kv::{Batch, Cf, Kv, MemoryKv};
-use crate::snapshot::{read_records, SnapshotFile, SnapshotWriter, FAMILIES};
+use crate::snapshot::{decode_pointer, for_each_record, Meta, SnapshotFile, SnapshotWriter, FAMILIES};
 use crate::state::{self, Overlay, StateRead, Table, TxResult};
+use domain::ids::{KeyId, MeterId, Sequence};
 use domain::merkle;
+use domain::reading::ReadingDigest;
 
 const KEY_VOTE: &[u8] = b"vote";
 const KEY_COMMITTED: &[u8] = b"committed";
 const KEY_LAST_PURGED: &[u8] = b"last_purged";
-const KEY_LAST_APPLIED: &[u8] = b"last_applied";
-const KEY_MEMBERSHIP: &[u8] = b"membership";
+pub(crate) const KEY_LAST_APPLIED: &[u8] = b"last_applied";
+pub(crate) const KEY_MEMBERSHIP: &[u8] = b"membership";
 const KEY_AS_OF: &[u8] = b"as_of_ms";
 const KEY_FRONTIER: &[u8] = b"merkle_frontier";
 
 /// The metadata file naming the current snapshot.
-const SNAPSHOT_CURRENT: &str = "current";
+pub(crate) const SNAPSHOT_CURRENT: &str = "current";
 
-type StorageResult<T> = Result<T, StorageError<NodeId>>;
+pub(crate) type StorageResult<T> = Result<T, StorageError<NodeId>>;
 
-fn io_error(
+pub(crate) fn io_error(
     subject: ErrorSubject<NodeId>,
     verb: ErrorVerb,
     error: impl std::error::Error + 'static,
 ) -> StorageError<NodeId> {
     StorageIOError::new(subject, verb, AnyError::new(&error)).into()
 }
-fn read_error(error: impl std::error::Error + 'static) -> StorageError<NodeId> {
+pub(crate) fn read_error(error: impl std::error::Error + 'static) -> StorageError<NodeId> {
     io_error(ErrorSubject::Store, ErrorVerb::Read, error)
 }
-fn write_error(error: impl std::error::Error + 'static) -> StorageError<NodeId> {
+pub(crate) fn write_error(error: impl std::error::Error + 'static) -> StorageError<NodeId> {
     io_error(ErrorSubject::Store, ErrorVerb::Write, error)
 }
 
 /// A node's database and snapshot directory. Clone to share.
 #[derive(Clone)]
 pub struct Store {
-    kv: Arc<dyn Kv>,
-    snapshot_dir: PathBuf,
+    pub(crate) kv: Arc<dyn Kv>,
+    pub(crate) snapshot_dir: PathBuf,
     /// The highest log index covered by a committed signature (clients wait on it).
     signed: Arc<tokio::sync::watch::Sender<u64>>,
     /// Only for openraft's storage suite, which applies non-contiguous indexes.
     allow_log_gaps: bool,
+    /// Most snapshot records per write batch when installing (`limits`; tests lower it).
+    pub(crate) install_batch_records: usize,
 }
 
-/// One entry of the ledger's history: its canonical bytes, its claims document, its Merkle leaf
-/// and the root over every entry up to and including it.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct HistoryRecord {
-    pub entry: Vec<u8>,
-    pub claims: Option<Vec<u8>>,
-    pub leaf: merkle::Hash,
-    pub root: merkle::Hash,
-}
-
-impl HistoryRecord {
-    pub fn encode(&self) -> Vec<u8> {
-        let mut writer = Writer::with_capacity(self.entry.len() + 80);
-        writer.long_bytes(&self.entry);
-        match &self.claims {
-            None => writer.u8(0),
-            Some(claims) => writer.u8(1).long_bytes(claims),
-        };
-        writer.fixed(&self.leaf).fixed(&self.root);
-        writer.finish()
-    }
-    pub fn decode(bytes: &[u8]) -> Result<Self, DecodeError> {
-        let mut reader = Reader::new(bytes);
-        let entry = reader.long_bytes(bytes.len())?.to_vec();
-        let claims = if reader.bool("claims_present")? { Some(reader.long_bytes(bytes.len())?.to_vec()) } else { None };
-        let record = HistoryRecord { entry, claims, leaf: reader.array()?, root: reader.array()? };
-        reader.finish()?;
-        Ok(record)
-    }
-    /// The leaf recomputed from the entry and claims (what the stored leaf must equal).
-    pub fn computed_leaf(&self) -> Result<merkle::Hash, DecodeError> {
-        let entry = decode_entry(&self.entry)?;
-        let tx_id = match &entry.payload {
-            EntryPayload::Normal(tx) => tx.tx_id.0,
-            _ => [0; 16],
-        };
-        Ok(entry_leaf(&tx_id, &self.entry, self.claims.as_deref()))
-    }
-}
-
-/// The Merkle leaf of an entry: its transaction id (zeros for raft's own entries), the digest of
-/// its canonical bytes, and the digest of its claims document (zeros if none). docs/receipts.md.
-pub fn entry_leaf(tx_id: &[u8; 16], entry_bytes: &[u8], claims: Option<&[u8]>) -> merkle::Hash {
-    let claims_digest = claims.map_or(merkle::NO_CLAIMS, merkle::sha256);
-    merkle::leaf_hash(tx_id, &merkle::sha256(entry_bytes), &claims_digest)
-}
+pub use crate::history::{entry_leaf, HistoryRecord};
 
 impl Debug for Store {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -164,8 +124,14 @@ impl Store {
                 std::fs::remove_file(&path)?;
             }
         }
-        let mut store =
-            Store { kv, snapshot_dir, signed: Arc::new(tokio::sync::watch::channel(0).0), allow_log_gaps: false };
+        let mut store = Store {
+            kv,
+            snapshot_dir,
+            signed: Arc::new(tokio::sync::watch::channel(0).0),
+            allow_log_gaps: false,
+            install_batch_records: crate::limits::SNAPSHOT_INSTALL_BATCH_RECORDS,
+        };
+        store.finish_interrupted_install()?;
         store.signed = Arc::new(tokio::sync::watch::channel(store.signed_index()).0);
         Ok(store)
     }
@@ -208,31 +174,82 @@ impl Store {
         raw.into_iter().map(|(index, bytes)| Ok((index, HistoryRecord::decode(&bytes).map_err(read_error)?))).collect()
     }
 
-    /// The stored Merkle leaves of `count` consecutive entries from `from` (stops at a gap).
-    pub fn history_leaves(&self, from: u64, count: u64) -> StorageResult<Vec<merkle::Hash>> {
-        let mut leaves = Vec::new();
-        let mut failure = None;
+    /// The root of a complete perfect subtree of the Merkle tree (a leaf at level 0), if stored.
+    pub fn merkle_subtree(&self, subtree: merkle::Subtree) -> StorageResult<Option<merkle::Hash>> {
+        match self.kv.get(Cf::Tree, &subtree.key()).map_err(read_error)? {
+            None => Ok(None),
+            Some(bytes) => Ok(Some(bytes.as_slice().try_into().map_err(|_| {
+                read_error(std::io::Error::other(format!("Merkle subtree {subtree:?} is not 32 bytes")))
+            })?)),
+        }
+    }
+
+    /// The settlement line of a reading, if this node's history holds it (a node that joined from
+    /// a snapshot lacks older lines until it has fetched the history before it).
+    pub fn settled_line(
+        &self,
+        meter: &MeterId,
+        key_id: KeyId,
+        sequence: Sequence,
+    ) -> StorageResult<Option<SettledReading>> {
+        match self.kv.get(Cf::Readings, &history::reading_key(meter, key_id, sequence)).map_err(read_error)? {
+            None => Ok(None),
+            Some(bytes) => Ok(Some(SettledReading::decode(&bytes).map_err(read_error)?)),
+        }
+    }
+
+    /// The digest of the reading settled at (meter, key id, sequence), from this node's history:
+    /// the same digest is an exact duplicate, another one equivocation. `None`: not settled, or
+    /// settled before the history this node holds (the state's ranges still refuse it).
+    pub fn settled_digest(&self, meter: &MeterId, key_id: KeyId, sequence: Sequence) -> Option<ReadingDigest> {
+        self.settled_line(meter, key_id, sequence).expect("history database readable").map(|line| line.digest)
+    }
+
+    /// Every settled line of one (meter, key id) in this node's history, in sequence order.
+    pub fn settled_lines(&self, meter: &MeterId, key_id: KeyId) -> StorageResult<Vec<(u64, SettledReading)>> {
+        let prefix = history::readings_prefix(meter, key_id);
+        let mut raw = Vec::new();
         self.kv
-            .scan(Cf::History, &from.to_be_bytes(), &mut |key, value| {
-                let index = u64::from_be_bytes(key.try_into().expect("history keys are 8 bytes"));
-                if index != from + leaves.len() as u64 || leaves.len() as u64 >= count {
-                    return false;
+            .scan(Cf::Readings, &prefix, &mut |key, value| {
+                let inside = key.starts_with(&prefix) && key.len() == prefix.len() + 8;
+                if inside {
+                    let sequence = u64::from_be_bytes(key[prefix.len()..].try_into().expect("8 bytes"));
+                    raw.push((sequence, value.to_vec()));
                 }
-                // The leaf and root are the record's last 64 bytes.
-                match value.len().checked_sub(64) {
-                    Some(start) => leaves.push(value[start..start + 32].try_into().expect("32 bytes")),
-                    None => {
-                        failure = Some(index);
-                        return false;
-                    }
-                }
-                true
+                inside
             })
             .map_err(read_error)?;
-        if let Some(index) = failure {
-            return Err(read_error(std::io::Error::other(format!("history record {index} is truncated"))));
+        raw.into_iter()
+            .map(|(sequence, bytes)| Ok((sequence, SettledReading::decode(&bytes).map_err(read_error)?)))
+            .collect()
+    }
+
+    /// Each (meter, key id)'s totals in state equal the sum of its settlement lines in the
+    /// history. Only meaningful on a node whose history is complete from index 0.
+    pub fn check_settled_lines(&self) -> Result<(), String> {
+        let private = self.scan_prefix(Table::Private, b"");
+        for (meter, key_id, summary) in state::summaries(&private)? {
+            let lines = self.settled_lines(&meter, key_id).map_err(|error| error.to_string())?;
+            let amount: rust_decimal::Decimal = lines.iter().map(|(_, line)| line.amount).sum();
+            let import_wh: u64 = lines.iter().map(|(_, line)| line.energy_import_wh).sum();
+            let sequences: Vec<u64> = lines.iter().map(|(sequence, _)| *sequence).collect();
+            let in_ranges = sequences.iter().all(|sequence| summary.ranges.contains(*sequence));
+            if lines.len() as u64 != summary.readings_settled
+                || amount != summary.amount
+                || import_wh != summary.energy_import_wh
+                || !in_ranges
+            {
+                return Err(format!(
+                    "{meter} key {}: state holds {} readings ({} Wh, {}), the history {} lines ({import_wh} Wh, {amount})",
+                    key_id.0,
+                    summary.readings_settled,
+                    summary.energy_import_wh,
+                    summary.amount,
+                    lines.len()
+                ));
+            }
         }
-        Ok(leaves)
+        Ok(())
     }
 
     /// The first key (and value) at or after `from` that starts with `prefix`.
@@ -255,6 +272,8 @@ impl Store {
         for (index, record) in records {
             batch.put(Cf::History, index.to_be_bytes(), record.encode());
         }
+        // The indexes of what was fetched, in the same batch.
+        history::derived_writes(records, &mut batch).map_err(|error| write_error(std::io::Error::other(error)))?;
         self.kv.write(batch).map_err(write_error)
     }
 
@@ -512,7 +531,7 @@ pub struct StateMachineStore {
     snapshot_counter: Arc<AtomicU64>,
 }
 
-fn snapshot_error(
+pub(crate) fn snapshot_error(
     meta: Option<&SnapshotMeta<NodeId, openraft::BasicNode>>,
     verb: ErrorVerb,
 ) -> impl Fn(std::io::Error) -> StorageError<NodeId> {
@@ -521,52 +540,15 @@ fn snapshot_error(
 }
 
 impl StateMachineStore {
-    fn snapshot_path(&self, name: &str) -> PathBuf {
-        self.store.snapshot_dir.join(name)
-    }
-
     fn fresh_part(&self, purpose: &str) -> PathBuf {
         let counter = self.snapshot_counter.fetch_add(1, Ordering::Relaxed);
-        self.snapshot_path(&format!("{purpose}-{counter}.part"))
+        self.store.snapshot_path(&format!("{purpose}-{counter}.part"))
     }
 
-    /// Makes the data file `part` the current snapshot: moves it into place, replaces the
-    /// metadata file atomically (write, fsync, rename), then removes older data files.
-    fn publish_snapshot(
-        &self,
-        meta: &SnapshotMeta<NodeId, openraft::BasicNode>,
-        part: &Path,
-    ) -> StorageResult<PathBuf> {
-        let failed = snapshot_error(Some(meta), ErrorVerb::Write);
-        let durable = self.store.kv.durable();
-        let data_name = format!("{}.snap", hex::encode(&Sha256::digest(meta.snapshot_id.as_bytes())[..16]));
-        let data_path = self.snapshot_path(&data_name);
-        if part.parent() == Some(self.store.snapshot_dir.as_path()) {
-            std::fs::rename(part, &data_path).map_err(&failed)?;
-        } else {
-            // Data from elsewhere (not received into this directory): copy, leave the original.
-            std::fs::copy(part, &data_path).map_err(&failed)?;
-        }
-        let mut writer = Writer::new();
-        encode_optional_log_id(&mut writer, &meta.last_log_id);
-        encode_stored_membership(&mut writer, &meta.last_membership);
-        writer.long_bytes(meta.snapshot_id.as_bytes()).long_bytes(data_name.as_bytes());
-        let temporary = self.fresh_part("current");
-        std::fs::write(&temporary, writer.finish()).map_err(&failed)?;
-        if durable {
-            std::fs::File::open(&temporary).and_then(|file| file.sync_all()).map_err(&failed)?;
-        }
-        std::fs::rename(&temporary, self.snapshot_path(SNAPSHOT_CURRENT)).map_err(&failed)?;
-        if durable {
-            std::fs::File::open(&self.store.snapshot_dir).and_then(|dir| dir.sync_all()).map_err(&failed)?;
-        }
-        for entry in std::fs::read_dir(&self.store.snapshot_dir).map_err(&failed)? {
-            let path = entry.map_err(&failed)?.path();
-            if path != data_path && path.extension().is_some_and(|extension| extension == "snap") {
-                std::fs::remove_file(&path).map_err(&failed)?;
-            }
-        }
-        Ok(data_path)
+    /// Makes the data file `part` the current snapshot.
+    fn publish_snapshot(&self, meta: &Meta, part: &Path) -> StorageResult<PathBuf> {
+        let data_name = self.store.place_snapshot_data(meta, part)?;
+        self.store.publish_current(meta, &data_name, &self.fresh_part("current"))
     }
 }
 
@@ -626,13 +608,19 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
         let mut as_of = None;
         let mut frontier = self.store.frontier()?;
         let mut history = Vec::new();
+        let mut indexes = Batch::default();
+        let mut record_subtree = |subtree: merkle::Subtree, hash: &merkle::Hash| {
+            indexes.put(Cf::Tree, subtree.key(), hash.to_vec());
+        };
+        let mut lines = Vec::new();
         for entry in entries {
             let index = entry.log_id.index;
             // openraft starts a cluster's log at index 0 and applies contiguously, so leaf i is
             // entry i. openraft's storage suite applies arbitrary indexes; for it alone, missing
             // indexes get empty leaves.
             while self.store.allow_log_gaps && frontier.size() < index {
-                frontier.append(merkle::leaf_hash(&[0; 16], &merkle::sha256(&[]), &merkle::NO_CLAIMS));
+                let empty = merkle::leaf_hash(&[0; 16], &merkle::sha256(&[]), &merkle::NO_CLAIMS);
+                frontier.append_with(empty, &mut record_subtree);
             }
             if frontier.size() != index {
                 return Err(write_error(std::io::Error::other(format!(
@@ -651,6 +639,9 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
                     as_of = Some(tx.time.0);
                     let applied = state::apply(&mut overlay, index, &tx)
                         .map_err(|halt| write_error(std::io::Error::other(halt.to_string())))?;
+                    let settled = history::settled_lines(index, &tx, applied.claims.as_deref())
+                        .map_err(|error| write_error(std::io::Error::other(error)))?;
+                    lines.extend(settled);
                     results.push(applied.result);
                     (tx.tx_id.0, applied.claims)
                 }
@@ -661,7 +652,7 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
                 }
             };
             let leaf = entry_leaf(&tx_id, &bytes, claims.as_deref());
-            frontier.append(leaf);
+            frontier.append_with(leaf, &mut record_subtree);
             let root = frontier.root().expect("a leaf was just appended");
             state::record_marker_root(&mut overlay, index, root);
             history.push((index, HistoryRecord { entry: bytes, claims, leaf, root }));
@@ -688,6 +679,10 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
         for (index, record) in history {
             batch.put(Cf::History, index.to_be_bytes(), record.encode());
         }
+        for (key, line) in lines {
+            batch.put(Cf::Readings, key, line.encode());
+        }
+        batch.ops.extend(indexes.ops);
         self.store.kv.write(batch).map_err(write_error)?;
         self.store.signed.send_replace(self.store.signed_index());
         Ok(results)
@@ -709,57 +704,27 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
     ) -> StorageResult<()> {
         let part = snapshot.path().to_path_buf();
         let mut file = snapshot.into_file();
-        // Verified whole before anything is replaced.
-        let records = read_records(&mut file).map_err(snapshot_error(Some(meta), ErrorVerb::Read))?;
+        // Verified whole (streaming, nothing kept) before anything is replaced.
+        for_each_record(&mut file, &mut |_, _, _| Ok(())).map_err(snapshot_error(Some(meta), ErrorVerb::Read))?;
         if self.store.kv.durable() {
             file.sync_all().map_err(snapshot_error(Some(meta), ErrorVerb::Write))?;
         }
         drop(file);
-        let mut batch = Batch::default();
-        for cf in FAMILIES {
-            let mut existing = Vec::new();
-            self.store
-                .kv
-                .scan(cf, &[], &mut |key, _| {
-                    existing.push(key.to_vec());
-                    true
-                })
-                .map_err(read_error)?;
-            for key in existing {
-                batch.delete(cf, key);
-            }
-        }
-        for (cf, key, value) in records {
-            batch.put(cf, key, value);
-        }
-        let mut writer = Writer::new();
-        encode_optional_log_id(&mut writer, &meta.last_log_id);
-        batch.put(Cf::SmMeta, KEY_LAST_APPLIED, writer.finish());
-        let mut writer = Writer::new();
-        encode_stored_membership(&mut writer, &meta.last_membership);
-        batch.put(Cf::SmMeta, KEY_MEMBERSHIP, writer.finish());
-        self.store.kv.write(batch).map_err(write_error)?;
-        self.publish_snapshot(meta, &part)?;
+        let data_name = self.store.place_snapshot_data(meta, &part)?;
+        self.store.install_from(meta, &data_name, false, &self.fresh_part("current"))?;
         self.store.signed.send_replace(self.store.signed_index());
         Ok(())
     }
 
     async fn get_current_snapshot(&mut self) -> StorageResult<Option<Snapshot<TypeConfig>>> {
         let failed = snapshot_error(None, ErrorVerb::Read);
-        let bytes = match std::fs::read(self.snapshot_path(SNAPSHOT_CURRENT)) {
+        let bytes = match std::fs::read(self.store.snapshot_path(SNAPSHOT_CURRENT)) {
             Ok(bytes) => bytes,
             Err(error) if error.kind() == std::io::ErrorKind::NotFound => return Ok(None),
             Err(error) => return Err(failed(error)),
         };
-        let mut reader = Reader::new(&bytes);
-        let last_log_id = decode_optional_log_id(&mut reader).map_err(read_error)?;
-        let last_membership = decode_stored_membership(&mut reader).map_err(read_error)?;
-        let text = |bytes: &[u8]| String::from_utf8(bytes.to_vec()).map_err(read_error);
-        let snapshot_id = text(reader.long_bytes(bytes.len()).map_err(read_error)?)?;
-        let data_name = text(reader.long_bytes(bytes.len()).map_err(read_error)?)?;
-        reader.finish().map_err(read_error)?;
-        let meta = SnapshotMeta { last_log_id, last_membership, snapshot_id };
-        let file = SnapshotFile::open(&self.snapshot_path(&data_name))
+        let (meta, data_name) = decode_pointer(&bytes)?;
+        let file = SnapshotFile::open(&self.store.snapshot_path(&data_name))
             .map_err(snapshot_error(Some(&meta), ErrorVerb::Read))?;
         Ok(Some(Snapshot { meta, snapshot: Box::new(file) }))
     }
@@ -767,6 +732,7 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
 
 #[cfg(test)]
 mod tests {
+    use anyhow::Context;
     use openraft::testing::{StoreBuilder, Suite};
 
     use super::*;
@@ -788,6 +754,242 @@ mod tests {
     #[test]
     fn openraft_storage_suite() -> StorageResult<()> {
         Suite::test_all(RocksBuilder)
+    }
+
+    /// Counts every record the store reads through the `Kv` seam.
+    #[derive(Debug, Default)]
+    struct CountingKv {
+        inner: MemoryKv,
+        reads: AtomicU64,
+    }
+
+    impl Kv for CountingKv {
+        fn get(&self, cf: Cf, key: &[u8]) -> crate::kv::KvResult<Option<Vec<u8>>> {
+            self.reads.fetch_add(1, Ordering::Relaxed);
+            self.inner.get(cf, key)
+        }
+        fn scan(&self, cf: Cf, from: &[u8], visit: &mut crate::kv::Visit<'_>) -> crate::kv::KvResult<()> {
+            self.inner.scan(cf, from, &mut |key, value| {
+                self.reads.fetch_add(1, Ordering::Relaxed);
+                visit(key, value)
+            })
+        }
+        fn last(&self, cf: Cf) -> crate::kv::KvResult<Option<(Vec<u8>, Vec<u8>)>> {
+            self.reads.fetch_add(1, Ordering::Relaxed);
+            self.inner.last(cf)
+        }
+        fn write(&self, batch: Batch) -> crate::kv::KvResult<()> {
+            self.inner.write(batch)
+        }
+        fn scan_consistent(&self, cfs: &[Cf], visit: &mut crate::kv::VisitAll<'_>) -> crate::kv::KvResult<()> {
+            self.inner.scan_consistent(cfs, &mut |cf, key, value| {
+                self.reads.fetch_add(1, Ordering::Relaxed);
+                visit(cf, key, value)
+            })
+        }
+        fn durable(&self) -> bool {
+            false
+        }
+    }
+
+    /// Records read to build the receipt of leaf 0 once `entries` entries are signed.
+    async fn receipt_reads(entries: u64) -> anyhow::Result<u64> {
+        let dir = tempfile::tempdir()?;
+        let kv = Arc::new(CountingKv::default());
+        let store = Store::with_kv(kv.clone(), dir.path().join("snapshots"))?;
+        let mut driver = crate::driver::Driver::new(store.clone()).await?;
+        driver.configure(1, rust_decimal::Decimal::new(30, 2)).await?;
+        driver.apply(vec![crate::driver::readings_body(&[(0, crate::driver::reading(0, 1, 500))])]).await?;
+        while driver.next_index() < entries {
+            let count = (entries - driver.next_index()).min(1_000);
+            driver.apply((0..count).map(|_| domain::tx::TxBody::Tick).collect()).await?;
+        }
+        driver.sign().await?;
+        let service_key = driver.service_public_key();
+        kv.reads.store(0, Ordering::Relaxed);
+        let receipt = crate::receipts::build(&store, 0).map_err(|error| anyhow::anyhow!("{error:?}"))?;
+        let reads = kv.reads.load(Ordering::Relaxed);
+        println!("receipt of leaf 0 over {entries} entries: {reads} records read");
+        receipt.verify(&service_key, None).map_err(|error| anyhow::anyhow!("{error}"))?;
+        assert_eq!(receipt.tree_size, entries + 1, "the signature covers every entry and its marker");
+        Ok(reads)
+    }
+
+    /// Finding 7 of issue 12: a receipt costs O(log n) reads, not O(ledger size).
+    #[tokio::test]
+    async fn a_receipt_reads_logarithmically_many_records() -> anyhow::Result<()> {
+        let small = receipt_reads(500).await?;
+        let large = receipt_reads(20_000).await?;
+        // log2(20,002) is about 14.3: a path of 15 siblings, each at most a few reads.
+        assert!(large <= 80, "a receipt over 20,001 entries read {large} records (501 entries: {small})");
+        Ok(())
+    }
+
+    /// The private table's key count and bytes, and the size of a snapshot's data file.
+    async fn state_size(driver: &Driver) -> anyhow::Result<(usize, usize, u64)> {
+        let private = driver.store.scan_prefix(Table::Private, b"");
+        let bytes = private.iter().map(|(key, value)| key.len() + value.len()).sum();
+        let snapshot = driver.store.state_machine().build_snapshot().await?;
+        let data = snapshot.snapshot.path().metadata()?.len();
+        Ok((private.len(), bytes, data))
+    }
+
+    use crate::driver::Driver;
+
+    /// Finding 6 of issue 12: state grows with meters, not with readings. One meter's state is
+    /// the same size after 1,000 and after 10,000 readings (the snapshot grows only by the
+    /// per-transaction index and Merkle frontier, not by anything per reading).
+    #[tokio::test]
+    async fn state_grows_with_meters_not_readings() -> anyhow::Result<()> {
+        let dir = tempfile::tempdir()?;
+        let mut driver = Driver::new(Store::open(dir.path())?).await?;
+        driver.configure(1, rust_decimal::Decimal::new(30, 2)).await?;
+        let mut sizes = Vec::new();
+        let mut sequence = 1;
+        for target in [1_000u64, 10_000] {
+            while sequence <= target {
+                let readings: Vec<_> =
+                    (sequence..sequence + 500).map(|at| (0, crate::driver::reading(0, at, 250))).collect();
+                sequence += 500;
+                let results = driver.apply(vec![crate::driver::readings_body(&readings)]).await?;
+                assert!(results[0].readings.iter().all(|result| *result == state::ReadingResult::Accepted));
+            }
+            sizes.push(state_size(&driver).await?);
+        }
+        let [(keys_1k, bytes_1k, snapshot_1k), (keys_10k, bytes_10k, snapshot_10k)] = sizes[..] else {
+            unreachable!("two sizes")
+        };
+        assert_eq!(keys_1k, keys_10k, "private keys after 1,000 and 10,000 readings");
+        assert_eq!(bytes_1k, bytes_10k, "private bytes after 1,000 and 10,000 readings");
+        assert!(
+            snapshot_10k < snapshot_1k + 2_048,
+            "snapshot grew from {snapshot_1k} to {snapshot_10k} bytes over 9,000 readings"
+        );
+        Ok(())
+    }
+
+    /// A crash of the node's disk after `writes_left` more batches; records the largest batch.
+    #[derive(Debug)]
+    struct CrashingKv {
+        inner: MemoryKv,
+        writes_left: std::sync::atomic::AtomicI64,
+        largest_batch: std::sync::atomic::AtomicUsize,
+    }
+
+    impl Kv for CrashingKv {
+        fn get(&self, cf: Cf, key: &[u8]) -> crate::kv::KvResult<Option<Vec<u8>>> {
+            self.inner.get(cf, key)
+        }
+        fn scan(&self, cf: Cf, from: &[u8], visit: &mut crate::kv::Visit<'_>) -> crate::kv::KvResult<()> {
+            self.inner.scan(cf, from, visit)
+        }
+        fn last(&self, cf: Cf) -> crate::kv::KvResult<Option<(Vec<u8>, Vec<u8>)>> {
+            self.inner.last(cf)
+        }
+        fn write(&self, batch: Batch) -> crate::kv::KvResult<()> {
+            if self.writes_left.fetch_sub(1, Ordering::SeqCst) == 0 {
+                return Err(std::io::Error::other("the disk is gone: the node crashed"));
+            }
+            self.largest_batch.fetch_max(batch.ops.len(), Ordering::SeqCst);
+            self.inner.write(batch)
+        }
+        fn scan_consistent(&self, cfs: &[Cf], visit: &mut crate::kv::VisitAll<'_>) -> crate::kv::KvResult<()> {
+            self.inner.scan_consistent(cfs, visit)
+        }
+        fn durable(&self) -> bool {
+            false
+        }
+    }
+
+    /// Finding 6 of issue 12: installing a snapshot streams it in bounded batches, and a crash in
+    /// the middle leaves a state that the next open completes, never one it takes as whole.
+    #[tokio::test]
+    async fn snapshot_install_streams_and_survives_a_crash_midway() -> anyhow::Result<()> {
+        let dir = tempfile::tempdir()?;
+        let mut source = Driver::new(Store::open(&dir.path().join("source"))?).await?;
+        source.configure(40, rust_decimal::Decimal::new(30, 2)).await?;
+        let readings: Vec<_> = (0..40).map(|meter| (meter, crate::driver::reading(meter, 1, 300))).collect();
+        source.apply(vec![crate::driver::readings_body(&readings)]).await?;
+        let snapshot = source.store.state_machine().build_snapshot().await?;
+        let records = crate::snapshot::read_records(&mut std::fs::File::open(snapshot.snapshot.path())?)?.len();
+        assert!(records > 100, "{records} records");
+        let expected = source.store.state_digest()?;
+
+        for crash_after in [None, Some(1), Some(3), Some(6)] {
+            let kv = Arc::new(CrashingKv {
+                inner: MemoryKv::default(),
+                writes_left: std::sync::atomic::AtomicI64::new(crash_after.unwrap_or(-1)),
+                largest_batch: std::sync::atomic::AtomicUsize::new(0),
+            });
+            let snapshots = dir.path().join(format!("target-{crash_after:?}"));
+            let mut store = Store::with_kv(kv.clone(), snapshots.clone())?;
+            store.install_batch_records = 25;
+            let mut machine = store.state_machine();
+            let receiving = machine.begin_receiving_snapshot().await?;
+            // What openraft would stream into it, written through a second handle of the file.
+            std::fs::copy(snapshot.snapshot.path(), receiving.path())?;
+            let installed = machine.install_snapshot(&snapshot.meta, receiving).await;
+            let store = match crash_after {
+                None => {
+                    installed?;
+                    assert!(kv.largest_batch.load(Ordering::SeqCst) <= 25 + 3, "batches stay bounded");
+                    store
+                }
+                Some(_) => {
+                    assert!(installed.is_err(), "the disk failed mid-install");
+                    // Restart: the same data behind a new handle; opening finishes the install.
+                    let reopened = Arc::new(kv.inner.crash_and_reopen());
+                    Store::with_kv(reopened, snapshots)?
+                }
+            };
+            assert_eq!(store.state_digest()?, expected, "crash after {crash_after:?}: the state is the snapshot's");
+            let (applied, _) = store.state_machine().applied_state().await?;
+            assert_eq!(applied, snapshot.meta.last_log_id, "crash after {crash_after:?}");
+            let current = store.state_machine().get_current_snapshot().await?.context("a current snapshot")?;
+            assert_eq!(current.meta, snapshot.meta);
+        }
+        Ok(())
+    }
+
+    /// Equivocation is told from a duplicate by the digest in the history's index; a node that
+    /// fetched the history from a peer derives the same indexes (lines and Merkle subtrees).
+    #[tokio::test]
+    async fn the_history_index_tells_duplicates_from_equivocation_and_is_rebuilt_from_fetched_history(
+    ) -> anyhow::Result<()> {
+        let dir = tempfile::tempdir()?;
+        let mut driver = Driver::new(Store::open(&dir.path().join("a"))?).await?;
+        driver.configure(2, rust_decimal::Decimal::new(30, 2)).await?;
+        let original = crate::driver::reading(1, 7, 400);
+        driver.apply(vec![crate::driver::readings_body(&[(1, original.clone())])]).await?;
+        let forged = crate::driver::reading(1, 7, 401);
+        let results = driver.apply(vec![crate::driver::readings_body(&[(1, forged.clone())])]).await?;
+        assert_eq!(results[0].readings, vec![state::ReadingResult::Duplicate], "the state keeps ranges only");
+        let (_, key) = crate::driver::meter(1);
+        let digest = |reading: &domain::reading::Reading| reading.sign(&key).expect("valid").digest();
+        let settled = driver.store.settled_digest(&original.meter_id, KeyId(1), Sequence(7));
+        assert_eq!(settled, Some(digest(&original)), "an exact duplicate has the settled digest");
+        assert_ne!(settled, Some(digest(&forged)), "equivocation has another");
+        assert_eq!(driver.store.settled_digest(&original.meter_id, KeyId(1), Sequence(8)), None);
+        driver.sign().await?;
+        driver.store.check_settled_lines().map_err(anyhow::Error::msg)?;
+
+        let fetched = Store::open(&dir.path().join("b"))?;
+        let records = driver.store.history_range(0, driver.next_index())?;
+        fetched.put_history(&records)?;
+        for cf in [Cf::Readings, Cf::Tree] {
+            let dump = |store: &Store| -> anyhow::Result<Vec<(Vec<u8>, Vec<u8>)>> {
+                let mut all = Vec::new();
+                store.kv.scan(cf, &[], &mut |key, value| {
+                    all.push((key.to_vec(), value.to_vec()));
+                    true
+                })?;
+                Ok(all)
+            };
+            let own = dump(&driver.store)?;
+            assert!(!own.is_empty(), "{cf:?}");
+            assert_eq!(dump(&fetched)?, own, "{cf:?} derived from fetched history");
+        }
+        Ok(())
     }
 
     /// A reopened store remembers its log, vote, purge point and applied state.
