@@ -9,6 +9,7 @@ mod gateway;
 mod gateway_faults;
 mod gateway_modbus;
 mod gateway_restart;
+mod ledger_admission;
 mod modbus;
 mod support;
 mod verifiable;

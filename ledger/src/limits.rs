@@ -43,3 +43,19 @@ pub const SIGNATURE_POLL: Duration = Duration::from_millis(5);
 
 /// How often a node missing older history (it joined from a snapshot) tries to fetch it.
 pub const HISTORY_FETCH_INTERVAL: Duration = Duration::from_secs(1);
+
+/// Most reading submissions (`POST /v1/readings`, `?wait=false` ones until their proposal is
+/// settled) in flight at one node from one gateway id. A gateway forwards one batch at a time, so
+/// 16 leaves room for retries after timeouts and for a benchmark's parallel clients, while one
+/// noisy gateway cannot take the whole node.
+pub const SUBMISSIONS_IN_FLIGHT_PER_GATEWAY_MAX: usize = 16;
+
+/// Most reading submissions in flight at one node from all clients together. Each holds at most
+/// one batch (`SUBMIT_READINGS_MAX` readings, under 1 MB decoded), so this bounds the memory and
+/// the tasks a flood can take to ~64 MB; gateway ids are self-declared until the consortium issue
+/// authenticates clients, so this global bound is what holds against a client that invents ids.
+pub const SUBMISSIONS_IN_FLIGHT_MAX: usize = 64;
+
+/// `Retry-After` (seconds) of a `429` answer: long enough for in-flight batches to commit
+/// (a few signature intervals), short enough that a gateway's outbox does not stall.
+pub const BUSY_RETRY_AFTER_S: u64 = 1;
