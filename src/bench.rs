@@ -34,6 +34,12 @@ pub struct LedgerBenchArgs {
     /// or both in one run (a fresh cluster each). Clients wait for a signature when they are on.
     #[arg(long, value_enum, default_value = "both")]
     signatures: SignatureMode,
+    /// Meters registered (two admin transactions each before the run starts).
+    #[arg(long, default_value_t = 1_000)]
+    meters: u32,
+    /// Seconds each raw limit (bare verification, bare RocksDB) is measured for.
+    #[arg(long, default_value_t = 2.0)]
+    bare_seconds: f64,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -42,8 +48,6 @@ pub enum SignatureMode {
     Off,
     Both,
 }
-
-const METERS: u32 = 1_000;
 
 fn reading(meter: u32, sequence: u64) -> Reading {
     let start = UnixSeconds(1_767_225_600 + 900 * sequence as i64);
@@ -67,15 +71,15 @@ fn percentile(sorted: &[Duration], fraction: f64) -> f64 {
 }
 
 /// Bare batch verification (ed25519-consensus) of `batch` signatures, per second.
-fn bare_batch_verify_per_second(signed: &[(SignedReading, [u8; 32])], batch: usize) -> f64 {
+fn bare_batch_verify_per_second(signed: &[(SignedReading, [u8; 32])], batch: usize, limit: Duration) -> f64 {
     let started = Instant::now();
     let mut verified = 0usize;
     let mut rng = rand::thread_rng();
-    while started.elapsed() < Duration::from_secs(2) {
+    while started.elapsed() < limit {
         for chunk in signed.chunks(batch.max(1)) {
             let outcomes = domain::verify::verify_batch(chunk.to_vec(), &mut rng);
             verified += outcomes.len();
-            if started.elapsed() >= Duration::from_secs(2) {
+            if started.elapsed() >= limit {
                 break;
             }
         }
@@ -84,7 +88,7 @@ fn bare_batch_verify_per_second(signed: &[(SignedReading, [u8; 32])], batch: usi
 }
 
 /// Bare RocksDB: synced WriteBatches of `batch` puts of 180 bytes, puts per second.
-fn bare_rocksdb_synced_puts_per_second(dir: &Path, batch: usize) -> anyhow::Result<f64> {
+fn bare_rocksdb_synced_puts_per_second(dir: &Path, batch: usize, limit: Duration) -> anyhow::Result<f64> {
     let mut options = rocksdb::Options::default();
     options.create_if_missing(true);
     let db = rocksdb::DB::open(&options, dir)?;
@@ -93,7 +97,7 @@ fn bare_rocksdb_synced_puts_per_second(dir: &Path, batch: usize) -> anyhow::Resu
     let value = [42u8; 180];
     let started = Instant::now();
     let mut key = 0u64;
-    while started.elapsed() < Duration::from_secs(2) {
+    while started.elapsed() < limit {
         let mut write = rocksdb::WriteBatch::default();
         for _ in 0..batch.max(1) {
             write.put(key.to_be_bytes(), value);
@@ -135,14 +139,19 @@ async fn ledger_cluster(
     let seed = 3;
     let operator_key = dir.join("operator.key");
     std::fs::write(&operator_key, hex::encode(rand::random::<[u8; 32]>()))?;
-    firmware_sim::write_registry(&dir.join("meters.json"), seed, METERS)?;
+    anyhow::ensure!(args.meters > 0, "--meters must be at least 1");
+    let meters = args.meters;
+    firmware_sim::write_registry(&dir.join("meters.json"), seed, meters)?;
     std::fs::write(
         dir.join("ledger.toml"),
         "registries = [\"meters.json\"]\n[tariff]\ncurrency = \"EUR\"\nprice_per_kwh = \"0.30\"\n",
     )?;
-    let ports: Vec<u16> = (0..args.nodes)
-        .map(|_| std::net::TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map(|a| a.port()))
-        .collect::<Result<_, _>>()?;
+    // All listeners are held until every port is picked, so no two nodes get the same one.
+    let listeners: Vec<std::net::TcpListener> =
+        (0..args.nodes).map(|_| std::net::TcpListener::bind("127.0.0.1:0")).collect::<Result<_, _>>()?;
+    let ports: Vec<u16> =
+        listeners.iter().map(|listener| listener.local_addr().map(|a| a.port())).collect::<Result<_, _>>()?;
+    drop(listeners);
     let members: Vec<(u64, String)> =
         ports.iter().enumerate().map(|(index, port)| (index as u64 + 1, format!("127.0.0.1:{port}"))).collect();
     let mut starting = Vec::new();
@@ -175,13 +184,13 @@ async fn ledger_cluster(
     );
 
     // Pre-signed load: distinct (meter, sequence) pairs, so every reading is accepted.
-    let keys: Vec<_> = (0..METERS).map(|meter| firmware_sim::meter_key(seed, meter)).collect();
+    let keys: Vec<_> = (0..meters).map(|meter| firmware_sim::meter_key(seed, meter)).collect();
     let needed: usize =
         args.batch_sizes.iter().map(|&batch| args.readings.max(batch * 200).div_ceil(batch) * batch).sum();
     let signed: Vec<SignedReading> = (0..needed)
         .map(|index| {
-            let meter = (index % METERS as usize) as u32;
-            let sequence = (index / METERS as usize) as u64 + 1;
+            let meter = (index % meters as usize) as u32;
+            let sequence = (index / meters as usize) as u64 + 1;
             reading(meter, sequence).sign(&keys[meter as usize]).expect("valid")
         })
         .collect();
@@ -248,11 +257,12 @@ async fn ledger_cluster(
         let elapsed = started.elapsed().as_secs_f64();
         latencies.sort();
         let rate = (requests * batch) as f64 / elapsed;
+        let bare = Duration::from_secs_f64(args.bare_seconds.max(0.01));
         let verify_rate =
-            tokio::task::spawn_blocking(move || bare_batch_verify_per_second(&verify_sample, batch)).await?;
+            tokio::task::spawn_blocking(move || bare_batch_verify_per_second(&verify_sample, batch, bare)).await?;
         let rocks_dir = dir.join(format!("bare-rocksdb-{batch}"));
         let fsync_rate =
-            tokio::task::spawn_blocking(move || bare_rocksdb_synced_puts_per_second(&rocks_dir, batch)).await??;
+            tokio::task::spawn_blocking(move || bare_rocksdb_synced_puts_per_second(&rocks_dir, batch, bare)).await??;
         let row = format!(
             "| {} | {batch} | {} | {requests} | {rate:.0} | {:.1} | {:.1} | {verify_rate:.0} | {fsync_rate:.0} | {:.2} | {:.2} |",
             if signatures { "on" } else { "off" },

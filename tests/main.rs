@@ -10,6 +10,7 @@ mod gateway;
 mod gateway_faults;
 mod gateway_modbus;
 mod gateway_restart;
+mod ledger_admission;
 mod modbus;
 #[path = "../src/process.rs"]
 mod process;

@@ -183,6 +183,12 @@ pub struct SubmitAdmin {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct SubmitAdminResponse {
     pub log_index: u64,
-    /// Why the state machine refused it, if it did.
+    /// Why the state machine refused it, if it did. (The leader checks the signature, the
+    /// operator key and the nonce before proposing and answers a refusal as an HTTP error, so
+    /// this is set only when two admin transactions raced across a leader change.)
     pub refused: Option<String>,
+    /// `true` when the same signed bytes were applied before (a retry after a lost answer): the
+    /// answer is the earlier transaction's, and nothing was proposed again.
+    #[serde(default)]
+    pub retried: bool,
 }

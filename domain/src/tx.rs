@@ -15,6 +15,8 @@ use crate::verify::{verify_signature, SignatureError, VerifiedReading};
 pub const TX_VERSION: u8 = 1;
 /// Domain-separation tag of the bytes an operator signs for an admin action.
 pub const ADMIN_TAG: &[u8; 13] = b"wattle.admin\0";
+/// Domain-separation tag of an admin transaction's id ([`SignedAdmin::tx_id`]).
+pub const ADMIN_TX_ID_TAG: &[u8; 16] = b"wattle.admin-id\0";
 
 /// One ledger transaction, as proposed by the leader.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -181,6 +183,18 @@ impl SignedAdmin {
     /// Checks the signature (not whether the key is the ledger's operator key).
     pub fn verify(&self) -> Result<(), SignatureError> {
         verify_signature(&self.operator_key, &self.signature, &admin_message(self.nonce, &self.action))
+    }
+
+    /// The id of the transaction that carries this admin action, derived from its signed bytes
+    /// (SHA-256 over [`ADMIN_TX_ID_TAG`] and [`SignedAdmin::to_bytes`], first 16 bytes). Ed25519
+    /// signing is deterministic, so a retry, even re-signed, carries the same id and the ledger
+    /// recognises it as the transaction already applied rather than refusing its nonce as stale.
+    pub fn tx_id(&self) -> TxId {
+        use sha2::{Digest, Sha256};
+        let digest = Sha256::new().chain_update(ADMIN_TX_ID_TAG).chain_update(self.to_bytes()).finalize();
+        let mut id = [0u8; 16];
+        id.copy_from_slice(&digest[..16]);
+        TxId(id)
     }
 }
 
@@ -387,5 +401,22 @@ impl<'de> Deserialize<'de> for Transaction {
         let text = String::deserialize(deserializer)?;
         let bytes = hex::decode(text).map_err(serde::de::Error::custom)?;
         Transaction::decode(&bytes).map_err(serde::de::Error::custom)
+    }
+}
+
+#[cfg(test)]
+mod admin_id_tests {
+    use super::*;
+
+    #[test]
+    fn an_admin_transaction_id_follows_from_its_signed_bytes() {
+        let key = SigningKey::from_bytes(&[7; 32]);
+        let action = || AdminAction::SetVoters { voters: vec![1, 2, 3] };
+        let first = SignedAdmin::sign(4, action(), &key);
+        assert_eq!(first.tx_id(), SignedAdmin::sign(4, action(), &key).tx_id(), "a re-signed retry keeps its id");
+        assert_ne!(first.tx_id(), SignedAdmin::sign(5, action(), &key).tx_id(), "another nonce, another id");
+        let mut forged = first.clone();
+        forged.signature[0] ^= 1;
+        assert_ne!(first.tx_id(), forged.tx_id(), "the id covers the signature");
     }
 }

@@ -16,8 +16,8 @@ use domain::api::{
     TransactionPage, TransactionSummary,
 };
 use domain::clock::Clock;
-use domain::ids::{CustomerId, TxId};
-use domain::reading::SignedReading;
+use domain::ids::{CustomerId, KeyId, MeterId, Sequence, TxId};
+use domain::reading::{ReadingDigest, SignedReading};
 use domain::settlement::RULES_VERSION;
 use domain::tx::{BatchReading, ReadingBatch, Transaction, TxBody};
 use domain::verify::verify_batch;
@@ -26,7 +26,9 @@ use openraft::{EntryPayload, Raft};
 use serde::Deserialize;
 
 use crate::entry::{NodeId, TypeConfig};
-use crate::limits::{COMMIT_WAIT_MAX, REQUEST_BYTES_MAX, SUBMIT_READINGS_MAX, TRANSACTION_PAGE_MAX};
+use crate::limits::{
+    BUSY_RETRY_AFTER_S, COMMIT_WAIT_MAX, REQUEST_BYTES_MAX, SUBMIT_READINGS_MAX, TRANSACTION_PAGE_MAX,
+};
 use crate::state::{self, MeterRecord, ReadingResult, Table, TxResult};
 use crate::store::Store;
 
@@ -41,6 +43,12 @@ pub struct Metrics {
     pub gateway_signatures_refused: AtomicU64,
     pub transactions_proposed: AtomicU64,
     pub rejected_by_reason: Mutex<BTreeMap<String, u64>>,
+    /// Submissions answered `429`, by code (`overloaded`, `gateway_overloaded`).
+    pub busy_by_code: Mutex<BTreeMap<&'static str, u64>>,
+    /// Admin transactions refused before the log, by reason code.
+    pub admin_refused_by_reason: Mutex<BTreeMap<String, u64>>,
+    /// Admin submissions recognised as a transaction already applied (retries).
+    pub admin_retries: AtomicU64,
     /// Readings per proposed reading batch.
     pub batch_readings: Histogram,
     /// Milliseconds from proposing a transaction to its commit and application.
@@ -98,6 +106,9 @@ impl Default for Metrics {
             gateway_signatures_refused: AtomicU64::new(0),
             transactions_proposed: AtomicU64::new(0),
             rejected_by_reason: Mutex::default(),
+            busy_by_code: Mutex::default(),
+            admin_refused_by_reason: Mutex::default(),
+            admin_retries: AtomicU64::new(0),
             batch_readings: Histogram::new(BATCH_BOUNDS),
             commit_latency_ms: Histogram::new(LATENCY_BOUNDS_MS),
         }
@@ -108,6 +119,13 @@ impl Metrics {
     fn reject(&self, reason: &str) {
         let mut map = self.rejected_by_reason.lock().expect("metrics lock is never poisoned");
         *map.entry(reason.to_string()).or_default() += 1;
+    }
+    fn busy(&self, code: &'static str) {
+        *self.busy_by_code.lock().expect("metrics lock is never poisoned").entry(code).or_default() += 1;
+    }
+    pub(crate) fn admin_refused(&self, code: &str) {
+        let mut map = self.admin_refused_by_reason.lock().expect("metrics lock is never poisoned");
+        *map.entry(code.to_string()).or_default() += 1;
     }
 }
 
@@ -130,6 +148,11 @@ pub struct AppState {
     pub signature_interval: Option<std::time::Duration>,
     /// Clients waiting for a signature right now: the leader signs at once while any wait.
     pub signature_waiters: Arc<AtomicU64>,
+    /// Bounds on reading submissions in flight (`429` beyond them).
+    pub admission: crate::admission::Admission,
+    /// Admin transactions are checked and proposed one at a time, so each is checked against
+    /// the state every earlier one left (admin actions are rare; readings never wait for this).
+    pub admin_serial: Arc<tokio::sync::Mutex<()>>,
 }
 
 /// Header marking a request a follower forwarded, so it is never forwarded twice.
@@ -146,7 +169,7 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/transactions/{tx_id}/claims", get(transaction_claims))
         .route("/v1/receipts/{tx_id}", get(receipt))
         .route("/v1/history", get(history))
-        .route("/v1/admin", post(submit_admin))
+        .route("/v1/admin", post(crate::admin::submit_admin))
         .route("/v1/config", get(public_config))
         .route("/healthz", get(healthz))
         .route("/metrics", get(metrics))
@@ -161,19 +184,38 @@ pub fn router(state: AppState) -> Router {
 #[derive(Debug)]
 pub struct ApiError {
     status: StatusCode,
-    code: &'static str,
+    code: std::borrow::Cow<'static, str>,
     message: String,
+    /// Seconds for a `Retry-After` header (`429` answers).
+    retry_after_s: Option<u64>,
 }
 
 impl ApiError {
-    fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {
-        ApiError { status, code, message: message.into() }
+    pub(crate) fn new(
+        status: StatusCode,
+        code: impl Into<std::borrow::Cow<'static, str>>,
+        message: impl Into<String>,
+    ) -> Self {
+        ApiError { status, code: code.into(), message: message.into(), retry_after_s: None }
+    }
+
+    /// A `429` for a submission beyond an in-flight bound, with `Retry-After`.
+    fn busy(busy: crate::admission::Busy) -> Self {
+        ApiError {
+            retry_after_s: Some(BUSY_RETRY_AFTER_S),
+            ..ApiError::new(StatusCode::TOO_MANY_REQUESTS, busy.code(), busy.to_string())
+        }
     }
 }
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        (self.status, Json(ErrorBody { code: self.code.to_string(), message: self.message })).into_response()
+        let mut response =
+            (self.status, Json(ErrorBody { code: self.code.into_owned(), message: self.message })).into_response();
+        if let Some(seconds) = self.retry_after_s {
+            response.headers_mut().insert(axum::http::header::RETRY_AFTER, axum::http::HeaderValue::from(seconds));
+        }
+        response
     }
 }
 
@@ -182,12 +224,12 @@ fn rejected(reason: &str) -> ReadingOutcome {
 }
 
 /// Where writes must go: this node, or the leader's address.
-enum Route {
+pub(crate) enum Route {
     Here,
     Leader(String),
 }
 
-fn route(app: &AppState) -> Result<Route, ApiError> {
+pub(crate) fn route(app: &AppState) -> Result<Route, ApiError> {
     let metrics = app.raft.metrics().borrow().clone();
     match metrics.current_leader {
         Some(leader) if leader == app.node_id => Ok(Route::Here),
@@ -204,7 +246,7 @@ fn route(app: &AppState) -> Result<Route, ApiError> {
 }
 
 /// Forwards a write to the leader once and relays its answer.
-async fn forward<T: serde::Serialize>(
+pub(crate) async fn forward<T: serde::Serialize>(
     app: &AppState,
     headers: &HeaderMap,
     leader: &str,
@@ -234,49 +276,6 @@ async fn forward<T: serde::Serialize>(
     Ok((status, [(axum::http::header::CONTENT_TYPE, "application/json")], bytes).into_response())
 }
 
-/// `POST /v1/admin`: an operator-signed admin action (hex of its canonical bytes), proposed by
-/// the leader; followers forward it.
-async fn submit_admin(
-    State(app): State<AppState>,
-    headers: HeaderMap,
-    Json(request): Json<domain::api::SubmitAdmin>,
-) -> Result<Response, ApiError> {
-    let bytes = hex::decode(&request.admin)
-        .map_err(|error| ApiError::new(StatusCode::BAD_REQUEST, "malformed_admin", error.to_string()))?;
-    let admin = domain::tx::SignedAdmin::from_bytes(&bytes)
-        .map_err(|error| ApiError::new(StatusCode::BAD_REQUEST, "malformed_admin", error.to_string()))?;
-    if let Route::Leader(leader) = route(&app)? {
-        return forward(&app, &headers, &leader, "/v1/admin", &request).await;
-    }
-    let action = admin.action.clone();
-    let (log_index, result) = propose(&app, TxBody::Admin(admin)).await?;
-    if result.admin_refused.is_none() {
-        change_membership(&app, &action).await?;
-    }
-    Ok(Json(domain::api::SubmitAdminResponse { log_index, refused: result.admin_refused }).into_response())
-}
-
-/// Carries out a committed, operator-signed membership action through openraft.
-async fn change_membership(app: &AppState, action: &domain::tx::AdminAction) -> Result<(), ApiError> {
-    let failed = |error: String| ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "membership_change_failed", error);
-    match action {
-        domain::tx::AdminAction::AddNode { node_id, address } => {
-            tracing::info!(node_id, %address, "adding a learner");
-            app.raft
-                .add_learner(*node_id, openraft::BasicNode::new(address.clone()), true)
-                .await
-                .map_err(|error| failed(error.to_string()))?;
-        }
-        domain::tx::AdminAction::SetVoters { voters } => {
-            tracing::info!(?voters, "changing the voters");
-            let voters: std::collections::BTreeSet<NodeId> = voters.iter().copied().collect();
-            app.raft.change_membership(voters, false).await.map_err(|error| failed(error.to_string()))?;
-        }
-        _ => {}
-    }
-    Ok(())
-}
-
 /// `GET /v1/config`: the public configuration (operator key, admin nonce, tariff).
 async fn public_config(State(app): State<AppState>) -> Json<serde_json::Value> {
     let state = app.store.state();
@@ -286,13 +285,14 @@ async fn public_config(State(app): State<AppState>) -> Json<serde_json::Value> {
     }))
 }
 
-/// Proposes a transaction and waits until it is committed and applied.
+/// Proposes a transaction and waits until it is committed, applied and covered by a signature.
 pub async fn propose(app: &AppState, body: TxBody) -> Result<(u64, TxResult), ApiError> {
     propose_as(app, TxId(rand::random()), body).await
 }
 
-/// Proposes a transaction under a chosen id and waits until it is committed and applied.
-async fn propose_as(app: &AppState, tx_id: TxId, body: TxBody) -> Result<(u64, TxResult), ApiError> {
+/// Proposes a transaction under a chosen id and waits until it is committed, applied and
+/// covered by a signature.
+pub(crate) async fn propose_as(app: &AppState, tx_id: TxId, body: TxBody) -> Result<(u64, TxResult), ApiError> {
     let tx = Transaction { tx_id, rules_version: RULES_VERSION, time: app.clock.now(), body };
     app.metrics.transactions_proposed.fetch_add(1, Ordering::Relaxed);
     if let TxBody::Readings(batch) = &tx.body {
@@ -308,27 +308,67 @@ async fn propose_as(app: &AppState, tx_id: TxId, body: TxBody) -> Result<(u64, T
         }
         Ok(Ok(response)) => {
             let index = response.log_id.index;
-            // Committed for clients only once a later signature covers it (DESIGN.md).
-            let signed = match app.signature_interval {
-                None => true,
-                Some(_) => {
-                    app.signature_waiters.fetch_add(1, Ordering::Relaxed);
-                    let signed = app.store.wait_signed(index, COMMIT_WAIT_MAX).await;
-                    app.signature_waiters.fetch_sub(1, Ordering::Relaxed);
-                    signed
-                }
-            };
-            if !signed {
-                return Err(ApiError::new(
-                    StatusCode::SERVICE_UNAVAILABLE,
-                    "not_signed",
-                    format!("applied at {index} but no signature covers it yet; query its status"),
-                ));
-            }
+            wait_covered(app, index).await?;
             app.metrics.commit_latency_ms.observe(started.elapsed().as_millis() as u64);
             Ok((index, response.data))
         }
     }
+}
+
+/// Counts a client waiting for a signature while it lives (the leader signs at once while any
+/// wait), also when the waiting request is dropped half-way.
+struct SignatureWaiter(Arc<AtomicU64>);
+
+impl SignatureWaiter {
+    fn new(waiters: &Arc<AtomicU64>) -> Self {
+        waiters.fetch_add(1, Ordering::Relaxed);
+        SignatureWaiter(waiters.clone())
+    }
+}
+
+impl Drop for SignatureWaiter {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// Waits until a committed signature covers the entry at `index`: clients hear "committed" only
+/// then (DESIGN.md). Without signature transactions (benchmarks only) commit alone counts.
+pub(crate) async fn wait_covered(app: &AppState, index: u64) -> Result<(), ApiError> {
+    if app.signature_interval.is_none() {
+        return Ok(());
+    }
+    let _waiting = SignatureWaiter::new(&app.signature_waiters);
+    if app.store.wait_signed(index, COMMIT_WAIT_MAX).await {
+        Ok(())
+    } else {
+        Err(ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "not_signed",
+            format!("applied at {index} but no signature covers it yet; query its status"),
+        ))
+    }
+}
+
+/// The digest of the reading settled for (meter, key id, sequence), if one is. The one place the
+/// API asks this, so where digests live (state today, a history index later) changes here alone.
+/// The planted dedup bug (`danger`) turns this check off too, so the simulation still sees it.
+fn settled_digest(app: &AppState, meter_id: &MeterId, key_id: KeyId, sequence: Sequence) -> Option<ReadingDigest> {
+    if crate::danger::dedup_off() {
+        return None;
+    }
+    state::settled(&app.store.state(), meter_id, key_id, sequence).map(|settled| settled.digest)
+}
+
+/// A reading that passed the cheap checks and goes on to signature verification.
+struct Candidate {
+    position: usize,
+    signed: SignedReading,
+    public_key: [u8; 32],
+    backfill: bool,
+    /// The digest settled for its (meter, key id, sequence), which differs from its own: once
+    /// its signature verifies, it is an equivocation.
+    conflicts_with: Option<ReadingDigest>,
 }
 
 #[tracing::instrument(skip_all, fields(gateway = %request.gateway_id, readings = request.readings.len()))]
@@ -345,6 +385,12 @@ async fn submit_readings(
             format!("{} readings, limit {SUBMIT_READINGS_MAX}", request.readings.len()),
         ));
     }
+    // Admitted before any verification, so a flood costs a counter check per request. Held until
+    // answered, or by the background proposal of a `?wait=false` submission until it finishes.
+    let permit = app.admission.admit(&request.gateway_id).map_err(|busy| {
+        app.metrics.busy(busy.code());
+        ApiError::busy(busy)
+    })?;
     if let Some(signature) = &request.gateway_signature {
         signature.verify(&request.gateway_id, &request.readings).map_err(|error| {
             app.metrics.gateway_signatures_refused.fetch_add(1, Ordering::Relaxed);
@@ -358,44 +404,80 @@ async fn submit_readings(
     let count = request.readings.len();
     app.metrics.readings_submitted.fetch_add(count as u64, Ordering::Relaxed);
     let mut outcomes: Vec<Option<ReadingOutcome>> = vec![None; count];
-    let mut candidates: Vec<(usize, SignedReading, [u8; 32], bool)> = Vec::new();
-    for (index, envelope) in request.readings.iter().enumerate() {
+    let mut candidates: Vec<Candidate> = Vec::new();
+    for (position, envelope) in request.readings.iter().enumerate() {
         let signed = match envelope.open() {
             Ok(signed) => signed,
             Err(error) => {
-                outcomes[index] = Some(rejected(error.code()));
+                outcomes[position] = Some(rejected(error.code()));
                 continue;
             }
         };
         let reading = signed.reading();
-        match state::meter(&app.store.state(), &reading.meter_id) {
-            None => outcomes[index] = Some(rejected("unknown_meter")),
-            Some(MeterRecord { key_id, .. }) if key_id != reading.key_id => {
-                outcomes[index] = Some(rejected("unknown_key"))
+        let public_key = match state::meter(&app.store.state(), &reading.meter_id) {
+            None => {
+                outcomes[position] = Some(rejected("unknown_meter"));
+                continue;
             }
-            Some(record) => candidates.push((index, signed, record.public_key, envelope.backfill)),
-        }
+            Some(MeterRecord { key_id, .. }) if key_id != reading.key_id => {
+                outcomes[position] = Some(rejected("unknown_key"));
+                continue;
+            }
+            Some(record) => record.public_key,
+        };
+        let digest = signed.digest();
+        // An exact duplicate of a settled reading is answered from state and never proposed: a
+        // replayed history grows nothing. Its bytes are those the leader verified before, so its
+        // signature is not checked again.
+        let conflicts_with = match settled_digest(&app, &reading.meter_id, reading.key_id, reading.sequence) {
+            Some(settled) if settled == digest => {
+                outcomes[position] = Some(ReadingOutcome {
+                    digest: Some(digest.to_string()),
+                    status: OutcomeStatus::Duplicate,
+                    reason: None,
+                });
+                continue;
+            }
+            other => other,
+        };
+        candidates.push(Candidate { position, signed, public_key, backfill: envelope.backfill, conflicts_with });
     }
     // The leader verifies every signature itself before proposing (DESIGN.md, trust model).
-    let positions: Vec<(usize, bool)> = candidates.iter().map(|(index, _, _, backfill)| (*index, *backfill)).collect();
     let items: Vec<(SignedReading, [u8; 32])> =
-        candidates.into_iter().map(|(_, signed, key, _)| (signed, key)).collect();
-    let verified = tokio::task::spawn_blocking(move || verify_batch(items, &mut rand::thread_rng()))
-        .await
-        .map_err(|error| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", error.to_string()))?;
+        candidates.iter().map(|candidate| (candidate.signed.clone(), candidate.public_key)).collect();
+    let verified = if items.is_empty() {
+        Vec::new()
+    } else {
+        tokio::task::spawn_blocking(move || verify_batch(items, &mut rand::thread_rng()))
+            .await
+            .map_err(|error| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", error.to_string()))?
+    };
     let mut batch = Vec::new();
     let mut batch_positions = Vec::new();
-    for ((index, backfill), outcome) in positions.into_iter().zip(verified) {
-        match outcome {
-            Ok(reading) => {
-                batch_positions.push((index, reading.digest().to_string()));
-                batch.push(BatchReading { reading, backfill });
+    for (candidate, outcome) in candidates.into_iter().zip(verified) {
+        let digest = candidate.signed.digest().to_string();
+        match (outcome, candidate.conflicts_with) {
+            (Ok(_), Some(settled)) => {
+                // Validly signed by the meter, other bytes than the settled reading: the meter
+                // equivocates. Refused with an alarm and never proposed, so a replayed
+                // equivocation grows nothing either.
+                let meter = &candidate.signed.reading().meter_id;
+                tracing::error!(%meter, %digest, settled = %settled, "equivocation: same meter and sequence, different bytes");
+                outcomes[candidate.position] = Some(ReadingOutcome {
+                    digest: Some(digest),
+                    status: OutcomeStatus::Equivocation,
+                    reason: Some(ReadingResult::Equivocation.code().to_string()),
+                });
             }
-            Err(refused) => {
+            (Ok(reading), None) => {
+                batch_positions.push((candidate.position, digest));
+                batch.push(BatchReading { reading, backfill: candidate.backfill });
+            }
+            (Err(refused), _) => {
                 let meter = &refused.signed.reading().meter_id;
                 tracing::info!(%meter, error = %refused.error, "reading refused by the leader");
-                let digest = Some(refused.signed.digest().to_string());
-                outcomes[index] = Some(ReadingOutcome { digest, ..rejected("bad_signature") });
+                outcomes[candidate.position] =
+                    Some(ReadingOutcome { digest: Some(digest), ..rejected("bad_signature") });
             }
         }
     }
@@ -409,6 +491,8 @@ async fn submit_readings(
         let body = TxBody::Readings(ReadingBatch { gateway_id: request.gateway_id.clone(), readings: batch });
         let background = app.clone();
         tokio::spawn(async move {
+            // The proposal keeps the submission's place in the in-flight bounds until it ends.
+            let _permit = permit;
             if let Err(error) = propose_as(&background, id, body).await {
                 tracing::warn!(tx_id = %id, ?error, "proposal without waiting failed");
             }
@@ -761,11 +845,31 @@ async fn metrics(State(app): State<AppState>) -> String {
         "counter",
         m.transactions_proposed.load(Ordering::Relaxed),
     );
+    gauge(
+        "wattle_ledger_submissions_in_flight",
+        "Reading submissions in flight at this node.",
+        "gauge",
+        app.admission.in_flight() as u64,
+    );
+    gauge(
+        "wattle_ledger_admin_retries_total",
+        "Admin submissions recognised as a transaction already applied.",
+        "counter",
+        m.admin_retries.load(Ordering::Relaxed),
+    );
     m.batch_readings.render(&mut out, "wattle_ledger_batch_readings", "Readings per proposed batch.");
     m.commit_latency_ms.render(&mut out, "wattle_ledger_commit_latency_ms", "Propose to commit and apply, ms.");
     let _ = writeln!(out, "# HELP wattle_ledger_readings_rejected_total Readings refused, by reason.\n# TYPE wattle_ledger_readings_rejected_total counter");
     for (reason, count) in m.rejected_by_reason.lock().expect("metrics lock is never poisoned").iter() {
         let _ = writeln!(out, "wattle_ledger_readings_rejected_total{{reason=\"{reason}\"}} {count}");
+    }
+    let _ = writeln!(out, "# HELP wattle_ledger_submissions_busy_total Reading submissions answered 429, by code.\n# TYPE wattle_ledger_submissions_busy_total counter");
+    for (code, count) in m.busy_by_code.lock().expect("metrics lock is never poisoned").iter() {
+        let _ = writeln!(out, "wattle_ledger_submissions_busy_total{{code=\"{code}\"}} {count}");
+    }
+    let _ = writeln!(out, "# HELP wattle_ledger_admin_refused_total Admin transactions refused before the log, by reason.\n# TYPE wattle_ledger_admin_refused_total counter");
+    for (reason, count) in m.admin_refused_by_reason.lock().expect("metrics lock is never poisoned").iter() {
+        let _ = writeln!(out, "wattle_ledger_admin_refused_total{{reason=\"{reason}\"}} {count}");
     }
     out
 }

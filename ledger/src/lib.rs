@@ -1,6 +1,8 @@
 //! The consortium ledger: openraft (0.9, storage-v2) over RocksDB, a sans-IO state machine that
 //! deduplicates and settles readings, and the HTTP API that gateways and billing use.
 
+pub mod admin;
+pub mod admission;
 pub mod api;
 pub mod audit;
 pub mod danger;

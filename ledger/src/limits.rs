@@ -54,3 +54,19 @@ pub const AUDIT_PROGRESS_ENTRIES: u64 = 10_000;
 /// from the file, so memory stays bounded by this (records are small: a meter, a customer, an
 /// account, a meter summary) however many meters the state holds.
 pub const SNAPSHOT_INSTALL_BATCH_RECORDS: usize = 10_000;
+
+/// Most reading submissions (`POST /v1/readings`, `?wait=false` ones until their proposal is
+/// settled) in flight at one node from one gateway id. A gateway forwards one batch at a time, so
+/// 16 leaves room for retries after timeouts and for a benchmark's parallel clients, while one
+/// noisy gateway cannot take the whole node.
+pub const SUBMISSIONS_IN_FLIGHT_PER_GATEWAY_MAX: usize = 16;
+
+/// Most reading submissions in flight at one node from all clients together. Each holds at most
+/// one batch (`SUBMIT_READINGS_MAX` readings, under 1 MB decoded), so this bounds the memory and
+/// the tasks a flood can take to ~64 MB; gateway ids are self-declared until the consortium issue
+/// authenticates clients, so this global bound is what holds against a client that invents ids.
+pub const SUBMISSIONS_IN_FLIGHT_MAX: usize = 64;
+
+/// `Retry-After` (seconds) of a `429` answer: long enough for in-flight batches to commit
+/// (a few signature intervals), short enough that a gateway's outbox does not stall.
+pub const BUSY_RETRY_AFTER_S: u64 = 1;

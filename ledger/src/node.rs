@@ -158,6 +158,11 @@ pub async fn start(config: NodeConfig) -> anyhow::Result<NodeHandle> {
         metrics: Arc::new(Metrics::default()),
         http: reqwest::Client::builder().timeout(crate::limits::COMMIT_WAIT_MAX * 2).build()?,
         pending: Arc::default(),
+        admission: crate::admission::Admission::new(
+            crate::limits::SUBMISSIONS_IN_FLIGHT_PER_GATEWAY_MAX,
+            crate::limits::SUBMISSIONS_IN_FLIGHT_MAX,
+        ),
+        admin_serial: Arc::default(),
     };
     let (shutdown_sender, shutdown_receiver) = oneshot::channel::<()>();
     let server = tokio::spawn({
@@ -242,8 +247,14 @@ async fn sign_roots(app: AppState, interval: std::time::Duration) {
         }
         let view = app.store.state();
         let applied = app.store.applied_index();
-        let signed_through = state::last_signed(&view).map(|(_, signature_index)| signature_index);
-        let unsigned = applied.saturating_sub(signed_through.unwrap_or(0));
+        // Entries after the last signed marker, less the signature transaction itself (it needs
+        // no signature of its own). Entries applied between a marker and its signature are
+        // unsigned too: counting from the signature's index instead left them uncovered until
+        // something else was written, so a client whose entry landed there waited in vain.
+        let unsigned = match state::last_signed(&view) {
+            Some((marker, _signature_index)) => applied.saturating_sub(marker + 1),
+            None => applied,
+        };
         let marker = match state::pending_marker(&view) {
             Some(marker) => marker,
             None => {
@@ -410,8 +421,25 @@ async fn wait_for_leader(raft: &Raft<crate::entry::TypeConfig>) -> anyhow::Resul
 }
 
 /// Submits one signed admin action through this node's own API (which forwards to the leader).
-async fn submit_admin(app: &AppState, address: SocketAddr, admin: &SignedAdmin) -> anyhow::Result<SubmitAdminResponse> {
+async fn submit_admin(
+    app: &AppState,
+    address: SocketAddr,
+    admin: &SignedAdmin,
+) -> Result<SubmitAdminResponse, SubmitAdminError> {
     submit_admin_to(&app.http, &format!("http://{address}"), admin).await
+}
+
+/// Why submitting an admin action failed.
+#[derive(Debug, thiserror::Error)]
+pub enum SubmitAdminError {
+    /// The ledger refused it before the log (bad signature, not the operator's key, stale nonce,
+    /// an action the state refuses): final, retrying the same bytes changes nothing.
+    #[error("the ledger refused the admin transaction ({status}): {code}: {message}")]
+    Refused { status: u16, code: String, message: String },
+    /// Not committed (yet): no leader, a timeout, a network error. Retry the same bytes: a retry
+    /// of a transaction that was applied after all is recognised and answered as applied.
+    #[error("admin transaction not committed: {0}")]
+    NotCommitted(String),
 }
 
 /// Submits one signed admin action to a ledger node's API (any node: followers forward).
@@ -419,14 +447,21 @@ pub async fn submit_admin_to(
     http: &reqwest::Client,
     ledger_url: &str,
     admin: &SignedAdmin,
-) -> anyhow::Result<SubmitAdminResponse> {
+) -> Result<SubmitAdminResponse, SubmitAdminError> {
+    let not_committed = |error: reqwest::Error| SubmitAdminError::NotCommitted(error.to_string());
     let request = SubmitAdmin { admin: hex::encode(admin.to_bytes()) };
-    let response = http.post(format!("{ledger_url}/v1/admin")).json(&request).send().await?;
+    let response = http.post(format!("{ledger_url}/v1/admin")).json(&request).send().await.map_err(not_committed)?;
     let status = response.status();
-    if !status.is_success() {
-        bail!("admin transaction not committed ({status}): {}", response.text().await.unwrap_or_default());
+    if status.is_success() {
+        return response.json().await.map_err(not_committed);
     }
-    Ok(response.json().await?)
+    let text = response.text().await.unwrap_or_default();
+    match serde_json::from_str::<domain::api::ErrorBody>(&text) {
+        Ok(body) if status.is_client_error() => {
+            Err(SubmitAdminError::Refused { status: status.as_u16(), code: body.code, message: body.message })
+        }
+        _ => Err(SubmitAdminError::NotCommitted(format!("{status}: {text}"))),
+    }
 }
 
 /// Submits the admin transactions needed to make the ledger's configuration match the file:
@@ -495,19 +530,23 @@ pub async fn load_admin_config(
     let count = actions.len();
     for action in actions {
         nonce += 1;
+        // The same bytes on every attempt, so a retry of one that was applied after all is
+        // recognised by its transaction id rather than refused as a stale nonce.
+        let admin = SignedAdmin::sign(nonce, action, key);
         let mut attempts = 0;
         loop {
             attempts += 1;
-            match submit_admin(app, address, &SignedAdmin::sign(nonce, action.clone(), key)).await {
+            match submit_admin(app, address, &admin).await {
                 Ok(SubmitAdminResponse { refused: None, .. }) => break,
                 Ok(SubmitAdminResponse { refused: Some(reason), .. }) => {
                     bail!("the ledger refused an admin transaction: {reason}")
                 }
+                Err(error @ SubmitAdminError::Refused { .. }) => return Err(error.into()),
                 Err(error) if attempts < ADMIN_ATTEMPTS_MAX => {
                     tracing::warn!(%error, attempts, "admin transaction not committed yet; retrying");
                     tokio::time::sleep(std::time::Duration::from_millis(200 * attempts as u64)).await;
                 }
-                Err(error) => return Err(error),
+                Err(error) => return Err(error.into()),
             }
         }
     }
