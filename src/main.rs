@@ -57,8 +57,9 @@ enum Command {
     /// Run an edge gateway: MQTT and Modbus in, verification, durable outbox, forwarding to the
     /// ledger, every batch signed with the gateway's key.
     Gateway(GatewayArgs),
-    /// List a running gateway's quarantine: every rejected reading with its reason.
-    Quarantine(QuarantineArgs),
+    /// List a running gateway's quarantine: every rejected reading with its reason; or
+    /// `wattle quarantine release` to re-submit held and unverified readings through its checks.
+    Quarantine(QuarantineCommand),
     /// Run the billing service: customers' running bills over HTTP.
     Billing(BillingArgs),
     /// Run a fleet of simulated meters that publish signed readings over MQTT.
@@ -78,6 +79,73 @@ enum Command {
         #[arg(long)]
         out: PathBuf,
     },
+}
+
+#[derive(Debug, clap::Args)]
+#[command(args_conflicts_with_subcommands = true)]
+struct QuarantineCommand {
+    #[command(subcommand)]
+    action: Option<QuarantineAction>,
+    #[command(flatten)]
+    list: QuarantineArgs,
+}
+
+#[derive(Debug, clap::Subcommand)]
+enum QuarantineAction {
+    /// Re-submit the held and unverified readings that match (after the cause was fixed: a
+    /// setting, a registration, a price); each goes through every check again with the gateway's
+    /// current configuration. Prints how many were released; repeats while more match.
+    Release(ReleaseArgs),
+}
+
+#[derive(Debug, clap::Args)]
+struct ReleaseArgs {
+    /// The running gateway's HTTP address (its --listen).
+    #[arg(long, default_value = "http://127.0.0.1:7100")]
+    gateway: String,
+    /// Only entries with this reason code (e.g. clock_future, ledger_no_tariff).
+    #[arg(long)]
+    reason: Option<String>,
+    /// Only this meter's entries.
+    #[arg(long)]
+    meter: Option<String>,
+    /// Only sequences from this one (inclusive).
+    #[arg(long)]
+    from_sequence: Option<u64>,
+    /// Only sequences up to this one (inclusive).
+    #[arg(long)]
+    to_sequence: Option<u64>,
+    /// Only entries of this class: held or unverified.
+    #[arg(long)]
+    class: Option<String>,
+}
+
+async fn release_quarantine(args: ReleaseArgs) -> anyhow::Result<()> {
+    let url = format!("{}/v1/quarantine/release", args.gateway.trim_end_matches('/'));
+    let filter = serde_json::json!({
+        "reason": args.reason,
+        "meter": args.meter,
+        "from_sequence": args.from_sequence,
+        "to_sequence": args.to_sequence,
+        "class": args.class,
+    });
+    let http = reqwest::Client::new();
+    let (mut released, mut not_releasable) = (0u64, 0u64);
+    // Bounded: each round releases at most the gateway's page, and released entries leave.
+    for _ in 0..gateway::limits::RELEASE_ROUNDS_MAX {
+        let response = http.post(&url).json(&filter).send().await.with_context(|| format!("asking {url}"))?;
+        let status = response.status();
+        let body: serde_json::Value = response.json().await.with_context(|| format!("{url} answered {status}"))?;
+        anyhow::ensure!(status.is_success(), "{url} answered {status}: {body}");
+        let ids = body["released"].as_array().map_or(0, Vec::len) as u64;
+        released += ids;
+        not_releasable = body["not_releasable"].as_u64().unwrap_or(0);
+        if body["more"] != true || ids == 0 {
+            break;
+        }
+    }
+    println!("{released} entries released; {not_releasable} matching entries are not releasable (final or garbage)");
+    Ok(())
 }
 
 #[derive(Debug, clap::Args)]
@@ -732,6 +800,7 @@ async fn run(command: Command) -> anyhow::Result<()> {
                 None => gateway::config::FileConfig::default(),
             };
             let modbus = file.devices()?;
+            let quarantine = file.quarantine();
             let broker = args.broker.or(file.broker).unwrap_or_else(|| "127.0.0.1:1883".into());
             let (broker_host, broker_port) = parse_host_port(&broker)?;
             let ledger_urls = if args.ledger.is_empty() {
@@ -770,6 +839,7 @@ async fn run(command: Command) -> anyhow::Result<()> {
                     .disk_budget_mb
                     .or(file.disk_budget_mb)
                     .map_or(gateway::limits::DISK_BUDGET_BYTES_DEFAULT, |mb| mb.saturating_mul(1024 * 1024)),
+                quarantine,
             })
             .await?;
             write_ready_file(args.ready_file.as_deref(), gateway.address)?;
@@ -787,7 +857,10 @@ async fn run(command: Command) -> anyhow::Result<()> {
             Ok(())
         }
         Command::Sim(args) => run_sim(args).await,
-        Command::Quarantine(args) => list_quarantine(args).await,
+        Command::Quarantine(QuarantineCommand { action: Some(QuarantineAction::Release(args)), .. }) => {
+            release_quarantine(args).await
+        }
+        Command::Quarantine(QuarantineCommand { action: None, list }) => list_quarantine(list).await,
         Command::Bench(BenchCommand::Ledger(args)) => bench::ledger(args).await,
         Command::Bench(BenchCommand::Gateway(args)) => bench_gateway::gateway(args).await,
         Command::Bench(BenchCommand::State(args)) => bench_state::state(args).await,

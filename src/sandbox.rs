@@ -164,6 +164,7 @@ pub async fn run(args: SandboxArgs) -> anyhow::Result<()> {
         attest_interval_s: gateway::limits::ATTEST_INTERVAL_S_DEFAULT,
         key_file: None,
         disk_budget_bytes: gateway::limits::DISK_BUDGET_BYTES_DEFAULT,
+        quarantine: gateway::QuarantineSettings::default(),
     })
     .await?;
     let http = reqwest::Client::new();

@@ -8,6 +8,8 @@ mod end_to_end;
 mod fleet;
 mod gateway;
 mod gateway_faults;
+mod gateway_garbage;
+mod gateway_held;
 mod gateway_modbus;
 mod gateway_restart;
 mod ledger_admission;

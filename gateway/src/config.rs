@@ -29,6 +29,12 @@ pub struct FileConfig {
     pub attest_interval_s: Option<i64>,
     pub disk_budget_mb: Option<u64>,
     pub key_file: Option<PathBuf>,
+    /// Most entries in the garbage store (docs/gateway.md, "Quarantine").
+    pub garbage_entries_max: Option<u64>,
+    /// Retention of garbage-store entries (s).
+    pub garbage_retention_s: Option<u64>,
+    /// How long a reading the ledger refuses for a retryable reason is retried before it is held (s).
+    pub retry_horizon_s: Option<u64>,
     /// Modbus devices to poll.
     #[serde(default)]
     pub modbus: Vec<ModbusDevice>,
@@ -41,6 +47,20 @@ impl FileConfig {
     pub fn load(path: &Path) -> anyhow::Result<FileConfig> {
         let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
         toml::from_str(&text).with_context(|| format!("parsing {}", path.display()))
+    }
+
+    /// The quarantine's settings: the file's values over the defaults.
+    pub fn quarantine(&self) -> crate::QuarantineSettings {
+        let defaults = crate::QuarantineSettings::default();
+        crate::QuarantineSettings {
+            garbage: crate::store::GarbageBounds {
+                entries_max: self.garbage_entries_max.unwrap_or(defaults.garbage.entries_max),
+                retention_ms: self.garbage_retention_s.map_or(defaults.garbage.retention_ms, |seconds| {
+                    i64::try_from(seconds.saturating_mul(1_000)).unwrap_or(i64::MAX)
+                }),
+            },
+            retry_horizon: self.retry_horizon_s.map_or(defaults.retry_horizon, std::time::Duration::from_secs),
+        }
     }
 
     /// Each device with its register map, or an error naming the device with an unknown map, a

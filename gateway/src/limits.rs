@@ -67,3 +67,36 @@ pub const DISK_CHECK_INTERVAL: Duration = Duration::from_secs(1);
 pub const DISK_BUDGET_BYTES_DEFAULT: u64 = 8 * 1024 * 1024 * 1024;
 /// Default interval of gateway-attested readings of unsigned meters (seconds).
 pub const ATTEST_INTERVAL_S_DEFAULT: i64 = 900;
+/// Default most entries in the garbage store (garbage and unverified readings, `DATA_DIR/garbage`):
+/// each holds at most `QUARANTINE_PAYLOAD_BYTES_MAX` of payload and `QUARANTINE_DETAIL_BYTES_MAX`
+/// of detail, so the store stays near 50 MiB, outside the disk budget; past it the oldest go first.
+pub const GARBAGE_ENTRIES_MAX_DEFAULT: u64 = 10_000;
+/// Default retention of garbage entries (on the gateway's clock): a week to look at an attack.
+pub const GARBAGE_RETENTION_DEFAULT: Duration = Duration::from_secs(7 * 24 * 3_600);
+/// How often garbage past its retention is dropped (and the garbage database compacted).
+pub const GARBAGE_PRUNE_INTERVAL: Duration = Duration::from_secs(10);
+/// Longest detail text kept in a quarantine entry (parser messages can quote their input).
+pub const QUARANTINE_DETAIL_BYTES_MAX: usize = 512;
+/// Backoff of a reading the ledger refused for a cause that may go away (`unknown_meter`,
+/// `no_tariff`, ...): doubles from the first to the last value, on the wall clock.
+pub const RETRY_BACKOFF_MIN: Duration = Duration::from_secs(1);
+pub const RETRY_BACKOFF_MAX: Duration = Duration::from_secs(30);
+/// Default retry horizon: past it (counted from the first refusal) a refused reading is held in
+/// the quarantine, bytes kept, for `wattle quarantine release`. A day covers an operator's
+/// reaction to a missing registration or price.
+pub const RETRY_HORIZON_DEFAULT: Duration = Duration::from_secs(24 * 3_600);
+/// Retries submitted per forward round, beside the outbox head (so neither starves the other).
+pub const FORWARD_RETRIES_MAX: usize = 250;
+/// Most quarantine entries one release request re-submits (the command pages through more).
+pub const RELEASE_ENTRIES_MAX: usize = 1_000;
+/// Most quarantine entries one release request looks at to find them.
+pub const RELEASE_SCAN_MAX: usize = 100_000;
+/// Most release requests `wattle quarantine release` makes in one run (each releases at most
+/// `RELEASE_ENTRIES_MAX`).
+pub const RELEASE_ROUNDS_MAX: usize = 1_000;
+/// Memtable size of the garbage database: small, so its write-ahead log is flushed and recycled
+/// every few megabytes of garbage instead of growing to RocksDB's default 64 MiB.
+pub const GARBAGE_WRITE_BUFFER_BYTES: usize = 4 * 1024 * 1024;
+/// While unverified readings wait for their meter, how often the registry is fetched even if no
+/// new reading of an unknown meter triggers it (a meter registered after it fell silent).
+pub const REGISTRY_POLL_WHILE_UNVERIFIED: Duration = Duration::from_secs(30);

@@ -309,7 +309,7 @@ fn registers_hex(registers: &[u16]) -> Vec<u8> {
 
 fn envelope_incoming(source: &str, signed: &SignedReading, backfill: bool) -> Incoming {
     let payload = serde_json::to_vec(&signed.to_envelope(backfill)).expect("an envelope serialises");
-    Incoming { source: source.to_string(), site: source.to_string(), payload, ack: None, rejected: None }
+    Incoming { source: source.to_string(), site: source.to_string(), payload, ack: None, rejected: None, release: None }
 }
 
 fn rejected_incoming(source: &str, reason: &'static str, detail: String, payload: Vec<u8>) -> Incoming {
@@ -319,6 +319,7 @@ fn rejected_incoming(source: &str, reason: &'static str, detail: String, payload
         payload,
         ack: None,
         rejected: Some((reason, detail)),
+        release: None,
     }
 }
 

@@ -8,7 +8,11 @@
 //! would only send the same signed bytes again, so its sequence is neither a gap nor asked for. A
 //! gateway-attested reading that fails leaves its sequence open: the gateway attests it again.
 
+use std::collections::BTreeMap;
+use std::sync::Mutex;
+
 use domain::codec::{DecodeError, Reader, Writer};
+use domain::ids::MeterId;
 use domain::reading::{Reading, ReadingDigest, StatusFlags};
 
 /// Most missing sequences tracked per meter; a larger hole is reported unfillable at once.
@@ -84,12 +88,65 @@ impl MeterState {
         if count > reader.remaining() / 16 {
             return Err(DecodeError::invalid("missing", "count exceeds bytes"));
         }
-        let missing = (0..count).map(|_| Ok((reader.u64()?, reader.u64()?))).collect::<Result<_, DecodeError>>()?;
+        let missing: Vec<(u64, u64)> =
+            (0..count).map(|_| Ok((reader.u64()?, reader.u64()?))).collect::<Result<_, DecodeError>>()?;
+        // Sorted, disjoint, non-empty ranges above 0 and below the highest sequence: what `settle`
+        // and `missing_count` rely on.
+        let mut floor = 0u64;
+        for &(from, to) in &missing {
+            if from <= floor || to < from || to >= highest {
+                return Err(DecodeError::invalid("missing", "ranges not sorted, disjoint and below the highest"));
+            }
+            floor = to;
+        }
         // States written before the field existed end here.
         let interval_end_s = if reader.remaining() > 0 { reader.i64()? } else { 0 };
         reader.finish()?;
         Ok(MeterState { site, highest, import_end_wh, export_end_wh, missing, requests, interval_end_s })
     }
+}
+
+/// Per-meter states changed by one batch, kept as copies: the shared states change only once the
+/// batch is durable ([`commit_durably`]), so a failed write leaves memory as it was on disk.
+#[derive(Debug, Default)]
+pub struct Staged {
+    changed: BTreeMap<MeterId, MeterState>,
+}
+
+impl Staged {
+    /// The meter's state for this batch: its staged copy, made from `base` on first use.
+    pub fn state(&mut self, base: &Mutex<BTreeMap<MeterId, MeterState>>, meter: &MeterId) -> &mut MeterState {
+        self.changed.entry(meter.clone()).or_insert_with(|| {
+            base.lock().expect("tracker lock is never poisoned").get(meter).cloned().unwrap_or_default()
+        })
+    }
+
+    /// Whether no meter is staged.
+    pub fn is_empty(&self) -> bool {
+        self.changed.is_empty()
+    }
+
+    /// Keeps only the meters whose state `keep` says changed.
+    pub fn retain(&mut self, mut keep: impl FnMut(&MeterId) -> bool) {
+        self.changed.retain(|meter, _| keep(meter));
+    }
+
+    /// The staged states, to write with the batch.
+    pub fn changes(&self) -> Vec<(MeterId, MeterState)> {
+        self.changed.iter().map(|(meter, state)| (meter.clone(), state.clone())).collect()
+    }
+}
+
+/// Writes the staged states with `write` (the batch's one durable write) and installs them in
+/// `tracker` only if it succeeded. Callers serialise: one batch is staged and committed at a time.
+pub fn commit_durably<E>(
+    tracker: &Mutex<BTreeMap<MeterId, MeterState>>,
+    staged: Staged,
+    write: impl FnOnce(Vec<(MeterId, MeterState)>) -> Result<(), E>,
+) -> Result<(), E> {
+    write(staged.changes())?;
+    tracker.lock().expect("tracker lock is never poisoned").extend(staged.changed);
+    Ok(())
 }
 
 /// The configured limits of the checks.
@@ -181,7 +238,8 @@ fn content_fault(state: &MeterState, reading: &Reading, now_s: i64, limits: Limi
     }
     let sequence = reading.sequence.0;
     let reset = reading.status.contains(StatusFlags::REGISTER_RESET);
-    if state.highest > 0 && sequence == state.highest + 1 && !reset {
+    // `checked_add`: after `u64::MAX` there is no next sequence to check against.
+    if state.highest > 0 && state.highest.checked_add(1) == Some(sequence) && !reset {
         let backwards = reading.import_start_wh < state.import_end_wh || reading.export_start_wh < state.export_end_wh;
         // (A register passing its modulus does so inside one reading, whose end is then below its
         // start; the next reading starts where that one ended.)
@@ -208,10 +266,13 @@ fn settle(state: &mut MeterState, reading: &Reading) -> (u64, bool) {
         return (0, state.remove_missing(sequence));
     }
     let mut gap_opened = 0;
-    if state.highest > 0 && sequence > state.highest + 1 {
-        let (from, to) = (state.highest + 1, sequence - 1);
+    // `sequence > highest`, so `highest + 1` cannot overflow; the gap's end is computed with
+    // checked arithmetic, since `from + room` can pass `u64::MAX` near the top of the range.
+    let from = state.highest + 1;
+    if state.highest > 0 && sequence > from {
+        let to = sequence - 1;
         let room = MISSING_PER_METER_MAX.saturating_sub(state.missing_count());
-        let tracked_to = to.min(from + room.max(1) - 1);
+        let tracked_to = from.checked_add(room.max(1) - 1).map_or(to, |end| end.min(to));
         if room > 0 {
             state.missing.push((from, tracked_to));
             gap_opened = tracked_to - from + 1;
@@ -230,7 +291,7 @@ fn settle(state: &mut MeterState, reading: &Reading) -> (u64, bool) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use domain::ids::{KeyId, MeterId, Sequence, UnixSeconds};
+    use domain::ids::{KeyId, Sequence, UnixSeconds};
 
     const LIMITS: Limits = Limits { max_power_w: 1_000_000, clock_ahead_s_max: 300 };
 
@@ -339,5 +400,91 @@ mod tests {
         assert!(matches!(verdict, Verdict::Reject { gap_opened: 2, .. }), "{verdict:?}");
         assert_eq!(state.missing, vec![(7, 8)]);
         assert_eq!(run(&mut state, &reading(10, 900_070, 10), None), Verdict::Accept { gap_opened: 0, filled: false });
+    }
+
+    fn reading_at(sequence: u64, import_start: u64, energy: u64) -> Reading {
+        Reading::import_interval(
+            MeterId::new("M1").expect("id"),
+            KeyId(1),
+            Sequence(sequence),
+            UnixSeconds(900_000),
+            import_start,
+            energy,
+        )
+    }
+
+    /// Sequences near `u64::MAX`: a gap up to the last possible sequence is tracked exactly, and
+    /// readings after the highest possible one are still told apart (no overflow, checked
+    /// arithmetic everywhere the next sequence is computed).
+    #[test]
+    fn sequences_up_to_u64_max_do_not_overflow() {
+        let mut state = MeterState::default();
+        let near = u64::MAX - 3;
+        assert_eq!(run(&mut state, &reading_at(near, 0, 10), None), Verdict::Accept { gap_opened: 0, filled: false });
+        assert_eq!(
+            run(&mut state, &reading_at(u64::MAX, 40, 10), None),
+            Verdict::Accept { gap_opened: 2, filled: false }
+        );
+        assert_eq!(state.missing, vec![(u64::MAX - 2, u64::MAX - 1)]);
+        assert_eq!(state.missing_count(), 2);
+        assert_eq!(
+            run(&mut state, &reading_at(u64::MAX - 1, 30, 10), None),
+            Verdict::Accept { gap_opened: 0, filled: true }
+        );
+        // Nothing follows the last sequence; an old one still fills its gap, unchecked against a
+        // "next" that does not exist.
+        assert_eq!(
+            run(&mut state, &reading_at(u64::MAX - 2, 0, 10), None),
+            Verdict::Accept { gap_opened: 0, filled: true }
+        );
+        assert!(state.missing.is_empty());
+        assert_eq!(state.highest, u64::MAX);
+        let decoded = MeterState::decode(&state.encode()).expect("decodes");
+        assert_eq!(decoded, state);
+    }
+
+    /// A persisted state whose missing ranges are not sorted, disjoint and below the highest
+    /// sequence is refused on decode (it would make the gap arithmetic overflow).
+    #[test]
+    fn inconsistent_missing_ranges_are_refused_on_decode() {
+        let bad = [vec![(5, 3)], vec![(2, 3), (3, 4)], vec![(2, 30)], vec![(0, 1)]];
+        for missing in bad {
+            let state = MeterState { highest: 10, missing: missing.clone(), ..MeterState::default() };
+            assert!(MeterState::decode(&state.encode()).is_err(), "{missing:?} decoded");
+        }
+        let good = MeterState { highest: 10, missing: vec![(2, 3), (5, 9)], ..MeterState::default() };
+        assert_eq!(MeterState::decode(&good.encode()).expect("decodes"), good);
+    }
+
+    /// The in-memory states change only after the batch's durable write succeeded: a failed
+    /// write (an injected store error) leaves them exactly as they were, and the same batch
+    /// checked again after it gives the same verdicts as the first time.
+    #[test]
+    fn a_failed_durable_write_leaves_the_tracker_unchanged() {
+        let tracker = Mutex::new(BTreeMap::new());
+        let meter = MeterId::new("M1").expect("id");
+        let check_batch = |tracker: &Mutex<BTreeMap<MeterId, MeterState>>| {
+            let mut staged = Staged::default();
+            let verdicts: Vec<Verdict> = [reading(1, 0, 10), reading(4, 30, 10)]
+                .iter()
+                .map(|reading| run(staged.state(tracker, &meter), reading, None))
+                .collect();
+            (staged, verdicts)
+        };
+        let (staged, first) = check_batch(&tracker);
+        let failed: Result<(), &str> = commit_durably(&tracker, staged, |_| Err("disk full"));
+        assert_eq!(failed, Err("disk full"));
+        assert!(tracker.lock().expect("lock").is_empty(), "the failed batch changed the tracker");
+        let (staged, again) = check_batch(&tracker);
+        assert_eq!(again, first, "a redelivered batch is judged as the first time");
+        let mut written = Vec::new();
+        commit_durably(&tracker, staged, |changes| {
+            written = changes;
+            Ok::<(), ()>(())
+        })
+        .expect("written");
+        let state = tracker.lock().expect("lock")[&meter].clone();
+        assert_eq!((state.highest, state.missing.clone()), (4, vec![(2, 3)]));
+        assert_eq!(written, vec![(meter, state)]);
     }
 }

@@ -1,0 +1,76 @@
+//! The gateway's operations endpoints: `/healthz`, `/metrics`, `/v1/quarantine` and
+//! `POST /v1/quarantine/release` (docs/gateway.md).
+
+use std::sync::atomic::Ordering;
+
+use axum::extract::{Query, State};
+use axum::http::StatusCode;
+use axum::response::IntoResponse;
+use axum::Json;
+use serde::Deserialize;
+
+use crate::limits::*;
+use crate::Shared;
+
+pub(crate) async fn metrics(State(shared): State<Shared>) -> String {
+    crate::metrics::render(&shared)
+}
+
+pub(crate) async fn healthz(State(shared): State<Shared>) -> impl IntoResponse {
+    let connected = shared.metrics.mqtt_connected.load(Ordering::Relaxed);
+    let subscribed = shared.metrics.mqtt_subscribed.load(Ordering::Relaxed);
+    let body = serde_json::json!({
+        "mqtt_connected": connected,
+        "mqtt_subscribed": subscribed,
+        "outbox_depth": shared.store.outbox_depth(),
+        "retry_depth": shared.store.retry_depth(),
+        "over_disk_budget": shared.metrics.over_disk_budget.load(Ordering::Relaxed),
+        "modbus_devices": shared.config.modbus.len(),
+        "registry_meters": shared.registry.lock().expect("registry lock is never poisoned").meters.len(),
+    });
+    let status = if connected && subscribed { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
+    (status, Json(body))
+}
+
+#[derive(Debug, Deserialize)]
+pub(crate) struct QuarantineQuery {
+    #[serde(default)]
+    from: u64,
+    limit: Option<usize>,
+}
+
+pub(crate) async fn list_quarantine(
+    State(shared): State<Shared>,
+    Query(query): Query<QuarantineQuery>,
+) -> impl IntoResponse {
+    let limit = query.limit.unwrap_or(QUARANTINE_PAGE_MAX).clamp(1, QUARANTINE_PAGE_MAX);
+    match shared.store.quarantine(query.from, limit) {
+        Ok(entries) => (StatusCode::OK, Json(serde_json::json!({ "entries": entries }))).into_response(),
+        Err(error) => {
+            tracing::error!(%error, "reading the quarantine failed");
+            (
+                StatusCode::INTERNAL_SERVER_ERROR,
+                Json(serde_json::json!({"code": "storage", "message": "quarantine unreadable"})),
+            )
+                .into_response()
+        }
+    }
+}
+
+/// Re-submits held and unverified entries matching the filter (JSON body) through the checks.
+pub(crate) async fn release_quarantine(
+    State(shared): State<Shared>,
+    Json(filter): Json<crate::release::ReleaseFilter>,
+) -> impl IntoResponse {
+    match crate::release::release(&shared, &filter, |_| true).await {
+        Ok(report) => (StatusCode::OK, Json(serde_json::json!(report))).into_response(),
+        Err(error) => {
+            tracing::error!(%error, "releasing quarantine entries failed");
+            (
+                StatusCode::INTERNAL_SERVER_ERROR,
+                Json(serde_json::json!({"code": "release_failed", "message": "quarantine release failed"})),
+            )
+                .into_response()
+        }
+    }
+}
