@@ -350,14 +350,14 @@ pub(crate) async fn wait_covered(app: &AppState, index: u64) -> Result<(), ApiEr
     }
 }
 
-/// The digest of the reading settled for (meter, key id, sequence), if one is. The one place the
-/// API asks this, so where digests live (state today, a history index later) changes here alone.
+/// The digest of the reading settled for (meter, key id, sequence), if one is, from this node's
+/// history index (state keeps only the dedup ranges). The one place the API asks this.
 /// The planted dedup bug (`danger`) turns this check off too, so the simulation still sees it.
 fn settled_digest(app: &AppState, meter_id: &MeterId, key_id: KeyId, sequence: Sequence) -> Option<ReadingDigest> {
     if crate::danger::dedup_off() {
         return None;
     }
-    state::settled(&app.store.state(), meter_id, key_id, sequence).map(|settled| settled.digest)
+    app.store.settled_digest(meter_id, key_id, sequence)
 }
 
 /// A reading that passed the cheap checks and goes on to signature verification.

@@ -105,6 +105,7 @@ impl Store {
             snapshot_dir: data_dir.join("snapshots"),
             signed: Arc::new(tokio::sync::watch::channel(0).0),
             allow_log_gaps: false,
+            install_batch_records: crate::limits::SNAPSHOT_INSTALL_BATCH_RECORDS,
         };
         store.signed = Arc::new(tokio::sync::watch::channel(store.signed_index()).0);
         Ok(store)
