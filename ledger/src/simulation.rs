@@ -804,6 +804,12 @@ impl Simulation {
         // The books balance.
         let private = store.scan_prefix(Table::Private, b"");
         state::check_books(&store.state(), &private).map_err(|error| format!("node {id}: books: {error}"))?;
+        // With the whole history, the state's per-meter totals are the sum of the lines.
+        if store.history_start().map_err(|error| error.to_string())? == Some(0)
+            && store.history_range(0, applied + 1).map_err(|error| error.to_string())?.len() as u64 == applied + 1
+        {
+            store.check_settled_lines().map_err(|error| format!("node {id}: books against the history: {error}"))?;
+        }
         // Nothing a client saw accepted is lost: its sequence is settled in state, and its line
         // (with the digest it was accepted with) is in the history wherever the entry is.
         let view = store.state();
@@ -828,12 +834,6 @@ impl Simulation {
             if *index <= applied && !state::sequence_settled(&view, meter_id, KeyId(1), Sequence(*sequence)) {
                 return Err(format!("node {id}: {meter_id} #{sequence}, a duplicate at {index}, is not settled"));
             }
-        }
-        // With the whole history, the state's per-meter totals are the sum of the lines.
-        if store.history_start().map_err(|error| error.to_string())? == Some(0)
-            && store.history_range(0, applied + 1).map_err(|error| error.to_string())?.len() as u64 == applied + 1
-        {
-            store.check_settled_lines().map_err(|error| format!("node {id}: lines: {error}"))?;
         }
         let (alive, term) = match &self.nodes[position].raft {
             Some(raft) => (true, raft.metrics().borrow().current_term),
