@@ -107,9 +107,9 @@ mod tests {
         let admission = Admission::new(2, 3);
         let first = admission.admit(&gateway("a")).expect("admitted");
         let _second = admission.admit(&gateway("a")).expect("admitted");
-        assert_eq!(admission.admit(&gateway("a")).unwrap_err(), Busy::Gateway { limit: 2 });
+        assert_eq!(admission.admit(&gateway("a")).expect_err("over the gateway bound"), Busy::Gateway { limit: 2 });
         let _third = admission.admit(&gateway("b")).expect("admitted");
-        assert_eq!(admission.admit(&gateway("c")).unwrap_err(), Busy::Node { limit: 3 });
+        assert_eq!(admission.admit(&gateway("c")).expect_err("over the node bound"), Busy::Node { limit: 3 });
         assert_eq!(admission.in_flight(), 3);
         drop(first);
         assert_eq!(admission.in_flight(), 2);
