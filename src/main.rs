@@ -2,8 +2,8 @@
 
 mod bench;
 mod bench_gateway;
-mod broker;
 mod bench_state;
+mod broker;
 mod cli;
 mod process;
 mod progress;

@@ -269,11 +269,20 @@ pub(crate) async fn forward<T: serde::Serialize>(
         .await
         .map_err(|error| ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "leader_unreachable", error.to_string()))?;
     let status = StatusCode::from_u16(response.status().as_u16()).unwrap_or(StatusCode::BAD_GATEWAY);
+    // A leader's `429` tells the client when to come back; keep that when relaying it.
+    let retry_after = response
+        .headers()
+        .get(reqwest::header::RETRY_AFTER)
+        .and_then(|value| axum::http::HeaderValue::from_bytes(value.as_bytes()).ok());
     let bytes = response
         .bytes()
         .await
         .map_err(|error| ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "leader_unreachable", error.to_string()))?;
-    Ok((status, [(axum::http::header::CONTENT_TYPE, "application/json")], bytes).into_response())
+    let mut relayed = (status, [(axum::http::header::CONTENT_TYPE, "application/json")], bytes).into_response();
+    if let Some(retry_after) = retry_after {
+        relayed.headers_mut().insert(axum::http::header::RETRY_AFTER, retry_after);
+    }
+    Ok(relayed)
 }
 
 /// `GET /v1/config`: the public configuration (operator key, admin nonce, tariff).
@@ -431,6 +440,19 @@ async fn submit_readings(
         // signature is not checked again.
         let conflicts_with = match settled_digest(&app, &reading.meter_id, reading.key_id, reading.sequence) {
             Some(settled) if settled == digest => {
+                outcomes[position] = Some(ReadingOutcome {
+                    digest: Some(digest.to_string()),
+                    status: OutcomeStatus::Duplicate,
+                    reason: None,
+                });
+                continue;
+            }
+            // Settled before the history this node holds (it joined from a snapshot and has not
+            // fetched the older history yet): the state's ranges still know the sequence, and
+            // the state machine would answer `duplicate` whatever the bytes. Nothing to propose.
+            None if !crate::danger::dedup_off()
+                && state::sequence_settled(&app.store.state(), &reading.meter_id, reading.key_id, reading.sequence) =>
+            {
                 outcomes[position] = Some(ReadingOutcome {
                     digest: Some(digest.to_string()),
                     status: OutcomeStatus::Duplicate,

@@ -313,9 +313,17 @@ impl Store {
         }
         std::fs::rename(temporary, self.snapshot_path(SNAPSHOT_CURRENT)).map_err(&failed)?;
         self.sync_snapshot_dir(&failed)?;
+        // openraft builds snapshots in a task of their own, so a build may publish while an
+        // install streams its file: never remove the file an unfinished install names (a crash
+        // would leave nothing to finish it from).
+        let installing = match self.kv.get(Cf::Raft, KEY_INSTALLING).map_err(read_error)? {
+            Some(pointer) => Some(self.snapshot_path(&decode_pointer(&pointer)?.1)),
+            None => None,
+        };
         for entry in std::fs::read_dir(&self.snapshot_dir).map_err(&failed)? {
             let path = entry.map_err(&failed)?.path();
-            if path != data_path && path.extension().is_some_and(|extension| extension == "snap") {
+            let keep = path == data_path || installing.as_ref() == Some(&path);
+            if !keep && path.extension().is_some_and(|extension| extension == "snap") {
                 std::fs::remove_file(&path).map_err(&failed)?;
             }
         }

@@ -28,9 +28,9 @@ use crate::entry::{
     decode_entry, decode_optional_log_id, decode_stored_membership, decode_vote, encode_entry, encode_optional_log_id,
     encode_stored_membership, encode_vote, NodeId, TypeConfig,
 };
+use crate::history::{self, SettledReading};
 #[cfg(feature = "rocksdb")]
 use crate::kv::RocksKv;
-use crate::history::{self, SettledReading};
 use crate::kv::{Batch, Cf, Kv, MemoryKv};
 use crate::snapshot::{decode_pointer, for_each_record, Meta, SnapshotFile, SnapshotWriter, FAMILIES};
 use crate::state::{self, Overlay, StateRead, Table, TxResult};
