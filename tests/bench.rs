@@ -58,3 +58,18 @@ async fn ledger_benchmark_reports_a_positive_rate() -> anyhow::Result<()> {
     }
     Ok(())
 }
+
+/// `wattle bench state` at a small size: it applies, sizes, snapshots and builds (and verifies)
+/// receipts, and exits 0, so the command BENCHMARKS.md gives cannot silently break.
+#[test]
+fn state_benchmark_runs_at_a_small_size() -> anyhow::Result<()> {
+    let output = wattle()
+        .args(["bench", "state", "--meters", "3", "--readings-per-meter", "40", "--batch", "10"])
+        .args(["--pad-entries", "100", "--receipts", "20"])
+        .output()?;
+    let text = format!("{}{}", String::from_utf8_lossy(&output.stdout), String::from_utf8_lossy(&output.stderr));
+    anyhow::ensure!(output.status.success(), "bench state failed:\n{text}");
+    anyhow::ensure!(text.contains("applied 120 readings"), "{text}");
+    anyhow::ensure!(text.contains("receipts over") && text.contains("snapshot:"), "{text}");
+    Ok(())
+}
