@@ -46,14 +46,17 @@ pub(crate) async fn submit_admin(
         }
     }
     let tx_id = admin.tx_id();
-    if let Some(log_index) = state::transaction_index(&app.store.state(), &tx_id) {
+    if let Some((log_index, refused)) = state::transaction_outcome(&app.store.state(), &tx_id) {
         // The same signed bytes were applied before (the answer was lost, or the client gave up
-        // waiting for the signature): answer as applied, and finish what it started.
+        // waiting for the signature): answer as they were applied (or refused, if a leader
+        // change let a refused one in), and finish what it started.
         app.metrics.admin_retries.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        tracing::info!(%tx_id, log_index, "admin transaction retried: already applied");
+        tracing::info!(%tx_id, log_index, ?refused, "admin transaction retried: already applied");
         wait_covered(&app, log_index).await?;
-        change_membership(&app, &admin.action).await?;
-        return Ok(Json(SubmitAdminResponse { log_index, refused: None, retried: true }).into_response());
+        if refused.is_none() {
+            change_membership(&app, &admin.action).await?;
+        }
+        return Ok(Json(SubmitAdminResponse { log_index, refused, retried: true }).into_response());
     }
     let checked =
         Transaction { tx_id, rules_version: RULES_VERSION, time: app.clock.now(), body: TxBody::Admin(admin.clone()) };

@@ -144,9 +144,18 @@ fn key_transaction(tx_id: &domain::ids::TxId) -> Vec<u8> {
 
 /// The log index at which a transaction was applied, if it was.
 pub fn transaction_index(state: &dyn StateRead, tx_id: &domain::ids::TxId) -> Option<u64> {
-    state
-        .get(Table::Public, &key_transaction(tx_id))
-        .map(|bytes| u64::from_be_bytes(bytes.as_slice().try_into().expect("transaction index stored as 8 bytes")))
+    transaction_outcome(state, tx_id).map(|(index, _)| index)
+}
+
+/// Where a transaction was applied, and for an admin transaction the state refused, why.
+pub fn transaction_outcome(state: &dyn StateRead, tx_id: &domain::ids::TxId) -> Option<(u64, Option<String>)> {
+    state.get(Table::Public, &key_transaction(tx_id)).map(|bytes| {
+        assert!(bytes.len() >= 8, "a transaction index holds at least its 8-byte log index");
+        let (index, reason) = bytes.split_at(8);
+        let index = u64::from_be_bytes(index.try_into().expect("split at 8 bytes"));
+        let reason = (!reason.is_empty()).then(|| String::from_utf8_lossy(reason).into_owned());
+        (index, reason)
+    })
 }
 
 /// The customer's receivable account (debited by interval charges).
@@ -495,10 +504,16 @@ pub fn apply(state: &mut Overlay<'_>, log_index: u64, tx: &Transaction) -> Resul
     // Where each transaction landed, so any node can answer "is my transaction committed?".
     state.put(Table::Public, key_transaction(&tx.tx_id), log_index.to_be_bytes().to_vec());
     Ok(match &tx.body {
-        TxBody::Admin(admin) => Applied {
-            result: TxResult { readings: Vec::new(), admin_refused: apply_admin(state, admin).err() },
-            claims: None,
-        },
+        TxBody::Admin(admin) => {
+            let refused = apply_admin(state, admin).err();
+            if let Some(reason) = &refused {
+                // A retry of the same signed bytes must hear the refusal again, not "applied".
+                let mut value = log_index.to_be_bytes().to_vec();
+                value.extend_from_slice(reason.as_bytes());
+                state.put(Table::Public, key_transaction(&tx.tx_id), value);
+            }
+            Applied { result: TxResult { readings: Vec::new(), admin_refused: refused }, claims: None }
+        }
         TxBody::Readings(batch) => {
             let (readings, claims) = apply_readings(state, batch);
             Applied { result: TxResult { readings, admin_refused: None }, claims: Some(claims) }
@@ -936,6 +951,11 @@ mod tests {
         let foreign = memory.apply(21, TxBody::Admin(SignedAdmin::sign(99, price, &intruder)));
         assert!(foreign.admin_refused.expect("refused").starts_with("not_operator"));
         assert_eq!(flat_price(&memory).expect("price").per_kwh, Decimal::from_str("0.30").expect("price"));
+        // A retry of the refused bytes (same transaction id) learns the refusal, not "applied".
+        let reason =
+            transaction_outcome(&memory, &TxId([20; 16])).and_then(|(index, reason)| reason.map(|r| (index, r)));
+        assert!(reason.is_some_and(|(index, reason)| index == 20 && reason.starts_with("stale_nonce")));
+        assert_eq!(transaction_outcome(&memory, &TxId([1; 16])), Some((1, None)), "an applied one");
     }
 
     /// Finding 5 of issue 12: a price out of range is refused with a reason when the admin
