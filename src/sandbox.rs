@@ -46,8 +46,25 @@ pub struct SandboxArgs {
 /// Ledger nodes the sandbox runs.
 const LEDGER_NODES: u64 = 3;
 
+/// Tries at finding consecutive free ports for the sites' Modbus servers.
+const PORT_RUN_ATTEMPTS: u32 = 20;
+
 /// How long smoke mode waits for the last readings to settle.
 const SETTLE_WAIT_MAX: Duration = Duration::from_secs(60);
+
+/// The first of `count` consecutive free ports (site N's Modbus server listens on base + N).
+fn free_port_run(count: u32) -> anyhow::Result<u16> {
+    for _ in 0..PORT_RUN_ATTEMPTS {
+        let base = free_port()?;
+        let all_free = (0..count).all(|offset| {
+            base.checked_add(offset as u16).is_some_and(|port| std::net::TcpListener::bind(("127.0.0.1", port)).is_ok())
+        });
+        if all_free {
+            return Ok(base);
+        }
+    }
+    bail!("no {count} consecutive free ports on 127.0.0.1 after {PORT_RUN_ATTEMPTS} tries")
+}
 
 pub async fn run(args: SandboxArgs) -> anyhow::Result<()> {
     let temporary = tempfile::Builder::new().prefix("wattle-sandbox-").tempdir()?;
@@ -69,7 +86,10 @@ pub async fn run(args: SandboxArgs) -> anyhow::Result<()> {
     // The last meter is an unsigned legacy meter (SDM630 over Modbus): the gateway attests its
     // readings with its own key, which the registry names as the meter's.
     anyhow::ensure!(args.meters >= 2, "the sandbox needs at least 2 meters");
-    let legacy = args.meters - 1;
+    // One Modbus server addresses at most 247 units, so a large fleet is split into sites; the
+    // gateway polls site 0, whose last meter is the legacy one.
+    let sites = args.meters.div_ceil(firmware_sim::modbus::UNITS_PER_SITE_MAX as u32).max(1);
+    let legacy = args.meters.div_ceil(sites).min(args.meters) - 1;
     let gateway_id = GatewayId::new("sandbox-gw")?;
     let gateway_key = gateway::load_or_create_key(&data_dir.join("gateway").join("gateway.key"))?;
     let mut registry = firmware_sim::registry(args.seed, args.meters);
@@ -127,7 +147,7 @@ pub async fn run(args: SandboxArgs) -> anyhow::Result<()> {
     let ledger_url = ledger_urls[1].clone();
     // Meters 0-3 are also read over Modbus (SunSpec; what MQTT already delivered is dropped as a
     // duplicate), the legacy meter only there.
-    let modbus_port = free_port()?;
+    let modbus_port = free_port_run(sites)?;
     let modbus_address: std::net::SocketAddr = format!("127.0.0.1:{modbus_port}").parse()?;
     let device =
         |meter: u32, map: &str| -> anyhow::Result<(gateway::modbus::ModbusDevice, gateway::modbus::DeviceMap)> {
@@ -201,7 +221,7 @@ pub async fn run(args: SandboxArgs) -> anyhow::Result<()> {
     let sim_config = firmware_sim::SimConfig {
         meters: args.meters,
         seed: args.seed,
-        sites: 1,
+        sites,
         connections_per_site: 1,
         interval_s: 900,
         epoch: None,
