@@ -10,7 +10,6 @@
 //!   checks again and every reading is settled exactly once.
 
 use std::collections::BTreeMap;
-use std::path::Path;
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
@@ -20,30 +19,14 @@ use domain::money::{Currency, UnitPrice};
 use domain::tx::{AdminAction, SignedAdmin};
 
 use crate::support::{
-    clock_args, complete_truth, configure_ledger, free_port, get_json, ledger_readings, log_tails, metric, metrics,
-    poll_until, spawn_sim_with, start_gateway, start_gateway_with, wattle, Mosquitto, Process, CLUSTER_SERIAL,
+    clock_args, complete_truth, configure_ledger, get_json, ledger_readings, log_tails, metric, metrics, poll_until,
+    spawn_sim_with, start_bare_ledger, start_gateway, start_gateway_with, wattle, Mosquitto, CLUSTER_SERIAL,
 };
 
 const SEED: u64 = 61;
 const EPOCH: &str = "2026-11-01T00:00:00Z";
 /// 900 s intervals at 3,600x: four intervals a second.
 const SPEED: u32 = 3_600;
-
-/// Starts a ledger node with no admin configuration: no meter, no customer, no price.
-async fn start_bare_ledger(dir: &Path, clock: &[String]) -> anyhow::Result<(Process, String)> {
-    let port = free_port();
-    let mut command = wattle();
-    command
-        .args(["node", "--node-id", "1", "--bootstrap", "--listen", &format!("127.0.0.1:{port}")])
-        .arg("--data-dir")
-        .arg(dir.join("node-1"))
-        .arg("--ready-file")
-        .arg(dir.join("node-1.ready"))
-        .args(clock);
-    let mut node = Process::spawn("node-1", dir, command)?;
-    node.ready_address(&dir.join("node-1.ready")).await?;
-    Ok((node, format!("http://127.0.0.1:{port}")))
-}
 
 /// Signs admin transactions with the operator key, nonce after nonce.
 struct Operator {

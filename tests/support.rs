@@ -150,6 +150,20 @@ pub async fn start_single_ledger(dir: &Path, clock: &[String]) -> anyhow::Result
 /// `start_single_ledger` on a given port; run again after the node stopped, it restarts the node
 /// on its data directory (`dir/node-1`) and port, where its gateways expect it.
 pub async fn start_single_ledger_on(dir: &Path, port: u16, clock: &[String]) -> anyhow::Result<(Process, String)> {
+    spawn_single_ledger(dir, port, clock, true).await
+}
+
+/// A single ledger node with no admin configuration: no meter, no customer, no price.
+pub async fn start_bare_ledger(dir: &Path, clock: &[String]) -> anyhow::Result<(Process, String)> {
+    spawn_single_ledger(dir, free_port(), clock, false).await
+}
+
+async fn spawn_single_ledger(
+    dir: &Path,
+    port: u16,
+    clock: &[String],
+    configured: bool,
+) -> anyhow::Result<(Process, String)> {
     // A restart must not read the previous run's ready file.
     let _ = std::fs::remove_file(dir.join("node-1.ready"));
     let mut command = wattle();
@@ -158,12 +172,11 @@ pub async fn start_single_ledger_on(dir: &Path, port: u16, clock: &[String]) -> 
         .arg("--data-dir")
         .arg(dir.join("node-1"))
         .arg("--ready-file")
-        .arg(dir.join("node-1.ready"))
-        .arg("--admin-config")
-        .arg(dir.join("ledger.toml"))
-        .arg("--operator-key")
-        .arg(dir.join("operator.key"))
-        .args(clock);
+        .arg(dir.join("node-1.ready"));
+    if configured {
+        command.arg("--admin-config").arg(dir.join("ledger.toml")).arg("--operator-key").arg(dir.join("operator.key"));
+    }
+    command.args(clock);
     let mut node = Process::spawn("node-1", dir, command)?;
     node.ready_address(&dir.join("node-1.ready")).await?;
     Ok((node, format!("http://127.0.0.1:{port}")))
