@@ -165,6 +165,25 @@ async fn audit_trusts_only_its_anchors_never_writes_and_names_unknown_rules_vers
     assert!(output.contains(&format!("log index {}, transaction {}", endorsement.0, endorsement.1)), "{output}");
     assert!(output.contains("foreign_service_key"), "{output}");
 
+    // A stored Merkle subtree (what receipts are built from) rewritten: named, though every
+    // history record is intact (review of issue 12: the audit did not look at them).
+    {
+        let kv = RocksKv::open(&data_dir.join("db"))?;
+        let subtree = domain::merkle::Subtree { level: 1, index: 0 };
+        let stored = kv.get(Cf::Tree, &subtree.key())?.context("the first level-1 subtree is stored")?;
+        let mut batch = Batch::default();
+        batch.put(Cf::Tree, subtree.key(), vec![0x5a; 32]);
+        kv.write(batch)?;
+        drop(kv);
+        let (ok, output) = audit(&data_dir, &operator, &service)?;
+        assert!(!ok, "a rewritten Merkle subtree passed the audit");
+        assert!(output.contains("Merkle subtree at level 1 index 0"), "{output}");
+        let kv = RocksKv::open(&data_dir.join("db"))?;
+        let mut batch = Batch::default();
+        batch.put(Cf::Tree, subtree.key(), stored);
+        kv.write(batch)?;
+    }
+
     // An entry that needs rules version 99: named, with the version, and no panic.
     let rewritten_at = {
         let kv = RocksKv::open(&data_dir.join("db"))?;

@@ -12,8 +12,9 @@ use domain::api::{SubmitAdmin, SubmitAdminResponse};
 use domain::settlement::RULES_VERSION;
 use domain::tx::{AdminAction, SignedAdmin, Transaction, TxBody};
 
-use crate::api::{forward, propose_as, route, wait_covered, ApiError, AppState, Route};
+use crate::api::{propose_as, wait_covered, ApiError, AppState};
 use crate::entry::NodeId;
+use crate::forward::{forward, route, Route};
 use crate::limits::COMMIT_WAIT_MAX;
 use crate::state::{self, Overlay};
 
@@ -50,7 +51,7 @@ pub(crate) async fn submit_admin(
         // The same signed bytes were applied before (the answer was lost, or the client gave up
         // waiting for the signature): answer as they were applied (or refused, if a leader
         // change let a refused one in), and finish what it started.
-        app.metrics.admin_retries.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        app.metrics.admin_retries.inc();
         tracing::info!(%tx_id, log_index, ?refused, "admin transaction retried: already applied");
         wait_covered(&app, log_index).await?;
         if refused.is_none() {

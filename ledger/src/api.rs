@@ -1,8 +1,6 @@
 //! The ledger's HTTP API: the client API used by gateways and billing (`/v1/...`), the raft RPC
 //! endpoints (`/raft/...`), `/healthz` and `/metrics`.
 
-use std::collections::BTreeMap;
-use std::fmt::Write as _;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
@@ -15,7 +13,6 @@ use domain::api::{
     CustomerAccount, ErrorBody, MeterInfo, OutcomeStatus, ReadingOutcome, SubmitReadings, SubmitReadingsResponse,
     TransactionPage, TransactionSummary,
 };
-use domain::clock::Clock;
 use domain::ids::{CustomerId, KeyId, MeterId, Sequence, TxId};
 use domain::reading::{ReadingDigest, SignedReading};
 use domain::settlement::RULES_VERSION;
@@ -26,108 +23,12 @@ use openraft::{EntryPayload, Raft};
 use serde::Deserialize;
 
 use crate::entry::{NodeId, TypeConfig};
+use crate::forward::{forward, route, Route};
 use crate::limits::{
     BUSY_RETRY_AFTER_S, COMMIT_WAIT_MAX, REQUEST_BYTES_MAX, SUBMIT_READINGS_MAX, TRANSACTION_PAGE_MAX,
 };
 use crate::state::{self, MeterRecord, ReadingResult, Table, TxResult};
 use crate::store::Store;
-
-/// Counters exported on `/metrics`.
-#[derive(Debug)]
-pub struct Metrics {
-    pub readings_submitted: AtomicU64,
-    pub readings_accepted: AtomicU64,
-    pub readings_duplicate: AtomicU64,
-    pub readings_equivocation: AtomicU64,
-    /// Reading batches refused because the gateway's batch signature did not verify.
-    pub gateway_signatures_refused: AtomicU64,
-    pub transactions_proposed: AtomicU64,
-    pub rejected_by_reason: Mutex<BTreeMap<String, u64>>,
-    /// Submissions answered `429`, by code (`overloaded`, `gateway_overloaded`).
-    pub busy_by_code: Mutex<BTreeMap<&'static str, u64>>,
-    /// Admin transactions refused before the log, by reason code.
-    pub admin_refused_by_reason: Mutex<BTreeMap<String, u64>>,
-    /// Admin submissions recognised as a transaction already applied (retries).
-    pub admin_retries: AtomicU64,
-    /// Readings per proposed reading batch.
-    pub batch_readings: Histogram,
-    /// Milliseconds from proposing a transaction to its commit and application.
-    pub commit_latency_ms: Histogram,
-}
-
-/// A Prometheus histogram with fixed buckets.
-#[derive(Debug)]
-pub struct Histogram {
-    bounds: &'static [u64],
-    counts: Vec<AtomicU64>,
-    sum: AtomicU64,
-    count: AtomicU64,
-}
-
-impl Histogram {
-    pub fn new(bounds: &'static [u64]) -> Self {
-        Histogram {
-            bounds,
-            counts: (0..bounds.len()).map(|_| AtomicU64::new(0)).collect(),
-            sum: AtomicU64::new(0),
-            count: AtomicU64::new(0),
-        }
-    }
-    pub fn observe(&self, value: u64) {
-        if let Some(index) = self.bounds.iter().position(|bound| value <= *bound) {
-            self.counts[index].fetch_add(1, Ordering::Relaxed);
-        }
-        self.sum.fetch_add(value, Ordering::Relaxed);
-        self.count.fetch_add(1, Ordering::Relaxed);
-    }
-    fn render(&self, out: &mut String, name: &str, help: &str) {
-        let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} histogram");
-        let mut cumulative = 0;
-        for (bound, count) in self.bounds.iter().zip(&self.counts) {
-            cumulative += count.load(Ordering::Relaxed);
-            let _ = writeln!(out, "{name}_bucket{{le=\"{bound}\"}} {cumulative}");
-        }
-        let total = self.count.load(Ordering::Relaxed);
-        let _ = writeln!(out, "{name}_bucket{{le=\"+Inf\"}} {total}");
-        let _ = writeln!(out, "{name}_sum {}\n{name}_count {total}", self.sum.load(Ordering::Relaxed));
-    }
-}
-
-const BATCH_BOUNDS: &[u64] = &[1, 10, 100, 500, 1_000, 2_000, 4_096];
-const LATENCY_BOUNDS_MS: &[u64] = &[1, 2, 5, 10, 20, 50, 100, 200, 500, 1_000, 5_000];
-
-impl Default for Metrics {
-    fn default() -> Self {
-        Metrics {
-            readings_submitted: AtomicU64::new(0),
-            readings_accepted: AtomicU64::new(0),
-            readings_duplicate: AtomicU64::new(0),
-            readings_equivocation: AtomicU64::new(0),
-            gateway_signatures_refused: AtomicU64::new(0),
-            transactions_proposed: AtomicU64::new(0),
-            rejected_by_reason: Mutex::default(),
-            busy_by_code: Mutex::default(),
-            admin_refused_by_reason: Mutex::default(),
-            admin_retries: AtomicU64::new(0),
-            batch_readings: Histogram::new(BATCH_BOUNDS),
-            commit_latency_ms: Histogram::new(LATENCY_BOUNDS_MS),
-        }
-    }
-}
-
-impl Metrics {
-    fn reject(&self, reason: &str) {
-        let mut map = self.rejected_by_reason.lock().expect("metrics lock is never poisoned");
-        *map.entry(reason.to_string()).or_default() += 1;
-    }
-    fn busy(&self, code: &'static str) {
-        *self.busy_by_code.lock().expect("metrics lock is never poisoned").entry(code).or_default() += 1;
-    }
-    pub(crate) fn admin_refused(&self, code: &str) {
-        let mut map = self.admin_refused_by_reason.lock().expect("metrics lock is never poisoned");
-        *map.entry(code.to_string()).or_default() += 1;
-    }
-}
 
 /// Shared state of the HTTP handlers.
 #[derive(Clone)]
@@ -135,10 +36,16 @@ pub struct AppState {
     pub node_id: NodeId,
     pub raft: Raft<TypeConfig>,
     pub store: Store,
-    pub clock: Clock,
-    pub metrics: Arc<Metrics>,
-    /// Client for forwarding writes to the leader.
+    pub clock: crate::runtime::NodeClock,
+    pub metrics: Arc<crate::metrics::Metrics>,
+    /// HTTP client for reaching peers (history fetch, admin configuration).
     pub http: reqwest::Client,
+    /// The way a follower forwards writes to the leader.
+    pub forwarder: crate::forward::Forwarder,
+    /// Verify reading signatures on the runtime thread instead of the blocking pool: the
+    /// deterministic simulation needs it (a blocking task finishes in real time, so interleavings
+    /// would depend on the machine); production keeps the runtime free.
+    pub verify_inline: bool,
     /// Transactions this node proposed without waiting that have not been applied yet.
     pub pending: Arc<Mutex<std::collections::HashSet<TxId>>>,
     /// This node's key for signing Merkle roots.
@@ -155,12 +62,10 @@ pub struct AppState {
     pub admin_serial: Arc<tokio::sync::Mutex<()>>,
 }
 
-/// Header marking a request a follower forwarded, so it is never forwarded twice.
-const FORWARDED_HEADER: &str = "x-wattle-forwarded";
-
 /// The router of a ledger node.
 pub fn router(state: AppState) -> Router {
-    Router::new()
+    // The client API reads the state: not while a snapshot install has replaced part of it.
+    let client_api = Router::new()
         .route("/v1/readings", post(submit_readings))
         .route("/v1/meters", get(list_meters))
         .route("/v1/customers/{customer_id}/account", get(customer_account))
@@ -171,6 +76,9 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/history", get(history))
         .route("/v1/admin", post(crate::admin::submit_admin))
         .route("/v1/config", get(public_config))
+        .route_layer(axum::middleware::from_fn_with_state(state.clone(), refuse_while_installing));
+    Router::new()
+        .merge(client_api)
         .route("/healthz", get(healthz))
         .route("/metrics", get(metrics))
         .route("/raft/append", post(raft_append))
@@ -179,6 +87,31 @@ pub fn router(state: AppState) -> Router {
         .layer(DefaultBodyLimit::max(REQUEST_BYTES_MAX))
         .with_state(state)
 }
+
+/// `503 installing_snapshot` with `Retry-After` while this node's state is being replaced by a
+/// snapshot: an answer from it could be half old, half new (a gateway would have taken a
+/// half-installed meter list for the registry).
+async fn refuse_while_installing(
+    State(app): State<AppState>,
+    request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    if app.store.installing() {
+        let error = ApiError {
+            retry_after_s: Some(INSTALLING_RETRY_AFTER_S),
+            ..ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "installing_snapshot",
+                "this node is installing a snapshot; retry shortly or ask another node",
+            )
+        };
+        return error.into_response();
+    }
+    next.run(request).await
+}
+
+/// Seconds a client waits before asking a node that is installing a snapshot again.
+const INSTALLING_RETRY_AFTER_S: u64 = 1;
 
 /// An API error: HTTP status plus a stable code and a message; never internals.
 #[derive(Debug)]
@@ -223,68 +156,6 @@ fn rejected(reason: &str) -> ReadingOutcome {
     ReadingOutcome { digest: None, status: OutcomeStatus::Rejected, reason: Some(reason.to_string()) }
 }
 
-/// Where writes must go: this node, or the leader's address.
-pub(crate) enum Route {
-    Here,
-    Leader(String),
-}
-
-pub(crate) fn route(app: &AppState) -> Result<Route, ApiError> {
-    let metrics = app.raft.metrics().borrow().clone();
-    match metrics.current_leader {
-        Some(leader) if leader == app.node_id => Ok(Route::Here),
-        Some(leader) => match metrics.membership_config.membership().get_node(&leader) {
-            Some(node) => Ok(Route::Leader(node.addr.clone())),
-            None => Err(ApiError::new(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "no_leader",
-                format!("leader {leader} has no address"),
-            )),
-        },
-        None => Err(ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "no_leader", "no leader elected yet")),
-    }
-}
-
-/// Forwards a write to the leader once and relays its answer.
-pub(crate) async fn forward<T: serde::Serialize>(
-    app: &AppState,
-    headers: &HeaderMap,
-    leader: &str,
-    path: &str,
-    body: &T,
-) -> Result<Response, ApiError> {
-    if headers.contains_key(FORWARDED_HEADER) {
-        return Err(ApiError::new(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "not_leader",
-            "forwarded to a node that does not lead",
-        ));
-    }
-    let response = app
-        .http
-        .post(format!("http://{leader}{path}"))
-        .header(FORWARDED_HEADER, "1")
-        .json(body)
-        .send()
-        .await
-        .map_err(|error| ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "leader_unreachable", error.to_string()))?;
-    let status = StatusCode::from_u16(response.status().as_u16()).unwrap_or(StatusCode::BAD_GATEWAY);
-    // A leader's `429` tells the client when to come back; keep that when relaying it.
-    let retry_after = response
-        .headers()
-        .get(reqwest::header::RETRY_AFTER)
-        .and_then(|value| axum::http::HeaderValue::from_bytes(value.as_bytes()).ok());
-    let bytes = response
-        .bytes()
-        .await
-        .map_err(|error| ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "leader_unreachable", error.to_string()))?;
-    let mut relayed = (status, [(axum::http::header::CONTENT_TYPE, "application/json")], bytes).into_response();
-    if let Some(retry_after) = retry_after {
-        relayed.headers_mut().insert(axum::http::header::RETRY_AFTER, retry_after);
-    }
-    Ok(relayed)
-}
-
 /// `GET /v1/config`: the public configuration (operator key, admin nonce, tariff).
 async fn public_config(State(app): State<AppState>) -> Json<serde_json::Value> {
     let state = app.store.state();
@@ -296,16 +167,16 @@ async fn public_config(State(app): State<AppState>) -> Json<serde_json::Value> {
 
 /// Proposes a transaction and waits until it is committed, applied and covered by a signature.
 pub async fn propose(app: &AppState, body: TxBody) -> Result<(u64, TxResult), ApiError> {
-    propose_as(app, TxId(rand::random()), body).await
+    propose_as(app, crate::runtime::new_tx_id(), body).await
 }
 
 /// Proposes a transaction under a chosen id and waits until it is committed, applied and
 /// covered by a signature.
 pub(crate) async fn propose_as(app: &AppState, tx_id: TxId, body: TxBody) -> Result<(u64, TxResult), ApiError> {
     let tx = Transaction { tx_id, rules_version: RULES_VERSION, time: app.clock.now(), body };
-    app.metrics.transactions_proposed.fetch_add(1, Ordering::Relaxed);
+    app.metrics.transactions_proposed.inc();
     if let TxBody::Readings(batch) = &tx.body {
-        app.metrics.batch_readings.observe(batch.readings.len() as u64);
+        app.metrics.batch_readings.observe(batch.readings.len() as f64);
     }
     let started = std::time::Instant::now();
     let result = tokio::time::timeout(COMMIT_WAIT_MAX, app.raft.client_write(tx)).await;
@@ -318,7 +189,7 @@ pub(crate) async fn propose_as(app: &AppState, tx_id: TxId, body: TxBody) -> Res
         Ok(Ok(response)) => {
             let index = response.log_id.index;
             wait_covered(app, index).await?;
-            app.metrics.commit_latency_ms.observe(started.elapsed().as_millis() as u64);
+            app.metrics.commit_latency_seconds.observe(started.elapsed().as_secs_f64());
             Ok((index, response.data))
         }
     }
@@ -402,7 +273,7 @@ async fn submit_readings(
     })?;
     if let Some(signature) = &request.gateway_signature {
         signature.verify(&request.gateway_id, &request.readings).map_err(|error| {
-            app.metrics.gateway_signatures_refused.fetch_add(1, Ordering::Relaxed);
+            app.metrics.gateway_signatures_refused.inc();
             ApiError::new(StatusCode::UNAUTHORIZED, "bad_gateway_signature", error)
         })?;
     }
@@ -411,7 +282,7 @@ async fn submit_readings(
         return forward(&app, &headers, &leader, path, &request).await;
     }
     let count = request.readings.len();
-    app.metrics.readings_submitted.fetch_add(count as u64, Ordering::Relaxed);
+    app.metrics.readings_submitted.inc_by(count as u64);
     let mut outcomes: Vec<Option<ReadingOutcome>> = vec![None; count];
     let mut candidates: Vec<Candidate> = Vec::new();
     for (position, envelope) in request.readings.iter().enumerate() {
@@ -469,6 +340,11 @@ async fn submit_readings(
         candidates.iter().map(|candidate| (candidate.signed.clone(), candidate.public_key)).collect();
     let verified = if items.is_empty() {
         Vec::new()
+    } else if app.verify_inline {
+        // Seeded from the node's generator: fixed by the simulation's seed, entropy otherwise.
+        let mut rng = <rand::rngs::StdRng as rand::SeedableRng>::from_rng(crate::runtime::ThreadRng)
+            .map_err(|error| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", error.to_string()))?;
+        verify_batch(items, &mut rng)
     } else {
         tokio::task::spawn_blocking(move || verify_batch(items, &mut rand::thread_rng()))
             .await
@@ -507,7 +383,7 @@ async fn submit_readings(
     let mut log_index = None;
     if !batch.is_empty() && !query.wait {
         // Answer at once with the transaction id; the client asks GET /v1/transactions/{tx_id}.
-        let id = TxId(rand::random());
+        let id = crate::runtime::new_tx_id();
         tx_id = Some(id.to_string());
         app.pending.lock().expect("pending lock is never poisoned").insert(id);
         let body = TxBody::Readings(ReadingBatch { gateway_id: request.gateway_id.clone(), readings: batch });
@@ -525,7 +401,7 @@ async fn submit_readings(
                 Some(ReadingOutcome { digest: Some(digest), status: OutcomeStatus::Pending, reason: None });
         }
     } else if !batch.is_empty() {
-        let id = TxId(rand::random());
+        let id = crate::runtime::new_tx_id();
         let (index, result) = propose_as(
             &app,
             id,
@@ -551,9 +427,9 @@ async fn submit_readings(
         outcomes.into_iter().map(|outcome| outcome.expect("every reading gets an outcome")).collect();
     for outcome in &outcomes {
         match outcome.status {
-            OutcomeStatus::Accepted => app.metrics.readings_accepted.fetch_add(1, Ordering::Relaxed),
-            OutcomeStatus::Duplicate => app.metrics.readings_duplicate.fetch_add(1, Ordering::Relaxed),
-            OutcomeStatus::Equivocation => app.metrics.readings_equivocation.fetch_add(1, Ordering::Relaxed),
+            OutcomeStatus::Accepted => app.metrics.readings_accepted.inc(),
+            OutcomeStatus::Duplicate => app.metrics.readings_duplicate.inc(),
+            OutcomeStatus::Equivocation => app.metrics.readings_equivocation.inc(),
             OutcomeStatus::Rejected => {
                 app.metrics.reject(outcome.reason.as_deref().unwrap_or("unknown"));
                 0
@@ -810,90 +686,13 @@ async fn healthz(State(app): State<AppState>) -> Response {
 
 async fn metrics(State(app): State<AppState>) -> String {
     let raft = app.raft.metrics().borrow().clone();
-    let m = &app.metrics;
-    let mut out = String::new();
-    let mut gauge = |name: &str, help: &str, kind: &str, value: u64| {
-        let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {value}");
-    };
-    gauge(
-        "wattle_ledger_is_leader",
-        "1 if this node leads.",
-        "gauge",
-        u64::from(raft.current_leader == Some(app.node_id)),
-    );
-    gauge("wattle_ledger_term", "Current raft term.", "gauge", raft.current_term);
-    gauge("wattle_ledger_last_log_index", "Last log index.", "gauge", raft.last_log_index.unwrap_or(0));
-    let applied = raft.last_applied.map_or(0, |log_id| log_id.index);
-    gauge("wattle_ledger_applied_index", "Last applied index.", "gauge", applied);
-    gauge(
-        "wattle_ledger_apply_lag",
-        "Log entries not yet applied.",
-        "gauge",
-        raft.last_log_index.unwrap_or(0).saturating_sub(applied),
-    );
-    gauge(
-        "wattle_ledger_readings_submitted_total",
-        "Readings submitted.",
-        "counter",
-        m.readings_submitted.load(Ordering::Relaxed),
-    );
-    gauge(
-        "wattle_ledger_readings_accepted_total",
-        "Readings committed and settled.",
-        "counter",
-        m.readings_accepted.load(Ordering::Relaxed),
-    );
-    gauge(
-        "wattle_ledger_readings_duplicate_total",
-        "Exact duplicates dropped.",
-        "counter",
-        m.readings_duplicate.load(Ordering::Relaxed),
-    );
-    gauge(
-        "wattle_ledger_readings_equivocation_total",
-        "Equivocations refused.",
-        "counter",
-        m.readings_equivocation.load(Ordering::Relaxed),
-    );
-    gauge(
-        "wattle_ledger_gateway_signatures_refused_total",
-        "Reading batches refused: the gateway's batch signature did not verify.",
-        "counter",
-        m.gateway_signatures_refused.load(Ordering::Relaxed),
-    );
-    gauge(
-        "wattle_ledger_transactions_proposed_total",
-        "Transactions proposed.",
-        "counter",
-        m.transactions_proposed.load(Ordering::Relaxed),
-    );
-    gauge(
-        "wattle_ledger_submissions_in_flight",
-        "Reading submissions in flight at this node.",
-        "gauge",
-        app.admission.in_flight() as u64,
-    );
-    gauge(
-        "wattle_ledger_admin_retries_total",
-        "Admin submissions recognised as a transaction already applied.",
-        "counter",
-        m.admin_retries.load(Ordering::Relaxed),
-    );
-    m.batch_readings.render(&mut out, "wattle_ledger_batch_readings", "Readings per proposed batch.");
-    m.commit_latency_ms.render(&mut out, "wattle_ledger_commit_latency_ms", "Propose to commit and apply, ms.");
-    let _ = writeln!(out, "# HELP wattle_ledger_readings_rejected_total Readings refused, by reason.\n# TYPE wattle_ledger_readings_rejected_total counter");
-    for (reason, count) in m.rejected_by_reason.lock().expect("metrics lock is never poisoned").iter() {
-        let _ = writeln!(out, "wattle_ledger_readings_rejected_total{{reason=\"{reason}\"}} {count}");
-    }
-    let _ = writeln!(out, "# HELP wattle_ledger_submissions_busy_total Reading submissions answered 429, by code.\n# TYPE wattle_ledger_submissions_busy_total counter");
-    for (code, count) in m.busy_by_code.lock().expect("metrics lock is never poisoned").iter() {
-        let _ = writeln!(out, "wattle_ledger_submissions_busy_total{{code=\"{code}\"}} {count}");
-    }
-    let _ = writeln!(out, "# HELP wattle_ledger_admin_refused_total Admin transactions refused before the log, by reason.\n# TYPE wattle_ledger_admin_refused_total counter");
-    for (reason, count) in m.admin_refused_by_reason.lock().expect("metrics lock is never poisoned").iter() {
-        let _ = writeln!(out, "wattle_ledger_admin_refused_total{{reason=\"{reason}\"}} {count}");
-    }
-    out
+    app.metrics.render(crate::metrics::Scrape {
+        is_leader: raft.current_leader == Some(app.node_id),
+        term: raft.current_term,
+        last_log_index: raft.last_log_index.unwrap_or(0),
+        applied_index: raft.last_applied.map_or(0, |log_id| log_id.index),
+        submissions_in_flight: app.admission.in_flight() as u64,
+    })
 }
 
 async fn raft_append(State(app): State<AppState>, Json(request): Json<AppendEntriesRequest<TypeConfig>>) -> Response {

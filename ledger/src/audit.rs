@@ -231,7 +231,7 @@ pub fn audit(
                             root_signers.push((at, tx_id.clone(), signature.node_id, signature.node_key));
                         }
                     }
-                    let root = check_leaf(&mut frontier, at, &record, &tx.tx_id.0, applied.claims)
+                    let root = check_leaf(store, &mut frontier, at, &record, &tx.tx_id.0, applied.claims)
                         .map_err(|reason| fail(at, &tx_id, reason))?;
                     // The root this entry leads to, recorded for a marker's signature step.
                     state::record_marker_root(&mut overlay, at, root);
@@ -247,7 +247,7 @@ pub fn audit(
                 }
                 _ => {
                     let tx_id = "raft entry".to_string();
-                    check_leaf(&mut frontier, at, &record, &[0; 16], None)
+                    check_leaf(store, &mut frontier, at, &record, &[0; 16], None)
                         .map_err(|reason| fail(at, &tx_id, reason))?;
                     tx_id
                 }
@@ -332,8 +332,10 @@ fn check_anchors(anchors: &TrustAnchors, tx: &domain::tx::Transaction, report: &
 }
 
 /// Checks an entry's re-executed claims, its leaf and the root after it against the stored
-/// record, and appends the leaf; returns the root.
+/// record, and appends the leaf; every perfect subtree the leaf completes must match the one
+/// stored for receipts, if one is (receipts are built from those). Returns the root.
 fn check_leaf(
+    store: &Store,
     frontier: &mut Frontier,
     at: u64,
     record: &crate::store::HistoryRecord,
@@ -347,7 +349,24 @@ fn check_leaf(
     if leaf != record.leaf {
         return Err("the stored Merkle leaf does not match the entry".into());
     }
-    frontier.append(leaf);
+    let mut mismatch = None;
+    frontier.append_with(leaf, |subtree, hash| {
+        if mismatch.is_none() {
+            match store.merkle_subtree(subtree) {
+                Ok(Some(stored)) if stored != *hash => {
+                    mismatch = Some(format!(
+                        "the stored Merkle subtree at level {} index {} (used by receipts) differs from the history",
+                        subtree.level, subtree.index
+                    ));
+                }
+                Ok(_) => {}
+                Err(error) => mismatch = Some(format!("reading a stored Merkle subtree: {error}")),
+            }
+        }
+    });
+    if let Some(reason) = mismatch {
+        return Err(reason);
+    }
     let root = frontier.root().expect("a leaf was appended");
     if root != record.root {
         return Err(format!("the stored Merkle root after entry {at} does not match the history up to it"));

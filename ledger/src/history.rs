@@ -8,8 +8,9 @@
 //!   line: the digest of the accepted reading, where it sits (log index, position in the batch)
 //!   and what it settled ([`SettledReading`]). This is what tells an exact duplicate (same digest)
 //!   from equivocation (another digest); the state keeps only sequence ranges per meter;
-//! - `history_tree`: the root of every complete perfect subtree of the Merkle tree, leaves
-//!   included (`domain::merkle::Subtree`), so a receipt reads O(log n) records.
+//! - `history_tree`: the root of every complete perfect subtree of the Merkle tree above the
+//!   leaves (`domain::merkle::Subtree`, levels 1 and up; a leaf is in its history record), so a
+//!   receipt reads O(log n) records.
 //!
 //! Every record of the two indexes is a pure function of the history records, so a node that
 //! fetched older history from a peer derives them from what it fetched ([`derived_writes`]).
@@ -202,10 +203,11 @@ pub fn derived_writes(records: &[(u64, HistoryRecord)], batch: &mut Batch) -> Re
             }
         }
         if from_zero && frontier.size() == *index {
-            frontier.append_with(record.leaf, |subtree, hash| batch.put(Cf::Tree, subtree.key(), hash.to_vec()));
-        } else {
-            let leaf = merkle::Subtree { level: 0, index: *index };
-            batch.put(Cf::Tree, leaf.key(), record.leaf.to_vec());
+            frontier.append_with(record.leaf, |subtree, hash| {
+                if subtree.level > 0 {
+                    batch.put(Cf::Tree, subtree.key(), hash.to_vec());
+                }
+            });
         }
     }
     Ok(())

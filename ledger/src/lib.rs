@@ -8,14 +8,17 @@ pub mod audit;
 pub mod danger;
 pub mod driver;
 pub mod entry;
+pub mod forward;
 pub mod history;
 pub mod kv;
 pub mod limits;
+pub mod metrics;
 pub mod network;
 #[cfg(feature = "rocksdb")]
 pub mod node;
 pub mod receipts;
 pub mod runtime;
+pub mod signer;
 pub mod simulation;
 pub mod snapshot;
 pub mod state;

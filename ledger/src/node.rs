@@ -11,11 +11,9 @@ use anyhow::{bail, Context};
 use domain::api::MeterInfo;
 use domain::api::{SubmitAdmin, SubmitAdminResponse};
 use domain::clock::Clock;
-use domain::ids::TxId;
 use domain::ids::{CustomerId, KeyId};
 use domain::money::{Currency, UnitPrice};
-use domain::settlement::RULES_VERSION;
-use domain::tx::{AdminAction, RootSignature, SignedAdmin, Transaction, TxBody};
+use domain::tx::{AdminAction, SignedAdmin};
 use ed25519_dalek::SigningKey;
 use openraft::{BasicNode, Config, Raft, SnapshotPolicy};
 use rust_decimal::Decimal;
@@ -23,7 +21,7 @@ use serde::Deserialize;
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 
-use crate::api::{router, AppState, Metrics};
+use crate::api::{router, AppState};
 use crate::entry::NodeId;
 use crate::limits::{ELECTION_TIMEOUT_MAX_MS, ELECTION_TIMEOUT_MIN_MS, HEARTBEAT_INTERVAL_MS, LEADER_WAIT_MAX};
 use crate::network::HttpNetwork;
@@ -147,6 +145,7 @@ pub async fn start(config: NodeConfig) -> anyhow::Result<NodeHandle> {
         node_key = %hex::encode(node_key.verifying_key().to_bytes()),
         "node signing key loaded"
     );
+    let http = reqwest::Client::builder().timeout(crate::limits::COMMIT_WAIT_MAX * 2).build()?;
     let app = AppState {
         node_key,
         signature_interval: config.signature_interval,
@@ -154,9 +153,11 @@ pub async fn start(config: NodeConfig) -> anyhow::Result<NodeHandle> {
         node_id: config.node_id,
         raft: raft.clone(),
         store: store.clone(),
-        clock: config.clock,
-        metrics: Arc::new(Metrics::default()),
-        http: reqwest::Client::builder().timeout(crate::limits::COMMIT_WAIT_MAX * 2).build()?,
+        clock: crate::runtime::NodeClock::Process(config.clock),
+        metrics: Arc::new(crate::metrics::Metrics::default()),
+        http: http.clone(),
+        forwarder: crate::forward::Forwarder::Http(http),
+        verify_inline: false,
         pending: Arc::default(),
         admission: crate::admission::Admission::new(
             crate::limits::SUBMISSIONS_IN_FLIGHT_PER_GATEWAY_MAX,
@@ -177,7 +178,8 @@ pub async fn start(config: NodeConfig) -> anyhow::Result<NodeHandle> {
         }
     });
     tracing::info!(node_id = config.node_id, %address, "ledger node serving");
-    let signer = config.signature_interval.map(|interval| tokio::spawn(sign_roots(app.clone(), interval)));
+    let signer =
+        config.signature_interval.map(|interval| tokio::spawn(crate::signer::sign_roots(app.clone(), interval)));
     let backfill = tokio::spawn(fetch_missing_history(app.clone()));
     if !raft.is_initialized().await? {
         let lowest = config.init_members.iter().map(|(id, _)| *id).min();
@@ -231,64 +233,6 @@ fn write_secret(path: &Path, text: &str) -> anyhow::Result<()> {
     file.write_all(text.as_bytes())?;
     file.sync_all()?;
     Ok(())
-}
-
-/// The leader's signature loop (DESIGN.md, two steps): while entries are unsigned, at the latest
-/// every `interval` or every `SIGNATURE_EVERY_ENTRIES` entries, and at once while a client waits
-/// for its commit, propose a marker, take the root this node computed when applying it, and
-/// propose the signed root. A marker left pending by an earlier leader is signed first. One
-/// signature is in flight at a time, so under load each covers everything since the last.
-async fn sign_roots(app: AppState, interval: std::time::Duration) {
-    let mut last_signed_at = tokio::time::Instant::now();
-    loop {
-        tokio::time::sleep(crate::limits::SIGNATURE_POLL).await;
-        if app.raft.metrics().borrow().current_leader != Some(app.node_id) {
-            continue;
-        }
-        let view = app.store.state();
-        let applied = app.store.applied_index();
-        // Entries after the last signed marker, less the signature transaction itself (it needs
-        // no signature of its own). Entries applied between a marker and its signature are
-        // unsigned too: counting from the signature's index instead left them uncovered until
-        // something else was written, so a client whose entry landed there waited in vain.
-        let unsigned = match state::last_signed(&view) {
-            Some((marker, _signature_index)) => applied.saturating_sub(marker + 1),
-            None => applied,
-        };
-        let marker = match state::pending_marker(&view) {
-            Some(marker) => marker,
-            None => {
-                let waiting = app.signature_waiters.load(std::sync::atomic::Ordering::Relaxed) > 0;
-                let due = waiting
-                    || unsigned >= crate::limits::SIGNATURE_EVERY_ENTRIES
-                    || last_signed_at.elapsed() >= interval;
-                if unsigned == 0 || !due {
-                    continue;
-                }
-                match app.raft.client_write(internal_transaction(&app, TxBody::SignatureMarker)).await {
-                    Ok(response) => response.log_id.index,
-                    Err(error) => {
-                        tracing::debug!(%error, "signature marker not committed");
-                        continue;
-                    }
-                }
-            }
-        };
-        let root = match app.store.history(marker) {
-            Ok(Some(record)) => record.root,
-            _ => continue, // not applied here yet
-        };
-        let signature = RootSignature::sign(marker, root, app.node_id, &app.node_key);
-        if let Err(error) = app.raft.client_write(internal_transaction(&app, TxBody::Signature(signature))).await {
-            tracing::debug!(%error, "signature not committed");
-            continue;
-        }
-        last_signed_at = tokio::time::Instant::now();
-    }
-}
-
-fn internal_transaction(app: &AppState, body: TxBody) -> Transaction {
-    Transaction { tx_id: TxId(rand::random()), rules_version: RULES_VERSION, time: app.clock.now(), body }
 }
 
 /// A node that joined from a snapshot has no history before it. This fetches the missing

@@ -30,17 +30,18 @@ pub fn signature_covering(store: &Store, index: u64) -> Option<SignatureRecord> 
         .map(|(_, value)| SignatureRecord::decode(&value).expect("committed signature records decode"))
 }
 
-/// The root of a perfect subtree: stored when it completed; if this node lacks it (history
-/// fetched before subtrees were kept), recomputed from its children, down to the history record.
+/// The root of a perfect subtree: a leaf from its history record; above, stored when it
+/// completed, or if this node lacks it (history fetched from a peer out of order), recomputed
+/// from its children.
 fn subtree_root(store: &Store, subtree: Subtree) -> Result<Hash, ReceiptUnavailable> {
-    if let Some(hash) = store.merkle_subtree(subtree).map_err(storage)? {
-        return Ok(hash);
-    }
     if subtree.level == 0 {
         let record = store.history(subtree.index).map_err(storage)?;
         return record
             .map(|record| record.leaf)
             .ok_or_else(|| storage(format!("history lacks entry {}", subtree.index)));
+    }
+    if let Some(hash) = store.merkle_subtree(subtree).map_err(storage)? {
+        return Ok(hash);
     }
     let (left, right) = subtree.children();
     Ok(merkle::node_hash(&subtree_root(store, left)?, &subtree_root(store, right)?))

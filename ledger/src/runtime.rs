@@ -1,6 +1,10 @@
 //! openraft's async runtime for the ledger: Tokio, except that openraft's randomness (election
 //! timeouts) comes from a per-thread generator that the deterministic simulation seeds. In
 //! production the generator is seeded from the operating system, exactly like `rand::thread_rng`.
+//!
+//! The node's other sources of nondeterminism live here too, so the simulation can fix them:
+//! transaction ids ([`new_tx_id`], from the same generator) and the time stamped on the
+//! transactions a node proposes ([`NodeClock`]).
 
 use std::cell::RefCell;
 use std::future::Future;
@@ -98,6 +102,34 @@ impl AsyncRuntime for LedgerRuntime {
     {
         let (sender, receiver) = tokio::sync::oneshot::channel();
         (TokioOneShotSender(sender), receiver)
+    }
+}
+
+/// A fresh transaction id from this thread's generator (seeded in the simulation).
+pub fn new_tx_id() -> domain::ids::TxId {
+    use rand::Rng as _;
+    domain::ids::TxId(ThreadRng.gen())
+}
+
+/// The time a node stamps on the transactions it proposes.
+#[derive(Debug, Clone, Copy)]
+pub enum NodeClock {
+    /// The process clock (real, or simulated from a shared real-time anchor).
+    Process(domain::clock::Clock),
+    /// Tokio's clock from `start` at `anchor`: under the simulation's paused time this is
+    /// virtual time, the same for every replica in the process and for every run of a seed.
+    Runtime { start: domain::ids::UnixMillis, anchor: tokio::time::Instant },
+}
+
+impl NodeClock {
+    pub fn now(&self) -> domain::ids::UnixMillis {
+        match self {
+            NodeClock::Process(clock) => clock.now(),
+            NodeClock::Runtime { start, anchor } => {
+                let elapsed = i64::try_from(anchor.elapsed().as_millis()).unwrap_or(i64::MAX);
+                domain::ids::UnixMillis(start.0.saturating_add(elapsed))
+            }
+        }
     }
 }
 

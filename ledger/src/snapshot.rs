@@ -348,6 +348,9 @@ impl Store {
         if verify {
             for_each_record(&mut file, &mut |_, _, _| Ok(())).map_err(&read_failed)?;
         }
+        // Readers see `installing` from before the first batch until after the last; a failed
+        // install leaves it set (the marker too): the node is not fit to answer until restarted.
+        self.installing.store(true, std::sync::atomic::Ordering::Release);
         let mut batch = Batch::default();
         batch.put(Cf::Raft, KEY_INSTALLING, encode_pointer(meta, data_name));
         for cf in FAMILIES {
@@ -389,7 +392,9 @@ impl Store {
         encode_stored_membership(&mut writer, &meta.last_membership);
         batch.put(Cf::SmMeta, KEY_MEMBERSHIP, writer.finish());
         batch.delete(Cf::Raft, KEY_INSTALLING);
-        self.kv.write(batch).map_err(write_error)
+        self.kv.write(batch).map_err(write_error)?;
+        self.installing.store(false, std::sync::atomic::Ordering::Release);
+        Ok(())
     }
 
     /// Finishes a snapshot install that a crash interrupted (the marker is still there).

@@ -76,6 +76,13 @@ pub struct Store {
     allow_log_gaps: bool,
     /// Most snapshot records per write batch when installing (`limits`; tests lower it).
     pub(crate) install_batch_records: usize,
+    /// Held while a snapshot is built (scan to publish) and while one is installed: openraft
+    /// builds in a task of its own, and a build that scanned before an install and published
+    /// after it would make an older snapshot current than the state it replaced.
+    pub(crate) snapshot_lock: Arc<std::sync::Mutex<()>>,
+    /// Set while a streamed install has replaced part of the state: readers answer `503` then,
+    /// never from a state that is half old, half new.
+    pub(crate) installing: Arc<std::sync::atomic::AtomicBool>,
 }
 
 pub use crate::history::{entry_leaf, HistoryRecord};
@@ -106,6 +113,8 @@ impl Store {
             signed: Arc::new(tokio::sync::watch::channel(0).0),
             allow_log_gaps: false,
             install_batch_records: crate::limits::SNAPSHOT_INSTALL_BATCH_RECORDS,
+            snapshot_lock: Arc::default(),
+            installing: Arc::default(),
         };
         store.signed = Arc::new(tokio::sync::watch::channel(store.signed_index()).0);
         Ok(store)
@@ -131,10 +140,17 @@ impl Store {
             signed: Arc::new(tokio::sync::watch::channel(0).0),
             allow_log_gaps: false,
             install_batch_records: crate::limits::SNAPSHOT_INSTALL_BATCH_RECORDS,
+            snapshot_lock: Arc::default(),
+            installing: Arc::default(),
         };
         store.finish_interrupted_install()?;
         store.signed = Arc::new(tokio::sync::watch::channel(store.signed_index()).0);
         Ok(store)
+    }
+
+    /// Whether a snapshot install is replacing the state right now (readers must not use it).
+    pub fn installing(&self) -> bool {
+        self.installing.load(std::sync::atomic::Ordering::Acquire)
     }
 
     /// The highest log index a committed signature covers (0 before the first).
@@ -556,6 +572,7 @@ impl StateMachineStore {
 impl RaftSnapshotBuilder<TypeConfig> for StateMachineStore {
     async fn build_snapshot(&mut self) -> StorageResult<Snapshot<TypeConfig>> {
         let failed = snapshot_error(None, ErrorVerb::Write);
+        let _serial = self.store.snapshot_lock.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
         let part = self.fresh_part("build");
         let mut writer = SnapshotWriter::create(&part).map_err(&failed)?;
         let mut last_applied = None;
@@ -610,8 +627,11 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
         let mut frontier = self.store.frontier()?;
         let mut history = Vec::new();
         let mut indexes = Batch::default();
+        // Levels 1 and up: a leaf (level 0) is in its history record already.
         let mut record_subtree = |subtree: merkle::Subtree, hash: &merkle::Hash| {
-            indexes.put(Cf::Tree, subtree.key(), hash.to_vec());
+            if subtree.level > 0 {
+                indexes.put(Cf::Tree, subtree.key(), hash.to_vec());
+            }
         };
         let mut lines = Vec::new();
         for entry in entries {
@@ -711,6 +731,7 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
             file.sync_all().map_err(snapshot_error(Some(meta), ErrorVerb::Write))?;
         }
         drop(file);
+        let _serial = self.store.snapshot_lock.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
         let data_name = self.store.place_snapshot_data(meta, &part)?;
         self.store.install_from(meta, &data_name, false, &self.fresh_part("current"))?;
         self.store.signed.send_replace(self.store.signed_index());

@@ -58,3 +58,18 @@ fn the_planted_dedup_bug_is_caught() {
     println!("canary caught: {violation}");
     assert!(violation.message.contains("books"), "caught, but not by the books: {violation}");
 }
+
+/// Finding 8 of issue 12: the simulated clients called openraft directly, so forwarding,
+/// duplicates answered without a proposal, `?wait=false` and the wait for the covering signature
+/// of the real signing loop were never exercised. They go through the node's API now.
+#[test]
+fn the_clients_exercise_the_real_submit_path() {
+    let reports = run_seeds(0..8, &SimConfig::new(0)).unwrap_or_else(|violation| panic!("{violation}"));
+    let total = |field: fn(&ledger::simulation::SimReport) -> u64| reports.iter().map(field).sum::<u64>();
+    assert!(total(|report| report.forwarded) > 0, "no submission was forwarded: {reports:?}");
+    assert!(total(|report| report.not_waiting) > 0, "every submission waited: {reports:?}");
+    assert!(total(|report| report.duplicates_unproposed) > 0, "no duplicate answered from state: {reports:?}");
+    for report in &reports {
+        assert!(report.signed_index >= report.final_index, "seed {} ends unsigned: {report:?}", report.seed);
+    }
+}
