@@ -12,8 +12,8 @@ use serde::Deserialize;
 use crate::limits::*;
 use crate::Shared;
 
-/// The OpenMetrics content type, which Prometheus parses with the counters' `_total` samples
-/// under their `# TYPE` names.
+/// `/metrics` with the OpenMetrics content type (as billing's): the exposition is OpenMetrics
+/// text, and Prometheus then reads the counters' `_total` samples under their `# TYPE` names.
 pub(crate) async fn metrics(State(shared): State<Shared>) -> impl IntoResponse {
     let content_type = "application/openmetrics-text; version=1.0.0; charset=utf-8";
     ([(axum::http::header::CONTENT_TYPE, content_type)], crate::metrics::render(&shared))
