@@ -47,8 +47,8 @@ pub(crate) async fn disk_loop(shared: Shared) {
             tokio::task::spawn_blocking(move || (directory_bytes(&db), directory_bytes(&garbage)))
                 .await
                 .unwrap_or((0, 0));
-        shared.metrics.disk_bytes.store(bytes, Ordering::Relaxed);
-        shared.metrics.garbage_bytes.store(garbage_bytes, Ordering::Relaxed);
+        shared.metrics.disk_bytes.set(bytes);
+        shared.metrics.garbage_bytes.set(garbage_bytes);
         if last_prune.is_none_or(|at| at.elapsed() >= GARBAGE_PRUNE_INTERVAL) {
             let (store, now_ms) = (shared.store.clone(), shared.config.clock.now().0);
             match tokio::task::spawn_blocking(move || store.prune_garbage(now_ms)).await {

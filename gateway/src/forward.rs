@@ -3,7 +3,6 @@
 //! queue with backoff, beside the outbox so the readings behind it keep flowing; held in the
 //! quarantine, bytes kept, past the retry horizon) or held (quarantined, bytes kept).
 
-use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use domain::api::{OutcomeStatus, ReadingOutcome, SubmitReadings, SubmitReadingsResponse};
@@ -26,7 +25,7 @@ pub(crate) async fn forward_loop(shared: Shared) {
             Ok(_) => backoff = FORWARD_BACKOFF_MIN,
             Err(error) => {
                 shared.next_ledger();
-                shared.metrics.forward_failures.fetch_add(1, Ordering::Relaxed);
+                shared.metrics.forward_failures.inc();
                 tracing::warn!(%error, ?backoff, "forwarding to the ledger failed; retrying");
                 tokio::time::sleep(backoff).await;
                 backoff = (backoff * 2).min(FORWARD_BACKOFF_MAX);
@@ -90,7 +89,7 @@ async fn forward_once(shared: &Shared) -> anyhow::Result<usize> {
         let class = match outcome.status {
             OutcomeStatus::Accepted => None,
             OutcomeStatus::Duplicate => {
-                shared.metrics.readings_duplicate_at_ledger.fetch_add(1, Ordering::Relaxed);
+                shared.metrics.readings_duplicate_at_ledger.inc();
                 None
             }
             OutcomeStatus::Pending => anyhow::bail!("the ledger answered without waiting for commit"),
@@ -114,7 +113,7 @@ async fn forward_once(shared: &Shared) -> anyhow::Result<usize> {
                 continue;
             }
             Some(ReasonClass::Retryable) if wall_ms.saturating_sub(first_refused_ms) < horizon_ms => {
-                shared.metrics.ledger_retries.fetch_add(1, Ordering::Relaxed);
+                shared.metrics.ledger_retries.inc();
                 let due_ms = wall_ms.saturating_add(retry_backoff(attempts).as_millis() as i64);
                 completion.retry_again.push((due_ms, RetryEntry { envelope, reason, attempts, first_refused_ms }));
                 continue;
@@ -138,8 +137,8 @@ async fn forward_once(shared: &Shared) -> anyhow::Result<usize> {
     let count = response.outcomes.len();
     let store = shared.store.clone();
     tokio::task::spawn_blocking(move || store.complete(completion)).await??;
-    shared.metrics.readings_forwarded.fetch_add(final_count, Ordering::Relaxed);
-    shared.metrics.forward_latency_ms_last.store(started.elapsed().as_millis() as u64, Ordering::Relaxed);
+    shared.metrics.readings_forwarded.inc_by(final_count);
+    shared.metrics.forward_latency_ms_last.set(started.elapsed().as_millis() as u64);
     tracing::debug!(count, log_index = ?response.log_index, "forwarded to the ledger");
     Ok(count)
 }

@@ -58,7 +58,7 @@ pub(crate) async fn gap_loop(shared: Shared, client: AsyncClient) {
                 if state.requests >= GAP_REQUESTS_MAX {
                     let unfilled = state.missing_count();
                     tracing::warn!(%meter, unfilled, ranges = ?state.missing, "missing readings not recovered by backfill");
-                    shared.metrics.gap_sequences_unfilled.fetch_add(unfilled, Ordering::Relaxed);
+                    shared.metrics.gap_sequences_unfilled.inc_by(unfilled);
                     state.missing.clear();
                     state.requests = 0;
                     changed.push((meter.clone(), state.clone()));
@@ -116,14 +116,14 @@ pub(crate) async fn gap_loop(shared: Shared, client: AsyncClient) {
         for (topic, command) in requests {
             if let Some(device) = shared.modbus_backfill.get(&topic) {
                 if device.try_send((command.from, command.to)).is_ok() {
-                    shared.metrics.backfill_requests.fetch_add(1, Ordering::Relaxed);
+                    shared.metrics.backfill_requests.inc();
                 }
                 continue;
             }
             let payload = serde_json::to_vec(&command).expect("a command serialises");
             match client.publish(&topic, QoS::AtLeastOnce, false, payload).await {
                 Ok(()) => {
-                    shared.metrics.backfill_requests.fetch_add(1, Ordering::Relaxed);
+                    shared.metrics.backfill_requests.inc();
                 }
                 Err(error) => tracing::warn!(%error, %topic, "backfill request not sent"),
             }

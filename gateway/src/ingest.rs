@@ -126,7 +126,7 @@ pub(crate) async fn take(shared: &Shared, acks: &mpsc::UnboundedSender<Publish>,
         // Over the disk budget: take nothing. The readings are acknowledged so the broker
         // does not queue (and then drop) them for us; the meters still hold them, and the
         // first reading taken after the pause opens the gap that recovers them.
-        shared.metrics.readings_deferred_disk.fetch_add(batch.len() as u64, Ordering::Relaxed);
+        shared.metrics.readings_deferred_disk.inc_by(batch.len() as u64);
         Ok(())
     } else {
         process_batch(shared, &batch).await
@@ -149,10 +149,7 @@ pub(crate) async fn take(shared: &Shared, acks: &mpsc::UnboundedSender<Publish>,
 
 #[tracing::instrument(skip_all, fields(messages = batch.len()))]
 pub(crate) async fn process_batch(shared: &Shared, batch: &[Incoming]) -> anyhow::Result<()> {
-    shared
-        .metrics
-        .readings_in
-        .fetch_add(batch.iter().filter(|incoming| incoming.release.is_none()).count() as u64, Ordering::Relaxed);
+    shared.metrics.readings_in.inc_by(batch.iter().filter(|incoming| incoming.release.is_none()).count() as u64);
     let mut rejected = Vec::new();
     let mut released = Vec::new();
     let mut opened: Vec<(usize, Envelope, SignedReading)> = Vec::new();
@@ -164,7 +161,7 @@ pub(crate) async fn process_batch(shared: &Shared, batch: &[Incoming]) -> anyhow
                 continue;
             }
             released.push(Released { id: release.id, bounded: release.class.is_bounded() });
-            shared.metrics.readings_released.fetch_add(1, Ordering::Relaxed);
+            shared.metrics.readings_released.inc();
         }
         if let Some((reason, detail)) = &publish.rejected {
             rejected.push(quarantine_entry(shared, topic, own(reason), detail.clone(), None, &publish.payload));
@@ -283,7 +280,7 @@ pub(crate) async fn process_batch(shared: &Shared, batch: &[Incoming]) -> anyhow
         if let tracker::Verdict::Accept { gap_opened, .. } | tracker::Verdict::Reject { gap_opened, .. } = &verdict {
             // The sequence is settled, accepted or held: the same signed bytes again are a
             // duplicate (never quarantined twice), other bytes an equivocation.
-            shared.metrics.gap_sequences_opened.fetch_add(*gap_opened, Ordering::Relaxed);
+            shared.metrics.gap_sequences_opened.inc_by(*gap_opened);
             in_batch.insert(key.clone(), digest);
             tracking.seen.push((key.0, key.1, digest));
             changed.insert(reading.meter_id.clone());
@@ -291,19 +288,19 @@ pub(crate) async fn process_batch(shared: &Shared, batch: &[Incoming]) -> anyhow
         let (reason, detail) = match verdict {
             tracker::Verdict::Accept { filled, .. } => {
                 if filled {
-                    shared.metrics.gap_sequences_filled.fetch_add(1, Ordering::Relaxed);
+                    shared.metrics.gap_sequences_filled.inc();
                 }
                 accepted.push(envelope);
                 continue;
             }
             tracker::Verdict::Duplicate => {
-                shared.metrics.duplicates_dropped.fetch_add(1, Ordering::Relaxed);
+                shared.metrics.duplicates_dropped.inc();
                 continue;
             }
             tracker::Verdict::Equivocation { detail } => ("equivocation", detail),
             tracker::Verdict::Reject { reason, detail, was_missing, .. } => {
                 if was_missing {
-                    shared.metrics.gap_sequences_quarantined.fetch_add(1, Ordering::Relaxed);
+                    shared.metrics.gap_sequences_quarantined.inc();
                 }
                 (reason, detail)
             }
@@ -327,6 +324,6 @@ pub(crate) async fn process_batch(shared: &Shared, batch: &[Incoming]) -> anyhow
         })
     })
     .await??;
-    shared.metrics.readings_accepted.fetch_add(count, Ordering::Relaxed);
+    shared.metrics.readings_accepted.inc_by(count);
     Ok(())
 }

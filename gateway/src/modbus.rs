@@ -16,7 +16,6 @@
 //! does not decode is quarantined with its reason (once per distinct record).
 
 use std::net::SocketAddr;
-use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use domain::ids::{MeterId, Sequence, UnixSeconds};
@@ -395,7 +394,7 @@ async fn sunspec_session(
                 if block[..2] != [SIGNED_MODEL.0, SIGNED_MODEL.1] {
                     return Err(PollError::map(ModbusError::ModelMissing { model: SIGNED_MODEL.0 }));
                 }
-                session.shared.metrics.modbus_polls.fetch_add(1, Ordering::Relaxed);
+                session.shared.metrics.modbus_polls.inc();
                 match decode_signed_record(&block[2..]) {
                     Ok(signed) if signed.reading().sequence.0 != last_sequence => {
                         last_sequence = signed.reading().sequence.0;
@@ -480,7 +479,7 @@ async fn energy_session(
         tokio::select! {
             _ = ticker.tick() => {
                 let registers = session.read(map.table, low, count).await?;
-                session.shared.metrics.modbus_polls.fetch_add(1, Ordering::Relaxed);
+                session.shared.metrics.modbus_polls.inc();
                 let import = energy_wh(&map, &registers[usize::from(map.import - low)..], "import");
                 let export = energy_wh(&map, &registers[usize::from(map.export - low)..], "export");
                 let (import, export) = match (import, export) {
@@ -592,7 +591,7 @@ fn attest_sample(
     match reading.sign(&shared.key) {
         Ok(signed) => {
             attest.pending = Some((sequence + 1, boundary, import, export));
-            shared.metrics.readings_attested.fetch_add(1, Ordering::Relaxed);
+            shared.metrics.readings_attested.inc();
             Some(envelope_incoming(source, &signed, false))
         }
         Err(error) => {

@@ -152,7 +152,7 @@ pub(crate) async fn release_loop(shared: Shared) {
         };
         match release(&shared, &filter, |meter| known.contains(meter)).await {
             Ok(report) => {
-                shared.metrics.auto_releases.fetch_add(report.released.len() as u64, Ordering::Relaxed);
+                shared.metrics.auto_releases.inc_by(report.released.len() as u64);
                 if report.released.is_empty() && report.waiting == 0 && !report.more {
                     shared.store.garbage_counts().unverified_waiting.store(false, Ordering::Relaxed);
                 }
