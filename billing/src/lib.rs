@@ -181,8 +181,8 @@ async fn healthz(State(shared): State<Shared>) -> Response {
 }
 
 async fn metrics(State(shared): State<Shared>) -> Response {
-    let content_type = "application/openmetrics-text; version=1.0.0; charset=utf-8";
-    ([(axum::http::header::CONTENT_TYPE, content_type)], shared.metrics.render()).into_response()
+    ([(axum::http::header::CONTENT_TYPE, domain::api::OPENMETRICS_CONTENT_TYPE)], shared.metrics.render())
+        .into_response()
 }
 
 #[cfg(test)]

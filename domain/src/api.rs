@@ -192,3 +192,7 @@ pub struct SubmitAdminResponse {
     #[serde(default)]
     pub retried: bool,
 }
+
+/// The content type of every process's `/metrics`: prometheus-client writes OpenMetrics text,
+/// and Prometheus reads counters' `_total` samples under their `# TYPE` names only with it.
+pub const OPENMETRICS_CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";

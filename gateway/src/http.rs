@@ -15,8 +15,7 @@ use crate::Shared;
 /// `/metrics` with the OpenMetrics content type (as billing's): the exposition is OpenMetrics
 /// text, and Prometheus then reads the counters' `_total` samples under their `# TYPE` names.
 pub(crate) async fn metrics(State(shared): State<Shared>) -> impl IntoResponse {
-    let content_type = "application/openmetrics-text; version=1.0.0; charset=utf-8";
-    ([(axum::http::header::CONTENT_TYPE, content_type)], crate::metrics::render(&shared))
+    ([(axum::http::header::CONTENT_TYPE, domain::api::OPENMETRICS_CONTENT_TYPE)], crate::metrics::render(&shared))
 }
 
 pub(crate) async fn healthz(State(shared): State<Shared>) -> impl IntoResponse {

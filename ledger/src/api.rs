@@ -684,15 +684,16 @@ async fn healthz(State(app): State<AppState>) -> Response {
     (status, Json(body)).into_response()
 }
 
-async fn metrics(State(app): State<AppState>) -> String {
+async fn metrics(State(app): State<AppState>) -> Response {
     let raft = app.raft.metrics().borrow().clone();
-    app.metrics.render(crate::metrics::Scrape {
+    let text = app.metrics.render(crate::metrics::Scrape {
         is_leader: raft.current_leader == Some(app.node_id),
         term: raft.current_term,
         last_log_index: raft.last_log_index.unwrap_or(0),
         applied_index: raft.last_applied.map_or(0, |log_id| log_id.index),
         submissions_in_flight: app.admission.in_flight() as u64,
-    })
+    });
+    ([(axum::http::header::CONTENT_TYPE, domain::api::OPENMETRICS_CONTENT_TYPE)], text).into_response()
 }
 
 async fn raft_append(State(app): State<AppState>, Json(request): Json<AppendEntriesRequest<TypeConfig>>) -> Response {
