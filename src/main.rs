@@ -73,6 +73,16 @@ enum Command {
     /// with crashes, message loss, delays and partitions from a seed, checking every invariant after
     /// every step. Prints one line per seed; a failure names its seed and how to replay it.
     Simulate(SimulateArgs),
+    /// Export a simulator's ground truth (`wattle sim --truth-out FILE`) as CSV, one row per meter
+    /// and interval: meter_id, interval start and end (UTC), import and export Wh measured, fault
+    /// injected. Anyone can recompute a bill from it outside Wattle.
+    TruthCsv {
+        /// The truth file the simulator wrote.
+        truth: PathBuf,
+        /// Write the CSV here (default: standard output).
+        #[arg(long)]
+        out: Option<PathBuf>,
+    },
     /// Create an Ed25519 secret key file (for the operator or a gateway); prints the public key.
     Keygen {
         /// Where to write the secret key (64 hex characters).
@@ -864,6 +874,18 @@ async fn run(command: Command) -> anyhow::Result<()> {
             Ok(())
         }
         Command::Sim(args) => run_sim(args).await,
+        Command::TruthCsv { truth, out } => {
+            let truth = firmware_sim::Truth::read(&truth)?;
+            match out {
+                Some(path) => {
+                    let file = std::fs::File::create(&path).with_context(|| format!("creating {}", path.display()))?;
+                    truth.write_csv(file)?;
+                    eprintln!("{} rows written to {}", truth.records.len(), path.display());
+                    Ok(())
+                }
+                None => truth.write_csv(std::io::stdout().lock()),
+            }
+        }
         Command::Quarantine(QuarantineCommand { action: Some(QuarantineAction::Release(args)), .. }) => {
             release_quarantine(args).await
         }

@@ -117,6 +117,32 @@ async fn run_with_fault(kind: FaultKind) -> anyhow::Result<(tempfile::TempDir, S
     Ok((dir, subscriber, truth))
 }
 
+/// `wattle truth-csv` (issue 13: the ground truth for recomputing a bill outside Wattle): a row
+/// per meter and interval with its UTC interval, the energy measured and the fault by name.
+fn truth_csv_matches(dir: &Path, truth: &Truth, kind: FaultKind) -> anyhow::Result<()> {
+    let csv = dir.join("truth.csv");
+    let output = wattle().arg("truth-csv").arg(dir.join("truth.bin")).arg("--out").arg(&csv).output()?;
+    anyhow::ensure!(output.status.success(), "truth-csv failed: {}", String::from_utf8_lossy(&output.stderr));
+    let text = std::fs::read_to_string(&csv)?;
+    let mut lines = text.lines();
+    assert_eq!(lines.next(), Some("meter_id,interval_start_utc,interval_end_utc,import_wh,export_wh,fault"));
+    let rows: Vec<Vec<&str>> = lines.map(|line| line.split(',').collect()).collect();
+    assert_eq!(rows.len(), truth.records.len());
+    for (row, record) in rows.iter().zip(&truth.records) {
+        let start = truth.fleet.interval_start(record.sequence);
+        let expected_start = chrono::DateTime::from_timestamp(start.0, 0).context("in range")?;
+        assert_eq!(row[0], meter_id(record.meter).to_string());
+        assert_eq!(row[1], expected_start.format("%Y-%m-%dT%H:%M:%SZ").to_string());
+        assert_eq!(row[3].parse::<u64>()?, record.import_wh);
+        assert_eq!(row[4].parse::<u64>()?, record.export_wh);
+        assert_eq!(row[5].is_empty(), record.fault.is_none());
+    }
+    // The epoch's first interval ends 15 minutes after it starts, and the fault is named.
+    assert_eq!((rows[0][1], rows[0][2]), ("2026-03-02T00:00:00Z", "2026-03-02T00:15:00Z"), "{:?}", rows[0]);
+    assert!(rows.iter().any(|row| row[5] == kind.to_string()), "the fault {kind} is not named");
+    Ok(())
+}
+
 fn sequences(readings: &[(Envelope, Option<SignedReading>)]) -> Vec<u64> {
     readings.iter().filter_map(|(_, signed)| signed.as_ref().map(|s| s.reading().sequence.0)).collect()
 }
@@ -127,7 +153,8 @@ fn verifies(signed: &SignedReading, meter: u32) -> bool {
 
 /// Checks the fault on the wire (meter 1) and in the ground truth; meter 0 stays clean.
 async fn fault_is_visible(kind: FaultKind) -> anyhow::Result<()> {
-    let (_dir, subscriber, truth) = run_with_fault(kind).await?;
+    let (dir, subscriber, truth) = run_with_fault(kind).await?;
+    truth_csv_matches(dir.path(), &truth, kind)?;
     let faulty = subscriber.readings(1);
     let clean = subscriber.readings(0);
     assert_eq!(sequences(&clean), (1..=INTERVALS).collect::<Vec<_>>(), "meter 0 is unaffected");

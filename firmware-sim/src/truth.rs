@@ -154,4 +154,35 @@ impl Truth {
         }
         Ok(Truth { fleet, records })
     }
+
+    /// The ground truth as CSV, one row per meter and interval in file order, so anyone can
+    /// recompute a bill outside Wattle: `meter_id,interval_start_utc,interval_end_utc,import_wh,
+    /// export_wh,fault` (RFC 3339 UTC times; energy measured in the interval, whole Wh; `fault`
+    /// names the fault injected into what the meter sent, empty if none: the energy is what it
+    /// measured either way).
+    pub fn write_csv(&self, out: impl Write) -> anyhow::Result<()> {
+        let mut out = BufWriter::new(out);
+        writeln!(out, "meter_id,interval_start_utc,interval_end_utc,import_wh,export_wh,fault")?;
+        let utc = |seconds: UnixSeconds| {
+            chrono::DateTime::from_timestamp(seconds.0, 0)
+                .map(|time| time.format("%Y-%m-%dT%H:%M:%SZ").to_string())
+                .context("an interval start beyond the calendar")
+        };
+        for record in &self.records {
+            let start = self.fleet.interval_start(record.sequence);
+            let end = UnixSeconds(start.0 + self.fleet.interval_s);
+            let fault = record.fault.map(|fault| fault.to_string()).unwrap_or_default();
+            writeln!(
+                out,
+                "{},{},{},{},{},{fault}",
+                crate::fleet::meter_id(record.meter),
+                utc(start)?,
+                utc(end)?,
+                record.import_wh,
+                record.export_wh
+            )?;
+        }
+        out.flush()?;
+        Ok(())
+    }
 }

@@ -24,13 +24,40 @@ pub(crate) async fn forward_loop(shared: Shared) {
             }
             Ok(_) => backoff = FORWARD_BACKOFF_MIN,
             Err(error) => {
-                shared.next_ledger();
+                let refusal = error.downcast_ref::<LedgerRefused>();
+                let (wait, rotate) = after_failure(refusal, backoff);
+                if rotate {
+                    shared.next_ledger();
+                }
                 shared.metrics.forward_failures.inc();
-                tracing::warn!(%error, ?backoff, "forwarding to the ledger failed; retrying");
-                tokio::time::sleep(backoff).await;
+                tracing::warn!(%error, ?wait, "forwarding to the ledger failed; retrying");
+                tokio::time::sleep(wait).await;
                 backoff = (backoff * 2).min(FORWARD_BACKOFF_MAX);
             }
         }
+    }
+}
+
+/// A ledger's answer other than `200` to a batch: its status, the `Retry-After` it asked for (in
+/// seconds; capped by [`LEDGER_RETRY_AFTER_MAX`]) and its body.
+#[derive(Debug, thiserror::Error)]
+#[error("ledger answered {status}: {body}")]
+pub(crate) struct LedgerRefused {
+    status: reqwest::StatusCode,
+    retry_after: Option<Duration>,
+    body: String,
+}
+
+/// How long to wait after a failed batch, and whether to try the next ledger URL. A `429` means
+/// the leader is busy (every node forwards to it): wait as long as it asked, on the same node. A
+/// node that asks for time otherwise (`503 installing_snapshot`) is left for the next one, after
+/// at least the time it asked. Anything else (unreachable, timeouts) backs off and moves on.
+fn after_failure(refusal: Option<&LedgerRefused>, backoff: Duration) -> (Duration, bool) {
+    match refusal {
+        Some(LedgerRefused { status, retry_after: Some(asked), .. }) => {
+            (backoff.max(*asked).min(LEDGER_RETRY_AFTER_MAX), *status != reqwest::StatusCode::TOO_MANY_REQUESTS)
+        }
+        _ => (backoff, true),
     }
 }
 
@@ -72,8 +99,14 @@ async fn forward_once(shared: &Shared) -> anyhow::Result<usize> {
     let response = shared.http.post(format!("{}/v1/readings", shared.ledger_url())).json(&request).send().await?;
     let status = response.status();
     if !status.is_success() {
+        let retry_after = response
+            .headers()
+            .get(reqwest::header::RETRY_AFTER)
+            .and_then(|value| value.to_str().ok())
+            .and_then(|value| value.trim().parse::<u64>().ok())
+            .map(|seconds| Duration::from_secs(seconds).min(LEDGER_RETRY_AFTER_MAX));
         let body = response.text().await.unwrap_or_default();
-        anyhow::bail!("ledger answered {status}: {body}");
+        return Err(LedgerRefused { status, retry_after, body }.into());
     }
     let response: SubmitReadingsResponse = response.json().await?;
     anyhow::ensure!(
@@ -150,6 +183,24 @@ fn reason_of(outcome: &ReadingOutcome) -> &str {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Review of issue 12: the gateway ignored the ledger's `Retry-After` and came back after its
+    /// own 100 ms backoff, and moved on to the next node even when every node forwards to the
+    /// same busy leader.
+    #[test]
+    fn a_busy_ledger_is_left_alone_as_long_as_it_asks() {
+        let refused = |status: u16, retry_after: Option<u64>| LedgerRefused {
+            status: reqwest::StatusCode::from_u16(status).expect("a status"),
+            retry_after: retry_after.map(Duration::from_secs),
+            body: String::new(),
+        };
+        let backoff = FORWARD_BACKOFF_MIN;
+        assert_eq!(after_failure(Some(&refused(429, Some(2))), backoff), (Duration::from_secs(2), false));
+        assert_eq!(after_failure(Some(&refused(503, Some(1))), backoff), (Duration::from_secs(1), true));
+        assert_eq!(after_failure(Some(&refused(429, Some(3_600))), backoff), (LEDGER_RETRY_AFTER_MAX, false));
+        assert_eq!(after_failure(Some(&refused(500, None)), backoff), (backoff, true));
+        assert_eq!(after_failure(None, FORWARD_BACKOFF_MAX), (FORWARD_BACKOFF_MAX, true));
+    }
 
     #[test]
     fn retry_backoff_doubles_up_to_its_limit() {

@@ -12,6 +12,9 @@ pub const FORWARD_BATCH_MAX: usize = 1_000;
 /// Backoff between failed forwards: doubles from the first to the last value.
 pub const FORWARD_BACKOFF_MIN: Duration = Duration::from_millis(100);
 pub const FORWARD_BACKOFF_MAX: Duration = Duration::from_secs(5);
+/// Longest wait a ledger's `Retry-After` can impose on the forward loop (a larger value, or a
+/// date, is capped here: a misconfigured node must not stall a substation for an hour).
+pub const LEDGER_RETRY_AFTER_MAX: Duration = Duration::from_secs(60);
 /// Timeout of one request to the ledger.
 pub const LEDGER_REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
 /// While no registry was ever loaded, how often the ledger is asked for it.
