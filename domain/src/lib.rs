@@ -16,6 +16,8 @@ pub mod modbus;
 pub mod money;
 pub mod reading;
 pub mod receipt;
+pub mod settle;
 pub mod settlement;
+pub mod tariff;
 pub mod tx;
 pub mod verify;

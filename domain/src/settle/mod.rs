@@ -1,0 +1,1 @@
+//! Settlement over tariffs: interval mapping, periods, period close, postings.
