@@ -19,3 +19,6 @@ pub use model::{
 };
 pub use price::{price_interval, IntervalEnergy, PricedInterval, PricingError};
 pub use validate::{parse_toml, TariffError};
+
+#[cfg(test)]
+pub(crate) mod tests;
