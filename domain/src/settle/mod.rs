@@ -23,3 +23,6 @@ pub use posting::{
 };
 pub use run::{settle_period, PeriodSettlement, SettleError};
 pub use vee::{estimate_interval, EstimationRule, Quality, QualifiedInterval};
+
+#[cfg(test)]
+mod worked_examples;
