@@ -26,3 +26,5 @@ pub use vee::{estimate_interval, EstimationRule, Quality, QualifiedInterval};
 
 #[cfg(test)]
 mod worked_examples;
+#[cfg(test)]
+mod properties;
