@@ -171,7 +171,10 @@ pub fn close_period(
     let mut vat_base = Decimal::ZERO;
     for line in &lines {
         net_total = add(net_total, line.amount, "net total")?;
-        let in_base = line.component.vat_base().is_some_and(|base| tariff.vat.as_ref().is_some_and(|vat| vat.base.contains(&base)));
+        let in_base = line
+            .component
+            .vat_base()
+            .is_some_and(|base| tariff.vat.as_ref().is_some_and(|vat| vat.base.contains(&base)));
         if in_base {
             vat_base = add(vat_base, line.amount, "VAT base")?;
         }
@@ -271,7 +274,14 @@ fn period_lines(
             let quantity = kwh_of_wh(in_block_wh);
             let delta = tier.per_kwh.checked_sub(flat).ok_or_else(|| overflow("tier price"))?;
             let amount = mul(quantity, delta, "tier")?;
-            lines.push((Component::Tier { block: block as u32 }, Unit::Kwh, quantity, delta, amount, tariff.supplier.clone()));
+            lines.push((
+                Component::Tier { block: block as u32 },
+                Unit::Kwh,
+                quantity,
+                delta,
+                amount,
+                tariff.supplier.clone(),
+            ));
         }
     }
     if let (Some(flat), Some(Export::Netting)) = (flat, &tariff.export) {

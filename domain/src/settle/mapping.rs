@@ -177,8 +177,8 @@ mod tests {
     /// Register 10,000 → 10,100 → 40 (reset) → 90: the reset span has no energy, never −10,060.
     #[test]
     fn a_counter_reset_starts_a_new_series() {
-        let mapped =
-            map_registers(&[sample(0, 10_000), sample(900, 10_100), sample(1_800, 40), sample(2_700, 90)]).expect("maps");
+        let mapped = map_registers(&[sample(0, 10_000), sample(900, 10_100), sample(1_800, 40), sample(2_700, 90)])
+            .expect("maps");
         let energy: Vec<u64> = mapped.values().map(|interval| interval.energy.import_wh).collect();
         assert_eq!(energy, vec![100, 0, 50]);
         assert_eq!(mapped[&UnixSeconds(900)].flags, BTreeSet::from([Flag::CounterReset]));

@@ -22,9 +22,9 @@ pub use posting::{
     check_books, interval_postings, posting, Account, AccountKind, Books, BooksError, Posting, PostingId, Run,
 };
 pub use run::{settle_period, PeriodSettlement, SettleError};
-pub use vee::{estimate_interval, EstimationRule, Quality, QualifiedInterval};
+pub use vee::{estimate_interval, EstimationRule, QualifiedInterval, Quality};
 
 #[cfg(test)]
-mod worked_examples;
-#[cfg(test)]
 mod properties;
+#[cfg(test)]
+mod worked_examples;

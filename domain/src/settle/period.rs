@@ -39,8 +39,11 @@ impl BillingPeriod {
         let out = || PeriodError::OutOfRange(at.0);
         let local = local_time(zone, at).ok_or_else(out)?.date();
         let this_month = NaiveDate::from_ymd_opt(local.year(), local.month(), billing_day).ok_or_else(out)?;
-        let start_date =
-            if local >= this_month { this_month } else { this_month.checked_sub_months(Months::new(1)).ok_or_else(out)? };
+        let start_date = if local >= this_month {
+            this_month
+        } else {
+            this_month.checked_sub_months(Months::new(1)).ok_or_else(out)?
+        };
         Self::starting(zone, start_date).ok_or_else(out)
     }
 

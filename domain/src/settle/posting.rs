@@ -54,7 +54,14 @@ pub struct PostingId(pub [u8; 16]);
 impl PostingId {
     /// `scope` is `interval` or `close`; `subject` the meter (intervals) or customer (close);
     /// `start` the interval or period start.
-    pub fn derive(scope: &str, subject: &str, start: UnixSeconds, run: Run, component: &Component, parties: [&PartyId; 2]) -> Self {
+    pub fn derive(
+        scope: &str,
+        subject: &str,
+        start: UnixSeconds,
+        run: Run,
+        component: &Component,
+        parties: [&PartyId; 2],
+    ) -> Self {
         let mut hash = Sha256::new();
         hash.update(b"wattle-posting-v1");
         for part in [scope, subject, &component.key(), parties[0].as_str(), parties[1].as_str()] {
@@ -84,7 +91,14 @@ pub struct Posting {
 
 /// A posting moving `amount` from `from` (debited) to `to` (credited); a negative amount swaps
 /// the accounts so every posting's amount is non-negative.
-pub fn posting(id: PostingId, from: Account, to: Account, amount: Decimal, currency: Currency, component: Component) -> Posting {
+pub fn posting(
+    id: PostingId,
+    from: Account,
+    to: Account,
+    amount: Decimal,
+    currency: Currency,
+    component: Component,
+) -> Posting {
     if amount.is_sign_negative() && !amount.is_zero() {
         Posting { id, debit_account: to, credit_account: from, amount: -amount, currency, component }
     } else {

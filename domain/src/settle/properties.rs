@@ -22,7 +22,12 @@ fn kwh(wh: u64) -> Decimal {
 }
 
 /// The reference: the customer's unrounded charge per component key (VAT excluded).
-fn reference(tariff: &TariffVersion, period: &BillingPeriod, intervals: &[IntervalEnergy], prices: &BTreeMap<UnixSeconds, Decimal>) -> BTreeMap<String, Decimal> {
+fn reference(
+    tariff: &TariffVersion,
+    period: &BillingPeriod,
+    intervals: &[IntervalEnergy],
+    prices: &BTreeMap<UnixSeconds, Decimal>,
+) -> BTreeMap<String, Decimal> {
     let mut out: BTreeMap<String, Decimal> = BTreeMap::new();
     let mut add = |key: String, amount: Decimal| *out.entry(key).or_default() += amount;
     let (mut total_import, mut total_export, mut peak) = (0u64, 0u64, 0u64);
@@ -30,7 +35,10 @@ fn reference(tariff: &TariffVersion, period: &BillingPeriod, intervals: &[Interv
         total_import += interval.import_wh;
         total_export += interval.export_wh;
         peak = peak.max(interval.import_wh);
-        let local = DateTime::from_timestamp(interval.start.0, 0).expect("instant").with_timezone(&tariff.time_zone.tz()).naive_local();
+        let local = DateTime::from_timestamp(interval.start.0, 0)
+            .expect("instant")
+            .with_timezone(&tariff.time_zone.tz())
+            .naive_local();
         if interval.import_wh > 0 {
             let (name, price) = match &tariff.energy {
                 EnergyPrice::Flat { per_kwh } => ("flat".to_string(), *per_kwh),
@@ -50,8 +58,10 @@ fn reference(tariff: &TariffVersion, period: &BillingPeriod, intervals: &[Interv
                     let minute = local.hour() * 60 + local.minute();
                     let mut found = None;
                     for season in seasons {
-                        let (from, to) = (season.from.month * 100 + season.from.day, season.to.month * 100 + season.to.day);
-                        let in_season = if from <= to { from <= today && today <= to } else { today >= from || today <= to };
+                        let (from, to) =
+                            (season.from.month * 100 + season.from.day, season.to.month * 100 + season.to.day);
+                        let in_season =
+                            if from <= to { from <= today && today <= to } else { today >= from || today <= to };
                         for window in season.windows.iter().filter(|_| in_season) {
                             let (a, b) = (window.from.minute_of_day(), window.to.minute_of_day());
                             let in_window = if a < b { a <= minute && minute < b } else { minute >= a || minute < b };
@@ -123,9 +133,13 @@ type Generated = (usize, Vec<(i64, u64, u64, Option<i64>)>);
 fn inputs() -> impl Strategy<Value = Generated> {
     (
         0..EXAMPLES.len(),
-        prop::collection::btree_map(0i64..2_688, (0u64..4_000, 0u64..4_000, prop::option::of(-50_000i64..100_000)), 0..120)
-            .prop_map(|map| map.into_iter().map(|(slot, (i, e, p))| (slot, i, e, p)).collect::<Vec<_>>())
-            .prop_shuffle(),
+        prop::collection::btree_map(
+            0i64..2_688,
+            (0u64..4_000, 0u64..4_000, prop::option::of(-50_000i64..100_000)),
+            0..120,
+        )
+        .prop_map(|map| map.into_iter().map(|(slot, (i, e, p))| (slot, i, e, p)).collect::<Vec<_>>())
+        .prop_shuffle(),
     )
 }
 

@@ -65,7 +65,11 @@ pub fn estimate_interval(
                 import_wh: share(after.import_wh - before.import_wh),
                 export_wh: share(after.export_wh - before.export_wh),
             };
-            return Some(QualifiedInterval { energy, quality: Quality::Estimated, rule: Some(EstimationRule::LinearRegisters) });
+            return Some(QualifiedInterval {
+                energy,
+                quality: Quality::Estimated,
+                rule: Some(EstimationRule::LinearRegisters),
+            });
         }
     }
     let week = week_earlier.filter(|earlier| earlier.start.0 == start.0 - WEEK_SECONDS)?;

@@ -17,7 +17,8 @@ fn customer() -> PartyId {
 }
 
 fn period(tariff: &TariffVersion, year: i32, month: u32) -> BillingPeriod {
-    BillingPeriod::starting(tariff.time_zone.tz(), NaiveDate::from_ymd_opt(year, month, 1).expect("date")).expect("period")
+    BillingPeriod::starting(tariff.time_zone.tz(), NaiveDate::from_ymd_opt(year, month, 1).expect("date"))
+        .expect("period")
 }
 
 /// `count` consecutive intervals from `from` with the given energy.
@@ -25,8 +26,14 @@ fn run_of(from: UnixSeconds, count: i64, import_wh: u64, export_wh: u64) -> Vec<
     (0..count).map(|index| IntervalEnergy { start: UnixSeconds(from.0 + index * 900), import_wh, export_wh }).collect()
 }
 
-fn settle(tariff: &TariffVersion, period: &BillingPeriod, intervals: &[IntervalEnergy], prices: &BTreeMap<UnixSeconds, Decimal>) -> PeriodSettlement {
-    let settled = settle_period(tariff, "WTL0000000001", &customer(), period, intervals, prices, Run(0)).expect("settles");
+fn settle(
+    tariff: &TariffVersion,
+    period: &BillingPeriod,
+    intervals: &[IntervalEnergy],
+    prices: &BTreeMap<UnixSeconds, Decimal>,
+) -> PeriodSettlement {
+    let settled =
+        settle_period(tariff, "WTL0000000001", &customer(), period, intervals, prices, Run(0)).expect("settles");
     let books = check_books(settled.postings()).expect("books balance");
     let statement = &settled.closed.statement;
     assert_eq!(books.balance(&Account::new(&customer(), AccountKind::Billed), tariff.currency), statement.total);
@@ -66,8 +73,12 @@ fn a_time_of_use_month_across_the_october_dst_change() {
         ]
     );
     let statement = &settled.closed.statement;
-    assert_eq!((statement.total, statement.intervals_settled, statement.intervals_in_period), (d("88.53"), 2_980, 2_980));
-    let rounding = settled.closed.postings.iter().find(|posting| posting.component == Component::Rounding).expect("rounding");
+    assert_eq!(
+        (statement.total, statement.intervals_settled, statement.intervals_in_period),
+        (d("88.53"), 2_980, 2_980)
+    );
+    let rounding =
+        settled.closed.postings.iter().find(|posting| posting.component == Component::Rounding).expect("rounding");
     assert_eq!((rounding.amount, rounding.credit_account.kind), (d("0.001"), AccountKind::Rounding));
 }
 
@@ -92,7 +103,8 @@ fn a_pv_household_with_export() {
     );
     assert_eq!(settled.closed.statement.total, d("2.65"));
     // The export credit is posted from the supplier to the customer, never as a negative amount.
-    let export = settled.interval_postings.iter().find(|posting| posting.component == Component::Export).expect("export");
+    let export =
+        settled.interval_postings.iter().find(|posting| posting.component == Component::Export).expect("export");
     assert_eq!((export.debit_account.party.as_str(), export.credit_account.party.as_str()), ("supplier-a", "cust-1"));
 }
 
@@ -120,13 +132,17 @@ fn a_dynamic_price_day_with_negative_prices() {
     }
     prices.remove(&intervals[70].start);
     let settled = settle(&tariff, &period, &intervals, &prices);
-    assert_eq!(lines(&settled), vec![("energy:dynamic".into(), d("19.2"), d("2.73")), ("network".into(), d("19.2"), d("1.73"))]);
+    assert_eq!(
+        lines(&settled),
+        vec![("energy:dynamic".into(), d("19.2"), d("2.73")), ("network".into(), d("19.2"), d("1.73"))]
+    );
     let statement = &settled.closed.statement;
     assert_eq!(statement.lines[0].unit_price, None, "the dynamic unit price varies");
     assert_eq!(statement.total, d("4.46"));
     assert_eq!(statement.flags, BTreeMap::from([(Flag::DynamicPriceFallback, 1)]));
     // Negative-price intervals post from the supplier to the customer.
-    let negative = settled.interval_postings.iter().filter(|posting| posting.debit_account.party.as_str() == "supplier-b").count();
+    let negative =
+        settled.interval_postings.iter().filter(|posting| posting.debit_account.party.as_str() == "supplier-b").count();
     assert_eq!(negative, 16);
 }
 
@@ -228,7 +244,10 @@ fn the_domain_rounding_example_rounds_once_per_line() {
     let intervals = run_of(period.start, 1_000, 250, 0);
     let settled = settle(&tariff, &period, &intervals, &BTreeMap::new());
     let tax = &settled.closed.statement.lines[1];
-    assert_eq!((tax.component.key(), tax.amount_unrounded, tax.amount), ("levy:electricity_tax".into(), d("5.125"), d("5.13")));
+    assert_eq!(
+        (tax.component.key(), tax.amount_unrounded, tax.amount),
+        ("levy:electricity_tax".into(), d("5.125"), d("5.13"))
+    );
     tariff.rounding = Rounding::HalfEven;
     let settled = settle(&tariff, &period, &intervals, &BTreeMap::new());
     assert_eq!(settled.closed.statement.lines[1].amount, d("5.12"));
@@ -250,7 +269,8 @@ fn a_retry_cannot_post_twice() {
     let mut changed = settled.interval_postings[0].clone();
     changed.amount += d("0.01");
     assert_eq!(books.apply(&changed), Err(BooksError::Conflict(changed.id)));
-    let rerun = settle_period(&tariff, "WTL0000000001", &customer(), &period, &intervals, &BTreeMap::new(), Run(1)).expect("settles");
+    let rerun = settle_period(&tariff, "WTL0000000001", &customer(), &period, &intervals, &BTreeMap::new(), Run(1))
+        .expect("settles");
     assert_ne!(rerun.interval_postings[0].id, settled.interval_postings[0].id);
 }
 
@@ -259,7 +279,10 @@ fn billing_periods_follow_the_billing_day_in_local_time() {
     let zone = example("flat.toml").time_zone.tz();
     // 2026-03-14T23:30Z is 00:30 on 03-15 in Berlin: with billing day 15 the period starts 03-15.
     let period = BillingPeriod::containing(zone, 15, UnixSeconds(1_773_531_000)).expect("period");
-    assert_eq!((period.start_date, period.end_date), (NaiveDate::from_ymd_opt(2026, 3, 15).expect("d"), NaiveDate::from_ymd_opt(2026, 4, 15).expect("d")));
+    assert_eq!(
+        (period.start_date, period.end_date),
+        (NaiveDate::from_ymd_opt(2026, 3, 15).expect("d"), NaiveDate::from_ymd_opt(2026, 4, 15).expect("d"))
+    );
     // It spans the March change (29th): 31 days less one hour = 2,972 quarter-hours.
     assert_eq!((period.local_days(), period.intervals_count()), (31, 2_972));
     assert_eq!(BillingPeriod::containing(zone, 29, UnixSeconds(0)), Err(PeriodError::BillingDay(29)));

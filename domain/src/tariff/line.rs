@@ -14,13 +14,19 @@ use super::model::VatBase;
 #[serde(tag = "kind", rename_all = "snake_case")]
 pub enum Component {
     /// Imported energy; `window` is `flat`, `dynamic`, or `SEASON.WINDOW` of a time-of-use tariff.
-    Energy { window: String },
+    Energy {
+        window: String,
+    },
     /// Tier adjustment of block `block` (0-based), posted at period close.
-    Tier { block: u32 },
+    Tier {
+        block: u32,
+    },
     Standing,
     Demand,
     Network,
-    Levy { name: String },
+    Levy {
+        name: String,
+    },
     /// Feed-in credit for exported energy (net billing), per interval.
     Export,
     /// Net-metering credit at period close.

@@ -93,7 +93,9 @@ impl TimeZone {
 impl FromStr for TimeZone {
     type Err = String;
     fn from_str(name: &str) -> Result<Self, String> {
-        Tz::from_str(name).map(TimeZone).map_err(|_| format!("{name:?} is not an IANA time zone in tzdb {TZDB_VERSION}"))
+        Tz::from_str(name)
+            .map(TimeZone)
+            .map_err(|_| format!("{name:?} is not an IANA time zone in tzdb {TZDB_VERSION}"))
     }
 }
 impl TryFrom<String> for TimeZone {

@@ -36,7 +36,9 @@ pub struct PricedInterval {
 impl PricedInterval {
     /// The customer's net charge over all lines, full precision.
     pub fn customer_charge(&self, customer: &PartyId) -> Result<Decimal, Overflow> {
-        self.lines.iter().try_fold(Decimal::ZERO, |sum, line| add(sum, line.customer_charge(customer), "interval total"))
+        self.lines
+            .iter()
+            .try_fold(Decimal::ZERO, |sum, line| add(sum, line.customer_charge(customer), "interval total"))
     }
 }
 
@@ -78,19 +80,20 @@ pub fn price_interval(
     let mut lines = Vec::new();
     let import_kwh = kwh_of_wh(energy.import_wh);
     let supplier = &tariff.supplier;
-    let mut line = |component: Component, quantity: Decimal, unit_price: Decimal, debtor: &PartyId, creditor: &PartyId| {
-        let amount = mul(quantity, unit_price, &component.key())?;
-        lines.push(Line {
-            component,
-            unit: Unit::Kwh,
-            quantity,
-            unit_price,
-            amount,
-            debtor: debtor.clone(),
-            creditor: creditor.clone(),
-        });
-        Ok::<(), Overflow>(())
-    };
+    let mut line =
+        |component: Component, quantity: Decimal, unit_price: Decimal, debtor: &PartyId, creditor: &PartyId| {
+            let amount = mul(quantity, unit_price, &component.key())?;
+            lines.push(Line {
+                component,
+                unit: Unit::Kwh,
+                quantity,
+                unit_price,
+                amount,
+                debtor: debtor.clone(),
+                creditor: creditor.clone(),
+            });
+            Ok::<(), Overflow>(())
+        };
     if energy.import_wh > 0 {
         let (window, unit_price) = energy_price(tariff, local, dynamic_price, &mut flags)?;
         line(Component::Energy { window }, import_kwh, unit_price, customer, supplier)?;
@@ -136,8 +139,7 @@ fn energy_price(
             // Validation guarantees exactly one season per month-day and one window per
             // quarter-hour and day kind; a miss here is a broken invariant.
             let season = &seasons[season_index(seasons, month_day).expect("validated: seasons cover the year")];
-            let window =
-                &season.windows[window_index(season, kind, minute).expect("validated: windows cover the day")];
+            let window = &season.windows[window_index(season, kind, minute).expect("validated: windows cover the day")];
             Ok((format!("{}.{}", season.name, window.name), window.per_kwh))
         }
     }

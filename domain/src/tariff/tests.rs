@@ -72,15 +72,19 @@ fn invalid_tariffs_are_refused_with_field_and_reason() {
         (flat.replace(r#"per_kwh = "0.0900""#, r#"per_kwh = "1000.5""#), "network.per_kwh", "above 1000"),
         (flat.replace(r#"per_kwh = "0.0205""#, r#"per_kwh = "0.000000001""#), "levies[0].per_kwh", "decimal places"),
         (flat.replace(r#"rate = "0.19""#, r#"rate = "1.19""#), "vat.rate", "fraction"),
-        (flat.replace(r#"valid_to = "2027-01-01T00:00:00""#, r#"valid_to = "2025-01-01T00:00:00""#), "valid_to", "not after"),
-        (tou.replace(r#"to = "21:00""#, r#"to = "20:00""#), "energy.seasons[0].windows", "Weekday 20:00 is in 0 windows"),
+        (
+            flat.replace(r#"valid_to = "2027-01-01T00:00:00""#, r#"valid_to = "2025-01-01T00:00:00""#),
+            "valid_to",
+            "not after",
+        ),
+        (
+            tou.replace(r#"to = "21:00""#, r#"to = "20:00""#),
+            "energy.seasons[0].windows",
+            "Weekday 20:00 is in 0 windows",
+        ),
         (tou.replace(r#"to = "09-30""#, r#"to = "09-29""#), "energy.seasons", "09-30 is in 0 seasons"),
         (tou.replace(r#"[[levies]]"#, "[export]\nkind = \"netting\"\n[[levies]]"), "export.kind", "not flat"),
-        (
-            EXAMPLES[3].1.replace("up_to_kwh = 300", "up_to_kwh = 50"),
-            "tiers[1].up_to_kwh",
-            "does not ascend",
-        ),
+        (EXAMPLES[3].1.replace("up_to_kwh = 300", "up_to_kwh = 50"), "tiers[1].up_to_kwh", "does not ascend"),
     ];
     for (text, field, reason) in cases {
         let error = parse_toml(&text).expect_err(field);
@@ -113,8 +117,16 @@ fn malformed_documents_are_refused_with_a_reason() {
 fn the_october_dst_day_has_one_hundred_quarter_hours_priced_in_local_time() {
     let tariff = example("tou.toml");
     let zone = tariff.time_zone.tz();
-    let day_start = calendar::utc_of_local(zone, chrono::NaiveDate::from_ymd_opt(2026, 10, 25).expect("date").and_hms_opt(0, 0, 0).expect("time")).expect("utc");
-    let next_day = calendar::utc_of_local(zone, chrono::NaiveDate::from_ymd_opt(2026, 10, 26).expect("date").and_hms_opt(0, 0, 0).expect("time")).expect("utc");
+    let day_start = calendar::utc_of_local(
+        zone,
+        chrono::NaiveDate::from_ymd_opt(2026, 10, 25).expect("date").and_hms_opt(0, 0, 0).expect("time"),
+    )
+    .expect("utc");
+    let next_day = calendar::utc_of_local(
+        zone,
+        chrono::NaiveDate::from_ymd_opt(2026, 10, 26).expect("date").and_hms_opt(0, 0, 0).expect("time"),
+    )
+    .expect("utc");
     assert_eq!(day_start, UnixSeconds(1_792_879_200)); // 2026-10-24T22:00:00Z
     assert_eq!((next_day.0 - day_start.0) / 900, 100);
     let mut two_am = 0;
@@ -142,8 +154,11 @@ fn the_october_dst_day_has_one_hundred_quarter_hours_priced_in_local_time() {
 fn the_march_dst_day_has_ninety_two_quarter_hours() {
     let zone = example("tou.toml").time_zone.tz();
     let at = |day| {
-        calendar::utc_of_local(zone, chrono::NaiveDate::from_ymd_opt(2026, 3, day).expect("date").and_hms_opt(0, 0, 0).expect("time"))
-            .expect("utc")
+        calendar::utc_of_local(
+            zone,
+            chrono::NaiveDate::from_ymd_opt(2026, 3, day).expect("date").and_hms_opt(0, 0, 0).expect("time"),
+        )
+        .expect("utc")
     };
     assert_eq!((at(30).0 - at(29).0) / 900, 92);
 }

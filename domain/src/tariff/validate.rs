@@ -111,7 +111,10 @@ impl TariffVersion {
         }
         if let Some(vat) = &self.vat {
             if vat.rate.is_sign_negative() || vat.rate >= Decimal::ONE || vat.rate.normalize().scale() > 4 {
-                return Err(refuse("vat.rate", format!("{} is not a fraction in [0, 1) with at most 4 places", vat.rate)));
+                return Err(refuse(
+                    "vat.rate",
+                    format!("{} is not a fraction in [0, 1) with at most 4 places", vat.rate),
+                ));
             }
             if vat.base.is_empty() {
                 return Err(refuse("vat.base", "names no component; write the base down"));
@@ -137,7 +140,9 @@ impl TariffVersion {
             match (tier.up_to_kwh, last) {
                 (None, true) => {}
                 (None, false) => return Err(refuse(format!("tiers[{index}].up_to_kwh"), "only the last tier is open")),
-                (Some(_), true) => return Err(refuse(format!("tiers[{index}].up_to_kwh"), "the last tier must be open")),
+                (Some(_), true) => {
+                    return Err(refuse(format!("tiers[{index}].up_to_kwh"), "the last tier must be open"))
+                }
                 (Some(bound), false) if bound <= previous || bound > 1_000_000_000 => {
                     return Err(refuse(
                         format!("tiers[{index}].up_to_kwh"),
@@ -185,7 +190,10 @@ fn validate_time_of_use(holidays: usize, seasons: &[super::model::Season]) -> Re
             let month_day = MonthDay { month, day };
             let count = seasons.iter().filter(|season| super::calendar::in_season(season, month_day)).count();
             if count != 1 {
-                return Err(refuse("energy.seasons", format!("{month:02}-{day:02} is in {count} seasons, must be in 1")));
+                return Err(refuse(
+                    "energy.seasons",
+                    format!("{month:02}-{day:02} is in {count} seasons, must be in 1"),
+                ));
             }
         }
     }
@@ -255,7 +263,10 @@ fn name(field: &str, value: &str) -> Result<(), TariffError> {
         return Err(refuse(field, format!("{value:?} must be 1 to {ID_BYTES_MAX} bytes")));
     }
     if let Some(character) = value.chars().find(|c| !(c.is_ascii_alphanumeric() || matches!(c, '-' | '_'))) {
-        return Err(refuse(field, format!("{value:?} contains {character:?}; allowed are ASCII letters, digits, '-', '_'")));
+        return Err(refuse(
+            field,
+            format!("{value:?} contains {character:?}; allowed are ASCII letters, digits, '-', '_'"),
+        ));
     }
     Ok(())
 }
