@@ -9,6 +9,7 @@
 //! meter's period, for tests, the bench and billing's "what if".
 
 pub mod close;
+pub mod correction;
 pub mod mapping;
 pub mod period;
 pub mod posting;
@@ -16,6 +17,7 @@ pub mod run;
 pub mod vee;
 
 pub use close::{close_period, CloseError, Closed, Statement, StatementLine};
+pub use correction::correction_postings;
 pub use mapping::{map_registers, MappedInterval, MappingError, RegisterSample};
 pub use period::{BillingPeriod, PeriodError};
 pub use posting::{

@@ -240,3 +240,40 @@ proptest! {
         prop_assert_eq!(batched.balances().collect::<Vec<_>>(), unbatched.balances().collect::<Vec<_>>());
     }
 }
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 64, ..ProptestConfig::default() })]
+
+    /// After any sequence of corrections (each interval re-settled any number of times), every
+    /// balance equals the sum of its postings and equals the balances of settling the final
+    /// values directly.
+    #[test]
+    fn corrections_leave_the_books_as_if_the_final_values_were_settled(
+        generated in inputs(),
+        corrections in prop::collection::vec((0usize..1_000, 0u64..4_000, 0u64..4_000), 0..40),
+    ) {
+        let (tariff, period, intervals, prices) = build(&generated);
+        prop_assume!(!intervals.is_empty());
+        let first = settle_period(&tariff, "M1", &customer(), &period, &intervals, &prices, Run(0)).expect("settles");
+        let mut current: BTreeMap<UnixSeconds, crate::tariff::PricedInterval> =
+            first.priced.iter().map(|priced| (priced.energy.start, priced.clone())).collect();
+        let mut postings = first.interval_postings.clone();
+        for (run, (index, import_wh, export_wh)) in corrections.iter().enumerate() {
+            let start = intervals[index % intervals.len()].start;
+            let energy = IntervalEnergy { start, import_wh: *import_wh, export_wh: *export_wh };
+            let new = price_interval(&tariff, &customer(), energy, prices.get(&start).copied()).expect("priced");
+            let old = &current[&start];
+            postings.extend(correction_postings("M1", &customer(), start, Run(run as u32 + 1), &old.lines, &new.lines, tariff.currency));
+            current.insert(start, new);
+        }
+        let finals: Vec<IntervalEnergy> = current.values().map(|priced| priced.energy).collect();
+        let priced: Vec<_> = current.into_values().collect();
+        let closed = close_period(&tariff, &customer(), &period, &priced, Run(0)).expect("closes");
+        postings.extend(closed.postings.iter().cloned());
+        let direct = settle_period(&tariff, "M1", &customer(), &period, &finals, &prices, Run(0)).expect("settles");
+        prop_assert_eq!(&closed.statement, &direct.closed.statement);
+        let corrected = check_books(&postings).expect("books balance");
+        let direct_books = check_books(direct.postings()).expect("books balance");
+        prop_assert_eq!(corrected.balances().collect::<Vec<_>>(), direct_books.balances().collect::<Vec<_>>());
+    }
+}
