@@ -8,6 +8,7 @@
 //! All of it is sans-IO and deterministic; [`settle_period`] runs the whole chain for one
 //! meter's period, for tests, the bench and billing's "what if".
 
+pub mod binding;
 pub mod close;
 pub mod correction;
 pub mod mapping;
@@ -16,6 +17,7 @@ pub mod posting;
 pub mod run;
 pub mod vee;
 
+pub use binding::{combine, Binding, BindingError, Bindings, Unbound};
 pub use close::{close_period, CloseError, Closed, Statement, StatementLine};
 pub use correction::correction_postings;
 pub use mapping::{map_registers, MappedInterval, MappingError, RegisterSample};
@@ -26,6 +28,8 @@ pub use posting::{
 pub use run::{settle_period, PeriodSettlement, SettleError};
 pub use vee::{estimate_interval, EstimationRule, QualifiedInterval, Quality};
 
+#[cfg(test)]
+mod binding_examples;
 #[cfg(test)]
 mod properties;
 #[cfg(test)]

@@ -58,6 +58,20 @@ impl BillingPeriod {
         })
     }
 
+    /// A period over local dates `[start_date, end_date)`: a customer's first period after a
+    /// move-in or final period up to a move-out, shorter than a month.
+    pub fn between(zone: Tz, start_date: NaiveDate, end_date: NaiveDate) -> Option<BillingPeriod> {
+        if end_date <= start_date {
+            return None;
+        }
+        Some(BillingPeriod {
+            start_date,
+            end_date,
+            start: utc_of_local(zone, start_date.and_hms_opt(0, 0, 0)?)?,
+            end: utc_of_local(zone, end_date.and_hms_opt(0, 0, 0)?)?,
+        })
+    }
+
     /// The following period.
     pub fn next(&self, zone: Tz) -> Option<BillingPeriod> {
         Self::starting(zone, self.end_date)
