@@ -96,7 +96,7 @@ impl Bindings {
             }
         }
         existing.push(binding);
-        existing.sort_by(|a, b| a.from.cmp(&b.from));
+        existing.sort_by_key(|binding| binding.from);
         Ok(())
     }
 
