@@ -42,6 +42,20 @@ pub struct StatementLine {
     pub amount: Decimal,
     /// The other party of the line (the supplier, grid operator, levy recipient, tax authority).
     pub party: PartyId,
+    /// A correction of an interval of an earlier, closed period (new − old value).
+    #[serde(default)]
+    pub correction: bool,
+}
+
+/// A late value for an interval of an earlier, closed period: its settled (`old`) and new
+/// lines. Its postings are [`super::correction_postings`]; the next close states the
+/// difference as correction lines. Period lines of the closed period (tiers, demand, standing)
+/// are not recomputed: a correction after close adjusts interval-local lines only.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Correction {
+    pub start: UnixSeconds,
+    pub old: Vec<crate::tariff::Line>,
+    pub new: Vec<crate::tariff::Line>,
 }
 
 /// A closed period's statement.
@@ -80,6 +94,8 @@ pub enum CloseError {
     OutsidePeriod(i64),
     #[error("interval_duplicate: interval {0} appears twice")]
     Duplicate(i64),
+    #[error("correction_not_before_period: interval {0} is not before the period; settle it in the period")]
+    CorrectionNotBefore(i64),
     #[error("customer_is_tariff_party: the customer {0} is also a party of the tariff")]
     CustomerIsParty(PartyId),
     #[error(transparent)]
@@ -100,6 +116,19 @@ pub fn close_period(
     intervals: &[PricedInterval],
     run: Run,
 ) -> Result<Closed, CloseError> {
+    close_period_with_corrections(tariff, customer, period, intervals, &[], run)
+}
+
+/// [`close_period`], also stating corrections of earlier periods' intervals as correction lines
+/// (grouped like interval lines, quantity and amount new − old).
+pub fn close_period_with_corrections(
+    tariff: &TariffVersion,
+    customer: &PartyId,
+    period: &BillingPeriod,
+    intervals: &[PricedInterval],
+    corrections: &[Correction],
+    run: Run,
+) -> Result<Closed, CloseError> {
     check_parties(tariff, customer)?;
     let mut by_start: BTreeMap<UnixSeconds, &PricedInterval> = BTreeMap::new();
     for interval in intervals {
@@ -112,7 +141,7 @@ pub fn close_period(
         }
     }
     // 1. Interval lines grouped; totals for the period lines.
-    let mut groups: BTreeMap<(Component, Unit, PartyId, Option<Decimal>), Group> = BTreeMap::new();
+    let mut groups: BTreeMap<GroupKey, Group> = BTreeMap::new();
     let (mut import_wh, mut export_wh, mut peak_wh) = (0u64, 0u64, 0u64);
     let mut flags: BTreeMap<Flag, u32> = BTreeMap::new();
     for interval in by_start.values() {
@@ -123,14 +152,18 @@ pub fn close_period(
             *flags.entry(*flag).or_default() += 1;
         }
         for line in &interval.lines {
-            let party = if &line.debtor == customer { line.creditor.clone() } else { line.debtor.clone() };
-            let price = match line.component {
-                Component::Energy { ref window } if window == "dynamic" => None,
-                _ => Some(line.unit_price.normalize()),
-            };
-            let group = groups.entry((line.component.clone(), line.unit, party, price)).or_default();
-            group.quantity = add(group.quantity, line.quantity, "line quantity")?;
-            group.accrued = add(group.accrued, line.customer_charge(customer), "line amount")?;
+            group_line(&mut groups, customer, line, false, Decimal::ONE)?;
+        }
+    }
+    for correction in corrections {
+        if correction.start >= period.start {
+            return Err(CloseError::CorrectionNotBefore(correction.start.0));
+        }
+        for line in &correction.old {
+            group_line(&mut groups, customer, line, true, Decimal::NEGATIVE_ONE)?;
+        }
+        for line in &correction.new {
+            group_line(&mut groups, customer, line, true, Decimal::ONE)?;
         }
     }
     let digits = tariff.currency.minor_unit_digits();
@@ -138,7 +171,7 @@ pub fn close_period(
     let mut lines = Vec::new();
     let mut accrued_total = Decimal::ZERO;
     let mut rounded_interval_total = Decimal::ZERO;
-    for ((component, unit, party, unit_price), group) in groups {
+    for ((correction, component, unit, party, unit_price), group) in groups {
         accrued_total = add(accrued_total, group.accrued, "accrued total")?;
         let amount = round(group.accrued);
         rounded_interval_total = add(rounded_interval_total, amount, "rounded total")?;
@@ -150,6 +183,7 @@ pub fn close_period(
             amount_unrounded: group.accrued,
             amount,
             party,
+            correction,
         });
     }
     // 2–3. Period lines.
@@ -164,6 +198,7 @@ pub fn close_period(
             amount_unrounded: amount,
             amount: round(amount),
             party,
+            correction: false,
         });
     }
     // 4. VAT on its base.
@@ -191,6 +226,7 @@ pub fn close_period(
             amount_unrounded: amount,
             amount: vat_total,
             party: vat.authority.clone(),
+            correction: false,
         });
     }
     let total = add(net_total, vat_total, "total")?;
@@ -242,6 +278,28 @@ pub fn close_period(
         flags,
     };
     Ok(Closed { statement, postings })
+}
+
+/// (correction, component, unit, counter-party, unit price or `None` for dynamic energy).
+type GroupKey = (bool, Component, Unit, PartyId, Option<Decimal>);
+
+/// Adds `sign` × a line to its statement group.
+fn group_line(
+    groups: &mut BTreeMap<GroupKey, Group>,
+    customer: &PartyId,
+    line: &crate::tariff::Line,
+    correction: bool,
+    sign: Decimal,
+) -> Result<(), Overflow> {
+    let party = if &line.debtor == customer { line.creditor.clone() } else { line.debtor.clone() };
+    let price = match line.component {
+        Component::Energy { ref window } if window == "dynamic" => None,
+        _ => Some(line.unit_price.normalize()),
+    };
+    let group = groups.entry((correction, line.component.clone(), line.unit, party, price)).or_default();
+    group.quantity = add(group.quantity, mul(sign, line.quantity, "line quantity")?, "line quantity")?;
+    group.accrued = add(group.accrued, mul(sign, line.customer_charge(customer), "line amount")?, "line amount")?;
+    Ok(())
 }
 
 type PeriodLine = (Component, Unit, Decimal, Decimal, Decimal, PartyId);

@@ -18,7 +18,9 @@ pub mod run;
 pub mod vee;
 
 pub use binding::{combine, Binding, BindingError, Bindings, Unbound};
-pub use close::{close_period, CloseError, Closed, Statement, StatementLine};
+pub use close::{
+    close_period, close_period_with_corrections, CloseError, Closed, Correction, Statement, StatementLine,
+};
 pub use correction::correction_postings;
 pub use mapping::{map_registers, MappedInterval, MappingError, RegisterSample};
 pub use period::{BillingPeriod, PeriodError};

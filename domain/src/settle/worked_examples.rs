@@ -287,3 +287,78 @@ fn billing_periods_follow_the_billing_day_in_local_time() {
     assert_eq!((period.local_days(), period.intervals_count()), (31, 2_972));
     assert_eq!(BillingPeriod::containing(zone, 29, UnixSeconds(0)), Err(PeriodError::BillingDay(29)));
 }
+
+/// A late reading replacing an estimate after close (PV example: energy 0.30, VAT 19 % on
+/// energy). January 2026: one interval, estimated by the week-earlier rule at 400 Wh:
+///   energy 0.4 × 0.30 = 0.12; VAT 0.0228 → 0.02; January total 0.14 (closed).
+/// In February the real value arrives, 600 Wh: correction postings under run 1 (reverse 0.12,
+/// post 0.18). February has 10 intervals of 1,000 Wh:
+///   energy 10 × 0.30 = 3.00; correction energy +0.2 kWh × 0.30 = +0.06;
+///   VAT 19 % of 3.06 = 0.5814 → 0.58; February total 3.64.
+/// After both closes the customer's billed balance is 0.14 + 3.64 = 3.78, accrued zero.
+#[test]
+fn a_late_reading_replaces_an_estimate_after_close() {
+    let tariff = example("pv-export.toml");
+    let (january, february) = (period(&tariff, 2026, 1), period(&tariff, 2026, 2));
+    let start = UnixSeconds(january.start.0 + 20 * 96 * 900); // 2026-01-21 00:00 local
+    let week_earlier = IntervalEnergy { start: UnixSeconds(start.0 - 7 * 86_400), import_wh: 400, export_wh: 0 };
+    let estimate = estimate_interval(start, None, None, Some(week_earlier)).expect("estimates");
+    assert_eq!((estimate.quality, estimate.rule), (Quality::Estimated, Some(EstimationRule::SameIntervalWeekEarlier)));
+    let first = settle(&tariff, &january, &[estimate.energy], &BTreeMap::new());
+    assert_eq!(first.closed.statement.total, d("0.14"));
+    let actual = IntervalEnergy { start, import_wh: 600, export_wh: 0 };
+    let replaced = crate::tariff::price_interval(&tariff, &customer(), actual, None).expect("priced");
+    let mut postings: Vec<Posting> = first.postings().cloned().collect();
+    postings.extend(correction_postings(
+        "WTL0000000001",
+        &customer(),
+        start,
+        Run(1),
+        &first.priced[0].lines,
+        &replaced.lines,
+        tariff.currency,
+    ));
+    let intervals = run_of(february.start, 10, 1_000, 0);
+    let priced: Vec<_> = intervals
+        .iter()
+        .map(|energy| crate::tariff::price_interval(&tariff, &customer(), *energy, None).expect("priced"))
+        .collect();
+    for interval in &priced {
+        postings.extend(interval_postings(
+            "WTL0000000001",
+            &customer(),
+            interval.energy.start,
+            Run(0),
+            &interval.lines,
+            tariff.currency,
+        ));
+    }
+    let correction = Correction { start, old: first.priced[0].lines.clone(), new: replaced.lines.clone() };
+    let closed =
+        close_period_with_corrections(&tariff, &customer(), &february, &priced, &[correction], Run(0)).expect("closes");
+    let statement = &closed.statement;
+    let shown: Vec<(String, bool, Decimal, Decimal)> = statement
+        .lines
+        .iter()
+        .map(|line| (line.component.key(), line.correction, line.quantity, line.amount))
+        .collect();
+    assert_eq!(
+        shown,
+        vec![
+            ("energy:flat".into(), false, d("10"), d("3.00")),
+            ("energy:flat".into(), true, d("0.2"), d("0.06")),
+            ("vat".into(), false, d("3.06"), d("0.58")),
+        ]
+    );
+    assert_eq!(statement.total, d("3.64"));
+    postings.extend(closed.postings.iter().cloned());
+    let books = check_books(&postings).expect("books balance");
+    assert_eq!(books.balance(&Account::new(&customer(), AccountKind::Billed), tariff.currency), d("3.78"));
+    assert_eq!(books.balance(&Account::new(&customer(), AccountKind::Accrued), tariff.currency), Decimal::ZERO);
+    // A correction inside the open period is settled there, not as a correction line.
+    let inside = Correction { start: february.start, old: vec![], new: vec![] };
+    assert_eq!(
+        close_period_with_corrections(&tariff, &customer(), &february, &priced, &[inside], Run(0)),
+        Err(CloseError::CorrectionNotBefore(february.start.0))
+    );
+}
