@@ -12,7 +12,7 @@
 //!    and VAT is posted rounded; one rounding posting (customer ↔ supplier's rounding account)
 //!    carries Σ rounded interval lines − Σ accrued, so the billed balance equals the total.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
 
 use rust_decimal::Decimal;
 use serde::{Deserialize, Serialize};
@@ -367,13 +367,7 @@ fn period_lines(
 
 /// The customer must not be one of the tariff's parties: its accounts would post to themselves.
 fn check_parties(tariff: &TariffVersion, customer: &PartyId) -> Result<(), CloseError> {
-    let mut parties: BTreeSet<&PartyId> = BTreeSet::new();
-    parties.insert(&tariff.supplier);
-    parties.extend(tariff.network.as_ref().map(|network| &network.operator));
-    parties.extend(tariff.levies.iter().map(|levy| &levy.recipient));
-    parties.extend(tariff.vat.as_ref().map(|vat| &vat.authority));
-    parties.extend(tariff.demand.as_ref().and_then(|demand| demand.recipient.as_ref()));
-    if parties.contains(customer) {
+    if tariff.parties().contains(customer) {
         return Err(CloseError::CustomerIsParty(customer.clone()));
     }
     Ok(())

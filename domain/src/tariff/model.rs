@@ -58,6 +58,20 @@ pub struct TariffVersion {
     pub vat: Option<Vat>,
 }
 
+impl TariffVersion {
+    /// Every party the tariff names besides customers: supplier, grid operator, levy
+    /// recipients, tax authority, demand recipient. A customer must not be one of them.
+    pub fn parties(&self) -> BTreeSet<&PartyId> {
+        let mut parties = BTreeSet::new();
+        parties.insert(&self.supplier);
+        parties.extend(self.network.as_ref().map(|network| &network.operator));
+        parties.extend(self.levies.iter().map(|levy| &levy.recipient));
+        parties.extend(self.vat.as_ref().map(|vat| &vat.authority));
+        parties.extend(self.demand.as_ref().and_then(|demand| demand.recipient.as_ref()));
+        parties
+    }
+}
+
 /// How a statement line is rounded to the currency's minor unit, named in the tariff because
 /// jurisdictions differ: German and UK practice is half away from zero (the default);
 /// half-even ("banker's") is available where a contract says so.

@@ -53,6 +53,12 @@ pub enum PricingError {
     OutsideValidity { local: NaiveDateTime },
     #[error("dynamic_price_invalid: {0} per kWh is outside the dynamic price limits")]
     DynamicPriceInvalid(Decimal),
+    /// The tariff breaks an invariant `TariffVersion::validate` checks (it was built without
+    /// validation): an error value, so unvalidated input cannot panic a replica.
+    #[error("tariff_unvalidated: {0}")]
+    Unvalidated(&'static str),
+    #[error("customer_is_tariff_party: the customer {0} is also a party of the tariff")]
+    CustomerIsParty(PartyId),
     #[error(transparent)]
     Overflow(#[from] Overflow),
 }
@@ -70,6 +76,9 @@ pub fn price_interval(
     let start = energy.start.0;
     if start.rem_euclid(SETTLEMENT_INTERVAL_SECONDS) != 0 {
         return Err(PricingError::NotAligned(start));
+    }
+    if tariff.parties().contains(customer) {
+        return Err(PricingError::CustomerIsParty(customer.clone()));
     }
     let zone = tariff.time_zone.tz();
     let local = local_time(zone, energy.start).ok_or(PricingError::OutOfRange(start))?;
@@ -137,9 +146,13 @@ fn energy_price(
             let (month_day, minute) = month_day_minute(local);
             let kind = day_kind(local.date(), holidays);
             // Validation guarantees exactly one season per month-day and one window per
-            // quarter-hour and day kind; a miss here is a broken invariant.
-            let season = &seasons[season_index(seasons, month_day).expect("validated: seasons cover the year")];
-            let window = &season.windows[window_index(season, kind, minute).expect("validated: windows cover the day")];
+            // quarter-hour and day kind.
+            let season = season_index(seasons, month_day)
+                .map(|index| &seasons[index])
+                .ok_or(PricingError::Unvalidated("no season covers the day"))?;
+            let window = window_index(season, kind, minute)
+                .map(|index| &season.windows[index])
+                .ok_or(PricingError::Unvalidated("no window covers the quarter-hour"))?;
             Ok((format!("{}.{}", season.name, window.name), window.per_kwh))
         }
     }

@@ -216,3 +216,25 @@ fn rounding_strategies_are_named_and_differ_at_the_midpoint() {
     assert_eq!(Rounding::HalfAwayFromZero.round(d("-5.125"), 2), d("-5.13"));
     assert_eq!(Rounding::default(), Rounding::HalfAwayFromZero);
 }
+
+/// A tariff built without validation (fields are public for the ledger's decoder and tests)
+/// cannot panic pricing: the gap is an error value. A customer that is a tariff party is refused.
+#[test]
+fn an_unvalidated_tariff_or_a_customer_party_is_an_error_not_a_panic() {
+    let mut tariff = example("tou.toml");
+    if let EnergyPrice::TimeOfUse { seasons, .. } = &mut tariff.energy {
+        seasons[0].windows.pop();
+    }
+    // 2026-01-03 is a Saturday: the removed window was the winter weekend one.
+    let energy = IntervalEnergy { start: UnixSeconds(1_767_398_400), import_wh: 1, export_wh: 0 };
+    assert_eq!(
+        price_interval(&tariff, &customer(), energy, None),
+        Err(PricingError::Unvalidated("no window covers the quarter-hour"))
+    );
+    assert!(tariff.validate().is_err());
+    let supplier = PartyId::new("supplier-a").expect("id");
+    assert_eq!(
+        price_interval(&example("tou.toml"), &supplier, energy, None),
+        Err(PricingError::CustomerIsParty(supplier))
+    );
+}
