@@ -124,8 +124,9 @@ fn vat_base_of(key: &str) -> VatBase {
     }
 }
 
-fn february(tariff: &TariffVersion) -> BillingPeriod {
-    BillingPeriod::starting(tariff.time_zone.tz(), NaiveDate::from_ymd_opt(2026, 2, 1).expect("date")).expect("period")
+/// October 2026: the autumn DST change (100 quarter-hours on the 25th) is inside the period.
+fn october(tariff: &TariffVersion) -> BillingPeriod {
+    BillingPeriod::starting(tariff.time_zone.tz(), NaiveDate::from_ymd_opt(2026, 10, 1).expect("date")).expect("period")
 }
 
 type Generated = (usize, Vec<(i64, u64, u64, Option<i64>)>);
@@ -134,7 +135,7 @@ fn inputs() -> impl Strategy<Value = Generated> {
     (
         0..EXAMPLES.len(),
         prop::collection::btree_map(
-            0i64..2_688,
+            0i64..2_980,
             (0u64..4_000, 0u64..4_000, prop::option::of(-50_000i64..100_000)),
             0..120,
         )
@@ -145,7 +146,7 @@ fn inputs() -> impl Strategy<Value = Generated> {
 
 fn build(generated: &Generated) -> (TariffVersion, BillingPeriod, Vec<IntervalEnergy>, BTreeMap<UnixSeconds, Decimal>) {
     let tariff = example(EXAMPLES[generated.0].0);
-    let period = february(&tariff);
+    let period = october(&tariff);
     let mut intervals = Vec::new();
     let mut prices = BTreeMap::new();
     for (slot, import_wh, export_wh, price) in &generated.1 {
