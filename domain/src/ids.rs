@@ -84,6 +84,15 @@ string_id!(
     CustomerId, "customer id", ID_BYTES_MAX
 );
 string_id!(
+    /// A party money is owed to or by: a customer, a supplier, the grid operator, the tax
+    /// authority or a levy recipient. One namespace, so an account names its holder unambiguously.
+    PartyId, "party id", ID_BYTES_MAX
+);
+string_id!(
+    /// A tariff version, e.g. `de-tou-2026-01`: what a binding and every priced line name.
+    TariffId, "tariff id", ID_BYTES_MAX
+);
+string_id!(
     /// An edge gateway.
     GatewayId, "gateway id", ID_BYTES_MAX
 );

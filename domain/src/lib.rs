@@ -1,6 +1,8 @@
 //! Wattle's shared, sans-IO domain: identifiers and units, the signed-reading format and its
-//! canonical codec, verification under one acceptance rule (ZIP-215), money, settlement, the
-//! ledger's transaction codec and the JSON shapes of the ledger's client API.
+//! canonical codec, verification under one acceptance rule (ZIP-215), money, settlement (the
+//! walking skeleton's flat price in `settlement`; tariff versions and interval pricing in
+//! `tariff`; interval mapping, periods, close, postings and VEE in `settle`), the ledger's
+//! transaction codec and the JSON shapes of the ledger's client API.
 //!
 //! Nothing here touches the network, the disk or a database. The one exception is
 //! [`clock::Clock::now`], which reads the wall clock for the runtimes; the ledger's state
@@ -16,6 +18,8 @@ pub mod modbus;
 pub mod money;
 pub mod reading;
 pub mod receipt;
+pub mod settle;
 pub mod settlement;
+pub mod tariff;
 pub mod tx;
 pub mod verify;

@@ -36,3 +36,34 @@ pub const PRICE_PER_KWH_MAX: u32 = 1_000;
 /// Most decimal places of a price per kWh: 8 (a millionth of a cent). A reading's charge then has
 /// at most 11 (energy is in Wh, 3 places of a kWh), well inside `rust_decimal`'s 28.
 pub const PRICE_SCALE_MAX: u32 = 8;
+
+/// Most negative dynamic price per kWh: day-ahead prices went to −0.50 €/kWh in 2023–2025
+/// (the harmonised floor is −500 €/MWh); −1,000 bounds them as `PRICE_PER_KWH_MAX` bounds prices.
+pub const DYNAMIC_PRICE_PER_KWH_MIN: i32 = -1_000;
+
+/// Largest standing charge per local day or demand price per kW, in currency units: real ones
+/// are below 10 (a daily standing charge) or 30 (a monthly kW price); 1,000 keeps a period's
+/// charge far inside `rust_decimal`'s range.
+pub const TARIFF_CHARGE_MAX: u32 = 1_000;
+
+/// Most time-of-use windows over all seasons, tiers, levies, seasons and holidays in one tariff
+/// version: bounds the work of validating and pricing an interval, and an admin transaction's size.
+pub const TARIFF_WINDOWS_MAX: usize = 96;
+pub const TARIFF_TIERS_MAX: usize = 16;
+pub const TARIFF_LEVIES_MAX: usize = 16;
+pub const TARIFF_SEASONS_MAX: usize = 12;
+pub const TARIFF_HOLIDAYS_MAX: usize = 1_000;
+
+/// Largest TOML tariff document: a full tariff is a few kB.
+pub const TARIFF_TOML_BYTES_MAX: usize = 64 * 1024;
+
+/// Settlement interval: 15 minutes (EU imbalance settlement period, DOMAIN.md §6).
+pub const SETTLEMENT_INTERVAL_SECONDS: i64 = 900;
+
+/// Longest span between two register samples the mapping splits: 35 days (a month-long outage
+/// plus a grace window). A longer span is refused, not spread thinly over a month.
+pub const REGISTER_SPAN_SECONDS_MAX: i64 = 35 * 86_400;
+
+/// Longest span a missing interval may be interpolated linearly over (VEE): 6 hours. Beyond
+/// it, a straight line says nothing about the load shape; the week-earlier rule applies.
+pub const VEE_LINEAR_SPAN_SECONDS_MAX: i64 = 6 * 3_600;
