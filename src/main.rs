@@ -73,6 +73,10 @@ enum Command {
     /// with crashes, message loss, delays and partitions from a seed, checking every invariant after
     /// every step. Prints one line per seed; a failure names its seed and how to replay it.
     Simulate(SimulateArgs),
+    /// Tariff versions (docs/tariffs.md): `wattle tariff check FILE.toml` validates one and
+    /// prints what it charges and the digest of its canonical form.
+    #[command(subcommand)]
+    Tariff(TariffCommand),
     /// Export a simulator's ground truth (`wattle sim --truth-out FILE`) as CSV, one row per meter
     /// and interval: meter_id, interval start and end (UTC), import and export Wh measured, fault
     /// injected. Anyone can recompute a bill from it outside Wattle.
@@ -88,6 +92,20 @@ enum Command {
         /// Where to write the secret key (64 hex characters).
         #[arg(long)]
         out: PathBuf,
+    },
+}
+
+#[derive(Debug, clap::Subcommand)]
+enum TariffCommand {
+    /// Parse and validate a tariff version (TOML, docs/tariffs.md): every refusal names its field
+    /// and reason; on success prints the components, the parties paid and the SHA-256 of the
+    /// canonical JSON (what the ledger records and members will vote on).
+    Check {
+        /// The tariff version, TOML.
+        file: PathBuf,
+        /// Print the canonical JSON instead of the summary.
+        #[arg(long)]
+        json: bool,
     },
 }
 
@@ -672,6 +690,57 @@ fn main() -> anyhow::Result<()> {
     runtime.block_on(run(cli.command))
 }
 
+fn tariff_check(file: &std::path::Path, json: bool) -> anyhow::Result<()> {
+    use domain::tariff::EnergyPrice;
+    let text = std::fs::read_to_string(file).with_context(|| format!("reading {}", file.display()))?;
+    let tariff =
+        domain::tariff::parse_toml(&text).with_context(|| format!("{} is not a valid tariff", file.display()))?;
+    let canonical = tariff.to_canonical_json();
+    if json {
+        println!("{}", String::from_utf8_lossy(&canonical));
+        return Ok(());
+    }
+    let energy = match &tariff.energy {
+        EnergyPrice::Flat { per_kwh } => format!("flat {per_kwh} {}/kWh", tariff.currency),
+        EnergyPrice::TimeOfUse { seasons, holidays } => {
+            format!("time of use, {} season(s), {} holiday(s)", seasons.len(), holidays.len())
+        }
+        EnergyPrice::Dynamic { markup_per_kwh, fallback_per_kwh } => {
+            format!("dynamic, markup {markup_per_kwh}, fallback {fallback_per_kwh} {}/kWh", tariff.currency)
+        }
+    };
+    let valid_to = tariff.valid_to.map_or_else(|| "open".to_string(), |to| to.to_string());
+    println!("tariff {} ({}), valid from {} to {valid_to} local time", tariff.id, tariff.currency, tariff.valid_from);
+    println!("  time zone {} (tz database {})", tariff.time_zone.tz(), domain::tariff::TZDB_VERSION);
+    println!("  energy: {energy}");
+    let mut parts = Vec::new();
+    if !tariff.tiers.is_empty() {
+        parts.push(format!("{} tier(s)", tariff.tiers.len()));
+    }
+    if let Some(standing) = tariff.standing_charge_per_day {
+        parts.push(format!("standing charge {standing}/day"));
+    }
+    if tariff.export.is_some() {
+        parts.push("export".to_string());
+    }
+    if tariff.demand.is_some() {
+        parts.push("demand charge".to_string());
+    }
+    if tariff.network.is_some() {
+        parts.push("network charge".to_string());
+    }
+    parts.extend(tariff.levies.iter().map(|levy| format!("levy {}", levy.name)));
+    if let Some(vat) = &tariff.vat {
+        parts.push(format!("VAT {}", vat.rate));
+    }
+    println!("  components: {}", if parts.is_empty() { "energy only".to_string() } else { parts.join(", ") });
+    let parties: Vec<String> = tariff.parties().into_iter().map(ToString::to_string).collect();
+    println!("  parties paid: {}", parties.join(", "));
+    println!("  rounding: {:?}", tariff.rounding);
+    println!("  canonical sha256: {}", hex::encode(domain::merkle::sha256(&canonical)));
+    Ok(())
+}
+
 fn simulate(args: SimulateArgs) -> anyhow::Result<()> {
     let started = std::time::Instant::now();
     for seed in args.seed..args.seed.saturating_add(args.seeds) {
@@ -874,6 +943,7 @@ async fn run(command: Command) -> anyhow::Result<()> {
             Ok(())
         }
         Command::Sim(args) => run_sim(args).await,
+        Command::Tariff(TariffCommand::Check { file, json }) => tariff_check(&file, json),
         Command::TruthCsv { truth, out } => {
             let truth = firmware_sim::Truth::read(&truth)?;
             match out {

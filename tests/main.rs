@@ -18,4 +18,5 @@ mod modbus;
 mod process;
 mod sandbox;
 mod support;
+mod tariff_cli;
 mod verifiable;
