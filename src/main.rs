@@ -2,6 +2,7 @@
 
 mod bench;
 mod bench_gateway;
+mod bench_settle;
 mod bench_state;
 mod broker;
 mod cli;
@@ -372,6 +373,9 @@ enum BenchCommand {
     /// level: the real store over RocksDB (fsync on), fed committed entries as openraft applies
     /// them, without a cluster.
     State(bench_state::StateBenchArgs),
+    /// The settlement engine on one core: billing months of 15-minute intervals priced by an
+    /// example tariff and closed into statements, against bare checked kWh x price arithmetic.
+    Settle(bench_settle::SettleBenchArgs),
 }
 
 #[derive(Debug, clap::Args)]
@@ -963,6 +967,7 @@ async fn run(command: Command) -> anyhow::Result<()> {
         Command::Bench(BenchCommand::Ledger(args)) => bench::ledger(args).await,
         Command::Bench(BenchCommand::Gateway(args)) => bench_gateway::gateway(args).await,
         Command::Bench(BenchCommand::State(args)) => bench_state::state(args).await,
+        Command::Bench(BenchCommand::Settle(args)) => bench_settle::settle(args),
         Command::Cluster(args) => {
             let key = ledger::node::read_signing_key(&args.operator_key)?;
             let http = reqwest::Client::new();

@@ -73,3 +73,15 @@ fn state_benchmark_runs_at_a_small_size() -> anyhow::Result<()> {
     anyhow::ensure!(text.contains("receipts over") && text.contains("snapshot:"), "{text}");
     Ok(())
 }
+
+/// `wattle bench settle` (BENCHMARKS.md, issue 13) at a small size, for every example tariff.
+#[test]
+fn settle_benchmark_runs_at_a_small_size() -> anyhow::Result<()> {
+    for tariff in ["flat", "tou", "dynamic", "tiered", "pv-export", "demand"] {
+        let output = wattle().args(["bench", "settle", "--meters", "2", "--tariff", tariff]).output()?;
+        let text = format!("{}{}", String::from_utf8_lossy(&output.stdout), String::from_utf8_lossy(&output.stderr));
+        anyhow::ensure!(output.status.success(), "bench settle --tariff {tariff} failed:\n{text}");
+        anyhow::ensure!(text.contains("= 5960 intervals") && text.contains("engine/bare = "), "{text}");
+    }
+    Ok(())
+}
