@@ -23,3 +23,4 @@ pub mod simulation;
 pub mod snapshot;
 pub mod state;
 pub mod store;
+pub mod submit;
