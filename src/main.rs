@@ -108,6 +108,19 @@ enum TariffCommand {
         #[arg(long)]
         json: bool,
     },
+    /// Publish a tariff version to the ledger: validated here, signed with the operator key as
+    /// a `PublishTariff` admin transaction, validated again when the ledger applies it; then
+    /// listed by `GET /v1/tariffs`. (Settling by it comes with rules version 2.)
+    Publish {
+        /// The tariff version, TOML.
+        file: PathBuf,
+        /// Any ledger node's client API base URL (followers forward to the leader).
+        #[arg(long, default_value = "http://127.0.0.1:7000")]
+        ledger: String,
+        /// The operator's secret key file.
+        #[arg(long)]
+        operator_key: PathBuf,
+    },
 }
 
 #[derive(Debug, clap::Args)]
@@ -694,6 +707,34 @@ fn main() -> anyhow::Result<()> {
     runtime.block_on(run(cli.command))
 }
 
+async fn tariff_publish(
+    file: &std::path::Path,
+    ledger_url: &str,
+    operator_key: &std::path::Path,
+) -> anyhow::Result<()> {
+    let text = std::fs::read_to_string(file).with_context(|| format!("reading {}", file.display()))?;
+    let tariff =
+        domain::tariff::parse_toml(&text).with_context(|| format!("{} is not a valid tariff", file.display()))?;
+    let tariff_json = tariff.to_canonical_json();
+    let operator = ledger::node::read_signing_key(operator_key)?;
+    let http = reqwest::Client::builder().timeout(std::time::Duration::from_secs(30)).build()?;
+    let config: serde_json::Value =
+        http.get(format!("{ledger_url}/v1/config")).send().await?.error_for_status()?.json().await?;
+    let nonce = config["admin_nonce"].as_u64().context("admin_nonce in /v1/config")? + 1;
+    let sha256 = hex::encode(domain::merkle::sha256(&tariff_json));
+    let action = domain::tx::AdminAction::PublishTariff { tariff_json };
+    let admin = domain::tx::SignedAdmin::sign(nonce, action, &operator);
+    let response = ledger::node::submit_admin_to(&http, ledger_url, &admin).await?;
+    if let Some(reason) = response.refused {
+        anyhow::bail!("the ledger refused the tariff: {reason}");
+    }
+    println!(
+        "published tariff {} from {} at log index {}; canonical sha256 {sha256}",
+        tariff.id, tariff.valid_from, response.log_index
+    );
+    Ok(())
+}
+
 fn tariff_check(file: &std::path::Path, json: bool) -> anyhow::Result<()> {
     use domain::tariff::EnergyPrice;
     let text = std::fs::read_to_string(file).with_context(|| format!("reading {}", file.display()))?;
@@ -948,6 +989,9 @@ async fn run(command: Command) -> anyhow::Result<()> {
         }
         Command::Sim(args) => run_sim(args).await,
         Command::Tariff(TariffCommand::Check { file, json }) => tariff_check(&file, json),
+        Command::Tariff(TariffCommand::Publish { file, ledger, operator_key }) => {
+            tariff_publish(&file, &ledger, &operator_key).await
+        }
         Command::TruthCsv { truth, out } => {
             let truth = firmware_sim::Truth::read(&truth)?;
             match out {

@@ -57,6 +57,9 @@ pub const TARIFF_HOLIDAYS_MAX: usize = 1_000;
 /// Largest TOML tariff document: a full tariff is a few kB.
 pub const TARIFF_TOML_BYTES_MAX: usize = 64 * 1024;
 
+/// Largest canonical JSON of a tariff version in an admin transaction (`PublishTariff`).
+pub const TARIFF_JSON_BYTES_MAX: usize = 64 * 1024;
+
 /// Settlement interval: 15 minutes (EU imbalance settlement period, DOMAIN.md §6).
 pub const SETTLEMENT_INTERVAL_SECONDS: i64 = 900;
 

@@ -6,7 +6,7 @@ use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 use crate::codec::{DecodeError, Reader, Writer};
 use crate::ids::{CustomerId, GatewayId, KeyId, MeterId, TxId, UnixMillis};
-use crate::limits::{BATCH_READINGS_MAX, READING_BYTES, TRANSACTION_BYTES_MAX};
+use crate::limits::{BATCH_READINGS_MAX, READING_BYTES, TARIFF_JSON_BYTES_MAX, TRANSACTION_BYTES_MAX};
 use crate::money::{Currency, UnitPrice};
 use crate::reading::SignedReading;
 use crate::verify::{verify_signature, SignatureError, VerifiedReading};
@@ -130,6 +130,13 @@ pub enum AdminAction {
         gateway_key: [u8; 32],
         customer_id: CustomerId,
     },
+    /// Publish a tariff version (issue 13): its canonical JSON (`domain::tariff`,
+    /// docs/tariffs.md), validated when applied. Today it is recorded and listed; settling by it
+    /// comes with rules version 2. Governance will vote on this same action.
+    PublishTariff {
+        /// `TariffVersion::to_canonical_json`, at most `TARIFF_JSON_BYTES_MAX` bytes.
+        tariff_json: Vec<u8>,
+    },
 }
 
 /// Longest node address in an admin action.
@@ -247,6 +254,10 @@ impl AdminAction {
             AdminAction::EndorseNode { node_id, node_key, service_key, endorsement } => {
                 writer.u8(6).u64(*node_id).fixed(node_key).fixed(service_key).fixed(endorsement);
             }
+            AdminAction::PublishTariff { tariff_json } => {
+                assert!(tariff_json.len() <= TARIFF_JSON_BYTES_MAX, "tariff over TARIFF_JSON_BYTES_MAX");
+                writer.u8(8).long_bytes(tariff_json);
+            }
         }
     }
     fn decode(reader: &mut Reader<'_>) -> Result<Self, DecodeError> {
@@ -289,6 +300,7 @@ impl AdminAction {
                 gateway_key: reader.array()?,
                 customer_id: decode_id(reader, "customer_id")?,
             }),
+            8 => Ok(AdminAction::PublishTariff { tariff_json: reader.long_bytes(TARIFF_JSON_BYTES_MAX)?.to_vec() }),
             other => Err(DecodeError::invalid("admin_action", format!("unknown kind {other}"))),
         }
     }
@@ -418,5 +430,21 @@ mod admin_id_tests {
         let mut forged = first.clone();
         forged.signature[0] ^= 1;
         assert_ne!(first.tx_id(), forged.tx_id(), "the id covers the signature");
+    }
+
+    #[test]
+    fn a_published_tariff_round_trips_and_an_oversized_one_is_refused() {
+        let key = SigningKey::from_bytes(&[7; 32]);
+        let json = br#"{"id":"x"}"#.to_vec();
+        let admin = SignedAdmin::sign(1, AdminAction::PublishTariff { tariff_json: json.clone() }, &key);
+        let decoded = SignedAdmin::from_bytes(&admin.to_bytes()).expect("decodes");
+        assert_eq!(decoded.action, AdminAction::PublishTariff { tariff_json: json });
+        decoded.verify().expect("the signature covers the tariff bytes");
+        // A length prefix beyond the limit is refused before anything is read.
+        let mut bytes = admin.to_bytes();
+        // Nonce (8 bytes), then the action's tag (8), then its u32 length.
+        assert_eq!(bytes[8], 8, "the action tag");
+        bytes[9..13].copy_from_slice(&(TARIFF_JSON_BYTES_MAX as u32 + 1).to_be_bytes());
+        assert!(SignedAdmin::from_bytes(&bytes).is_err());
     }
 }

@@ -68,6 +68,7 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/history", get(history))
         .route("/v1/admin", post(crate::admin::submit_admin))
         .route("/v1/config", get(public_config))
+        .route("/v1/tariffs", get(list_tariffs))
         .route_layer(axum::middleware::from_fn_with_state(state.clone(), refuse_while_installing));
     Router::new()
         .merge(client_api)
@@ -151,6 +152,26 @@ async fn public_config(State(app): State<AppState>) -> Json<serde_json::Value> {
         "admin_nonce": state::admin_nonce(&state),
         "flat_price": state::flat_price(&state),
     }))
+}
+
+/// `GET /v1/tariffs`: every published tariff version, by id then start, with the SHA-256 of its
+/// canonical JSON (what `wattle tariff check` prints) and the version itself.
+async fn list_tariffs(State(app): State<AppState>) -> Json<Vec<serde_json::Value>> {
+    let entries = app.store.scan_prefix(Table::Public, crate::tariffs::TARIFF_PREFIX);
+    Json(
+        crate::tariffs::decode_all(&entries)
+            .into_iter()
+            .map(|(tariff, json)| {
+                serde_json::json!({
+                    "id": tariff.id.to_string(),
+                    "valid_from": tariff.valid_from.to_string(),
+                    "valid_to": tariff.valid_to.map(|to| to.to_string()),
+                    "sha256": hex::encode(domain::merkle::sha256(&json)),
+                    "tariff": tariff,
+                })
+            })
+            .collect(),
+    )
 }
 
 /// Proposes a transaction and waits until it is committed, applied and covered by a signature.

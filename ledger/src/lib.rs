@@ -24,3 +24,4 @@ pub mod snapshot;
 pub mod state;
 pub mod store;
 pub mod submit;
+pub mod tariffs;

@@ -47,7 +47,7 @@ impl<'a> Overlay<'a> {
     pub fn new(base: &'a dyn StateRead) -> Self {
         Self { base, writes: WriteSet::default() }
     }
-    fn put(&mut self, table: Table, key: Vec<u8>, value: Vec<u8>) {
+    pub(crate) fn put(&mut self, table: Table, key: Vec<u8>, value: Vec<u8>) {
         self.writes.puts.insert((table, key), value);
     }
 }
@@ -729,6 +729,7 @@ fn apply_admin(state: &mut Overlay<'_>, admin: &SignedAdmin) -> Result<(), Strin
                 .map_err(|error| format!("bad_endorsement: {error}"))?;
             state.put(Table::Public, key_endorsement(*node_id, node_key), endorsement.to_vec());
         }
+        AdminAction::PublishTariff { tariff_json } => crate::tariffs::publish(state, tariff_json)?,
     }
     state.put(Table::Public, KEY_ADMIN_NONCE.to_vec(), admin.nonce.to_be_bytes().to_vec());
     Ok(())
