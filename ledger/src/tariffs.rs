@@ -33,11 +33,11 @@ pub(crate) fn publish(state: &mut Overlay<'_>, tariff_json: &[u8]) -> Result<(),
     Ok(())
 }
 
-/// The published versions, in key order (by id, then start), from the public table's entries.
+/// The published versions, in key order (by id, then start), from the public table's entries
+/// under [`TARIFF_PREFIX`].
 pub fn decode_all(entries: &[(Vec<u8>, Vec<u8>)]) -> Vec<(TariffVersion, Vec<u8>)> {
     entries
         .iter()
-        .filter(|(key, _)| key.starts_with(TARIFF_PREFIX))
         .map(|(_, json)| {
             let tariff = TariffVersion::from_canonical_json(json).expect("a committed tariff version was validated");
             (tariff, json.clone())
