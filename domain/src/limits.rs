@@ -60,6 +60,25 @@ pub const TARIFF_TOML_BYTES_MAX: usize = 64 * 1024;
 /// Largest canonical JSON of a tariff version in an admin transaction (`PublishTariff`).
 pub const TARIFF_JSON_BYTES_MAX: usize = 64 * 1024;
 
+/// Largest canonical JSON of a binding in an admin transaction (`Bind`): a binding is ~300 bytes.
+pub const BINDING_JSON_BYTES_MAX: usize = 4 * 1024;
+
+/// Most prices in one `PublishPrices` transaction: 31 days of 15-minute intervals (2,976) and the
+/// four of a 25-hour day.
+pub const PRICE_SERIES_POINTS_MAX: usize = 2_980;
+
+/// Largest canonical JSON of a price series: ~40 bytes a point.
+pub const PRICE_SERIES_JSON_BYTES_MAX: usize = 160 * 1024;
+
+/// How long after a billing period ends its close waits for late readings (the grace window),
+/// measured in leader-stamped time: the first tick at or after `end + grace` closes it. Readings
+/// of its intervals arriving later are corrections on the next statement.
+pub const PERIOD_CLOSE_GRACE_SECONDS: i64 = 86_400;
+
+/// How often the leader proposes a tick transaction (the state machine's only notion of time
+/// passing when no readings arrive).
+pub const TICK_INTERVAL_MS: u64 = 10_000;
+
 /// Settlement interval: 15 minutes (EU imbalance settlement period, DOMAIN.md §6).
 pub const SETTLEMENT_INTERVAL_SECONDS: i64 = 900;
 

@@ -12,11 +12,18 @@ use crate::verify::VerifiedReading;
 
 /// The rules version this build settles by. Every ledger entry carries the version that settles
 /// it, so replaying the ledger after an upgrade gives the same money.
-pub const RULES_VERSION: u32 = 1;
+///
+/// - 1: one flat price per kWh of import ([`settle_flat`]); export never credited.
+/// - 2: tariff versions and bindings (issue 13, `crate::settle`): a bound meter's intervals are
+///   priced by the tariff its binding names, posted double-entry among the parties, and closed
+///   per billing period on ticks. A meter with no binding at all still settles at the flat price
+///   if one is set (the walking skeleton's configuration; governance, issue 14, retires it).
+pub const RULES_VERSION: u32 = 2;
 
-/// Rules versions this build can execute.
+/// Rules versions this build can execute: every version it ever settled by, so a replay of an
+/// old ledger gives the same money.
 pub fn supports_rules_version(version: u32) -> bool {
-    version == RULES_VERSION
+    (1..=RULES_VERSION).contains(&version)
 }
 
 /// What one interval costs.

@@ -6,7 +6,10 @@ use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 use crate::codec::{DecodeError, Reader, Writer};
 use crate::ids::{CustomerId, GatewayId, KeyId, MeterId, TxId, UnixMillis};
-use crate::limits::{BATCH_READINGS_MAX, READING_BYTES, TARIFF_JSON_BYTES_MAX, TRANSACTION_BYTES_MAX};
+use crate::limits::{
+    BATCH_READINGS_MAX, BINDING_JSON_BYTES_MAX, PRICE_SERIES_JSON_BYTES_MAX, READING_BYTES, TARIFF_JSON_BYTES_MAX,
+    TRANSACTION_BYTES_MAX,
+};
 use crate::money::{Currency, UnitPrice};
 use crate::reading::SignedReading;
 use crate::verify::{verify_signature, SignatureError, VerifiedReading};
@@ -137,6 +140,19 @@ pub enum AdminAction {
         /// `TariffVersion::to_canonical_json`, at most `TARIFF_JSON_BYTES_MAX` bytes.
         tariff_json: Vec<u8>,
     },
+    /// Bind a meter to a customer's supply point under a tariff over a local validity window
+    /// (issue 13): `settle::Binding::to_canonical_json`. A binding of the same meter and start
+    /// with another end replaces the one recorded (a move-out or exchange ends an open binding).
+    Bind {
+        /// At most `BINDING_JSON_BYTES_MAX` bytes.
+        binding_json: Vec<u8>,
+    },
+    /// Publish a dynamic tariff's prices per 15-minute interval (`tariff::PriceSeries`, canonical
+    /// JSON): its own transaction, as a day-ahead market publishes them.
+    PublishPrices {
+        /// At most `PRICE_SERIES_JSON_BYTES_MAX` bytes.
+        prices_json: Vec<u8>,
+    },
 }
 
 /// Longest node address in an admin action.
@@ -258,6 +274,14 @@ impl AdminAction {
                 assert!(tariff_json.len() <= TARIFF_JSON_BYTES_MAX, "tariff over TARIFF_JSON_BYTES_MAX");
                 writer.u8(8).long_bytes(tariff_json);
             }
+            AdminAction::Bind { binding_json } => {
+                assert!(binding_json.len() <= BINDING_JSON_BYTES_MAX, "binding over BINDING_JSON_BYTES_MAX");
+                writer.u8(9).long_bytes(binding_json);
+            }
+            AdminAction::PublishPrices { prices_json } => {
+                assert!(prices_json.len() <= PRICE_SERIES_JSON_BYTES_MAX, "prices over PRICE_SERIES_JSON_BYTES_MAX");
+                writer.u8(10).long_bytes(prices_json);
+            }
         }
     }
     fn decode(reader: &mut Reader<'_>) -> Result<Self, DecodeError> {
@@ -301,6 +325,10 @@ impl AdminAction {
                 customer_id: decode_id(reader, "customer_id")?,
             }),
             8 => Ok(AdminAction::PublishTariff { tariff_json: reader.long_bytes(TARIFF_JSON_BYTES_MAX)?.to_vec() }),
+            9 => Ok(AdminAction::Bind { binding_json: reader.long_bytes(BINDING_JSON_BYTES_MAX)?.to_vec() }),
+            10 => {
+                Ok(AdminAction::PublishPrices { prices_json: reader.long_bytes(PRICE_SERIES_JSON_BYTES_MAX)?.to_vec() })
+            }
             other => Err(DecodeError::invalid("admin_action", format!("unknown kind {other}"))),
         }
     }

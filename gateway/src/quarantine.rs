@@ -4,7 +4,7 @@
 //! - **final**: nothing a configuration change could alter (an equivocation, a signature the
 //!   ledger refused). Kept in the quarantine with its bytes, never dropped.
 //! - **retryable**: the ledger's configuration is not there yet (`unknown_meter`, `unknown_key`,
-//!   `no_tariff`, `currency_mismatch`). The reading stays in the outbox's retry queue with backoff,
+//!   `no_tariff`, `currency_mismatch`, `unbound`). The reading stays in the outbox's retry queue with backoff,
 //!   then, past the retry horizon, becomes held.
 //! - **held**: a validly signed reading that failed a check the operator can fix (the gateway's
 //!   own content checks, or a ledger refusal past the retry horizon, or a ledger reason this
@@ -70,7 +70,7 @@ pub fn gateway_reason_class(reason: &str) -> ReasonClass {
 pub fn ledger_reason_class(reason: &str) -> ReasonClass {
     match reason {
         "equivocation" | "bad_signature" => ReasonClass::Final,
-        "unknown_meter" | "unknown_key" | "no_tariff" | "currency_mismatch" => ReasonClass::Retryable,
+        "unknown_meter" | "unknown_key" | "no_tariff" | "currency_mismatch" | "unbound" => ReasonClass::Retryable,
         _ => ReasonClass::Held,
     }
 }
@@ -81,7 +81,7 @@ mod tests {
 
     #[test]
     fn every_ledger_refusal_that_configuration_can_fix_is_retried_and_unknown_codes_are_held() {
-        for reason in ["unknown_meter", "unknown_key", "no_tariff", "currency_mismatch"] {
+        for reason in ["unknown_meter", "unknown_key", "no_tariff", "currency_mismatch", "unbound"] {
             assert_eq!(ledger_reason_class(reason), ReasonClass::Retryable, "{reason}");
         }
         assert_eq!(ledger_reason_class("equivocation"), ReasonClass::Final);

@@ -181,6 +181,7 @@ pub async fn start(config: NodeConfig) -> anyhow::Result<NodeHandle> {
     let signer =
         config.signature_interval.map(|interval| tokio::spawn(crate::signer::sign_roots(app.clone(), interval)));
     let backfill = tokio::spawn(fetch_missing_history(app.clone()));
+    let ticker = tokio::spawn(crate::ticker::propose_ticks(app.clone()));
     if !raft.is_initialized().await? {
         let lowest = config.init_members.iter().map(|(id, _)| *id).min();
         if config.bootstrap {
@@ -209,7 +210,7 @@ pub async fn start(config: NodeConfig) -> anyhow::Result<NodeHandle> {
         raft,
         shutdown: Some(shutdown_sender),
         server,
-        tasks: signer.into_iter().chain([backfill]).collect(),
+        tasks: signer.into_iter().chain([backfill, ticker]).collect(),
     })
 }
 

@@ -85,6 +85,8 @@ pub enum ReadingResult {
     UnknownKey,
     NoTariff,
     CurrencyMismatch,
+    /// A bound meter's interval outside all its bindings (rules version 2): it waits.
+    Unbound,
     /// More energy in one interval than any meter can measure (`ENERGY_PER_READING_WH_MAX`).
     Implausible,
     /// Its charge, or an account or meter total it adds to, is beyond the range of money.
@@ -107,6 +109,7 @@ impl ReadingResult {
             ReadingResult::UnknownKey => "unknown_key",
             ReadingResult::NoTariff => "no_tariff",
             ReadingResult::CurrencyMismatch => "currency_mismatch",
+            ReadingResult::Unbound => "unbound",
             ReadingResult::Implausible => "implausible_energy",
             ReadingResult::SettlementOverflow => "settlement_overflow",
         }
@@ -515,10 +518,15 @@ pub fn apply(state: &mut Overlay<'_>, log_index: u64, tx: &Transaction) -> Resul
             Applied { result: TxResult { readings: Vec::new(), admin_refused: refused }, claims: None }
         }
         TxBody::Readings(batch) => {
-            let (readings, claims) = apply_readings(state, batch);
+            let (readings, claims) = apply_readings(state, batch, tx.rules_version);
             Applied { result: TxResult { readings, admin_refused: None }, claims: Some(claims) }
         }
-        TxBody::Tick => Applied::default(),
+        TxBody::Tick => {
+            if tx.rules_version >= 2 {
+                crate::settle::close_due(state, domain::ids::UnixSeconds(tx.time.0.div_euclid(1_000)));
+            }
+            Applied::default()
+        }
         TxBody::SignatureMarker => {
             state.put(Table::Public, KEY_PENDING_MARKER.to_vec(), log_index.to_be_bytes().to_vec());
             Applied::default()
@@ -730,6 +738,8 @@ fn apply_admin(state: &mut Overlay<'_>, admin: &SignedAdmin) -> Result<(), Strin
             state.put(Table::Public, key_endorsement(*node_id, node_key), endorsement.to_vec());
         }
         AdminAction::PublishTariff { tariff_json } => crate::tariffs::publish(state, tariff_json)?,
+        AdminAction::Bind { binding_json } => crate::settle::bind(state, binding_json)?,
+        AdminAction::PublishPrices { prices_json } => crate::settle::publish_prices(state, prices_json)?,
     }
     state.put(Table::Public, KEY_ADMIN_NONCE.to_vec(), admin.nonce.to_be_bytes().to_vec());
     Ok(())
@@ -742,18 +752,18 @@ pub const CLAIMS_HEADER: &str = "wattle.claims.v1";
 /// reading `meter key_id sequence result amount currency` (amount and currency `-` unless
 /// accepted), each line ending in `\n`. The history keeps each accepted reading's settlement line
 /// from it (`history::settled_lines`).
-fn apply_readings(state: &mut Overlay<'_>, batch: &ReadingBatch) -> (Vec<ReadingResult>, Vec<u8>) {
+fn apply_readings(state: &mut Overlay<'_>, batch: &ReadingBatch, rules_version: u32) -> (Vec<ReadingResult>, Vec<u8>) {
     use std::fmt::Write as _;
     let mut claims = format!("{CLAIMS_HEADER}\n");
     let mut results = Vec::with_capacity(batch.readings.len());
     for item in &batch.readings {
-        let outcome = apply_reading(state, &item.reading);
+        let outcome = apply_reading(state, &item.reading, rules_version);
         let reading = item.reading.reading();
         let result = outcome.as_ref().map_or_else(|result| *result, |_| ReadingResult::Accepted);
         let _ = write!(claims, "{} {} {} {} ", reading.meter_id, reading.key_id.0, reading.sequence.0, result.code());
         match outcome {
-            Ok(charge) => {
-                let _ = writeln!(claims, "{} {}", charge.amount.amount, charge.amount.currency);
+            Ok((amount, currency)) => {
+                let _ = writeln!(claims, "{amount} {currency}");
             }
             Err(_) => claims.push_str("- -\n"),
         }
@@ -763,10 +773,13 @@ fn apply_readings(state: &mut Overlay<'_>, batch: &ReadingBatch) -> (Vec<Reading
 }
 
 /// One reading: its charge if settled, else why not. Writes nothing unless it settles.
+/// Rules version 2 settles a meter with bindings by them (`settle.rs`); a meter without any
+/// binding, and every reading of a version 1 entry, settles at the flat price.
 fn apply_reading(
     state: &mut Overlay<'_>,
     verified: &domain::verify::VerifiedReading,
-) -> Result<domain::settlement::IntervalCharge, ReadingResult> {
+    rules_version: u32,
+) -> Result<(Decimal, Currency), ReadingResult> {
     let reading = verified.reading();
     let Some(meter_record) = meter(state, &reading.meter_id) else {
         return Err(ReadingResult::UnknownMeter);
@@ -787,24 +800,35 @@ fn apply_reading(
     if reading.import_energy().0 > ENERGY_PER_READING_WH_MAX || reading.export_energy().0 > ENERGY_PER_READING_WH_MAX {
         return Err(ReadingResult::Implausible);
     }
-    let Some(price) = flat_price(state) else {
-        return Err(ReadingResult::NoTariff);
-    };
-    let currency = customer_currency(state, &meter_record.customer_id).expect("a meter's customer is registered");
-    if currency != price.currency {
-        return Err(ReadingResult::CurrencyMismatch);
-    }
     let overflow = ReadingResult::SettlementOverflow;
-    let charge = settle_flat(verified, &price).map_err(|_| overflow)?;
-    let amount = charge.amount.amount;
-    let (import_wh, export_wh) = (charge.energy_import.0, charge.energy_export.0);
+    let bindings = if rules_version >= 2 { crate::settle::bindings_of(state, &reading.meter_id) } else { Vec::new() };
+    let (amount, currency) = if bindings.is_empty() {
+        let Some(price) = flat_price(state) else {
+            return Err(ReadingResult::NoTariff);
+        };
+        let currency = customer_currency(state, &meter_record.customer_id).expect("a meter's customer is registered");
+        if currency != price.currency {
+            return Err(ReadingResult::CurrencyMismatch);
+        }
+        (settle_flat(verified, &price).map_err(|_| overflow)?.amount.amount, currency)
+    } else {
+        let bindings = domain::settle::Bindings::from_list(bindings).expect("committed bindings do not overlap");
+        // Checks every sum before writing; on `Err` it wrote nothing.
+        let mut trial = Overlay::new(&*state);
+        let charge = crate::settle::settle_reading(&mut trial, verified, &bindings)?;
+        let writes = trial.writes.puts;
+        state.writes.puts.extend(writes);
+        (charge.amount, charge.currency)
+    };
+    let (import_wh, export_wh) = (reading.import_energy().0, reading.export_energy().0);
     // Every sum first, checked; nothing is written unless all of them fit.
     summary.readings_settled = summary.readings_settled.checked_add(1).ok_or(overflow)?;
     summary.amount = summary.amount.checked_add(amount).ok_or(overflow)?;
     summary.energy_import_wh = summary.energy_import_wh.checked_add(import_wh).ok_or(overflow)?;
     summary.energy_export_wh = summary.energy_export_wh.checked_add(export_wh).ok_or(overflow)?;
     summary.ranges.insert(reading.sequence.0);
-    // One transfer: debit the customer, credit the supplier's accrual account.
+    // One transfer: debit the customer, credit the supplier's accrual account (the customer's
+    // interval charges so far, net of export credits under rules version 2).
     let debit_name = customer_account_name(&meter_record.customer_id);
     let credit_name = supplier_accrual_account_name(currency);
     let post = |account: Option<Account>, debit: bool| -> Option<Account> {
@@ -824,7 +848,7 @@ fn apply_reading(
     state.put(Table::Private, summary_key, summary.encode());
     state.put(Table::Private, key_account(&debit_name), debit.encode());
     state.put(Table::Private, key_account(&credit_name), credit.encode());
-    Ok(charge)
+    Ok((amount, currency))
 }
 
 #[cfg(test)]

@@ -1,8 +1,10 @@
 //! Published tariff versions in the ledger's state (issue 13): `PublishTariff` admin
 //! transactions record a version's canonical JSON, validated when applied; `GET /v1/tariffs`
-//! lists them. Settlement still uses the flat price (rules version 1); settling by these
-//! versions comes with rules version 2.
+//! lists them; rules version 2 settles bound meters by the version in force at each interval's
+//! local start ([`version_at`], through the `ts/{id}` index of version starts).
 
+use chrono::NaiveDateTime;
+use domain::ids::TariffId;
 use domain::tariff::TariffVersion;
 
 use crate::state::{Overlay, StateRead, Table};
@@ -11,10 +13,14 @@ use crate::state::{Overlay, StateRead, Table};
 pub const TARIFF_PREFIX: &[u8] = b"tv/";
 
 fn key_tariff(tariff: &TariffVersion) -> Vec<u8> {
+    key_version(&tariff.id, tariff.valid_from)
+}
+
+fn key_version(id: &TariffId, from: NaiveDateTime) -> Vec<u8> {
     let mut key = TARIFF_PREFIX.to_vec();
-    key.extend_from_slice(tariff.id.to_string().as_bytes());
+    key.extend_from_slice(id.as_str().as_bytes());
     key.push(0);
-    key.extend_from_slice(tariff.valid_from.format("%Y-%m-%dT%H:%M:%S").to_string().as_bytes());
+    key.extend_from_slice(from.format("%Y-%m-%dT%H:%M:%S").to_string().as_bytes());
     key
 }
 
@@ -30,7 +36,39 @@ pub(crate) fn publish(state: &mut Overlay<'_>, tariff_json: &[u8]) -> Result<(),
         ));
     }
     state.put(Table::Public, key, tariff_json.to_vec());
+    let mut starts = version_starts(state, &tariff.id);
+    starts.push(tariff.valid_from);
+    starts.sort();
+    state.put(Table::Public, key_starts(&tariff.id), serde_json::to_vec(&starts).expect("dates serialise"));
     Ok(())
+}
+
+/// Index of a tariff's versions: `ts/{id}` → JSON list of their local starts, sorted.
+fn key_starts(id: &TariffId) -> Vec<u8> {
+    let mut key = b"ts/".to_vec();
+    key.extend_from_slice(id.as_str().as_bytes());
+    key
+}
+
+fn version_starts(state: &dyn StateRead, id: &TariffId) -> Vec<NaiveDateTime> {
+    state
+        .get(Table::Public, &key_starts(id))
+        .map(|bytes| serde_json::from_slice(&bytes).expect("a committed tariff index decodes"))
+        .unwrap_or_default()
+}
+
+/// The version of tariff `id` in force at local time `local` (the latest starting at or before
+/// it, if it has not ended), if any.
+pub fn version_at(state: &dyn StateRead, id: &TariffId, local: NaiveDateTime) -> Option<TariffVersion> {
+    let from = version_starts(state, id).into_iter().rev().find(|from| *from <= local)?;
+    let tariff = version(state, id, from)?;
+    tariff.valid_to.is_none_or(|to| local < to).then_some(tariff)
+}
+
+/// The version of tariff `id` starting at `from`.
+pub fn version(state: &dyn StateRead, id: &TariffId, from: NaiveDateTime) -> Option<TariffVersion> {
+    let bytes = state.get(Table::Public, &key_version(id, from))?;
+    Some(TariffVersion::from_canonical_json(&bytes).expect("a committed tariff version was validated"))
 }
 
 /// The published versions, in key order (by id, then start), from the public table's entries

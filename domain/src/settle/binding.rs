@@ -28,6 +28,30 @@ pub struct Binding {
 }
 
 impl Binding {
+    /// The bytes a `Bind` admin transaction carries: serde_json of the struct (fields in
+    /// declaration order, no floats), so every node records the same bytes.
+    pub fn to_canonical_json(&self) -> Vec<u8> {
+        serde_json::to_vec(self).expect("a binding serialises")
+    }
+
+    /// Decodes [`Self::to_canonical_json`]; refuses other encodings of the same binding and a
+    /// binding whose billing day or local times are invalid.
+    pub fn from_canonical_json(bytes: &[u8]) -> Result<Binding, BindingError> {
+        let binding: Binding =
+            serde_json::from_slice(bytes).map_err(|error| BindingError::Document(error.to_string()))?;
+        if binding.to_canonical_json() != bytes {
+            return Err(BindingError::Document("not canonical JSON (field order, spacing or form differs)".into()));
+        }
+        if !(1..=28).contains(&binding.billing_day) {
+            return Err(BindingError::BillingDay(binding.billing_day));
+        }
+        let (from, to) = binding.utc_range().ok_or_else(|| BindingError::OutOfRange(binding.meter.clone()))?;
+        if to.is_some_and(|to| to <= from) {
+            return Err(BindingError::Empty(binding.meter.clone()));
+        }
+        Ok(binding)
+    }
+
     /// The UTC half-open range of the binding (`None` end: open).
     pub fn utc_range(&self) -> Option<(UnixSeconds, Option<UnixSeconds>)> {
         let zone = self.time_zone.tz();
@@ -63,6 +87,10 @@ pub enum BindingError {
     OutOfRange(MeterId),
     #[error("billing_day_invalid: {0} is not a day from 1 to 28")]
     BillingDay(u32),
+    #[error("bad_binding: {0}")]
+    Document(String),
+    #[error("binding_fixed: meter {0} already has a binding from this start with another customer, supply point, tariff or zone")]
+    Fixed(MeterId),
 }
 
 /// Every meter's bindings, non-overlapping per meter.
@@ -97,6 +125,46 @@ impl Bindings {
         }
         existing.push(binding);
         existing.sort_by_key(|binding| binding.from);
+        Ok(())
+    }
+
+    /// Every meter's bindings from a list (e.g. one meter's, as the ledger stores them).
+    pub fn from_list(list: impl IntoIterator<Item = Binding>) -> Result<Self, BindingError> {
+        let mut bindings = Bindings::new();
+        for binding in list {
+            bindings.add(binding)?;
+        }
+        Ok(bindings)
+    }
+
+    /// One meter's bindings, by start.
+    pub fn of_meter(&self, meter: &MeterId) -> &[Binding] {
+        self.by_meter.get(meter).map_or(&[], Vec::as_slice)
+    }
+
+    /// Adds `binding`, or, when the meter has a binding from the same start to the same
+    /// customer, supply point, tariff and zone, replaces its end (a move-out ends an open
+    /// binding; a later move-in may reopen it). The result must not overlap.
+    pub fn upsert(&mut self, binding: Binding) -> Result<(), BindingError> {
+        let existing = self.by_meter.get(&binding.meter).cloned().unwrap_or_default();
+        let same_start = existing.iter().position(|other| other.from == binding.from);
+        let mut rebuilt = Bindings { by_meter: self.by_meter.clone() };
+        if let Some(index) = same_start {
+            let other = &existing[index];
+            let same_terms = other.customer == binding.customer
+                && other.supply_point == binding.supply_point
+                && other.tariff == binding.tariff
+                && other.time_zone == binding.time_zone
+                && other.billing_day == binding.billing_day;
+            if !same_terms {
+                return Err(BindingError::Fixed(binding.meter.clone()));
+            }
+            let mut kept = existing.clone();
+            kept.remove(index);
+            rebuilt.by_meter.insert(binding.meter.clone(), kept);
+        }
+        rebuilt.add(binding)?;
+        *self = rebuilt;
         Ok(())
     }
 

@@ -10,6 +10,7 @@ mod decimal_text;
 pub mod line;
 pub mod model;
 pub mod price;
+pub mod series;
 pub mod validate;
 
 pub use line::{kwh_of_wh, Component, Flag, Line, Overflow, Unit};
@@ -18,6 +19,7 @@ pub use model::{
     TariffVersion, Tier, TimeZone, Vat, VatBase, Window, TZDB_VERSION,
 };
 pub use price::{price_interval, IntervalEnergy, PricedInterval, PricingError};
+pub use series::{PricePoint, PriceSeries, SeriesError};
 pub use validate::{parse_toml, TariffError};
 
 #[cfg(test)]

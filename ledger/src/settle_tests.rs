@@ -1,0 +1,349 @@
+//! Rules version 2 on apply, through `state::apply` on an in-memory state: bindings, tariffs,
+//! dynamic prices, party postings, ticks closing periods, late readings as corrections. Figures
+//! are worked out by hand in each test.
+
+use std::cell::RefCell;
+use std::str::FromStr;
+
+use domain::ids::{CustomerId, GatewayId, KeyId, MeterId, PartyId, Sequence, TxId, UnixMillis, UnixSeconds};
+use domain::money::Currency;
+use domain::reading::Reading;
+use domain::settle::{AccountKind, Binding};
+use domain::tariff::{Flag, PricePoint, PriceSeries};
+use domain::tx::{AdminAction, BatchReading, ReadingBatch, SignedAdmin, Transaction, TxBody};
+use ed25519_dalek::SigningKey;
+use rust_decimal::Decimal;
+
+use super::*;
+use crate::state::{apply, Overlay, StateRead, Table, TxResult, WriteSet};
+
+#[derive(Default)]
+struct Memory {
+    state: RefCell<WriteSet>,
+    index: RefCell<u64>,
+    nonce: RefCell<u64>,
+}
+impl StateRead for Memory {
+    fn get(&self, table: Table, key: &[u8]) -> Option<Vec<u8>> {
+        self.state.borrow().puts.get(&(table, key.to_vec())).cloned()
+    }
+}
+impl Memory {
+    fn apply_at(&self, time: &str, body: TxBody) -> TxResult {
+        let index = {
+            let mut index = self.index.borrow_mut();
+            *index += 1;
+            *index
+        };
+        let mut tx_id = [0u8; 16];
+        tx_id[..8].copy_from_slice(&index.to_be_bytes());
+        let tx = Transaction { tx_id: TxId(tx_id), rules_version: 2, time: UnixMillis(utc(time).0 * 1_000), body };
+        let mut overlay = Overlay::new(self);
+        let result = apply(&mut overlay, index, &tx).expect("no halt").result;
+        let writes = overlay.writes.puts;
+        self.state.borrow_mut().puts.extend(writes);
+        result
+    }
+    fn admin(&self, action: AdminAction) -> Option<String> {
+        let nonce = {
+            let mut nonce = self.nonce.borrow_mut();
+            *nonce += 1;
+            *nonce
+        };
+        let operator = SigningKey::from_bytes(&[1; 32]);
+        self.apply_at("2026-09-01T00:00:00Z", TxBody::Admin(SignedAdmin::sign(nonce, action, &operator))).admin_refused
+    }
+    fn private(&self) -> Vec<(Vec<u8>, Vec<u8>)> {
+        let state = self.state.borrow();
+        state
+            .puts
+            .iter()
+            .filter(|((table, _), _)| *table == Table::Private)
+            .map(|((_, k), v)| (k.clone(), v.clone()))
+            .collect()
+    }
+    fn balance(&self, party: &str, kind: AccountKind) -> Decimal {
+        let key = key_party_account(&party.parse().expect("party"), kind, eur());
+        let balance: PartyBalance = get_json(self, Table::Private, &key).unwrap_or_default();
+        balance.debits - balance.credits
+    }
+}
+
+fn utc(text: &str) -> UnixSeconds {
+    UnixSeconds(chrono::DateTime::parse_from_rfc3339(text).expect("rfc 3339").timestamp())
+}
+fn eur() -> Currency {
+    Currency::new("EUR").expect("EUR")
+}
+fn dec(text: &str) -> Decimal {
+    Decimal::from_str(text).expect("decimal")
+}
+fn meter_key() -> SigningKey {
+    SigningKey::from_bytes(&[2; 32])
+}
+
+const TARIFF: &str = r#"
+id = "t1"
+currency = "EUR"
+supplier = "supplier-a"
+time_zone = "Europe/Berlin"
+valid_from = "2026-10-01T00:00:00"
+rounding = "half_away_from_zero"
+standing_charge_per_day = "0.40"
+
+[energy]
+kind = "flat"
+per_kwh = "0.3000"
+
+[export]
+kind = "feed_in"
+per_kwh = "0.0794"
+
+[vat]
+rate = "0.19"
+base = ["energy", "standing"]
+authority = "tax-de"
+"#;
+
+fn binding(from: &str, to: Option<&str>) -> Binding {
+    Binding {
+        meter: MeterId::new("M1").expect("id"),
+        customer: "C1".parse().expect("party"),
+        supply_point: "malo-1".into(),
+        tariff: "t1".parse().expect("tariff"),
+        billing_day: 1,
+        time_zone: "Europe/Berlin".parse().expect("zone"),
+        from: chrono::NaiveDateTime::from_str(from).expect("local"),
+        to: to.map(|to| chrono::NaiveDateTime::from_str(to).expect("local")),
+    }
+}
+
+/// C1 (EUR) with meter M1; tariff t1 published; M1 bound from 1 October 2026, local time.
+fn configured(bound: bool) -> Memory {
+    let memory = Memory::default();
+    let customer = CustomerId::new("C1").expect("id");
+    let tariff = domain::tariff::parse_toml(TARIFF).expect("valid tariff");
+    let mut actions = vec![
+        AdminAction::RegisterCustomer { customer_id: customer.clone(), currency: eur() },
+        AdminAction::RegisterMeter {
+            meter_id: MeterId::new("M1").expect("id"),
+            key_id: KeyId(1),
+            public_key: meter_key().verifying_key().to_bytes(),
+            customer_id: customer,
+        },
+        AdminAction::PublishTariff { tariff_json: tariff.to_canonical_json() },
+    ];
+    if bound {
+        actions.push(AdminAction::Bind { binding_json: binding("2026-10-01T00:00:00", None).to_canonical_json() });
+    }
+    for action in actions {
+        assert_eq!(memory.admin(action), None);
+    }
+    memory
+}
+
+/// A 15-minute reading of M1 starting at `start` (UTC) with `import_wh` and `export_wh`.
+fn reading(sequence: u64, start: &str, import_wh: u64, export_wh: u64) -> Reading {
+    let mut reading = Reading::import_interval(
+        MeterId::new("M1").expect("id"),
+        KeyId(1),
+        Sequence(sequence),
+        utc(start),
+        10_000 * sequence,
+        import_wh,
+    );
+    reading.export_start_wh = 5_000 * sequence;
+    reading.export_end_wh = 5_000 * sequence + export_wh;
+    reading
+}
+
+fn batch(readings: &[Reading]) -> TxBody {
+    let key = meter_key();
+    let public = key.verifying_key().to_bytes();
+    let items = readings.iter().map(|r| (r.sign(&key).expect("valid"), public)).collect();
+    let verified = domain::verify::verify_batch(items, &mut rand::thread_rng());
+    TxBody::Readings(ReadingBatch {
+        gateway_id: GatewayId::new("gw").expect("id"),
+        readings: verified.into_iter().map(|v| BatchReading { reading: v.expect("valid"), backfill: false }).collect(),
+    })
+}
+
+fn codes(result: &TxResult) -> Vec<&'static str> {
+    result.readings.iter().map(|r| r.code()).collect()
+}
+
+fn c1() -> PartyId {
+    "C1".parse().expect("party")
+}
+
+fn statement_of(memory: &Memory, period_start: &str) -> Statement {
+    let record: PeriodRecord =
+        get_json(memory, Table::Private, &key_period(&c1(), utc(period_start))).expect("period record");
+    record.statement.expect("closed")
+}
+
+fn line(statement: &Statement, key: &str, correction: bool) -> Decimal {
+    statement
+        .lines
+        .iter()
+        .filter(|line| line.component.key() == key && line.correction == correction)
+        .map(|line| line.amount)
+        .sum()
+}
+
+/// October 2026 in Europe/Berlin (31 days, across the DST change) for C1:
+/// - 12:00 local on the 5th, 1,000 Wh imported: 1 kWh × 0.30 = 0.30;
+/// - 12:15, 2,000 Wh exported: 2 kWh × 0.0794 = 0.1588 credited.
+///
+/// Close (the first tick a day after 1 November 00:00 CET): energy 0.30, export −0.16, standing
+/// 31 × 0.40 = 12.40, VAT 0.19 × (0.30 + 12.40) = 2.413 → 2.41; total 14.95; rounding
+/// difference (0.30 − 0.16) − (0.30 − 0.1588) = −0.0012.
+///
+/// Then a late reading of 20 October (500 Wh: 0.15) and 2 kWh on 3 November (0.60). November's
+/// statement: energy 0.60, correction 0.15, standing 30 × 0.40 = 12.00, VAT 0.19 × 12.75 =
+/// 2.4225 → 2.42; total 15.17. The customer's billed balance is 14.95 + 15.17 = 30.12; its
+/// accrued balance is back to zero; every currency's debits equal its credits.
+#[test]
+fn a_bound_meter_settles_by_its_tariff_and_ticks_close_its_periods() {
+    let memory = configured(true);
+    let result = memory.apply_at(
+        "2026-10-05T10:20:00Z",
+        batch(&[reading(1, "2026-10-05T10:00:00Z", 1_000, 0), reading(2, "2026-10-05T10:15:00Z", 0, 2_000)]),
+    );
+    assert_eq!(codes(&result), ["accepted", "accepted"]);
+    assert_eq!(memory.balance("C1", AccountKind::Accrued), dec("0.1412"));
+    assert_eq!(memory.balance("supplier-a", AccountKind::Revenue), dec("-0.1412"));
+    check_party_books(&memory.private()).expect("books balance");
+
+    // Before the grace window has passed, a tick closes nothing.
+    memory.apply_at("2026-11-01T12:00:00Z", TxBody::Tick);
+    assert!(!close_is_due(&memory, utc("2026-11-01T12:00:00Z")));
+    assert!(close_is_due(&memory, utc("2026-11-02T00:00:00Z")));
+    memory.apply_at("2026-11-02T00:00:00Z", TxBody::Tick);
+    let october = statement_of(&memory, "2026-09-30T22:00:00Z");
+    assert_eq!(line(&october, "energy:flat", false), dec("0.30"));
+    assert_eq!(line(&october, "export", false), dec("-0.16"));
+    assert_eq!(line(&october, "standing", false), dec("12.40"));
+    assert_eq!(october.vat_total, dec("2.41"));
+    assert_eq!(october.total, dec("14.95"));
+    assert_eq!((october.intervals_settled, october.intervals_in_period), (2, 2_980));
+    assert_eq!(memory.balance("C1", AccountKind::Billed), dec("14.95"));
+    assert_eq!(memory.balance("C1", AccountKind::Accrued), Decimal::ZERO);
+    assert_eq!(memory.balance("supplier-a", AccountKind::Rounding), dec("0.0012"));
+    check_party_books(&memory.private()).expect("books balance");
+
+    let late = memory.apply_at(
+        "2026-11-03T10:20:00Z",
+        batch(&[reading(3, "2026-10-20T10:00:00Z", 500, 0), reading(4, "2026-11-03T10:00:00Z", 2_000, 0)]),
+    );
+    assert_eq!(codes(&late), ["accepted", "accepted"]);
+    assert_eq!(statement_of(&memory, "2026-09-30T22:00:00Z"), october, "a closed statement is frozen");
+    memory.apply_at("2026-12-02T00:00:00Z", TxBody::Tick);
+    let november = statement_of(&memory, "2026-10-31T23:00:00Z");
+    assert_eq!(line(&november, "energy:flat", false), dec("0.60"));
+    assert_eq!(line(&november, "energy:flat", true), dec("0.15"));
+    assert_eq!(line(&november, "standing", false), dec("12.00"));
+    assert_eq!(november.total, dec("15.17"));
+    assert_eq!(memory.balance("C1", AccountKind::Billed), dec("30.12"));
+    assert_eq!(memory.balance("C1", AccountKind::Accrued), Decimal::ZERO);
+    check_party_books(&memory.private()).expect("books balance");
+    assert!(!close_is_due(&memory, utc("2026-12-03T00:00:00Z")), "nothing left to close");
+}
+
+/// A bound meter's interval before its binding waits (`unbound`, nothing written, not marked
+/// seen); once a binding covers it, the same reading settles.
+#[test]
+fn an_interval_outside_the_bindings_waits_until_a_binding_covers_it() {
+    let memory = configured(true);
+    let early = || batch(&[reading(1, "2026-09-30T10:00:00Z", 1_000, 0)]);
+    assert_eq!(codes(&memory.apply_at("2026-09-30T10:20:00Z", early())), ["unbound"]);
+    assert!(crate::state::meter_summary(&memory, &MeterId::new("M1").expect("id"), KeyId(1)).is_none());
+    assert_eq!(memory.balance("C1", AccountKind::Accrued), Decimal::ZERO);
+    // Moving the start is another binding that would overlap the first: refused.
+    let overlapping = binding("2026-09-01T00:00:00", None).to_canonical_json();
+    assert!(memory
+        .admin(AdminAction::Bind { binding_json: overlapping })
+        .expect("refused")
+        .starts_with("binding_overlap"));
+    // September alone, then the reading settles (September's tariff t1 is not in force before
+    // 1 October: it waits with `no_tariff` instead, until a version covers it).
+    let september = binding("2026-09-01T00:00:00", Some("2026-10-01T00:00:00")).to_canonical_json();
+    assert_eq!(memory.admin(AdminAction::Bind { binding_json: september }), None);
+    assert_eq!(codes(&memory.apply_at("2026-09-30T10:21:00Z", early())), ["no_tariff"]);
+    let mut older = domain::tariff::parse_toml(TARIFF).expect("valid");
+    older.valid_from = chrono::NaiveDateTime::from_str("2026-09-01T00:00:00").expect("local");
+    older.valid_to = Some(chrono::NaiveDateTime::from_str("2026-10-01T00:00:00").expect("local"));
+    assert_eq!(memory.admin(AdminAction::PublishTariff { tariff_json: older.to_canonical_json() }), None);
+    assert_eq!(codes(&memory.apply_at("2026-09-30T10:22:00Z", early())), ["accepted"]);
+    assert_eq!(memory.balance("C1", AccountKind::Accrued), dec("0.30"));
+    assert_eq!(codes(&memory.apply_at("2026-09-30T10:23:00Z", early())), ["duplicate"]);
+}
+
+/// A move-out on 16 October 00:00 local ends the binding: October's period is 1–15 October
+/// (15 standing days: 6.00), and an interval after the move-out waits as `unbound`.
+#[test]
+fn a_move_out_ends_the_binding_and_shortens_the_period() {
+    let memory = configured(true);
+    let moved_out = binding("2026-10-01T00:00:00", Some("2026-10-16T00:00:00")).to_canonical_json();
+    assert_eq!(memory.admin(AdminAction::Bind { binding_json: moved_out }), None);
+    let result = memory.apply_at(
+        "2026-10-20T00:00:00Z",
+        batch(&[reading(1, "2026-10-05T10:00:00Z", 1_000, 0), reading(2, "2026-10-18T10:00:00Z", 1_000, 0)]),
+    );
+    assert_eq!(codes(&result), ["accepted", "unbound"]);
+    memory.apply_at("2026-10-17T00:00:00Z", TxBody::Tick);
+    let period = statement_of(&memory, "2026-09-30T22:00:00Z");
+    assert_eq!(period.period.end_date, chrono::NaiveDate::from_ymd_opt(2026, 10, 16).expect("date"));
+    assert_eq!(line(&period, "standing", false), dec("6.00"));
+    // 0.19 × (0.30 + 6.00) = 1.197 → 1.20; total 7.50.
+    assert_eq!(period.total, dec("7.50"));
+}
+
+/// A dynamic tariff prices each interval at its published price (here negative) plus markup;
+/// an interval without a published price takes the fallback and is flagged.
+#[test]
+fn dynamic_prices_are_their_own_transaction_and_a_missing_one_falls_back() {
+    let memory = configured(false);
+    let mut dynamic = domain::tariff::parse_toml(TARIFF).expect("valid");
+    dynamic.energy =
+        domain::tariff::EnergyPrice::Dynamic { markup_per_kwh: dec("0.0200"), fallback_per_kwh: dec("0.3500") };
+    assert_eq!(memory.admin(AdminAction::PublishTariff { tariff_json: dynamic_json(&dynamic) }), Some(
+        "tariff_version_exists: t1 from 2026-10-01 00:00:00 is published already; publish a new version from another time".into()
+    ));
+    dynamic.valid_from = chrono::NaiveDateTime::from_str("2026-10-05T00:00:00").expect("local");
+    assert_eq!(memory.admin(AdminAction::PublishTariff { tariff_json: dynamic_json(&dynamic) }), None);
+    assert_eq!(
+        memory.admin(AdminAction::Bind { binding_json: binding("2026-10-01T00:00:00", None).to_canonical_json() }),
+        None
+    );
+    let series = PriceSeries {
+        tariff: "t1".parse().expect("id"),
+        prices: [(utc("2026-10-05T10:00:00Z").0, PricePoint(dec("-0.0500")))].into_iter().collect(),
+    };
+    assert_eq!(memory.admin(AdminAction::PublishPrices { prices_json: series.to_canonical_json() }), None);
+    let mut changed = series.clone();
+    changed.prices.insert(utc("2026-10-05T10:00:00Z").0, PricePoint(dec("0.1000")));
+    assert!(memory
+        .admin(AdminAction::PublishPrices { prices_json: changed.to_canonical_json() })
+        .expect("refused")
+        .starts_with("price_fixed"));
+    let result = memory.apply_at(
+        "2026-10-05T10:40:00Z",
+        batch(&[reading(1, "2026-10-05T10:00:00Z", 1_000, 0), reading(2, "2026-10-05T10:15:00Z", 1_000, 0)]),
+    );
+    assert_eq!(codes(&result), ["accepted", "accepted"]);
+    // (−0.05 + 0.02) × 1 kWh = −0.03; fallback 0.35 × 1 kWh = 0.35.
+    let intervals = period_intervals(
+        &memory,
+        &c1(),
+        &period_of(&binding("2026-10-01T00:00:00", None), utc("2026-10-05T10:00:00Z")).expect("period"),
+    );
+    let charges: Vec<Decimal> = intervals.iter().map(|(_, record)| record.charge(&c1())).collect();
+    assert_eq!(charges, [dec("-0.03"), dec("0.35")]);
+    assert!(intervals[1].1.priced.flags.contains(&Flag::DynamicPriceFallback));
+    assert!(!intervals[0].1.priced.flags.contains(&Flag::DynamicPriceFallback));
+}
+
+fn dynamic_json(tariff: &domain::tariff::TariffVersion) -> Vec<u8> {
+    tariff.to_canonical_json()
+}

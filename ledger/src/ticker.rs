@@ -1,0 +1,33 @@
+//! The leader's tick loop: the state machine never reads a clock, so deadlines (a billing
+//! period's close after its grace window) are driven by tick transactions the leader stamps with
+//! its time (DESIGN.md, Time). Every node runs the loop; it acts only while it leads, and
+//! proposes a tick only when one would close a period, so an idle ledger's log does not grow.
+
+use std::time::Duration;
+
+use domain::ids::UnixSeconds;
+use domain::limits::TICK_INTERVAL_MS;
+use domain::tx::TxBody;
+
+use crate::api::AppState;
+
+/// Every `TICK_INTERVAL_MS` while leading: if a period's close is due at this node's time,
+/// propose a tick (applying it closes every due period).
+pub async fn propose_ticks(app: AppState) {
+    loop {
+        tokio::time::sleep(Duration::from_millis(TICK_INTERVAL_MS)).await;
+        if app.raft.metrics().borrow().current_leader != Some(app.node_id) {
+            continue;
+        }
+        let now = UnixSeconds(app.clock.now().0.div_euclid(1_000));
+        if !crate::settle::close_is_due(&app.store.state(), now) {
+            continue;
+        }
+        match app.raft.client_write(crate::signer::internal_transaction(&app, TxBody::Tick)).await {
+            Ok(response) => {
+                tracing::info!(index = response.log_id.index, "tick proposed: a billing period is due to close")
+            }
+            Err(error) => tracing::debug!(%error, "tick not committed"),
+        }
+    }
+}
