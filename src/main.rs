@@ -9,6 +9,7 @@ mod cli;
 mod process;
 mod progress;
 mod sandbox;
+mod sandbox_tariff;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;

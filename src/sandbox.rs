@@ -22,15 +22,11 @@ pub struct SandboxArgs {
     /// Simulated seconds per real second (900: a 15-minute interval per second).
     #[arg(long, default_value_t = 900)]
     speed: u32,
-    /// Simulated start instant.
-    #[arg(long, default_value = "2026-01-05T00:00:00Z")]
+    /// Simulated start instant: 11:30 Berlin time on Tuesday 6 January 2026, so the first
+    /// intervals are priced by time of use and, from 12:00, by the day of dynamic prices
+    /// (src/sandbox_tariff.rs has the tariff).
+    #[arg(long, default_value = "2026-01-06T10:30:00Z")]
     start: chrono::DateTime<chrono::Utc>,
-    /// Flat price per kWh.
-    #[arg(long, default_value = "0.3120")]
-    price_per_kwh: Decimal,
-    /// Currency of the price.
-    #[arg(long, default_value = "EUR")]
-    currency: String,
     /// Seed of the fleet.
     #[arg(long, default_value_t = 1)]
     seed: u64,
@@ -97,11 +93,14 @@ pub async fn run(args: SandboxArgs) -> anyhow::Result<()> {
     registry[legacy as usize].attested_by = Some(gateway_id.clone());
     std::fs::write(data_dir.join("meters.json"), serde_json::to_string_pretty(&registry)?)?;
     let admin_config = data_dir.join("ledger-config.toml");
+    let (tariff_files, prices_file) = crate::sandbox_tariff::write(&data_dir)?;
     std::fs::write(
         &admin_config,
         format!(
-            "registries = [\"meters.json\"]\n\n[tariff]\ncurrency = \"{}\"\nprice_per_kwh = \"{}\"\n",
-            args.currency, args.price_per_kwh
+            "registries = [\"meters.json\"]\n\n[settlement]\ncurrency = \"EUR\"\ntariffs = {tariff_files:?}\n\
+             prices = [{prices_file:?}]\n\n[settlement.binding]\ntariff = \"{}\"\ntime_zone = \"Europe/Berlin\"\n\
+             billing_day = 1\nfrom = \"2026-01-01T00:00:00\"\n",
+            crate::sandbox_tariff::TARIFF_ID
         ),
     )?;
     let broker_port = free_port()?;
@@ -216,6 +215,10 @@ pub async fn run(args: SandboxArgs) -> anyhow::Result<()> {
     println!();
     println!("Fetch a customer's running bill:");
     println!("  curl -s http://{}/v1/customers/{first_customer}/bill", billing.address);
+    println!("its open statement (time of use, a dynamic-price day, PV feed-in, VAT; src/sandbox_tariff.rs):");
+    println!("  curl -s http://{}/v1/customers/{first_customer}/statements", billing.address);
+    println!("and usage and cost per 15-minute interval:");
+    println!("  curl -s http://{}/v1/customers/{first_customer}/intervals", billing.address);
     println!();
     let truth_path = data_dir.join("ground-truth.bin");
     let sim_config = firmware_sim::SimConfig {
@@ -254,15 +257,7 @@ pub async fn run(args: SandboxArgs) -> anyhow::Result<()> {
             crate::progress::finish();
             let summary = summary?;
             tracing::info!(published = summary.published, "fleet finished; checking the bills");
-            check_bills(
-                &http,
-                &format!("http://{}", billing.address),
-                &truth_path,
-                args.price_per_kwh,
-                intervals,
-                legacy,
-            )
-            .await
+            check_bills(&http, &format!("http://{}", billing.address), &truth_path, intervals, legacy).await
         }
         None => {
             tokio::select! {
@@ -280,16 +275,49 @@ pub async fn run(args: SandboxArgs) -> anyhow::Result<()> {
     outcome
 }
 
+/// The open statement billing serves for `customer`: its interval lines must sum, unrounded, to
+/// the ground truth's charge, cover `count` intervals, and add up (net + VAT = total; VAT and
+/// the standing charge present).
+async fn check_statement(
+    http: &reqwest::Client,
+    billing_url: &str,
+    customer: &str,
+    charge: Decimal,
+    count: u64,
+) -> anyhow::Result<()> {
+    let statements: domain::api::CustomerStatements = http
+        .get(format!("{billing_url}/v1/customers/{customer}/statements"))
+        .send()
+        .await?
+        .error_for_status()?
+        .json()
+        .await?;
+    let [open] = statements.open.as_slice() else {
+        bail!("{} open statements, expected 1", statements.open.len());
+    };
+    let interval_lines = |line: &&domain::settle::StatementLine| {
+        !matches!(line.component, domain::tariff::Component::Standing | domain::tariff::Component::Vat)
+    };
+    let unrounded: Decimal = open.lines.iter().filter(interval_lines).map(|line| line.amount_unrounded).sum();
+    let has = |component: domain::tariff::Component| open.lines.iter().any(|line| line.component == component);
+    anyhow::ensure!(unrounded == charge, "interval lines sum to {unrounded}, the ground truth to {charge}");
+    anyhow::ensure!(u64::from(open.intervals_settled) == count, "{} intervals settled", open.intervals_settled);
+    anyhow::ensure!(open.net_total + open.vat_total == open.total, "net + VAT != total");
+    anyhow::ensure!(has(domain::tariff::Component::Standing), "no standing charge");
+    anyhow::ensure!(open.vat_total > Decimal::ZERO, "no VAT");
+    Ok(())
+}
+
 async fn fetch_bill(http: &reqwest::Client, billing_url: &str, customer: &str) -> anyhow::Result<billing::Bill> {
     Ok(http.get(format!("{billing_url}/v1/customers/{customer}/bill")).send().await?.error_for_status()?.json().await?)
 }
 
-/// Smoke mode: every customer's served bill must equal the ground truth times the price.
+/// Smoke mode: every customer's served bill (its interval charges so far, rounded once) must
+/// equal the ground truth times the tariff, reckoned here by `sandbox_tariff::interval_charge`.
 async fn check_bills(
     http: &reqwest::Client,
     billing_url: &str,
     truth_path: &Path,
-    price_per_kwh: Decimal,
     intervals: u64,
     legacy: u32,
 ) -> anyhow::Result<()> {
@@ -302,11 +330,14 @@ async fn check_bills(
     }
     let legacy_customer = firmware_sim::customer_id(legacy).to_string();
     let truth: Vec<_> = truth_file.records.into_iter().filter(|record| record.meter != legacy).collect();
-    let mut expected: BTreeMap<String, (u64, u64)> = BTreeMap::new();
+    let prices = crate::sandbox_tariff::dynamic_prices();
+    let mut expected: BTreeMap<String, (u64, u64, Decimal)> = BTreeMap::new();
     for record in &truth {
         let entry = expected.entry(firmware_sim::customer_id(record.meter).to_string()).or_default();
         entry.0 += record.import_wh;
         entry.1 += 1;
+        let start = truth_file.fleet.interval_start(record.sequence).0;
+        entry.2 += crate::sandbox_tariff::interval_charge(start, record.import_wh, record.export_wh, &prices);
     }
     let mut bills = BTreeMap::new();
     let deadline = tokio::time::Instant::now() + SETTLE_WAIT_MAX;
@@ -321,10 +352,10 @@ async fn check_bills(
         }
     }
     let mut mismatches = 0;
-    for (customer, (import_wh, count)) in &expected {
+    for (customer, (import_wh, count, charge)) in &expected {
         let bill = &bills[customer];
         let energy_kwh = Decimal::from(*import_wh) / Decimal::from(1000u32);
-        let amount = (energy_kwh * price_per_kwh).round_dp_with_strategy(
+        let amount = charge.round_dp_with_strategy(
             bill.currency.minor_unit_digits(),
             rust_decimal::RoundingStrategy::MidpointAwayFromZero,
         );
@@ -334,6 +365,10 @@ async fn check_bills(
                 "MISMATCH {customer}: served {} {} for {} kWh over {} intervals; ground truth {amount} for {energy_kwh} kWh over {count}",
                 bill.amount, bill.currency, bill.energy_import_kwh, bill.intervals_settled
             );
+        }
+        if let Err(reason) = check_statement(http, billing_url, customer, *charge, *count).await {
+            mismatches += 1;
+            eprintln!("MISMATCH {customer}: statement: {reason}");
         }
     }
     let attested = fetch_bill(http, billing_url, &legacy_customer).await?;

@@ -107,6 +107,8 @@ pub async fn start(config: BillingConfig) -> anyhow::Result<BillingHandle> {
     };
     let router = Router::new()
         .route("/v1/customers/{customer_id}/bill", get(bill))
+        .route("/v1/customers/{customer_id}/statements", get(statements))
+        .route("/v1/customers/{customer_id}/intervals", get(intervals))
         .route("/healthz", get(healthz))
         .route("/metrics", get(metrics))
         .with_state(shared);
@@ -130,13 +132,15 @@ fn error(status: StatusCode, code: &str, message: impl Into<String>) -> Response
     (status, Json(ErrorBody { code: code.to_string(), message: message.into() })).into_response()
 }
 
-#[tracing::instrument(skip(shared))]
-async fn bill(State(shared): State<Shared>, Path(customer_id): Path<String>) -> Response {
-    let customer_id = match CustomerId::new(customer_id) {
-        Ok(id) => id,
-        Err(reason) => return error(StatusCode::BAD_REQUEST, "bad_customer_id", reason.to_string()),
-    };
-    let url = format!("{}/v1/customers/{customer_id}/account", shared.config.ledger_url);
+/// GETs `path` from the ledger and parses it as `T`; an error is the answer to give the caller
+/// (a `Response` as the error: it is returned at once, never carried around).
+#[allow(clippy::result_large_err)]
+async fn from_ledger<T: serde::de::DeserializeOwned>(
+    shared: &Shared,
+    customer_id: &CustomerId,
+    path: &str,
+) -> Result<T, Response> {
+    let url = format!("{}{path}", shared.config.ledger_url);
     let started = std::time::Instant::now();
     let response = shared.http.get(url).send().await;
     shared.metrics.ledger_latency_seconds.observe(started.elapsed().as_secs_f64());
@@ -145,29 +149,78 @@ async fn bill(State(shared): State<Shared>, Path(customer_id): Path<String>) -> 
         Err(reason) => {
             shared.metrics.ledger_error("unreachable");
             tracing::warn!(%reason, "ledger unreachable");
-            return error(StatusCode::BAD_GATEWAY, "ledger_unavailable", "the ledger did not answer; retry");
+            return Err(error(StatusCode::BAD_GATEWAY, "ledger_unavailable", "the ledger did not answer; retry"));
         }
     };
     match response.status() {
         StatusCode::OK => {}
         StatusCode::NOT_FOUND => {
-            return error(StatusCode::NOT_FOUND, "unknown_customer", format!("no customer {customer_id}"))
+            return Err(error(StatusCode::NOT_FOUND, "unknown_customer", format!("no customer {customer_id}")))
         }
         status => {
             shared.metrics.ledger_error("status");
-            return error(StatusCode::BAD_GATEWAY, "ledger_error", format!("the ledger answered {status}"));
+            return Err(error(StatusCode::BAD_GATEWAY, "ledger_error", format!("the ledger answered {status}")));
         }
     }
-    match response.json::<CustomerAccount>().await {
+    response.json::<T>().await.map_err(|reason| {
+        shared.metrics.ledger_error("unparsable");
+        tracing::error!(%reason, "ledger answer did not parse");
+        error(StatusCode::BAD_GATEWAY, "ledger_error", "the ledger's answer did not parse")
+    })
+}
+
+#[allow(clippy::result_large_err)]
+fn customer(customer_id: String) -> Result<CustomerId, Response> {
+    CustomerId::new(customer_id).map_err(|reason| error(StatusCode::BAD_REQUEST, "bad_customer_id", reason.to_string()))
+}
+
+/// The running total of the customer's interval charges, rounded once.
+#[tracing::instrument(skip(shared))]
+async fn bill(State(shared): State<Shared>, Path(customer_id): Path<String>) -> Response {
+    let customer_id = match customer(customer_id) {
+        Ok(id) => id,
+        Err(response) => return response,
+    };
+    match from_ledger::<CustomerAccount>(&shared, &customer_id, &format!("/v1/customers/{customer_id}/account")).await {
         Ok(account) => {
             shared.metrics.bills_served.inc();
             Json(Bill::from_account(&account)).into_response()
         }
-        Err(reason) => {
-            shared.metrics.ledger_error("unparsable");
-            tracing::error!(%reason, "ledger answer did not parse");
-            error(StatusCode::BAD_GATEWAY, "ledger_error", "the ledger's answer did not parse")
-        }
+        Err(response) => response,
+    }
+}
+
+/// The customer's statements as the ledger settled them: the open period (what its close would
+/// state now: lines rounded once, VAT, total, completeness) and the closed ones.
+#[tracing::instrument(skip(shared))]
+async fn statements(State(shared): State<Shared>, Path(customer_id): Path<String>) -> Response {
+    let customer_id = match customer(customer_id) {
+        Ok(id) => id,
+        Err(response) => return response,
+    };
+    let path = format!("/v1/customers/{customer_id}/statements");
+    match from_ledger::<domain::api::CustomerStatements>(&shared, &customer_id, &path).await {
+        Ok(statements) => Json(statements).into_response(),
+        Err(response) => response,
+    }
+}
+
+/// Usage and cost per 15-minute interval (`from`, `to`: UTC seconds, passed to the ledger).
+#[tracing::instrument(skip(shared))]
+async fn intervals(
+    State(shared): State<Shared>,
+    Path(customer_id): Path<String>,
+    axum::extract::RawQuery(query): axum::extract::RawQuery,
+) -> Response {
+    let customer_id = match customer(customer_id) {
+        Ok(id) => id,
+        Err(response) => return response,
+    };
+    let query = query.filter(|query| query.bytes().all(|b| b.is_ascii_alphanumeric() || b"=&-".contains(&b)));
+    let path = format!("/v1/customers/{customer_id}/intervals?{}", query.unwrap_or_default());
+    match from_ledger::<Vec<domain::api::CustomerInterval>>(&shared, &customer_id, &path).await {
+        Ok(intervals) => Json(intervals).into_response(),
+        Err(response) => response,
     }
 }
 

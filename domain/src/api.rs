@@ -196,3 +196,46 @@ pub struct SubmitAdminResponse {
 /// The content type of every process's `/metrics`: prometheus-client writes OpenMetrics text,
 /// and Prometheus reads counters' `_total` samples under their `# TYPE` names only with it.
 pub const OPENMETRICS_CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
+
+/// `GET /v1/customers/{id}/statements`: a customer's billing periods (issue 13). The open ones
+/// show what their close would state now (lines, totals, completeness); closed ones are frozen.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CustomerStatements {
+    pub customer_id: CustomerId,
+    pub open: Vec<crate::settle::Statement>,
+    pub closed: Vec<crate::settle::Statement>,
+    /// Periods whose close was refused, with the reason (a configuration error to fix).
+    pub refused: Vec<RefusedClose>,
+    pub as_of_ms: i64,
+    pub applied_index: u64,
+}
+
+/// A period whose close the ledger refused.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RefusedClose {
+    pub period: crate::settle::BillingPeriod,
+    pub reason: String,
+}
+
+/// `GET /v1/customers/{id}/intervals?from=&to=`: usage and cost per settled 15-minute interval.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CustomerInterval {
+    /// UTC start, seconds.
+    pub start: i64,
+    /// Start in the customer's local time.
+    pub local_start: chrono::NaiveDateTime,
+    pub import_wh: u64,
+    pub export_wh: u64,
+    /// How the value was obtained (actual, estimated, corrected).
+    pub quality: crate::settle::Quality,
+    pub flags: Vec<crate::tariff::Flag>,
+    /// Whether readings cover the whole interval yet.
+    pub complete: bool,
+    pub meters: Vec<MeterId>,
+    pub tariff: crate::ids::TariffId,
+    /// The interval's lines at full precision (energy, network, levies, export).
+    pub lines: Vec<crate::tariff::Line>,
+    /// The customer's net charge for the interval, full precision (negative: a credit).
+    #[serde(with = "rust_decimal::serde::str")]
+    pub charge: Decimal,
+}

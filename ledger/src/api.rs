@@ -69,6 +69,8 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/admin", post(crate::admin::submit_admin))
         .route("/v1/config", get(public_config))
         .route("/v1/tariffs", get(list_tariffs))
+        .route("/v1/customers/{customer_id}/statements", get(crate::statements::customer_statements))
+        .route("/v1/customers/{customer_id}/intervals", get(crate::statements::customer_intervals))
         .route_layer(axum::middleware::from_fn_with_state(state.clone(), refuse_while_installing));
     Router::new()
         .merge(client_api)

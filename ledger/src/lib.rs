@@ -23,6 +23,7 @@ pub mod signer;
 pub mod simulation;
 pub mod snapshot;
 pub mod state;
+pub mod statements;
 pub mod store;
 pub mod submit;
 pub mod tariffs;

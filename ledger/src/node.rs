@@ -62,9 +62,41 @@ pub struct NodeConfig {
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct AdminConfig {
-    pub tariff: TariffConfig,
+    /// The walking skeleton's flat price (rules version 1; meters without bindings).
+    #[serde(default)]
+    pub tariff: Option<TariffConfig>,
+    /// Settlement by tariff versions (rules version 2): every registry meter is bound to its
+    /// customer under `settlement.binding`.
+    #[serde(default)]
+    pub settlement: Option<SettlementConfig>,
     /// Meter registries written by `wattle sim --registry-out`, relative to this file.
     pub registries: Vec<PathBuf>,
+}
+
+/// Tariff versions, price series and the binding every registry meter gets.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SettlementConfig {
+    /// Customers' currency.
+    pub currency: Currency,
+    /// Tariff version files (TOML, docs/tariffs.md), relative to this file.
+    #[serde(default)]
+    pub tariffs: Vec<PathBuf>,
+    /// Dynamic price series (JSON, `tariff::PriceSeries`), relative to this file.
+    #[serde(default)]
+    pub prices: Vec<PathBuf>,
+    pub binding: BindingTerms,
+}
+
+/// The terms of each meter's binding: the meter's customer, the meter id as supply point.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BindingTerms {
+    pub tariff: domain::ids::TariffId,
+    pub time_zone: domain::tariff::TimeZone,
+    pub billing_day: u32,
+    /// Local date-time the bindings start.
+    pub from: chrono::NaiveDateTime,
 }
 
 /// The flat tariff of the walking skeleton.
@@ -409,6 +441,37 @@ pub async fn submit_admin_to(
     }
 }
 
+/// The tariff versions and price series of `settlement` not yet in the ledger.
+fn settlement_actions(
+    state_view: &dyn crate::state::StateRead,
+    base: &Path,
+    settlement: &SettlementConfig,
+) -> anyhow::Result<Vec<AdminAction>> {
+    let mut actions = Vec::new();
+    for file in &settlement.tariffs {
+        let file = base.join(file);
+        let text = std::fs::read_to_string(&file).with_context(|| format!("reading tariff {}", file.display()))?;
+        let tariff = domain::tariff::parse_toml(&text).with_context(|| format!("tariff {}", file.display()))?;
+        if crate::tariffs::version(state_view, &tariff.id, tariff.valid_from).is_none() {
+            actions.push(AdminAction::PublishTariff { tariff_json: tariff.to_canonical_json() });
+        }
+    }
+    for file in &settlement.prices {
+        let file = base.join(file);
+        let text = std::fs::read(&file).with_context(|| format!("reading prices {}", file.display()))?;
+        let series: domain::tariff::PriceSeries =
+            serde_json::from_slice(&text).with_context(|| format!("prices {}", file.display()))?;
+        series.validate().with_context(|| format!("prices {}", file.display()))?;
+        let published = series.prices.iter().all(|(start, price)| {
+            crate::settle::dynamic_price(state_view, &series.tariff, domain::ids::UnixSeconds(*start)) == Some(price.0)
+        });
+        if !published {
+            actions.push(AdminAction::PublishPrices { prices_json: series.to_canonical_json() });
+        }
+    }
+    Ok(actions)
+}
+
 /// Submits the admin transactions needed to make the ledger's configuration match the file:
 /// idempotent, so a restart with the same file changes nothing.
 pub async fn load_admin_config(
@@ -431,16 +494,27 @@ pub async fn load_admin_config(
     }
     let mut actions = Vec::new();
     let state_view = app.store.state();
-    let price = UnitPrice { per_kwh: config.tariff.price_per_kwh, currency: config.tariff.currency };
-    if state::flat_price(&state_view) != Some(price) {
-        actions.push(AdminAction::SetFlatPrice(price));
+    if let Some(tariff) = &config.tariff {
+        let price = UnitPrice { per_kwh: tariff.price_per_kwh, currency: tariff.currency };
+        if state::flat_price(&state_view) != Some(price) {
+            actions.push(AdminAction::SetFlatPrice(price));
+        }
+    }
+    let currency = match (&config.settlement, &config.tariff) {
+        (Some(settlement), _) => settlement.currency,
+        (None, Some(tariff)) => tariff.currency,
+        (None, None) => bail!("{}: needs [tariff] or [settlement]", path.display()),
+    };
+    if let Some(settlement) = &config.settlement {
+        actions.extend(settlement_actions(&state_view, base, settlement)?);
     }
     let customers: BTreeSet<CustomerId> = meters.iter().map(|meter| meter.customer_id.clone()).collect();
     for customer_id in customers {
         if state::customer_currency(&state_view, &customer_id).is_none() {
-            actions.push(AdminAction::RegisterCustomer { customer_id, currency: config.tariff.currency });
+            actions.push(AdminAction::RegisterCustomer { customer_id, currency });
         }
     }
+    let mut bindings = Vec::new();
     for meter in meters {
         let public_key: [u8; 32] = hex::decode(&meter.public_key)
             .ok()
@@ -470,7 +544,25 @@ pub async fn load_admin_config(
                 },
             });
         }
+        if let Some(settlement) = &config.settlement {
+            let terms = &settlement.binding;
+            let binding = domain::settle::Binding {
+                meter: meter.meter_id.clone(),
+                customer: meter.customer_id.as_str().parse()?,
+                supply_point: meter.meter_id.to_string(),
+                tariff: terms.tariff.clone(),
+                billing_day: terms.billing_day,
+                time_zone: terms.time_zone,
+                from: terms.from,
+                to: None,
+            };
+            if !crate::settle::bindings_of(&state_view, &meter.meter_id).contains(&binding) {
+                bindings.push(AdminAction::Bind { binding_json: binding.to_canonical_json() });
+            }
+        }
     }
+    // Bindings after every customer is registered.
+    actions.extend(bindings);
     let mut nonce = state::admin_nonce(&state_view);
     let count = actions.len();
     for action in actions {

@@ -193,6 +193,9 @@ pub fn dynamic_price(state: &dyn StateRead, tariff: &TariffId, start: UnixSecond
 
 // ---- readings ---------------------------------------------------------------------------------
 
+/// One interval's writes: customer, start, interval record, period record, late interval.
+type IntervalWrite = (PartyId, UnixSeconds, IntervalRecord, Option<PeriodRecord>, Option<LateInterval>);
+
 /// What settling one reading produced: the customer's net charge (for the claims line and the
 /// meter's totals) in the customer's currency.
 pub struct ReadingCharge {
@@ -216,8 +219,7 @@ pub(crate) fn settle_reading(
     ];
     let mapped = map_registers(&samples).map_err(|_| ReadingResult::Implausible)?;
     let subject = format!("{}/{}/{}", reading.meter_id, reading.key_id.0, reading.sequence.0);
-    let mut writes: Vec<(PartyId, UnixSeconds, IntervalRecord, Option<PeriodRecord>, Option<LateInterval>)> =
-        Vec::new();
+    let mut writes: Vec<IntervalWrite> = Vec::new();
     let mut postings: Vec<Posting> = Vec::new();
     let mut total = Decimal::ZERO;
     let mut currency = None;
@@ -337,7 +339,7 @@ fn add_to_interval(
             true,
         ),
         Some(mut record) => {
-            merge(&mut record.priced, &priced).ok_or(overflow.clone())?;
+            merge(&mut record.priced, &priced).ok_or(overflow)?;
             record.meters.insert(meter.clone());
             record.covered_s = record.covered_s.saturating_add(covered_s).min(SETTLEMENT_INTERVAL_SECONDS);
             record.readings = record.readings.saturating_add(1);
