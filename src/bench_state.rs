@@ -28,6 +28,11 @@ pub struct StateBenchArgs {
     /// Receipts to build at random leaves (plus the first and the last).
     #[arg(long, default_value_t = 200)]
     receipts: u32,
+    /// Settle by this tariff version (TOML, docs/tariffs/), every meter bound to it (rules
+    /// version 2), instead of the flat price: compare the two runs' apply times for
+    /// settlement's share of the apply path.
+    #[arg(long)]
+    tariff: Option<std::path::PathBuf>,
     /// Where to keep the database (a temporary directory by default).
     #[arg(long)]
     data_dir: Option<std::path::PathBuf>,
@@ -55,6 +60,12 @@ async fn run(args: &StateBenchArgs, dir: &Path) -> anyhow::Result<()> {
     let store = ledger::store::Store::open(dir)?;
     let mut driver = Driver::new(store.clone()).await?;
     driver.configure(args.meters, rust_decimal::Decimal::new(3127, 4)).await?;
+    if let Some(path) = &args.tariff {
+        let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+        let tariff = domain::tariff::parse_toml(&text).with_context(|| format!("tariff {}", path.display()))?;
+        driver.bind_all(args.meters, &tariff).await?;
+        println!("settling by tariff {} from {} (rules version 2)", tariff.id, tariff.valid_from);
+    }
     let readings_total = u64::from(args.meters) * args.readings_per_meter;
     println!(
         "bench state: {} meters x {} readings = {readings_total} readings, {} per entry; RocksDB with fsync in {}",

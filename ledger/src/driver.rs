@@ -172,6 +172,31 @@ impl Driver {
         Ok(())
     }
 
+    /// Publishes `tariff` and binds driver meters `0..meters` to their customers under it, from
+    /// its start, billing day 1 (rules version 2 then settles them by it).
+    pub async fn bind_all(&mut self, meters: u32, tariff: &domain::tariff::TariffVersion) -> anyhow::Result<()> {
+        let refused = |what: &str, reason: String| anyhow::anyhow!("{what} refused: {reason}");
+        self.admin(AdminAction::PublishTariff { tariff_json: tariff.to_canonical_json() })
+            .await?
+            .map_err(|reason| refused("tariff", reason))?;
+        for index in 0..meters {
+            let binding = domain::settle::Binding {
+                meter: meter(index).0,
+                customer: format!("C{index:07}").parse().expect("a valid id"),
+                supply_point: format!("SP{index:07}"),
+                tariff: tariff.id.clone(),
+                billing_day: 1,
+                time_zone: tariff.time_zone,
+                from: tariff.valid_from,
+                to: None,
+            };
+            self.admin(AdminAction::Bind { binding_json: binding.to_canonical_json() })
+                .await?
+                .map_err(|reason| refused("binding", reason))?;
+        }
+        Ok(())
+    }
+
     /// Builds a snapshot of the state as it stands; returns its data file's size in bytes.
     pub async fn snapshot_bytes(&self) -> anyhow::Result<u64> {
         use openraft::RaftSnapshotBuilder;

@@ -8,6 +8,7 @@ pub mod audit;
 pub mod danger;
 pub mod driver;
 pub mod entry;
+pub mod estimate;
 pub mod forward;
 pub mod history;
 pub mod kv;

@@ -24,8 +24,8 @@ use domain::limits::{PERIOD_CLOSE_GRACE_SECONDS, SETTLEMENT_INTERVAL_SECONDS};
 use domain::money::Currency;
 use domain::reading::StatusFlags;
 use domain::settle::{
-    close_period_with_corrections, interval_postings, map_registers, AccountKind, BillingPeriod, Binding, Bindings,
-    Correction, Posting, Quality, RegisterSample, Run, Statement,
+    close_period_with_corrections, correction_postings, interval_postings, map_registers, AccountKind, BillingPeriod,
+    Binding, Bindings, Correction, EstimationRule, Posting, Quality, RegisterSample, Run, Statement,
 };
 use domain::tariff::{price_interval, EnergyPrice, Flag, Line, PriceSeries, PricedInterval, TariffVersion};
 use domain::verify::VerifiedReading;
@@ -54,7 +54,7 @@ fn key_price(tariff: &TariffId, start: UnixSeconds) -> Vec<u8> {
 pub fn interval_prefix(customer: &PartyId) -> Vec<u8> {
     [INTERVAL_PREFIX, customer.as_str().as_bytes(), b"\0"].concat()
 }
-fn key_interval(customer: &PartyId, start: UnixSeconds) -> Vec<u8> {
+pub(crate) fn key_interval(customer: &PartyId, start: UnixSeconds) -> Vec<u8> {
     [interval_prefix(customer).as_slice(), &start.0.to_be_bytes()].concat()
 }
 /// `pr/{customer}\0`: every period record of a customer, in start order.
@@ -86,10 +86,17 @@ pub struct IntervalRecord {
     pub covered_s: i64,
     pub readings: u32,
     pub quality: Quality,
+    /// The estimation rule of an estimated value (`estimate.rs`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rule: Option<EstimationRule>,
     pub tariff: TariffId,
     pub tariff_from: NaiveDateTime,
     /// UTC start of the billing period the interval belongs to.
     pub period_start: UnixSeconds,
+    /// Each meter's register values read at the interval's edges (a reading's start or end
+    /// inside it): what estimation interpolates between.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub samples: BTreeMap<MeterId, Vec<RegisterSample>>,
 }
 
 impl IntervalRecord {
@@ -109,6 +116,9 @@ pub struct PeriodRecord {
     pub tariff: TariffId,
     pub tariff_from: NaiveDateTime,
     pub intervals_settled: u32,
+    /// The meters whose bindings the period follows (the next period opens by them at close).
+    #[serde(default, skip_serializing_if = "BTreeSet::is_empty")]
+    pub meters: BTreeSet<MeterId>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub statement: Option<Statement>,
     /// Why the close was refused (deterministic, so it is recorded, not retried).
@@ -128,17 +138,17 @@ pub struct PartyBalance {
 
 /// A late interval of a closed period, stated on the customer's next statement.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-struct LateInterval {
+pub(crate) struct LateInterval {
     start: UnixSeconds,
     old: Vec<Line>,
     new: Vec<Line>,
 }
 
-fn get_json<T: serde::de::DeserializeOwned>(state: &dyn StateRead, table: Table, key: &[u8]) -> Option<T> {
+pub(crate) fn get_json<T: serde::de::DeserializeOwned>(state: &dyn StateRead, table: Table, key: &[u8]) -> Option<T> {
     let bytes = state.get(table, key)?;
     Some(serde_json::from_slice(&bytes).expect("a committed settlement record decodes"))
 }
-fn put_json<T: Serialize>(state: &mut Overlay<'_>, table: Table, key: Vec<u8>, value: &T) {
+pub(crate) fn put_json<T: Serialize>(state: &mut Overlay<'_>, table: Table, key: Vec<u8>, value: &T) {
     state.put(table, key, serde_json::to_vec(value).expect("a settlement record serialises"));
 }
 
@@ -251,8 +261,30 @@ pub(crate) fn settle_reading(
         total = total.checked_add(charge).ok_or(ReadingResult::SettlementOverflow)?;
         currency = Some(tariff.currency);
         let period = period_of(binding, start).ok_or(ReadingResult::Unbound)?;
-        let (record, period_record, late) =
-            add_to_interval(state, customer, &reading.meter_id, &tariff, period, priced, interval.covered_s)?;
+        let end = start.0 + SETTLEMENT_INTERVAL_SECONDS;
+        let edges: Vec<RegisterSample> = [
+            (start.0 <= reading.interval_start.0 && reading.interval_start.0 < end).then_some(RegisterSample {
+                at: reading.interval_start,
+                import_wh: reading.import_start_wh,
+                export_wh: reading.export_start_wh,
+            }),
+            (start.0 < reading.interval_end.0 && reading.interval_end.0 <= end).then_some(RegisterSample {
+                at: reading.interval_end,
+                import_wh: reading.import_end_wh,
+                export_wh: reading.export_end_wh,
+            }),
+        ]
+        .into_iter()
+        .flatten()
+        .collect();
+        let part =
+            Part { meter: &reading.meter_id, tariff: &tariff, period, priced, covered_s: interval.covered_s, edges };
+        let (record, period_record, late, replaced) = add_to_interval(state, customer, part)?;
+        if !replaced.is_empty() {
+            // The estimate this actual value replaces is reversed under run 1.
+            let subject = estimate_subject(customer);
+            postings.extend(correction_postings(&subject, customer, start, Run(1), &replaced, &[], tariff.currency));
+        }
         writes.push((customer.clone(), start, record, period_record, late));
     }
     let currency = currency.ok_or(ReadingResult::Implausible)?;
@@ -298,18 +330,31 @@ fn period_of(binding: &Binding, start: UnixSeconds) -> Option<BillingPeriod> {
     }
 }
 
-/// Adds one meter's priced part of an interval to the customer's interval record; returns the
-/// record, the period record to write (new, or with one more interval), and, for a closed
-/// period, the late interval to state on the next statement.
-fn add_to_interval(
-    state: &dyn StateRead,
-    customer: &PartyId,
-    meter: &MeterId,
-    tariff: &TariffVersion,
+/// The subject of an estimate's postings (an estimate is the customer's, not a reading's).
+pub(crate) fn estimate_subject(customer: &PartyId) -> String {
+    format!("estimate/{customer}")
+}
+
+/// One meter's priced part of an interval, from one reading.
+struct Part<'a> {
+    meter: &'a MeterId,
+    tariff: &'a TariffVersion,
     period: BillingPeriod,
     priced: PricedInterval,
     covered_s: i64,
-) -> Result<(IntervalRecord, Option<PeriodRecord>, Option<LateInterval>), ReadingResult> {
+    edges: Vec<RegisterSample>,
+}
+
+/// Adds one meter's priced part of an interval to the customer's interval record; returns the
+/// record, the period record to write (new, or with one more interval), for a closed period the
+/// late interval to state on the next statement, and the lines of an estimate the part replaces
+/// (to reverse: an actual value replaces an estimate whole, quality `corrected`).
+fn add_to_interval(
+    state: &dyn StateRead,
+    customer: &PartyId,
+    part: Part<'_>,
+) -> Result<(IntervalRecord, Option<PeriodRecord>, Option<LateInterval>, Vec<Line>), ReadingResult> {
+    let Part { meter, tariff, period, priced, covered_s, edges } = part;
     let start = priced.energy.start;
     let overflow = ReadingResult::SettlementOverflow;
     let mut period_record = get_json::<PeriodRecord>(state, Table::Private, &key_period(customer, period.start))
@@ -319,38 +364,46 @@ fn add_to_interval(
             tariff: tariff.id.clone(),
             tariff_from: tariff.valid_from,
             intervals_settled: 0,
+            meters: BTreeSet::new(),
             statement: None,
             close_refused: None,
         });
+    period_record.meters.insert(meter.clone());
     let closed = period_record.statement.is_some();
+    let fresh = |quality| IntervalRecord {
+        priced: priced.clone(),
+        meters: BTreeSet::from([meter.clone()]),
+        covered_s,
+        readings: 1,
+        quality,
+        rule: None,
+        tariff: tariff.id.clone(),
+        tariff_from: tariff.valid_from,
+        period_start: period.start,
+        samples: BTreeMap::from([(meter.clone(), edges.clone())]),
+    };
+    let mut replaced = Vec::new();
     let (record, new_interval) = match get_json::<IntervalRecord>(state, Table::Private, &key_interval(customer, start))
     {
-        None => (
-            IntervalRecord {
-                priced: priced.clone(),
-                meters: BTreeSet::from([meter.clone()]),
-                covered_s,
-                readings: 1,
-                quality: Quality::Actual,
-                tariff: tariff.id.clone(),
-                tariff_from: tariff.valid_from,
-                period_start: period.start,
-            },
-            true,
-        ),
+        None => (fresh(Quality::Actual), true),
+        Some(estimate) if estimate.quality == Quality::Estimated => {
+            replaced = estimate.priced.lines;
+            (fresh(Quality::Corrected), false)
+        }
         Some(mut record) => {
             merge(&mut record.priced, &priced).ok_or(overflow)?;
             record.meters.insert(meter.clone());
             record.covered_s = record.covered_s.saturating_add(covered_s).min(SETTLEMENT_INTERVAL_SECONDS);
             record.readings = record.readings.saturating_add(1);
+            record.samples.entry(meter.clone()).or_default().extend(edges.iter().copied());
             (record, false)
         }
     };
     if new_interval {
         period_record.intervals_settled = period_record.intervals_settled.saturating_add(1);
     }
-    let late = closed.then(|| LateInterval { start, old: Vec::new(), new: priced.lines.clone() });
-    Ok((record, Some(period_record), late))
+    let late = closed.then(|| LateInterval { start, old: replaced.clone(), new: priced.lines.clone() });
+    Ok((record, Some(period_record), late, replaced))
 }
 
 /// Adds `part`'s energy, lines (same component, price and parties: summed) and flags to `into`.
@@ -377,7 +430,10 @@ fn merge(into: &mut PricedInterval, part: &PricedInterval) -> Option<()> {
 }
 
 /// The party balances after `postings`, checked; nothing is written here.
-fn post(state: &dyn StateRead, postings: &[Posting]) -> Result<BTreeMap<Vec<u8>, PartyBalance>, ReadingResult> {
+pub(crate) fn post(
+    state: &dyn StateRead,
+    postings: &[Posting],
+) -> Result<BTreeMap<Vec<u8>, PartyBalance>, ReadingResult> {
     let mut balances: BTreeMap<Vec<u8>, PartyBalance> = BTreeMap::new();
     for posting in postings {
         for (account, debit) in [(&posting.debit_account, true), (&posting.credit_account, false)] {
@@ -425,6 +481,12 @@ pub(crate) fn close_due(state: &mut Overlay<'_>, now: UnixSeconds) -> usize {
         if record.period.end.0.saturating_add(PERIOD_CLOSE_GRACE_SECONDS) > now.0 {
             continue;
         }
+        if let Err(reason) = crate::estimate::estimate_missing(state, &record) {
+            record.close_refused = Some(reason);
+            put_json(state, Table::Private, key, &record);
+            opened.remove(&(customer, start));
+            continue;
+        }
         match close(state, &record) {
             Ok((statement, postings)) => match post(state, &postings) {
                 Ok(balances) => {
@@ -433,6 +495,7 @@ pub(crate) fn close_due(state: &mut Overlay<'_>, now: UnixSeconds) -> usize {
                     }
                     state.put(Table::Private, key_corrections(&customer), b"[]".to_vec());
                     record.statement = Some(statement);
+                    open_next(state, &record, &mut opened);
                 }
                 Err(result) => record.close_refused = Some(result.code().to_string()),
             },
@@ -444,6 +507,40 @@ pub(crate) fn close_due(state: &mut Overlay<'_>, now: UnixSeconds) -> usize {
     }
     put_json(state, Table::Private, KEY_OPEN_PERIODS.to_vec(), &opened);
     closed
+}
+
+/// Opens the period after `record` for the customer if a binding of one of its meters to the
+/// customer covers its start and a tariff version is in force then: the period gets its standing
+/// charge, estimates and late corrections even if no reading of it ever arrives.
+fn open_next(state: &mut Overlay<'_>, record: &PeriodRecord, opened: &mut BTreeSet<(PartyId, UnixSeconds)>) {
+    let at = record.period.end;
+    for meter in &record.meters {
+        let Ok(bindings) = Bindings::from_list(bindings_of(state, meter)) else { continue };
+        let Ok(binding) = bindings.lookup(meter, at) else { continue };
+        if binding.customer != record.customer {
+            continue;
+        }
+        let Some(period) = period_of(binding, at) else { continue };
+        let key = key_period(&record.customer, period.start);
+        if state.get(Table::Private, &key).is_some() {
+            return;
+        }
+        let Some(local) = domain::tariff::calendar::local_time(binding.time_zone.tz(), at) else { continue };
+        let Some(tariff) = tariffs::version_at(state, &binding.tariff, local) else { continue };
+        let next = PeriodRecord {
+            customer: record.customer.clone(),
+            period,
+            tariff: tariff.id.clone(),
+            tariff_from: tariff.valid_from,
+            intervals_settled: 0,
+            meters: BTreeSet::from([meter.clone()]),
+            statement: None,
+            close_refused: None,
+        };
+        put_json(state, Table::Private, key, &next);
+        opened.insert((record.customer.clone(), period.start));
+        return;
+    }
 }
 
 /// The statement and postings that would close `record` now: what a close posts, and what the

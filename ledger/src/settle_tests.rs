@@ -195,14 +195,15 @@ fn line(statement: &Statement, key: &str, correction: bool) -> Decimal {
 /// - 12:00 local on the 5th, 1,000 Wh imported: 1 kWh × 0.30 = 0.30;
 /// - 12:15, 2,000 Wh exported: 2 kWh × 0.0794 = 0.1588 credited.
 ///
-/// Close (the first tick a day after 1 November 00:00 CET): energy 0.30, export −0.16, standing
-/// 31 × 0.40 = 12.40, VAT 0.19 × (0.30 + 12.40) = 2.413 → 2.41; total 14.95; rounding
-/// difference (0.30 − 0.16) − (0.30 − 0.1588) = −0.0012.
+/// At close (the first tick a day after 1 November 00:00 CET) the same two intervals on the 12th
+/// are missing and estimated as a week earlier (VEE): 0.30 and −0.1588 again. Statement: energy
+/// 0.60, export −0.3176 → −0.32, standing 31 × 0.40 = 12.40, VAT 0.19 × (0.60 + 12.40) = 2.47;
+/// total 15.15; rounding difference (0.60 − 0.32) − (0.60 − 0.3176) = −0.0024.
 ///
-/// Then a late reading of 20 October (500 Wh: 0.15) and 2 kWh on 3 November (0.60). November's
-/// statement: energy 0.60, correction 0.15, standing 30 × 0.40 = 12.00, VAT 0.19 × 12.75 =
-/// 2.4225 → 2.42; total 15.17. The customer's billed balance is 14.95 + 15.17 = 30.12; its
-/// accrued balance is back to zero; every currency's debits equal its credits.
+/// Then a late reading of 20 October (500 Wh: 0.15) and 2 kWh on 3 November (0.60; estimated
+/// again on the 10th: 0.60). November: energy 1.20, correction 0.15, standing 30 × 0.40 = 12.00,
+/// VAT 0.19 × 13.35 = 2.5365 → 2.54; total 15.89. The customer's billed balance is 15.15 + 15.89
+/// = 31.04; its accrued balance is back to zero; every currency's debits equal its credits.
 #[test]
 fn a_bound_meter_settles_by_its_tariff_and_ticks_close_its_periods() {
     let memory = configured(true);
@@ -221,15 +222,15 @@ fn a_bound_meter_settles_by_its_tariff_and_ticks_close_its_periods() {
     assert!(close_is_due(&memory, utc("2026-11-02T00:00:00Z")));
     memory.apply_at("2026-11-02T00:00:00Z", TxBody::Tick);
     let october = statement_of(&memory, "2026-09-30T22:00:00Z");
-    assert_eq!(line(&october, "energy:flat", false), dec("0.30"));
-    assert_eq!(line(&october, "export", false), dec("-0.16"));
+    assert_eq!(line(&october, "energy:flat", false), dec("0.60"));
+    assert_eq!(line(&october, "export", false), dec("-0.32"));
     assert_eq!(line(&october, "standing", false), dec("12.40"));
-    assert_eq!(october.vat_total, dec("2.41"));
-    assert_eq!(october.total, dec("14.95"));
-    assert_eq!((october.intervals_settled, october.intervals_in_period), (2, 2_980));
-    assert_eq!(memory.balance("C1", AccountKind::Billed), dec("14.95"));
+    assert_eq!(october.vat_total, dec("2.47"));
+    assert_eq!(october.total, dec("15.15"));
+    assert_eq!((october.intervals_settled, october.intervals_in_period), (4, 2_980));
+    assert_eq!(memory.balance("C1", AccountKind::Billed), dec("15.15"));
     assert_eq!(memory.balance("C1", AccountKind::Accrued), Decimal::ZERO);
-    assert_eq!(memory.balance("supplier-a", AccountKind::Rounding), dec("0.0012"));
+    assert_eq!(memory.balance("supplier-a", AccountKind::Rounding), dec("0.0024"));
     check_party_books(&memory.private()).expect("books balance");
 
     let late = memory.apply_at(
@@ -240,11 +241,11 @@ fn a_bound_meter_settles_by_its_tariff_and_ticks_close_its_periods() {
     assert_eq!(statement_of(&memory, "2026-09-30T22:00:00Z"), october, "a closed statement is frozen");
     memory.apply_at("2026-12-02T00:00:00Z", TxBody::Tick);
     let november = statement_of(&memory, "2026-10-31T23:00:00Z");
-    assert_eq!(line(&november, "energy:flat", false), dec("0.60"));
+    assert_eq!(line(&november, "energy:flat", false), dec("1.20"));
     assert_eq!(line(&november, "energy:flat", true), dec("0.15"));
     assert_eq!(line(&november, "standing", false), dec("12.00"));
-    assert_eq!(november.total, dec("15.17"));
-    assert_eq!(memory.balance("C1", AccountKind::Billed), dec("30.12"));
+    assert_eq!(november.total, dec("15.89"));
+    assert_eq!(memory.balance("C1", AccountKind::Billed), dec("31.04"));
     assert_eq!(memory.balance("C1", AccountKind::Accrued), Decimal::ZERO);
     check_party_books(&memory.private()).expect("books balance");
     assert!(!close_is_due(&memory, utc("2026-12-03T00:00:00Z")), "nothing left to close");
@@ -280,7 +281,8 @@ fn an_interval_outside_the_bindings_waits_until_a_binding_covers_it() {
 }
 
 /// A move-out on 16 October 00:00 local ends the binding: October's period is 1–15 October
-/// (15 standing days: 6.00), and an interval after the move-out waits as `unbound`.
+/// (15 standing days: 6.00), and an interval after the move-out waits as `unbound`. The 12th's
+/// 12:00 interval is estimated as the 5th's (1 kWh, 0.30): energy 0.60.
 #[test]
 fn a_move_out_ends_the_binding_and_shortens_the_period() {
     let memory = configured(true);
@@ -295,8 +297,8 @@ fn a_move_out_ends_the_binding_and_shortens_the_period() {
     let period = statement_of(&memory, "2026-09-30T22:00:00Z");
     assert_eq!(period.period.end_date, chrono::NaiveDate::from_ymd_opt(2026, 10, 16).expect("date"));
     assert_eq!(line(&period, "standing", false), dec("6.00"));
-    // 0.19 × (0.30 + 6.00) = 1.197 → 1.20; total 7.50.
-    assert_eq!(period.total, dec("7.50"));
+    // 0.19 × (0.60 + 6.00) = 1.254 → 1.25; total 7.85.
+    assert_eq!(period.total, dec("7.85"));
 }
 
 /// A dynamic tariff prices each interval at its published price (here negative) plus markup;
@@ -346,4 +348,130 @@ fn dynamic_prices_are_their_own_transaction_and_a_missing_one_falls_back() {
 
 fn dynamic_json(tariff: &domain::tariff::TariffVersion) -> Vec<u8> {
     tariff.to_canonical_json()
+}
+
+/// What a run leaves in the books: every party account and the closed statements.
+fn books(memory: &Memory) -> Vec<(Vec<u8>, Vec<u8>)> {
+    memory
+        .private()
+        .into_iter()
+        .filter(|(key, _)| {
+            key.starts_with(PARTY_ACCOUNT_PREFIX) || key.starts_with(PERIOD_PREFIX) || key.starts_with(INTERVAL_PREFIX)
+        })
+        .collect()
+}
+
+proptest::proptest! {
+    #![proptest_config(proptest::prelude::ProptestConfig::with_cases(32))]
+    /// The same readings in any order and any batches settle to the same books, interval records
+    /// and statements; per currency debits equal credits; the customer's accrued balance is the
+    /// sum of its interval charges until the close moves it to billed.
+    #[test]
+    fn results_do_not_depend_on_arrival_order_or_batches(
+        energies in proptest::collection::vec((0u64..3_000, 0u64..3_000), 1..40),
+        seed in proptest::prelude::any::<u64>(),
+        batch in 1usize..9,
+    ) {
+        let readings: Vec<Reading> = energies
+            .iter()
+            .enumerate()
+            .map(|(index, (import_wh, export_wh))| {
+                let start = utc("2026-10-24T20:00:00Z").0 + 900 * index as i64; // across the DST change
+                let start = chrono::DateTime::from_timestamp(start, 0).expect("instant").to_rfc3339();
+                reading(index as u64 + 1, &start, *import_wh, *export_wh)
+            })
+            .collect();
+        let mut shuffled = readings.clone();
+        // A deterministic shuffle from the seed.
+        let mut state = seed | 1;
+        for index in (1..shuffled.len()).rev() {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            shuffled.swap(index, (state % (index as u64 + 1)) as usize);
+        }
+        let in_order = configured(true);
+        in_order.apply_at("2026-10-26T00:00:00Z", batch_of(&readings));
+        let any_order = configured(true);
+        for chunk in shuffled.chunks(batch) {
+            any_order.apply_at("2026-10-26T00:00:00Z", batch_of(chunk));
+        }
+        proptest::prop_assert_eq!(books(&in_order), books(&any_order));
+        let charges: Decimal = period_intervals(&in_order, &c1(), &period_of(&binding("2026-10-01T00:00:00", None), utc("2026-10-24T20:00:00Z")).expect("period"))
+            .iter()
+            .map(|(_, record)| record.charge(&c1()))
+            .sum();
+        proptest::prop_assert_eq!(in_order.balance("C1", AccountKind::Accrued), charges);
+        for memory in [&in_order, &any_order] {
+            memory.apply_at("2026-11-03T00:00:00Z", TxBody::Tick);
+            check_party_books(&memory.private()).map_err(proptest::test_runner::TestCaseError::fail)?;
+            proptest::prop_assert_eq!(memory.balance("C1", AccountKind::Accrued), Decimal::ZERO);
+        }
+        proptest::prop_assert_eq!(books(&in_order), books(&any_order));
+        let statement = statement_of(&in_order, "2026-09-30T22:00:00Z");
+        proptest::prop_assert_eq!(in_order.balance("C1", AccountKind::Billed), statement.total);
+    }
+}
+
+fn batch_of(readings: &[Reading]) -> TxBody {
+    batch(readings)
+}
+
+/// A reading of M1 with its registers given (import start → end; no export).
+fn registered(sequence: u64, start: &str, import_start_wh: u64, import_end_wh: u64) -> Reading {
+    Reading::import_interval(
+        MeterId::new("M1").expect("id"),
+        KeyId(1),
+        Sequence(sequence),
+        utc(start),
+        import_start_wh,
+        import_end_wh - import_start_wh,
+    )
+}
+
+/// Registers 1,000 → 1,400 Wh at 12:00–12:15 local on 5 October and 1,700 → 2,000 at
+/// 12:30–12:45; the 12:15 interval is missing at close. Linear between the edges: 1,400 → 1,700,
+/// 300 Wh, 0.3 kWh × 0.30 = 0.09, quality `estimated`, rule `linear_registers`. The two read
+/// intervals are estimated a week later as well (0.12, 0.09; the estimate is not chained);
+/// every other October interval stays missing.
+///
+/// The actual reading arrives in November with 250 Wh (0.075): the estimate is reversed, the
+/// interval is `corrected`, and November's statement has a correction line 0.075 − 0.09 =
+/// −0.015 → −0.02 (half away from zero). Books balance throughout.
+#[test]
+fn a_missing_interval_is_estimated_at_close_and_corrected_when_the_reading_arrives() {
+    let memory = configured(true);
+    let result = memory.apply_at(
+        "2026-10-05T10:50:00Z",
+        batch(&[
+            registered(1, "2026-10-05T10:00:00Z", 1_000, 1_400),
+            registered(3, "2026-10-05T10:30:00Z", 1_700, 2_000),
+        ]),
+    );
+    assert_eq!(codes(&result), ["accepted", "accepted"]);
+    memory.apply_at("2026-11-02T00:00:00Z", TxBody::Tick);
+    let october = statement_of(&memory, "2026-09-30T22:00:00Z");
+    assert_eq!(october.intervals_settled, 5);
+    let estimate: IntervalRecord =
+        get_json(&memory, Table::Private, &key_interval(&c1(), utc("2026-10-05T10:15:00Z"))).expect("estimated");
+    assert_eq!((estimate.quality, estimate.rule), (Quality::Estimated, Some(EstimationRule::LinearRegisters)));
+    assert_eq!(estimate.priced.energy.import_wh, 300);
+    assert_eq!(estimate.charge(&c1()), dec("0.09"));
+    // 0.12 + 0.09 + 0.09 on the 5th, 0.12 + 0.09 on the 12th.
+    assert_eq!(line(&october, "energy:flat", false), dec("0.51"));
+    check_party_books(&memory.private()).expect("books balance");
+
+    let late = memory.apply_at("2026-11-03T00:00:00Z", batch(&[registered(2, "2026-10-05T10:15:00Z", 1_400, 1_650)]));
+    assert_eq!(codes(&late), ["accepted"]);
+    let corrected: IntervalRecord =
+        get_json(&memory, Table::Private, &key_interval(&c1(), utc("2026-10-05T10:15:00Z"))).expect("corrected");
+    assert_eq!((corrected.quality, corrected.priced.energy.import_wh), (Quality::Corrected, 250));
+    check_party_books(&memory.private()).expect("books balance");
+    memory.apply_at("2026-12-02T00:00:00Z", TxBody::Tick);
+    let november = statement_of(&memory, "2026-10-31T23:00:00Z");
+    assert_eq!(line(&november, "energy:flat", true), dec("-0.02"));
+    // Standing 30 × 0.40 = 12.00; VAT 0.19 × (12.00 − 0.02) = 2.2762 → 2.28; total 14.26.
+    assert_eq!(november.total, dec("14.26"));
+    assert_eq!(memory.balance("C1", AccountKind::Accrued), Decimal::ZERO);
+    check_party_books(&memory.private()).expect("books balance");
 }
