@@ -335,6 +335,10 @@ pub(crate) fn estimate_subject(customer: &PartyId) -> String {
     format!("estimate/{customer}")
 }
 
+/// What adding a part gives: the interval record, the period record, the late interval of a
+/// closed period, and the lines of a replaced estimate.
+type Added = (IntervalRecord, Option<PeriodRecord>, Option<LateInterval>, Vec<Line>);
+
 /// One meter's priced part of an interval, from one reading.
 struct Part<'a> {
     meter: &'a MeterId,
@@ -353,7 +357,7 @@ fn add_to_interval(
     state: &dyn StateRead,
     customer: &PartyId,
     part: Part<'_>,
-) -> Result<(IntervalRecord, Option<PeriodRecord>, Option<LateInterval>, Vec<Line>), ReadingResult> {
+) -> Result<Added, ReadingResult> {
     let Part { meter, tariff, period, priced, covered_s, edges } = part;
     let start = priced.energy.start;
     let overflow = ReadingResult::SettlementOverflow;
