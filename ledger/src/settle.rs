@@ -292,13 +292,17 @@ pub(crate) fn settle_reading(
     for (key, balance) in balances {
         put_json(state, Table::Private, key, &balance);
     }
-    let mut opened = open_periods(state);
+    // The open set is read and written only when a period is new (once per customer and period).
+    let mut opened: Option<BTreeSet<(PartyId, UnixSeconds)>> = None;
     for (customer, start, record, period_record, late) in writes {
         if let Some(period_record) = period_record {
-            if period_record.statement.is_none() && period_record.close_refused.is_none() {
-                opened.insert((customer.clone(), period_record.period.start));
+            let key = key_period(&customer, period_record.period.start);
+            if state.get(Table::Private, &key).is_none() {
+                opened
+                    .get_or_insert_with(|| open_periods(state))
+                    .insert((customer.clone(), period_record.period.start));
             }
-            put_json(state, Table::Private, key_period(&customer, period_record.period.start), &period_record);
+            put_json(state, Table::Private, key, &period_record);
         }
         if let Some(late) = late {
             let mut waiting: Vec<LateInterval> =
@@ -308,7 +312,9 @@ pub(crate) fn settle_reading(
         }
         put_json(state, Table::Private, key_interval(&customer, start), &record);
     }
-    put_json(state, Table::Private, KEY_OPEN_PERIODS.to_vec(), &opened);
+    if let Some(opened) = opened {
+        put_json(state, Table::Private, KEY_OPEN_PERIODS.to_vec(), &opened);
+    }
     Ok(ReadingCharge { amount: total, currency })
 }
 
@@ -353,11 +359,7 @@ struct Part<'a> {
 /// record, the period record to write (new, or with one more interval), for a closed period the
 /// late interval to state on the next statement, and the lines of an estimate the part replaces
 /// (to reverse: an actual value replaces an estimate whole, quality `corrected`).
-fn add_to_interval(
-    state: &dyn StateRead,
-    customer: &PartyId,
-    part: Part<'_>,
-) -> Result<Added, ReadingResult> {
+fn add_to_interval(state: &dyn StateRead, customer: &PartyId, part: Part<'_>) -> Result<Added, ReadingResult> {
     let Part { meter, tariff, period, priced, covered_s, edges } = part;
     let start = priced.energy.start;
     let overflow = ReadingResult::SettlementOverflow;

@@ -68,7 +68,32 @@ pub fn version_at(state: &dyn StateRead, id: &TariffId, local: NaiveDateTime) ->
 /// The version of tariff `id` starting at `from`.
 pub fn version(state: &dyn StateRead, id: &TariffId, from: NaiveDateTime) -> Option<TariffVersion> {
     let bytes = state.get(Table::Public, &key_version(id, from))?;
-    Some(TariffVersion::from_canonical_json(&bytes).expect("a committed tariff version was validated"))
+    Some(decode_cached(bytes))
+}
+
+/// Most decoded tariff versions kept per thread (a handful are in force at once).
+const DECODED_TARIFFS_MAX: usize = 64;
+
+thread_local! {
+    /// Decoded versions by their committed bytes: decoding validates and re-serialises, which
+    /// dominated settling a reading. Keyed by content, so it cannot go stale or mix ledgers.
+    static DECODED: std::cell::RefCell<std::collections::BTreeMap<Vec<u8>, TariffVersion>> =
+        const { std::cell::RefCell::new(std::collections::BTreeMap::new()) };
+}
+
+fn decode_cached(bytes: Vec<u8>) -> TariffVersion {
+    DECODED.with(|cache| {
+        let mut cache = cache.borrow_mut();
+        if let Some(tariff) = cache.get(&bytes) {
+            return tariff.clone();
+        }
+        let tariff = TariffVersion::from_canonical_json(&bytes).expect("a committed tariff version was validated");
+        if cache.len() >= DECODED_TARIFFS_MAX {
+            cache.clear();
+        }
+        cache.insert(bytes, tariff.clone());
+        tariff
+    })
 }
 
 /// The published versions, in key order (by id, then start), from the public table's entries
