@@ -17,6 +17,7 @@ mod modbus;
 #[path = "../src/process.rs"]
 mod process;
 mod sandbox;
+mod settlement;
 mod support;
 mod tariff_cli;
 mod verifiable;
