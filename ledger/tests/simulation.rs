@@ -69,6 +69,7 @@ fn the_clients_exercise_the_real_submit_path() {
     assert!(total(|report| report.forwarded) > 0, "no submission was forwarded: {reports:?}");
     assert!(total(|report| report.not_waiting) > 0, "every submission waited: {reports:?}");
     assert!(total(|report| report.duplicates_unproposed) > 0, "no duplicate answered from state: {reports:?}");
+    assert!(total(|report| report.periods_closed) > 0, "no tick closed a period: {reports:?}");
     for report in &reports {
         assert!(report.signed_index >= report.final_index, "seed {} ends unsigned: {report:?}", report.seed);
     }

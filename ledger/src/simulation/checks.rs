@@ -82,6 +82,7 @@ impl Simulation {
         // The books balance.
         let private = store.scan_prefix(Table::Private, b"");
         state::check_books(&store.state(), &private).map_err(|error| format!("node {id}: books: {error}"))?;
+        crate::settle::check_party_books(&private).map_err(|error| format!("node {id}: party books: {error}"))?;
         // With the whole history, the state's per-meter totals are the sum of the lines.
         if store.history_start().map_err(|error| error.to_string())? == Some(0)
             && store.history_range(0, applied + 1).map_err(|error| error.to_string())?.len() as u64 == applied + 1
@@ -177,6 +178,9 @@ impl Simulation {
         // Every accepted reading is on every replica (the per-step check covers each applied index).
         self.report.final_index = final_index;
         self.report.signed_index = self.nodes[0].store.signed_index();
+        let periods = self.nodes[0].store.scan_prefix(Table::Private, crate::settle::PERIOD_PREFIX);
+        self.report.periods_closed =
+            periods.iter().filter(|(_, bytes)| crate::settle::decode_period(bytes).statement.is_some()).count() as u64;
         if self.report.signed_index < final_index {
             return Err(self.violation(format!(
                 "the final reading was answered at {final_index}, but signatures cover only {}",

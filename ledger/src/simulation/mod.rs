@@ -18,7 +18,9 @@
 //! Clients go through each node's real API ([`clients`]): a follower forwards to the leader, the
 //! leader verifies signatures, answers duplicates without proposing, and answers only once a
 //! signature covers the entry; some submissions do not wait and poll their status instead. Every
-//! node runs the real signing loop ([`crate::signer::sign_roots`]); every replica checks the
+//! node runs the real signing loop ([`crate::signer::sign_roots`]) and tick loop
+//! ([`crate::ticker::propose_ticks`]: readings start two weeks before the clock, so December
+//! closes by ticks while its readings still arrive); every replica checks the
 //! signed root against its own and halts on a mismatch, which the final convergence catches.
 //!
 //! At the end the network heals and every replica restarts; the cluster must commit a new
@@ -84,6 +86,46 @@ const SIGNATURE_INTERVAL: Duration = Duration::from_millis(500);
 /// Virtual wall-clock time at the start of every simulation (ms since the epoch).
 const EPOCH_MS: i64 = 1_800_000_000_000;
 
+/// 2026-12-31T12:00:00Z: where the simulated meters' readings start (sequence 0).
+const READINGS_START_S: i64 = 1_798_718_400;
+
+/// The simulation's tariff (rules version 2): every meter is bound to it from 1 December 2026.
+const SIM_TARIFF: &str = r#"
+id = "sim"
+currency = "EUR"
+supplier = "supplier-a"
+time_zone = "Europe/Berlin"
+valid_from = "2026-12-01T00:00:00"
+standing_charge_per_day = "0.40"
+
+[energy]
+kind = "time_of_use"
+
+[[energy.seasons]]
+name = "year"
+from = "01-01"
+to = "12-31"
+
+[[energy.seasons.windows]]
+name = "day"
+days = ["weekday", "weekend", "holiday"]
+from = "07:00"
+to = "21:00"
+per_kwh = "0.3500"
+
+[[energy.seasons.windows]]
+name = "night"
+days = ["weekday", "weekend", "holiday"]
+from = "21:00"
+to = "07:00"
+per_kwh = "0.2000"
+
+[vat]
+rate = "0.19"
+base = ["energy", "standing"]
+authority = "tax-de"
+"#;
+
 /// What one seed did.
 #[derive(Debug, Clone)]
 pub struct SimReport {
@@ -109,6 +151,9 @@ pub struct SimReport {
     /// The index the converged cluster's last signature covers (the real signing loop's work):
     /// at least `final_index`, since the final submission waited for its signature.
     pub signed_index: u64,
+    /// Billing periods node 0 holds closed (by ticks) at the end, and late intervals stated as
+    /// correction lines on their statements.
+    pub periods_closed: u64,
 }
 
 /// A broken invariant, with what it takes to replay it.
@@ -196,8 +241,8 @@ struct SimNode {
     raft: Option<Raft<TypeConfig>>,
     /// The node's API state while it runs (its router is in the network's table).
     app: Option<AppState>,
-    /// The node's signing loop while it runs.
-    signer: Option<tokio::task::JoinHandle<()>>,
+    /// The node's signing loop and tick loop while it runs.
+    signer: Option<(tokio::task::JoinHandle<()>, tokio::task::JoinHandle<()>)>,
     checked_index: u64,
 }
 
@@ -298,6 +343,7 @@ impl Simulation {
             not_waiting: 0,
             duplicates_unproposed: 0,
             signed_index: 0,
+            periods_closed: 0,
         };
         Ok(Simulation {
             origin: tokio::time::Instant::now(),
@@ -370,7 +416,10 @@ impl Simulation {
             net.nodes.insert(node.id, raft.clone());
             net.routers.insert(node.id, crate::api::router(app.clone()));
         }
-        node.signer = Some(tokio::spawn(crate::signer::sign_roots(app.clone(), SIGNATURE_INTERVAL)));
+        node.signer = Some((
+            tokio::spawn(crate::signer::sign_roots(app.clone(), SIGNATURE_INTERVAL)),
+            tokio::spawn(crate::ticker::propose_ticks(app.clone())),
+        ));
         node.app = Some(app);
         node.raft = Some(raft);
         Ok(())
@@ -380,8 +429,9 @@ impl Simulation {
     async fn crash_node(&mut self, position: usize) -> anyhow::Result<()> {
         let node = &mut self.nodes[position];
         let Some(raft) = node.raft.take() else { return Ok(()) };
-        if let Some(signer) = node.signer.take() {
+        if let Some((signer, ticker)) = node.signer.take() {
             signer.abort();
+            ticker.abort();
         }
         node.app = None;
         let disk = Arc::new(node.disk.crash_and_reopen());
@@ -480,7 +530,10 @@ impl Simulation {
 
     fn reading(&mut self, meter: usize, sequence: u64, import_start: u64, energy: u64) -> VerifiedReading {
         let meter = &self.meters[meter];
-        let interval_start = 1_800_000_000 + 900 * sequence as i64;
+        // From 13:00 Berlin time on 31 December 2026, two weeks before the clock (15 January
+        // 2027): December is due to close at once, so ticks close it while readings of it still
+        // arrive (late corrections), and readings cross into January.
+        let interval_start = READINGS_START_S + 900 * sequence as i64;
         let reading = Reading::import_interval(
             meter.meter_id.clone(),
             KeyId(1),
@@ -523,6 +576,21 @@ impl Simulation {
                 public_key: meter.key.verifying_key().to_bytes(),
                 customer_id,
             });
+        }
+        let tariff = domain::tariff::parse_toml(SIM_TARIFF).expect("the simulation's tariff is valid");
+        actions.push(AdminAction::PublishTariff { tariff_json: tariff.to_canonical_json() });
+        for (index, meter) in self.meters.iter().enumerate() {
+            let binding = domain::settle::Binding {
+                meter: meter.meter_id.clone(),
+                customer: format!("C{:03}", index % 2).parse().expect("valid id"),
+                supply_point: format!("SP{index:03}"),
+                tariff: tariff.id.clone(),
+                billing_day: 1,
+                time_zone: tariff.time_zone,
+                from: tariff.valid_from,
+                to: None,
+            };
+            actions.push(AdminAction::Bind { binding_json: binding.to_canonical_json() });
         }
         for (nonce, action) in (1..).zip(actions) {
             let admin = SignedAdmin::sign(nonce, action, &self.operator);
