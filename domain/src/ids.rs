@@ -93,6 +93,11 @@ string_id!(
     TariffId, "tariff id", ID_BYTES_MAX
 );
 string_id!(
+    /// A consortium member (issue 14): a party with a key that proposes and votes, or an
+    /// auditor that reads and votes only where the constitution says.
+    MemberId, "member id", ID_BYTES_MAX
+);
+string_id!(
     /// An edge gateway.
     GatewayId, "gateway id", ID_BYTES_MAX
 );

@@ -11,6 +11,7 @@
 pub mod api;
 pub mod clock;
 pub mod codec;
+pub mod gov;
 pub mod ids;
 pub mod limits;
 pub mod merkle;

@@ -89,3 +89,15 @@ pub const REGISTER_SPAN_SECONDS_MAX: i64 = 35 * 86_400;
 /// Longest span a missing interval may be interpolated linearly over (VEE): 6 hours. Beyond
 /// it, a straight line says nothing about the load shape; the week-earlier rule applies.
 pub const VEE_LINEAR_SPAN_SECONDS_MAX: i64 = 6 * 3_600;
+
+/// Most members a consortium has (founders, parties that joined, auditors).
+pub const MEMBERS_MAX: usize = 32;
+/// Most actions one proposal carries: enough for a fleet's registry in a few proposals, small
+/// enough that a proposal stays far under `TRANSACTION_BYTES_MAX`.
+pub const PROPOSAL_ACTIONS_MAX: usize = 512;
+/// Longest proposal title, in bytes.
+pub const PROPOSAL_TITLE_BYTES_MAX: usize = 200;
+/// Longest a proposal may stay open: its expiry is at most this far after it is proposed.
+pub const PROPOSAL_LIFETIME_SECONDS_MAX: i64 = 90 * 86_400;
+/// Largest governance document (genesis, member, constitution) as canonical JSON.
+pub const GOV_DOCUMENT_JSON_BYTES_MAX: usize = 16 * 1024;

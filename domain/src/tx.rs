@@ -5,10 +5,10 @@ use ed25519_dalek::{Signer, SigningKey};
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 use crate::codec::{DecodeError, Reader, Writer};
-use crate::ids::{CustomerId, GatewayId, KeyId, MeterId, TxId, UnixMillis};
+use crate::ids::{CustomerId, GatewayId, KeyId, MemberId, MeterId, TxId, UnixMillis};
 use crate::limits::{
-    BATCH_READINGS_MAX, BINDING_JSON_BYTES_MAX, PRICE_SERIES_JSON_BYTES_MAX, READING_BYTES, TARIFF_JSON_BYTES_MAX,
-    TRANSACTION_BYTES_MAX,
+    BATCH_READINGS_MAX, BINDING_JSON_BYTES_MAX, GOV_DOCUMENT_JSON_BYTES_MAX, PRICE_SERIES_JSON_BYTES_MAX,
+    READING_BYTES, TARIFF_JSON_BYTES_MAX, TRANSACTION_BYTES_MAX,
 };
 use crate::money::{Currency, UnitPrice};
 use crate::reading::SignedReading;
@@ -36,7 +36,7 @@ pub struct Transaction {
 /// What a transaction does.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum TxBody {
-    /// A configuration change signed by the operator key (governance replaces the signer later).
+    /// A configuration change signed by the operator key (until governance starts).
     Admin(SignedAdmin),
     /// Meter readings whose signatures the leader verified.
     Readings(ReadingBatch),
@@ -47,6 +47,8 @@ pub enum TxBody {
     /// Step two: the leader's signature over the root at a marker; every node checks it against
     /// its own root and stops on a mismatch.
     Signature(RootSignature),
+    /// A member's proposal, ballot or withdrawal (issue 14), checked and decided on apply.
+    Gov(crate::gov::SignedGov),
 }
 
 /// A node's signature over the Merkle root of the first `marker_index + 1` log entries.
@@ -153,6 +155,26 @@ pub enum AdminAction {
         /// At most `PRICE_SERIES_JSON_BYTES_MAX` bytes.
         prices_json: Vec<u8>,
     },
+    /// Hand the ledger to its consortium (issue 14): the founding members and the constitution
+    /// (`gov::Genesis`, canonical JSON). The last admin transaction the operator key may sign;
+    /// from then on every change is a voted proposal.
+    StartGovernance {
+        /// At most `GOV_DOCUMENT_JSON_BYTES_MAX` bytes.
+        genesis_json: Vec<u8>,
+    },
+    /// Admit a member (`gov::Member`, canonical JSON). Governed only.
+    AddMember {
+        member_json: Vec<u8>,
+    },
+    /// Remove a member; refused if a rule of the constitution could then never pass. Governed only.
+    RemoveMember {
+        member_id: MemberId,
+    },
+    /// Replace the constitution (`gov::Constitution`, canonical JSON); it decides the proposals
+    /// made after it. Governed only.
+    SetConstitution {
+        constitution_json: Vec<u8>,
+    },
 }
 
 /// Longest node address in an admin action.
@@ -229,7 +251,7 @@ fn admin_message(nonce: u64, action: &AdminAction) -> Vec<u8> {
 }
 
 impl AdminAction {
-    fn encode(&self, writer: &mut Writer) {
+    pub(crate) fn encode(&self, writer: &mut Writer) {
         match self {
             AdminAction::RegisterCustomer { customer_id, currency } => {
                 writer.u8(1).short_bytes(customer_id.as_str().as_bytes());
@@ -282,9 +304,27 @@ impl AdminAction {
                 assert!(prices_json.len() <= PRICE_SERIES_JSON_BYTES_MAX, "prices over PRICE_SERIES_JSON_BYTES_MAX");
                 writer.u8(10).long_bytes(prices_json);
             }
+            AdminAction::StartGovernance { genesis_json } => {
+                assert!(genesis_json.len() <= GOV_DOCUMENT_JSON_BYTES_MAX, "genesis over GOV_DOCUMENT_JSON_BYTES_MAX");
+                writer.u8(11).long_bytes(genesis_json);
+            }
+            AdminAction::AddMember { member_json } => {
+                assert!(member_json.len() <= GOV_DOCUMENT_JSON_BYTES_MAX, "member over GOV_DOCUMENT_JSON_BYTES_MAX");
+                writer.u8(12).long_bytes(member_json);
+            }
+            AdminAction::RemoveMember { member_id } => {
+                writer.u8(13).short_bytes(member_id.as_str().as_bytes());
+            }
+            AdminAction::SetConstitution { constitution_json } => {
+                assert!(
+                    constitution_json.len() <= GOV_DOCUMENT_JSON_BYTES_MAX,
+                    "constitution over GOV_DOCUMENT_JSON_BYTES_MAX"
+                );
+                writer.u8(14).long_bytes(constitution_json);
+            }
         }
     }
-    fn decode(reader: &mut Reader<'_>) -> Result<Self, DecodeError> {
+    pub(crate) fn decode(reader: &mut Reader<'_>) -> Result<Self, DecodeError> {
         match reader.u8()? {
             1 => Ok(AdminAction::RegisterCustomer {
                 customer_id: decode_id(reader, "customer_id")?,
@@ -329,6 +369,14 @@ impl AdminAction {
             10 => {
                 Ok(AdminAction::PublishPrices { prices_json: reader.long_bytes(PRICE_SERIES_JSON_BYTES_MAX)?.to_vec() })
             }
+            11 => Ok(AdminAction::StartGovernance {
+                genesis_json: reader.long_bytes(GOV_DOCUMENT_JSON_BYTES_MAX)?.to_vec(),
+            }),
+            12 => Ok(AdminAction::AddMember { member_json: reader.long_bytes(GOV_DOCUMENT_JSON_BYTES_MAX)?.to_vec() }),
+            13 => Ok(AdminAction::RemoveMember { member_id: decode_id(reader, "member_id")? }),
+            14 => Ok(AdminAction::SetConstitution {
+                constitution_json: reader.long_bytes(GOV_DOCUMENT_JSON_BYTES_MAX)?.to_vec(),
+            }),
             other => Err(DecodeError::invalid("admin_action", format!("unknown kind {other}"))),
         }
     }
@@ -379,6 +427,10 @@ impl Transaction {
                     .fixed(&signed.node_key)
                     .fixed(&signed.signature);
             }
+            TxBody::Gov(gov) => {
+                writer.u8(6);
+                gov.encode(&mut writer);
+            }
         }
         writer.finish()
     }
@@ -423,6 +475,7 @@ impl Transaction {
                 node_key: reader.array()?,
                 signature: reader.array()?,
             }),
+            6 => TxBody::Gov(crate::gov::SignedGov::decode(&mut reader)?),
             other => return Err(DecodeError::invalid("body", format!("unknown kind {other}"))),
         };
         reader.finish()?;

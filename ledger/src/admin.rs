@@ -33,8 +33,47 @@ pub(crate) async fn submit_admin(
     if let Err(error) = admin.verify() {
         return Err(refusal(&app, format!("bad_operator_signature: {error}")));
     }
-    if let Route::Leader(leader) = route(&app)? {
-        return forward(&app, &headers, &leader, "/v1/admin", &request).await;
+    let action = admin.action.clone();
+    let tx_id = admin.tx_id();
+    let submitted = match submit_checked(&app, &headers, "/v1/admin", &request, tx_id, TxBody::Admin(admin)).await? {
+        Checked::Forwarded(response) => return Ok(response),
+        Checked::Done(submitted) => submitted,
+    };
+    if submitted.refused.is_none() {
+        change_membership(&app, &action).await?;
+    }
+    let Submitted { log_index, refused, retried } = submitted;
+    Ok(Json(SubmitAdminResponse { log_index, refused, retried }).into_response())
+}
+
+/// What became of a checked submission on the leader.
+pub(crate) struct Submitted {
+    pub log_index: u64,
+    pub refused: Option<String>,
+    /// The same transaction id was applied before: this is its earlier outcome.
+    pub retried: bool,
+}
+
+/// A follower's relay of the leader's answer, or the leader's own outcome.
+pub(crate) enum Checked {
+    Forwarded(Response),
+    Done(Submitted),
+}
+
+/// The write path of a signed configuration or governance transaction: a follower forwards it;
+/// the leader serialises such writes, confirms its leadership, recognises a retry by the
+/// transaction id, runs the state machine's own rule against everything committed (what would
+/// be refused never reaches the log) and proposes.
+pub(crate) async fn submit_checked(
+    app: &AppState,
+    headers: &HeaderMap,
+    path: &str,
+    request: &(impl serde::Serialize + Sync),
+    tx_id: domain::ids::TxId,
+    body: TxBody,
+) -> Result<Checked, ApiError> {
+    if let Route::Leader(leader) = route(app)? {
+        return Ok(Checked::Forwarded(forward(app, headers, &leader, path, request).await?));
     }
     let _serial = app.admin_serial.lock().await;
     // Check against everything committed, not a lagging view: a new leader may not have applied
@@ -46,37 +85,28 @@ pub(crate) async fn submit_admin(
             return Err(ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "no_quorum", "leadership not confirmed in time"))
         }
     }
-    let tx_id = admin.tx_id();
     if let Some((log_index, refused)) = state::transaction_outcome(&app.store.state(), &tx_id) {
-        // The same signed bytes were applied before (the answer was lost, or the client gave up
-        // waiting for the signature): answer as they were applied (or refused, if a leader
-        // change let a refused one in), and finish what it started.
+        // The same signed content was applied before (the answer was lost, or the client gave
+        // up waiting for the signature): answer as it was applied (or refused, if a leader
+        // change let a refused one in), and let the caller finish what it started.
         app.metrics.admin_retries.inc();
-        tracing::info!(%tx_id, log_index, ?refused, "admin transaction retried: already applied");
-        wait_covered(&app, log_index).await?;
-        if refused.is_none() {
-            change_membership(&app, &admin.action).await?;
-        }
-        return Ok(Json(SubmitAdminResponse { log_index, refused, retried: true }).into_response());
+        tracing::info!(%tx_id, log_index, ?refused, "signed transaction retried: already applied");
+        wait_covered(app, log_index).await?;
+        return Ok(Checked::Done(Submitted { log_index, refused, retried: true }));
     }
-    let checked =
-        Transaction { tx_id, rules_version: RULES_VERSION, time: app.clock.now(), body: TxBody::Admin(admin.clone()) };
-    if let Some(reason) = dry_run(&app, &checked) {
-        return Err(refusal(&app, reason));
+    let checked = Transaction { tx_id, rules_version: RULES_VERSION, time: app.clock.now(), body: body.clone() };
+    if let Some(reason) = dry_run(app, &checked) {
+        return Err(refusal(app, reason));
     }
-    let action = admin.action.clone();
-    let (log_index, result) = propose_as(&app, tx_id, TxBody::Admin(admin)).await?;
-    if result.admin_refused.is_none() {
-        change_membership(&app, &action).await?;
-    }
-    Ok(Json(SubmitAdminResponse { log_index, refused: result.admin_refused, retried: false }).into_response())
+    let (log_index, result) = propose_as(app, tx_id, body).await?;
+    Ok(Checked::Done(Submitted { log_index, refused: result.admin_refused, retried: false }))
 }
 
 /// Applies `tx` to a throw-away overlay of the committed state with the state machine's own
 /// rule; returns why it would be refused, if it would. The state machine is deterministic and
 /// admin transactions are serialised here, so what passes is applied as checked (unless a leader
 /// change lets an earlier leader's admin transaction in between).
-fn dry_run(app: &AppState, tx: &Transaction) -> Option<String> {
+pub(crate) fn dry_run(app: &AppState, tx: &Transaction) -> Option<String> {
     let view = app.store.state();
     let mut overlay = Overlay::new(&view);
     match state::apply(&mut overlay, app.store.applied_index() + 1, tx) {
@@ -85,24 +115,28 @@ fn dry_run(app: &AppState, tx: &Transaction) -> Option<String> {
     }
 }
 
-/// The answer to an admin transaction refused before the log: the state machine's reason
-/// (`code: detail`) with its code, `401` for a signature or key that is not the operator's,
-/// `409` for a nonce not above the last one, `422` for an action the state refuses.
-fn refusal(app: &AppState, reason: String) -> ApiError {
+/// The answer to an admin or governance transaction refused before the log: the state
+/// machine's reason (`code: detail`) with its code; `401` for a signature or key that is not the
+/// operator's or a member's, `403` for a member the constitution gives no say, `404` for an
+/// unknown proposal, `409` for a replay, a second ballot, a decided or expired proposal or a
+/// stale nonce, `422` for an action the state refuses.
+pub(crate) fn refusal(app: &AppState, reason: String) -> ApiError {
     let code = reason.split_once(':').map_or(reason.as_str(), |(code, _)| code).trim().to_string();
     let status = match code.as_str() {
-        "bad_operator_signature" | "not_operator" => StatusCode::UNAUTHORIZED,
-        "stale_nonce" => StatusCode::CONFLICT,
+        "bad_operator_signature" | "not_operator" | "bad_signature" | "not_member" => StatusCode::UNAUTHORIZED,
+        "not_eligible" | "not_proposer" | "auditor_cannot_propose" | "governed" => StatusCode::FORBIDDEN,
+        "unknown_proposal" => StatusCode::NOT_FOUND,
+        "stale_nonce" | "replayed_proposal" | "already_voted" | "already_decided" | "expired" => StatusCode::CONFLICT,
         _ => StatusCode::UNPROCESSABLE_ENTITY,
     };
-    tracing::warn!(%reason, "admin transaction refused before the log");
+    tracing::warn!(%reason, "signed transaction refused before the log");
     app.metrics.admin_refused(&code);
     ApiError::new(status, code, reason)
 }
 
-/// Carries out a committed, operator-signed membership action through openraft (idempotent: a
+/// Carries out a committed membership action (operator-signed or voted) through openraft (idempotent: a
 /// learner already added or voters already set change nothing).
-async fn change_membership(app: &AppState, action: &AdminAction) -> Result<(), ApiError> {
+pub(crate) async fn change_membership(app: &AppState, action: &AdminAction) -> Result<(), ApiError> {
     let failed = |error: String| ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "membership_change_failed", error);
     match action {
         AdminAction::AddNode { node_id, address } => {

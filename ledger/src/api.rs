@@ -68,6 +68,10 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/history", get(history))
         .route("/v1/admin", post(crate::admin::submit_admin))
         .route("/v1/config", get(public_config))
+        .route("/v1/gov", post(crate::gov_api::submit_gov))
+        .route("/v1/gov/proposals", get(crate::gov_api::list_proposals))
+        .route("/v1/gov/proposals/{proposal_id}", get(crate::gov_api::show_proposal))
+        .route("/v1/gov/constitution", get(crate::gov_api::show_constitution))
         .route("/v1/tariffs", get(list_tariffs))
         .route("/v1/customers/{customer_id}/statements", get(crate::statements::customer_statements))
         .route("/v1/customers/{customer_id}/intervals", get(crate::statements::customer_intervals))
@@ -339,6 +343,7 @@ async fn list_transactions(
                     TxBody::Tick => ("tick", Vec::new()),
                     TxBody::SignatureMarker => ("signature_marker", Vec::new()),
                     TxBody::Signature(_) => ("signature", Vec::new()),
+                    TxBody::Gov(_) => ("governance", Vec::new()),
                     TxBody::Readings(batch) => {
                         ("readings", batch.readings.iter().map(|item| item.reading.digest().to_string()).collect())
                     }

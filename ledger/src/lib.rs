@@ -10,6 +10,8 @@ pub mod driver;
 pub mod entry;
 pub mod estimate;
 pub mod forward;
+pub mod gov_api;
+pub mod governance;
 pub mod history;
 pub mod kv;
 pub mod limits;

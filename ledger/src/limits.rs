@@ -70,3 +70,6 @@ pub const SUBMISSIONS_IN_FLIGHT_MAX: usize = 64;
 /// `Retry-After` (seconds) of a `429` answer: long enough for in-flight batches to commit
 /// (a few signature intervals), short enough that a gateway's outbox does not stall.
 pub const BUSY_RETRY_AFTER_S: u64 = 1;
+
+/// Most proposals on one page of `GET /v1/gov/proposals`.
+pub const PROPOSALS_PER_PAGE_MAX: usize = 100;

@@ -509,13 +509,7 @@ pub fn apply(state: &mut Overlay<'_>, log_index: u64, tx: &Transaction) -> Resul
     Ok(match &tx.body {
         TxBody::Admin(admin) => {
             let refused = apply_admin(state, admin).err();
-            if let Some(reason) = &refused {
-                // A retry of the same signed bytes must hear the refusal again, not "applied".
-                let mut value = log_index.to_be_bytes().to_vec();
-                value.extend_from_slice(reason.as_bytes());
-                state.put(Table::Public, key_transaction(&tx.tx_id), value);
-            }
-            Applied { result: TxResult { readings: Vec::new(), admin_refused: refused }, claims: None }
+            refusal_recorded(state, log_index, tx, refused)
         }
         TxBody::Readings(batch) => {
             let (readings, claims) = apply_readings(state, batch, tx.rules_version);
@@ -531,11 +525,27 @@ pub fn apply(state: &mut Overlay<'_>, log_index: u64, tx: &Transaction) -> Resul
             state.put(Table::Public, KEY_PENDING_MARKER.to_vec(), log_index.to_be_bytes().to_vec());
             Applied::default()
         }
+        TxBody::Gov(gov) => {
+            let now = domain::ids::UnixSeconds(tx.time.0.div_euclid(1_000));
+            let refused = crate::governance::apply(state, log_index, now, gov).err();
+            refusal_recorded(state, log_index, tx, refused)
+        }
         TxBody::Signature(signature) => Applied {
             result: TxResult { readings: Vec::new(), admin_refused: apply_signature(state, log_index, signature)? },
             claims: None,
         },
     })
+}
+
+/// An admin or governance transaction's result; a refusal is kept with its position, so a retry
+/// of the same signed bytes hears the refusal again, not "applied".
+fn refusal_recorded(state: &mut Overlay<'_>, log_index: u64, tx: &Transaction, refused: Option<String>) -> Applied {
+    if let Some(reason) = &refused {
+        let mut value = log_index.to_be_bytes().to_vec();
+        value.extend_from_slice(reason.as_bytes());
+        state.put(Table::Public, key_transaction(&tx.tx_id), value);
+    }
+    Applied { result: TxResult { readings: Vec::new(), admin_refused: refused }, claims: None }
 }
 
 const KEY_PENDING_MARKER: &[u8] = b"pending_marker";
@@ -673,7 +683,18 @@ fn apply_admin(state: &mut Overlay<'_>, admin: &SignedAdmin) -> Result<(), Strin
     if admin.nonce <= last_nonce {
         return Err(format!("stale_nonce: {} is not above {last_nonce}", admin.nonce));
     }
-    match &admin.action {
+    if crate::governance::is_governed(state) {
+        return Err("governed: the consortium governs this ledger; propose the change (wattle gov propose)".into());
+    }
+    execute_action(state, &admin.action)?;
+    state.put(Table::Public, KEY_ADMIN_NONCE.to_vec(), admin.nonce.to_be_bytes().to_vec());
+    Ok(())
+}
+
+/// Carries out one configuration action, whoever decided it: the operator before governance
+/// starts, an accepted proposal after (`governance.rs`). `Err` is the reason it is refused.
+pub(crate) fn execute_action(state: &mut Overlay<'_>, action: &AdminAction) -> Result<(), String> {
+    match action {
         AdminAction::RegisterCustomer { customer_id, currency } => {
             if let Some(existing) = customer_currency(state, customer_id) {
                 if existing != *currency {
@@ -740,8 +761,13 @@ fn apply_admin(state: &mut Overlay<'_>, admin: &SignedAdmin) -> Result<(), Strin
         AdminAction::PublishTariff { tariff_json } => crate::tariffs::publish(state, tariff_json)?,
         AdminAction::Bind { binding_json } => crate::settle::bind(state, binding_json)?,
         AdminAction::PublishPrices { prices_json } => crate::settle::publish_prices(state, prices_json)?,
+        AdminAction::StartGovernance { genesis_json } => crate::governance::start(state, genesis_json)?,
+        AdminAction::AddMember { member_json } => crate::governance::add_member(state, member_json)?,
+        AdminAction::RemoveMember { member_id } => crate::governance::remove_member(state, member_id)?,
+        AdminAction::SetConstitution { constitution_json } => {
+            crate::governance::set_constitution(state, constitution_json)?
+        }
     }
-    state.put(Table::Public, KEY_ADMIN_NONCE.to_vec(), admin.nonce.to_be_bytes().to_vec());
     Ok(())
 }
 
