@@ -6,6 +6,7 @@ mod bench_settle;
 mod bench_state;
 mod broker;
 mod cli;
+mod gov;
 mod process;
 mod progress;
 mod sandbox;
@@ -79,6 +80,10 @@ enum Command {
     /// prints what it charges and the digest of its canonical form.
     #[command(subcommand)]
     Tariff(TariffCommand),
+    /// Consortium governance (docs/governance.md): `wattle gov propose FILE | vote ID
+    /// --approve/--reject | withdraw ID | list | show ID | constitution`, signed with a member's
+    /// key file.
+    Gov(gov::GovArgs),
     /// Export a simulator's ground truth (`wattle sim --truth-out FILE`) as CSV, one row per meter
     /// and interval: meter_id, interval start and end (UTC), import and export Wh measured, fault
     /// injected. Anyone can recompute a bill from it outside Wattle.
@@ -990,6 +995,7 @@ async fn run(command: Command) -> anyhow::Result<()> {
         }
         Command::Sim(args) => run_sim(args).await,
         Command::Tariff(TariffCommand::Check { file, json }) => tariff_check(&file, json),
+        Command::Gov(args) => gov::run(args).await,
         Command::Tariff(TariffCommand::Publish { file, ledger, operator_key }) => {
             tariff_publish(&file, &ledger, &operator_key).await
         }

@@ -12,6 +12,7 @@ mod gateway_garbage;
 mod gateway_held;
 mod gateway_modbus;
 mod gateway_restart;
+mod governance;
 mod ledger_admission;
 mod modbus;
 #[path = "../src/process.rs"]

@@ -1,6 +1,7 @@
 //! Property tests of the codecs and the batch verifier, through the crate's public API.
 
-use domain::ids::CustomerId;
+use domain::gov::{GovAct, Proposal, SignedGov};
+use domain::ids::{CustomerId, MemberId};
 use domain::ids::{GatewayId, KeyId, MeterId, Sequence, TxId, UnixMillis, UnixSeconds};
 use domain::money::{Currency, UnitPrice};
 use domain::reading::{ClockStatus, FirmwareVersion, Reading, SignedReading, StatusFlags};
@@ -168,7 +169,37 @@ fn action_strategy() -> impl Strategy<Value = AdminAction> {
                 customer_id: CustomerId::new(customer).expect("valid id"),
             }
         ),
+        proptest::collection::vec(any::<u8>(), 0..64)
+            .prop_map(|json| AdminAction::StartGovernance { genesis_json: json }),
+        proptest::collection::vec(any::<u8>(), 0..64).prop_map(|json| AdminAction::AddMember { member_json: json }),
+        id_strategy()
+            .prop_map(|member| AdminAction::RemoveMember { member_id: MemberId::new(member).expect("valid id") }),
+        proptest::collection::vec(any::<u8>(), 0..64)
+            .prop_map(|json| AdminAction::SetConstitution { constitution_json: json }),
     ]
+}
+
+/// Every governance act, signed for real.
+fn gov_strategy() -> impl Strategy<Value = TxBody> {
+    (
+        id_strategy(),
+        proptest::collection::vec(action_strategy(), 0..4),
+        any::<u64>(),
+        any::<i64>(),
+        0u8..3,
+        any::<u64>(),
+    )
+        .prop_map(|(member, actions, nonce, expires_at, kind, seed)| {
+            let key = SigningKey::from_bytes(&rand::rngs::StdRng::seed_from_u64(seed).gen());
+            let member = MemberId::new(member).expect("valid id");
+            let proposal = Proposal { title: "t".into(), nonce, expires_at: UnixSeconds(expires_at), actions };
+            let act = match kind {
+                0 => GovAct::Propose(proposal),
+                1 => GovAct::Vote { proposal: proposal.id(&member), approve: nonce % 2 == 0 },
+                _ => GovAct::Withdraw { proposal: proposal.id(&member) },
+            };
+            TxBody::Gov(SignedGov::sign(member, act, &key))
+        })
 }
 
 /// Every body kind, admin actions of every kind, readings batches of 0 to 3 signed readings.
@@ -194,6 +225,7 @@ fn body_strategy() -> impl Strategy<Value = TxBody> {
         }),
         Just(TxBody::Tick),
         Just(TxBody::SignatureMarker),
+        gov_strategy(),
         (any::<u64>(), any::<[u8; 32]>(), any::<u64>(), any::<u64>()).prop_map(
             |(marker_index, root, node_id, seed)| {
                 let key = SigningKey::from_bytes(&rand::rngs::StdRng::seed_from_u64(seed).gen());

@@ -46,6 +46,8 @@ pub struct ProposalView {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct ConstitutionView {
     pub governed: bool,
+    /// The ledger's time (ms since the epoch, this node's clock): proposals expire by it.
+    pub ledger_time_ms: i64,
     pub version: Option<u32>,
     pub constitution: Option<Constitution>,
     pub members: Vec<Member>,
@@ -169,6 +171,7 @@ pub(crate) async fn show_constitution(State(app): State<AppState>) -> Json<Const
     let current = governance::constitution(&state);
     Json(ConstitutionView {
         governed: governance::is_governed(&state),
+        ledger_time_ms: app.clock.now().0,
         version: current.as_ref().map(|(version, _)| *version),
         constitution: current.map(|(_, constitution)| constitution),
         members: governance::members(&state),

@@ -71,6 +71,11 @@ pub struct AdminConfig {
     pub settlement: Option<SettlementConfig>,
     /// Meter registries written by `wattle sim --registry-out`, relative to this file.
     pub registries: Vec<PathBuf>,
+    /// Hand the ledger to its consortium once the rest of this file is applied (issue 14): the
+    /// founding members and the constitution. From then on the operator key signs nothing; a
+    /// configuration that differs from the ledger is reported, not applied (propose it).
+    #[serde(default)]
+    pub governance: Option<domain::gov::Genesis>,
 }
 
 /// Tariff versions, price series and the binding every registry meter gets.
@@ -563,6 +568,20 @@ pub async fn load_admin_config(
     }
     // Bindings after every customer is registered.
     actions.extend(bindings);
+    if crate::governance::is_governed(&state_view) {
+        if !actions.is_empty() {
+            tracing::warn!(
+                path = %path.display(),
+                actions = actions.len(),
+                "the consortium governs this ledger: the admin configuration's changes are not applied; propose them (wattle gov propose)"
+            );
+        }
+        return Ok(());
+    }
+    if let Some(genesis) = &config.governance {
+        let genesis = domain::gov::Genesis::new(genesis.members.clone(), genesis.constitution.clone());
+        actions.push(AdminAction::StartGovernance { genesis_json: genesis.to_canonical_json() });
+    }
     let mut nonce = state::admin_nonce(&state_view);
     let count = actions.len();
     for action in actions {
