@@ -234,6 +234,11 @@ impl Client {
     }
 }
 
+/// Submits a signed act to `ledger_url`; a refusal is an error naming its code and reason.
+pub async fn submit_to(http: &reqwest::Client, ledger_url: &str, gov: &SignedGov) -> anyhow::Result<SubmitGovResponse> {
+    Client { http: http.clone(), ledger: ledger_url.trim_end_matches('/').to_string() }.submit(gov).await
+}
+
 /// The body of a success, or the ledger's refusal as an error naming its code and reason.
 async fn answer<T: serde::de::DeserializeOwned>(response: reqwest::Response) -> anyhow::Result<T> {
     let status = response.status();

@@ -99,8 +99,9 @@ pub async fn run(args: SandboxArgs) -> anyhow::Result<()> {
         format!(
             "registries = [\"meters.json\"]\n\n[settlement]\ncurrency = \"EUR\"\ntariffs = {tariff_files:?}\n\
              prices = [{prices_file:?}]\n\n[settlement.binding]\ntariff = \"{}\"\ntime_zone = \"Europe/Berlin\"\n\
-             billing_day = 1\nfrom = \"2026-01-01T00:00:00\"\n",
-            crate::sandbox_tariff::TARIFF_ID
+             billing_day = 1\nfrom = \"2026-01-01T00:00:00\"\n\n{}",
+            crate::sandbox_tariff::TARIFF_ID,
+            governance_config(&data_dir)?
         ),
     )?;
     let broker_port = free_port()?;
@@ -136,11 +137,7 @@ pub async fn run(args: SandboxArgs) -> anyhow::Result<()> {
         std::fs::write(&service_key_path, hex::encode(rand::random::<[u8; 32]>()))?;
     }
     let service_key = ledger::node::read_signing_key(&service_key_path)?;
-    let operator = ledger::node::read_signing_key(&operator_key)?;
-    let endorse_http = reqwest::Client::new();
-    for url in &ledger_urls {
-        ledger::node::endorse_node(&endorse_http, &ledger_urls[0], url, &service_key, &operator).await?;
-    }
+    endorse_by_vote(&data_dir, &ledger_urls, &service_key).await?;
     println!("service public key (verify receipts with it): {}", hex::encode(service_key.verifying_key().to_bytes()));
     // Billing reads a follower: what it serves is what the cluster committed.
     let ledger_url = ledger_urls[1].clone();
@@ -398,3 +395,89 @@ async fn check_bills(
     }
     Ok(())
 }
+
+/// The consortium: the supplier and the grid operator vote, the regulator audits (and must
+/// consent to a constitution change). Keys in the data directory, kept across runs.
+const SANDBOX_MEMBERS: [(&str, &str); 3] = [("supplier", "member"), ("grid", "member"), ("regulator", "auditor")];
+
+/// The `[governance]` section of the sandbox's admin configuration: the ledger is handed to the
+/// three members once the fleet, tariff and bindings are in; each member's key file is
+/// `DATA_DIR/{member}.key`.
+fn governance_config(data_dir: &std::path::Path) -> anyhow::Result<String> {
+    let mut text = String::new();
+    for (member, role) in SANDBOX_MEMBERS {
+        let path = data_dir.join(format!("{member}.key"));
+        if !path.exists() {
+            std::fs::write(&path, hex::encode(rand::random::<[u8; 32]>()))?;
+        }
+        let key = ledger::node::read_signing_key(&path)?;
+        text.push_str(&format!(
+            "[[governance.members]]\nid = \"{member}\"\nrole = \"{role}\"\npublic_key = \"{}\"\n\n",
+            hex::encode(key.verifying_key().to_bytes())
+        ));
+    }
+    text.push_str(
+        "[governance.constitution.default]\nthreshold = \"majority\"\n\n\
+         [governance.constitution.rules.set_constitution]\nthreshold = \"unanimity\"\nauditors_vote = true\n",
+    );
+    Ok(text)
+}
+
+/// Once governance has started, the supplier proposes endorsing every node's signing key with
+/// the service key and the grid operator approves: receipts verify offline from then on.
+async fn endorse_by_vote(
+    data_dir: &std::path::Path,
+    ledger_urls: &[String],
+    service_key: &ed25519_dalek::SigningKey,
+) -> anyhow::Result<()> {
+    use domain::gov::{GovAct, MemberId, Proposal, SignedGov};
+    let http = reqwest::Client::builder().timeout(std::time::Duration::from_secs(30)).build()?;
+    let leader_url = &ledger_urls[0];
+    let deadline = std::time::Instant::now() + GOVERNANCE_WAIT_MAX;
+    let view: ledger::gov_api::ConstitutionView = loop {
+        let view = async { http.get(format!("{leader_url}/v1/gov/constitution")).send().await?.json().await }.await;
+        match view {
+            Ok(view @ ledger::gov_api::ConstitutionView { governed: true, .. }) => break view,
+            _ if std::time::Instant::now() > deadline => {
+                bail!("governance did not start within {GOVERNANCE_WAIT_MAX:?}: see the log")
+            }
+            _ => tokio::time::sleep(std::time::Duration::from_millis(200)).await,
+        }
+    };
+    let mut actions = Vec::new();
+    for url in ledger_urls {
+        let (node_id, node_key) = ledger::node::node_identity(&http, url).await?;
+        actions.push(domain::tx::AdminAction::EndorseNode {
+            node_id,
+            node_key,
+            service_key: service_key.verifying_key().to_bytes(),
+            endorsement: domain::receipt::endorse(service_key, node_id, &node_key),
+        });
+    }
+    let now_s = view.ledger_time_ms.div_euclid(1_000);
+    let nonce = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH)?.as_nanos() as u64;
+    let proposal = Proposal {
+        title: "endorse the sandbox's ledger nodes".into(),
+        nonce,
+        expires_at: domain::ids::UnixSeconds(now_s + 86_400),
+        actions,
+    };
+    let key = |member: &str| ledger::node::read_signing_key(&data_dir.join(format!("{member}.key")));
+    let supplier = MemberId::new("supplier")?;
+    let id = proposal.id(&supplier);
+    crate::gov::submit_to(&http, leader_url, &SignedGov::sign(supplier, GovAct::Propose(proposal), &key("supplier")?))
+        .await?;
+    let vote = GovAct::Vote { proposal: id, approve: true };
+    let answer =
+        crate::gov::submit_to(&http, leader_url, &SignedGov::sign(MemberId::new("grid")?, vote, &key("grid")?)).await?;
+    let status = answer.proposal.map(|proposal| proposal.record.status);
+    anyhow::ensure!(
+        status == Some(ledger::governance::Status::Accepted),
+        "the endorsement proposal {id} was not accepted: {status:?}"
+    );
+    println!("governance: members supplier, grid (vote) and regulator (audits); nodes endorsed by proposal {id}");
+    Ok(())
+}
+
+/// How long the sandbox waits for its admin configuration to hand the ledger to the members.
+const GOVERNANCE_WAIT_MAX: std::time::Duration = std::time::Duration::from_secs(120);

@@ -346,6 +346,16 @@ async fn fetch_history_from(app: &AppState, http: &reqwest::Client, peer: &str, 
 
 /// Endorses a node's signing key with the service key: reads the node's key from its `/healthz`
 /// and submits an operator-signed `EndorseNode` admin transaction to the ledger.
+/// A node's id and signing key, as its `/healthz` reports them (what an endorsement signs).
+pub async fn node_identity(http: &reqwest::Client, node_url: &str) -> anyhow::Result<(u64, [u8; 32])> {
+    let health: serde_json::Value = http.get(format!("{node_url}/healthz")).send().await?.json().await?;
+    let node_id = health["node_id"].as_u64().context("node_id in the node's /healthz")?;
+    let node_key: [u8; 32] = hex::decode(health["node_key"].as_str().context("node_key in the node's /healthz")?)?
+        .try_into()
+        .map_err(|_| anyhow::anyhow!("node_key is not 32 bytes"))?;
+    Ok((node_id, node_key))
+}
+
 pub async fn endorse_node(
     http: &reqwest::Client,
     ledger_url: &str,
@@ -353,11 +363,7 @@ pub async fn endorse_node(
     service_key: &SigningKey,
     operator_key: &SigningKey,
 ) -> anyhow::Result<SubmitAdminResponse> {
-    let health: serde_json::Value = http.get(format!("{node_url}/healthz")).send().await?.json().await?;
-    let node_id = health["node_id"].as_u64().context("node_id in the node's /healthz")?;
-    let node_key: [u8; 32] = hex::decode(health["node_key"].as_str().context("node_key in the node's /healthz")?)?
-        .try_into()
-        .map_err(|_| anyhow::anyhow!("node_key is not 32 bytes"))?;
+    let (node_id, node_key) = node_identity(http, node_url).await?;
     let config: serde_json::Value =
         http.get(format!("{ledger_url}/v1/config")).send().await?.error_for_status()?.json().await?;
     let nonce = config["admin_nonce"].as_u64().context("admin_nonce in /v1/config")? + 1;
