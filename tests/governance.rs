@@ -17,7 +17,7 @@ use ledger::gov_api::{ConstitutionView, ProposalView};
 use ledger::governance::Status;
 
 use crate::support::{clock_args, configure_ledger, poll_until, start_single_ledger, wattle, CLUSTER_SERIAL};
-use crate::verifiable::{operator_public_key, run};
+use crate::verifiable::{audit_stopped_node, run};
 
 const SEED: u64 = 41;
 
@@ -262,16 +262,7 @@ async fn members_decide_by_the_constitution_and_the_operator_key_is_retired() ->
     assert_eq!(serde_json::from_str::<serde_json::Value>(&listing)?["proposals"].as_array().map(Vec::len), Some(9));
 
     // Replayed from the history alone, every proposal, ballot and outcome comes out the same.
-    node.kill()?;
-    let data_dir = path("node-1");
-    poll_until("the node released its database", Duration::from_secs(20), || {
-        let data_dir = data_dir.clone();
-        async move { ledger::kv::RocksKv::open(&data_dir.join("db")).ok().map(drop) }
-    })
-    .await?;
-    let operator = operator_public_key(&path("operator.key"))?;
-    let (ok, output) =
-        run(wattle().arg("audit").arg(&data_dir).args(["--operator-key", &operator, "--service-key", service.trim()]))?;
+    let (ok, output) = audit_stopped_node(&mut node, dir.path(), &service).await?;
     assert!(ok, "the audit of a governed ledger failed: {output}");
     Ok(())
 }

@@ -13,7 +13,7 @@ use domain::reading::Reading;
 use rust_decimal::Decimal;
 
 use crate::support::{clock_args, configure_ledger, poll_until, start_single_ledger, wattle, CLUSTER_SERIAL};
-use crate::verifiable::{operator_public_key, run};
+use crate::verifiable::{audit_stopped_node, run};
 
 const SEED: u64 = 31;
 
@@ -118,16 +118,7 @@ async fn the_leader_ticks_october_closed_and_serves_its_statement() -> anyhow::R
 
     // Replayed from its history alone, the node's state (bindings, prices, intervals, periods,
     // party accounts, the frozen statement) comes out identical, key by key.
-    node.kill()?;
-    let data_dir = path("node-1");
-    poll_until("the node released its database", Duration::from_secs(20), || {
-        let data_dir = data_dir.clone();
-        async move { ledger::kv::RocksKv::open(&data_dir.join("db")).ok().map(drop) }
-    })
-    .await?;
-    let operator = operator_public_key(&path("operator.key"))?;
-    let (ok, output) =
-        run(wattle().arg("audit").arg(&data_dir).args(["--operator-key", &operator, "--service-key", service.trim()]))?;
+    let (ok, output) = audit_stopped_node(&mut node, dir.path(), &service).await?;
     assert!(ok, "the audit of a node that closed a period failed: {output}");
     Ok(())
 }

@@ -53,6 +53,24 @@ pub(crate) fn operator_public_key(secret_file: &Path) -> anyhow::Result<String> 
     Ok(hex::encode(ed25519_dalek::SigningKey::from_bytes(&secret).verifying_key().to_bytes()))
 }
 
+/// Stops the single node started in `dir` and runs `wattle audit` on its data directory under
+/// the operator key in `dir/operator.key` and the service public key `service`.
+pub(crate) async fn audit_stopped_node(
+    node: &mut crate::support::Process,
+    dir: &Path,
+    service: &str,
+) -> anyhow::Result<(bool, String)> {
+    node.kill()?;
+    let data_dir = dir.join("node-1");
+    crate::support::poll_until("the node released its database", std::time::Duration::from_secs(20), || {
+        let data_dir = data_dir.clone();
+        async move { ledger::kv::RocksKv::open(&data_dir.join("db")).ok().map(drop) }
+    })
+    .await?;
+    let operator = operator_public_key(&dir.join("operator.key"))?;
+    run(wattle().arg("audit").arg(&data_dir).args(["--operator-key", &operator, "--service-key", service.trim()]))
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn receipts_verify_offline_and_audit_names_tampered_transactions() -> anyhow::Result<()> {
     let _serial = CLUSTER_SERIAL.lock().await;
