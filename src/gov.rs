@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context};
 use domain::gov::{Constitution, GovAct, Member, MemberId, Proposal, ProposalId, Role, SignedGov};
-use domain::ids::{CustomerId, KeyId, MeterId, UnixSeconds};
+use domain::ids::{CustomerId, GatewayId, KeyId, MeterId, UnixSeconds};
 use domain::money::{Currency, UnitPrice};
 use domain::tx::AdminAction;
 use ledger::gov_api::{ConstitutionView, ProposalPage, ProposalView, SubmitGov, SubmitGovResponse};
@@ -134,6 +134,25 @@ enum ActionFile {
     SetConstitution {
         file: PathBuf,
     },
+    /// A new key for the meter from an interval on (RFC 3339, on the 15-minute grid).
+    RotateMeterKey {
+        meter_id: MeterId,
+        key_id: u32,
+        public_key: String,
+        effective_from: chrono::DateTime<chrono::Utc>,
+    },
+    RevokeMeterKey {
+        meter_id: MeterId,
+        key_id: u32,
+        from: chrono::DateTime<chrono::Utc>,
+    },
+    RegisterGateway {
+        gateway_id: GatewayId,
+        public_key: String,
+    },
+    RevokeGateway {
+        gateway_id: GatewayId,
+    },
 }
 
 fn public_key(hex_text: &str) -> anyhow::Result<[u8; 32]> {
@@ -194,6 +213,21 @@ impl ActionFile {
                     .with_context(|| format!("{} is not a constitution", file.display()))?;
                 AdminAction::SetConstitution { constitution_json: constitution.to_canonical_json() }
             }
+            ActionFile::RotateMeterKey { meter_id, key_id, public_key: key, effective_from } => {
+                AdminAction::RotateMeterKey {
+                    meter_id,
+                    key_id: KeyId(key_id),
+                    public_key: public_key(&key)?,
+                    effective_from: UnixSeconds(effective_from.timestamp()),
+                }
+            }
+            ActionFile::RevokeMeterKey { meter_id, key_id, from } => {
+                AdminAction::RevokeMeterKey { meter_id, key_id: KeyId(key_id), from: UnixSeconds(from.timestamp()) }
+            }
+            ActionFile::RegisterGateway { gateway_id, public_key: key } => {
+                AdminAction::RegisterGateway { gateway_id, public_key: public_key(&key)? }
+            }
+            ActionFile::RevokeGateway { gateway_id } => AdminAction::RevokeGateway { gateway_id },
         })
     }
 }

@@ -890,13 +890,16 @@ async fn run(command: Command) -> anyhow::Result<()> {
                     println!(
                         "audit passed: {} entries ({} transactions, {} meter signatures re-verified, {} signature \
                          transactions checked, {} admin transactions under the operator key, {} endorsements by \
-                         the service key), {} state keys match, root {} ({:.1} s)",
+                         the service key, {} governance acts re-decided, {} proposals accepted), {} state keys \
+                         match, root {} ({:.1} s)",
                         report.entries,
                         report.transactions,
                         report.readings_verified,
                         report.signatures_checked,
                         report.admin_checked,
                         report.endorsements_checked,
+                        report.governance_acts,
+                        report.proposals_accepted,
                         report.state_keys_compared,
                         report.root.map(hex::encode).unwrap_or_else(|| "-".into()),
                         started.elapsed().as_secs_f64()

@@ -137,7 +137,8 @@ pub async fn run(args: SandboxArgs) -> anyhow::Result<()> {
         std::fs::write(&service_key_path, hex::encode(rand::random::<[u8; 32]>()))?;
     }
     let service_key = ledger::node::read_signing_key(&service_key_path)?;
-    endorse_by_vote(&data_dir, &ledger_urls, &service_key).await?;
+    let gateway_public = gateway_key.verifying_key().to_bytes();
+    admit_by_vote(&data_dir, &ledger_urls, &service_key, (&gateway_id, gateway_public)).await?;
     println!("service public key (verify receipts with it): {}", hex::encode(service_key.verifying_key().to_bytes()));
     // Billing reads a follower: what it serves is what the cluster committed.
     let ledger_url = ledger_urls[1].clone();
@@ -424,11 +425,13 @@ fn governance_config(data_dir: &std::path::Path) -> anyhow::Result<String> {
 }
 
 /// Once governance has started, the supplier proposes endorsing every node's signing key with
-/// the service key and the grid operator approves: receipts verify offline from then on.
-async fn endorse_by_vote(
+/// the service key and registering the gateway, and the grid operator approves: receipts verify
+/// offline from then on, and the ledger hears batches from this gateway, signed with its key, only.
+async fn admit_by_vote(
     data_dir: &std::path::Path,
     ledger_urls: &[String],
     service_key: &ed25519_dalek::SigningKey,
+    (gateway_id, gateway_key): (&GatewayId, [u8; 32]),
 ) -> anyhow::Result<()> {
     use domain::gov::{GovAct, MemberId, Proposal, SignedGov};
     let http = reqwest::Client::builder().timeout(std::time::Duration::from_secs(30)).build()?;
@@ -454,10 +457,11 @@ async fn endorse_by_vote(
             endorsement: domain::receipt::endorse(service_key, node_id, &node_key),
         });
     }
+    actions.push(domain::tx::AdminAction::RegisterGateway { gateway_id: gateway_id.clone(), public_key: gateway_key });
     let now_s = view.ledger_time_ms.div_euclid(1_000);
     let nonce = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH)?.as_nanos() as u64;
     let proposal = Proposal {
-        title: "endorse the sandbox's ledger nodes".into(),
+        title: "endorse the sandbox's ledger nodes, register its gateway".into(),
         nonce,
         expires_at: domain::ids::UnixSeconds(now_s + 86_400),
         actions,
@@ -473,9 +477,12 @@ async fn endorse_by_vote(
     let status = answer.proposal.map(|proposal| proposal.record.status);
     anyhow::ensure!(
         status == Some(ledger::governance::Status::Accepted),
-        "the endorsement proposal {id} was not accepted: {status:?}"
+        "the admission proposal {id} was not accepted: {status:?}"
     );
-    println!("governance: members supplier, grid (vote) and regulator (audits); nodes endorsed by proposal {id}");
+    println!(
+        "governance: members supplier, grid (vote) and regulator (audits); nodes endorsed and gateway {gateway_id} \
+         registered by proposal {id}"
+    );
     Ok(())
 }
 

@@ -6,7 +6,7 @@
 //! with their reasons; a constitution change decides only the proposals made after it; a meter
 //! registered by governance is accepted end to end; `wattle audit` replays every act.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use anyhow::Context;
@@ -46,12 +46,13 @@ threshold = "unanimity"
 const MEMBERS: [(&str, &str); 4] =
     [("supplier", "member"), ("grid", "member"), ("supplier-b", "member"), ("regulator", "auditor")];
 
-struct Gov<'a> {
-    dir: &'a Path,
-    url: String,
+/// A member's CLI against one ledger, keys in `dir`.
+pub(crate) struct Gov {
+    pub(crate) dir: PathBuf,
+    pub(crate) url: String,
 }
 
-impl Gov<'_> {
+impl Gov {
     /// `wattle gov ARGS --ledger URL --json` as `member`; (success, output).
     fn run(&self, member: Option<&str>, args: &[&str]) -> anyhow::Result<(bool, String)> {
         let mut command = wattle();
@@ -62,7 +63,7 @@ impl Gov<'_> {
         run(&mut command)
     }
 
-    fn propose(&self, member: &str, name: &str, body: &str) -> anyhow::Result<ProposalView> {
+    pub(crate) fn propose(&self, member: &str, name: &str, body: &str) -> anyhow::Result<ProposalView> {
         let file = self.dir.join(format!("{name}.toml"));
         std::fs::write(&file, body)?;
         let (ok, output) = self.run(Some(member), &["propose", file.to_str().context("utf-8 path")?])?;
@@ -70,14 +71,14 @@ impl Gov<'_> {
         proposal_of(&output)
     }
 
-    fn vote(&self, member: &str, id: &str, approve: bool) -> anyhow::Result<ProposalView> {
+    pub(crate) fn vote(&self, member: &str, id: &str, approve: bool) -> anyhow::Result<ProposalView> {
         let (ok, output) = self.run(Some(member), &["vote", id, if approve { "--approve" } else { "--reject" }])?;
         anyhow::ensure!(ok, "{member}'s vote on {id} failed: {output}");
         proposal_of(&output)
     }
 
     /// A vote the ledger must refuse; returns the refusal text.
-    fn refused_vote(&self, member: Option<&str>, args: &[&str]) -> anyhow::Result<String> {
+    pub(crate) fn refused_vote(&self, member: Option<&str>, args: &[&str]) -> anyhow::Result<String> {
         let (ok, output) = self.run(member, args)?;
         anyhow::ensure!(!ok, "the ledger accepted what it should refuse: {args:?}: {output}");
         Ok(output)
@@ -103,15 +104,30 @@ fn publish_tariff(id: &str) -> String {
     format!("title = \"tariff {id}\"\n[[action]]\nkind = \"publish_tariff\"\nfile = \"{id}.tariff.toml\"\n")
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn members_decide_by_the_constitution_and_the_operator_key_is_retired() -> anyhow::Result<()> {
-    let _serial = CLUSTER_SERIAL.lock().await;
-    let dir = tempfile::tempdir()?;
-    let path = |name: &str| dir.path().join(name);
+/// A running single node whose admin configuration hands it to `members` under `constitution`
+/// (TOML of `[governance.constitution...]`), endorsed by a voted proposal of the first two
+/// members (the default rule must let two pass it).
+pub(crate) struct Governed {
+    pub(crate) node: crate::support::Process,
+    pub(crate) url: String,
+    pub(crate) gov: Gov,
+    /// The service public key that endorsed the node, hex.
+    pub(crate) service: String,
+    /// The public key of `stranger.key`, which belongs to no member, hex.
+    pub(crate) stranger: String,
+}
+
+pub(crate) async fn start_governed(
+    dir: &Path,
+    members: &[(&str, &str)],
+    constitution: &str,
+    clock: &[String],
+) -> anyhow::Result<Governed> {
+    let path = |name: &str| dir.join(name);
     let http = reqwest::Client::builder().timeout(Duration::from_secs(30)).build()?;
-    configure_ledger(dir.path(), 1, SEED, "0.25")?;
+    configure_ledger(dir, 1, SEED, "0.25")?;
     let mut config = std::fs::read_to_string(path("ledger.toml"))?;
-    for (name, role) in MEMBERS {
+    for (name, role) in members {
         let (ok, public) = run(wattle().arg("keygen").arg("--out").arg(path(&format!("{name}.key"))))?;
         anyhow::ensure!(ok, "keygen failed: {public}");
         config.push_str(&format!(
@@ -119,26 +135,18 @@ async fn members_decide_by_the_constitution_and_the_operator_key_is_retired() ->
             public.trim()
         ));
     }
-    config.push_str(GOVERNANCE);
+    config.push_str(constitution);
     std::fs::write(path("ledger.toml"), config)?;
     let (ok, stranger) = run(wattle().arg("keygen").arg("--out").arg(path("stranger.key")))?;
     anyhow::ensure!(ok, "keygen failed: {stranger}");
-    for id in ["t-one", "t-two", "t-three", "t-four"] {
-        std::fs::write(path(&format!("{id}.tariff.toml")), tariff(id))?;
-    }
-    // Simulated time at 3,600×: a proposal expiring after one day expires 24 real seconds on.
-    let clock = clock_args("2026-11-01T00:00:00Z", 3_600, domain::clock::wall_clock_now().0);
-    let (mut node, url) = start_single_ledger(dir.path(), &clock).await?;
-    let gov = Gov { dir: dir.path(), url: url.clone() };
-    let view: ConstitutionView = poll_until("governance started", Duration::from_secs(60), || async {
+    let (node, url) = start_single_ledger(dir, clock).await?;
+    let gov = Gov { dir: dir.to_path_buf(), url: url.clone() };
+    poll_until("governance started", Duration::from_secs(60), || async {
         let view: ConstitutionView =
             http.get(format!("{url}/v1/gov/constitution")).send().await.ok()?.json().await.ok()?;
-        view.governed.then_some(view)
+        view.governed.then_some(())
     })
     .await?;
-    assert_eq!(view.members.len(), 4);
-    assert_eq!(view.version, Some(1));
-
     // Endorsing the node is a voted action too (receipts and the audit need it).
     let (ok, service) = run(wattle().arg("keygen").arg("--out").arg(path("service.key")))?;
     anyhow::ensure!(ok, "keygen failed: {service}");
@@ -148,8 +156,28 @@ async fn members_decide_by_the_constitution_and_the_operator_key_is_retired() ->
          service_key_file = \"service.key\"\n",
         health["node_id"], health["node_key"]
     );
-    let endorsement = gov.propose("grid", "endorse", &endorse)?;
-    assert_eq!(gov.vote("supplier", &endorsement.record.id, true)?.record.status, Status::Accepted);
+    let endorsement = gov.propose(members[1].0, "endorse", &endorse)?;
+    let passed = gov.vote(members[0].0, &endorsement.record.id, true)?;
+    anyhow::ensure!(passed.record.status == Status::Accepted, "the endorsement did not pass: {passed:?}");
+    Ok(Governed { node, url, gov, service: service.trim().to_string(), stranger: stranger.trim().to_string() })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn members_decide_by_the_constitution_and_the_operator_key_is_retired() -> anyhow::Result<()> {
+    let _serial = CLUSTER_SERIAL.lock().await;
+    let dir = tempfile::tempdir()?;
+    let path = |name: &str| dir.path().join(name);
+    let http = reqwest::Client::builder().timeout(Duration::from_secs(30)).build()?;
+    for id in ["t-one", "t-two", "t-three", "t-four"] {
+        std::fs::write(path(&format!("{id}.tariff.toml")), tariff(id))?;
+    }
+    // Simulated time at 3,600×: a proposal expiring after one day expires 24 real seconds on.
+    let clock = clock_args("2026-11-01T00:00:00Z", 3_600, domain::clock::wall_clock_now().0);
+    let Governed { mut node, url, gov, service, stranger } =
+        start_governed(dir.path(), &MEMBERS, GOVERNANCE, &clock).await?;
+    let view: ConstitutionView = http.get(format!("{url}/v1/gov/constitution")).send().await?.json().await?;
+    assert_eq!(view.members.len(), 4);
+    assert_eq!(view.version, Some(1));
 
     // Made early, so it has expired by the end.
     let expiring =
@@ -264,5 +292,12 @@ async fn members_decide_by_the_constitution_and_the_operator_key_is_retired() ->
     // Replayed from the history alone, every proposal, ballot and outcome comes out the same.
     let (ok, output) = audit_stopped_node(&mut node, dir.path(), &service).await?;
     assert!(ok, "the audit of a governed ledger failed: {output}");
+    assert!(output.contains("6 proposals accepted"), "{output}");
+    // An auditor trusting another service key is told the voted endorsement is not its key's.
+    let data_dir = path("node-1");
+    let operator = crate::verifiable::operator_public_key(&path("operator.key"))?;
+    let (ok, output) =
+        run(wattle().arg("audit").arg(&data_dir).args(["--operator-key", &operator, "--service-key", &stranger]))?;
+    assert!(!ok && output.contains("foreign_service_key"), "a voted endorsement under a foreign key passed: {output}");
     Ok(())
 }

@@ -17,6 +17,7 @@ mod ledger_admission;
 mod modbus;
 #[path = "../src/process.rs"]
 mod process;
+mod registry;
 mod sandbox;
 mod settlement;
 mod support;

@@ -121,13 +121,68 @@ pub struct TransactionStatus {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct MeterInfo {
     pub meter_id: MeterId,
+    /// The newest key's id.
     pub key_id: u32,
-    /// Ed25519 public key, hex. For an attested meter: the attesting gateway's key.
+    /// The newest key, Ed25519, hex. For an attested meter: the attesting gateway's key.
     pub public_key: String,
     pub customer_id: CustomerId,
     /// Set for an unsigned (legacy) meter: the gateway whose key signs its readings.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub attested_by: Option<GatewayId>,
+    /// Every key of the meter with the intervals it signs, oldest first (`domain::keyring`).
+    /// Absent (a registry cached before key rotation): one key, `key_id`, for every interval.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub keys: Vec<MeterKeyInfo>,
+}
+
+/// One key of a meter and its window `[valid_from, valid_until)` of interval starts (Unix
+/// seconds; `valid_from` absent: since ever, `valid_until` absent: open).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MeterKeyInfo {
+    pub key_id: u32,
+    pub public_key: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub valid_from: Option<i64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub valid_until: Option<i64>,
+}
+
+impl MeterInfo {
+    /// The meter's key ring as the ledger holds it; `None` if a key is not 32 bytes of hex or the
+    /// windows are out of order.
+    pub fn key_ring(&self) -> Option<crate::keyring::KeyRing> {
+        use crate::ids::{KeyId, UnixSeconds};
+        let parse = |key: &str| hex::decode(key).ok().and_then(|bytes| <[u8; 32]>::try_from(bytes).ok());
+        if self.keys.is_empty() {
+            return Some(crate::keyring::KeyRing::first(KeyId(self.key_id), parse(&self.public_key)?));
+        }
+        let keys = self
+            .keys
+            .iter()
+            .map(|key| {
+                Some(crate::keyring::MeterKey {
+                    key_id: KeyId(key.key_id),
+                    public_key: parse(&key.public_key)?,
+                    valid_from: UnixSeconds(key.valid_from.unwrap_or(i64::MIN)),
+                    valid_until: key.valid_until.map(UnixSeconds),
+                })
+            })
+            .collect::<Option<Vec<_>>>()?;
+        crate::keyring::KeyRing::from_keys(keys)
+    }
+
+    /// Describes a key ring the way [`MeterInfo::keys`] carries it.
+    pub fn describe_keys(ring: &crate::keyring::KeyRing) -> Vec<MeterKeyInfo> {
+        ring.keys()
+            .iter()
+            .map(|key| MeterKeyInfo {
+                key_id: key.key_id.0,
+                public_key: hex::encode(key.public_key),
+                valid_from: (key.valid_from.0 != i64::MIN).then_some(key.valid_from.0),
+                valid_until: key.valid_until.map(|until| until.0),
+            })
+            .collect()
+    }
 }
 
 /// `GET /v1/customers/{id}/account`: committed settlement state of one customer, unrounded.

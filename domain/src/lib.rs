@@ -13,6 +13,7 @@ pub mod clock;
 pub mod codec;
 pub mod gov;
 pub mod ids;
+pub mod keyring;
 pub mod limits;
 pub mod merkle;
 pub mod modbus;

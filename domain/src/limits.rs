@@ -101,3 +101,6 @@ pub const PROPOSAL_TITLE_BYTES_MAX: usize = 200;
 pub const PROPOSAL_LIFETIME_SECONDS_MAX: i64 = 90 * 86_400;
 /// Largest governance document (genesis, member, constitution) as canonical JSON.
 pub const GOV_DOCUMENT_JSON_BYTES_MAX: usize = 16 * 1024;
+
+/// Most keys one meter keeps over its life (`keyring`): rotations beyond this need a new meter id.
+pub const METER_KEYS_MAX: usize = 16;

@@ -5,7 +5,7 @@ use ed25519_dalek::{Signer, SigningKey};
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 use crate::codec::{DecodeError, Reader, Writer};
-use crate::ids::{CustomerId, GatewayId, KeyId, MemberId, MeterId, TxId, UnixMillis};
+use crate::ids::{CustomerId, GatewayId, KeyId, MemberId, MeterId, TxId, UnixMillis, UnixSeconds};
 use crate::limits::{
     BATCH_READINGS_MAX, BINDING_JSON_BYTES_MAX, GOV_DOCUMENT_JSON_BYTES_MAX, PRICE_SERIES_JSON_BYTES_MAX,
     READING_BYTES, TARIFF_JSON_BYTES_MAX, TRANSACTION_BYTES_MAX,
@@ -175,6 +175,31 @@ pub enum AdminAction {
     SetConstitution {
         constitution_json: Vec<u8>,
     },
+    /// Give a registered meter a new key for the intervals from `effective_from` on (aligned to
+    /// the 15-minute grid); its newest key then signs only the intervals before (`keyring`).
+    RotateMeterKey {
+        meter_id: MeterId,
+        key_id: KeyId,
+        public_key: [u8; 32],
+        effective_from: UnixSeconds,
+    },
+    /// End a meter key's window at `from`: readings of intervals from then on signed with it are
+    /// refused; settled readings stay.
+    RevokeMeterKey {
+        meter_id: MeterId,
+        key_id: KeyId,
+        from: UnixSeconds,
+    },
+    /// Register a gateway and the key it signs its batches with. Once any gateway is registered
+    /// the ledger accepts batches only from registered gateways, signed with their registered key.
+    RegisterGateway {
+        gateway_id: GatewayId,
+        public_key: [u8; 32],
+    },
+    /// Revoke a gateway: its batches are refused from now on.
+    RevokeGateway {
+        gateway_id: GatewayId,
+    },
 }
 
 /// Longest node address in an admin action.
@@ -322,6 +347,23 @@ impl AdminAction {
                 );
                 writer.u8(14).long_bytes(constitution_json);
             }
+            AdminAction::RotateMeterKey { meter_id, key_id, public_key, effective_from } => {
+                writer
+                    .u8(15)
+                    .short_bytes(meter_id.as_str().as_bytes())
+                    .u32(key_id.0)
+                    .fixed(public_key)
+                    .i64(effective_from.0);
+            }
+            AdminAction::RevokeMeterKey { meter_id, key_id, from } => {
+                writer.u8(16).short_bytes(meter_id.as_str().as_bytes()).u32(key_id.0).i64(from.0);
+            }
+            AdminAction::RegisterGateway { gateway_id, public_key } => {
+                writer.u8(17).short_bytes(gateway_id.as_str().as_bytes()).fixed(public_key);
+            }
+            AdminAction::RevokeGateway { gateway_id } => {
+                writer.u8(18).short_bytes(gateway_id.as_str().as_bytes());
+            }
         }
     }
     pub(crate) fn decode(reader: &mut Reader<'_>) -> Result<Self, DecodeError> {
@@ -377,6 +419,22 @@ impl AdminAction {
             14 => Ok(AdminAction::SetConstitution {
                 constitution_json: reader.long_bytes(GOV_DOCUMENT_JSON_BYTES_MAX)?.to_vec(),
             }),
+            15 => Ok(AdminAction::RotateMeterKey {
+                meter_id: decode_id(reader, "meter_id")?,
+                key_id: KeyId(reader.u32()?),
+                public_key: reader.array()?,
+                effective_from: UnixSeconds(reader.i64()?),
+            }),
+            16 => Ok(AdminAction::RevokeMeterKey {
+                meter_id: decode_id(reader, "meter_id")?,
+                key_id: KeyId(reader.u32()?),
+                from: UnixSeconds(reader.i64()?),
+            }),
+            17 => Ok(AdminAction::RegisterGateway {
+                gateway_id: decode_id(reader, "gateway_id")?,
+                public_key: reader.array()?,
+            }),
+            18 => Ok(AdminAction::RevokeGateway { gateway_id: decode_id(reader, "gateway_id")? }),
             other => Err(DecodeError::invalid("admin_action", format!("unknown kind {other}"))),
         }
     }

@@ -176,6 +176,25 @@ fn action_strategy() -> impl Strategy<Value = AdminAction> {
             .prop_map(|member| AdminAction::RemoveMember { member_id: MemberId::new(member).expect("valid id") }),
         proptest::collection::vec(any::<u8>(), 0..64)
             .prop_map(|json| AdminAction::SetConstitution { constitution_json: json }),
+        (id_strategy(), any::<u32>(), any::<[u8; 32]>(), any::<i64>()).prop_map(
+            |(meter, key_id, public_key, effective_from)| AdminAction::RotateMeterKey {
+                meter_id: MeterId::new(meter).expect("valid id"),
+                key_id: KeyId(key_id),
+                public_key,
+                effective_from: UnixSeconds(effective_from),
+            }
+        ),
+        (id_strategy(), any::<u32>(), any::<i64>()).prop_map(|(meter, key_id, from)| AdminAction::RevokeMeterKey {
+            meter_id: MeterId::new(meter).expect("valid id"),
+            key_id: KeyId(key_id),
+            from: UnixSeconds(from),
+        }),
+        (id_strategy(), any::<[u8; 32]>()).prop_map(|(gateway, public_key)| AdminAction::RegisterGateway {
+            gateway_id: GatewayId::new(gateway).expect("valid id"),
+            public_key,
+        }),
+        id_strategy()
+            .prop_map(|gateway| AdminAction::RevokeGateway { gateway_id: GatewayId::new(gateway).expect("valid id") }),
     ]
 }
 

@@ -49,6 +49,7 @@ pub fn registry(seed: u64, meters: u32) -> Vec<MeterInfo> {
             public_key: hex::encode(meter_key(seed, index).verifying_key().to_bytes()),
             customer_id: customer_id(index),
             attested_by: None,
+            keys: Vec::new(),
         })
         .collect()
 }

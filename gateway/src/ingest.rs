@@ -200,18 +200,20 @@ pub(crate) async fn process_batch(shared: &Shared, batch: &[Incoming]) -> anyhow
             let reading = signed.reading();
             let unverified = match registry.meters.get(&reading.meter_id) {
                 None => Some(("unknown_meter", format!("meter {} is not registered", reading.meter_id))),
-                Some(entry) if entry.key_id != reading.key_id => Some((
-                    "unknown_key",
-                    format!(
-                        "meter {} has key {} registered, reading names key {}",
-                        reading.meter_id, entry.key_id.0, reading.key_id.0
-                    ),
-                )),
-                Some(entry) => {
-                    candidates.push((signed.clone(), entry.public_key));
-                    candidate_envelopes.push((index, envelope));
-                    None
-                }
+                Some(entry) => match entry.keys.key_for(reading.key_id, reading.interval_start) {
+                    Ok(public_key) => {
+                        candidates.push((signed.clone(), public_key));
+                        candidate_envelopes.push((index, envelope));
+                        None
+                    }
+                    Err(refusal) => Some((
+                        refusal.code(),
+                        format!(
+                            "meter {} key {} does not sign the interval from {}: {refusal}",
+                            reading.meter_id, reading.key_id.0, reading.interval_start.0
+                        ),
+                    )),
+                },
             };
             if let Some((reason, detail)) = unverified {
                 rejected.push(quarantine_entry(

@@ -524,7 +524,7 @@ fn attest_sample(
     let key_id = match registered {
         Some(entry) if entry.attested_by.as_ref() == Some(&shared.config.gateway_id) => {
             attest.refused = false;
-            entry.key_id
+            entry.keys.newest().key_id
         }
         other => {
             let fresh = !attest.refused;

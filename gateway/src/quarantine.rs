@@ -57,7 +57,11 @@ pub fn gateway_reason_class(reason: &str) -> ReasonClass {
     match reason {
         "equivocation" => ReasonClass::Final,
         "unknown_meter" | "unknown_key" => ReasonClass::Unverified,
-        "clock_future" | "implausible_energy" | "register_backwards" => ReasonClass::Held,
+        // A key outside its window: kept with its bytes for the operator (a meter still signing
+        // with a rotated-out key needs its firmware fixed, not its readings dropped).
+        "clock_future" | "implausible_energy" | "register_backwards" | "key_not_yet_valid" | "key_retired" => {
+            ReasonClass::Held
+        }
         // malformed_*, payload_too_large, bad_signature (unverifiable bytes: anyone can send
         // them), attested_* and every other input fault.
         _ => ReasonClass::Garbage,
@@ -87,8 +91,9 @@ mod tests {
         assert_eq!(ledger_reason_class("equivocation"), ReasonClass::Final);
         assert_eq!(ledger_reason_class("bad_signature"), ReasonClass::Final);
         assert_eq!(ledger_reason_class("implausible_energy"), ReasonClass::Held);
+        assert_eq!(ledger_reason_class("key_retired"), ReasonClass::Held);
         assert_eq!(ledger_reason_class("a_code_from_a_newer_ledger"), ReasonClass::Held);
-        for reason in ["clock_future", "implausible_energy", "register_backwards"] {
+        for reason in ["clock_future", "implausible_energy", "register_backwards", "key_not_yet_valid", "key_retired"] {
             assert_eq!(gateway_reason_class(reason), ReasonClass::Held, "{reason}");
         }
         assert_eq!(gateway_reason_class("bad_signature"), ReasonClass::Garbage);

@@ -7,15 +7,16 @@ use std::time::Instant;
 
 use anyhow::Context;
 use domain::api::MeterInfo;
-use domain::ids::{GatewayId, KeyId, MeterId};
+use domain::ids::{GatewayId, MeterId};
+use domain::keyring::KeyRing;
 
 use crate::{GatewayConfig, Shared};
 
 /// One meter of the registry.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) struct RegistryEntry {
-    pub(crate) key_id: KeyId,
-    pub(crate) public_key: [u8; 32],
+    /// The meter's keys and the intervals each signs, as the ledger holds them.
+    pub(crate) keys: KeyRing,
     /// For an unsigned meter: the gateway that attests its readings.
     pub(crate) attested_by: Option<GatewayId>,
 }
@@ -67,17 +68,11 @@ pub(crate) fn load_cached_registry(shared: &Shared) -> anyhow::Result<bool> {
 pub(crate) fn install_registry(shared: &Shared, meters: Vec<MeterInfo>, from: &str) {
     let mut map = HashMap::with_capacity(meters.len());
     for meter in meters {
-        let key: [u8; 32] = match hex::decode(&meter.public_key).ok().and_then(|bytes| bytes.try_into().ok()) {
-            Some(key) => key,
-            None => {
-                tracing::error!(meter = %meter.meter_id, "ledger registry holds a malformed key; meter skipped");
-                continue;
-            }
+        let Some(keys) = meter.key_ring() else {
+            tracing::error!(meter = %meter.meter_id, "ledger registry holds a malformed key or key window; meter skipped");
+            continue;
         };
-        map.insert(
-            meter.meter_id,
-            RegistryEntry { key_id: KeyId(meter.key_id), public_key: key, attested_by: meter.attested_by },
-        );
+        map.insert(meter.meter_id, RegistryEntry { keys, attested_by: meter.attested_by });
     }
     let mut registry = shared.registry.lock().expect("registry lock is never poisoned");
     let grew = map.iter().any(|(meter, entry)| registry.meters.get(meter) != Some(entry));

@@ -252,12 +252,14 @@ async fn list_meters(State(app): State<AppState>) -> Json<Vec<MeterInfo>> {
         .into_iter()
         .map(|(_, value)| {
             let record = MeterRecord::decode(&value).expect("committed meter record decodes");
+            let newest = record.keys.newest();
             MeterInfo {
-                meter_id: record.meter_id,
-                key_id: record.key_id.0,
-                public_key: hex::encode(record.public_key),
+                meter_id: record.meter_id.clone(),
+                key_id: newest.key_id.0,
+                public_key: hex::encode(newest.public_key),
                 customer_id: record.customer_id,
                 attested_by: record.attested_by,
+                keys: MeterInfo::describe_keys(&record.keys),
             }
         })
         .collect();

@@ -109,6 +109,11 @@ pub struct AuditReport {
     pub admin_checked: u64,
     /// Endorsements that took effect, each checked against the service anchor.
     pub endorsements_checked: u64,
+    /// Members' proposals, ballots and withdrawals that took effect, each re-decided by the
+    /// replay under the constitution version its proposal was made under.
+    pub governance_acts: u64,
+    /// Proposals the replay found accepted (their actions re-executed).
+    pub proposals_accepted: u64,
     pub state_keys_compared: u64,
     pub root: Option<merkle::Hash>,
 }
@@ -201,10 +206,12 @@ pub fn audit(
                         for item in &batch.readings {
                             let reading = item.reading.reading();
                             let Some(meter) = state::meter(&replay, &reading.meter_id) else { continue };
-                            if meter.key_id != reading.key_id {
-                                continue; // refused by the state machine as unknown_key; nothing settled
-                            }
-                            if domain::verify::verify(item.reading.signed().clone(), &meter.public_key).is_err() {
+                            // A key not valid for the interval is refused by the state machine
+                            // (unknown_key, key_not_yet_valid, key_retired): nothing settled.
+                            let Ok(public_key) = meter.keys.key_for(reading.key_id, reading.interval_start) else {
+                                continue;
+                            };
+                            if domain::verify::verify(item.reading.signed().clone(), &public_key).is_err() {
                                 return Err(fail(
                                     at,
                                     &tx_id,
@@ -275,6 +282,28 @@ pub fn audit(
             ));
         }
     }
+    // Endorsements voted through governance are checked by the key they pinned: every
+    // endorsement verifies against the pinned service key, so it must be the trusted one.
+    if let Some(pinned) = state::service_key(&replay) {
+        if pinned != anchors.service_key {
+            let at = replay.writers.get(&(Table::Public, b"service_key".to_vec())).copied().unwrap_or_default();
+            let tx_id = tx_ids.get(&at).cloned().unwrap_or_default();
+            return Err(fail(
+                at,
+                &tx_id,
+                format!(
+                    "foreign_service_key: nodes are endorsed by {}, not the trusted service key {}",
+                    hex::encode(pinned),
+                    hex::encode(anchors.service_key)
+                ),
+            ));
+        }
+    }
+    report.proposals_accepted = crate::governance::proposal_ids(&replay, None, usize::MAX)
+        .iter()
+        .filter_map(|(_, id)| crate::governance::proposal(&replay, id))
+        .filter(|record| record.status == crate::governance::Status::Accepted)
+        .count() as u64;
     // The node's state must be exactly what its history produces.
     for table in [Table::Public, Table::Private] {
         let on_disk: BTreeMap<Vec<u8>, Vec<u8>> = store.scan_prefix(table, b"").into_iter().collect();
@@ -309,6 +338,9 @@ pub fn audit(
 
 /// Checks a transaction that took effect against the trust anchors.
 fn check_anchors(anchors: &TrustAnchors, tx: &domain::tx::Transaction, report: &mut AuditReport) -> Result<(), String> {
+    if let TxBody::Gov(_) = &tx.body {
+        report.governance_acts += 1;
+    }
     let TxBody::Admin(admin) = &tx.body else { return Ok(()) };
     if admin.operator_key != anchors.operator_key {
         return Err(format!(

@@ -492,7 +492,21 @@ pub fn summary(action: &AdminAction) -> String {
         }
         AdminAction::RemoveMember { member_id } => format!("remove member {member_id}"),
         AdminAction::SetConstitution { .. } => "replace the constitution".into(),
+        AdminAction::RotateMeterKey { meter_id, key_id, effective_from, .. } => {
+            format!("rotate meter {meter_id} to key {} from {}", key_id.0, utc(effective_from.0))
+        }
+        AdminAction::RevokeMeterKey { meter_id, key_id, from } => {
+            format!("revoke key {} of meter {meter_id} from {}", key_id.0, utc(from.0))
+        }
+        AdminAction::RegisterGateway { gateway_id, public_key } => {
+            format!("register gateway {gateway_id} key {}", hex::encode(public_key))
+        }
+        AdminAction::RevokeGateway { gateway_id } => format!("revoke gateway {gateway_id}"),
     }
+}
+
+fn utc(seconds: i64) -> String {
+    chrono::DateTime::from_timestamp(seconds, 0).map_or_else(|| seconds.to_string(), |time| time.to_rfc3339())
 }
 
 fn json_field(json: &[u8], field: &str) -> String {

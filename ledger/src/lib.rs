@@ -20,6 +20,7 @@ pub mod network;
 #[cfg(feature = "rocksdb")]
 pub mod node;
 pub mod receipts;
+pub mod registry;
 pub mod runtime;
 pub mod settle;
 pub mod signer;

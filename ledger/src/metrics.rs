@@ -38,14 +38,14 @@ pub struct Metrics {
     pub readings_accepted: Counter,
     pub readings_duplicate: Counter,
     pub readings_equivocation: Counter,
-    /// Reading batches refused because the gateway's batch signature did not verify.
-    pub gateway_signatures_refused: Counter,
     pub transactions_proposed: Counter,
     /// Admin submissions recognised as a transaction already applied (retries).
     pub admin_retries: Counter,
     readings_rejected: Family<ReasonLabels, Counter>,
     submissions_busy: Family<CodeLabels, Counter>,
     admin_refused: Family<ReasonLabels, Counter>,
+    /// Reading batches answered 401: the gateway is not registered, or did not sign with its key.
+    gateway_batches_refused: Family<ReasonLabels, Counter>,
     /// Readings per proposed reading batch.
     pub batch_readings: Histogram,
     /// Seconds from proposing a transaction to its commit, application and covering signature.
@@ -75,10 +75,6 @@ impl Metrics {
         let readings_accepted = counter("readings_accepted", "Readings committed and settled");
         let readings_duplicate = counter("readings_duplicate", "Exact duplicates answered without a change");
         let readings_equivocation = counter("readings_equivocation", "Equivocations refused");
-        let gateway_signatures_refused = counter(
-            "gateway_signatures_refused",
-            "Reading batches refused: the gateway's batch signature did not verify",
-        );
         let transactions_proposed = counter("transactions_proposed", "Transactions proposed");
         let admin_retries = counter("admin_retries", "Admin submissions recognised as a transaction already applied");
         let readings_rejected = Family::<ReasonLabels, Counter>::default();
@@ -90,6 +86,12 @@ impl Metrics {
             "admin_refused",
             "Admin transactions refused before the log, by reason",
             admin_refused.clone(),
+        );
+        let gateway_batches_refused = Family::<ReasonLabels, Counter>::default();
+        registry.register(
+            "gateway_batches_refused",
+            "Reading batches answered 401 (unregistered gateway, missing, foreign or bad signature), by reason",
+            gateway_batches_refused.clone(),
         );
         let batch_readings = Histogram::new(exponential_buckets(1.0, 2.0, BATCH_BUCKETS));
         registry.register("batch_readings", "Readings per proposed batch", batch_readings.clone());
@@ -116,12 +118,12 @@ impl Metrics {
             readings_accepted,
             readings_duplicate,
             readings_equivocation,
-            gateway_signatures_refused,
             transactions_proposed,
             admin_retries,
             readings_rejected,
             submissions_busy,
             admin_refused,
+            gateway_batches_refused,
             batch_readings,
             commit_latency_seconds,
             is_leader,
@@ -135,6 +137,10 @@ impl Metrics {
 
     pub(crate) fn reject(&self, reason: &str) {
         self.readings_rejected.get_or_create(&ReasonLabels { reason: reason.to_string() }).inc();
+    }
+
+    pub(crate) fn gateway_refused(&self, reason: &str) {
+        self.gateway_batches_refused.get_or_create(&ReasonLabels { reason: reason.to_string() }).inc();
     }
 
     pub(crate) fn busy(&self, code: &'static str) {

@@ -531,27 +531,29 @@ pub async fn load_admin_config(
             .ok()
             .and_then(|bytes| bytes.try_into().ok())
             .with_context(|| format!("meter {}: public key is not 32 bytes of hex", meter.meter_id))?;
-        let wanted = state::MeterRecord {
-            meter_id: meter.meter_id.clone(),
-            key_id: KeyId(meter.key_id),
-            public_key,
-            customer_id: meter.customer_id.clone(),
-            attested_by: meter.attested_by.clone(),
-        };
-        if state::meter(&state_view, &meter.meter_id).as_ref() != Some(&wanted) {
-            actions.push(match wanted.attested_by {
+        // Registered already with this key, customer and attestation: nothing to do. Another key
+        // is refused on apply (keys change by a rotation, not by re-registering).
+        let registered = state::meter(&state_view, &meter.meter_id).is_some_and(|record| {
+            let newest = record.keys.newest();
+            newest.key_id == KeyId(meter.key_id)
+                && newest.public_key == public_key
+                && record.customer_id == meter.customer_id
+                && record.attested_by == meter.attested_by
+        });
+        if !registered {
+            actions.push(match meter.attested_by.clone() {
                 Some(gateway_id) => AdminAction::RegisterAttestedMeter {
-                    meter_id: wanted.meter_id,
+                    meter_id: meter.meter_id.clone(),
                     gateway_id,
-                    key_id: wanted.key_id,
+                    key_id: KeyId(meter.key_id),
                     gateway_key: public_key,
-                    customer_id: wanted.customer_id,
+                    customer_id: meter.customer_id.clone(),
                 },
                 None => AdminAction::RegisterMeter {
-                    meter_id: wanted.meter_id,
-                    key_id: wanted.key_id,
+                    meter_id: meter.meter_id.clone(),
+                    key_id: KeyId(meter.key_id),
                     public_key,
-                    customer_id: wanted.customer_id,
+                    customer_id: meter.customer_id.clone(),
                 },
             });
         }

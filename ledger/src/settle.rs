@@ -229,6 +229,7 @@ pub(crate) fn settle_reading(
     ];
     let mapped = map_registers(&samples).map_err(|_| ReadingResult::Implausible)?;
     let subject = format!("{}/{}/{}", reading.meter_id, reading.key_id.0, reading.sequence.0);
+    let attested = crate::state::meter(state, &reading.meter_id).is_some_and(|meter| meter.attested_by.is_some());
     let mut writes: Vec<IntervalWrite> = Vec::new();
     let mut postings: Vec<Posting> = Vec::new();
     let mut total = Decimal::ZERO;
@@ -277,8 +278,15 @@ pub(crate) fn settle_reading(
         .into_iter()
         .flatten()
         .collect();
-        let part =
-            Part { meter: &reading.meter_id, tariff: &tariff, period, priced, covered_s: interval.covered_s, edges };
+        let part = Part {
+            meter: &reading.meter_id,
+            tariff: &tariff,
+            period,
+            priced,
+            covered_s: interval.covered_s,
+            edges,
+            attested,
+        };
         let (record, period_record, late, replaced) = add_to_interval(state, customer, part)?;
         if !replaced.is_empty() {
             // The estimate this actual value replaces is reversed under run 1.
@@ -353,6 +361,8 @@ struct Part<'a> {
     priced: PricedInterval,
     covered_s: i64,
     edges: Vec<RegisterSample>,
+    /// Read from a legacy meter whose gateway attests it: quality `gateway_attested`.
+    attested: bool,
 }
 
 /// Adds one meter's priced part of an interval to the customer's interval record; returns the
@@ -360,7 +370,7 @@ struct Part<'a> {
 /// late interval to state on the next statement, and the lines of an estimate the part replaces
 /// (to reverse: an actual value replaces an estimate whole, quality `corrected`).
 fn add_to_interval(state: &dyn StateRead, customer: &PartyId, part: Part<'_>) -> Result<Added, ReadingResult> {
-    let Part { meter, tariff, period, priced, covered_s, edges } = part;
+    let Part { meter, tariff, period, priced, covered_s, edges, attested } = part;
     let start = priced.energy.start;
     let overflow = ReadingResult::SettlementOverflow;
     let mut period_record = get_json::<PeriodRecord>(state, Table::Private, &key_period(customer, period.start))
@@ -391,7 +401,7 @@ fn add_to_interval(state: &dyn StateRead, customer: &PartyId, part: Part<'_>) ->
     let mut replaced = Vec::new();
     let (record, new_interval) = match get_json::<IntervalRecord>(state, Table::Private, &key_interval(customer, start))
     {
-        None => (fresh(Quality::Actual), true),
+        None => (fresh(if attested { Quality::GatewayAttested } else { Quality::Actual }), true),
         Some(estimate) if estimate.quality == Quality::Estimated => {
             replaced = estimate.priced.lines;
             (fresh(Quality::Corrected), false)

@@ -475,3 +475,38 @@ fn a_missing_interval_is_estimated_at_close_and_corrected_when_the_reading_arriv
     assert_eq!(memory.balance("C1", AccountKind::Accrued), Decimal::ZERO);
     check_party_books(&memory.private()).expect("books balance");
 }
+
+/// An unsigned legacy meter's reading, signed by the gateway that read it, settles as any other
+/// and its interval says how the value was obtained: `gateway_attested`; a signed meter's says
+/// `actual`.
+#[test]
+fn a_gateway_attested_reading_keeps_its_quality() {
+    let memory = Memory::default();
+    let customer = CustomerId::new("C1").expect("id");
+    let tariff = domain::tariff::parse_toml(TARIFF).expect("valid tariff");
+    for action in [
+        AdminAction::RegisterCustomer { customer_id: customer.clone(), currency: eur() },
+        AdminAction::RegisterAttestedMeter {
+            meter_id: MeterId::new("M1").expect("id"),
+            gateway_id: GatewayId::new("gw").expect("id"),
+            key_id: KeyId(1),
+            gateway_key: meter_key().verifying_key().to_bytes(),
+            customer_id: customer,
+        },
+        AdminAction::PublishTariff { tariff_json: tariff.to_canonical_json() },
+        AdminAction::Bind { binding_json: binding("2026-10-01T00:00:00", None).to_canonical_json() },
+    ] {
+        assert_eq!(memory.admin(action), None);
+    }
+    let result = memory.apply_at("2026-10-05T10:20:00Z", batch(&[reading(1, "2026-10-05T10:00:00Z", 1_000, 0)]));
+    assert_eq!(codes(&result), ["accepted"]);
+    let interval: IntervalRecord =
+        get_json(&memory, Table::Private, &key_interval(&c1(), utc("2026-10-05T10:00:00Z"))).expect("settled");
+    assert_eq!((interval.quality, interval.charge(&c1())), (Quality::GatewayAttested, dec("0.30")));
+
+    let signed = configured(true);
+    signed.apply_at("2026-10-05T10:20:00Z", batch(&[reading(1, "2026-10-05T10:00:00Z", 1_000, 0)]));
+    let interval: IntervalRecord =
+        get_json(&signed, Table::Private, &key_interval(&c1(), utc("2026-10-05T10:00:00Z"))).expect("settled");
+    assert_eq!(interval.quality, Quality::Actual);
+}

@@ -10,12 +10,12 @@
 
 use std::collections::BTreeMap;
 
+pub use crate::registry::{meter, MeterRecord, METER_PREFIX};
 use domain::codec::{DecodeError, Reader, Writer};
 use domain::ids::{CustomerId, KeyId, MeterId, Sequence};
 use domain::money::{decode_decimal, encode_decimal, Currency, UnitPrice};
 use domain::settlement::{settle_flat, supports_rules_version};
 use domain::tx::{AdminAction, ReadingBatch, SignedAdmin, Transaction, TxBody};
-use domain::verify::is_acceptable_public_key;
 use rust_decimal::Decimal;
 use serde::{Deserialize, Serialize};
 
@@ -83,6 +83,13 @@ pub enum ReadingResult {
     Equivocation,
     UnknownMeter,
     UnknownKey,
+    /// The key signs only later intervals (a rotation effective after this interval).
+    KeyNotYetValid,
+    /// The key was rotated out or revoked before this interval.
+    KeyRetired,
+    /// The batch's gateway is not (or no longer) registered; checked again on apply, as it may
+    /// have been revoked between the leader's check and the commit.
+    UnregisteredGateway,
     NoTariff,
     CurrencyMismatch,
     /// A bound meter's interval outside all its bindings (rules version 2): it waits.
@@ -91,6 +98,16 @@ pub enum ReadingResult {
     Implausible,
     /// Its charge, or an account or meter total it adds to, is beyond the range of money.
     SettlementOverflow,
+}
+
+impl From<domain::keyring::KeyRefusal> for ReadingResult {
+    fn from(refusal: domain::keyring::KeyRefusal) -> Self {
+        match refusal {
+            domain::keyring::KeyRefusal::UnknownKey => ReadingResult::UnknownKey,
+            domain::keyring::KeyRefusal::NotYetValid(_) => ReadingResult::KeyNotYetValid,
+            domain::keyring::KeyRefusal::Retired(_) => ReadingResult::KeyRetired,
+        }
+    }
 }
 
 /// The most energy one reading may carry: 1 GWh in one interval is beyond any metering point.
@@ -107,6 +124,9 @@ impl ReadingResult {
             ReadingResult::Equivocation => "equivocation",
             ReadingResult::UnknownMeter => "unknown_meter",
             ReadingResult::UnknownKey => "unknown_key",
+            ReadingResult::KeyNotYetValid => "key_not_yet_valid",
+            ReadingResult::KeyRetired => "key_retired",
+            ReadingResult::UnregisteredGateway => "unregistered_gateway",
             ReadingResult::NoTariff => "no_tariff",
             ReadingResult::CurrencyMismatch => "currency_mismatch",
             ReadingResult::Unbound => "unbound",
@@ -125,11 +145,6 @@ const KEY_PRICE: &[u8] = b"flat_price";
 fn key_customer(customer: &CustomerId) -> Vec<u8> {
     [b"c/".as_slice(), customer.as_str().as_bytes()].concat()
 }
-fn key_meter(meter: &MeterId) -> Vec<u8> {
-    [b"m/".as_slice(), meter.as_str().as_bytes()].concat()
-}
-/// Prefix of every meter record, for listing the registry.
-pub const METER_PREFIX: &[u8] = b"m/";
 fn key_ranges(meter: &MeterId, key_id: KeyId) -> Vec<u8> {
     let mut key = [b"d/".as_slice(), meter.as_str().as_bytes(), b"/"].concat();
     key.extend_from_slice(&key_id.0.to_be_bytes());
@@ -171,53 +186,6 @@ pub fn supplier_accrual_account_name(currency: Currency) -> String {
 }
 
 // ---- records ----------------------------------------------------------------------------------
-
-/// A registered meter.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct MeterRecord {
-    pub meter_id: MeterId,
-    pub key_id: KeyId,
-    pub public_key: [u8; 32],
-    pub customer_id: CustomerId,
-    /// For an unsigned (legacy) meter: the gateway whose key (`public_key`) attests its readings.
-    pub attested_by: Option<domain::ids::GatewayId>,
-}
-
-impl MeterRecord {
-    fn encode(&self) -> Vec<u8> {
-        let mut writer = Writer::new();
-        writer
-            .short_bytes(self.meter_id.as_str().as_bytes())
-            .u32(self.key_id.0)
-            .fixed(&self.public_key)
-            .short_bytes(self.customer_id.as_str().as_bytes());
-        // Optional trailing field: records of signing meters end here.
-        if let Some(gateway) = &self.attested_by {
-            writer.short_bytes(gateway.as_str().as_bytes());
-        }
-        writer.finish()
-    }
-    pub fn decode(bytes: &[u8]) -> Result<Self, DecodeError> {
-        let mut reader = Reader::new(bytes);
-        let meter_id = decode_text(&mut reader, "meter_id")?;
-        let key_id = KeyId(reader.u32()?);
-        let public_key = reader.array()?;
-        let customer_id = decode_text(&mut reader, "customer_id")?;
-        let attested_by = if reader.remaining() > 0 { Some(decode_text(&mut reader, "attested_by")?) } else { None };
-        let record = MeterRecord { meter_id, key_id, public_key, customer_id, attested_by };
-        reader.finish()?;
-        Ok(record)
-    }
-}
-
-fn decode_text<T: std::str::FromStr>(reader: &mut Reader<'_>, field: &'static str) -> Result<T, DecodeError>
-where
-    T::Err: std::fmt::Display,
-{
-    let raw = reader.short_bytes()?;
-    let text = std::str::from_utf8(raw).map_err(|_| DecodeError::invalid(field, "not UTF-8"))?;
-    text.parse().map_err(|error: T::Err| DecodeError::invalid(field, error.to_string()))
-}
 
 /// A double-entry account: posted debits and credits at full precision, plus the energy behind them.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -358,22 +326,6 @@ pub fn sequence_settled(state: &dyn StateRead, meter_id: &MeterId, key_id: KeyId
 }
 
 // ---- reads used by the API --------------------------------------------------------------------
-
-/// A registered meter, if any.
-pub fn meter(state: &dyn StateRead, meter_id: &MeterId) -> Option<MeterRecord> {
-    state.get(Table::Private, &key_meter(meter_id)).map(|bytes| decode_or_crash(MeterRecord::decode(&bytes)))
-}
-
-fn register_meter(state: &mut Overlay<'_>, record: MeterRecord) -> Result<(), String> {
-    if !is_acceptable_public_key(&record.public_key) {
-        return Err("weak_key: not a valid, non-small-order Ed25519 key".into());
-    }
-    if customer_currency(state, &record.customer_id).is_none() {
-        return Err(format!("unknown_customer: {}", record.customer_id));
-    }
-    state.put(Table::Private, key_meter(&record.meter_id), record.encode());
-    Ok(())
-}
 
 /// A customer's currency, if the customer is registered.
 pub fn customer_currency(state: &dyn StateRead, customer: &CustomerId) -> Option<Currency> {
@@ -694,6 +646,9 @@ fn apply_admin(state: &mut Overlay<'_>, admin: &SignedAdmin) -> Result<(), Strin
 /// Carries out one configuration action, whoever decided it: the operator before governance
 /// starts, an accepted proposal after (`governance.rs`). `Err` is the reason it is refused.
 pub(crate) fn execute_action(state: &mut Overlay<'_>, action: &AdminAction) -> Result<(), String> {
+    if let Some(outcome) = crate::registry::execute(state, action) {
+        return outcome;
+    }
     match action {
         AdminAction::RegisterCustomer { customer_id, currency } => {
             if let Some(existing) = customer_currency(state, customer_id) {
@@ -702,30 +657,6 @@ pub(crate) fn execute_action(state: &mut Overlay<'_>, action: &AdminAction) -> R
                 }
             }
             state.put(Table::Private, key_customer(customer_id), currency.code().as_bytes().to_vec());
-        }
-        AdminAction::RegisterMeter { meter_id, key_id, public_key, customer_id } => {
-            register_meter(
-                state,
-                MeterRecord {
-                    meter_id: meter_id.clone(),
-                    key_id: *key_id,
-                    public_key: *public_key,
-                    customer_id: customer_id.clone(),
-                    attested_by: None,
-                },
-            )?;
-        }
-        AdminAction::RegisterAttestedMeter { meter_id, gateway_id, key_id, gateway_key, customer_id } => {
-            register_meter(
-                state,
-                MeterRecord {
-                    meter_id: meter_id.clone(),
-                    key_id: *key_id,
-                    public_key: *gateway_key,
-                    customer_id: customer_id.clone(),
-                    attested_by: Some(gateway_id.clone()),
-                },
-            )?;
         }
         AdminAction::SetFlatPrice(price) => {
             price.validate().map_err(|error| error.to_string())?;
@@ -767,6 +698,12 @@ pub(crate) fn execute_action(state: &mut Overlay<'_>, action: &AdminAction) -> R
         AdminAction::SetConstitution { constitution_json } => {
             crate::governance::set_constitution(state, constitution_json)?
         }
+        AdminAction::RegisterMeter { .. }
+        | AdminAction::RegisterAttestedMeter { .. }
+        | AdminAction::RotateMeterKey { .. }
+        | AdminAction::RevokeMeterKey { .. }
+        | AdminAction::RegisterGateway { .. }
+        | AdminAction::RevokeGateway { .. } => unreachable!("registry actions are carried out by registry::execute"),
     }
     Ok(())
 }
@@ -782,8 +719,16 @@ fn apply_readings(state: &mut Overlay<'_>, batch: &ReadingBatch, rules_version: 
     use std::fmt::Write as _;
     let mut claims = format!("{CLAIMS_HEADER}\n");
     let mut results = Vec::with_capacity(batch.readings.len());
+    let gateway_admitted = !matches!(
+        crate::registry::gateway_standing(state, &batch.gateway_id),
+        crate::registry::GatewayStanding::Unregistered | crate::registry::GatewayStanding::Revoked
+    );
     for item in &batch.readings {
-        let outcome = apply_reading(state, &item.reading, rules_version);
+        let outcome = if gateway_admitted {
+            apply_reading(state, &item.reading, rules_version)
+        } else {
+            Err(ReadingResult::UnregisteredGateway)
+        };
         let reading = item.reading.reading();
         let result = outcome.as_ref().map_or_else(|result| *result, |_| ReadingResult::Accepted);
         let _ = write!(claims, "{} {} {} {} ", reading.meter_id, reading.key_id.0, reading.sequence.0, result.code());
@@ -810,8 +755,8 @@ fn apply_reading(
     let Some(meter_record) = meter(state, &reading.meter_id) else {
         return Err(ReadingResult::UnknownMeter);
     };
-    if meter_record.key_id != reading.key_id {
-        return Err(ReadingResult::UnknownKey);
+    if let Err(refusal) = meter_record.keys.key_for(reading.key_id, reading.interval_start) {
+        return Err(ReadingResult::from(refusal));
     }
     let summary_key = key_ranges(&reading.meter_id, reading.key_id);
     let mut summary = state

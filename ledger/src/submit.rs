@@ -20,7 +20,8 @@ use serde::Deserialize;
 use crate::api::{propose_as, ApiError, AppState};
 use crate::forward::{forward, route, Route};
 use crate::limits::SUBMIT_READINGS_MAX;
-use crate::state::{self, MeterRecord, ReadingResult};
+use crate::registry::{gateway_standing, GatewayStanding};
+use crate::state::{self, ReadingResult};
 
 /// `?wait=false`: answer once verified and proposed, without waiting for commit.
 #[derive(Debug, Deserialize)]
@@ -58,6 +59,40 @@ struct Candidate {
     conflicts_with: Option<ReadingDigest>,
 }
 
+/// Who vouches for a batch. With the registry closed (`registry.rs`) the gateway must be
+/// registered and sign with its registered key; the key in the request only has to match it.
+/// `Err` is the 401 reason code and a sentence.
+fn check_gateway(app: &AppState, request: &SubmitReadings) -> Result<(), (&'static str, String)> {
+    let gateway = &request.gateway_id;
+    let verify = |signature: &domain::api::GatewaySignature| {
+        signature.verify(gateway, &request.readings).map_err(|error| ("bad_gateway_signature", error))
+    };
+    match gateway_standing(&app.store.state(), gateway) {
+        GatewayStanding::RegistryOpen => {
+            request.gateway_signature.as_ref().map_or(Ok(()), |signature| verify(signature).map(drop))
+        }
+        GatewayStanding::Unregistered => {
+            Err(("unregistered_gateway", format!("gateway {gateway} is not registered with the ledger")))
+        }
+        GatewayStanding::Revoked => {
+            Err(("revoked_gateway", format!("gateway {gateway} was revoked by the consortium")))
+        }
+        GatewayStanding::Registered(key) => {
+            let signature = request
+                .gateway_signature
+                .as_ref()
+                .ok_or(("missing_gateway_signature", format!("gateway {gateway} must sign its batches")))?;
+            if signature.public_key != hex::encode(key) {
+                return Err((
+                    "foreign_gateway_key",
+                    format!("the batch is signed with a key other than gateway {gateway}'s registered key"),
+                ));
+            }
+            verify(signature).map(drop)
+        }
+    }
+}
+
 #[tracing::instrument(skip_all, fields(gateway = %request.gateway_id, readings = request.readings.len()))]
 pub(crate) async fn submit_readings(
     State(app): State<AppState>,
@@ -78,11 +113,10 @@ pub(crate) async fn submit_readings(
         app.metrics.busy(busy.code());
         ApiError::busy(busy)
     })?;
-    if let Some(signature) = &request.gateway_signature {
-        signature.verify(&request.gateway_id, &request.readings).map_err(|error| {
-            app.metrics.gateway_signatures_refused.inc();
-            ApiError::new(StatusCode::UNAUTHORIZED, "bad_gateway_signature", error)
-        })?;
+    if let Err((reason, detail)) = check_gateway(&app, &request) {
+        app.metrics.gateway_refused(reason);
+        tracing::warn!(gateway = %request.gateway_id, reason, %detail, "reading batch refused");
+        return Err(ApiError::new(StatusCode::UNAUTHORIZED, reason, detail));
     }
     if let Route::Leader(leader) = route(&app)? {
         let path = if query.wait { "/v1/readings" } else { "/v1/readings?wait=false" };
@@ -106,11 +140,13 @@ pub(crate) async fn submit_readings(
                 outcomes[position] = Some(rejected("unknown_meter"));
                 continue;
             }
-            Some(MeterRecord { key_id, .. }) if key_id != reading.key_id => {
-                outcomes[position] = Some(rejected("unknown_key"));
-                continue;
-            }
-            Some(record) => record.public_key,
+            Some(record) => match record.keys.key_for(reading.key_id, reading.interval_start) {
+                Ok(public_key) => public_key,
+                Err(refusal) => {
+                    outcomes[position] = Some(rejected(refusal.code()));
+                    continue;
+                }
+            },
         };
         let digest = signed.digest();
         // An exact duplicate of a settled reading is answered from state and never proposed: a

@@ -104,6 +104,10 @@ pub enum ActionKind {
     AddMember,
     RemoveMember,
     SetConstitution,
+    RotateMeterKey,
+    RevokeMeterKey,
+    RegisterGateway,
+    RevokeGateway,
 }
 
 impl ActionKind {
@@ -124,6 +128,10 @@ impl ActionKind {
             AdminAction::AddMember { .. } => ActionKind::AddMember,
             AdminAction::RemoveMember { .. } => ActionKind::RemoveMember,
             AdminAction::SetConstitution { .. } => ActionKind::SetConstitution,
+            AdminAction::RotateMeterKey { .. } => ActionKind::RotateMeterKey,
+            AdminAction::RevokeMeterKey { .. } => ActionKind::RevokeMeterKey,
+            AdminAction::RegisterGateway { .. } => ActionKind::RegisterGateway,
+            AdminAction::RevokeGateway { .. } => ActionKind::RevokeGateway,
         }
     }
 

@@ -25,6 +25,9 @@ pub enum Quality {
     Estimated,
     /// An actual value that replaced an estimate after it had been settled.
     Corrected,
+    /// An actual value from an unsigned legacy meter, signed by the gateway that read it
+    /// (`RegisterAttestedMeter`): the gateway vouches for it, not the meter.
+    GatewayAttested,
 }
 
 /// Which estimation rule produced a value.
