@@ -97,6 +97,14 @@ enum ActionFile {
         public_key: String,
         customer_id: CustomerId,
     },
+    /// An unsigned (legacy) meter whose readings the gateway attests with its key.
+    RegisterAttestedMeter {
+        meter_id: MeterId,
+        gateway_id: GatewayId,
+        key_id: u32,
+        gateway_key: String,
+        customer_id: CustomerId,
+    },
     SetFlatPrice {
         currency: Currency,
         per_kwh: String,
@@ -174,6 +182,15 @@ impl ActionFile {
                     meter_id,
                     key_id: KeyId(key_id),
                     public_key: public_key(&key)?,
+                    customer_id,
+                }
+            }
+            ActionFile::RegisterAttestedMeter { meter_id, gateway_id, key_id, gateway_key, customer_id } => {
+                AdminAction::RegisterAttestedMeter {
+                    meter_id,
+                    gateway_id,
+                    key_id: KeyId(key_id),
+                    gateway_key: public_key(&gateway_key)?,
                     customer_id,
                 }
             }

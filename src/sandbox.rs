@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use anyhow::bail;
+use anyhow::{bail, Context};
 use domain::clock::{wall_clock_now, Clock};
 use domain::ids::{GatewayId, UnixMillis};
 use rust_decimal::Decimal;
@@ -92,23 +92,25 @@ pub async fn run(args: SandboxArgs) -> anyhow::Result<()> {
     registry[legacy as usize].public_key = hex::encode(gateway_key.verifying_key().to_bytes());
     registry[legacy as usize].attested_by = Some(gateway_id.clone());
     std::fs::write(data_dir.join("meters.json"), serde_json::to_string_pretty(&registry)?)?;
+    // The operator's configuration only hands the new ledger to its three members (genesis);
+    // the fleet, tariffs, prices and bindings are the consortium's and pass by vote below.
     let admin_config = data_dir.join("ledger-config.toml");
+    std::fs::write(&admin_config, format!("registries = []\n\n{}", governance_config(&data_dir)?))?;
+    let consortium_config = data_dir.join("consortium-config.toml");
     let (tariff_files, prices_file) = crate::sandbox_tariff::write(&data_dir)?;
     std::fs::write(
-        &admin_config,
+        &consortium_config,
         format!(
             "registries = [\"meters.json\"]\n\n[settlement]\ncurrency = \"EUR\"\ntariffs = {tariff_files:?}\n\
              prices = [{prices_file:?}]\n\n[settlement.binding]\ntariff = \"{}\"\ntime_zone = \"Europe/Berlin\"\n\
-             billing_day = 1\nfrom = \"2026-01-01T00:00:00\"\n\n{}",
+             billing_day = 1\nfrom = \"2026-01-01T00:00:00\"\n",
             crate::sandbox_tariff::TARIFF_ID,
-            governance_config(&data_dir)?
         ),
     )?;
     let broker_port = free_port()?;
     crate::broker::start(broker_port).await?;
     // Three ledger nodes, as the consortium runs it: supplier, grid operator, regulator.
-    let members: Vec<(u64, String)> =
-        (1..=LEDGER_NODES).map(|id| Ok((id, format!("127.0.0.1:{}", free_port()?)))).collect::<anyhow::Result<_>>()?;
+    let members = node_addresses(&data_dir)?;
     let mut starting = Vec::new();
     for (id, address) in &members {
         let config = ledger::node::NodeConfig {
@@ -137,8 +139,32 @@ pub async fn run(args: SandboxArgs) -> anyhow::Result<()> {
         std::fs::write(&service_key_path, hex::encode(rand::random::<[u8; 32]>()))?;
     }
     let service_key = ledger::node::read_signing_key(&service_key_path)?;
+    let consortium = Consortium::wait_governed(&data_dir, &ledger_urls[0]).await?;
+    // What the consortium configuration asks that the ledger lacks (nothing on a restart).
+    let plan = ledger::node::config_plan(&nodes[0].store.state(), &consortium_config)?;
+    for (part, actions) in plan.actions.chunks(domain::limits::PROPOSAL_ACTIONS_MAX).enumerate() {
+        let title = format!("sandbox fleet, tariffs and bindings, part {}", part + 1);
+        let id = consortium.pass(&title, actions.to_vec()).await?;
+        println!("governance: {} configuration actions passed by proposal {id}", actions.len());
+    }
+    let mut admission = Vec::new();
+    for url in &ledger_urls {
+        let (node_id, node_key) = ledger::node::node_identity(&consortium.http, url).await?;
+        admission.push(domain::tx::AdminAction::EndorseNode {
+            node_id,
+            node_key,
+            service_key: service_key.verifying_key().to_bytes(),
+            endorsement: domain::receipt::endorse(&service_key, node_id, &node_key),
+        });
+    }
     let gateway_public = gateway_key.verifying_key().to_bytes();
-    admit_by_vote(&data_dir, &ledger_urls, &service_key, (&gateway_id, gateway_public)).await?;
+    admission
+        .push(domain::tx::AdminAction::RegisterGateway { gateway_id: gateway_id.clone(), public_key: gateway_public });
+    let id = consortium.pass("endorse the sandbox's ledger nodes, register its gateway", admission).await?;
+    println!(
+        "governance: members supplier, grid (vote) and regulator (audits); nodes endorsed and gateway {gateway_id} \
+         registered by proposal {id}"
+    );
     println!("service public key (verify receipts with it): {}", hex::encode(service_key.verifying_key().to_bytes()));
     // Billing reads a follower: what it serves is what the cluster committed.
     let ledger_url = ledger_urls[1].clone();
@@ -424,66 +450,70 @@ fn governance_config(data_dir: &std::path::Path) -> anyhow::Result<String> {
     Ok(text)
 }
 
-/// Once governance has started, the supplier proposes endorsing every node's signing key with
-/// the service key and registering the gateway, and the grid operator approves: receipts verify
-/// offline from then on, and the ledger hears batches from this gateway, signed with its key, only.
-async fn admit_by_vote(
-    data_dir: &std::path::Path,
-    ledger_urls: &[String],
-    service_key: &ed25519_dalek::SigningKey,
-    (gateway_id, gateway_key): (&GatewayId, [u8; 32]),
-) -> anyhow::Result<()> {
-    use domain::gov::{GovAct, MemberId, Proposal, SignedGov};
-    let http = reqwest::Client::builder().timeout(std::time::Duration::from_secs(30)).build()?;
-    let leader_url = &ledger_urls[0];
-    let deadline = std::time::Instant::now() + GOVERNANCE_WAIT_MAX;
-    let view: ledger::gov_api::ConstitutionView = loop {
-        let view = async { http.get(format!("{leader_url}/v1/gov/constitution")).send().await?.json().await }.await;
-        match view {
-            Ok(view @ ledger::gov_api::ConstitutionView { governed: true, .. }) => break view,
-            _ if std::time::Instant::now() > deadline => {
-                bail!("governance did not start within {GOVERNANCE_WAIT_MAX:?}: see the log")
-            }
-            _ => tokio::time::sleep(std::time::Duration::from_millis(200)).await,
-        }
-    };
-    let mut actions = Vec::new();
-    for url in ledger_urls {
-        let (node_id, node_key) = ledger::node::node_identity(&http, url).await?;
-        actions.push(domain::tx::AdminAction::EndorseNode {
-            node_id,
-            node_key,
-            service_key: service_key.verifying_key().to_bytes(),
-            endorsement: domain::receipt::endorse(service_key, node_id, &node_key),
-        });
+/// The ledger nodes' addresses: chosen on the first run and kept in `DATA_DIR/nodes.json`, since
+/// the raft membership a data directory holds names them (a restart on new ports finds no quorum).
+fn node_addresses(data_dir: &std::path::Path) -> anyhow::Result<Vec<(u64, String)>> {
+    let path = data_dir.join("nodes.json");
+    if path.exists() {
+        let text = std::fs::read_to_string(&path)?;
+        return serde_json::from_str(&text).with_context(|| format!("parsing {}", path.display()));
     }
-    actions.push(domain::tx::AdminAction::RegisterGateway { gateway_id: gateway_id.clone(), public_key: gateway_key });
-    let now_s = view.ledger_time_ms.div_euclid(1_000);
-    let nonce = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH)?.as_nanos() as u64;
-    let proposal = Proposal {
-        title: "endorse the sandbox's ledger nodes, register its gateway".into(),
-        nonce,
-        expires_at: domain::ids::UnixSeconds(now_s + 86_400),
-        actions,
-    };
-    let key = |member: &str| ledger::node::read_signing_key(&data_dir.join(format!("{member}.key")));
-    let supplier = MemberId::new("supplier")?;
-    let id = proposal.id(&supplier);
-    crate::gov::submit_to(&http, leader_url, &SignedGov::sign(supplier, GovAct::Propose(proposal), &key("supplier")?))
-        .await?;
-    let vote = GovAct::Vote { proposal: id, approve: true };
-    let answer =
-        crate::gov::submit_to(&http, leader_url, &SignedGov::sign(MemberId::new("grid")?, vote, &key("grid")?)).await?;
-    let status = answer.proposal.map(|proposal| proposal.record.status);
-    anyhow::ensure!(
-        status == Some(ledger::governance::Status::Accepted),
-        "the admission proposal {id} was not accepted: {status:?}"
-    );
-    println!(
-        "governance: members supplier, grid (vote) and regulator (audits); nodes endorsed and gateway {gateway_id} \
-         registered by proposal {id}"
-    );
-    Ok(())
+    let members: Vec<(u64, String)> =
+        (1..=LEDGER_NODES).map(|id| Ok((id, format!("127.0.0.1:{}", free_port()?)))).collect::<anyhow::Result<_>>()?;
+    std::fs::write(&path, serde_json::to_string_pretty(&members)?)?;
+    Ok(members)
+}
+
+/// The sandbox's members at work: the supplier proposes, the grid operator approves (the
+/// default rule, a majority of the two voting members, passes it on that second approval).
+struct Consortium {
+    http: reqwest::Client,
+    leader_url: String,
+    data_dir: std::path::PathBuf,
+}
+
+impl Consortium {
+    /// Waits until the operator's genesis has handed the ledger to the members.
+    async fn wait_governed(data_dir: &std::path::Path, leader_url: &str) -> anyhow::Result<Self> {
+        let http = reqwest::Client::builder().timeout(std::time::Duration::from_secs(30)).build()?;
+        let deadline = std::time::Instant::now() + GOVERNANCE_WAIT_MAX;
+        loop {
+            let view: Result<ledger::gov_api::ConstitutionView, reqwest::Error> =
+                async { http.get(format!("{leader_url}/v1/gov/constitution")).send().await?.json().await }.await;
+            match view {
+                Ok(view) if view.governed => break,
+                _ if std::time::Instant::now() > deadline => {
+                    bail!("governance did not start within {GOVERNANCE_WAIT_MAX:?}: see the log")
+                }
+                _ => tokio::time::sleep(std::time::Duration::from_millis(200)).await,
+            }
+        }
+        Ok(Consortium { http, leader_url: leader_url.to_string(), data_dir: data_dir.to_path_buf() })
+    }
+
+    /// Proposes `actions` as the supplier, approves them as the grid operator; the proposal id
+    /// once accepted.
+    async fn pass(&self, title: &str, actions: Vec<domain::tx::AdminAction>) -> anyhow::Result<String> {
+        use domain::gov::{GovAct, MemberId, Proposal, SignedGov};
+        let view: ledger::gov_api::ConstitutionView =
+            self.http.get(format!("{}/v1/gov/constitution", self.leader_url)).send().await?.json().await?;
+        let nonce = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH)?.as_nanos() as u64;
+        let expires_at = domain::ids::UnixSeconds(view.ledger_time_ms.div_euclid(1_000) + 86_400);
+        let proposal = Proposal { title: title.into(), nonce, expires_at, actions };
+        let key = |member: &str| ledger::node::read_signing_key(&self.data_dir.join(format!("{member}.key")));
+        let supplier = MemberId::new("supplier")?;
+        let id = proposal.id(&supplier);
+        let propose = SignedGov::sign(supplier, GovAct::Propose(proposal), &key("supplier")?);
+        crate::gov::submit_to(&self.http, &self.leader_url, &propose).await?;
+        let vote = SignedGov::sign(MemberId::new("grid")?, GovAct::Vote { proposal: id, approve: true }, &key("grid")?);
+        let answer = crate::gov::submit_to(&self.http, &self.leader_url, &vote).await?;
+        let record = answer.proposal.map(|proposal| proposal.record);
+        anyhow::ensure!(
+            record.as_ref().map(|record| record.status) == Some(ledger::governance::Status::Accepted),
+            "proposal {id} ({title}) was not accepted: {record:?}"
+        );
+        Ok(id.to_string())
+    }
 }
 
 /// How long the sandbox waits for its admin configuration to hand the ledger to the members.

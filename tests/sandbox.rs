@@ -59,3 +59,25 @@ async fn a_fleet_larger_than_one_modbus_server_passes_the_smoke_check() -> anyho
     anyhow::ensure!(status.success(), "the smoke check failed ({status}):\n{}", sandbox.log_tail());
     Ok(())
 }
+
+/// Found while passing the sandbox's configuration through governance: a second run on the same
+/// `--data-dir` chose new node ports, the raft membership in the data directory still named the
+/// old ones, and the first proposal was answered `503 not_leader` (no quorum). The second run
+/// must find its cluster, propose no configuration again, and pass the smoke check.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_second_run_on_the_same_data_directory_finds_its_cluster() -> anyhow::Result<()> {
+    let _serial = CLUSTER_SERIAL.lock().await;
+    let dir = tempfile::tempdir()?;
+    for run in ["first", "second"] {
+        let mut command = wattle();
+        command.arg("sandbox").args(["--meters", "4", "--exit-after-intervals", "2"]);
+        command.arg("--data-dir").arg(dir.path().join("sandbox"));
+        let mut sandbox = Process::spawn(&format!("sandbox-{run}"), dir.path(), command)?;
+        let status = sandbox.wait(Duration::from_secs(300)).await?;
+        anyhow::ensure!(status.success(), "the {run} run failed ({status}):\n{}", sandbox.log_tail());
+        let output = std::fs::read_to_string(dir.path().join(format!("sandbox-{run}.log")))?;
+        let configured = output.contains("configuration actions passed by proposal");
+        anyhow::ensure!(configured == (run == "first"), "{run} run, configuration proposed: {configured}:\n{output}");
+    }
+    Ok(())
+}

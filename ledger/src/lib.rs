@@ -2,6 +2,8 @@
 //! deduplicates and settles readings, and the HTTP API that gateways and billing use.
 
 pub mod admin;
+#[cfg(feature = "rocksdb")]
+pub mod admin_config;
 pub mod admission;
 pub mod api;
 pub mod audit;

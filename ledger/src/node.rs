@@ -2,22 +2,17 @@
 //! cluster when asked, and load the admin configuration (meters, customers, tariff) as signed
 //! admin transactions once this node leads.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use anyhow::{bail, Context};
-use domain::api::MeterInfo;
-use domain::api::{SubmitAdmin, SubmitAdminResponse};
+use domain::api::SubmitAdminResponse;
 use domain::clock::Clock;
-use domain::ids::{CustomerId, KeyId};
-use domain::money::{Currency, UnitPrice};
 use domain::tx::{AdminAction, SignedAdmin};
 use ed25519_dalek::SigningKey;
 use openraft::{BasicNode, Config, Raft, SnapshotPolicy};
-use rust_decimal::Decimal;
-use serde::Deserialize;
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 
@@ -25,11 +20,12 @@ use crate::api::{router, AppState};
 use crate::entry::NodeId;
 use crate::limits::{ELECTION_TIMEOUT_MAX_MS, ELECTION_TIMEOUT_MIN_MS, HEARTBEAT_INTERVAL_MS, LEADER_WAIT_MAX};
 use crate::network::HttpNetwork;
-use crate::state;
 use crate::store::Store;
 
-/// Attempts per admin transaction while a leader is being elected.
-const ADMIN_ATTEMPTS_MAX: u32 = 20;
+pub use crate::admin_config::{
+    config_plan, load_admin_config, submit_admin_to, AdminConfig, BindingTerms, ConfigPlan, SettlementConfig,
+    SubmitAdminError, TariffConfig,
+};
 
 /// How to run one node.
 #[derive(Debug, Clone)]
@@ -58,64 +54,11 @@ pub struct NodeConfig {
     pub signature_interval: Option<std::time::Duration>,
 }
 
-/// The admin configuration file (TOML).
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct AdminConfig {
-    /// The walking skeleton's flat price (rules version 1; meters without bindings).
-    #[serde(default)]
-    pub tariff: Option<TariffConfig>,
-    /// Settlement by tariff versions (rules version 2): every registry meter is bound to its
-    /// customer under `settlement.binding`.
-    #[serde(default)]
-    pub settlement: Option<SettlementConfig>,
-    /// Meter registries written by `wattle sim --registry-out`, relative to this file.
-    pub registries: Vec<PathBuf>,
-    /// Hand the ledger to its consortium once the rest of this file is applied (issue 14): the
-    /// founding members and the constitution. From then on the operator key signs nothing; a
-    /// configuration that differs from the ledger is reported, not applied (propose it).
-    #[serde(default)]
-    pub governance: Option<domain::gov::Genesis>,
-}
-
-/// Tariff versions, price series and the binding every registry meter gets.
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct SettlementConfig {
-    /// Customers' currency.
-    pub currency: Currency,
-    /// Tariff version files (TOML, docs/tariffs.md), relative to this file.
-    #[serde(default)]
-    pub tariffs: Vec<PathBuf>,
-    /// Dynamic price series (JSON, `tariff::PriceSeries`), relative to this file.
-    #[serde(default)]
-    pub prices: Vec<PathBuf>,
-    pub binding: BindingTerms,
-}
-
-/// The terms of each meter's binding: the meter's customer, the meter id as supply point.
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct BindingTerms {
-    pub tariff: domain::ids::TariffId,
-    pub time_zone: domain::tariff::TimeZone,
-    pub billing_day: u32,
-    /// Local date-time the bindings start.
-    pub from: chrono::NaiveDateTime,
-}
-
-/// The flat tariff of the walking skeleton.
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct TariffConfig {
-    pub currency: Currency,
-    #[serde(with = "rust_decimal::serde::str")]
-    pub price_per_kwh: Decimal,
-}
-
 /// A running node.
 pub struct NodeHandle {
     pub address: SocketAddr,
+    /// The node's store: its committed state, for an embedding process (the sandbox) to read.
+    pub store: Store,
     pub raft: Raft<crate::entry::TypeConfig>,
     shutdown: Option<oneshot::Sender<()>>,
     server: JoinHandle<()>,
@@ -244,6 +187,7 @@ pub async fn start(config: NodeConfig) -> anyhow::Result<NodeHandle> {
     }
     Ok(NodeHandle {
         address,
+        store,
         raft,
         shutdown: Some(shutdown_sender),
         server,
@@ -406,214 +350,4 @@ async fn wait_for_leader(raft: &Raft<crate::entry::TypeConfig>) -> anyhow::Resul
             bail!("no leader was elected within {LEADER_WAIT_MAX:?}");
         }
     }
-}
-
-/// Submits one signed admin action through this node's own API (which forwards to the leader).
-async fn submit_admin(
-    app: &AppState,
-    address: SocketAddr,
-    admin: &SignedAdmin,
-) -> Result<SubmitAdminResponse, SubmitAdminError> {
-    submit_admin_to(&app.http, &format!("http://{address}"), admin).await
-}
-
-/// Why submitting an admin action failed.
-#[derive(Debug, thiserror::Error)]
-pub enum SubmitAdminError {
-    /// The ledger refused it before the log (bad signature, not the operator's key, stale nonce,
-    /// an action the state refuses): final, retrying the same bytes changes nothing.
-    #[error("the ledger refused the admin transaction ({status}): {code}: {message}")]
-    Refused { status: u16, code: String, message: String },
-    /// Not committed (yet): no leader, a timeout, a network error. Retry the same bytes: a retry
-    /// of a transaction that was applied after all is recognised and answered as applied.
-    #[error("admin transaction not committed: {0}")]
-    NotCommitted(String),
-}
-
-/// Submits one signed admin action to a ledger node's API (any node: followers forward).
-pub async fn submit_admin_to(
-    http: &reqwest::Client,
-    ledger_url: &str,
-    admin: &SignedAdmin,
-) -> Result<SubmitAdminResponse, SubmitAdminError> {
-    let not_committed = |error: reqwest::Error| SubmitAdminError::NotCommitted(error.to_string());
-    let request = SubmitAdmin { admin: hex::encode(admin.to_bytes()) };
-    let response = http.post(format!("{ledger_url}/v1/admin")).json(&request).send().await.map_err(not_committed)?;
-    let status = response.status();
-    if status.is_success() {
-        return response.json().await.map_err(not_committed);
-    }
-    let text = response.text().await.unwrap_or_default();
-    match serde_json::from_str::<domain::api::ErrorBody>(&text) {
-        Ok(body) if status.is_client_error() => {
-            Err(SubmitAdminError::Refused { status: status.as_u16(), code: body.code, message: body.message })
-        }
-        _ => Err(SubmitAdminError::NotCommitted(format!("{status}: {text}"))),
-    }
-}
-
-/// The tariff versions and price series of `settlement` not yet in the ledger.
-fn settlement_actions(
-    state_view: &dyn crate::state::StateRead,
-    base: &Path,
-    settlement: &SettlementConfig,
-) -> anyhow::Result<Vec<AdminAction>> {
-    let mut actions = Vec::new();
-    for file in &settlement.tariffs {
-        let file = base.join(file);
-        let text = std::fs::read_to_string(&file).with_context(|| format!("reading tariff {}", file.display()))?;
-        let tariff = domain::tariff::parse_toml(&text).with_context(|| format!("tariff {}", file.display()))?;
-        if crate::tariffs::version(state_view, &tariff.id, tariff.valid_from).is_none() {
-            actions.push(AdminAction::PublishTariff { tariff_json: tariff.to_canonical_json() });
-        }
-    }
-    for file in &settlement.prices {
-        let file = base.join(file);
-        let text = std::fs::read(&file).with_context(|| format!("reading prices {}", file.display()))?;
-        let series: domain::tariff::PriceSeries =
-            serde_json::from_slice(&text).with_context(|| format!("prices {}", file.display()))?;
-        series.validate().with_context(|| format!("prices {}", file.display()))?;
-        let published = series.prices.iter().all(|(start, price)| {
-            crate::settle::dynamic_price(state_view, &series.tariff, domain::ids::UnixSeconds(*start)) == Some(price.0)
-        });
-        if !published {
-            actions.push(AdminAction::PublishPrices { prices_json: series.to_canonical_json() });
-        }
-    }
-    Ok(actions)
-}
-
-/// Submits the admin transactions needed to make the ledger's configuration match the file:
-/// idempotent, so a restart with the same file changes nothing.
-pub async fn load_admin_config(
-    app: &AppState,
-    address: SocketAddr,
-    path: &Path,
-    key: &SigningKey,
-) -> anyhow::Result<()> {
-    let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
-    let config: AdminConfig = toml::from_str(&text).with_context(|| format!("parsing {}", path.display()))?;
-    let base = path.parent().unwrap_or(Path::new("."));
-    let mut meters: Vec<MeterInfo> = Vec::new();
-    for registry in &config.registries {
-        let registry_path = base.join(registry);
-        let text = std::fs::read_to_string(&registry_path)
-            .with_context(|| format!("reading registry {}", registry_path.display()))?;
-        let mut listed: Vec<MeterInfo> =
-            serde_json::from_str(&text).with_context(|| format!("parsing registry {}", registry_path.display()))?;
-        meters.append(&mut listed);
-    }
-    let mut actions = Vec::new();
-    let state_view = app.store.state();
-    if let Some(tariff) = &config.tariff {
-        let price = UnitPrice { per_kwh: tariff.price_per_kwh, currency: tariff.currency };
-        if state::flat_price(&state_view) != Some(price) {
-            actions.push(AdminAction::SetFlatPrice(price));
-        }
-    }
-    let currency = match (&config.settlement, &config.tariff) {
-        (Some(settlement), _) => settlement.currency,
-        (None, Some(tariff)) => tariff.currency,
-        (None, None) => bail!("{}: needs [tariff] or [settlement]", path.display()),
-    };
-    if let Some(settlement) = &config.settlement {
-        actions.extend(settlement_actions(&state_view, base, settlement)?);
-    }
-    let customers: BTreeSet<CustomerId> = meters.iter().map(|meter| meter.customer_id.clone()).collect();
-    for customer_id in customers {
-        if state::customer_currency(&state_view, &customer_id).is_none() {
-            actions.push(AdminAction::RegisterCustomer { customer_id, currency });
-        }
-    }
-    let mut bindings = Vec::new();
-    for meter in meters {
-        let public_key: [u8; 32] = hex::decode(&meter.public_key)
-            .ok()
-            .and_then(|bytes| bytes.try_into().ok())
-            .with_context(|| format!("meter {}: public key is not 32 bytes of hex", meter.meter_id))?;
-        // Registered already with this key, customer and attestation: nothing to do. Another key
-        // is refused on apply (keys change by a rotation, not by re-registering).
-        let registered = state::meter(&state_view, &meter.meter_id).is_some_and(|record| {
-            let newest = record.keys.newest();
-            newest.key_id == KeyId(meter.key_id)
-                && newest.public_key == public_key
-                && record.customer_id == meter.customer_id
-                && record.attested_by == meter.attested_by
-        });
-        if !registered {
-            actions.push(match meter.attested_by.clone() {
-                Some(gateway_id) => AdminAction::RegisterAttestedMeter {
-                    meter_id: meter.meter_id.clone(),
-                    gateway_id,
-                    key_id: KeyId(meter.key_id),
-                    gateway_key: public_key,
-                    customer_id: meter.customer_id.clone(),
-                },
-                None => AdminAction::RegisterMeter {
-                    meter_id: meter.meter_id.clone(),
-                    key_id: KeyId(meter.key_id),
-                    public_key,
-                    customer_id: meter.customer_id.clone(),
-                },
-            });
-        }
-        if let Some(settlement) = &config.settlement {
-            let terms = &settlement.binding;
-            let binding = domain::settle::Binding {
-                meter: meter.meter_id.clone(),
-                customer: meter.customer_id.as_str().parse()?,
-                supply_point: meter.meter_id.to_string(),
-                tariff: terms.tariff.clone(),
-                billing_day: terms.billing_day,
-                time_zone: terms.time_zone,
-                from: terms.from,
-                to: None,
-            };
-            if !crate::settle::bindings_of(&state_view, &meter.meter_id).contains(&binding) {
-                bindings.push(AdminAction::Bind { binding_json: binding.to_canonical_json() });
-            }
-        }
-    }
-    // Bindings after every customer is registered.
-    actions.extend(bindings);
-    if crate::governance::is_governed(&state_view) {
-        if !actions.is_empty() {
-            tracing::warn!(
-                path = %path.display(),
-                actions = actions.len(),
-                "the consortium governs this ledger: the admin configuration's changes are not applied; propose them (wattle gov propose)"
-            );
-        }
-        return Ok(());
-    }
-    if let Some(genesis) = &config.governance {
-        let genesis = domain::gov::Genesis::new(genesis.members.clone(), genesis.constitution.clone());
-        actions.push(AdminAction::StartGovernance { genesis_json: genesis.to_canonical_json() });
-    }
-    let mut nonce = state::admin_nonce(&state_view);
-    let count = actions.len();
-    for action in actions {
-        nonce += 1;
-        // The same bytes on every attempt, so a retry of one that was applied after all is
-        // recognised by its transaction id rather than refused as a stale nonce.
-        let admin = SignedAdmin::sign(nonce, action, key);
-        let mut attempts = 0;
-        loop {
-            attempts += 1;
-            match submit_admin(app, address, &admin).await {
-                Ok(SubmitAdminResponse { refused: None, .. }) => break,
-                Ok(SubmitAdminResponse { refused: Some(reason), .. }) => {
-                    bail!("the ledger refused an admin transaction: {reason}")
-                }
-                Err(error @ SubmitAdminError::Refused { .. }) => return Err(error.into()),
-                Err(error) if attempts < ADMIN_ATTEMPTS_MAX => {
-                    tracing::warn!(%error, attempts, "admin transaction not committed yet; retrying");
-                    tokio::time::sleep(std::time::Duration::from_millis(200 * attempts as u64)).await;
-                }
-                Err(error) => return Err(error.into()),
-            }
-        }
-    }
-    tracing::info!(path = %path.display(), actions = count, "admin configuration loaded");
-    Ok(())
 }
