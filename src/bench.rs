@@ -40,6 +40,10 @@ pub struct LedgerBenchArgs {
     /// Seconds each raw limit (bare verification, bare RocksDB) is measured for.
     #[arg(long, default_value_t = 2.0)]
     bare_seconds: f64,
+    /// Run the nodes as the sandbox does: raft requests signed by endorsed node keys and checked
+    /// by every receiver (`ledger::peer_auth`).
+    #[arg(long)]
+    peer_auth: bool,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -154,8 +158,16 @@ async fn ledger_cluster(
     drop(listeners);
     let members: Vec<(u64, String)> =
         ports.iter().enumerate().map(|(index, port)| (index as u64 + 1, format!("127.0.0.1:{port}"))).collect();
+    let service = ed25519_dalek::SigningKey::from_bytes(&rand::random::<[u8; 32]>());
     let mut starting = Vec::new();
     for (id, address) in &members {
+        let node_dir = dir.join(format!("node-{id}"));
+        std::fs::create_dir_all(&node_dir)?;
+        let node_key = ledger::node::load_or_create_key(&node_dir.join("node.key"))?.verifying_key().to_bytes();
+        let peer_auth = args.peer_auth.then(|| ledger::node::PeerAuth {
+            service_key: service.verifying_key().to_bytes(),
+            endorsement: domain::receipt::endorse(&service, *id, &node_key),
+        });
         let config = ledger::node::NodeConfig {
             node_id: *id,
             data_dir: dir.join(format!("node-{id}")),
@@ -168,6 +180,7 @@ async fn ledger_cluster(
             snapshot_after_entries: ledger::limits::SNAPSHOT_AFTER_ENTRIES_DEFAULT,
             node_key: None,
             signature_interval: signatures.then_some(ledger::limits::SIGNATURE_INTERVAL_DEFAULT),
+            peer_auth,
         };
         starting.push(tokio::spawn(ledger::node::start(config)));
     }

@@ -299,6 +299,20 @@ enum NodeAction {
         #[arg(long)]
         operator_key: PathBuf,
     },
+    /// Print the service key's endorsement of a node's id and key, made offline (no ledger
+    /// needed): give it to the node as `--endorsement`, with `--peer-service-key`, so its peers
+    /// take its raft requests.
+    Endorsement {
+        /// The node's id in the cluster.
+        #[arg(long)]
+        node_id: u64,
+        /// The node's public key (64 hex characters; `wattle keygen` prints it).
+        #[arg(long)]
+        node_key: String,
+        /// The service's secret key file (64 hex characters).
+        #[arg(long)]
+        service_key: PathBuf,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -357,6 +371,15 @@ struct NodeArgs {
     /// signature transactions off (benchmarks only: clients then get no receipts).
     #[arg(long, default_value_t = 50)]
     signature_interval_ms: u64,
+    /// Authenticate raft peers: take raft requests only from nodes whose key this service
+    /// public key (64 hex characters) endorsed, and sign this node's own with `--endorsement`.
+    /// Without it raft requests are not authenticated (a single-operator test cluster).
+    #[arg(long, requires = "endorsement")]
+    peer_service_key: Option<String>,
+    /// The service key's endorsement of this node's id and key (128 hex characters), from
+    /// `wattle node endorsement`.
+    #[arg(long, requires = "peer_service_key")]
+    endorsement: Option<String>,
     #[command(flatten)]
     clock: ClockArgs,
 }
@@ -830,6 +853,20 @@ fn simulate(args: SimulateArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// `--peer-service-key` and `--endorsement`, decoded.
+fn peer_auth(service_key: Option<&str>, endorsement: Option<&str>) -> anyhow::Result<Option<ledger::node::PeerAuth>> {
+    let (Some(service_key), Some(endorsement)) = (service_key, endorsement) else { return Ok(None) };
+    let service_key = hex::decode(service_key.trim())
+        .ok()
+        .and_then(|bytes| bytes.try_into().ok())
+        .context("--peer-service-key: 64 hex characters")?;
+    let endorsement = hex::decode(endorsement.trim())
+        .ok()
+        .and_then(|bytes| bytes.try_into().ok())
+        .context("--endorsement: 128 hex characters")?;
+    Ok(Some(ledger::node::PeerAuth { service_key, endorsement }))
+}
+
 async fn run(command: Command) -> anyhow::Result<()> {
     match command {
         Command::Simulate(_) => unreachable!("handled before the runtime starts"),
@@ -847,6 +884,17 @@ async fn run(command: Command) -> anyhow::Result<()> {
                 response.log_index,
                 hex::encode(service.verifying_key().to_bytes())
             );
+            Ok(())
+        }
+        Command::Node(NodeCommand {
+            action: Some(NodeAction::Endorsement { node_id, node_key, service_key }), ..
+        }) => {
+            let service = ledger::node::read_signing_key(&service_key)?;
+            let node_key: [u8; 32] = hex::decode(node_key.trim())
+                .ok()
+                .and_then(|bytes| bytes.try_into().ok())
+                .context("--node-key: 64 hex characters")?;
+            println!("{}", hex::encode(domain::receipt::endorse(&service, node_id, &node_key)));
             Ok(())
         }
         Command::Receipt(ReceiptCommand::Verify { file, service_key, claims }) => {
@@ -926,6 +974,7 @@ async fn run(command: Command) -> anyhow::Result<()> {
                 node_key: args.node_key,
                 signature_interval: (args.signature_interval_ms > 0)
                     .then(|| std::time::Duration::from_millis(args.signature_interval_ms)),
+                peer_auth: peer_auth(args.peer_service_key.as_deref(), args.endorsement.as_deref())?,
             })
             .await?;
             write_ready_file(args.ready_file.as_deref(), node.address)?;

@@ -111,8 +111,22 @@ pub async fn run(args: SandboxArgs) -> anyhow::Result<()> {
     crate::broker::start(broker_port).await?;
     // Three ledger nodes, as the consortium runs it: supplier, grid operator, regulator.
     let members = node_addresses(&data_dir)?;
+    // The service key endorses each node's signing key: peers take raft requests only from
+    // endorsed nodes (`ledger::peer_auth`), and every receipt verifies offline.
+    let service_key_path = data_dir.join("service.key");
+    if !service_key_path.exists() {
+        std::fs::write(&service_key_path, hex::encode(rand::random::<[u8; 32]>()))?;
+    }
+    let service_key = ledger::node::read_signing_key(&service_key_path)?;
     let mut starting = Vec::new();
     for (id, address) in &members {
+        let node_dir = data_dir.join(format!("node-{id}"));
+        std::fs::create_dir_all(&node_dir)?;
+        let node_key = ledger::node::load_or_create_key(&node_dir.join("node.key"))?;
+        let peer_auth = ledger::node::PeerAuth {
+            service_key: service_key.verifying_key().to_bytes(),
+            endorsement: domain::receipt::endorse(&service_key, *id, &node_key.verifying_key().to_bytes()),
+        };
         let config = ledger::node::NodeConfig {
             node_id: *id,
             data_dir: data_dir.join(format!("node-{id}")),
@@ -125,6 +139,7 @@ pub async fn run(args: SandboxArgs) -> anyhow::Result<()> {
             snapshot_after_entries: ledger::limits::SNAPSHOT_AFTER_ENTRIES_DEFAULT,
             node_key: None,
             signature_interval: Some(ledger::limits::SIGNATURE_INTERVAL_DEFAULT),
+            peer_auth: Some(peer_auth),
         };
         starting.push(tokio::spawn(ledger::node::start(config)));
     }
@@ -133,12 +148,6 @@ pub async fn run(args: SandboxArgs) -> anyhow::Result<()> {
         nodes.push(node.await??);
     }
     let ledger_urls: Vec<String> = nodes.iter().map(|node| format!("http://{}", node.address)).collect();
-    // The service key endorses each node's signing key, so every receipt verifies offline.
-    let service_key_path = data_dir.join("service.key");
-    if !service_key_path.exists() {
-        std::fs::write(&service_key_path, hex::encode(rand::random::<[u8; 32]>()))?;
-    }
-    let service_key = ledger::node::read_signing_key(&service_key_path)?;
     let consortium = Consortium::wait_governed(&data_dir, &ledger_urls[0]).await?;
     // What the consortium configuration asks that the ledger lacks (nothing on a restart).
     let plan = ledger::node::config_plan(&nodes[0].store.state(), &consortium_config)?;

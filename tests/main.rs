@@ -15,6 +15,7 @@ mod gateway_restart;
 mod governance;
 mod ledger_admission;
 mod modbus;
+mod peer_auth;
 #[path = "../src/process.rs"]
 mod process;
 mod registry;

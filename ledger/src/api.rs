@@ -52,6 +52,9 @@ pub struct AppState {
     /// Admin transactions are checked and proposed one at a time, so each is checked against
     /// the state every earlier one left (admin actions are rare; readings never wait for this).
     pub admin_serial: Arc<tokio::sync::Mutex<()>>,
+    /// The service public key raft peers must be endorsed by (`peer_auth.rs`); `None`: raft
+    /// requests are not authenticated (single-operator tests and benchmarks).
+    pub peer_trust: Option<[u8; 32]>,
 }
 
 /// The router of a ledger node.
@@ -493,17 +496,72 @@ async fn metrics(State(app): State<AppState>) -> Response {
     ([(axum::http::header::CONTENT_TYPE, domain::api::OPENMETRICS_CONTENT_TYPE)], text).into_response()
 }
 
-async fn raft_append(State(app): State<AppState>, Json(request): Json<AppendEntriesRequest<TypeConfig>>) -> Response {
-    Json(app.raft.append_entries(request).await).into_response()
+/// Authenticates a raft request when this node requires it (`peer_auth.rs`), decodes its body
+/// and checks the raft message names the authenticated node as its sender.
+fn raft_request<T: serde::de::DeserializeOwned>(
+    app: &AppState,
+    path: &str,
+    headers: &axum::http::HeaderMap,
+    body: &[u8],
+    sender: impl FnOnce(&T) -> NodeId,
+) -> Result<T, ApiError> {
+    let authenticated = match &app.peer_trust {
+        None => None,
+        Some(service_key) => {
+            let now_ms = domain::clock::wall_clock_now().0;
+            let refused = |refusal: crate::peer_auth::Refusal| {
+                app.metrics.raft_refused(refusal.code);
+                tracing::warn!(path, reason = refusal.code, message = %refusal.message, "raft request refused");
+                ApiError::new(StatusCode::UNAUTHORIZED, refusal.code, refusal.message)
+            };
+            Some(
+                crate::peer_auth::authenticate(service_key, app.node_id, now_ms, path, headers, body)
+                    .map_err(refused)?,
+            )
+        }
+    };
+    let request: T = serde_json::from_slice(body)
+        .map_err(|error| ApiError::new(StatusCode::BAD_REQUEST, "malformed_raft_request", error.to_string()))?;
+    if let Some(node_id) = authenticated {
+        crate::peer_auth::same_sender(node_id, sender(&request)).map_err(|refusal| {
+            app.metrics.raft_refused(refusal.code);
+            ApiError::new(StatusCode::UNAUTHORIZED, refusal.code, refusal.message)
+        })?;
+    }
+    Ok(request)
 }
 
-async fn raft_vote(State(app): State<AppState>, Json(request): Json<VoteRequest<NodeId>>) -> Response {
-    Json(app.raft.vote(request).await).into_response()
+async fn raft_append(
+    State(app): State<AppState>,
+    headers: axum::http::HeaderMap,
+    body: axum::body::Bytes,
+) -> Result<Response, ApiError> {
+    let request: AppendEntriesRequest<TypeConfig> =
+        raft_request(&app, "append", &headers, &body, |request: &AppendEntriesRequest<TypeConfig>| {
+            request.vote.leader_id().voted_for().unwrap_or_default()
+        })?;
+    Ok(Json(app.raft.append_entries(request).await).into_response())
+}
+
+async fn raft_vote(
+    State(app): State<AppState>,
+    headers: axum::http::HeaderMap,
+    body: axum::body::Bytes,
+) -> Result<Response, ApiError> {
+    let request: VoteRequest<NodeId> = raft_request(&app, "vote", &headers, &body, |request: &VoteRequest<NodeId>| {
+        request.vote.leader_id().voted_for().unwrap_or_default()
+    })?;
+    Ok(Json(app.raft.vote(request).await).into_response())
 }
 
 async fn raft_snapshot(
     State(app): State<AppState>,
-    Json(request): Json<InstallSnapshotRequest<TypeConfig>>,
-) -> Response {
-    Json(app.raft.install_snapshot(request).await).into_response()
+    headers: axum::http::HeaderMap,
+    body: axum::body::Bytes,
+) -> Result<Response, ApiError> {
+    let request: InstallSnapshotRequest<TypeConfig> =
+        raft_request(&app, "snapshot", &headers, &body, |request: &InstallSnapshotRequest<TypeConfig>| {
+            request.vote.leader_id().voted_for().unwrap_or_default()
+        })?;
+    Ok(Json(app.raft.install_snapshot(request).await).into_response())
 }

@@ -21,6 +21,7 @@ pub mod metrics;
 pub mod network;
 #[cfg(feature = "rocksdb")]
 pub mod node;
+pub mod peer_auth;
 pub mod receipts;
 pub mod registry;
 pub mod runtime;

@@ -46,6 +46,8 @@ pub struct Metrics {
     admin_refused: Family<ReasonLabels, Counter>,
     /// Reading batches answered 401: the gateway is not registered, or did not sign with its key.
     gateway_batches_refused: Family<ReasonLabels, Counter>,
+    /// Raft requests answered 401 (`peer_auth.rs`), by reason.
+    raft_refused: Family<ReasonLabels, Counter>,
     /// Readings per proposed reading batch.
     pub batch_readings: Histogram,
     /// Seconds from proposing a transaction to its commit, application and covering signature.
@@ -93,6 +95,12 @@ impl Metrics {
             "Reading batches answered 401 (unregistered gateway, missing, foreign or bad signature), by reason",
             gateway_batches_refused.clone(),
         );
+        let raft_refused = Family::<ReasonLabels, Counter>::default();
+        registry.register(
+            "raft_requests_refused",
+            "Raft requests answered 401 (no credentials, not admitted, stale, bad signature, impersonation), by reason",
+            raft_refused.clone(),
+        );
         let batch_readings = Histogram::new(exponential_buckets(1.0, 2.0, BATCH_BUCKETS));
         registry.register("batch_readings", "Readings per proposed batch", batch_readings.clone());
         let commit_latency_seconds = Histogram::new(exponential_buckets(0.001, 2.0, LATENCY_BUCKETS));
@@ -124,6 +132,7 @@ impl Metrics {
             submissions_busy,
             admin_refused,
             gateway_batches_refused,
+            raft_refused,
             batch_readings,
             commit_latency_seconds,
             is_leader,
@@ -141,6 +150,10 @@ impl Metrics {
 
     pub(crate) fn gateway_refused(&self, reason: &str) {
         self.gateway_batches_refused.get_or_create(&ReasonLabels { reason: reason.to_string() }).inc();
+    }
+
+    pub(crate) fn raft_refused(&self, reason: &str) {
+        self.raft_refused.get_or_create(&ReasonLabels { reason: reason.to_string() }).inc();
     }
 
     pub(crate) fn busy(&self, code: &'static str) {

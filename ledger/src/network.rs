@@ -1,5 +1,6 @@
 //! Raft RPCs between nodes over HTTP/JSON (reqwest client, axum server in `api.rs`), with a
-//! timeout on every call. Loopback or a private network; TLS arrives with node attestation.
+//! timeout on every call, signed with the node's endorsed key when it has one (`peer_auth.rs`).
+//! Loopback or a private network; TLS arrives with node attestation.
 
 use openraft::error::{InstallSnapshotError, NetworkError, RPCError, RaftError, RemoteError, Unreachable};
 use openraft::network::{RPCOption, RaftNetwork, RaftNetworkFactory};
@@ -11,18 +12,26 @@ use openraft::BasicNode;
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 
+use std::sync::Arc;
+
 use crate::entry::{NodeId, TypeConfig};
 use crate::limits::RAFT_RPC_TIMEOUT;
+use crate::peer_auth::PeerCredentials;
 
 /// Creates a connection per peer; they share one HTTP client (and its connection pool).
 #[derive(Clone, Debug)]
 pub struct HttpNetwork {
     client: reqwest::Client,
+    credentials: Option<Arc<PeerCredentials>>,
 }
 
 impl HttpNetwork {
-    pub fn new() -> anyhow::Result<Self> {
-        Ok(HttpNetwork { client: reqwest::Client::builder().timeout(RAFT_RPC_TIMEOUT).build()? })
+    /// `credentials`: sign every RPC as this admitted node (peers that authenticate require it).
+    pub fn new(credentials: Option<PeerCredentials>) -> anyhow::Result<Self> {
+        Ok(HttpNetwork {
+            client: reqwest::Client::builder().timeout(RAFT_RPC_TIMEOUT).build()?,
+            credentials: credentials.map(Arc::new),
+        })
     }
 }
 
@@ -30,6 +39,7 @@ impl HttpNetwork {
 #[derive(Debug)]
 pub struct HttpConnection {
     client: reqwest::Client,
+    credentials: Option<Arc<PeerCredentials>>,
     target: NodeId,
     address: String,
 }
@@ -38,7 +48,12 @@ impl RaftNetworkFactory<TypeConfig> for HttpNetwork {
     type Network = HttpConnection;
 
     async fn new_client(&mut self, target: NodeId, node: &BasicNode) -> HttpConnection {
-        HttpConnection { client: self.client.clone(), target, address: node.addr.clone() }
+        HttpConnection {
+            client: self.client.clone(),
+            credentials: self.credentials.clone(),
+            target,
+            address: node.addr.clone(),
+        }
     }
 }
 
@@ -54,13 +69,15 @@ impl HttpConnection {
         Error: std::error::Error + DeserializeOwned,
     {
         let url = format!("http://{}/raft/{path}", self.address);
-        let response = self
-            .client
-            .post(url)
-            .json(request)
-            .send()
-            .await
-            .map_err(|error| RPCError::Unreachable(Unreachable::new(&error)))?;
+        let body = serde_json::to_vec(request).map_err(|error| RPCError::Network(NetworkError::new(&error)))?;
+        let mut post = self.client.post(url).header(reqwest::header::CONTENT_TYPE, "application/json");
+        if let Some(credentials) = &self.credentials {
+            let now_ms = domain::clock::wall_clock_now().0;
+            for (name, value) in credentials.headers(path, self.target, now_ms, &body) {
+                post = post.header(name, value);
+            }
+        }
+        let response = post.body(body).send().await.map_err(|error| RPCError::Unreachable(Unreachable::new(&error)))?;
         let result: Result<Response, Error> =
             response.json().await.map_err(|error| RPCError::Network(NetworkError::new(&error)))?;
         result.map_err(|error| RPCError::RemoteError(RemoteError::new(self.target, error)))

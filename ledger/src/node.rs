@@ -52,6 +52,18 @@ pub struct NodeConfig {
     /// How often the leader signs the Merkle root while entries are unsigned; `None` turns
     /// signature transactions off (benchmarks only).
     pub signature_interval: Option<std::time::Duration>,
+    /// Authenticate raft peers (`peer_auth.rs`): take raft requests only from nodes endorsed by
+    /// this service key, and sign this node's own with its endorsement. `None`: unauthenticated.
+    pub peer_auth: Option<PeerAuth>,
+}
+
+/// A node's standing in an authenticated cluster.
+#[derive(Debug, Clone)]
+pub struct PeerAuth {
+    /// The service public key every node's key must be endorsed by.
+    pub service_key: [u8; 32],
+    /// The service key's endorsement of this node's (id, key) (`domain::receipt::endorse`).
+    pub endorsement: [u8; 64],
 }
 
 /// A running node.
@@ -112,14 +124,33 @@ pub async fn start(config: NodeConfig) -> anyhow::Result<NodeHandle> {
         ..Default::default()
     };
     let raft_config = Arc::new(raft_config.validate().context("raft configuration")?);
-    let raft = Raft::new(config.node_id, raft_config, HttpNetwork::new()?, store.log_store(), store.state_machine())
-        .await
-        .context("starting raft")?;
+    let node_key_path = config.node_key.clone().unwrap_or_else(|| config.data_dir.join("node.key"));
+    let node_key = Arc::new(load_or_create_key(&node_key_path)?);
+    let credentials = match &config.peer_auth {
+        None => None,
+        Some(auth) => {
+            let own = domain::receipt::endorsement_message(config.node_id, &node_key.verifying_key().to_bytes());
+            domain::verify::verify_signature(&auth.service_key, &auth.endorsement, &own)
+                .map_err(|_| anyhow::anyhow!("this node's endorsement is not the service key's for its id and key"))?;
+            Some(crate::peer_auth::PeerCredentials {
+                node_id: config.node_id,
+                key: (*node_key).clone(),
+                endorsement: auth.endorsement,
+            })
+        }
+    };
+    let raft = Raft::new(
+        config.node_id,
+        raft_config,
+        HttpNetwork::new(credentials)?,
+        store.log_store(),
+        store.state_machine(),
+    )
+    .await
+    .context("starting raft")?;
     let listener =
         tokio::net::TcpListener::bind(config.listen).await.with_context(|| format!("binding {}", config.listen))?;
     let address = listener.local_addr()?;
-    let node_key_path = config.node_key.clone().unwrap_or_else(|| config.data_dir.join("node.key"));
-    let node_key = Arc::new(load_or_create_key(&node_key_path)?);
     tracing::info!(
         node_id = config.node_id,
         node_key = %hex::encode(node_key.verifying_key().to_bytes()),
@@ -144,6 +175,7 @@ pub async fn start(config: NodeConfig) -> anyhow::Result<NodeHandle> {
             crate::limits::SUBMISSIONS_IN_FLIGHT_MAX,
         ),
         admin_serial: Arc::default(),
+        peer_trust: config.peer_auth.as_ref().map(|auth| auth.service_key),
     };
     let (shutdown_sender, shutdown_receiver) = oneshot::channel::<()>();
     let server = tokio::spawn({
@@ -196,7 +228,7 @@ pub async fn start(config: NodeConfig) -> anyhow::Result<NodeHandle> {
 }
 
 /// Reads a signing key file, or creates one (mode 0600) if there is none.
-fn load_or_create_key(path: &Path) -> anyhow::Result<SigningKey> {
+pub fn load_or_create_key(path: &Path) -> anyhow::Result<SigningKey> {
     if path.exists() {
         return read_signing_key(path);
     }

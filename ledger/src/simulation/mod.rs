@@ -410,6 +410,7 @@ impl Simulation {
                 crate::limits::SUBMISSIONS_IN_FLIGHT_MAX,
             ),
             admin_serial: Arc::default(),
+            peer_trust: None,
         };
         {
             let mut net = lock(&self.net);

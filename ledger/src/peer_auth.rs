@@ -1,0 +1,180 @@
+//! Who may speak raft to a node (issue 15, first part). A node started with a service key (the
+//! consortium's service identity, public half) takes `/raft/append`, `/raft/vote` and
+//! `/raft/snapshot` only from admitted nodes: the request must carry the sender's node id and
+//! key, the service key's endorsement of that (id, key) (`domain::receipt::endorse`, made offline
+//! by whoever holds the service key), a timestamp, and the sender's Ed25519 signature over the
+//! path, the receiving node's id, the timestamp and the SHA-256 of the body. The raft message's
+//! own sender (its vote's leader id) must be the authenticated node. Anything else is answered
+//! `401` with a reason and counted; openraft never sees it.
+//!
+//! A captured request replays only within `RAFT_RPC_SKEW_MAX` and only to the node it was
+//! addressed to, and raft itself makes a repeated vote or append idempotent. Revocation and
+//! expiry of endorsements, TLS and encryption of the traffic follow with the rest of issue 15.
+
+use axum::http::HeaderMap;
+use domain::verify::verify_signature;
+use ed25519_dalek::{Signer, SigningKey};
+use sha2::{Digest, Sha256};
+
+use crate::entry::NodeId;
+
+/// How far a request's timestamp may be from the receiver's wall clock.
+pub const RAFT_RPC_SKEW_MAX_MS: i64 = 30_000;
+
+const HEADER_NODE: &str = "wattle-node-id";
+const HEADER_KEY: &str = "wattle-node-key";
+const HEADER_ENDORSEMENT: &str = "wattle-endorsement";
+const HEADER_TIME: &str = "wattle-time-ms";
+const HEADER_SIGNATURE: &str = "wattle-signature";
+
+/// What a node needs to speak raft to nodes that authenticate their peers.
+#[derive(Debug, Clone)]
+pub struct PeerCredentials {
+    pub node_id: NodeId,
+    pub key: SigningKey,
+    /// The service key's endorsement of (node id, node key).
+    pub endorsement: [u8; 64],
+}
+
+/// The message a sender signs.
+fn message(path: &str, target: NodeId, time_ms: i64, body: &[u8]) -> [u8; 32] {
+    Sha256::new()
+        .chain_update(b"wattle.raft-rpc.v1\0")
+        .chain_update((path.len() as u32).to_be_bytes())
+        .chain_update(path.as_bytes())
+        .chain_update(target.to_be_bytes())
+        .chain_update(time_ms.to_be_bytes())
+        .chain_update(Sha256::digest(body))
+        .finalize()
+        .into()
+}
+
+impl PeerCredentials {
+    /// The headers of one request to `target` at `path` with `body`, stamped `time_ms`.
+    pub fn headers(&self, path: &str, target: NodeId, time_ms: i64, body: &[u8]) -> Vec<(&'static str, String)> {
+        let signature = self.key.sign(&message(path, target, time_ms, body));
+        vec![
+            (HEADER_NODE, self.node_id.to_string()),
+            (HEADER_KEY, hex::encode(self.key.verifying_key().to_bytes())),
+            (HEADER_ENDORSEMENT, hex::encode(self.endorsement)),
+            (HEADER_TIME, time_ms.to_string()),
+            (HEADER_SIGNATURE, hex::encode(signature.to_bytes())),
+        ]
+    }
+}
+
+/// Why a raft request was refused: a stable code and a sentence.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Refusal {
+    pub code: &'static str,
+    pub message: String,
+}
+
+fn refuse(code: &'static str, message: impl Into<String>) -> Refusal {
+    Refusal { code, message: message.into() }
+}
+
+fn header<'a>(headers: &'a HeaderMap, name: &'static str) -> Result<&'a str, Refusal> {
+    headers
+        .get(name)
+        .and_then(|value| value.to_str().ok())
+        .ok_or_else(|| refuse("missing_node_credentials", format!("raft requests need the {name} header")))
+}
+
+fn hex_array<const N: usize>(text: &str, name: &'static str) -> Result<[u8; N], Refusal> {
+    hex::decode(text)
+        .ok()
+        .and_then(|bytes| bytes.try_into().ok())
+        .ok_or_else(|| refuse("malformed_node_credentials", format!("{name} is not {N} bytes of hex")))
+}
+
+/// Checks a raft request addressed to node `own_id` under `service_key`, at wall time `now_ms`;
+/// the authenticated sender's node id.
+pub fn authenticate(
+    service_key: &[u8; 32],
+    own_id: NodeId,
+    now_ms: i64,
+    path: &str,
+    headers: &HeaderMap,
+    body: &[u8],
+) -> Result<NodeId, Refusal> {
+    let node_id: NodeId = header(headers, HEADER_NODE)?
+        .parse()
+        .map_err(|_| refuse("malformed_node_credentials", "the node id is not a number"))?;
+    let node_key: [u8; 32] = hex_array(header(headers, HEADER_KEY)?, HEADER_KEY)?;
+    let endorsement: [u8; 64] = hex_array(header(headers, HEADER_ENDORSEMENT)?, HEADER_ENDORSEMENT)?;
+    let time_ms: i64 = header(headers, HEADER_TIME)?
+        .parse()
+        .map_err(|_| refuse("malformed_node_credentials", "the time is not a number"))?;
+    let signature: [u8; 64] = hex_array(header(headers, HEADER_SIGNATURE)?, HEADER_SIGNATURE)?;
+    verify_signature(service_key, &endorsement, &domain::receipt::endorsement_message(node_id, &node_key)).map_err(
+        |_| refuse("not_admitted", format!("node {node_id}'s key is not endorsed by this ledger's service key")),
+    )?;
+    if (now_ms - time_ms).abs() > RAFT_RPC_SKEW_MAX_MS {
+        return Err(refuse(
+            "stale_request",
+            format!(
+                "stamped {time_ms}, {} ms from this node's clock (at most {RAFT_RPC_SKEW_MAX_MS})",
+                now_ms - time_ms
+            ),
+        ));
+    }
+    verify_signature(&node_key, &signature, &message(path, own_id, time_ms, body))
+        .map_err(|_| refuse("bad_node_signature", "the signature does not cover this request to this node"))?;
+    Ok(node_id)
+}
+
+/// The raft message's sender must be the node that authenticated.
+pub fn same_sender(authenticated: NodeId, claimed: NodeId) -> Result<(), Refusal> {
+    if authenticated == claimed {
+        return Ok(());
+    }
+    Err(refuse("impersonation", format!("node {authenticated} sent a raft message in node {claimed}'s name")))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn to_headers(pairs: Vec<(&'static str, String)>) -> HeaderMap {
+        let mut headers = HeaderMap::new();
+        for (name, value) in pairs {
+            headers.insert(name, value.parse().expect("a header value"));
+        }
+        headers
+    }
+
+    #[test]
+    fn only_an_endorsed_node_signing_this_request_to_this_node_now_is_heard() {
+        let service = SigningKey::from_bytes(&[1; 32]);
+        let service_key = service.verifying_key().to_bytes();
+        let key = SigningKey::from_bytes(&[2; 32]);
+        let endorsement = domain::receipt::endorse(&service, 2, &key.verifying_key().to_bytes());
+        let node = PeerCredentials { node_id: 2, key: key.clone(), endorsement };
+        let now = 1_000_000;
+        let body = b"{\"vote\":1}";
+        let ok = to_headers(node.headers("vote", 1, now, body));
+        assert_eq!(authenticate(&service_key, 1, now + 5, "vote", &ok, body), Ok(2));
+        let code = |result: Result<NodeId, Refusal>| result.expect_err("refused").code;
+        assert_eq!(
+            code(authenticate(&service_key, 1, now, "vote", &HeaderMap::new(), body)),
+            "missing_node_credentials"
+        );
+        assert_eq!(code(authenticate(&service_key, 3, now, "vote", &ok, body)), "bad_node_signature", "another target");
+        assert_eq!(code(authenticate(&service_key, 1, now, "append", &ok, body)), "bad_node_signature", "another path");
+        assert_eq!(code(authenticate(&service_key, 1, now, "vote", &ok, b"{}")), "bad_node_signature", "another body");
+        assert_eq!(code(authenticate(&service_key, 1, now + 31_000, "vote", &ok, body)), "stale_request");
+        let stranger = SigningKey::from_bytes(&[3; 32]);
+        let self_endorsed = PeerCredentials {
+            node_id: 2,
+            key: key.clone(),
+            endorsement: domain::receipt::endorse(&stranger, 2, &key.verifying_key().to_bytes()),
+        };
+        let forged = to_headers(self_endorsed.headers("vote", 1, now, body));
+        assert_eq!(code(authenticate(&service_key, 1, now, "vote", &forged, body)), "not_admitted");
+        let as_node_5 = PeerCredentials { node_id: 5, ..node };
+        let renamed = to_headers(as_node_5.headers("vote", 1, now, body));
+        assert_eq!(code(authenticate(&service_key, 1, now, "vote", &renamed, body)), "not_admitted", "endorsed for 2");
+        assert_eq!(same_sender(2, 3).expect_err("impersonation").code, "impersonation");
+    }
+}

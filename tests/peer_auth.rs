@@ -1,0 +1,187 @@
+//! The attack reported in issue 15, replayed against the sandbox's three-node cluster: fifty
+//! anonymous `POST /raft/vote` with a higher term and a longer log, over fifteen seconds, once
+//! made the leader step down and left the cluster leaderless. Now every one is answered 401 and
+//! counted, the leader and its term stay, and the applied index keeps moving. So are a request
+//! with a self-endorsed key, a stale one, and one from an endorsed node speaking in another
+//! node's name.
+
+use std::time::Duration;
+
+use ed25519_dalek::SigningKey;
+use ledger::peer_auth::PeerCredentials;
+
+use crate::support::{poll_until, wattle, Process, CLUSTER_SERIAL};
+
+/// A vote request as a candidate with a much higher term and a much longer log would send it.
+fn hostile_vote(candidate: u64) -> Vec<u8> {
+    let request: openraft::raft::VoteRequest<u64> = openraft::raft::VoteRequest::new(
+        openraft::Vote::new(1_000_000, candidate),
+        Some(openraft::LogId::new(openraft::CommittedLeaderId::new(999_999, candidate), 10_000_000)),
+    );
+    serde_json::to_vec(&request).expect("a vote request serialises")
+}
+
+#[derive(Debug, PartialEq)]
+struct Health {
+    is_leader: bool,
+    term: u64,
+    applied_index: u64,
+}
+
+async fn health(http: &reqwest::Client, address: &str) -> anyhow::Result<Health> {
+    let body: serde_json::Value = http.get(format!("http://{address}/healthz")).send().await?.json().await?;
+    Ok(Health {
+        is_leader: body["leader"].as_u64().is_some() && body["leader"] == body["node_id"],
+        term: body["term"].as_u64().unwrap_or_default(),
+        applied_index: body["applied_index"].as_u64().unwrap_or_default(),
+    })
+}
+
+async fn refused(
+    http: &reqwest::Client,
+    address: &str,
+    headers: &[(&str, String)],
+    body: &[u8],
+) -> anyhow::Result<String> {
+    let mut post = http.post(format!("http://{address}/raft/vote")).header("content-type", "application/json");
+    for (name, value) in headers {
+        post = post.header(*name, value);
+    }
+    let response = post.body(body.to_vec()).send().await?;
+    let status = response.status();
+    let answer: serde_json::Value = response.json().await?;
+    anyhow::ensure!(status == 401, "a hostile vote was answered {status}: {answer}");
+    Ok(answer["code"].as_str().unwrap_or_default().to_string())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn raft_requests_from_nodes_the_consortium_did_not_admit_are_refused() -> anyhow::Result<()> {
+    let _serial = CLUSTER_SERIAL.lock().await;
+    let dir = tempfile::tempdir()?;
+    let data = dir.path().join("sandbox");
+    let mut command = wattle();
+    command.arg("sandbox").args(["--meters", "4"]).arg("--data-dir").arg(&data);
+    let mut sandbox = Process::spawn("sandbox", dir.path(), command)?;
+    let terminal = dir.path().join("sandbox.log");
+    poll_until("the sandbox's banner", Duration::from_secs(120), || async {
+        std::fs::read_to_string(&terminal).ok()?.contains("Wattle sandbox is running").then_some(())
+    })
+    .await
+    .map_err(|error| anyhow::anyhow!("{error}\n{}", sandbox.log_tail()))?;
+    let nodes: Vec<(u64, String)> = serde_json::from_str(&std::fs::read_to_string(data.join("nodes.json"))?)?;
+    let http = reqwest::Client::builder().timeout(Duration::from_secs(10)).build()?;
+    let mut leader = None;
+    for (id, address) in &nodes {
+        if health(&http, address).await?.is_leader {
+            leader = Some((*id, address.clone()));
+        }
+    }
+    let (leader_id, leader_address) = leader.ok_or_else(|| anyhow::anyhow!("no leader"))?;
+    let before = health(&http, &leader_address).await?;
+
+    // Fifty anonymous votes over fifteen seconds, spread over every node.
+    let started = std::time::Instant::now();
+    for attempt in 0..50u64 {
+        let (_, address) = &nodes[(attempt % 3) as usize];
+        assert_eq!(refused(&http, address, &[], &hostile_vote(9)).await?, "missing_node_credentials");
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+    assert!(started.elapsed() >= Duration::from_secs(15));
+    let after = health(&http, &leader_address).await?;
+    assert!(after.is_leader && after.term == before.term, "leader {leader_id} before {before:?}, after {after:?}");
+    assert!(after.applied_index > before.applied_index, "the cluster stopped applying: {before:?} → {after:?}");
+
+    // A key endorsed by a stranger's "service key".
+    let stranger = SigningKey::from_bytes(&[9; 32]);
+    let intruder = SigningKey::from_bytes(&[10; 32]);
+    let now = || domain::clock::wall_clock_now().0;
+    let body = hostile_vote(9);
+    let self_endorsed = PeerCredentials {
+        node_id: 9,
+        key: intruder.clone(),
+        endorsement: domain::receipt::endorse(&stranger, 9, &intruder.verifying_key().to_bytes()),
+    };
+    let headers = self_endorsed.headers("vote", leader_id, now(), &body);
+    assert_eq!(refused(&http, &leader_address, &headers, &body).await?, "not_admitted");
+    // A node the service key did endorse: stale, addressed to another node, or in another's name.
+    let service = ledger::node::read_signing_key(&data.join("service.key"))?;
+    let admitted = PeerCredentials {
+        node_id: 9,
+        key: intruder.clone(),
+        endorsement: domain::receipt::endorse(&service, 9, &intruder.verifying_key().to_bytes()),
+    };
+    let stale = admitted.headers("vote", leader_id, now() - 60_000, &body);
+    assert_eq!(refused(&http, &leader_address, &stale, &body).await?, "stale_request");
+    let elsewhere = admitted.headers("vote", leader_id + 1, now(), &body);
+    assert_eq!(refused(&http, &leader_address, &elsewhere, &body).await?, "bad_node_signature");
+    let in_another_name = hostile_vote(leader_id % 3 + 1);
+    let headers = admitted.headers("vote", leader_id, now(), &in_another_name);
+    assert_eq!(refused(&http, &leader_address, &headers, &in_another_name).await?, "impersonation");
+
+    let metrics = http.get(format!("http://{leader_address}/metrics")).send().await?.text().await?;
+    let counted = |reason: &str| {
+        let start = format!("wattle_ledger_raft_requests_refused_total{{reason=\"{reason}\"}} ");
+        metrics.lines().find_map(|line| line.strip_prefix(&start)?.parse::<u64>().ok()).unwrap_or(0)
+    };
+    assert!(counted("missing_node_credentials") >= 16, "{metrics}");
+    for reason in ["not_admitted", "stale_request", "bad_node_signature", "impersonation"] {
+        assert_eq!(counted(reason), 1, "{reason}");
+    }
+    let last = health(&http, &leader_address).await?;
+    assert!(last.is_leader && last.term == before.term, "{last:?}");
+    sandbox.signal("INT")?;
+    let status = sandbox.wait(Duration::from_secs(30)).await?;
+    anyhow::ensure!(status.success(), "the sandbox stopped with {status}:\n{}", sandbox.log_tail());
+    Ok(())
+}
+
+/// The operator's way: `wattle keygen` for the node and the service, `wattle node endorsement`
+/// offline, then `wattle node --peer-service-key --endorsement`. An endorsement of another id
+/// stops the node at start with a reason; the right one serves and refuses anonymous raft.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn wattle_node_takes_its_endorsement_and_refuses_anonymous_raft() -> anyhow::Result<()> {
+    use crate::verifiable::run;
+    let _serial = CLUSTER_SERIAL.lock().await;
+    let dir = tempfile::tempdir()?;
+    let path = |name: &str| dir.path().join(name);
+    let (ok, node_key) = run(wattle().arg("keygen").arg("--out").arg(path("node.key")))?;
+    anyhow::ensure!(ok, "keygen: {node_key}");
+    let (ok, service_key) = run(wattle().arg("keygen").arg("--out").arg(path("service.key")))?;
+    anyhow::ensure!(ok, "keygen: {service_key}");
+    let endorse = |node_id: &str| {
+        run(wattle()
+            .args(["node", "endorsement", "--node-id", node_id, "--node-key", node_key.trim(), "--service-key"])
+            .arg(path("service.key")))
+    };
+    let (ok, for_node_2) = endorse("2")?;
+    anyhow::ensure!(ok, "endorsement: {for_node_2}");
+    let (ok, for_node_1) = endorse("1")?;
+    anyhow::ensure!(ok, "endorsement: {for_node_1}");
+    let port = crate::support::free_port();
+    let node = |endorsement: &str| {
+        let mut command = wattle();
+        command
+            .args(["node", "--node-id", "1", "--bootstrap", "--listen", &format!("127.0.0.1:{port}")])
+            .arg("--data-dir")
+            .arg(path("node-1"))
+            .arg("--node-key")
+            .arg(path("node.key"))
+            .args(["--peer-service-key", service_key.trim(), "--endorsement", endorsement.trim()])
+            .arg("--ready-file")
+            .arg(path("node-1.ready"));
+        command
+    };
+    let (ok, output) = run(&mut node(&for_node_2))?;
+    assert!(!ok && output.contains("endorsement is not the service key's"), "{output}");
+    let mut process = Process::spawn("node-1", dir.path(), node(&for_node_1))?;
+    let address = process.ready_address(&path("node-1.ready")).await?.trim_start_matches("http://").to_string();
+    let http = reqwest::Client::builder().timeout(Duration::from_secs(10)).build()?;
+    poll_until("the node leads", Duration::from_secs(30), || async {
+        health(&http, &address).await.ok()?.is_leader.then_some(())
+    })
+    .await?;
+    assert_eq!(refused(&http, &address, &[], &hostile_vote(2)).await?, "missing_node_credentials");
+    assert!(health(&http, &address).await?.is_leader);
+    process.kill()?;
+    Ok(())
+}
