@@ -161,6 +161,10 @@ enum ActionFile {
     RevokeGateway {
         gateway_id: GatewayId,
     },
+    RevokeNode {
+        node_id: u64,
+        node_key: String,
+    },
 }
 
 fn public_key(hex_text: &str) -> anyhow::Result<[u8; 32]> {
@@ -245,6 +249,9 @@ impl ActionFile {
                 AdminAction::RegisterGateway { gateway_id, public_key: public_key(&key)? }
             }
             ActionFile::RevokeGateway { gateway_id } => AdminAction::RevokeGateway { gateway_id },
+            ActionFile::RevokeNode { node_id, node_key } => {
+                AdminAction::RevokeNode { node_id, node_key: public_key(&node_key)? }
+            }
         })
     }
 }

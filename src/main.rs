@@ -96,7 +96,8 @@ enum Command {
     },
     /// Create an Ed25519 secret key file (for the operator or a gateway); prints the public key.
     Keygen {
-        /// Where to write the secret key (64 hex characters).
+        /// Where to write the secret key (64 hex characters; created with mode 0600, an existing
+        /// file is never overwritten).
         #[arg(long)]
         out: PathBuf,
     },
@@ -330,6 +331,11 @@ enum ReceiptCommand {
         /// SHA-256 must equal the receipt's claims digest.
         #[arg(long)]
         claims: Option<PathBuf>,
+        /// Also refuse the receipt if the ledger's current record (GET /v1/config, `revoked_nodes`)
+        /// says the consortium revoked the key that signed it. Offline, a verifier learns of
+        /// revocations from that list however it obtains it (docs/operations.md).
+        #[arg(long)]
+        ledger: Option<String>,
     },
 }
 
@@ -897,7 +903,7 @@ async fn run(command: Command) -> anyhow::Result<()> {
             println!("{}", hex::encode(domain::receipt::endorse(&service, node_id, &node_key)));
             Ok(())
         }
-        Command::Receipt(ReceiptCommand::Verify { file, service_key, claims }) => {
+        Command::Receipt(ReceiptCommand::Verify { file, service_key, claims, ledger }) => {
             let bytes = std::fs::read(&file).with_context(|| format!("reading {}", file.display()))?;
             // The JSON form opens with `{`; the canonical bytes with their tag `wattle.receipt\0`.
             let receipt = if bytes.iter().find(|byte| !byte.is_ascii_whitespace()) == Some(&b'{') {
@@ -913,6 +919,23 @@ async fn run(command: Command) -> anyhow::Result<()> {
                 .map(|path| std::fs::read(path).with_context(|| format!("reading {}", path.display())))
                 .transpose()?;
             receipt.verify(&service, document.as_deref()).context("the receipt does not verify")?;
+            if let Some(ledger_url) = &ledger {
+                let config: serde_json::Value =
+                    reqwest::get(format!("{ledger_url}/v1/config")).await?.error_for_status()?.json().await?;
+                let signer_key = hex::encode(receipt.node_key);
+                let revoked = config["revoked_nodes"]
+                    .as_array()
+                    .context("the ledger lists no revoked_nodes")?
+                    .iter()
+                    .any(|entry| {
+                        entry["node_id"].as_u64() == Some(receipt.node_id) && entry["node_key"] == signer_key.as_str()
+                    });
+                anyhow::ensure!(
+                    !revoked,
+                    "the receipt does not verify: it is signed by node {}'s key {signer_key}, which the consortium revoked",
+                    receipt.node_id
+                );
+            }
             println!(
                 "receipt verifies: transaction {} is entry {} of a ledger of {} entries, root {} signed by node {}{}",
                 receipt.tx_id(),
@@ -1094,7 +1117,7 @@ async fn run(command: Command) -> anyhow::Result<()> {
         Command::Keygen { out } => {
             let secret: [u8; 32] = rand::random();
             let key = ed25519_dalek::SigningKey::from_bytes(&secret);
-            std::fs::write(&out, hex::encode(secret)).with_context(|| format!("writing {}", out.display()))?;
+            ledger::node::write_secret(&out, &hex::encode(secret))?;
             println!("{}", hex::encode(key.verifying_key().to_bytes()));
             Ok(())
         }

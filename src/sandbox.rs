@@ -65,7 +65,8 @@ fn free_port_run(count: u32) -> anyhow::Result<u16> {
 pub async fn run(args: SandboxArgs) -> anyhow::Result<()> {
     let temporary = tempfile::Builder::new().prefix("wattle-sandbox-").tempdir()?;
     let data_dir: PathBuf = args.data_dir.clone().unwrap_or_else(|| temporary.path().to_path_buf());
-    std::fs::create_dir_all(&data_dir)?;
+    // Keys, databases and logs with customers' data: owner only (0700; key files 0600).
+    ledger::store::create_private_dir(&data_dir)?;
     let log_path = data_dir.join("sandbox.log");
     crate::init_logging(crate::LOG_FILTER_DEFAULT, Some(&log_path))?;
     println!("Starting the Wattle sandbox (logs: {})", log_path.display());
@@ -76,9 +77,7 @@ pub async fn run(args: SandboxArgs) -> anyhow::Result<()> {
     };
     // Configuration: operator key, registry of the fleet, tariff.
     let operator_key = data_dir.join("operator.key");
-    if !operator_key.exists() {
-        std::fs::write(&operator_key, hex::encode(rand::random::<[u8; 32]>()))?;
-    }
+    ledger::node::load_or_create_key(&operator_key)?;
     // The last meter is an unsigned legacy meter (SDM630 over Modbus): the gateway attests its
     // readings with its own key, which the registry names as the meter's.
     anyhow::ensure!(args.meters >= 2, "the sandbox needs at least 2 meters");
@@ -114,14 +113,11 @@ pub async fn run(args: SandboxArgs) -> anyhow::Result<()> {
     // The service key endorses each node's signing key: peers take raft requests only from
     // endorsed nodes (`ledger::peer_auth`), and every receipt verifies offline.
     let service_key_path = data_dir.join("service.key");
-    if !service_key_path.exists() {
-        std::fs::write(&service_key_path, hex::encode(rand::random::<[u8; 32]>()))?;
-    }
-    let service_key = ledger::node::read_signing_key(&service_key_path)?;
+    let service_key = ledger::node::load_or_create_key(&service_key_path)?;
     let mut starting = Vec::new();
     for (id, address) in &members {
         let node_dir = data_dir.join(format!("node-{id}"));
-        std::fs::create_dir_all(&node_dir)?;
+        ledger::store::create_private_dir(&node_dir)?;
         let node_key = ledger::node::load_or_create_key(&node_dir.join("node.key"))?;
         let peer_auth = ledger::node::PeerAuth {
             service_key: service_key.verifying_key().to_bytes(),
@@ -443,10 +439,7 @@ fn governance_config(data_dir: &std::path::Path) -> anyhow::Result<String> {
     let mut text = String::new();
     for (member, role) in SANDBOX_MEMBERS {
         let path = data_dir.join(format!("{member}.key"));
-        if !path.exists() {
-            std::fs::write(&path, hex::encode(rand::random::<[u8; 32]>()))?;
-        }
-        let key = ledger::node::read_signing_key(&path)?;
+        let key = ledger::node::load_or_create_key(&path)?;
         text.push_str(&format!(
             "[[governance.members]]\nid = \"{member}\"\nrole = \"{role}\"\npublic_key = \"{}\"\n\n",
             hex::encode(key.verifying_key().to_bytes())

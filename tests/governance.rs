@@ -86,7 +86,7 @@ impl Gov {
 }
 
 /// The proposal in a `--json` answer of `propose` or `vote` (the last JSON document printed).
-fn proposal_of(output: &str) -> anyhow::Result<ProposalView> {
+pub(crate) fn proposal_of(output: &str) -> anyhow::Result<ProposalView> {
     let start = output.find("{\n").context("no JSON in the output")?;
     let response: serde_json::Value =
         serde_json::Deserializer::from_str(&output[start..]).into_iter().next().context("no JSON")??;

@@ -129,6 +129,56 @@ async fn raft_requests_from_nodes_the_consortium_did_not_admit_are_refused() -> 
     }
     let last = health(&http, &leader_address).await?;
     assert!(last.is_leader && last.term == before.term, "{last:?}");
+
+    // A node key the consortium revokes by vote is refused from then on. Node 3's own key, with
+    // its real endorsement, asking for a vote in a term long past (raft answers it, and no more).
+    let node_3 = ledger::node::read_signing_key(&data.join("node-3").join("node.key"))?;
+    let node_3_public = node_3.verifying_key().to_bytes();
+    let credentials =
+        PeerCredentials { node_id: 3, key: node_3, endorsement: domain::receipt::endorse(&service, 3, &node_3_public) };
+    let past: openraft::raft::VoteRequest<u64> = openraft::raft::VoteRequest::new(openraft::Vote::new(0, 3), None);
+    let past = serde_json::to_vec(&past)?;
+    let target = if leader_id == 3 { 1 } else { leader_id };
+    let target_address = &nodes[target as usize - 1].1;
+    let send = |headers: Vec<(&'static str, String)>| {
+        let mut post =
+            http.post(format!("http://{target_address}/raft/vote")).header("content-type", "application/json");
+        for (name, value) in headers {
+            post = post.header(name, value);
+        }
+        post.body(past.clone()).send()
+    };
+    let answer = send(credentials.headers("vote", target, now(), &past)).await?;
+    assert_eq!(answer.status(), 200, "an admitted node was refused: {}", answer.text().await?);
+    let proposal = dir.path().join("revoke.toml");
+    std::fs::write(
+        &proposal,
+        format!(
+            "title = \"revoke node 3\"\n[[action]]\nkind = \"revoke_node\"\nnode_id = 3\nnode_key = \"{}\"\n",
+            hex::encode(node_3_public)
+        ),
+    )?;
+    let leader_url = format!("http://{leader_address}");
+    let gov = |member: &str, args: &[&str]| {
+        crate::verifiable::run(
+            wattle()
+                .arg("gov")
+                .args(args)
+                .args(["--ledger", &leader_url, "--json", "--member-key"])
+                .arg(data.join(format!("{member}.key"))),
+        )
+    };
+    let (ok, output) = gov("supplier", &["propose", proposal.to_str().expect("utf-8")])?;
+    assert!(ok, "{output}");
+    let id = crate::governance::proposal_of(&output)?.record.id;
+    let (ok, output) = gov("grid", &["vote", &id, "--approve"])?;
+    assert!(ok && output.contains("accepted"), "{output}");
+    poll_until("node 3's revocation applied", Duration::from_secs(20), || async {
+        let answer = send(credentials.headers("vote", target, now(), &past)).await.ok()?;
+        let body: serde_json::Value = answer.json().await.ok()?;
+        (body["code"] == "revoked_node").then_some(())
+    })
+    .await?;
     sandbox.signal("INT")?;
     let status = sandbox.wait(Duration::from_secs(30)).await?;
     anyhow::ensure!(status.success(), "the sandbox stopped with {status}:\n{}", sandbox.log_tail());

@@ -3,7 +3,8 @@
 //! signed with the old key still settles, and a later interval signed with the old key is
 //! refused. Once a gateway is registered, a batch from an unregistered gateway, with another
 //! gateway's key, without a signature or with a broken one is refused with 401 and counted, and
-//! nothing of it reaches the ledger; a revoked gateway is refused too. The audit replays it all.
+//! nothing of it reaches the ledger; a revoked gateway is refused too. A node key revoked by vote
+//! makes `wattle receipt verify --ledger` refuse its receipts. The audit replays it all.
 
 use std::time::Duration;
 
@@ -14,8 +15,8 @@ use ed25519_dalek::SigningKey;
 use ledger::governance::Status;
 
 use crate::governance::{start_governed, Governed};
-use crate::support::{clock_args, CLUSTER_SERIAL};
-use crate::verifiable::audit_stopped_node;
+use crate::support::{clock_args, wattle, CLUSTER_SERIAL};
+use crate::verifiable::{audit_stopped_node, run};
 
 const MEMBERS: [(&str, &str); 3] = [("supplier", "member"), ("grid", "member"), ("regulator", "auditor")];
 const MAJORITY: &str = "[governance.constitution.default]\nthreshold = \"majority\"\n";
@@ -44,7 +45,17 @@ struct Ledger {
 
 impl Ledger {
     async fn submit(&self, request: &SubmitReadings) -> anyhow::Result<Vec<(OutcomeStatus, Option<String>)>> {
-        let response: SubmitReadingsResponse = self
+        Ok(self
+            .submit_tx(request)
+            .await?
+            .outcomes
+            .into_iter()
+            .map(|outcome| (outcome.status, outcome.reason))
+            .collect())
+    }
+
+    async fn submit_tx(&self, request: &SubmitReadings) -> anyhow::Result<SubmitReadingsResponse> {
+        Ok(self
             .http
             .post(format!("{}/v1/readings", self.url))
             .json(request)
@@ -52,8 +63,7 @@ impl Ledger {
             .await?
             .error_for_status()?
             .json()
-            .await?;
-        Ok(response.outcomes.into_iter().map(|outcome| (outcome.status, outcome.reason)).collect())
+            .await?)
     }
 
     /// Submits a batch the ledger must refuse with 401 and `reason`.
@@ -171,7 +181,8 @@ async fn keys_rotate_by_interval_and_only_registered_gateways_are_heard() -> any
     }
     // The reading the refused batches carried was never settled: it is new to the ledger now.
     let proper = signed_batch("gw-a", &gateway_a, vec![next()?])?;
-    assert_eq!(ledger.submit(&proper).await?, vec![(OutcomeStatus::Accepted, None)]);
+    let settled = ledger.submit_tx(&proper).await?;
+    assert_eq!(settled.outcomes[0].status, OutcomeStatus::Accepted, "{settled:?}");
     let account: serde_json::Value =
         ledger.http.get(format!("{}/v1/customers/c-keys/account", ledger.url)).send().await?.json().await?;
     assert_eq!(account["intervals_settled"], 4, "{account}");
@@ -181,8 +192,34 @@ async fn keys_rotate_by_interval_and_only_registered_gateways_are_heard() -> any
     let late = signed_batch("gw-a", &gateway_a, vec![envelope(&new_key, 2, 4, "2026-10-31T00:45:00Z")?])?;
     ledger.refused(&late, "revoked_gateway").await?;
 
+    // Revoking the node's key by vote: its receipts verify against the service key alone, but not
+    // against the ledger's current record.
+    let tx_id = settled.tx_id.expect("a readings transaction");
+    let receipt = ledger.http.get(format!("{}/v1/receipts/{tx_id}?format=json", ledger.url)).send().await?;
+    std::fs::write(dir.path().join("receipt.json"), receipt.error_for_status()?.bytes().await?)?;
+    let verify = || {
+        run(wattle().args(["receipt", "verify"]).arg(dir.path().join("receipt.json")).args([
+            "--service-key",
+            &service,
+            "--ledger",
+            &ledger.url,
+        ]))
+    };
+    let (ok, output) = verify()?;
+    assert!(ok, "the receipt did not verify before the revocation: {output}");
+    let health: serde_json::Value = ledger.http.get(format!("{}/healthz", ledger.url)).send().await?.json().await?;
+    pass(
+        "revoke-node",
+        format!(
+            "title = \"revoke node 1's key\"\n[[action]]\nkind = \"revoke_node\"\nnode_id = {}\nnode_key = {}\n",
+            health["node_id"], health["node_key"]
+        ),
+    )?;
+    let (ok, output) = verify()?;
+    assert!(!ok && output.contains("which the consortium revoked"), "a revoked node's receipt verified: {output}");
+
     let (ok, output) = audit_stopped_node(&mut node, dir.path(), &service).await?;
     assert!(ok, "the audit failed: {output}");
-    assert!(output.contains("4 proposals accepted"), "{output}");
+    assert!(output.contains("5 proposals accepted"), "{output}");
     Ok(())
 }

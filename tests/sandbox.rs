@@ -41,6 +41,24 @@ async fn a_standard_client_subscribes_without_a_client_id_and_logs_go_to_a_file(
     let logged = std::fs::read_to_string(data.join("sandbox.log"))?;
     anyhow::ensure!(logged.contains("INFO"), "no log lines in sandbox.log:\n{logged}");
     anyhow::ensure!(!shown.contains("INFO") && !shown.contains("WARN"), "log lines on the terminal:\n{shown}");
+    // Secrets and customers' data are the owner's only (issue 15).
+    use std::os::unix::fs::PermissionsExt;
+    let mode =
+        |path: std::path::PathBuf| -> anyhow::Result<u32> { Ok(std::fs::metadata(path)?.permissions().mode() & 0o777) };
+    for dir in ["", "node-1", "node-2", "node-3", "gateway"] {
+        assert_eq!(mode(data.join(dir))?, 0o700, "{dir}/ is not 0700");
+    }
+    for key in [
+        "operator.key",
+        "service.key",
+        "supplier.key",
+        "grid.key",
+        "regulator.key",
+        "node-1/node.key",
+        "gateway/gateway.key",
+    ] {
+        assert_eq!(mode(data.join(key))?, 0o600, "{key} is not 0600");
+    }
     Ok(())
 }
 

@@ -200,6 +200,12 @@ pub enum AdminAction {
     RevokeGateway {
         gateway_id: GatewayId,
     },
+    /// Revoke a node key's endorsement: peers refuse its raft requests, and `wattle receipt
+    /// verify --ledger` refuses receipts it signed.
+    RevokeNode {
+        node_id: u64,
+        node_key: [u8; 32],
+    },
 }
 
 /// Longest node address in an admin action.
@@ -364,6 +370,9 @@ impl AdminAction {
             AdminAction::RevokeGateway { gateway_id } => {
                 writer.u8(18).short_bytes(gateway_id.as_str().as_bytes());
             }
+            AdminAction::RevokeNode { node_id, node_key } => {
+                writer.u8(19).u64(*node_id).fixed(node_key);
+            }
         }
     }
     pub(crate) fn decode(reader: &mut Reader<'_>) -> Result<Self, DecodeError> {
@@ -435,6 +444,7 @@ impl AdminAction {
                 public_key: reader.array()?,
             }),
             18 => Ok(AdminAction::RevokeGateway { gateway_id: decode_id(reader, "gateway_id")? }),
+            19 => Ok(AdminAction::RevokeNode { node_id: reader.u64()?, node_key: reader.array()? }),
             other => Err(DecodeError::invalid("admin_action", format!("unknown kind {other}"))),
         }
     }

@@ -195,6 +195,7 @@ fn action_strategy() -> impl Strategy<Value = AdminAction> {
         }),
         id_strategy()
             .prop_map(|gateway| AdminAction::RevokeGateway { gateway_id: GatewayId::new(gateway).expect("valid id") }),
+        (any::<u64>(), any::<[u8; 32]>()).prop_map(|(node_id, node_key)| AdminAction::RevokeNode { node_id, node_key }),
     ]
 }
 

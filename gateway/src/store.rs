@@ -172,6 +172,9 @@ pub(crate) fn synced() -> WriteOptions {
 impl GatewayStore {
     pub fn open(data_dir: &Path, bounds: GarbageBounds) -> anyhow::Result<Self> {
         std::fs::create_dir_all(data_dir)?;
+        // The outbox and quarantine hold customers' readings: owner only.
+        #[cfg(unix)]
+        std::fs::set_permissions(data_dir, std::os::unix::fs::PermissionsExt::from_mode(0o700))?;
         let db = open_db(&data_dir.join("db"), &[CF_OUTBOX, CF_QUARANTINE, CF_METERS, CF_SEEN, CF_RETRY], None)?;
         let (garbage, garbage_next) = GarbageStore::open(&data_dir.join("garbage"), bounds)?;
         let next_outbox = last_key(&db, db.cf_handle(CF_OUTBOX).expect("created"))?;

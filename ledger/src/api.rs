@@ -154,12 +154,20 @@ impl IntoResponse for ApiError {
     }
 }
 
-/// `GET /v1/config`: the public configuration (operator key, admin nonce, tariff).
+/// `GET /v1/config`: the public configuration (admin nonce, flat price, revoked node keys).
 async fn public_config(State(app): State<AppState>) -> Json<serde_json::Value> {
     let state = app.store.state();
+    let revoked: Vec<serde_json::Value> = app
+        .store
+        .scan_prefix(Table::Public, crate::registry::REVOKED_NODE_PREFIX)
+        .into_iter()
+        .filter_map(|(key, _)| crate::registry::decode_revoked_node(&key))
+        .map(|(node_id, node_key)| serde_json::json!({ "node_id": node_id, "node_key": hex::encode(node_key) }))
+        .collect();
     Json(serde_json::json!({
         "admin_nonce": state::admin_nonce(&state),
         "flat_price": state::flat_price(&state),
+        "revoked_nodes": revoked,
     }))
 }
 
@@ -514,8 +522,10 @@ fn raft_request<T: serde::de::DeserializeOwned>(
                 tracing::warn!(path, reason = refusal.code, message = %refusal.message, "raft request refused");
                 ApiError::new(StatusCode::UNAUTHORIZED, refusal.code, refusal.message)
             };
+            let state = app.store.state();
+            let revoked = |node_id, key: &[u8; 32]| crate::registry::node_revoked(&state, node_id, key);
             Some(
-                crate::peer_auth::authenticate(service_key, app.node_id, now_ms, path, headers, body)
+                crate::peer_auth::authenticate(service_key, revoked, app.node_id, now_ms, path, headers, body)
                     .map_err(refused)?,
             )
         }

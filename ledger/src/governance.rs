@@ -502,6 +502,9 @@ pub fn summary(action: &AdminAction) -> String {
             format!("register gateway {gateway_id} key {}", hex::encode(public_key))
         }
         AdminAction::RevokeGateway { gateway_id } => format!("revoke gateway {gateway_id}"),
+        AdminAction::RevokeNode { node_id, node_key } => {
+            format!("revoke node {node_id}'s key {}", hex::encode(node_key))
+        }
     }
 }
 

@@ -4,12 +4,13 @@
 //! key, the service key's endorsement of that (id, key) (`domain::receipt::endorse`, made offline
 //! by whoever holds the service key), a timestamp, and the sender's Ed25519 signature over the
 //! path, the receiving node's id, the timestamp and the SHA-256 of the body. The raft message's
-//! own sender (its vote's leader id) must be the authenticated node. Anything else is answered
+//! own sender (its vote's leader id) must be the authenticated node, and its key must not be
+//! revoked in the receiver's state (`revoke_node`, voted by governance). Anything else is answered
 //! `401` with a reason and counted; openraft never sees it.
 //!
 //! A captured request replays only within `RAFT_RPC_SKEW_MAX` and only to the node it was
-//! addressed to, and raft itself makes a repeated vote or append idempotent. Revocation and
-//! expiry of endorsements, TLS and encryption of the traffic follow with the rest of issue 15.
+//! addressed to, and raft itself makes a repeated vote or append idempotent. Expiry of
+//! endorsements, TLS and encryption of the traffic follow with the rest of issue 15.
 
 use axum::http::HeaderMap;
 use domain::verify::verify_signature;
@@ -92,6 +93,7 @@ fn hex_array<const N: usize>(text: &str, name: &'static str) -> Result<[u8; N], 
 /// the authenticated sender's node id.
 pub fn authenticate(
     service_key: &[u8; 32],
+    revoked: impl Fn(NodeId, &[u8; 32]) -> bool,
     own_id: NodeId,
     now_ms: i64,
     path: &str,
@@ -110,6 +112,9 @@ pub fn authenticate(
     verify_signature(service_key, &endorsement, &domain::receipt::endorsement_message(node_id, &node_key)).map_err(
         |_| refuse("not_admitted", format!("node {node_id}'s key is not endorsed by this ledger's service key")),
     )?;
+    if revoked(node_id, &node_key) {
+        return Err(refuse("revoked_node", format!("the consortium revoked node {node_id}'s key")));
+    }
     if (now_ms - time_ms).abs() > RAFT_RPC_SKEW_MAX_MS {
         return Err(refuse(
             "stale_request",
@@ -154,16 +159,28 @@ mod tests {
         let now = 1_000_000;
         let body = b"{\"vote\":1}";
         let ok = to_headers(node.headers("vote", 1, now, body));
-        assert_eq!(authenticate(&service_key, 1, now + 5, "vote", &ok, body), Ok(2));
+        assert_eq!(authenticate(&service_key, |_, _| false, 1, now + 5, "vote", &ok, body), Ok(2));
         let code = |result: Result<NodeId, Refusal>| result.expect_err("refused").code;
         assert_eq!(
-            code(authenticate(&service_key, 1, now, "vote", &HeaderMap::new(), body)),
+            code(authenticate(&service_key, |_, _| false, 1, now, "vote", &HeaderMap::new(), body)),
             "missing_node_credentials"
         );
-        assert_eq!(code(authenticate(&service_key, 3, now, "vote", &ok, body)), "bad_node_signature", "another target");
-        assert_eq!(code(authenticate(&service_key, 1, now, "append", &ok, body)), "bad_node_signature", "another path");
-        assert_eq!(code(authenticate(&service_key, 1, now, "vote", &ok, b"{}")), "bad_node_signature", "another body");
-        assert_eq!(code(authenticate(&service_key, 1, now + 31_000, "vote", &ok, body)), "stale_request");
+        assert_eq!(
+            code(authenticate(&service_key, |_, _| false, 3, now, "vote", &ok, body)),
+            "bad_node_signature",
+            "another target"
+        );
+        assert_eq!(
+            code(authenticate(&service_key, |_, _| false, 1, now, "append", &ok, body)),
+            "bad_node_signature",
+            "another path"
+        );
+        assert_eq!(
+            code(authenticate(&service_key, |_, _| false, 1, now, "vote", &ok, b"{}")),
+            "bad_node_signature",
+            "another body"
+        );
+        assert_eq!(code(authenticate(&service_key, |_, _| false, 1, now + 31_000, "vote", &ok, body)), "stale_request");
         let stranger = SigningKey::from_bytes(&[3; 32]);
         let self_endorsed = PeerCredentials {
             node_id: 2,
@@ -171,10 +188,16 @@ mod tests {
             endorsement: domain::receipt::endorse(&stranger, 2, &key.verifying_key().to_bytes()),
         };
         let forged = to_headers(self_endorsed.headers("vote", 1, now, body));
-        assert_eq!(code(authenticate(&service_key, 1, now, "vote", &forged, body)), "not_admitted");
+        assert_eq!(code(authenticate(&service_key, |_, _| false, 1, now, "vote", &forged, body)), "not_admitted");
         let as_node_5 = PeerCredentials { node_id: 5, ..node };
         let renamed = to_headers(as_node_5.headers("vote", 1, now, body));
-        assert_eq!(code(authenticate(&service_key, 1, now, "vote", &renamed, body)), "not_admitted", "endorsed for 2");
+        assert_eq!(
+            code(authenticate(&service_key, |_, _| false, 1, now, "vote", &renamed, body)),
+            "not_admitted",
+            "endorsed for 2"
+        );
         assert_eq!(same_sender(2, 3).expect_err("impersonation").code, "impersonation");
+        let revoked = |id: NodeId, _: &[u8; 32]| id == 2;
+        assert_eq!(code(authenticate(&service_key, revoked, 1, now, "vote", &ok, body)), "revoked_node");
     }
 }

@@ -1,5 +1,5 @@
-//! Who may feed the ledger: registered meters with their keys over time (`domain::keyring`), and
-//! registered gateways with the key they sign batches with. Part of the state machine (sans-IO):
+//! Who may feed the ledger: registered meters with their keys over time (`domain::keyring`),
+//! registered gateways with the key they sign batches with, and revoked node keys. Part of the state machine (sans-IO):
 //! configuration actions change the records, the submit path and `apply_readings` consult them.
 //!
 //! Gateways: until the first gateway is registered the ledger accepts batches from any gateway
@@ -143,8 +143,9 @@ fn change_keys(
 
 /// Set once the first gateway is registered: from then on batches need a registered gateway.
 const KEY_GATEWAYS_CLOSED: &[u8] = b"gateways_closed";
-/// Prefix of gateway records: `g/{gateway id}` → status byte (1 registered, 0 revoked) and key.
-pub const GATEWAY_PREFIX: &[u8] = b"g/";
+/// Prefix of gateway records: `gw/{gateway id}` → status byte (1 registered, 0 revoked) and key.
+/// (Not `g/`: governance's records live there, and a gateway named `started` would be its flag.)
+pub const GATEWAY_PREFIX: &[u8] = b"gw/";
 
 fn key_gateway(gateway: &GatewayId) -> Vec<u8> {
     [GATEWAY_PREFIX, gateway.as_str().as_bytes()].concat()
@@ -206,6 +207,28 @@ fn revoke_gateway(state: &mut Overlay<'_>, gateway_id: &GatewayId) -> Result<(),
     Ok(())
 }
 
+// ---- nodes ------------------------------------------------------------------------------------
+
+/// Prefix of node key revocations: `rn/{node id: 8 bytes}{node key}` → empty. (Endorsements are
+/// `n/{node id}{node key}` in the same table.)
+pub const REVOKED_NODE_PREFIX: &[u8] = b"rn/";
+
+fn key_revoked_node(node_id: u64, node_key: &[u8; 32]) -> Vec<u8> {
+    [REVOKED_NODE_PREFIX, &node_id.to_be_bytes(), node_key].concat()
+}
+
+/// Whether governance revoked this node key's endorsement.
+pub fn node_revoked(state: &dyn StateRead, node_id: u64, node_key: &[u8; 32]) -> bool {
+    state.get(Table::Public, &key_revoked_node(node_id, node_key)).is_some()
+}
+
+/// Decodes a key listed under [`REVOKED_NODE_PREFIX`] into (node id, node key).
+pub fn decode_revoked_node(key: &[u8]) -> Option<(u64, [u8; 32])> {
+    let rest = key.strip_prefix(REVOKED_NODE_PREFIX)?;
+    let (id, node_key) = rest.split_at_checked(8)?;
+    Some((u64::from_be_bytes(id.try_into().ok()?), node_key.try_into().ok()?))
+}
+
 /// Carries out the registry's configuration actions; `None` for an action of another kind.
 pub(crate) fn execute(state: &mut Overlay<'_>, action: &AdminAction) -> Option<Result<(), String>> {
     Some(match action {
@@ -226,6 +249,45 @@ pub(crate) fn execute(state: &mut Overlay<'_>, action: &AdminAction) -> Option<R
         }
         AdminAction::RegisterGateway { gateway_id, public_key } => register_gateway(state, gateway_id, public_key),
         AdminAction::RevokeGateway { gateway_id } => revoke_gateway(state, gateway_id),
+        AdminAction::RevokeNode { node_id, node_key } => {
+            state.put(Table::Public, key_revoked_node(*node_id, node_key), Vec::new());
+            Ok(())
+        }
         _ => return None,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    struct Empty;
+
+    impl StateRead for Empty {
+        fn get(&self, _: Table, _: &[u8]) -> Option<Vec<u8>> {
+            None
+        }
+    }
+
+    /// Found while testing node revocation: revocations first lived under `n/`, where
+    /// endorsements are, so every endorsed node read as revoked; gateways under `g/`, where
+    /// governance is, so a gateway named `started` made an ungoverned ledger look governed.
+    #[test]
+    fn registry_records_share_no_key_with_governance_or_endorsements() {
+        let base = Empty;
+        let mut state = Overlay::new(&base);
+        let key = ed25519_dalek::SigningKey::from_bytes(&[5; 32]).verifying_key().to_bytes();
+        for gateway in ["started", "c", "count", "members"] {
+            let gateway_id = GatewayId::new(gateway).expect("a valid id");
+            execute(&mut state, &AdminAction::RegisterGateway { gateway_id, public_key: key })
+                .expect("some")
+                .expect("ok");
+        }
+        assert!(!crate::governance::is_governed(&state), "a gateway's record read as governance's");
+        // An endorsement of node 1's key, where the state machine writes endorsements.
+        state.put(Table::Public, crate::state::key_endorsement(1, &key), vec![0u8; 64]);
+        assert!(!node_revoked(&state, 1, &key), "an endorsement read as a revocation");
+        execute(&mut state, &AdminAction::RevokeNode { node_id: 1, node_key: key }).expect("some").expect("ok");
+        assert!(node_revoked(&state, 1, &key));
+    }
 }

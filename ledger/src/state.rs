@@ -509,7 +509,7 @@ pub const SIGNATURE_PREFIX: &[u8] = b"s/";
 pub fn key_signature(marker_index: u64) -> Vec<u8> {
     [SIGNATURE_PREFIX, &marker_index.to_be_bytes()].concat()
 }
-fn key_endorsement(node_id: u64, node_key: &[u8; 32]) -> Vec<u8> {
+pub(crate) fn key_endorsement(node_id: u64, node_key: &[u8; 32]) -> Vec<u8> {
     [b"n/".as_slice(), &node_id.to_be_bytes(), node_key].concat()
 }
 
@@ -703,7 +703,8 @@ pub(crate) fn execute_action(state: &mut Overlay<'_>, action: &AdminAction) -> R
         | AdminAction::RotateMeterKey { .. }
         | AdminAction::RevokeMeterKey { .. }
         | AdminAction::RegisterGateway { .. }
-        | AdminAction::RevokeGateway { .. } => unreachable!("registry actions are carried out by registry::execute"),
+        | AdminAction::RevokeGateway { .. }
+        | AdminAction::RevokeNode { .. } => unreachable!("registry actions are carried out by registry::execute"),
     }
     Ok(())
 }

@@ -93,11 +93,20 @@ impl Debug for Store {
     }
 }
 
+/// Creates `path` (and its parents) readable by its owner only (0700): a node's database, log,
+/// snapshots and history hold every customer's data.
+pub fn create_private_dir(path: &Path) -> anyhow::Result<()> {
+    std::fs::create_dir_all(path)?;
+    #[cfg(unix)]
+    std::fs::set_permissions(path, std::os::unix::fs::PermissionsExt::from_mode(0o700))?;
+    Ok(())
+}
+
 impl Store {
     /// Opens (or creates) the RocksDB database and snapshot directory under `data_dir`.
     #[cfg(feature = "rocksdb")]
     pub fn open(data_dir: &Path) -> anyhow::Result<Self> {
-        std::fs::create_dir_all(data_dir)?;
+        create_private_dir(data_dir)?;
         let kv = RocksKv::open(&data_dir.join("db"))?;
         Self::with_kv(Arc::new(kv), data_dir.join("snapshots"))
     }

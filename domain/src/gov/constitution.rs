@@ -108,6 +108,7 @@ pub enum ActionKind {
     RevokeMeterKey,
     RegisterGateway,
     RevokeGateway,
+    RevokeNode,
 }
 
 impl ActionKind {
@@ -132,6 +133,7 @@ impl ActionKind {
             AdminAction::RevokeMeterKey { .. } => ActionKind::RevokeMeterKey,
             AdminAction::RegisterGateway { .. } => ActionKind::RegisterGateway,
             AdminAction::RevokeGateway { .. } => ActionKind::RevokeGateway,
+            AdminAction::RevokeNode { .. } => ActionKind::RevokeNode,
         }
     }
 
