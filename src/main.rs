@@ -9,8 +9,10 @@ mod cli;
 mod gov;
 mod process;
 mod progress;
+mod quarantine_cli;
 mod sandbox;
 mod sandbox_tariff;
+mod tariff_cli;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -20,6 +22,8 @@ use clap::{Parser, Subcommand};
 use domain::ids::GatewayId;
 
 use crate::cli::{parse_host_port, shutdown_signal, write_ready_file, ClockArgs};
+use crate::quarantine_cli::{list_quarantine, release_quarantine, QuarantineAction, QuarantineCommand};
+use crate::tariff_cli::{tariff_check, tariff_publish, TariffCommand};
 
 /// Wattle: signed smart-meter readings, verified at the edge, settled on a replicated ledger,
 /// billed to the cent.
@@ -101,154 +105,6 @@ enum Command {
         #[arg(long)]
         out: PathBuf,
     },
-}
-
-#[derive(Debug, clap::Subcommand)]
-enum TariffCommand {
-    /// Parse and validate a tariff version (TOML, docs/tariffs.md): every refusal names its field
-    /// and reason; on success prints the components, the parties paid and the SHA-256 of the
-    /// canonical JSON (what the ledger records and members will vote on).
-    Check {
-        /// The tariff version, TOML.
-        file: PathBuf,
-        /// Print the canonical JSON instead of the summary.
-        #[arg(long)]
-        json: bool,
-    },
-    /// Publish a tariff version to the ledger: validated here, signed with the operator key as
-    /// a `PublishTariff` admin transaction, validated again when the ledger applies it; then
-    /// listed by `GET /v1/tariffs`. (Settling by it comes with rules version 2.)
-    Publish {
-        /// The tariff version, TOML.
-        file: PathBuf,
-        /// Any ledger node's client API base URL (followers forward to the leader).
-        #[arg(long, default_value = "http://127.0.0.1:7000")]
-        ledger: String,
-        /// The operator's secret key file.
-        #[arg(long)]
-        operator_key: PathBuf,
-    },
-}
-
-#[derive(Debug, clap::Args)]
-#[command(args_conflicts_with_subcommands = true)]
-struct QuarantineCommand {
-    #[command(subcommand)]
-    action: Option<QuarantineAction>,
-    #[command(flatten)]
-    list: QuarantineArgs,
-}
-
-#[derive(Debug, clap::Subcommand)]
-enum QuarantineAction {
-    /// Re-submit the held and unverified readings that match (after the cause was fixed: a
-    /// setting, a registration, a price); each goes through every check again with the gateway's
-    /// current configuration. Prints how many were released; repeats while more match.
-    Release(ReleaseArgs),
-}
-
-#[derive(Debug, clap::Args)]
-struct ReleaseArgs {
-    /// The running gateway's HTTP address (its --listen).
-    #[arg(long, default_value = "http://127.0.0.1:7100")]
-    gateway: String,
-    /// Only entries with this reason code (e.g. clock_future, ledger_no_tariff).
-    #[arg(long)]
-    reason: Option<String>,
-    /// Only this meter's entries.
-    #[arg(long)]
-    meter: Option<String>,
-    /// Only sequences from this one (inclusive).
-    #[arg(long)]
-    from_sequence: Option<u64>,
-    /// Only sequences up to this one (inclusive).
-    #[arg(long)]
-    to_sequence: Option<u64>,
-    /// Only entries of this class: held or unverified.
-    #[arg(long)]
-    class: Option<String>,
-}
-
-async fn release_quarantine(args: ReleaseArgs) -> anyhow::Result<()> {
-    let url = format!("{}/v1/quarantine/release", args.gateway.trim_end_matches('/'));
-    let filter = serde_json::json!({
-        "reason": args.reason,
-        "meter": args.meter,
-        "from_sequence": args.from_sequence,
-        "to_sequence": args.to_sequence,
-        "class": args.class,
-    });
-    let http = reqwest::Client::new();
-    let (mut released, mut not_releasable) = (0u64, 0u64);
-    // Bounded: each round releases at most the gateway's page, and released entries leave.
-    for _ in 0..gateway::limits::RELEASE_ROUNDS_MAX {
-        let response = http.post(&url).json(&filter).send().await.with_context(|| format!("asking {url}"))?;
-        let status = response.status();
-        let body: serde_json::Value = response.json().await.with_context(|| format!("{url} answered {status}"))?;
-        anyhow::ensure!(status.is_success(), "{url} answered {status}: {body}");
-        let ids = body["released"].as_array().map_or(0, Vec::len) as u64;
-        released += ids;
-        not_releasable = body["not_releasable"].as_u64().unwrap_or(0);
-        if body["more"] != true || ids == 0 {
-            break;
-        }
-    }
-    println!("{released} entries released; {not_releasable} matching entries are not releasable (final or garbage)");
-    Ok(())
-}
-
-#[derive(Debug, clap::Args)]
-struct QuarantineArgs {
-    /// The gateway's HTTP address (its --listen).
-    #[arg(long, default_value = "http://127.0.0.1:7100")]
-    gateway: String,
-    /// First entry id to list.
-    #[arg(long, default_value_t = 0)]
-    from: u64,
-    /// Most entries to list (the gateway answers at most 1,000 per request).
-    #[arg(long, default_value_t = 100)]
-    limit: usize,
-    /// Only entries with this reason code (e.g. bad_signature, equivocation).
-    #[arg(long)]
-    reason: Option<String>,
-    /// Print the entries as JSON lines instead of a table.
-    #[arg(long)]
-    json: bool,
-}
-
-async fn list_quarantine(args: QuarantineArgs) -> anyhow::Result<()> {
-    let url = format!("{}/v1/quarantine?from={}&limit={}", args.gateway.trim_end_matches('/'), args.from, args.limit);
-    let body: serde_json::Value =
-        reqwest::get(&url).await.with_context(|| format!("asking {url}"))?.error_for_status()?.json().await?;
-    let entries = body["entries"].as_array().context("the gateway's answer has no entries")?;
-    let wanted = |entry: &&serde_json::Value| args.reason.as_deref().is_none_or(|reason| entry["reason"] == reason);
-    if args.json {
-        for entry in entries.iter().filter(wanted) {
-            println!("{entry}");
-        }
-        return Ok(());
-    }
-    println!("{:>6}  {:<24}  {:<28}  {:<44}  detail", "id", "received", "reason", "source");
-    let mut shown = 0;
-    for entry in entries.iter().filter(wanted) {
-        let received = entry["received_ms"]
-            .as_i64()
-            .and_then(chrono::DateTime::from_timestamp_millis)
-            .map(|at| at.format("%Y-%m-%dT%H:%M:%S%.3fZ").to_string())
-            .unwrap_or_default();
-        println!(
-            "{:>6}  {:<24}  {:<28}  {:<44}  {}",
-            entry["id"],
-            received,
-            entry["reason"].as_str().unwrap_or_default(),
-            entry["source"].as_str().unwrap_or_default(),
-            entry["detail"].as_str().unwrap_or_default()
-        );
-        shown += 1;
-    }
-    let next = entries.last().and_then(|entry| entry["id"].as_u64()).map(|id| id + 1);
-    println!("{shown} entries{}", next.map(|next| format!("; next page: --from {next}")).unwrap_or_default());
-    Ok(())
 }
 
 #[derive(Debug, clap::Args)]
@@ -740,85 +596,6 @@ fn main() -> anyhow::Result<()> {
     }
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
     runtime.block_on(run(cli.command))
-}
-
-async fn tariff_publish(
-    file: &std::path::Path,
-    ledger_url: &str,
-    operator_key: &std::path::Path,
-) -> anyhow::Result<()> {
-    let text = std::fs::read_to_string(file).with_context(|| format!("reading {}", file.display()))?;
-    let tariff =
-        domain::tariff::parse_toml(&text).with_context(|| format!("{} is not a valid tariff", file.display()))?;
-    let tariff_json = tariff.to_canonical_json();
-    let operator = ledger::node::read_signing_key(operator_key)?;
-    let http = reqwest::Client::builder().timeout(std::time::Duration::from_secs(30)).build()?;
-    let config: serde_json::Value =
-        http.get(format!("{ledger_url}/v1/config")).send().await?.error_for_status()?.json().await?;
-    let nonce = config["admin_nonce"].as_u64().context("admin_nonce in /v1/config")? + 1;
-    let sha256 = hex::encode(domain::merkle::sha256(&tariff_json));
-    let action = domain::tx::AdminAction::PublishTariff { tariff_json };
-    let admin = domain::tx::SignedAdmin::sign(nonce, action, &operator);
-    let response = ledger::node::submit_admin_to(&http, ledger_url, &admin).await?;
-    if let Some(reason) = response.refused {
-        anyhow::bail!("the ledger refused the tariff: {reason}");
-    }
-    println!(
-        "published tariff {} from {} at log index {}; canonical sha256 {sha256}",
-        tariff.id, tariff.valid_from, response.log_index
-    );
-    Ok(())
-}
-
-fn tariff_check(file: &std::path::Path, json: bool) -> anyhow::Result<()> {
-    use domain::tariff::EnergyPrice;
-    let text = std::fs::read_to_string(file).with_context(|| format!("reading {}", file.display()))?;
-    let tariff =
-        domain::tariff::parse_toml(&text).with_context(|| format!("{} is not a valid tariff", file.display()))?;
-    let canonical = tariff.to_canonical_json();
-    if json {
-        println!("{}", String::from_utf8_lossy(&canonical));
-        return Ok(());
-    }
-    let energy = match &tariff.energy {
-        EnergyPrice::Flat { per_kwh } => format!("flat {per_kwh} {}/kWh", tariff.currency),
-        EnergyPrice::TimeOfUse { seasons, holidays } => {
-            format!("time of use, {} season(s), {} holiday(s)", seasons.len(), holidays.len())
-        }
-        EnergyPrice::Dynamic { markup_per_kwh, fallback_per_kwh } => {
-            format!("dynamic, markup {markup_per_kwh}, fallback {fallback_per_kwh} {}/kWh", tariff.currency)
-        }
-    };
-    let valid_to = tariff.valid_to.map_or_else(|| "open".to_string(), |to| to.to_string());
-    println!("tariff {} ({}), valid from {} to {valid_to} local time", tariff.id, tariff.currency, tariff.valid_from);
-    println!("  time zone {} (tz database {})", tariff.time_zone.tz(), domain::tariff::TZDB_VERSION);
-    println!("  energy: {energy}");
-    let mut parts = Vec::new();
-    if !tariff.tiers.is_empty() {
-        parts.push(format!("{} tier(s)", tariff.tiers.len()));
-    }
-    if let Some(standing) = tariff.standing_charge_per_day {
-        parts.push(format!("standing charge {standing}/day"));
-    }
-    if tariff.export.is_some() {
-        parts.push("export".to_string());
-    }
-    if tariff.demand.is_some() {
-        parts.push("demand charge".to_string());
-    }
-    if tariff.network.is_some() {
-        parts.push("network charge".to_string());
-    }
-    parts.extend(tariff.levies.iter().map(|levy| format!("levy {}", levy.name)));
-    if let Some(vat) = &tariff.vat {
-        parts.push(format!("VAT {}", vat.rate));
-    }
-    println!("  components: {}", if parts.is_empty() { "energy only".to_string() } else { parts.join(", ") });
-    let parties: Vec<String> = tariff.parties().into_iter().map(ToString::to_string).collect();
-    println!("  parties paid: {}", parties.join(", "));
-    println!("  rounding: {:?}", tariff.rounding);
-    println!("  canonical sha256: {}", hex::encode(domain::merkle::sha256(&canonical)));
-    Ok(())
 }
 
 fn simulate(args: SimulateArgs) -> anyhow::Result<()> {
