@@ -2,8 +2,8 @@
 //! anonymous `POST /raft/vote` with a higher term and a longer log, over fifteen seconds, once
 //! made the leader step down and left the cluster leaderless. Now every one is answered 401 and
 //! counted, the leader and its term stay, and the applied index keeps moving. So are a request
-//! with a self-endorsed key, a stale one, and one from an endorsed node speaking in another
-//! node's name.
+//! with a self-endorsed key, a stale one, a replayed one, one from an endorsed node speaking in
+//! another node's name, and one from a node whose key governance revoked.
 
 use std::time::Duration;
 
@@ -101,7 +101,7 @@ async fn raft_requests_from_nodes_the_consortium_did_not_admit_are_refused() -> 
         key: intruder.clone(),
         endorsement: domain::receipt::endorse(&stranger, 9, &intruder.verifying_key().to_bytes()),
     };
-    let headers = self_endorsed.headers("vote", leader_id, now(), &body);
+    let headers = self_endorsed.headers("vote", leader_id, (now(), 1), &body);
     assert_eq!(refused(&http, &leader_address, &headers, &body).await?, "not_admitted");
     // A node the service key did endorse: stale, addressed to another node, or in another's name.
     let service = ledger::node::read_signing_key(&data.join("service.key"))?;
@@ -110,12 +110,12 @@ async fn raft_requests_from_nodes_the_consortium_did_not_admit_are_refused() -> 
         key: intruder.clone(),
         endorsement: domain::receipt::endorse(&service, 9, &intruder.verifying_key().to_bytes()),
     };
-    let stale = admitted.headers("vote", leader_id, now() - 60_000, &body);
+    let stale = admitted.headers("vote", leader_id, (now() - 60_000, 2), &body);
     assert_eq!(refused(&http, &leader_address, &stale, &body).await?, "stale_request");
-    let elsewhere = admitted.headers("vote", leader_id + 1, now(), &body);
+    let elsewhere = admitted.headers("vote", leader_id + 1, (now(), 3), &body);
     assert_eq!(refused(&http, &leader_address, &elsewhere, &body).await?, "bad_node_signature");
     let in_another_name = hostile_vote(leader_id % 3 + 1);
-    let headers = admitted.headers("vote", leader_id, now(), &in_another_name);
+    let headers = admitted.headers("vote", leader_id, (now(), 4), &in_another_name);
     assert_eq!(refused(&http, &leader_address, &headers, &in_another_name).await?, "impersonation");
 
     let metrics = http.get(format!("http://{leader_address}/metrics")).send().await?.text().await?;
@@ -148,8 +148,12 @@ async fn raft_requests_from_nodes_the_consortium_did_not_admit_are_refused() -> 
         }
         post.body(past.clone()).send()
     };
-    let answer = send(credentials.headers("vote", target, now(), &past)).await?;
+    let heard = credentials.headers("vote", target, (now(), rand::random()), &past);
+    let answer = send(heard.clone()).await?;
     assert_eq!(answer.status(), 200, "an admitted node was refused: {}", answer.text().await?);
+    // The same signed request again, as an attacker who captured it would send it.
+    let replayed: serde_json::Value = send(heard).await?.json().await?;
+    assert_eq!(replayed["code"], "replayed_request", "{replayed}");
     let proposal = dir.path().join("revoke.toml");
     std::fs::write(
         &proposal,
@@ -174,7 +178,7 @@ async fn raft_requests_from_nodes_the_consortium_did_not_admit_are_refused() -> 
     let (ok, output) = gov("grid", &["vote", &id, "--approve"])?;
     assert!(ok && output.contains("accepted"), "{output}");
     poll_until("node 3's revocation applied", Duration::from_secs(20), || async {
-        let answer = send(credentials.headers("vote", target, now(), &past)).await.ok()?;
+        let answer = send(credentials.headers("vote", target, (now(), rand::random()), &past)).await.ok()?;
         let body: serde_json::Value = answer.json().await.ok()?;
         (body["code"] == "revoked_node").then_some(())
     })

@@ -55,6 +55,8 @@ pub struct AppState {
     /// The service public key raft peers must be endorsed by (`peer_auth.rs`); `None`: raft
     /// requests are not authenticated (single-operator tests and benchmarks).
     pub peer_trust: Option<[u8; 32]>,
+    /// Signatures of the raft requests accepted lately: a captured one is refused the second time.
+    pub replay_guard: Arc<std::sync::Mutex<crate::peer_auth::ReplayGuard>>,
 }
 
 /// The router of a ledger node.
@@ -524,10 +526,16 @@ fn raft_request<T: serde::de::DeserializeOwned>(
             };
             let state = app.store.state();
             let revoked = |node_id, key: &[u8; 32]| crate::registry::node_revoked(&state, node_id, key);
-            Some(
+            let node_id =
                 crate::peer_auth::authenticate(service_key, revoked, app.node_id, now_ms, path, headers, body)
-                    .map_err(refused)?,
-            )
+                    .map_err(refused)?;
+            let (signature, time_ms) = crate::peer_auth::signature_of(headers).expect("an authenticated request");
+            app.replay_guard
+                .lock()
+                .expect("the replay guard is never poisoned")
+                .admit(signature, time_ms, now_ms)
+                .map_err(refused)?;
+            Some(node_id)
         }
     };
     let request: T = serde_json::from_slice(body)

@@ -73,7 +73,7 @@ impl HttpConnection {
         let mut post = self.client.post(url).header(reqwest::header::CONTENT_TYPE, "application/json");
         if let Some(credentials) = &self.credentials {
             let now_ms = domain::clock::wall_clock_now().0;
-            for (name, value) in credentials.headers(path, self.target, now_ms, &body) {
+            for (name, value) in credentials.headers(path, self.target, (now_ms, rand::random()), &body) {
                 post = post.header(name, value);
             }
         }

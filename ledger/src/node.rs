@@ -176,6 +176,7 @@ pub async fn start(config: NodeConfig) -> anyhow::Result<NodeHandle> {
         ),
         admin_serial: Arc::default(),
         peer_trust: config.peer_auth.as_ref().map(|auth| auth.service_key),
+        replay_guard: Arc::default(),
     };
     let (shutdown_sender, shutdown_receiver) = oneshot::channel::<()>();
     let server = tokio::spawn({

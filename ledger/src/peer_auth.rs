@@ -2,15 +2,16 @@
 //! consortium's service identity, public half) takes `/raft/append`, `/raft/vote` and
 //! `/raft/snapshot` only from admitted nodes: the request must carry the sender's node id and
 //! key, the service key's endorsement of that (id, key) (`domain::receipt::endorse`, made offline
-//! by whoever holds the service key), a timestamp, and the sender's Ed25519 signature over the
-//! path, the receiving node's id, the timestamp and the SHA-256 of the body. The raft message's
+//! by whoever holds the service key), a timestamp, a nonce, and the sender's Ed25519 signature
+//! over the path, the receiving node's id, the timestamp, the nonce and the SHA-256 of the body. The raft message's
 //! own sender (its vote's leader id) must be the authenticated node, and its key must not be
 //! revoked in the receiver's state (`revoke_node`, voted by governance). Anything else is answered
 //! `401` with a reason and counted; openraft never sees it.
 //!
-//! A captured request replays only within `RAFT_RPC_SKEW_MAX` and only to the node it was
-//! addressed to, and raft itself makes a repeated vote or append idempotent. Expiry of
-//! endorsements, TLS and encryption of the traffic follow with the rest of issue 15.
+//! A captured request cannot be replayed: it is only valid within `RAFT_RPC_SKEW_MAX_MS`, only at
+//! the node it was addressed to, and that node remembers the signatures it accepted within the
+//! window (`ReplayGuard`) and refuses a second one. Expiry of endorsements, TLS and encryption of
+//! the traffic follow with the rest of issue 15.
 
 use axum::http::HeaderMap;
 use domain::verify::verify_signature;
@@ -26,6 +27,7 @@ const HEADER_NODE: &str = "wattle-node-id";
 const HEADER_KEY: &str = "wattle-node-key";
 const HEADER_ENDORSEMENT: &str = "wattle-endorsement";
 const HEADER_TIME: &str = "wattle-time-ms";
+const HEADER_NONCE: &str = "wattle-nonce";
 const HEADER_SIGNATURE: &str = "wattle-signature";
 
 /// What a node needs to speak raft to nodes that authenticate their peers.
@@ -38,27 +40,37 @@ pub struct PeerCredentials {
 }
 
 /// The message a sender signs.
-fn message(path: &str, target: NodeId, time_ms: i64, body: &[u8]) -> [u8; 32] {
+fn message(path: &str, target: NodeId, (time_ms, nonce): (i64, u64), body: &[u8]) -> [u8; 32] {
     Sha256::new()
         .chain_update(b"wattle.raft-rpc.v1\0")
         .chain_update((path.len() as u32).to_be_bytes())
         .chain_update(path.as_bytes())
         .chain_update(target.to_be_bytes())
         .chain_update(time_ms.to_be_bytes())
+        .chain_update(nonce.to_be_bytes())
         .chain_update(Sha256::digest(body))
         .finalize()
         .into()
 }
 
 impl PeerCredentials {
-    /// The headers of one request to `target` at `path` with `body`, stamped `time_ms`.
-    pub fn headers(&self, path: &str, target: NodeId, time_ms: i64, body: &[u8]) -> Vec<(&'static str, String)> {
-        let signature = self.key.sign(&message(path, target, time_ms, body));
+    /// The headers of one request to `target` at `path` with `body`, stamped `time_ms`, with a
+    /// fresh random `nonce` (two identical requests in one millisecond still sign differently,
+    /// so the receiver's replay guard never mistakes the second for a replay).
+    pub fn headers(
+        &self,
+        path: &str,
+        target: NodeId,
+        (time_ms, nonce): (i64, u64),
+        body: &[u8],
+    ) -> Vec<(&'static str, String)> {
+        let signature = self.key.sign(&message(path, target, (time_ms, nonce), body));
         vec![
             (HEADER_NODE, self.node_id.to_string()),
             (HEADER_KEY, hex::encode(self.key.verifying_key().to_bytes())),
             (HEADER_ENDORSEMENT, hex::encode(self.endorsement)),
             (HEADER_TIME, time_ms.to_string()),
+            (HEADER_NONCE, nonce.to_string()),
             (HEADER_SIGNATURE, hex::encode(signature.to_bytes())),
         ]
     }
@@ -108,6 +120,9 @@ pub fn authenticate(
     let time_ms: i64 = header(headers, HEADER_TIME)?
         .parse()
         .map_err(|_| refuse("malformed_node_credentials", "the time is not a number"))?;
+    let nonce: u64 = header(headers, HEADER_NONCE)?
+        .parse()
+        .map_err(|_| refuse("malformed_node_credentials", "the nonce is not a number"))?;
     let signature: [u8; 64] = hex_array(header(headers, HEADER_SIGNATURE)?, HEADER_SIGNATURE)?;
     verify_signature(service_key, &endorsement, &domain::receipt::endorsement_message(node_id, &node_key)).map_err(
         |_| refuse("not_admitted", format!("node {node_id}'s key is not endorsed by this ledger's service key")),
@@ -124,9 +139,46 @@ pub fn authenticate(
             ),
         ));
     }
-    verify_signature(&node_key, &signature, &message(path, own_id, time_ms, body))
+    verify_signature(&node_key, &signature, &message(path, own_id, (time_ms, nonce), body))
         .map_err(|_| refuse("bad_node_signature", "the signature does not cover this request to this node"))?;
     Ok(node_id)
+}
+
+/// Most accepted request signatures a node remembers (a 3-node cluster sends a few hundred per
+/// second at most; the window is 2 × `RAFT_RPC_SKEW_MAX_MS`). Beyond it the oldest are forgotten
+/// first; each is then past or near the end of its window.
+pub const REPLAY_GUARD_ENTRIES_MAX: usize = 200_000;
+
+/// The signatures of the raft requests a node accepted lately, by their time stamps. Sans-IO:
+/// the caller passes the time.
+#[derive(Debug, Default)]
+pub struct ReplayGuard {
+    by_time: std::collections::BTreeSet<(i64, [u8; 64])>,
+    seen: std::collections::HashSet<[u8; 64]>,
+}
+
+impl ReplayGuard {
+    /// Records an authenticated request's signature, stamped `time_ms`; refuses one seen before.
+    pub fn admit(&mut self, signature: [u8; 64], time_ms: i64, now_ms: i64) -> Result<(), Refusal> {
+        while let Some(&(oldest, old)) = self.by_time.first() {
+            if oldest >= now_ms - 2 * RAFT_RPC_SKEW_MAX_MS && self.by_time.len() < REPLAY_GUARD_ENTRIES_MAX {
+                break;
+            }
+            self.by_time.remove(&(oldest, old));
+            self.seen.remove(&old);
+        }
+        if !self.seen.insert(signature) {
+            return Err(refuse("replayed_request", "this signed request was accepted before"));
+        }
+        self.by_time.insert((time_ms, signature));
+        Ok(())
+    }
+}
+
+/// The signature of a request [`authenticate`] accepted, and its time stamp.
+pub fn signature_of(headers: &HeaderMap) -> Option<([u8; 64], i64)> {
+    let signature = hex_array(header(headers, HEADER_SIGNATURE).ok()?, HEADER_SIGNATURE).ok()?;
+    Some((signature, header(headers, HEADER_TIME).ok()?.parse().ok()?))
 }
 
 /// The raft message's sender must be the node that authenticated.
@@ -158,7 +210,7 @@ mod tests {
         let node = PeerCredentials { node_id: 2, key: key.clone(), endorsement };
         let now = 1_000_000;
         let body = b"{\"vote\":1}";
-        let ok = to_headers(node.headers("vote", 1, now, body));
+        let ok = to_headers(node.headers("vote", 1, (now, 7), body));
         assert_eq!(authenticate(&service_key, |_, _| false, 1, now + 5, "vote", &ok, body), Ok(2));
         let code = |result: Result<NodeId, Refusal>| result.expect_err("refused").code;
         assert_eq!(
@@ -187,10 +239,10 @@ mod tests {
             key: key.clone(),
             endorsement: domain::receipt::endorse(&stranger, 2, &key.verifying_key().to_bytes()),
         };
-        let forged = to_headers(self_endorsed.headers("vote", 1, now, body));
+        let forged = to_headers(self_endorsed.headers("vote", 1, (now, 7), body));
         assert_eq!(code(authenticate(&service_key, |_, _| false, 1, now, "vote", &forged, body)), "not_admitted");
         let as_node_5 = PeerCredentials { node_id: 5, ..node };
-        let renamed = to_headers(as_node_5.headers("vote", 1, now, body));
+        let renamed = to_headers(as_node_5.headers("vote", 1, (now, 7), body));
         assert_eq!(
             code(authenticate(&service_key, |_, _| false, 1, now, "vote", &renamed, body)),
             "not_admitted",
@@ -199,5 +251,18 @@ mod tests {
         assert_eq!(same_sender(2, 3).expect_err("impersonation").code, "impersonation");
         let revoked = |id: NodeId, _: &[u8; 32]| id == 2;
         assert_eq!(code(authenticate(&service_key, revoked, 1, now, "vote", &ok, body)), "revoked_node");
+    }
+
+    #[test]
+    fn a_request_is_heard_once_and_the_guard_forgets_what_left_the_window() {
+        let mut guard = ReplayGuard::default();
+        assert_eq!(guard.admit([1; 64], 1_000, 1_000), Ok(()));
+        assert_eq!(guard.admit([1; 64], 1_000, 2_000).expect_err("replayed").code, "replayed_request");
+        assert_eq!(guard.admit([2; 64], 1_500, 2_000), Ok(()));
+        // Past both windows, the first is forgotten (a replay of it is stale by then anyway).
+        let later = 1_000 + 2 * RAFT_RPC_SKEW_MAX_MS + 1;
+        assert_eq!(guard.admit([3; 64], later, later), Ok(()));
+        assert_eq!(guard.seen.len(), 2, "the first signature left, the second is still in its window");
+        assert!(!guard.seen.contains(&[1; 64]));
     }
 }

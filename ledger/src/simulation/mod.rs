@@ -411,6 +411,7 @@ impl Simulation {
             ),
             admin_serial: Arc::default(),
             peer_trust: None,
+            replay_guard: Arc::default(),
         };
         {
             let mut net = lock(&self.net);
