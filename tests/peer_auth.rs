@@ -1,7 +1,7 @@
 //! The attack reported in issue 15, replayed against the sandbox's three-node cluster: fifty
-//! anonymous `POST /raft/vote` with a higher term and a longer log, over fifteen seconds, once
-//! made the leader step down and left the cluster leaderless. Now every one is answered 401 and
-//! counted, the leader and its term stay, and the applied index keeps moving. So are a request
+//! anonymous `POST /raft/vote` with a higher term and a longer log once made the leader step down
+//! and left the cluster leaderless. Now every one is answered 401 and counted, the leader and its
+//! term stay, and the applied index keeps moving. So are a request
 //! with a self-endorsed key, a stale one, a replayed one, one from an endorsed node speaking in
 //! another node's name, and one from a node whose key governance revoked.
 
@@ -79,17 +79,19 @@ async fn raft_requests_from_nodes_the_consortium_did_not_admit_are_refused() -> 
     let (leader_id, leader_address) = leader.ok_or_else(|| anyhow::anyhow!("no leader"))?;
     let before = health(&http, &leader_address).await?;
 
-    // Fifty anonymous votes over fifteen seconds, spread over every node.
-    let started = std::time::Instant::now();
+    // Fifty anonymous votes, spread over every node, then the cluster must go on: it applies new
+    // entries (the leader's ticks) under the same leader and term, waited for with a deadline
+    // longer than several election timeouts.
     for attempt in 0..50u64 {
         let (_, address) = &nodes[(attempt % 3) as usize];
         assert_eq!(refused(&http, address, &[], &hostile_vote(9)).await?, "missing_node_credentials");
-        tokio::time::sleep(Duration::from_millis(300)).await;
     }
-    assert!(started.elapsed() >= Duration::from_secs(15));
-    let after = health(&http, &leader_address).await?;
+    let after = poll_until("the cluster applies past the attack", Duration::from_secs(30), || async {
+        let after = health(&http, &leader_address).await.ok()?;
+        (after.applied_index > before.applied_index).then_some(after)
+    })
+    .await?;
     assert!(after.is_leader && after.term == before.term, "leader {leader_id} before {before:?}, after {after:?}");
-    assert!(after.applied_index > before.applied_index, "the cluster stopped applying: {before:?} → {after:?}");
 
     // A key endorsed by a stranger's "service key".
     let stranger = SigningKey::from_bytes(&[9; 32]);
