@@ -40,10 +40,12 @@ pub struct LedgerBenchArgs {
     /// Seconds each raw limit (bare verification, bare RocksDB) is measured for.
     #[arg(long, default_value_t = 2.0)]
     bare_seconds: f64,
-    /// Run the nodes as the sandbox does: raft requests signed by endorsed node keys and checked
-    /// by every receiver (`ledger::peer_auth`).
-    #[arg(long)]
-    peer_auth: bool,
+    /// Confidentiality (issue 15) as the sandbox runs it: databases sealed under the ledger
+    /// secrets, raft requests signed by endorsed node keys, checked by every receiver and sealed
+    /// (`ledger::sealed_kv`, `ledger::peer_auth`, `ledger::raft_channel`); off: everything in
+    /// the clear and unauthenticated; both: one fresh cluster each, in one run.
+    #[arg(long, value_enum, default_value = "on")]
+    confidentiality: SignatureMode,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -51,6 +53,16 @@ pub enum SignatureMode {
     On,
     Off,
     Both,
+}
+
+impl SignatureMode {
+    fn modes(self) -> &'static [bool] {
+        match self {
+            SignatureMode::On => &[true],
+            SignatureMode::Off => &[false],
+            SignatureMode::Both => &[true, false],
+        }
+    }
 }
 
 fn reading(meter: u32, sequence: u64) -> Reading {
@@ -115,18 +127,19 @@ fn bare_rocksdb_synced_puts_per_second(dir: &Path, batch: usize, limit: Duration
 pub async fn ledger(args: LedgerBenchArgs) -> anyhow::Result<()> {
     let temporary = tempfile::Builder::new().prefix("wattle-bench-").tempdir()?;
     let base = args.data_dir.clone().unwrap_or_else(|| temporary.path().to_path_buf());
-    let modes: &[bool] = match args.signatures {
-        SignatureMode::On => &[true],
-        SignatureMode::Off => &[false],
-        SignatureMode::Both => &[true, false],
-    };
     let mut table = Vec::new();
-    for &signatures in modes {
-        let dir = base.join(if signatures { "with-signatures" } else { "without-signatures" });
-        table.extend(ledger_cluster(&args, &dir, signatures).await?);
+    for &confidential in args.confidentiality.modes() {
+        for &signatures in args.signatures.modes() {
+            let dir = base.join(format!(
+                "{}-{}",
+                if confidential { "sealed" } else { "clear" },
+                if signatures { "with-signatures" } else { "without-signatures" }
+            ));
+            table.extend(ledger_cluster(&args, &dir, (signatures, confidential)).await?);
+        }
     }
-    println!("| signatures | batch size | readings | requests | committed readings/s | p50 ms | p99 ms | bare batch verify /s | bare RocksDB synced puts /s | ratio to verify | ratio to fsync |");
-    println!("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
+    println!("| sealed + authenticated | signatures | batch size | readings | requests | committed readings/s | p50 ms | p99 ms | bare batch verify /s | bare RocksDB synced puts /s | ratio to verify | ratio to fsync |");
+    println!("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
     for row in table {
         println!("{row}");
     }
@@ -137,7 +150,7 @@ pub async fn ledger(args: LedgerBenchArgs) -> anyhow::Result<()> {
 async fn ledger_cluster(
     args: &LedgerBenchArgs,
     dir: &std::path::Path,
-    signatures: bool,
+    (signatures, confidential): (bool, bool),
 ) -> anyhow::Result<Vec<String>> {
     std::fs::create_dir_all(dir)?;
     let seed = 3;
@@ -164,7 +177,7 @@ async fn ledger_cluster(
         let node_dir = dir.join(format!("node-{id}"));
         std::fs::create_dir_all(&node_dir)?;
         let node_key = ledger::node::load_or_create_key(&node_dir.join("node.key"))?.verifying_key().to_bytes();
-        let peer_auth = args.peer_auth.then(|| ledger::node::PeerAuth {
+        let peer_auth = confidential.then(|| ledger::node::PeerAuth {
             service_key: service.verifying_key().to_bytes(),
             endorsement: domain::receipt::endorse(&service, *id, &node_key),
         });
@@ -181,6 +194,8 @@ async fn ledger_cluster(
             node_key: None,
             signature_interval: signatures.then_some(ledger::limits::SIGNATURE_INTERVAL_DEFAULT),
             peer_auth,
+            measurement: None,
+            seal: confidential,
         };
         starting.push(tokio::spawn(ledger::node::start(config)));
     }
@@ -191,9 +206,10 @@ async fn ledger_cluster(
     let leader = nodes[0].raft.current_leader().await.context("a leader")?;
     let leader_url = format!("http://{}", members[leader as usize - 1].1);
     eprintln!(
-        "{} nodes up (signatures {}); leader is node {leader}; pre-signing readings...",
+        "{} nodes up (signatures {}, sealed and authenticated {}); leader is node {leader}; pre-signing readings...",
         args.nodes,
-        if signatures { "on" } else { "off" }
+        if signatures { "on" } else { "off" },
+        if confidential { "on" } else { "off" }
     );
 
     // Pre-signed load: distinct (meter, sequence) pairs, so every reading is accepted.
@@ -277,7 +293,8 @@ async fn ledger_cluster(
         let fsync_rate =
             tokio::task::spawn_blocking(move || bare_rocksdb_synced_puts_per_second(&rocks_dir, batch, bare)).await??;
         let row = format!(
-            "| {} | {batch} | {} | {requests} | {rate:.0} | {:.1} | {:.1} | {verify_rate:.0} | {fsync_rate:.0} | {:.2} | {:.2} |",
+            "| {} | {} | {batch} | {} | {requests} | {rate:.0} | {:.1} | {:.1} | {verify_rate:.0} | {fsync_rate:.0} | {:.2} | {:.2} |",
+            if confidential { "on" } else { "off" },
             if signatures { "on" } else { "off" },
             requests * batch,
             percentile(&latencies, 0.5),

@@ -57,7 +57,7 @@ pub async fn state(args: StateBenchArgs) -> anyhow::Result<()> {
 
 async fn run(args: &StateBenchArgs, dir: &Path) -> anyhow::Result<()> {
     anyhow::ensure!(args.batch > 0 && args.meters > 0, "--batch and --meters must be positive");
-    let store = ledger::store::Store::open(dir)?;
+    let store = ledger::store::Store::open(dir, std::sync::Arc::new(ledger::secrets::LedgerSecrets::generate()))?;
     let mut driver = Driver::new(store.clone()).await?;
     driver.configure(args.meters, rust_decimal::Decimal::new(3127, 4)).await?;
     if let Some(path) = &args.tariff {

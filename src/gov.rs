@@ -165,6 +165,13 @@ enum ActionFile {
         node_id: u64,
         node_key: String,
     },
+    /// `measurement`: 64 hex characters, as `wattle node measurement` prints it.
+    AcceptMeasurement {
+        measurement: String,
+    },
+    RevokeMeasurement {
+        measurement: String,
+    },
 }
 
 fn public_key(hex_text: &str) -> anyhow::Result<[u8; 32]> {
@@ -251,6 +258,12 @@ impl ActionFile {
             ActionFile::RevokeGateway { gateway_id } => AdminAction::RevokeGateway { gateway_id },
             ActionFile::RevokeNode { node_id, node_key } => {
                 AdminAction::RevokeNode { node_id, node_key: public_key(&node_key)? }
+            }
+            ActionFile::AcceptMeasurement { measurement } => {
+                AdminAction::AcceptMeasurement { measurement: public_key(&measurement)? }
+            }
+            ActionFile::RevokeMeasurement { measurement } => {
+                AdminAction::RevokeMeasurement { measurement: public_key(&measurement)? }
             }
         })
     }

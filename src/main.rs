@@ -10,6 +10,7 @@ mod gov;
 mod process;
 mod progress;
 mod quarantine_cli;
+mod recovery_cli;
 mod sandbox;
 mod sandbox_tariff;
 mod tariff_cli;
@@ -60,7 +61,15 @@ enum Command {
         /// you trust: every endorsement must be its own, every root signer endorsed by it.
         #[arg(long)]
         service_key: String,
+        /// Members' recovery shares (`wattle recovery split`) to open the sealed database with,
+        /// instead of the ledger secrets the data directory keeps (repeat: --share A --share B).
+        #[arg(long = "share")]
+        shares: Vec<PathBuf>,
     },
+    /// Disaster recovery of the ledger secrets, k of n members' shares (docs/operations.md):
+    /// `wattle recovery split` on a node that holds them, `wattle recovery restore` after a loss.
+    #[command(subcommand)]
+    Recovery(recovery_cli::RecoveryCommand),
     /// Run an edge gateway: MQTT and Modbus in, verification, durable outbox, forwarding to the
     /// ledger, every batch signed with the gateway's key.
     Gateway(GatewayArgs),
@@ -169,6 +178,14 @@ enum NodeAction {
         /// The service's secret key file (64 hex characters).
         #[arg(long)]
         service_key: PathBuf,
+    },
+    /// Print the code measurement a node attests (virtual attestation: the SHA-256 of the
+    /// executable), for an `accept_measurement` proposal: nodes whose measurement governance has
+    /// not accepted are not handed the ledger secrets and cannot join.
+    Measurement {
+        /// The executable to measure; default: this `wattle` binary.
+        #[arg(long)]
+        executable: Option<PathBuf>,
     },
 }
 
@@ -680,6 +697,16 @@ async fn run(command: Command) -> anyhow::Result<()> {
             println!("{}", hex::encode(domain::receipt::endorse(&service, node_id, &node_key)));
             Ok(())
         }
+        Command::Node(NodeCommand { action: Some(NodeAction::Measurement { executable }), .. }) => {
+            let measurement = match &executable {
+                Some(path) => {
+                    ledger::attestation::measure_file(path).with_context(|| format!("measuring {}", path.display()))?
+                }
+                None => ledger::attestation::measure_self().context("measuring this executable")?,
+            };
+            println!("{}", hex::encode(measurement));
+            Ok(())
+        }
         Command::Receipt(ReceiptCommand::Verify { file, service_key, claims, ledger }) => {
             let bytes = std::fs::read(&file).with_context(|| format!("reading {}", file.display()))?;
             // The JSON form opens with `{`; the canonical bytes with their tag `wattle.receipt\0`.
@@ -724,12 +751,16 @@ async fn run(command: Command) -> anyhow::Result<()> {
             );
             Ok(())
         }
-        Command::Audit { data_dir, operator_key, service_key } => {
+        Command::Audit { data_dir, operator_key, service_key, shares } => {
             let anchors = ledger::audit::TrustAnchors {
                 operator_key: ledger::audit::public_key_argument(&operator_key).context("--operator-key")?,
                 service_key: ledger::audit::public_key_argument(&service_key).context("--service-key")?,
             };
-            let store = ledger::audit::open_store(&data_dir).context("nothing was audited")?;
+            let secrets = match shares.is_empty() {
+                true => None,
+                false => Some(recovery_cli::secrets_from_shares(&shares, &anchors.service_key).context("--share")?),
+            };
+            let store = ledger::audit::open_store(&data_dir, secrets).context("nothing was audited")?;
             let started = std::time::Instant::now();
             let result =
                 ledger::audit::audit(&store, &anchors, |done, total| eprintln!("audit: {done} of {total} entries"));
@@ -775,6 +806,8 @@ async fn run(command: Command) -> anyhow::Result<()> {
                 signature_interval: (args.signature_interval_ms > 0)
                     .then(|| std::time::Duration::from_millis(args.signature_interval_ms)),
                 peer_auth: peer_auth(args.peer_service_key.as_deref(), args.endorsement.as_deref())?,
+                measurement: None,
+                seal: true,
             })
             .await?;
             write_ready_file(args.ready_file.as_deref(), node.address)?;
@@ -891,6 +924,7 @@ async fn run(command: Command) -> anyhow::Result<()> {
             println!("committed at log index {}", response.log_index);
             Ok(())
         }
+        Command::Recovery(command) => recovery_cli::run(command),
         Command::Keygen { out } => {
             let secret: [u8; 32] = rand::random();
             let key = ed25519_dalek::SigningKey::from_bytes(&secret);

@@ -37,6 +37,9 @@ pub struct SandboxArgs {
     /// price, and exit 0 only if all match.
     #[arg(long)]
     exit_after_intervals: Option<u64>,
+    /// Each node snapshots its state (and purges the log behind it) after this many entries.
+    #[arg(long, default_value_t = ledger::limits::SNAPSHOT_AFTER_ENTRIES_DEFAULT)]
+    snapshot_after_entries: u64,
 }
 
 /// Ledger nodes the sandbox runs.
@@ -132,10 +135,12 @@ pub async fn run(args: SandboxArgs) -> anyhow::Result<()> {
             admin_config: (*id == 1).then(|| admin_config.clone()),
             operator_key: (*id == 1).then(|| operator_key.clone()),
             clock,
-            snapshot_after_entries: ledger::limits::SNAPSHOT_AFTER_ENTRIES_DEFAULT,
+            snapshot_after_entries: args.snapshot_after_entries,
             node_key: None,
             signature_interval: Some(ledger::limits::SIGNATURE_INTERVAL_DEFAULT),
             peer_auth: Some(peer_auth),
+            measurement: None,
+            seal: true,
         };
         starting.push(tokio::spawn(ledger::node::start(config)));
     }
@@ -165,7 +170,14 @@ pub async fn run(args: SandboxArgs) -> anyhow::Result<()> {
     let gateway_public = gateway_key.verifying_key().to_bytes();
     admission
         .push(domain::tx::AdminAction::RegisterGateway { gateway_id: gateway_id.clone(), public_key: gateway_public });
-    let id = consortium.pass("endorse the sandbox's ledger nodes, register its gateway", admission).await?;
+    // The code the sandbox's nodes run: from now on only nodes attesting it get the secrets.
+    let measurement = ledger::attestation::measure_self().context("measuring this executable")?;
+    if !ledger::registry::accepted_measurements(&nodes[0].store).contains(&measurement) {
+        admission.push(domain::tx::AdminAction::AcceptMeasurement { measurement });
+    }
+    let id = consortium
+        .pass("endorse the sandbox's ledger nodes, register its gateway, accept its code measurement", admission)
+        .await?;
     println!(
         "governance: members supplier, grid (vote) and regulator (audits); nodes endorsed and gateway {gateway_id} \
          registered by proposal {id}"

@@ -18,7 +18,7 @@ use ledger::kv::{Batch, Cf, Kv, RocksKv};
 use ledger::store::HistoryRecord;
 use openraft::EntryPayload;
 
-use crate::support::{configure_ledger, poll_until, start_single_ledger, wattle, CLUSTER_SERIAL};
+use crate::support::{configure_ledger, open_sealed, poll_until, start_single_ledger, wattle, CLUSTER_SERIAL};
 use crate::verifiable::{operator_public_key as public_key_of, reading, run};
 
 const SEED: u64 = 12;
@@ -44,7 +44,7 @@ fn files(dir: &Path) -> anyhow::Result<BTreeMap<String, (u64, SystemTime)>> {
 }
 
 /// Every history record, by log index.
-fn history(kv: &RocksKv) -> anyhow::Result<Vec<(Vec<u8>, HistoryRecord)>> {
+fn history(kv: &dyn Kv) -> anyhow::Result<Vec<(Vec<u8>, HistoryRecord)>> {
     let mut records = Vec::new();
     let mut failure = None;
     kv.scan(Cf::History, &[], &mut |key, value| match HistoryRecord::decode(value) {
@@ -118,7 +118,7 @@ async fn audit_trusts_only_its_anchors_never_writes_and_names_unknown_rules_vers
 
     // Where the first admin transaction and the endorsement sit, read from the history.
     let (first_admin, endorsement) = {
-        let kv = RocksKv::open(&data_dir.join("db"))?;
+        let kv = open_sealed(&data_dir)?;
         let mut first_admin = None;
         let mut endorsement = None;
         for (_, record) in history(&kv)? {
@@ -168,7 +168,7 @@ async fn audit_trusts_only_its_anchors_never_writes_and_names_unknown_rules_vers
     // A stored Merkle subtree (what receipts are built from) rewritten: named, though every
     // history record is intact (review of issue 12: the audit did not look at them).
     {
-        let kv = RocksKv::open(&data_dir.join("db"))?;
+        let kv = open_sealed(&data_dir)?;
         let subtree = domain::merkle::Subtree { level: 1, index: 0 };
         let stored = kv.get(Cf::Tree, &subtree.key())?.context("the first level-1 subtree is stored")?;
         let mut batch = Batch::default();
@@ -178,7 +178,7 @@ async fn audit_trusts_only_its_anchors_never_writes_and_names_unknown_rules_vers
         let (ok, output) = audit(&data_dir, &operator, &service)?;
         assert!(!ok, "a rewritten Merkle subtree passed the audit");
         assert!(output.contains("Merkle subtree at level 1 index 0"), "{output}");
-        let kv = RocksKv::open(&data_dir.join("db"))?;
+        let kv = open_sealed(&data_dir)?;
         let mut batch = Batch::default();
         batch.put(Cf::Tree, subtree.key(), stored);
         kv.write(batch)?;
@@ -186,7 +186,7 @@ async fn audit_trusts_only_its_anchors_never_writes_and_names_unknown_rules_vers
 
     // An entry that needs rules version 99: named, with the version, and no panic.
     let rewritten_at = {
-        let kv = RocksKv::open(&data_dir.join("db"))?;
+        let kv = open_sealed(&data_dir)?;
         let (key, mut record, index) = history(&kv)?
             .into_iter()
             .find_map(|(key, record)| {

@@ -1,9 +1,11 @@
 //! Wattle's integration tests: real processes (`wattle` through `CARGO_BIN_EXE_wattle`), real
 //! mosquitto, real RocksDB in temporary directories, all on 127.0.0.1.
 
+mod attestation;
 mod audit;
 mod bench;
 mod cluster;
+mod confidentiality;
 mod end_to_end;
 mod fleet;
 mod gateway;
@@ -18,6 +20,7 @@ mod modbus;
 mod peer_auth;
 #[path = "../src/process.rs"]
 mod process;
+mod recovery;
 mod registry;
 mod sandbox;
 mod settlement;

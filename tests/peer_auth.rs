@@ -3,10 +3,12 @@
 //! and left the cluster leaderless. Now every one is answered 401 and counted, the leader and its
 //! term stay, and the applied index keeps moving. So are a request
 //! with a self-endorsed key, a stale one, a replayed one, one from an endorsed node speaking in
-//! another node's name, and one from a node whose key governance revoked.
+//! another node's name, one from an admitted node in the clear (raft bodies travel sealed under
+//! the ledger secret), and one from a node whose key governance revoked.
 
 use std::time::Duration;
 
+use anyhow::Context;
 use ed25519_dalek::SigningKey;
 use ledger::peer_auth::PeerCredentials;
 
@@ -43,14 +45,25 @@ async fn refused(
     headers: &[(&str, String)],
     body: &[u8],
 ) -> anyhow::Result<String> {
-    let mut post = http.post(format!("http://{address}/raft/vote")).header("content-type", "application/json");
+    refused_at(http, address, "vote", headers, body).await
+}
+
+/// Sends a raft request to `/raft/{path}`; it must be answered 401; its code.
+async fn refused_at(
+    http: &reqwest::Client,
+    address: &str,
+    path: &str,
+    headers: &[(&str, String)],
+    body: &[u8],
+) -> anyhow::Result<String> {
+    let mut post = http.post(format!("http://{address}/raft/{path}")).header("content-type", "application/json");
     for (name, value) in headers {
         post = post.header(*name, value);
     }
     let response = post.body(body.to_vec()).send().await?;
     let status = response.status();
     let answer: serde_json::Value = response.json().await?;
-    anyhow::ensure!(status == 401, "a hostile vote was answered {status}: {answer}");
+    anyhow::ensure!(status == 401, "a hostile /raft/{path} was answered {status}: {answer}");
     Ok(answer["code"].as_str().unwrap_or_default().to_string())
 }
 
@@ -105,6 +118,18 @@ async fn raft_requests_from_nodes_the_consortium_did_not_admit_are_refused() -> 
     };
     let headers = self_endorsed.headers("vote", leader_id, (now(), 1), &body);
     assert_eq!(refused(&http, &leader_address, &headers, &body).await?, "not_admitted");
+    // Every raft endpoint, not only vote: append, snapshot and the secret handover, with no
+    // credentials and with a stranger's self-endorsed key (the vote body is as good as any:
+    // nothing is decoded before the sender is known).
+    for path in ["append", "snapshot", "secrets", "vote"] {
+        let body = hostile_vote(9);
+        let anonymous = refused_at(&http, &leader_address, path, &[], &body).await?;
+        assert_eq!(anonymous, "missing_node_credentials", "anonymous /raft/{path}");
+        let now_ms = domain::clock::wall_clock_now().0;
+        let headers = self_endorsed.headers(path, leader_id, (now_ms, rand::random()), &body);
+        assert_eq!(refused_at(&http, &leader_address, path, &headers, &body).await?, "not_admitted", "/raft/{path}");
+    }
+
     // A node the service key did endorse: stale, addressed to another node, or in another's name.
     let service = ledger::node::read_signing_key(&data.join("service.key"))?;
     let admitted = PeerCredentials {
@@ -116,9 +141,17 @@ async fn raft_requests_from_nodes_the_consortium_did_not_admit_are_refused() -> 
     assert_eq!(refused(&http, &leader_address, &stale, &body).await?, "stale_request");
     let elsewhere = admitted.headers("vote", leader_id + 1, (now(), 3), &body);
     assert_eq!(refused(&http, &leader_address, &elsewhere, &body).await?, "bad_node_signature");
+    // An admitted node's raft bodies are sealed under the ledger secret (node 3's copy here):
+    // in the clear it is refused before its contents are looked at; sealed, for what it says.
+    let secrets = ledger::provision::load_local(&data.join("node-3"))?.context("node 3 keeps its ledger secrets")?;
     let in_another_name = hostile_vote(leader_id % 3 + 1);
     let headers = admitted.headers("vote", leader_id, (now(), 4), &in_another_name);
-    assert_eq!(refused(&http, &leader_address, &headers, &in_another_name).await?, "impersonation");
+    assert_eq!(refused(&http, &leader_address, &headers, &in_another_name).await?, "unsealed_raft_message");
+    let envelope =
+        ledger::raft_channel::Envelope { path: "vote", sender: 9, target: leader_id, time_ms: now(), nonce: 5 };
+    let sealed = ledger::raft_channel::seal(&secrets, envelope, &in_another_name);
+    let headers = admitted.headers("vote", leader_id, (envelope.time_ms, envelope.nonce), &sealed);
+    assert_eq!(refused(&http, &leader_address, &headers, &sealed).await?, "impersonation");
 
     let metrics = http.get(format!("http://{leader_address}/metrics")).send().await?.text().await?;
     let counted = |reason: &str| {
@@ -126,7 +159,8 @@ async fn raft_requests_from_nodes_the_consortium_did_not_admit_are_refused() -> 
         metrics.lines().find_map(|line| line.strip_prefix(&start)?.parse::<u64>().ok()).unwrap_or(0)
     };
     assert!(counted("missing_node_credentials") >= 16, "{metrics}");
-    for reason in ["not_admitted", "stale_request", "bad_node_signature", "impersonation"] {
+    assert_eq!(counted("not_admitted"), 5, "vote, then append, snapshot, secrets and vote again");
+    for reason in ["stale_request", "bad_node_signature", "unsealed_raft_message", "impersonation"] {
         assert_eq!(counted(reason), 1, "{reason}");
     }
     let last = health(&http, &leader_address).await?;
@@ -142,19 +176,29 @@ async fn raft_requests_from_nodes_the_consortium_did_not_admit_are_refused() -> 
     let past = serde_json::to_vec(&past)?;
     let target = if leader_id == 3 { 1 } else { leader_id };
     let target_address = &nodes[target as usize - 1].1;
-    let send = |headers: Vec<(&'static str, String)>| {
-        let mut post =
-            http.post(format!("http://{target_address}/raft/vote")).header("content-type", "application/json");
+    let send = |headers: Vec<(&'static str, String)>, body: Vec<u8>| {
+        let mut post = http.post(format!("http://{target_address}/raft/vote"));
         for (name, value) in headers {
             post = post.header(name, value);
         }
-        post.body(past.clone()).send()
+        post.body(body).send()
     };
-    let heard = credentials.headers("vote", target, (now(), rand::random()), &past);
-    let answer = send(heard.clone()).await?;
+    let signed_sealed = || {
+        let stamp = (now(), rand::random());
+        let envelope =
+            ledger::raft_channel::Envelope { path: "vote", sender: 3, target, time_ms: stamp.0, nonce: stamp.1 };
+        let sealed = ledger::raft_channel::seal(&secrets, envelope, &past);
+        (credentials.headers("vote", target, stamp, &sealed), sealed)
+    };
+    // Signed by an admitted node but in the clear: refused, the channel is sealed.
+    let clear = credentials.headers("vote", target, (now(), rand::random()), &past);
+    let answer: serde_json::Value = send(clear, past.clone()).await?.json().await?;
+    assert_eq!(answer["code"], "unsealed_raft_message", "{answer}");
+    let (heard, sealed) = signed_sealed();
+    let answer = send(heard.clone(), sealed.clone()).await?;
     assert_eq!(answer.status(), 200, "an admitted node was refused: {}", answer.text().await?);
     // The same signed request again, as an attacker who captured it would send it.
-    let replayed: serde_json::Value = send(heard).await?.json().await?;
+    let replayed: serde_json::Value = send(heard, sealed).await?.json().await?;
     assert_eq!(replayed["code"], "replayed_request", "{replayed}");
     let proposal = dir.path().join("revoke.toml");
     std::fs::write(
@@ -180,7 +224,8 @@ async fn raft_requests_from_nodes_the_consortium_did_not_admit_are_refused() -> 
     let (ok, output) = gov("grid", &["vote", &id, "--approve"])?;
     assert!(ok && output.contains("accepted"), "{output}");
     poll_until("node 3's revocation applied", Duration::from_secs(20), || async {
-        let answer = send(credentials.headers("vote", target, (now(), rand::random()), &past)).await.ok()?;
+        let (headers, sealed) = signed_sealed();
+        let answer = send(headers, sealed).await.ok()?;
         let body: serde_json::Value = answer.json().await.ok()?;
         (body["code"] == "revoked_node").then_some(())
     })

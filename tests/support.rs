@@ -18,6 +18,16 @@ pub fn wattle() -> Command {
 pub use crate::process::{log_tails, poll_until, Mosquitto, Process};
 
 /// A free TCP port on 127.0.0.1 (for processes that need a concrete port).
+/// A stopped node's database as the node itself reads it: sealed under the ledger secrets kept,
+/// wrapped for its X25519 key, in its data directory (what an operator with the node's files
+/// holds).
+pub fn open_sealed(data_dir: &Path) -> anyhow::Result<ledger::sealed_kv::SealedKv> {
+    use anyhow::Context as _;
+    let kv = ledger::kv::RocksKv::open(&data_dir.join("db"))?;
+    let secrets = ledger::provision::load_local(data_dir)?.context("the node keeps its ledger secrets")?;
+    Ok(ledger::sealed_kv::SealedKv::new(std::sync::Arc::new(kv), std::sync::Arc::new(secrets)))
+}
+
 pub fn free_port() -> u16 {
     crate::process::free_port().expect("127.0.0.1 has a free port")
 }

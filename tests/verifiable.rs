@@ -16,7 +16,7 @@ use ledger::kv::{Batch, Cf, Kv, RocksKv};
 use ledger::store::HistoryRecord;
 use rust_decimal::Decimal;
 
-use crate::support::{configure_ledger, poll_until, start_single_ledger, wattle, CLUSTER_SERIAL};
+use crate::support::{configure_ledger, open_sealed, poll_until, start_single_ledger, wattle, CLUSTER_SERIAL};
 
 const SEED: u64 = 11;
 const METERS: u32 = 3;
@@ -166,7 +166,7 @@ async fn receipts_verify_offline_and_audit_names_tampered_transactions() -> anyh
     // Tamper with one settled amount (a settlement line, kept in the history's index): the audit
     // names the transaction that settled it.
     {
-        let kv = RocksKv::open(&data_dir.join("db"))?;
+        let kv = open_sealed(&data_dir)?;
         let mut settled = Vec::new();
         kv.scan(Cf::Readings, &[], &mut |key, value| {
             settled.push((key.to_vec(), value.to_vec()));
@@ -183,7 +183,7 @@ async fn receipts_verify_offline_and_audit_names_tampered_transactions() -> anyh
         println!("changed settled amount: {output}");
         assert!(!ok, "audit passed over a changed settled amount");
         assert!(output.contains(&tx_ids[1]), "audit did not name transaction {}: {output}", tx_ids[1]);
-        let kv = RocksKv::open(&data_dir.join("db"))?;
+        let kv = open_sealed(&data_dir)?;
         let mut batch = Batch::default();
         batch.put(Cf::Readings, key, original);
         kv.write(batch)?;
@@ -192,7 +192,7 @@ async fn receipts_verify_offline_and_audit_names_tampered_transactions() -> anyh
 
     // Tamper with one transaction in the history: flip a bit of a reading's signature.
     {
-        let kv = RocksKv::open(&data_dir.join("db"))?;
+        let kv = open_sealed(&data_dir)?;
         let mut target = None;
         let wanted = hex::decode(&tx_ids[0])?;
         kv.scan(Cf::History, &[], &mut |key, value| {

@@ -206,6 +206,15 @@ pub enum AdminAction {
         node_id: u64,
         node_key: [u8; 32],
     },
+    /// Accept a code measurement (`ledger/src/attestation.rs`): a node attesting it may be
+    /// handed the ledger secrets and join. Until the first is accepted, any admitted node may.
+    AcceptMeasurement {
+        measurement: [u8; 32],
+    },
+    /// Withdraw an accepted measurement: nodes attesting it are handed the secrets no more.
+    RevokeMeasurement {
+        measurement: [u8; 32],
+    },
 }
 
 /// Longest node address in an admin action.
@@ -373,6 +382,12 @@ impl AdminAction {
             AdminAction::RevokeNode { node_id, node_key } => {
                 writer.u8(19).u64(*node_id).fixed(node_key);
             }
+            AdminAction::AcceptMeasurement { measurement } => {
+                writer.u8(20).fixed(measurement);
+            }
+            AdminAction::RevokeMeasurement { measurement } => {
+                writer.u8(21).fixed(measurement);
+            }
         }
     }
     pub(crate) fn decode(reader: &mut Reader<'_>) -> Result<Self, DecodeError> {
@@ -445,6 +460,8 @@ impl AdminAction {
             }),
             18 => Ok(AdminAction::RevokeGateway { gateway_id: decode_id(reader, "gateway_id")? }),
             19 => Ok(AdminAction::RevokeNode { node_id: reader.u64()?, node_key: reader.array()? }),
+            20 => Ok(AdminAction::AcceptMeasurement { measurement: reader.array()? }),
+            21 => Ok(AdminAction::RevokeMeasurement { measurement: reader.array()? }),
             other => Err(DecodeError::invalid("admin_action", format!("unknown kind {other}"))),
         }
     }

@@ -196,6 +196,8 @@ fn action_strategy() -> impl Strategy<Value = AdminAction> {
         id_strategy()
             .prop_map(|gateway| AdminAction::RevokeGateway { gateway_id: GatewayId::new(gateway).expect("valid id") }),
         (any::<u64>(), any::<[u8; 32]>()).prop_map(|(node_id, node_key)| AdminAction::RevokeNode { node_id, node_key }),
+        any::<[u8; 32]>().prop_map(|measurement| AdminAction::AcceptMeasurement { measurement }),
+        any::<[u8; 32]>().prop_map(|measurement| AdminAction::RevokeMeasurement { measurement }),
     ]
 }
 

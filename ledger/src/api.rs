@@ -56,6 +56,9 @@ pub struct AppState {
     /// requests are not authenticated (single-operator tests and benchmarks).
     pub peer_trust: Option<[u8; 32]>,
     /// Signatures of the raft requests accepted lately: a captured one is refused the second time.
+    /// The code measurement this node runs (`attestation.rs`): before governance accepts any,
+    /// it hands the ledger secrets only to nodes running the same.
+    pub measurement: [u8; 32],
     pub replay_guard: Arc<std::sync::Mutex<crate::peer_auth::ReplayGuard>>,
 }
 
@@ -88,6 +91,7 @@ pub fn router(state: AppState) -> Router {
         .route("/raft/append", post(raft_append))
         .route("/raft/vote", post(raft_vote))
         .route("/raft/snapshot", post(raft_snapshot))
+        .route("/raft/secrets", post(raft_secrets))
         .layer(DefaultBodyLimit::max(REQUEST_BYTES_MAX))
         .with_state(state)
 }
@@ -538,6 +542,25 @@ fn raft_request<T: serde::de::DeserializeOwned>(
             Some(node_id)
         }
     };
+    // An authenticated node's raft messages arrive sealed (`raft_channel.rs`); the secret
+    // handover cannot be, the asking node holds no secret yet.
+    let opened;
+    let body = match authenticated {
+        Some(sender) if path != crate::provision::SECRETS_PATH => {
+            let unsealed = |message: String| {
+                app.metrics.raft_refused("unsealed_raft_message");
+                tracing::warn!(path, sender, %message, "raft request refused");
+                ApiError::new(StatusCode::UNAUTHORIZED, "unsealed_raft_message", message)
+            };
+            let secrets = app.store.secrets().ok_or_else(|| unsealed("this node holds no ledger secrets".into()))?;
+            let (time_ms, nonce) = crate::peer_auth::stamp_of(headers).expect("an authenticated request");
+            let envelope = crate::raft_channel::Envelope { path, sender, target: app.node_id, time_ms, nonce };
+            opened = crate::raft_channel::open(secrets, envelope, body)
+                .map_err(|error| unsealed(format!("the body is not sealed under this ledger's secret: {error}")))?;
+            opened.as_slice()
+        }
+        _ => body,
+    };
     let request: T = serde_json::from_slice(body)
         .map_err(|error| ApiError::new(StatusCode::BAD_REQUEST, "malformed_raft_request", error.to_string()))?;
     if let Some(node_id) = authenticated {
@@ -582,4 +605,52 @@ async fn raft_snapshot(
             request.vote.leader_id().voted_for().unwrap_or_default()
         })?;
     Ok(Json(app.raft.install_snapshot(request).await).into_response())
+}
+
+/// A joining node asks for the ledger secrets (`provision.rs`): answered, wrapped for the X25519
+/// key in its signed request, only when it authenticates as an admitted node.
+async fn raft_secrets(
+    State(app): State<AppState>,
+    headers: axum::http::HeaderMap,
+    body: axum::body::Bytes,
+) -> Result<Response, ApiError> {
+    let request: crate::provision::SecretsRequest = raft_request(
+        &app,
+        crate::provision::SECRETS_PATH,
+        &headers,
+        &body,
+        |request: &crate::provision::SecretsRequest| request.node_id,
+    )?;
+    let Some(secrets) = app.store.secrets() else {
+        return Err(ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "no_ledger_secrets",
+            "this node holds no ledger secrets",
+        ));
+    };
+    // An authenticated request's node key is the one its signature verified under.
+    if app.peer_trust.is_some() && crate::peer_auth::node_key_of(&headers) != Some(request.node_key.as_str()) {
+        app.metrics.raft_refused("impersonation");
+        return Err(ApiError::new(
+            StatusCode::UNAUTHORIZED,
+            "impersonation",
+            "the request names another node key than it is signed with",
+        ));
+    }
+    let state = app.store.state();
+    let answer = crate::provision::answer(secrets, &request, |measurement| {
+        crate::registry::measurement_accepted(&state, measurement, &app.measurement)
+    })
+    .map_err(|refusal| {
+        app.metrics.raft_refused(refusal.code());
+        tracing::warn!(node_id = request.node_id, reason = refusal.code(), %refusal, "ledger secrets refused");
+        let status = match refusal {
+            crate::provision::HandoverRefusal::MeasurementNotAccepted(_) => StatusCode::FORBIDDEN,
+            crate::provision::HandoverRefusal::BadAttestation(_) => StatusCode::UNAUTHORIZED,
+            crate::provision::HandoverRefusal::Malformed(_) => StatusCode::BAD_REQUEST,
+        };
+        ApiError::new(status, refusal.code(), refusal.to_string())
+    })?;
+    tracing::info!(node_id = request.node_id, "handed the ledger secrets to a node");
+    Ok(Json(answer).into_response())
 }

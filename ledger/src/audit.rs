@@ -79,14 +79,20 @@ pub enum OpenError {
     NotADirectory(PathBuf),
     #[error("{0} holds no node database (no db/CURRENT): not a node's data directory")]
     NoDatabase(PathBuf),
+    #[error("{0} holds no ledger secrets ({file}) to open its sealed database", file = crate::provision::SECRETS_FILE)]
+    NoSecrets(PathBuf),
     #[error("opening the database in {path} read-only: {message}")]
     Database { path: PathBuf, message: String },
 }
 
 /// Opens a node's data directory for an audit: read-only, never creating a directory, a
-/// database or a column family.
+/// database or a column family. The database is sealed: it opens with the node's own ledger
+/// secrets (wrapped for its X25519 key in the same directory) unless `secrets` are given.
 #[cfg(feature = "rocksdb")]
-pub fn open_store(data_dir: &std::path::Path) -> Result<Store, OpenError> {
+pub fn open_store(
+    data_dir: &std::path::Path,
+    secrets: Option<crate::secrets::LedgerSecrets>,
+) -> Result<Store, OpenError> {
     let path = data_dir.to_path_buf();
     let metadata = std::fs::metadata(data_dir).map_err(|_| OpenError::Missing(path.clone()))?;
     if !metadata.is_dir() {
@@ -95,7 +101,14 @@ pub fn open_store(data_dir: &std::path::Path) -> Result<Store, OpenError> {
     if !data_dir.join("db").join("CURRENT").is_file() {
         return Err(OpenError::NoDatabase(path));
     }
-    Store::open_read_only(data_dir).map_err(|error| OpenError::Database { path, message: format!("{error:#}") })
+    let database = |error: anyhow::Error| OpenError::Database { path: path.clone(), message: format!("{error:#}") };
+    let secrets = match secrets {
+        Some(secrets) => secrets,
+        None => crate::provision::load_local(data_dir)
+            .map_err(database)?
+            .ok_or_else(|| OpenError::NoSecrets(path.clone()))?,
+    };
+    Store::open_read_only(data_dir, std::sync::Arc::new(secrets)).map_err(database)
 }
 
 /// What an audit found when everything matched.

@@ -505,6 +505,12 @@ pub fn summary(action: &AdminAction) -> String {
         AdminAction::RevokeNode { node_id, node_key } => {
             format!("revoke node {node_id}'s key {}", hex::encode(node_key))
         }
+        AdminAction::AcceptMeasurement { measurement } => {
+            format!("accept code measurement {}", hex::encode(measurement))
+        }
+        AdminAction::RevokeMeasurement { measurement } => {
+            format!("revoke code measurement {}", hex::encode(measurement))
+        }
     }
 }
 

@@ -106,6 +106,15 @@ pub trait Kv: Send + Sync + Debug + 'static {
     fn scan_consistent(&self, cfs: &[Cf], visit: &mut VisitAll<'_>) -> KvResult<()>;
     /// Whether files kept beside the store (snapshots) must be fsynced to count as written.
     fn durable(&self) -> bool;
+    /// [`scan_consistent`](Kv::scan_consistent) over the records as stored: sealed where the
+    /// store seals (`sealed_kv.rs`). Snapshots carry them so, and stay sealed on disk and wire.
+    fn scan_consistent_stored(&self, cfs: &[Cf], visit: &mut VisitAll<'_>) -> KvResult<()> {
+        self.scan_consistent(cfs, visit)
+    }
+    /// Writes records as stored, taken from [`scan_consistent_stored`](Kv::scan_consistent_stored).
+    fn write_stored(&self, batch: Batch) -> KvResult<()> {
+        self.write(batch)
+    }
 }
 
 #[cfg(feature = "rocksdb")]

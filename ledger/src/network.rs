@@ -1,6 +1,7 @@
 //! Raft RPCs between nodes over HTTP/JSON (reqwest client, axum server in `api.rs`), with a
-//! timeout on every call, signed with the node's endorsed key when it has one (`peer_auth.rs`).
-//! Loopback or a private network; TLS arrives with node attestation.
+//! timeout on every call, signed with the node's endorsed key when it has one (`peer_auth.rs`)
+//! and then sealed under the ledger secret (`raft_channel.rs`): an authenticated node's raft
+//! traffic is encrypted and authenticated end to end, without TLS.
 
 use openraft::error::{InstallSnapshotError, NetworkError, RPCError, RaftError, RemoteError, Unreachable};
 use openraft::network::{RPCOption, RaftNetwork, RaftNetworkFactory};
@@ -17,20 +18,31 @@ use std::sync::Arc;
 use crate::entry::{NodeId, TypeConfig};
 use crate::limits::RAFT_RPC_TIMEOUT;
 use crate::peer_auth::PeerCredentials;
+use crate::raft_channel::Envelope;
+use crate::secrets::LedgerSecrets;
 
 /// Creates a connection per peer; they share one HTTP client (and its connection pool).
 #[derive(Clone, Debug)]
 pub struct HttpNetwork {
     client: reqwest::Client,
-    credentials: Option<Arc<PeerCredentials>>,
+    channel: Option<Arc<Channel>>,
+}
+
+/// What an admitted node signs and seals its raft requests with.
+#[derive(Debug)]
+struct Channel {
+    credentials: PeerCredentials,
+    secrets: Arc<LedgerSecrets>,
 }
 
 impl HttpNetwork {
-    /// `credentials`: sign every RPC as this admitted node (peers that authenticate require it).
-    pub fn new(credentials: Option<PeerCredentials>) -> anyhow::Result<Self> {
+    /// `channel`: sign every RPC as this admitted node and seal its body under the ledger
+    /// secrets (peers that authenticate require both); `None`: plain JSON (unauthenticated
+    /// clusters only).
+    pub fn new(channel: Option<(PeerCredentials, Arc<LedgerSecrets>)>) -> anyhow::Result<Self> {
         Ok(HttpNetwork {
             client: reqwest::Client::builder().timeout(RAFT_RPC_TIMEOUT).build()?,
-            credentials: credentials.map(Arc::new),
+            channel: channel.map(|(credentials, secrets)| Arc::new(Channel { credentials, secrets })),
         })
     }
 }
@@ -39,7 +51,7 @@ impl HttpNetwork {
 #[derive(Debug)]
 pub struct HttpConnection {
     client: reqwest::Client,
-    credentials: Option<Arc<PeerCredentials>>,
+    channel: Option<Arc<Channel>>,
     target: NodeId,
     address: String,
 }
@@ -50,7 +62,7 @@ impl RaftNetworkFactory<TypeConfig> for HttpNetwork {
     async fn new_client(&mut self, target: NodeId, node: &BasicNode) -> HttpConnection {
         HttpConnection {
             client: self.client.clone(),
-            credentials: self.credentials.clone(),
+            channel: self.channel.clone(),
             target,
             address: node.addr.clone(),
         }
@@ -70,13 +82,24 @@ impl HttpConnection {
     {
         let url = format!("http://{}/raft/{path}", self.address);
         let body = serde_json::to_vec(request).map_err(|error| RPCError::Network(NetworkError::new(&error)))?;
-        let mut post = self.client.post(url).header(reqwest::header::CONTENT_TYPE, "application/json");
-        if let Some(credentials) = &self.credentials {
-            let now_ms = domain::clock::wall_clock_now().0;
-            for (name, value) in credentials.headers(path, self.target, (now_ms, rand::random()), &body) {
-                post = post.header(name, value);
+        let mut post = self.client.post(url);
+        let body = match &self.channel {
+            None => {
+                post = post.header(reqwest::header::CONTENT_TYPE, "application/json");
+                body
             }
-        }
+            Some(channel) => {
+                let (time_ms, nonce) = (domain::clock::wall_clock_now().0, rand::random());
+                let envelope =
+                    Envelope { path, sender: channel.credentials.node_id, target: self.target, time_ms, nonce };
+                let sealed = crate::raft_channel::seal(&channel.secrets, envelope, &body);
+                for (name, value) in channel.credentials.headers(path, self.target, (time_ms, nonce), &sealed) {
+                    post = post.header(name, value);
+                }
+                post = post.header(reqwest::header::CONTENT_TYPE, "application/octet-stream");
+                sealed
+            }
+        };
         let response = post.body(body).send().await.map_err(|error| RPCError::Unreachable(Unreachable::new(&error)))?;
         let result: Result<Response, Error> =
             response.json().await.map_err(|error| RPCError::Network(NetworkError::new(&error)))?;

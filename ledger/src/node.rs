@@ -55,6 +55,13 @@ pub struct NodeConfig {
     /// Authenticate raft peers (`peer_auth.rs`): take raft requests only from nodes endorsed by
     /// this service key, and sign this node's own with its endorsement. `None`: unauthenticated.
     pub peer_auth: Option<PeerAuth>,
+    /// The code measurement this node attests when it asks for the ledger secrets
+    /// (`attestation.rs`); `None`: the SHA-256 of the running executable.
+    pub measurement: Option<[u8; 32]>,
+    /// Seal the database and the raft traffic under the ledger secrets (`sealed_kv.rs`,
+    /// `raft_channel.rs`). `false` only to measure what that costs (`wattle bench ledger
+    /// --confidentiality off`): the node then keeps everything in the clear.
+    pub seal: bool,
 }
 
 /// A node's standing in an authenticated cluster.
@@ -110,7 +117,6 @@ pub fn read_signing_key(path: &Path) -> anyhow::Result<SigningKey> {
 
 /// Starts a node and returns once it serves.
 pub async fn start(config: NodeConfig) -> anyhow::Result<NodeHandle> {
-    let store = Store::open(&config.data_dir).context("opening the node's database")?;
     let raft_config = Config {
         cluster_name: "wattle".into(),
         heartbeat_interval: HEARTBEAT_INTERVAL_MS,
@@ -124,6 +130,8 @@ pub async fn start(config: NodeConfig) -> anyhow::Result<NodeHandle> {
         ..Default::default()
     };
     let raft_config = Arc::new(raft_config.validate().context("raft configuration")?);
+    // The data directory first (0700): the node's keys are created in it.
+    crate::store::create_private_dir(&config.data_dir)?;
     let node_key_path = config.node_key.clone().unwrap_or_else(|| config.data_dir.join("node.key"));
     let node_key = Arc::new(load_or_create_key(&node_key_path)?);
     let credentials = match &config.peer_auth {
@@ -139,10 +147,43 @@ pub async fn start(config: NodeConfig) -> anyhow::Result<NodeHandle> {
             })
         }
     };
+    anyhow::ensure!(
+        config.seal || credentials.is_none(),
+        "authenticated raft traffic is sealed under the ledger secrets: peer authentication needs a sealed node"
+    );
+    if credentials.is_none() {
+        tracing::warn!(
+            node_id = config.node_id,
+            "raft peers are not authenticated: any process that reaches this port can take part in raft and ask \
+             for the ledger secrets; production nodes run with --peer-service-key and --endorsement"
+        );
+    }
+    let founds = config.bootstrap || config.init_members.iter().map(|(id, _)| *id).min() == Some(config.node_id);
+    let measurement = match config.measurement {
+        Some(measurement) => measurement,
+        None => crate::attestation::measure_self().context("measuring this node's executable")?,
+    };
+    let secrets = crate::provision::obtain(crate::provision::Provisioning {
+        node_id: config.node_id,
+        data_dir: &config.data_dir,
+        founds,
+        peers: config.init_members.iter().filter(|(id, _)| *id != config.node_id).cloned().collect(),
+        credentials: credentials.as_ref(),
+        node_key: &node_key,
+        measurement,
+    })
+    .await
+    .context("obtaining the ledger secrets")?;
+    let secrets = Arc::new(secrets);
+    let store = match config.seal {
+        true => Store::open(&config.data_dir, secrets.clone()),
+        false => Store::open_unsealed(&config.data_dir, secrets.clone()),
+    }
+    .context("opening the node's database")?;
     let raft = Raft::new(
         config.node_id,
         raft_config,
-        HttpNetwork::new(credentials)?,
+        HttpNetwork::new(credentials.map(|credentials| (credentials, secrets)))?,
         store.log_store(),
         store.state_machine(),
     )
@@ -176,6 +217,7 @@ pub async fn start(config: NodeConfig) -> anyhow::Result<NodeHandle> {
         ),
         admin_serial: Arc::default(),
         peer_trust: config.peer_auth.as_ref().map(|auth| auth.service_key),
+        measurement,
         replay_guard: Arc::default(),
     };
     let (shutdown_sender, shutdown_receiver) = oneshot::channel::<()>();
@@ -239,15 +281,7 @@ pub fn load_or_create_key(path: &Path) -> anyhow::Result<SigningKey> {
 }
 
 pub fn write_secret(path: &Path, text: &str) -> anyhow::Result<()> {
-    use std::io::Write as _;
-    let mut options = std::fs::OpenOptions::new();
-    options.write(true).create_new(true);
-    #[cfg(unix)]
-    std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
-    let mut file = options.open(path).with_context(|| format!("creating key file {}", path.display()))?;
-    file.write_all(text.as_bytes())?;
-    file.sync_all()?;
-    Ok(())
+    crate::provision::write_secret(path, text.as_bytes())
 }
 
 /// A node that joined from a snapshot has no history before it. This fetches the missing

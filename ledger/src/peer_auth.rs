@@ -181,12 +181,23 @@ pub fn signature_of(headers: &HeaderMap) -> Option<([u8; 64], i64)> {
     Some((signature, header(headers, HEADER_TIME).ok()?.parse().ok()?))
 }
 
+/// The time stamp and nonce of a request [`authenticate`] accepted (what `raft_channel.rs`
+/// binds a sealed body to).
+pub fn stamp_of(headers: &HeaderMap) -> Option<(i64, u64)> {
+    Some((header(headers, HEADER_TIME).ok()?.parse().ok()?, header(headers, HEADER_NONCE).ok()?.parse().ok()?))
+}
+
 /// The raft message's sender must be the node that authenticated.
 pub fn same_sender(authenticated: NodeId, claimed: NodeId) -> Result<(), Refusal> {
     if authenticated == claimed {
         return Ok(());
     }
     Err(refuse("impersonation", format!("node {authenticated} sent a raft message in node {claimed}'s name")))
+}
+
+/// The node key a request's credentials name (checked by [`authenticate`] before it counts).
+pub fn node_key_of(headers: &HeaderMap) -> Option<&str> {
+    headers.get(HEADER_KEY)?.to_str().ok()
 }
 
 #[cfg(test)]

@@ -229,6 +229,36 @@ pub fn decode_revoked_node(key: &[u8]) -> Option<(u64, [u8; 32])> {
     Some((u64::from_be_bytes(id.try_into().ok()?), node_key.try_into().ok()?))
 }
 
+/// Accepted code measurements (`attestation.rs`): `am/{measurement}` → 1 accepted, 0 revoked.
+pub const MEASUREMENT_PREFIX: &[u8] = b"am/";
+/// Set by the first accepted measurement: from then on only accepted ones join.
+const KEY_MEASUREMENTS_CLOSED: &[u8] = b"measurements_closed";
+
+fn key_measurement(measurement: &[u8; 32]) -> Vec<u8> {
+    [MEASUREMENT_PREFIX, measurement.as_slice()].concat()
+}
+
+/// Whether a node attesting `measurement` may be handed the secrets by a node running `own`:
+/// while governance has accepted no measurement (a new service) only a node running the very
+/// same build as the one answering; from the first accepted one on, only accepted measurements
+/// that were not revoked (the answering node's own included: a revoked build hands nothing on).
+pub fn measurement_accepted(state: &dyn StateRead, measurement: &[u8; 32], own: &[u8; 32]) -> bool {
+    match state.get(Table::Public, KEY_MEASUREMENTS_CLOSED) {
+        None => measurement == own,
+        Some(_) => state.get(Table::Public, &key_measurement(measurement)).is_some_and(|value| value == [1]),
+    }
+}
+
+/// The accepted measurements.
+pub fn accepted_measurements(store: &crate::store::Store) -> Vec<[u8; 32]> {
+    store
+        .scan_prefix(Table::Public, MEASUREMENT_PREFIX)
+        .into_iter()
+        .filter(|(_, value)| value == &[1])
+        .filter_map(|(key, _)| key[MEASUREMENT_PREFIX.len()..].try_into().ok())
+        .collect()
+}
+
 /// Carries out the registry's configuration actions; `None` for an action of another kind.
 pub(crate) fn execute(state: &mut Overlay<'_>, action: &AdminAction) -> Option<Result<(), String>> {
     Some(match action {
@@ -251,6 +281,18 @@ pub(crate) fn execute(state: &mut Overlay<'_>, action: &AdminAction) -> Option<R
         AdminAction::RevokeGateway { gateway_id } => revoke_gateway(state, gateway_id),
         AdminAction::RevokeNode { node_id, node_key } => {
             state.put(Table::Public, key_revoked_node(*node_id, node_key), Vec::new());
+            Ok(())
+        }
+        AdminAction::AcceptMeasurement { measurement } => {
+            state.put(Table::Public, KEY_MEASUREMENTS_CLOSED.to_vec(), vec![1]);
+            state.put(Table::Public, key_measurement(measurement), vec![1]);
+            Ok(())
+        }
+        AdminAction::RevokeMeasurement { measurement } => {
+            if state.get(Table::Public, &key_measurement(measurement)).is_none_or(|value| value != [1]) {
+                return Some(Err(format!("unknown_measurement: {} is not accepted", hex::encode(measurement))));
+            }
+            state.put(Table::Public, key_measurement(measurement), vec![0]);
             Ok(())
         }
         _ => return None,

@@ -370,7 +370,7 @@ impl Store {
         for_each_record(&mut file, &mut |cf, key, value| {
             batch.put(cf, key, value);
             if batch.ops.len() >= limit {
-                if let Err(error) = self.kv.write(std::mem::take(&mut batch)) {
+                if let Err(error) = self.kv.write_stored(std::mem::take(&mut batch)) {
                     failure = Some(error.to_string());
                     return Err(error);
                 }
@@ -381,7 +381,7 @@ impl Store {
             Some(message) => write_error(std::io::Error::other(message)),
             None => read_failed(error),
         })?;
-        self.kv.write(batch).map_err(write_error)?;
+        self.kv.write_stored(batch).map_err(write_error)?;
         // Published before the marker goes: a crash in between redoes the install from the same file.
         self.publish_current(meta, data_name, temporary)?;
         let mut batch = Batch::default();

@@ -704,7 +704,11 @@ pub(crate) fn execute_action(state: &mut Overlay<'_>, action: &AdminAction) -> R
         | AdminAction::RevokeMeterKey { .. }
         | AdminAction::RegisterGateway { .. }
         | AdminAction::RevokeGateway { .. }
-        | AdminAction::RevokeNode { .. } => unreachable!("registry actions are carried out by registry::execute"),
+        | AdminAction::RevokeNode { .. }
+        | AdminAction::AcceptMeasurement { .. }
+        | AdminAction::RevokeMeasurement { .. } => {
+            unreachable!("registry actions are carried out by registry::execute")
+        }
     }
     Ok(())
 }

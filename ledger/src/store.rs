@@ -32,6 +32,9 @@ use crate::history::{self, SettledReading};
 #[cfg(feature = "rocksdb")]
 use crate::kv::RocksKv;
 use crate::kv::{Batch, Cf, Kv, MemoryKv};
+#[cfg(feature = "rocksdb")]
+use crate::sealed_kv::SealedKv;
+use crate::secrets::LedgerSecrets;
 use crate::snapshot::{decode_pointer, for_each_record, Meta, SnapshotFile, SnapshotWriter, FAMILIES};
 use crate::state::{self, Overlay, StateRead, Table, TxResult};
 use domain::ids::{KeyId, MeterId, Sequence};
@@ -69,6 +72,8 @@ pub(crate) fn write_error(error: impl std::error::Error + 'static) -> StorageErr
 #[derive(Clone)]
 pub struct Store {
     pub(crate) kv: Arc<dyn Kv>,
+    /// The ledger secrets the database is sealed under; `None` for the simulation's memory store.
+    pub(crate) secrets: Option<Arc<LedgerSecrets>>,
     pub(crate) snapshot_dir: PathBuf,
     /// The highest log index covered by a committed signature (clients wait on it).
     signed: Arc<tokio::sync::watch::Sender<u64>>,
@@ -103,21 +108,38 @@ pub fn create_private_dir(path: &Path) -> anyhow::Result<()> {
 }
 
 impl Store {
-    /// Opens (or creates) the RocksDB database and snapshot directory under `data_dir`.
+    /// Opens (or creates) the RocksDB database and snapshot directory under `data_dir`, in the
+    /// clear: only for measuring what sealing costs (`wattle bench ledger --confidentiality`).
     #[cfg(feature = "rocksdb")]
-    pub fn open(data_dir: &Path) -> anyhow::Result<Self> {
+    /// The node still holds `secrets` (to hand them to peers), it only does not seal with them.
+    pub fn open_unsealed(data_dir: &Path, secrets: Arc<LedgerSecrets>) -> anyhow::Result<Self> {
         create_private_dir(data_dir)?;
         let kv = RocksKv::open(&data_dir.join("db"))?;
-        Self::with_kv(Arc::new(kv), data_dir.join("snapshots"))
+        let mut store = Self::with_kv(Arc::new(kv), data_dir.join("snapshots"))?;
+        store.secrets = Some(secrets);
+        Ok(store)
+    }
+
+    /// Opens (or creates) the RocksDB database and snapshot directory under `data_dir`.
+    /// Everything it stores is sealed under `secrets` (`sealed_kv.rs`).
+    #[cfg(feature = "rocksdb")]
+    pub fn open(data_dir: &Path, secrets: Arc<LedgerSecrets>) -> anyhow::Result<Self> {
+        create_private_dir(data_dir)?;
+        let kv = RocksKv::open(&data_dir.join("db"))?;
+        let mut store =
+            Self::with_kv(Arc::new(SealedKv::new(Arc::new(kv), secrets.clone())), data_dir.join("snapshots"))?;
+        store.secrets = Some(secrets);
+        Ok(store)
     }
 
     /// Opens an existing node's database read-only, touching neither it nor the snapshot
     /// directory (`wattle audit`); writes through this store fail.
     #[cfg(feature = "rocksdb")]
-    pub fn open_read_only(data_dir: &Path) -> anyhow::Result<Self> {
+    pub fn open_read_only(data_dir: &Path, secrets: Arc<LedgerSecrets>) -> anyhow::Result<Self> {
         let kv = RocksKv::open_read_only(&data_dir.join("db"))?;
         let mut store = Store {
-            kv: Arc::new(kv),
+            kv: Arc::new(SealedKv::new(Arc::new(kv), secrets.clone())),
+            secrets: Some(secrets),
             snapshot_dir: data_dir.join("snapshots"),
             signed: Arc::new(tokio::sync::watch::channel(0).0),
             allow_log_gaps: false,
@@ -145,6 +167,7 @@ impl Store {
         }
         let mut store = Store {
             kv,
+            secrets: None,
             snapshot_dir,
             signed: Arc::new(tokio::sync::watch::channel(0).0),
             allow_log_gaps: false,
@@ -155,6 +178,11 @@ impl Store {
         store.finish_interrupted_install()?;
         store.signed = Arc::new(tokio::sync::watch::channel(store.signed_index()).0);
         Ok(store)
+    }
+
+    /// The ledger secrets the database is sealed under (none in the simulation).
+    pub fn secrets(&self) -> Option<&Arc<LedgerSecrets>> {
+        self.secrets.as_ref()
     }
 
     /// Whether a snapshot install is replacing the state right now (readers must not use it).
@@ -587,9 +615,10 @@ impl RaftSnapshotBuilder<TypeConfig> for StateMachineStore {
         let mut last_applied = None;
         let mut membership = StoredMembership::default();
         let undecodable = |error: DecodeError| std::io::Error::new(std::io::ErrorKind::InvalidData, error.to_string());
+        // As stored: a snapshot of sealed tables stays sealed on disk and on the wire.
         self.store
             .kv
-            .scan_consistent(&FAMILIES, &mut |cf, key, value| {
+            .scan_consistent_stored(&FAMILIES, &mut |cf, key, value| {
                 if cf == Cf::SmMeta && key == KEY_LAST_APPLIED {
                     last_applied = decode_all(value, decode_optional_log_id).map_err(undecodable)?;
                 } else if cf == Cf::SmMeta && key == KEY_MEMBERSHIP {
@@ -763,6 +792,9 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
 
 #[cfg(test)]
 mod tests {
+    fn test_secrets() -> std::sync::Arc<crate::secrets::LedgerSecrets> {
+        std::sync::Arc::new(crate::secrets::LedgerSecrets::new([1; 32], [2; 32]))
+    }
     use anyhow::Context;
     use openraft::testing::{StoreBuilder, Suite};
 
@@ -774,8 +806,8 @@ mod tests {
     impl StoreBuilder<TypeConfig, LogStore, StateMachineStore, tempfile::TempDir> for RocksBuilder {
         async fn build(&self) -> StorageResult<(tempfile::TempDir, LogStore, StateMachineStore)> {
             let dir = tempfile::tempdir().map_err(write_error)?;
-            let mut store =
-                Store::open(dir.path()).map_err(|error| write_error(std::io::Error::other(error.to_string())))?;
+            let mut store = Store::open(dir.path(), test_secrets())
+                .map_err(|error| write_error(std::io::Error::other(error.to_string())))?;
             store.allow_log_gaps = true;
             Ok((dir, store.log_store(), store.state_machine()))
         }
@@ -873,7 +905,7 @@ mod tests {
     #[tokio::test]
     async fn state_grows_with_meters_not_readings() -> anyhow::Result<()> {
         let dir = tempfile::tempdir()?;
-        let mut driver = Driver::new(Store::open(dir.path())?).await?;
+        let mut driver = Driver::new(Store::open(dir.path(), test_secrets())?).await?;
         driver.configure(1, rust_decimal::Decimal::new(30, 2)).await?;
         let mut sizes = Vec::new();
         let mut sequence = 1;
@@ -937,7 +969,9 @@ mod tests {
     #[tokio::test]
     async fn snapshot_install_streams_and_survives_a_crash_midway() -> anyhow::Result<()> {
         let dir = tempfile::tempdir()?;
-        let mut source = Driver::new(Store::open(&dir.path().join("source"))?).await?;
+        // Both ends hold the same ledger secrets: the snapshot carries the sealed bytes.
+        let secrets = test_secrets();
+        let mut source = Driver::new(Store::open(&dir.path().join("source"), secrets.clone())?).await?;
         source.configure(40, rust_decimal::Decimal::new(30, 2)).await?;
         let readings: Vec<_> = (0..40).map(|meter| (meter, crate::driver::reading(meter, 1, 300))).collect();
         source.apply(vec![crate::driver::readings_body(&readings)]).await?;
@@ -953,7 +987,8 @@ mod tests {
                 largest_batch: std::sync::atomic::AtomicUsize::new(0),
             });
             let snapshots = dir.path().join(format!("target-{crash_after:?}"));
-            let mut store = Store::with_kv(kv.clone(), snapshots.clone())?;
+            let sealed = Arc::new(SealedKv::new(kv.clone(), secrets.clone()));
+            let mut store = Store::with_kv(sealed, snapshots.clone())?;
             store.install_batch_records = 25;
             let mut machine = store.state_machine();
             let receiving = machine.begin_receiving_snapshot().await?;
@@ -970,7 +1005,7 @@ mod tests {
                     assert!(installed.is_err(), "the disk failed mid-install");
                     // Restart: the same data behind a new handle; opening finishes the install.
                     let reopened = Arc::new(kv.inner.crash_and_reopen());
-                    Store::with_kv(reopened, snapshots)?
+                    Store::with_kv(Arc::new(SealedKv::new(reopened, secrets.clone())), snapshots)?
                 }
             };
             assert_eq!(store.state_digest()?, expected, "crash after {crash_after:?}: the state is the snapshot's");
@@ -988,7 +1023,7 @@ mod tests {
     async fn the_history_index_tells_duplicates_from_equivocation_and_is_rebuilt_from_fetched_history(
     ) -> anyhow::Result<()> {
         let dir = tempfile::tempdir()?;
-        let mut driver = Driver::new(Store::open(&dir.path().join("a"))?).await?;
+        let mut driver = Driver::new(Store::open(&dir.path().join("a"), test_secrets())?).await?;
         driver.configure(2, rust_decimal::Decimal::new(30, 2)).await?;
         let original = crate::driver::reading(1, 7, 400);
         driver.apply(vec![crate::driver::readings_body(&[(1, original.clone())])]).await?;
@@ -1004,7 +1039,7 @@ mod tests {
         driver.sign().await?;
         driver.store.check_settled_lines().map_err(anyhow::Error::msg)?;
 
-        let fetched = Store::open(&dir.path().join("b"))?;
+        let fetched = Store::open(&dir.path().join("b"), test_secrets())?;
         let records = driver.store.history_range(0, driver.next_index())?;
         fetched.put_history(&records)?;
         for cf in [Cf::Readings, Cf::Tree] {
@@ -1029,11 +1064,11 @@ mod tests {
         let dir = tempfile::tempdir()?;
         let vote = Vote::new(4, 2);
         {
-            let store = Store::open(dir.path())?;
+            let store = Store::open(dir.path(), test_secrets())?;
             let mut log = store.log_store();
             log.save_vote(&vote).await?;
         }
-        let store = Store::open(dir.path())?;
+        let store = Store::open(dir.path(), test_secrets())?;
         assert_eq!(store.log_store().read_vote().await?, Some(vote));
         assert_eq!(store.state_machine().applied_state().await?.0, None);
         Ok(())

@@ -109,6 +109,8 @@ pub enum ActionKind {
     RegisterGateway,
     RevokeGateway,
     RevokeNode,
+    AcceptMeasurement,
+    RevokeMeasurement,
 }
 
 impl ActionKind {
@@ -134,6 +136,8 @@ impl ActionKind {
             AdminAction::RegisterGateway { .. } => ActionKind::RegisterGateway,
             AdminAction::RevokeGateway { .. } => ActionKind::RevokeGateway,
             AdminAction::RevokeNode { .. } => ActionKind::RevokeNode,
+            AdminAction::AcceptMeasurement { .. } => ActionKind::AcceptMeasurement,
+            AdminAction::RevokeMeasurement { .. } => ActionKind::RevokeMeasurement,
         }
     }
 

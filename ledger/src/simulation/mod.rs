@@ -411,6 +411,7 @@ impl Simulation {
             ),
             admin_serial: Arc::default(),
             peer_trust: None,
+            measurement: [0; 32],
             replay_guard: Arc::default(),
         };
         {

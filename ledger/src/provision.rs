@@ -1,0 +1,274 @@
+//! How a node comes to hold the ledger secrets (`secrets.rs`) before it opens its store.
+//!
+//! - A node that has them keeps them in `DATA_DIR/ledger_secrets.wrapped`, wrapped for its own
+//!   X25519 key (`DATA_DIR/node_x25519.key`, 0600). Without a TEE there is no sealing key, so
+//!   whoever holds both files holds the secrets: keep the data directory the node's alone (0700).
+//! - The node that founds the service (`--bootstrap`, or the lowest id of `--init-members`) draws
+//!   them when its data directory is new.
+//! - Every other node asks its peers: `POST /raft/secrets` with its id and X25519 public key,
+//!   signed with its node key and endorsement like every raft request (`peer_auth.rs`). A peer
+//!   answers only an admitted node (endorsed, not revoked) and answers with the secrets wrapped
+//!   for the key in the signed request, so the answer is useless to anyone else.
+//! - A data directory with a database but no secrets is refused: its contents are sealed under
+//!   secrets this node no longer holds (restore the file, or recover with members' shares).
+
+use std::path::Path;
+use std::time::Duration;
+
+use anyhow::{bail, Context};
+use serde::{Deserialize, Serialize};
+use x25519_dalek::StaticSecret;
+
+use crate::entry::NodeId;
+use crate::peer_auth::PeerCredentials;
+use crate::secrets::{x25519_public, LedgerSecrets};
+
+/// The node's ledger secrets, wrapped for its own X25519 key.
+pub const SECRETS_FILE: &str = "ledger_secrets.wrapped";
+/// The node's X25519 secret key (64 hex characters).
+pub const X25519_KEY_FILE: &str = "node_x25519.key";
+/// The raft path peers ask for the secrets on.
+pub const SECRETS_PATH: &str = "secrets";
+/// How long a joining node keeps asking its peers before it gives up.
+pub const SECRETS_WAIT_MAX: Duration = Duration::from_secs(120);
+
+/// A node's request for the ledger secrets.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct SecretsRequest {
+    pub node_id: NodeId,
+    /// Hex of the node's Ed25519 key (the one its raft requests are signed with).
+    pub node_key: String,
+    /// Hex of the X25519 public key to wrap the secrets for.
+    pub x25519_public: String,
+    /// What code the node runs, bound to its id and both keys (`attestation.rs`).
+    pub attestation: crate::attestation::AttestationReport,
+}
+
+/// The secrets, wrapped for the requester.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct SecretsResponse {
+    /// Hex of [`LedgerSecrets::wrap_for`]'s output.
+    pub wrapped: String,
+}
+
+/// The node's X25519 key, created (0600) on first use.
+pub fn load_or_create_x25519(data_dir: &Path) -> anyhow::Result<StaticSecret> {
+    let path = data_dir.join(X25519_KEY_FILE);
+    if !path.exists() {
+        let secret: [u8; 32] = rand::random();
+        write_secret(&path, hex::encode(secret).as_bytes())?;
+    }
+    read_x25519(data_dir)
+}
+
+/// The node's X25519 key; an error if it has none (nothing is created).
+pub fn read_x25519(data_dir: &Path) -> anyhow::Result<StaticSecret> {
+    let path = data_dir.join(X25519_KEY_FILE);
+    let text = std::fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?;
+    let bytes: [u8; 32] = hex::decode(text.trim())
+        .ok()
+        .and_then(|bytes| bytes.try_into().ok())
+        .with_context(|| format!("{} must hold 64 hex characters", path.display()))?;
+    Ok(StaticSecret::from(bytes))
+}
+
+/// Creates a file readable by its owner only (0600) holding `bytes`, synced; refuses to replace
+/// an existing file (a key is never overwritten by accident).
+pub fn write_secret(path: &Path, bytes: &[u8]) -> anyhow::Result<()> {
+    use std::io::Write as _;
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create_new(true);
+    #[cfg(unix)]
+    std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
+    let mut file = options.open(path).with_context(|| format!("creating key file {}", path.display()))?;
+    file.write_all(bytes)?;
+    file.sync_all()?;
+    Ok(())
+}
+
+/// The secrets this node keeps, if it has any.
+pub fn load_local(data_dir: &Path) -> anyhow::Result<Option<LedgerSecrets>> {
+    let path = data_dir.join(SECRETS_FILE);
+    if !path.exists() {
+        return Ok(None);
+    }
+    let own = read_x25519(data_dir)?;
+    let wrapped = std::fs::read(&path).with_context(|| format!("reading {}", path.display()))?;
+    let secrets = LedgerSecrets::unwrap(&own, &wrapped)
+        .with_context(|| format!("{} does not open with this node's X25519 key", path.display()))?;
+    Ok(Some(secrets))
+}
+
+/// Keeps the secrets, wrapped for this node's own key; replaces the file atomically (rotation).
+pub fn store_local(data_dir: &Path, secrets: &LedgerSecrets) -> anyhow::Result<()> {
+    let own = load_or_create_x25519(data_dir)?;
+    let wrapped = secrets.wrap_for_random(&x25519_public(&own));
+    let path = data_dir.join(SECRETS_FILE);
+    let part = data_dir.join(format!("{SECRETS_FILE}.part"));
+    let _ = std::fs::remove_file(&part);
+    write_secret(&part, &wrapped)?;
+    std::fs::rename(&part, &path)?;
+    std::fs::File::open(data_dir)?.sync_all()?;
+    Ok(())
+}
+
+/// Where a node's secrets come from at start.
+#[derive(Debug, Clone)]
+pub struct Provisioning<'a> {
+    pub node_id: NodeId,
+    pub data_dir: &'a Path,
+    /// This node founds the service if its data directory is new.
+    pub founds: bool,
+    /// The peers to ask otherwise: (id, address).
+    pub peers: Vec<(NodeId, String)>,
+    /// The node's raft credentials: peers that authenticate raft answer only an admitted node.
+    pub credentials: Option<&'a PeerCredentials>,
+    /// The node's signing key (its attestation report is bound to it).
+    pub node_key: &'a ed25519_dalek::SigningKey,
+    /// The measurement the node attests (`attestation::measure_self` unless configured).
+    pub measurement: [u8; 32],
+}
+
+/// The node's ledger secrets: its own, freshly drawn if it founds the service, else its peers'.
+pub async fn obtain(provisioning: Provisioning<'_>) -> anyhow::Result<LedgerSecrets> {
+    let data_dir = provisioning.data_dir;
+    crate::store::create_private_dir(data_dir)?;
+    if let Some(secrets) = load_local(data_dir)? {
+        return Ok(secrets);
+    }
+    if data_dir.join("db").exists() {
+        bail!(
+            "{} holds a database but not the ledger secrets it is sealed with ({SECRETS_FILE}); restore that file, \
+             or recover the service with the members' shares (docs/operations.md)",
+            data_dir.display()
+        );
+    }
+    if provisioning.founds {
+        let secrets = LedgerSecrets::generate();
+        store_local(data_dir, &secrets)?;
+        tracing::info!(node_id = provisioning.node_id, "drew the new service's ledger secrets");
+        return Ok(secrets);
+    }
+    if provisioning.peers.is_empty() {
+        bail!("this node has no ledger secrets and no peer to ask for them (give --init-members)");
+    }
+    let own = load_or_create_x25519(data_dir)?;
+    let measurement = provisioning.measurement;
+    let node_key = provisioning.node_key.verifying_key().to_bytes();
+    let attestor = crate::attestation::VirtualAttestor::new(measurement, provisioning.node_key.clone());
+    let report = crate::attestation::Attestor::report(
+        &attestor,
+        crate::attestation::report_data(provisioning.node_id, &node_key, &x25519_public(&own)),
+    );
+    tracing::info!(node_id = provisioning.node_id, measurement = %hex::encode(measurement), "asking peers for the ledger secrets");
+    let request = SecretsRequest {
+        node_id: provisioning.node_id,
+        node_key: hex::encode(node_key),
+        x25519_public: hex::encode(x25519_public(&own)),
+        attestation: report,
+    };
+    let http = reqwest::Client::builder().timeout(Duration::from_secs(5)).build()?;
+    let deadline = tokio::time::Instant::now() + SECRETS_WAIT_MAX;
+    let mut last_error;
+    let mut rounds = 0u32;
+    loop {
+        let mut errors = Vec::new();
+        for (peer_id, address) in &provisioning.peers {
+            match ask(&http, &provisioning, &request, (*peer_id, address), &own).await {
+                Ok(secrets) => {
+                    store_local(data_dir, &secrets)?;
+                    tracing::info!(node_id = provisioning.node_id, peer = peer_id, "received the ledger secrets");
+                    return Ok(secrets);
+                }
+                Err(error) => errors.push(format!("{peer_id} at {address}: {error:#}")),
+            }
+        }
+        last_error = errors.join("; ");
+        rounds += 1;
+        if rounds == 1 || rounds % 20 == 0 {
+            tracing::info!(
+                node_id = provisioning.node_id,
+                last_error,
+                "still waiting for a peer to hand over the ledger secrets"
+            );
+        }
+        if tokio::time::Instant::now() >= deadline {
+            bail!("no peer handed over the ledger secrets within {SECRETS_WAIT_MAX:?}; last: {last_error}");
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+}
+
+async fn ask(
+    http: &reqwest::Client,
+    provisioning: &Provisioning<'_>,
+    request: &SecretsRequest,
+    (peer_id, address): (NodeId, &str),
+    own: &StaticSecret,
+) -> anyhow::Result<LedgerSecrets> {
+    let body = serde_json::to_vec(request)?;
+    let mut call = http
+        .post(format!("http://{address}/raft/{SECRETS_PATH}"))
+        .header(reqwest::header::CONTENT_TYPE, "application/json");
+    if let Some(credentials) = provisioning.credentials {
+        let now_ms = domain::clock::wall_clock_now().0;
+        for (name, value) in credentials.headers(SECRETS_PATH, peer_id, (now_ms, rand::random()), &body) {
+            call = call.header(name, value);
+        }
+    }
+    let response = call.body(body).send().await?;
+    let status = response.status();
+    if !status.is_success() {
+        bail!("{status}: {}", response.text().await.unwrap_or_default());
+    }
+    let answer: SecretsResponse = response.json().await?;
+    let wrapped = hex::decode(&answer.wrapped).context("wrapped secrets are not hex")?;
+    Ok(LedgerSecrets::unwrap(own, &wrapped)?)
+}
+
+/// Why a peer does not hand over the secrets.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum HandoverRefusal {
+    #[error("malformed_secrets_request: {0}")]
+    Malformed(String),
+    #[error("bad_attestation: {0}")]
+    BadAttestation(crate::attestation::AttestationError),
+    #[error("measurement_not_accepted: this node runs code with measurement {0}, which governance has not accepted")]
+    MeasurementNotAccepted(String),
+}
+
+impl HandoverRefusal {
+    pub fn code(&self) -> &'static str {
+        match self {
+            HandoverRefusal::Malformed(_) => "malformed_secrets_request",
+            HandoverRefusal::BadAttestation(_) => "bad_attestation",
+            HandoverRefusal::MeasurementNotAccepted(_) => "measurement_not_accepted",
+        }
+    }
+}
+
+fn hex32(text: &str, field: &str) -> Result<[u8; 32], HandoverRefusal> {
+    hex::decode(text)
+        .ok()
+        .and_then(|bytes| bytes.try_into().ok())
+        .ok_or_else(|| HandoverRefusal::Malformed(format!("{field} must be 64 hex characters")))
+}
+
+/// A peer's answer to [`SecretsRequest`]: checks the attestation report is the requester's and
+/// its measurement accepted (`accepted`), then wraps the secrets for the key it names. The
+/// caller has authenticated the request as `request.node_id`'s with `request.node_key`.
+pub fn answer(
+    secrets: &LedgerSecrets,
+    request: &SecretsRequest,
+    accepted: impl Fn(&[u8; 32]) -> bool,
+) -> Result<SecretsResponse, HandoverRefusal> {
+    let node_key = hex32(&request.node_key, "node_key")?;
+    let recipient = hex32(&request.x25519_public, "x25519_public")?;
+    let report_data = crate::attestation::report_data(request.node_id, &node_key, &recipient);
+    let measurement = crate::attestation::verify(&request.attestation, &report_data, &node_key)
+        .map_err(HandoverRefusal::BadAttestation)?;
+    if !accepted(&measurement) {
+        return Err(HandoverRefusal::MeasurementNotAccepted(hex::encode(measurement)));
+    }
+    Ok(SecretsResponse { wrapped: hex::encode(secrets.wrap_for_random(&recipient)) })
+}
