@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context};
 use domain::gov::{Constitution, GovAct, Member, MemberId, Proposal, ProposalId, Role, SignedGov};
-use domain::ids::{CustomerId, GatewayId, KeyId, MeterId, UnixSeconds};
+use domain::ids::{CustomerId, GatewayId, KeyId, MeterId, ReaderId, UnixSeconds};
 use domain::money::{Currency, UnitPrice};
 use domain::tx::AdminAction;
 use ledger::gov_api::{ConstitutionView, ProposalPage, ProposalView, SubmitGov, SubmitGovResponse};
@@ -172,6 +172,14 @@ enum ActionFile {
     RevokeMeasurement {
         measurement: String,
     },
+    /// A service that reads every customer's private data (billing): `reader_id`, `public_key`.
+    RegisterReader {
+        reader_id: String,
+        public_key: String,
+    },
+    RevokeReader {
+        reader_id: String,
+    },
 }
 
 fn public_key(hex_text: &str) -> anyhow::Result<[u8; 32]> {
@@ -264,6 +272,12 @@ impl ActionFile {
             }
             ActionFile::RevokeMeasurement { measurement } => {
                 AdminAction::RevokeMeasurement { measurement: public_key(&measurement)? }
+            }
+            ActionFile::RegisterReader { reader_id, public_key: key } => {
+                AdminAction::RegisterReader { reader_id: ReaderId::new(reader_id)?, public_key: public_key(&key)? }
+            }
+            ActionFile::RevokeReader { reader_id } => {
+                AdminAction::RevokeReader { reader_id: ReaderId::new(reader_id)? }
             }
         })
     }

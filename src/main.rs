@@ -388,6 +388,10 @@ struct BillingArgs {
     /// The ledger's client API base URL.
     #[arg(long, default_value = "http://127.0.0.1:7000")]
     ledger: String,
+    /// Billing's secret key file (`wattle keygen`), registered with the ledger as a reader by a
+    /// `register_reader` proposal: nodes that authenticate serve customers' data only to it.
+    #[arg(long)]
+    ledger_key: Option<PathBuf>,
     #[arg(long)]
     ready_file: Option<PathBuf>,
 }
@@ -871,8 +875,12 @@ async fn run(command: Command) -> anyhow::Result<()> {
             Ok(())
         }
         Command::Billing(args) => {
-            let billing =
-                billing::start(billing::BillingConfig { listen: args.listen, ledger_url: args.ledger }).await?;
+            let billing = billing::start(billing::BillingConfig {
+                listen: args.listen,
+                ledger_url: args.ledger,
+                ledger_key: args.ledger_key.as_deref().map(ledger::node::read_signing_key).transpose()?,
+            })
+            .await?;
             write_ready_file(args.ready_file.as_deref(), billing.address)?;
             shutdown_signal().await;
             billing.stop().await;

@@ -170,13 +170,22 @@ pub async fn run(args: SandboxArgs) -> anyhow::Result<()> {
     let gateway_public = gateway_key.verifying_key().to_bytes();
     admission
         .push(domain::tx::AdminAction::RegisterGateway { gateway_id: gateway_id.clone(), public_key: gateway_public });
+    // Billing reads customers' data from the ledger as a registered reader, by its own key.
+    let billing_key = ledger::node::load_or_create_key(&data_dir.join("billing.key"))?;
+    admission.push(domain::tx::AdminAction::RegisterReader {
+        reader_id: domain::ids::ReaderId::new("billing")?,
+        public_key: billing_key.verifying_key().to_bytes(),
+    });
     // The code the sandbox's nodes run: from now on only nodes attesting it get the secrets.
     let measurement = ledger::attestation::measure_self().context("measuring this executable")?;
     if !ledger::registry::accepted_measurements(&nodes[0].store).contains(&measurement) {
         admission.push(domain::tx::AdminAction::AcceptMeasurement { measurement });
     }
     let id = consortium
-        .pass("endorse the sandbox's ledger nodes, register its gateway, accept its code measurement", admission)
+        .pass(
+            "endorse the sandbox's ledger nodes, register its gateway and billing, accept its code measurement",
+            admission,
+        )
         .await?;
     println!(
         "governance: members supplier, grid (vote) and regulator (audits); nodes endorsed and gateway {gateway_id} \
@@ -233,9 +242,12 @@ pub async fn run(args: SandboxArgs) -> anyhow::Result<()> {
         http.get(&gateway_health).send().await.is_ok_and(|response| response.status().is_success()).then_some(())
     })
     .await?;
-    let billing =
-        billing::start(billing::BillingConfig { listen: "127.0.0.1:0".parse()?, ledger_url: ledger_url.clone() })
-            .await?;
+    let billing = billing::start(billing::BillingConfig {
+        listen: "127.0.0.1:0".parse()?,
+        ledger_url: ledger_url.clone(),
+        ledger_key: Some(billing_key),
+    })
+    .await?;
     let first_customer = firmware_sim::customer_id(0);
     println!();
     println!(

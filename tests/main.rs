@@ -18,6 +18,7 @@ mod governance;
 mod ledger_admission;
 mod modbus;
 mod peer_auth;
+mod private_reads;
 #[path = "../src/process.rs"]
 mod process;
 mod recovery;

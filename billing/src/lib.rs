@@ -31,6 +31,10 @@ pub struct BillingConfig {
     pub listen: SocketAddr,
     /// Base URL of the ledger's client API.
     pub ledger_url: String,
+    /// Billing's key, registered with the ledger as a reader (`register_reader`): every read of
+    /// a customer's data is signed with it (`domain::client_read`). `None`: unsigned reads, which
+    /// only a development node (no peer authentication) serves.
+    pub ledger_key: Option<ed25519_dalek::SigningKey>,
 }
 
 /// The running bill of one customer (`GET /v1/customers/{id}/bill`).
@@ -142,7 +146,14 @@ async fn from_ledger<T: serde::de::DeserializeOwned>(
 ) -> Result<T, Response> {
     let url = format!("{}{path}", shared.config.ledger_url);
     let started = std::time::Instant::now();
-    let response = shared.http.get(url).send().await;
+    let mut request = shared.http.get(url);
+    if let Some(key) = &shared.config.ledger_key {
+        let now_ms = domain::clock::wall_clock_now().0;
+        for (name, value) in domain::client_read::sign_request(key, "GET", path, now_ms) {
+            request = request.header(name, value);
+        }
+    }
+    let response = request.send().await;
     shared.metrics.ledger_latency_seconds.observe(started.elapsed().as_secs_f64());
     let response = match response {
         Ok(response) => response,
@@ -156,6 +167,12 @@ async fn from_ledger<T: serde::de::DeserializeOwned>(
         StatusCode::OK => {}
         StatusCode::NOT_FOUND => {
             return Err(error(StatusCode::NOT_FOUND, "unknown_customer", format!("no customer {customer_id}")))
+        }
+        status @ (StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN) => {
+            shared.metrics.ledger_error("refused");
+            let body = response.text().await.unwrap_or_default();
+            tracing::error!(%status, body, "the ledger refused billing's read: is billing's key registered as a reader?");
+            return Err(error(StatusCode::BAD_GATEWAY, "ledger_refused", "the ledger refused billing's read"));
         }
         status => {
             shared.metrics.ledger_error("status");

@@ -101,6 +101,10 @@ string_id!(
     /// An edge gateway.
     GatewayId, "gateway id", ID_BYTES_MAX
 );
+string_id!(
+    /// A service governance registered to read private data (issue 15), e.g. `billing`.
+    ReaderId, "reader id", ID_BYTES_MAX
+);
 
 /// Which of a meter's keys signed a reading (keys rotate; old readings keep verifying).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]

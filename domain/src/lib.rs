@@ -9,6 +9,7 @@
 //! machine and settlement never call it (the leader stamps time into transactions).
 
 pub mod api;
+pub mod client_read;
 pub mod clock;
 pub mod codec;
 pub mod gov;

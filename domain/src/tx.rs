@@ -5,7 +5,7 @@ use ed25519_dalek::{Signer, SigningKey};
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 use crate::codec::{DecodeError, Reader, Writer};
-use crate::ids::{CustomerId, GatewayId, KeyId, MemberId, MeterId, TxId, UnixMillis, UnixSeconds};
+use crate::ids::{CustomerId, GatewayId, KeyId, MemberId, MeterId, ReaderId, TxId, UnixMillis, UnixSeconds};
 use crate::limits::{
     BATCH_READINGS_MAX, BINDING_JSON_BYTES_MAX, GOV_DOCUMENT_JSON_BYTES_MAX, PRICE_SERIES_JSON_BYTES_MAX,
     READING_BYTES, TARIFF_JSON_BYTES_MAX, TRANSACTION_BYTES_MAX,
@@ -215,6 +215,16 @@ pub enum AdminAction {
     RevokeMeasurement {
         measurement: [u8; 32],
     },
+    /// Register a service that may read every customer's private data (billing), by its key
+    /// (`ledger/src/client_auth.rs`). Registering an id again replaces its key.
+    RegisterReader {
+        reader_id: ReaderId,
+        public_key: [u8; 32],
+    },
+    /// Revoke a reader: its requests are refused from now on.
+    RevokeReader {
+        reader_id: ReaderId,
+    },
 }
 
 /// Longest node address in an admin action.
@@ -388,6 +398,12 @@ impl AdminAction {
             AdminAction::RevokeMeasurement { measurement } => {
                 writer.u8(21).fixed(measurement);
             }
+            AdminAction::RegisterReader { reader_id, public_key } => {
+                writer.u8(22).short_bytes(reader_id.as_str().as_bytes()).fixed(public_key);
+            }
+            AdminAction::RevokeReader { reader_id } => {
+                writer.u8(23).short_bytes(reader_id.as_str().as_bytes());
+            }
         }
     }
     pub(crate) fn decode(reader: &mut Reader<'_>) -> Result<Self, DecodeError> {
@@ -462,6 +478,11 @@ impl AdminAction {
             19 => Ok(AdminAction::RevokeNode { node_id: reader.u64()?, node_key: reader.array()? }),
             20 => Ok(AdminAction::AcceptMeasurement { measurement: reader.array()? }),
             21 => Ok(AdminAction::RevokeMeasurement { measurement: reader.array()? }),
+            22 => Ok(AdminAction::RegisterReader {
+                reader_id: decode_id(reader, "reader_id")?,
+                public_key: reader.array()?,
+            }),
+            23 => Ok(AdminAction::RevokeReader { reader_id: decode_id(reader, "reader_id")? }),
             other => Err(DecodeError::invalid("admin_action", format!("unknown kind {other}"))),
         }
     }

@@ -1,7 +1,7 @@
 //! Property tests of the codecs and the batch verifier, through the crate's public API.
 
 use domain::gov::{GovAct, Proposal, SignedGov};
-use domain::ids::{CustomerId, MemberId};
+use domain::ids::{CustomerId, MemberId, ReaderId};
 use domain::ids::{GatewayId, KeyId, MeterId, Sequence, TxId, UnixMillis, UnixSeconds};
 use domain::money::{Currency, UnitPrice};
 use domain::reading::{ClockStatus, FirmwareVersion, Reading, SignedReading, StatusFlags};
@@ -198,6 +198,12 @@ fn action_strategy() -> impl Strategy<Value = AdminAction> {
         (any::<u64>(), any::<[u8; 32]>()).prop_map(|(node_id, node_key)| AdminAction::RevokeNode { node_id, node_key }),
         any::<[u8; 32]>().prop_map(|measurement| AdminAction::AcceptMeasurement { measurement }),
         any::<[u8; 32]>().prop_map(|measurement| AdminAction::RevokeMeasurement { measurement }),
+        (id_strategy(), any::<[u8; 32]>()).prop_map(|(reader, public_key)| AdminAction::RegisterReader {
+            reader_id: ReaderId::new(reader).expect("valid id"),
+            public_key
+        }),
+        id_strategy()
+            .prop_map(|reader| AdminAction::RevokeReader { reader_id: ReaderId::new(reader).expect("valid id") }),
     ]
 }
 

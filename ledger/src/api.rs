@@ -65,15 +65,21 @@ pub struct AppState {
 /// The router of a ledger node.
 pub fn router(state: AppState) -> Router {
     // The client API reads the state: not while a snapshot install has replaced part of it.
+    // A household's data: only for entitled callers when this node authenticates (`client_auth.rs`).
+    let private = Router::new()
+        .route("/v1/customers/{customer_id}/account", get(customer_account))
+        .route("/v1/customers/{customer_id}/statements", get(crate::statements::customer_statements))
+        .route("/v1/customers/{customer_id}/intervals", get(crate::statements::customer_intervals))
+        .route("/v1/transactions/{tx_id}/claims", get(transaction_claims))
+        .route("/v1/history", get(history))
+        .route_layer(axum::middleware::from_fn_with_state(state.clone(), require_entitled_reader));
     let client_api = Router::new()
+        .merge(private)
         .route("/v1/readings", post(crate::submit::submit_readings))
         .route("/v1/meters", get(list_meters))
-        .route("/v1/customers/{customer_id}/account", get(customer_account))
         .route("/v1/transactions", get(list_transactions))
         .route("/v1/transactions/{tx_id}", get(transaction_status))
-        .route("/v1/transactions/{tx_id}/claims", get(transaction_claims))
         .route("/v1/receipts/{tx_id}", get(receipt))
-        .route("/v1/history", get(history))
         .route("/v1/admin", post(crate::admin::submit_admin))
         .route("/v1/config", get(public_config))
         .route("/v1/gov", post(crate::gov_api::submit_gov))
@@ -81,8 +87,6 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/gov/proposals/{proposal_id}", get(crate::gov_api::show_proposal))
         .route("/v1/gov/constitution", get(crate::gov_api::show_constitution))
         .route("/v1/tariffs", get(list_tariffs))
-        .route("/v1/customers/{customer_id}/statements", get(crate::statements::customer_statements))
-        .route("/v1/customers/{customer_id}/intervals", get(crate::statements::customer_intervals))
         .route_layer(axum::middleware::from_fn_with_state(state.clone(), refuse_while_installing));
     Router::new()
         .merge(client_api)
@@ -116,6 +120,62 @@ async fn refuse_while_installing(
         return error.into_response();
     }
     next.run(request).await
+}
+
+/// Private reads (`client_auth.rs`): on a node that authenticates its peers, served only to a
+/// caller whose signed request names a registered reader, a member or an admitted node; every
+/// one served is logged (who, what) and counted. A node without peer authentication (development)
+/// serves them to anyone, as it warned at start.
+async fn require_entitled_reader(
+    State(app): State<AppState>,
+    request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    if app.peer_trust.is_none() {
+        return next.run(request).await;
+    }
+    let path = request.uri().path().to_string();
+    let path_and_query = request.uri().path_and_query().map_or(path.clone(), |value| value.as_str().to_string());
+    let now_ms = domain::clock::wall_clock_now().0;
+    let caller =
+        crate::client_auth::authenticate(request.headers(), request.method().as_str(), &path_and_query, now_ms)
+            .and_then(|key| {
+                let readers = app.store.scan_prefix(Table::Public, crate::registry::READER_PREFIX);
+                let state = app.store.state();
+                let members = crate::governance::members(&state);
+                let nodes = app.store.scan_prefix(Table::Public, b"n/");
+                let node_of_key = |key: &[u8; 32]| {
+                    nodes.iter().find_map(|(stored, _)| {
+                        let id = u64::from_be_bytes(stored.get(2..10)?.try_into().ok()?);
+                        (stored.get(10..42) == Some(key.as_slice()) && !crate::registry::node_revoked(&state, id, key))
+                            .then_some(id)
+                    })
+                };
+                let entitlements = crate::client_auth::Entitlements {
+                    readers: &readers,
+                    members: &members,
+                    node_of_key: &node_of_key,
+                };
+                crate::client_auth::entitle(&key, &entitlements)
+            });
+    match caller {
+        Ok(caller) => {
+            let kind = match caller {
+                crate::client_auth::Caller::Reader(_) => "reader",
+                crate::client_auth::Caller::Member(_) => "member",
+                crate::client_auth::Caller::Node(_) => "node",
+            };
+            app.metrics.private_read(kind);
+            tracing::info!(%caller, path, "private read");
+            next.run(request).await
+        }
+        Err(refusal) => {
+            app.metrics.read_refused(refusal.code);
+            tracing::warn!(path, reason = refusal.code, message = %refusal.message, "private read refused");
+            let status = StatusCode::from_u16(refusal.status).unwrap_or(StatusCode::FORBIDDEN);
+            ApiError::new(status, refusal.code, refusal.message).into_response()
+        }
+    }
 }
 
 /// Seconds a client waits before asking a node that is installing a snapshot again.

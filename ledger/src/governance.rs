@@ -511,6 +511,10 @@ pub fn summary(action: &AdminAction) -> String {
         AdminAction::RevokeMeasurement { measurement } => {
             format!("revoke code measurement {}", hex::encode(measurement))
         }
+        AdminAction::RegisterReader { reader_id, public_key } => {
+            format!("register reader {reader_id} with key {}", hex::encode(public_key))
+        }
+        AdminAction::RevokeReader { reader_id } => format!("revoke reader {reader_id}"),
     }
 }
 

@@ -8,6 +8,7 @@ pub mod admission;
 pub mod api;
 pub mod attestation;
 pub mod audit;
+pub mod client_auth;
 pub mod danger;
 pub mod driver;
 pub mod entry;

@@ -48,6 +48,10 @@ pub struct Metrics {
     gateway_batches_refused: Family<ReasonLabels, Counter>,
     /// Raft requests answered 401 (`peer_auth.rs`), by reason.
     raft_refused: Family<ReasonLabels, Counter>,
+    /// Private reads refused (`client_auth.rs`), by reason.
+    reads_refused: Family<ReasonLabels, Counter>,
+    /// Private reads served, by the kind of caller (reader, member, node).
+    private_reads: Family<ReasonLabels, Counter>,
     /// Readings per proposed reading batch.
     pub batch_readings: Histogram,
     /// Seconds from proposing a transaction to its commit, application and covering signature.
@@ -101,6 +105,18 @@ impl Metrics {
             "Raft requests answered 401 (no credentials, not admitted, stale, bad signature, impersonation), by reason",
             raft_refused.clone(),
         );
+        let reads_refused = Family::<ReasonLabels, Counter>::default();
+        registry.register(
+            "private_reads_refused",
+            "Private reads answered 401/403 (no credentials, stale, bad signature, not entitled), by reason",
+            reads_refused.clone(),
+        );
+        let private_reads = Family::<ReasonLabels, Counter>::default();
+        registry.register(
+            "private_reads",
+            "Private reads served to entitled callers, by caller kind (reader, member, node)",
+            private_reads.clone(),
+        );
         let batch_readings = Histogram::new(exponential_buckets(1.0, 2.0, BATCH_BUCKETS));
         registry.register("batch_readings", "Readings per proposed batch", batch_readings.clone());
         let commit_latency_seconds = Histogram::new(exponential_buckets(0.001, 2.0, LATENCY_BUCKETS));
@@ -133,6 +149,8 @@ impl Metrics {
             admin_refused,
             gateway_batches_refused,
             raft_refused,
+            reads_refused,
+            private_reads,
             batch_readings,
             commit_latency_seconds,
             is_leader,
@@ -154,6 +172,14 @@ impl Metrics {
 
     pub(crate) fn raft_refused(&self, reason: &str) {
         self.raft_refused.get_or_create(&ReasonLabels { reason: reason.to_string() }).inc();
+    }
+
+    pub(crate) fn read_refused(&self, reason: &str) {
+        self.reads_refused.get_or_create(&ReasonLabels { reason: reason.to_string() }).inc();
+    }
+
+    pub(crate) fn private_read(&self, caller: &str) {
+        self.private_reads.get_or_create(&ReasonLabels { reason: caller.to_string() }).inc();
     }
 
     pub(crate) fn busy(&self, code: &'static str) {

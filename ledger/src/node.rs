@@ -323,13 +323,15 @@ async fn fetch_history_from(app: &AppState, http: &reqwest::Client, peer: &str, 
     while (records.len() as u64) < start {
         let from = records.len() as u64;
         let limit = (start - from).min(crate::limits::TRANSACTION_PAGE_MAX);
-        let page: Vec<crate::api::HistoryItem> = http
-            .get(format!("http://{peer}/v1/history?from={from}&limit={limit}"))
-            .send()
-            .await?
-            .error_for_status()?
-            .json()
-            .await?;
+        // Signed with this node's key: peers serve the history only to entitled callers.
+        let path = format!("/v1/history?from={from}&limit={limit}");
+        let mut request = http.get(format!("http://{peer}{path}"));
+        for (name, value) in
+            crate::client_auth::sign_request(&app.node_key, "GET", &path, domain::clock::wall_clock_now().0)
+        {
+            request = request.header(name, value);
+        }
+        let page: Vec<crate::api::HistoryItem> = request.send().await?.error_for_status()?.json().await?;
         if page.is_empty() {
             bail!("peer has no history from {from}");
         }

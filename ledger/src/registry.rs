@@ -8,7 +8,7 @@
 //! batch signature under that gateway's registered key, never a key carried in the request.
 
 use domain::codec::{DecodeError, Reader, Writer};
-use domain::ids::{CustomerId, GatewayId, KeyId, MeterId, UnixSeconds};
+use domain::ids::{CustomerId, GatewayId, KeyId, MeterId, ReaderId, UnixSeconds};
 use domain::keyring::{KeyRing, MeterKey};
 use domain::limits::METER_KEYS_MAX;
 use domain::tx::AdminAction;
@@ -259,6 +259,43 @@ pub fn accepted_measurements(store: &crate::store::Store) -> Vec<[u8; 32]> {
         .collect()
 }
 
+// ---- readers ----------------------------------------------------------------------------------
+
+/// Prefix of reader records (`client_auth.rs`): `rd/{reader id}` → status byte (1 registered,
+/// 0 revoked) and key.
+pub const READER_PREFIX: &[u8] = b"rd/";
+
+fn key_reader(reader: &ReaderId) -> Vec<u8> {
+    [READER_PREFIX, reader.as_str().as_bytes()].concat()
+}
+
+/// Among the reader records listed under [`READER_PREFIX`], the registered and unrevoked one
+/// whose key is `public_key`, by id.
+pub fn reader_with_key(readers: &[(Vec<u8>, Vec<u8>)], public_key: &[u8; 32]) -> Option<String> {
+    readers.iter().find_map(|(key, value)| {
+        (value.first() == Some(&1) && value.get(1..33) == Some(public_key.as_slice()))
+            .then(|| String::from_utf8_lossy(&key[READER_PREFIX.len()..]).into_owned())
+    })
+}
+
+fn register_reader(state: &mut Overlay<'_>, reader_id: &ReaderId, public_key: &[u8; 32]) -> Result<(), String> {
+    if !is_acceptable_public_key(public_key) {
+        return Err("weak_key: not a valid, non-small-order Ed25519 key".into());
+    }
+    state.put(Table::Public, key_reader(reader_id), [[1].as_slice(), public_key].concat());
+    Ok(())
+}
+
+fn revoke_reader(state: &mut Overlay<'_>, reader_id: &ReaderId) -> Result<(), String> {
+    match state.get(Table::Public, &key_reader(reader_id)) {
+        Some(value) if value.first() == Some(&1) && value.len() == 33 => {
+            state.put(Table::Public, key_reader(reader_id), [[0].as_slice(), &value[1..]].concat());
+            Ok(())
+        }
+        _ => Err(format!("unknown_reader: {reader_id} is not a registered reader")),
+    }
+}
+
 /// Carries out the registry's configuration actions; `None` for an action of another kind.
 pub(crate) fn execute(state: &mut Overlay<'_>, action: &AdminAction) -> Option<Result<(), String>> {
     Some(match action {
@@ -295,6 +332,8 @@ pub(crate) fn execute(state: &mut Overlay<'_>, action: &AdminAction) -> Option<R
             state.put(Table::Public, key_measurement(measurement), vec![0]);
             Ok(())
         }
+        AdminAction::RegisterReader { reader_id, public_key } => register_reader(state, reader_id, public_key),
+        AdminAction::RevokeReader { reader_id } => revoke_reader(state, reader_id),
         _ => return None,
     })
 }

@@ -706,7 +706,9 @@ pub(crate) fn execute_action(state: &mut Overlay<'_>, action: &AdminAction) -> R
         | AdminAction::RevokeGateway { .. }
         | AdminAction::RevokeNode { .. }
         | AdminAction::AcceptMeasurement { .. }
-        | AdminAction::RevokeMeasurement { .. } => {
+        | AdminAction::RevokeMeasurement { .. }
+        | AdminAction::RegisterReader { .. }
+        | AdminAction::RevokeReader { .. } => {
             unreachable!("registry actions are carried out by registry::execute")
         }
     }

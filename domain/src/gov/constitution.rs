@@ -111,6 +111,8 @@ pub enum ActionKind {
     RevokeNode,
     AcceptMeasurement,
     RevokeMeasurement,
+    RegisterReader,
+    RevokeReader,
 }
 
 impl ActionKind {
@@ -138,6 +140,8 @@ impl ActionKind {
             AdminAction::RevokeNode { .. } => ActionKind::RevokeNode,
             AdminAction::AcceptMeasurement { .. } => ActionKind::AcceptMeasurement,
             AdminAction::RevokeMeasurement { .. } => ActionKind::RevokeMeasurement,
+            AdminAction::RegisterReader { .. } => ActionKind::RegisterReader,
+            AdminAction::RevokeReader { .. } => ActionKind::RevokeReader,
         }
     }
 

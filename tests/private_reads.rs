@@ -1,0 +1,128 @@
+//! Private reads need an entitled caller (issue 15). On the sandbox's authenticated cluster every
+//! endpoint that shows a household's data — account, statements, intervals, a transaction's
+//! claims, the history — is refused without credentials (401), with a stranger's key (403
+//! `not_entitled`), and with a signature made for another customer's path (401); it is served to
+//! billing's registered reader key and to a member's key. Billing, signing with its key, serves
+//! the running bill; once governance revokes billing as a reader, the ledger refuses it.
+
+use std::time::Duration;
+
+use ed25519_dalek::SigningKey;
+
+use crate::support::{poll_until, wattle, Process, CLUSTER_SERIAL};
+use crate::verifiable::run;
+
+async fn get(
+    http: &reqwest::Client,
+    url: &str,
+    path: &str,
+    key: Option<&SigningKey>,
+    signed_path: Option<&str>,
+) -> anyhow::Result<(u16, serde_json::Value)> {
+    let mut request = http.get(format!("{url}{path}"));
+    if let Some(key) = key {
+        let now_ms = domain::clock::wall_clock_now().0;
+        for (name, value) in domain::client_read::sign_request(key, "GET", signed_path.unwrap_or(path), now_ms) {
+            request = request.header(name, value);
+        }
+    }
+    let response = request.send().await?;
+    let status = response.status().as_u16();
+    let text = response.text().await?;
+    Ok((status, serde_json::from_str(&text).unwrap_or(serde_json::Value::String(text))))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn private_reads_are_served_only_to_entitled_callers() -> anyhow::Result<()> {
+    let _serial = CLUSTER_SERIAL.lock().await;
+    let dir = tempfile::tempdir()?;
+    let data = dir.path().join("sandbox");
+    let mut command = wattle();
+    command.arg("sandbox").args(["--meters", "2"]).arg("--data-dir").arg(&data);
+    let mut sandbox = Process::spawn("sandbox", dir.path(), command)?;
+    let terminal = dir.path().join("sandbox.log");
+    let billing_url = poll_until("the sandbox's banner", Duration::from_secs(120), || async {
+        let text = std::fs::read_to_string(&terminal).ok()?;
+        text.contains("Wattle sandbox is running").then_some(())?;
+        let line = text.lines().find(|line| line.trim_start().starts_with("billing "))?;
+        Some(line.split_whitespace().nth(1)?.to_string())
+    })
+    .await
+    .map_err(|error| anyhow::anyhow!("{error}\n{}", sandbox.log_tail()))?;
+    let nodes: Vec<(u64, String)> = serde_json::from_str(&std::fs::read_to_string(data.join("nodes.json"))?)?;
+    let url = format!("http://{}", nodes[0].1);
+    let http = reqwest::Client::builder().timeout(Duration::from_secs(15)).build()?;
+    let customer = firmware_sim::customer_id(0);
+    let other = firmware_sim::customer_id(1);
+
+    // A settled readings transaction, for its claims.
+    let tx_id = poll_until("a settled readings transaction", Duration::from_secs(60), || async {
+        let page = crate::support::get_json(&http, &format!("{url}/v1/transactions?from=0")).await?;
+        let found = page["transactions"].as_array()?.iter().find(|t| t["kind"] == "readings")?.clone();
+        Some(found["tx_id"].as_str()?.to_string())
+    })
+    .await?;
+    let billing = ledger::node::read_signing_key(&data.join("billing.key"))?;
+    let member = ledger::node::read_signing_key(&data.join("supplier.key"))?;
+    let stranger = SigningKey::from_bytes(&[77; 32]);
+    let private = [
+        format!("/v1/customers/{customer}/account"),
+        format!("/v1/customers/{customer}/statements"),
+        format!("/v1/customers/{customer}/intervals"),
+        format!("/v1/transactions/{tx_id}/claims"),
+        "/v1/history?from=0&limit=1".to_string(),
+    ];
+    for path in &private {
+        let (status, body) = get(&http, &url, path, None, None).await?;
+        assert_eq!((status, body["code"].as_str()), (401, Some("missing_client_credentials")), "{path}: {body}");
+        let (status, body) = get(&http, &url, path, Some(&stranger), None).await?;
+        assert_eq!((status, body["code"].as_str()), (403, Some("not_entitled")), "{path}: {body}");
+        let (status, body) = get(&http, &url, path, Some(&billing), None).await?;
+        assert_eq!(status, 200, "billing's reader key on {path}: {body}");
+        let (status, body) = get(&http, &url, path, Some(&member), None).await?;
+        assert_eq!(status, 200, "a member's key on {path}: {body}");
+    }
+    // A signature is for one path: billing's read of one customer does not open another's.
+    let signed_for = format!("/v1/customers/{customer}/account");
+    let (status, body) =
+        get(&http, &url, &format!("/v1/customers/{other}/account"), Some(&billing), Some(&signed_for)).await?;
+    assert_eq!((status, body["code"].as_str()), (401, Some("bad_client_signature")), "{body}");
+    // Public reads stay public: the transaction list and receipts name no household.
+    assert_eq!(get(&http, &url, "/v1/transactions?from=0", None, None).await?.0, 200);
+
+    // Billing signs its reads with its key: the running bill is served.
+    let (status, body) = get(&http, &billing_url, &format!("/v1/customers/{customer}/bill"), None, None).await?;
+    assert_eq!(status, 200, "billing's bill: {body}");
+
+    // Governance revokes billing as a reader: from then on the ledger refuses it.
+    std::fs::write(
+        dir.path().join("revoke.toml"),
+        "title = \"revoke billing\"\n[[action]]\nkind = \"revoke_reader\"\nreader_id = \"billing\"\n",
+    )?;
+    let gov = |member: &str, args: &[&str]| {
+        run(wattle()
+            .arg("gov")
+            .args(args)
+            .args(["--ledger", &url, "--json", "--member-key"])
+            .arg(data.join(format!("{member}.key"))))
+    };
+    let (ok, output) = gov("supplier", &["propose", dir.path().join("revoke.toml").to_str().expect("utf-8")])?;
+    assert!(ok, "{output}");
+    let id = crate::governance::proposal_of(&output)?.record.id;
+    let (ok, output) = gov("grid", &["vote", &id, "--approve"])?;
+    assert!(ok && output.contains("accepted"), "{output}");
+    let path = &private[0];
+    poll_until("billing's key refused after its revocation", Duration::from_secs(20), || async {
+        let (status, body) = get(&http, &url, path, Some(&billing), None).await.ok()?;
+        (status == 403 && body["code"] == "not_entitled").then_some(())
+    })
+    .await?;
+    let (status, body) = get(&http, &billing_url, &format!("/v1/customers/{customer}/bill"), None, None).await?;
+    assert_eq!((status, body["code"].as_str()), (502, Some("ledger_refused")), "{body}");
+    let metrics = http.get(format!("{url}/metrics")).send().await?.text().await?;
+    assert!(metrics.contains("wattle_ledger_private_reads_refused_total{reason=\"not_entitled\"}"), "{metrics}");
+    sandbox.signal("INT")?;
+    let status = sandbox.wait(Duration::from_secs(30)).await?;
+    anyhow::ensure!(status.success(), "the sandbox stopped with {status}:\n{}", sandbox.log_tail());
+    Ok(())
+}
