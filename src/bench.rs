@@ -185,6 +185,7 @@ async fn ledger_cluster(
             node_id: *id,
             data_dir: dir.join(format!("node-{id}")),
             listen: address.parse()?,
+            raft_listen: None,
             bootstrap: false,
             init_members: members.clone(),
             admin_config: (*id == 1).then(|| dir.join("ledger.toml")),

@@ -220,9 +220,15 @@ struct NodeArgs {
     /// Directory for the node's RocksDB database and snapshots.
     #[arg(long, required = true)]
     data_dir: Option<PathBuf>,
-    /// Address to serve the API and raft RPCs on (port 0: pick a free one).
+    /// Address to serve the client API on (port 0: pick a free one); also raft RPCs unless
+    /// `--raft-listen` gives them a port of their own.
     #[arg(long, default_value = "127.0.0.1:7000")]
     listen: SocketAddr,
+    /// Serve raft (and node-to-node traffic) on this address only, off the client port, so a
+    /// firewall can open it to the other nodes alone; `--init-members` then names these
+    /// addresses.
+    #[arg(long)]
+    raft_listen: Option<SocketAddr>,
     /// Initialise a new single-node cluster if this node was never initialised.
     #[arg(long, conflicts_with = "init_members")]
     bootstrap: bool,
@@ -800,6 +806,7 @@ async fn run(command: Command) -> anyhow::Result<()> {
                 node_id: args.node_id,
                 data_dir: args.data_dir.context("--data-dir is required")?,
                 listen: args.listen,
+                raft_listen: args.raft_listen,
                 bootstrap: args.bootstrap,
                 init_members: args.init_members,
                 admin_config: args.admin_config,

@@ -112,13 +112,15 @@ pub async fn run(args: SandboxArgs) -> anyhow::Result<()> {
     let broker_port = free_port()?;
     crate::broker::start(broker_port).await?;
     // Three ledger nodes, as the consortium runs it: supplier, grid operator, regulator.
-    let members = node_addresses(&data_dir)?;
+    // Raft on ports of their own (`raft_nodes.json`), off the client ports (`nodes.json`).
+    let clients = node_addresses(&data_dir, "nodes.json")?;
+    let members = node_addresses(&data_dir, "raft_nodes.json")?;
     // The service key endorses each node's signing key: peers take raft requests only from
     // endorsed nodes (`ledger::peer_auth`), and every receipt verifies offline.
     let service_key_path = data_dir.join("service.key");
     let service_key = ledger::node::load_or_create_key(&service_key_path)?;
     let mut starting = Vec::new();
-    for (id, address) in &members {
+    for ((id, address), (_, raft_address)) in clients.iter().zip(&members) {
         let node_dir = data_dir.join(format!("node-{id}"));
         ledger::store::create_private_dir(&node_dir)?;
         let node_key = ledger::node::load_or_create_key(&node_dir.join("node.key"))?;
@@ -130,6 +132,7 @@ pub async fn run(args: SandboxArgs) -> anyhow::Result<()> {
             node_id: *id,
             data_dir: data_dir.join(format!("node-{id}")),
             listen: address.parse()?,
+            raft_listen: Some(raft_address.parse()?),
             bootstrap: false,
             init_members: members.clone(),
             admin_config: (*id == 1).then(|| admin_config.clone()),
@@ -476,10 +479,11 @@ fn governance_config(data_dir: &std::path::Path) -> anyhow::Result<String> {
     Ok(text)
 }
 
-/// The ledger nodes' addresses: chosen on the first run and kept in `DATA_DIR/nodes.json`, since
-/// the raft membership a data directory holds names them (a restart on new ports finds no quorum).
-fn node_addresses(data_dir: &std::path::Path) -> anyhow::Result<Vec<(u64, String)>> {
-    let path = data_dir.join("nodes.json");
+/// The ledger nodes' addresses: chosen on the first run and kept in `DATA_DIR/FILE` (client
+/// ports in `nodes.json`, raft ports in `raft_nodes.json`), since the raft membership a data
+/// directory holds names them (a restart on new ports finds no quorum).
+fn node_addresses(data_dir: &std::path::Path, file: &str) -> anyhow::Result<Vec<(u64, String)>> {
+    let path = data_dir.join(file);
     if path.exists() {
         let text = std::fs::read_to_string(&path)?;
         return serde_json::from_str(&text).with_context(|| format!("parsing {}", path.display()));

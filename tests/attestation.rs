@@ -7,7 +7,7 @@
 
 use std::time::Duration;
 
-use crate::support::{poll_until, wattle, Process, CLUSTER_SERIAL};
+use crate::support::{poll_until, wattle, Process, Sandbox, CLUSTER_SERIAL};
 use crate::verifiable::run;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -15,17 +15,8 @@ async fn a_rebuilt_binary_gets_the_secrets_only_after_governance_accepts_its_mea
     let _serial = CLUSTER_SERIAL.lock().await;
     let dir = tempfile::tempdir()?;
     let path = |name: &str| dir.path().join(name);
-    let data = path("sandbox");
-    let mut command = wattle();
-    command.arg("sandbox").args(["--meters", "2"]).arg("--data-dir").arg(&data);
-    let mut sandbox = Process::spawn("sandbox", dir.path(), command)?;
-    let terminal = dir.path().join("sandbox.log");
-    poll_until("the sandbox's banner", Duration::from_secs(120), || async {
-        std::fs::read_to_string(&terminal).ok()?.contains("Wattle sandbox is running").then_some(())
-    })
-    .await
-    .map_err(|error| anyhow::anyhow!("{error}\n{}", sandbox.log_tail()))?;
-    let nodes: Vec<(u64, String)> = serde_json::from_str(&std::fs::read_to_string(data.join("nodes.json"))?)?;
+    let sandbox = Sandbox::start(dir.path(), "sandbox", 2, &[]).await?;
+    let (data, nodes) = (sandbox.data.clone(), sandbox.nodes.clone());
 
     // The rebuilt binary: same code, one more byte sequence at its end, another measurement.
     let rebuilt = path("wattle-rebuilt");
@@ -52,8 +43,13 @@ async fn a_rebuilt_binary_gets_the_secrets_only_after_governance_accepts_its_mea
     anyhow::ensure!(ok, "endorsement: {endorsement}");
     let service_public = ledger::node::read_signing_key(&data.join("service.key"))?.verifying_key().to_bytes();
     let port = crate::support::free_port();
-    let members: Vec<String> =
-        nodes.iter().map(|(id, address)| format!("{id}={address}")).chain([format!("4=127.0.0.1:{port}")]).collect();
+    // The cluster's raft ports: where node 4 asks for the secrets.
+    let members: Vec<String> = sandbox
+        .raft_nodes
+        .iter()
+        .map(|(id, address)| format!("{id}={address}"))
+        .chain([format!("4=127.0.0.1:{port}")])
+        .collect();
     let mut node = std::process::Command::new(&rebuilt);
     node.args(["node", "--node-id", "4", "--listen", &format!("127.0.0.1:{port}")])
         .arg("--data-dir")
@@ -100,24 +96,12 @@ async fn a_rebuilt_binary_gets_the_secrets_only_after_governance_accepts_its_mea
     })
     .await?;
     let leader_url = format!("http://{}", leader.1);
-    std::fs::write(
-        path("accept.toml"),
-        format!(
+    sandbox.pass(
+        &leader_url,
+        &format!(
             "title = \"accept the rebuilt wattle\"\n[[action]]\nkind = \"accept_measurement\"\nmeasurement = \"{measurement}\"\n"
         ),
     )?;
-    let gov = |member: &str, args: &[&str]| {
-        run(wattle()
-            .arg("gov")
-            .args(args)
-            .args(["--ledger", &leader_url, "--json", "--member-key"])
-            .arg(data.join(format!("{member}.key"))))
-    };
-    let (ok, output) = gov("supplier", &["propose", path("accept.toml").to_str().expect("utf-8")])?;
-    assert!(ok, "{output}");
-    let id = crate::governance::proposal_of(&output)?.record.id;
-    let (ok, output) = gov("grid", &["vote", &id, "--approve"])?;
-    assert!(ok && output.contains("accepted"), "{output}");
 
     // Now node 4 gets the secrets, wrapped for its X25519 key, and serves.
     let address = node_4.ready_address_within(&path("node-4.ready"), Duration::from_secs(60)).await?;
@@ -128,8 +112,5 @@ async fn a_rebuilt_binary_gets_the_secrets_only_after_governance_accepts_its_mea
     let founder = ledger::provision::load_local(&data.join("node-1"))?.expect("node 1 keeps its secrets");
     assert_eq!(received.encode(), founder.encode(), "node 4 holds other secrets than the cluster");
     node_4.kill()?;
-    sandbox.signal("INT")?;
-    let status = sandbox.wait(Duration::from_secs(30)).await?;
-    anyhow::ensure!(status.success(), "the sandbox stopped with {status}:\n{}", sandbox.log_tail());
-    Ok(())
+    sandbox.stop().await
 }

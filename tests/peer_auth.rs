@@ -12,7 +12,7 @@ use anyhow::Context;
 use ed25519_dalek::SigningKey;
 use ledger::peer_auth::PeerCredentials;
 
-use crate::support::{poll_until, wattle, Process, CLUSTER_SERIAL};
+use crate::support::{poll_until, wattle, Process, Sandbox, CLUSTER_SERIAL};
 
 /// A vote request as a candidate with a much higher term and a much longer log would send it.
 fn hostile_vote(candidate: u64) -> Vec<u8> {
@@ -71,18 +71,14 @@ async fn refused_at(
 async fn raft_requests_from_nodes_the_consortium_did_not_admit_are_refused() -> anyhow::Result<()> {
     let _serial = CLUSTER_SERIAL.lock().await;
     let dir = tempfile::tempdir()?;
-    let data = dir.path().join("sandbox");
-    let mut command = wattle();
-    command.arg("sandbox").args(["--meters", "4"]).arg("--data-dir").arg(&data);
-    let mut sandbox = Process::spawn("sandbox", dir.path(), command)?;
-    let terminal = dir.path().join("sandbox.log");
-    poll_until("the sandbox's banner", Duration::from_secs(120), || async {
-        std::fs::read_to_string(&terminal).ok()?.contains("Wattle sandbox is running").then_some(())
-    })
-    .await
-    .map_err(|error| anyhow::anyhow!("{error}\n{}", sandbox.log_tail()))?;
-    let nodes: Vec<(u64, String)> = serde_json::from_str(&std::fs::read_to_string(data.join("nodes.json"))?)?;
+    let sandbox = Sandbox::start(dir.path(), "sandbox", 4, &[]).await?;
+    // Raft is served on ports of its own; the client ports have no `/raft/...` at all.
+    let (data, nodes) = (sandbox.data.clone(), sandbox.raft_nodes.clone());
     let http = reqwest::Client::builder().timeout(Duration::from_secs(10)).build()?;
+    for (_, client) in &sandbox.nodes {
+        let answer = http.post(format!("http://{client}/raft/vote")).body(hostile_vote(9)).send().await?;
+        assert_eq!(answer.status(), 404, "the client port {client} serves raft");
+    }
     let mut leader = None;
     for (id, address) in &nodes {
         if health(&http, address).await?.is_leader {
@@ -200,29 +196,11 @@ async fn raft_requests_from_nodes_the_consortium_did_not_admit_are_refused() -> 
     // The same signed request again, as an attacker who captured it would send it.
     let replayed: serde_json::Value = send(heard, sealed).await?.json().await?;
     assert_eq!(replayed["code"], "replayed_request", "{replayed}");
-    let proposal = dir.path().join("revoke.toml");
-    std::fs::write(
-        &proposal,
-        format!(
-            "title = \"revoke node 3\"\n[[action]]\nkind = \"revoke_node\"\nnode_id = 3\nnode_key = \"{}\"\n",
-            hex::encode(node_3_public)
-        ),
-    )?;
-    let leader_url = format!("http://{leader_address}");
-    let gov = |member: &str, args: &[&str]| {
-        crate::verifiable::run(
-            wattle()
-                .arg("gov")
-                .args(args)
-                .args(["--ledger", &leader_url, "--json", "--member-key"])
-                .arg(data.join(format!("{member}.key"))),
-        )
-    };
-    let (ok, output) = gov("supplier", &["propose", proposal.to_str().expect("utf-8")])?;
-    assert!(ok, "{output}");
-    let id = crate::governance::proposal_of(&output)?.record.id;
-    let (ok, output) = gov("grid", &["vote", &id, "--approve"])?;
-    assert!(ok && output.contains("accepted"), "{output}");
+    let proposal = format!(
+        "title = \"revoke node 3\"\n[[action]]\nkind = \"revoke_node\"\nnode_id = 3\nnode_key = \"{}\"\n",
+        hex::encode(node_3_public)
+    );
+    sandbox.pass(&format!("http://{leader_address}"), &proposal)?;
     poll_until("node 3's revocation applied", Duration::from_secs(20), || async {
         let (headers, sealed) = signed_sealed();
         let answer = send(headers, sealed).await.ok()?;
@@ -230,10 +208,7 @@ async fn raft_requests_from_nodes_the_consortium_did_not_admit_are_refused() -> 
         (body["code"] == "revoked_node").then_some(())
     })
     .await?;
-    sandbox.signal("INT")?;
-    let status = sandbox.wait(Duration::from_secs(30)).await?;
-    anyhow::ensure!(status.success(), "the sandbox stopped with {status}:\n{}", sandbox.log_tail());
-    Ok(())
+    sandbox.stop().await
 }
 
 /// The operator's way: `wattle keygen` for the node and the service, `wattle node endorsement`

@@ -7,10 +7,10 @@
 
 use std::time::Duration;
 
+use anyhow::Context;
 use ed25519_dalek::SigningKey;
 
-use crate::support::{poll_until, wattle, Process, CLUSTER_SERIAL};
-use crate::verifiable::run;
+use crate::support::{poll_until, Sandbox, CLUSTER_SERIAL};
 
 async fn get(
     http: &reqwest::Client,
@@ -36,21 +36,16 @@ async fn get(
 async fn private_reads_are_served_only_to_entitled_callers() -> anyhow::Result<()> {
     let _serial = CLUSTER_SERIAL.lock().await;
     let dir = tempfile::tempdir()?;
-    let data = dir.path().join("sandbox");
-    let mut command = wattle();
-    command.arg("sandbox").args(["--meters", "2"]).arg("--data-dir").arg(&data);
-    let mut sandbox = Process::spawn("sandbox", dir.path(), command)?;
-    let terminal = dir.path().join("sandbox.log");
-    let billing_url = poll_until("the sandbox's banner", Duration::from_secs(120), || async {
-        let text = std::fs::read_to_string(&terminal).ok()?;
-        text.contains("Wattle sandbox is running").then_some(())?;
-        let line = text.lines().find(|line| line.trim_start().starts_with("billing "))?;
-        Some(line.split_whitespace().nth(1)?.to_string())
-    })
-    .await
-    .map_err(|error| anyhow::anyhow!("{error}\n{}", sandbox.log_tail()))?;
-    let nodes: Vec<(u64, String)> = serde_json::from_str(&std::fs::read_to_string(data.join("nodes.json"))?)?;
-    let url = format!("http://{}", nodes[0].1);
+    let sandbox = Sandbox::start(dir.path(), "sandbox", 2, &[]).await?;
+    let data = sandbox.data.clone();
+    let banner = std::fs::read_to_string(&sandbox.terminal)?;
+    let billing_url = banner
+        .lines()
+        .find(|line| line.trim_start().starts_with("billing "))
+        .and_then(|line| line.split_whitespace().nth(1))
+        .context("the banner names billing's address")?
+        .to_string();
+    let url = format!("http://{}", sandbox.nodes[0].1);
     let http = reqwest::Client::builder().timeout(Duration::from_secs(15)).build()?;
     let customer = firmware_sim::customer_id(0);
     let other = firmware_sim::customer_id(1);
@@ -95,22 +90,8 @@ async fn private_reads_are_served_only_to_entitled_callers() -> anyhow::Result<(
     assert_eq!(status, 200, "billing's bill: {body}");
 
     // Governance revokes billing as a reader: from then on the ledger refuses it.
-    std::fs::write(
-        dir.path().join("revoke.toml"),
-        "title = \"revoke billing\"\n[[action]]\nkind = \"revoke_reader\"\nreader_id = \"billing\"\n",
-    )?;
-    let gov = |member: &str, args: &[&str]| {
-        run(wattle()
-            .arg("gov")
-            .args(args)
-            .args(["--ledger", &url, "--json", "--member-key"])
-            .arg(data.join(format!("{member}.key"))))
-    };
-    let (ok, output) = gov("supplier", &["propose", dir.path().join("revoke.toml").to_str().expect("utf-8")])?;
-    assert!(ok, "{output}");
-    let id = crate::governance::proposal_of(&output)?.record.id;
-    let (ok, output) = gov("grid", &["vote", &id, "--approve"])?;
-    assert!(ok && output.contains("accepted"), "{output}");
+    sandbox
+        .pass(&url, "title = \"revoke billing\"\n[[action]]\nkind = \"revoke_reader\"\nreader_id = \"billing\"\n")?;
     let path = &private[0];
     poll_until("billing's key refused after its revocation", Duration::from_secs(20), || async {
         let (status, body) = get(&http, &url, path, Some(&billing), None).await.ok()?;
@@ -121,8 +102,5 @@ async fn private_reads_are_served_only_to_entitled_callers() -> anyhow::Result<(
     assert_eq!((status, body["code"].as_str()), (502, Some("ledger_refused")), "{body}");
     let metrics = http.get(format!("{url}/metrics")).send().await?.text().await?;
     assert!(metrics.contains("wattle_ledger_private_reads_refused_total{reason=\"not_entitled\"}"), "{metrics}");
-    sandbox.signal("INT")?;
-    let status = sandbox.wait(Duration::from_secs(30)).await?;
-    anyhow::ensure!(status.success(), "the sandbox stopped with {status}:\n{}", sandbox.log_tail());
-    Ok(())
+    sandbox.stop().await
 }

@@ -12,48 +12,27 @@ use std::time::Duration;
 
 use anyhow::Context;
 
-use crate::support::{poll_until, wattle, Process, CLUSTER_SERIAL};
+use crate::support::{poll_until, wattle, Sandbox, CLUSTER_SERIAL};
 use crate::verifiable::{operator_public_key, run};
-
-async fn sandbox_until_banner(dir: &Path, data: &Path, name: &str) -> anyhow::Result<Process> {
-    let mut command = wattle();
-    command.arg("sandbox").args(["--meters", "2"]).arg("--data-dir").arg(data);
-    let sandbox = Process::spawn(name, dir, command)?;
-    let terminal = dir.join(format!("{name}.log"));
-    poll_until("the sandbox's banner", Duration::from_secs(120), || async {
-        std::fs::read_to_string(&terminal).ok()?.contains("Wattle sandbox is running").then_some(())
-    })
-    .await
-    .map_err(|error| anyhow::anyhow!("{error}\n{}", sandbox.log_tail()))?;
-    Ok(sandbox)
-}
-
-async fn stop(mut sandbox: Process) -> anyhow::Result<()> {
-    sandbox.signal("INT")?;
-    let status = sandbox.wait(Duration::from_secs(30)).await?;
-    anyhow::ensure!(status.success(), "the sandbox stopped with {status}:\n{}", sandbox.log_tail());
-    Ok(())
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn k_members_shares_restore_the_secrets_and_old_receipts_still_verify() -> anyhow::Result<()> {
     let _serial = CLUSTER_SERIAL.lock().await;
     let dir = tempfile::tempdir()?;
     let path = |name: &str| dir.path().join(name);
-    let data = path("sandbox");
     let http = reqwest::Client::builder().timeout(Duration::from_secs(15)).build()?;
 
     // Run the cluster until node 1 has settled readings, note one transaction, stop.
-    let sandbox = sandbox_until_banner(dir.path(), &data, "sandbox").await?;
-    let nodes: Vec<(u64, String)> = serde_json::from_str(&std::fs::read_to_string(data.join("nodes.json"))?)?;
-    let url = format!("http://{}", nodes[0].1);
+    let sandbox = Sandbox::start(dir.path(), "sandbox", 2, &[]).await?;
+    let data = sandbox.data.clone();
+    let url = format!("http://{}", sandbox.nodes[0].1);
     let tx_id = poll_until("a settled readings transaction", Duration::from_secs(60), || async {
         let page = crate::support::get_json(&http, &format!("{url}/v1/transactions?from=0")).await?;
         let found = page["transactions"].as_array()?.iter().find(|t| t["kind"] == "readings")?.clone();
         Some(found["tx_id"].as_str()?.to_string())
     })
     .await?;
-    stop(sandbox).await?;
+    sandbox.stop().await?;
 
     // Node 1 splits its secrets 2 of 3, signed under its endorsement.
     let service = ledger::node::read_signing_key(&data.join("service.key"))?;
@@ -136,7 +115,7 @@ async fn k_members_shares_restore_the_secrets_and_old_receipts_still_verify() ->
     assert_eq!(restored, original, "the restored ring differs from the one split");
 
     // The cluster runs again on its old data; the old receipt verifies under the same service key.
-    let sandbox = sandbox_until_banner(dir.path(), &data, "sandbox-after").await?;
+    let sandbox = Sandbox::start(dir.path(), "sandbox-after", 2, &[]).await?;
     let receipt = poll_until("the old transaction's receipt", Duration::from_secs(60), || async {
         let response = http.get(format!("{url}/v1/receipts/{tx_id}")).send().await.ok()?;
         if !response.status().is_success() {
@@ -149,6 +128,5 @@ async fn k_members_shares_restore_the_secrets_and_old_receipts_still_verify() ->
     let (ok, output) =
         run(wattle().args(["receipt", "verify"]).arg(path("receipt.bin")).args(["--service-key", &service_public]))?;
     assert!(ok && output.contains(&tx_id), "the old receipt does not verify after recovery: {output}");
-    stop(sandbox).await?;
-    Ok(())
+    sandbox.stop().await
 }

@@ -308,3 +308,67 @@ pub fn sim_published(dir: &Path) -> Option<u64> {
         log[at..].chars().skip_while(|c| !c.is_ascii_digit()).take_while(char::is_ascii_digit).collect();
     digits.parse().ok()
 }
+
+/// A running `wattle sandbox` (authenticated three-node cluster, governance, billing, meters)
+/// with its data directory, started in `dir` and waited for until its banner is printed.
+pub struct Sandbox {
+    pub process: Process,
+    pub data: std::path::PathBuf,
+    /// The terminal output (`dir/NAME.log`): the banner names every service's address.
+    pub terminal: std::path::PathBuf,
+    /// The ledger nodes' client ports (id, HOST:PORT), from `DATA_DIR/nodes.json`.
+    pub nodes: Vec<(u64, String)>,
+    /// Their raft ports (id, HOST:PORT), from `DATA_DIR/raft_nodes.json`: raft and node-to-node
+    /// traffic only (they also serve the client API, for forwarded writes and history fetches).
+    pub raft_nodes: Vec<(u64, String)>,
+}
+
+impl Sandbox {
+    /// Starts `wattle sandbox --meters METERS --data-dir DIR/sandbox ARGS`, logging to
+    /// `DIR/NAME.log`, and waits (at most two minutes) for its banner.
+    pub async fn start(dir: &Path, name: &str, meters: u32, args: &[&str]) -> anyhow::Result<Sandbox> {
+        let data = dir.join("sandbox");
+        let mut command = wattle();
+        command.arg("sandbox").args(["--meters", &meters.to_string()]).arg("--data-dir").arg(&data).args(args);
+        let process = Process::spawn(name, dir, command)?;
+        let terminal = dir.join(format!("{name}.log"));
+        poll_until("the sandbox's banner", Duration::from_secs(120), || async {
+            std::fs::read_to_string(&terminal).ok()?.contains("Wattle sandbox is running").then_some(())
+        })
+        .await
+        .map_err(|error| anyhow::anyhow!("{error}\n{}", process.log_tail()))?;
+        let nodes = serde_json::from_str(&std::fs::read_to_string(data.join("nodes.json"))?)?;
+        let raft_nodes = serde_json::from_str(&std::fs::read_to_string(data.join("raft_nodes.json"))?)?;
+        Ok(Sandbox { process, data, terminal, nodes, raft_nodes })
+    }
+
+    /// Passes a governance proposal (TOML text) with the sandbox's members: supplier proposes,
+    /// grid approves (a majority of the three voting members).
+    pub fn pass(&self, url: &str, proposal: &str) -> anyhow::Result<()> {
+        let file = self.data.join(format!("proposal-{}.toml", rand::random::<u32>()));
+        std::fs::write(&file, proposal)?;
+        let gov = |member: &str, args: &[&str]| {
+            crate::verifiable::run(
+                wattle()
+                    .arg("gov")
+                    .args(args)
+                    .args(["--ledger", url, "--json", "--member-key"])
+                    .arg(self.data.join(format!("{member}.key"))),
+            )
+        };
+        let (ok, output) = gov("supplier", &["propose", file.to_str().expect("a UTF-8 path")])?;
+        anyhow::ensure!(ok, "propose: {output}");
+        let id = crate::governance::proposal_of(&output)?.record.id;
+        let (ok, output) = gov("grid", &["vote", &id, "--approve"])?;
+        anyhow::ensure!(ok && output.contains("accepted"), "vote: {output}");
+        Ok(())
+    }
+
+    /// Stops it with SIGINT; it must exit cleanly within 30 s.
+    pub async fn stop(mut self) -> anyhow::Result<()> {
+        self.process.signal("INT")?;
+        let status = self.process.wait(Duration::from_secs(30)).await?;
+        anyhow::ensure!(status.success(), "the sandbox stopped with {status}:\n{}", self.process.log_tail());
+        Ok(())
+    }
+}

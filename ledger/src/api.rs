@@ -1,5 +1,5 @@
-//! The ledger's HTTP API: the client API used by gateways and billing (`/v1/...`), the raft RPC
-//! endpoints (`/raft/...`), `/healthz` and `/metrics`.
+//! The ledger's HTTP API: the client API used by gateways and billing (`/v1/...`), `/healthz`
+//! and `/metrics`, and the router that also mounts the raft RPC endpoints (`raft_api.rs`).
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -13,7 +13,6 @@ use domain::api::{CustomerAccount, ErrorBody, MeterInfo, TransactionPage, Transa
 use domain::ids::{CustomerId, TxId};
 use domain::settlement::RULES_VERSION;
 use domain::tx::{Transaction, TxBody};
-use openraft::raft::{AppendEntriesRequest, InstallSnapshotRequest, VoteRequest};
 use openraft::{EntryPayload, Raft};
 use serde::Deserialize;
 
@@ -62,8 +61,18 @@ pub struct AppState {
     pub replay_guard: Arc<std::sync::Mutex<crate::peer_auth::ReplayGuard>>,
 }
 
-/// The router of a ledger node.
+/// The router of a ledger node: the client API, `/healthz`, `/metrics` and the raft endpoints.
 pub fn router(state: AppState) -> Router {
+    routes(state, true)
+}
+
+/// The client port of a node that serves raft on a port of its own (`NodeConfig::raft_listen`):
+/// everything but `/raft/...`.
+pub fn client_router(state: AppState) -> Router {
+    routes(state, false)
+}
+
+fn routes(state: AppState, with_raft: bool) -> Router {
     // The client API reads the state: not while a snapshot install has replaced part of it.
     // A household's data: only for entitled callers when this node authenticates (`client_auth.rs`).
     let private = Router::new()
@@ -88,16 +97,15 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/gov/constitution", get(crate::gov_api::show_constitution))
         .route("/v1/tariffs", get(list_tariffs))
         .route_layer(axum::middleware::from_fn_with_state(state.clone(), refuse_while_installing));
-    Router::new()
-        .merge(client_api)
-        .route("/healthz", get(healthz))
-        .route("/metrics", get(metrics))
-        .route("/raft/append", post(raft_append))
-        .route("/raft/vote", post(raft_vote))
-        .route("/raft/snapshot", post(raft_snapshot))
-        .route("/raft/secrets", post(raft_secrets))
-        .layer(DefaultBodyLimit::max(REQUEST_BYTES_MAX))
-        .with_state(state)
+    let mut router = Router::new().merge(client_api).route("/healthz", get(healthz)).route("/metrics", get(metrics));
+    if with_raft {
+        router = router
+            .route("/raft/append", post(crate::raft_api::raft_append))
+            .route("/raft/vote", post(crate::raft_api::raft_vote))
+            .route("/raft/snapshot", post(crate::raft_api::raft_snapshot))
+            .route("/raft/secrets", post(crate::raft_api::raft_secrets));
+    }
+    router.layer(DefaultBodyLimit::max(REQUEST_BYTES_MAX)).with_state(state)
 }
 
 /// `503 installing_snapshot` with `Retry-After` while this node's state is being replaced by a
@@ -568,149 +576,4 @@ async fn metrics(State(app): State<AppState>) -> Response {
         submissions_in_flight: app.admission.in_flight() as u64,
     });
     ([(axum::http::header::CONTENT_TYPE, domain::api::OPENMETRICS_CONTENT_TYPE)], text).into_response()
-}
-
-/// Authenticates a raft request when this node requires it (`peer_auth.rs`), decodes its body
-/// and checks the raft message names the authenticated node as its sender.
-fn raft_request<T: serde::de::DeserializeOwned>(
-    app: &AppState,
-    path: &str,
-    headers: &axum::http::HeaderMap,
-    body: &[u8],
-    sender: impl FnOnce(&T) -> NodeId,
-) -> Result<T, ApiError> {
-    let authenticated = match &app.peer_trust {
-        None => None,
-        Some(service_key) => {
-            let now_ms = domain::clock::wall_clock_now().0;
-            let refused = |refusal: crate::peer_auth::Refusal| {
-                app.metrics.raft_refused(refusal.code);
-                tracing::warn!(path, reason = refusal.code, message = %refusal.message, "raft request refused");
-                ApiError::new(StatusCode::UNAUTHORIZED, refusal.code, refusal.message)
-            };
-            let state = app.store.state();
-            let revoked = |node_id, key: &[u8; 32]| crate::registry::node_revoked(&state, node_id, key);
-            let node_id =
-                crate::peer_auth::authenticate(service_key, revoked, app.node_id, now_ms, path, headers, body)
-                    .map_err(refused)?;
-            let (signature, time_ms) = crate::peer_auth::signature_of(headers).expect("an authenticated request");
-            app.replay_guard
-                .lock()
-                .expect("the replay guard is never poisoned")
-                .admit(signature, time_ms, now_ms)
-                .map_err(refused)?;
-            Some(node_id)
-        }
-    };
-    // An authenticated node's raft messages arrive sealed (`raft_channel.rs`); the secret
-    // handover cannot be, the asking node holds no secret yet.
-    let opened;
-    let body = match authenticated {
-        Some(sender) if path != crate::provision::SECRETS_PATH => {
-            let unsealed = |message: String| {
-                app.metrics.raft_refused("unsealed_raft_message");
-                tracing::warn!(path, sender, %message, "raft request refused");
-                ApiError::new(StatusCode::UNAUTHORIZED, "unsealed_raft_message", message)
-            };
-            let secrets = app.store.secrets().ok_or_else(|| unsealed("this node holds no ledger secrets".into()))?;
-            let (time_ms, nonce) = crate::peer_auth::stamp_of(headers).expect("an authenticated request");
-            let envelope = crate::raft_channel::Envelope { path, sender, target: app.node_id, time_ms, nonce };
-            opened = crate::raft_channel::open(secrets, envelope, body)
-                .map_err(|error| unsealed(format!("the body is not sealed under this ledger's secret: {error}")))?;
-            opened.as_slice()
-        }
-        _ => body,
-    };
-    let request: T = serde_json::from_slice(body)
-        .map_err(|error| ApiError::new(StatusCode::BAD_REQUEST, "malformed_raft_request", error.to_string()))?;
-    if let Some(node_id) = authenticated {
-        crate::peer_auth::same_sender(node_id, sender(&request)).map_err(|refusal| {
-            app.metrics.raft_refused(refusal.code);
-            ApiError::new(StatusCode::UNAUTHORIZED, refusal.code, refusal.message)
-        })?;
-    }
-    Ok(request)
-}
-
-async fn raft_append(
-    State(app): State<AppState>,
-    headers: axum::http::HeaderMap,
-    body: axum::body::Bytes,
-) -> Result<Response, ApiError> {
-    let request: AppendEntriesRequest<TypeConfig> =
-        raft_request(&app, "append", &headers, &body, |request: &AppendEntriesRequest<TypeConfig>| {
-            request.vote.leader_id().voted_for().unwrap_or_default()
-        })?;
-    Ok(Json(app.raft.append_entries(request).await).into_response())
-}
-
-async fn raft_vote(
-    State(app): State<AppState>,
-    headers: axum::http::HeaderMap,
-    body: axum::body::Bytes,
-) -> Result<Response, ApiError> {
-    let request: VoteRequest<NodeId> = raft_request(&app, "vote", &headers, &body, |request: &VoteRequest<NodeId>| {
-        request.vote.leader_id().voted_for().unwrap_or_default()
-    })?;
-    Ok(Json(app.raft.vote(request).await).into_response())
-}
-
-async fn raft_snapshot(
-    State(app): State<AppState>,
-    headers: axum::http::HeaderMap,
-    body: axum::body::Bytes,
-) -> Result<Response, ApiError> {
-    let request: InstallSnapshotRequest<TypeConfig> =
-        raft_request(&app, "snapshot", &headers, &body, |request: &InstallSnapshotRequest<TypeConfig>| {
-            request.vote.leader_id().voted_for().unwrap_or_default()
-        })?;
-    Ok(Json(app.raft.install_snapshot(request).await).into_response())
-}
-
-/// A joining node asks for the ledger secrets (`provision.rs`): answered, wrapped for the X25519
-/// key in its signed request, only when it authenticates as an admitted node.
-async fn raft_secrets(
-    State(app): State<AppState>,
-    headers: axum::http::HeaderMap,
-    body: axum::body::Bytes,
-) -> Result<Response, ApiError> {
-    let request: crate::provision::SecretsRequest = raft_request(
-        &app,
-        crate::provision::SECRETS_PATH,
-        &headers,
-        &body,
-        |request: &crate::provision::SecretsRequest| request.node_id,
-    )?;
-    let Some(secrets) = app.store.secrets() else {
-        return Err(ApiError::new(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "no_ledger_secrets",
-            "this node holds no ledger secrets",
-        ));
-    };
-    // An authenticated request's node key is the one its signature verified under.
-    if app.peer_trust.is_some() && crate::peer_auth::node_key_of(&headers) != Some(request.node_key.as_str()) {
-        app.metrics.raft_refused("impersonation");
-        return Err(ApiError::new(
-            StatusCode::UNAUTHORIZED,
-            "impersonation",
-            "the request names another node key than it is signed with",
-        ));
-    }
-    let state = app.store.state();
-    let answer = crate::provision::answer(secrets, &request, |measurement| {
-        crate::registry::measurement_accepted(&state, measurement, &app.measurement)
-    })
-    .map_err(|refusal| {
-        app.metrics.raft_refused(refusal.code());
-        tracing::warn!(node_id = request.node_id, reason = refusal.code(), %refusal, "ledger secrets refused");
-        let status = match refusal {
-            crate::provision::HandoverRefusal::MeasurementNotAccepted(_) => StatusCode::FORBIDDEN,
-            crate::provision::HandoverRefusal::BadAttestation(_) => StatusCode::UNAUTHORIZED,
-            crate::provision::HandoverRefusal::Malformed(_) => StatusCode::BAD_REQUEST,
-        };
-        ApiError::new(status, refusal.code(), refusal.to_string())
-    })?;
-    tracing::info!(node_id = request.node_id, "handed the ledger secrets to a node");
-    Ok(Json(answer).into_response())
 }

@@ -25,6 +25,7 @@ pub mod network;
 pub mod node;
 pub mod peer_auth;
 pub mod provision;
+pub mod raft_api;
 pub mod raft_channel;
 pub mod receipts;
 pub mod recovery;

@@ -13,7 +13,7 @@ use domain::clock::Clock;
 use domain::tx::{AdminAction, SignedAdmin};
 use ed25519_dalek::SigningKey;
 use openraft::{BasicNode, Config, Raft, SnapshotPolicy};
-use tokio::sync::oneshot;
+use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
 use crate::api::{router, AppState};
@@ -34,9 +34,14 @@ pub struct NodeConfig {
     pub data_dir: PathBuf,
     /// Address to serve on; port 0 picks a free port (fine for a single node).
     pub listen: SocketAddr,
+    /// Serve the raft endpoints on this address, and only there: the client port then has no
+    /// `/raft/...` (issue 15), and node-to-node traffic (raft, the secret handover, forwarded
+    /// writes, history fetches) goes to the addresses the membership names, which are these.
+    /// `None`: one port serves both (development, tests).
+    pub raft_listen: Option<SocketAddr>,
     /// Initialise a new single-node cluster if this node has never been initialised.
     pub bootstrap: bool,
-    /// Initialise a new cluster of these voters (id, address) if never initialised; only the
+    /// Initialise a new cluster of these voters (id, raft address) if never initialised; only the
     /// node with the lowest id does it, the others wait to be contacted.
     pub init_members: Vec<(NodeId, String)>,
     /// Admin configuration (tariff and meter registries) to load once this node leads.
@@ -76,11 +81,13 @@ pub struct PeerAuth {
 /// A running node.
 pub struct NodeHandle {
     pub address: SocketAddr,
+    /// Where it serves raft: `address` unless it was given a raft port of its own.
+    pub raft_address: SocketAddr,
     /// The node's store: its committed state, for an embedding process (the sandbox) to read.
     pub store: Store,
     pub raft: Raft<crate::entry::TypeConfig>,
-    shutdown: Option<oneshot::Sender<()>>,
-    server: JoinHandle<()>,
+    shutdown: Option<watch::Sender<bool>>,
+    servers: Vec<JoinHandle<()>>,
     tasks: Vec<JoinHandle<()>>,
 }
 
@@ -94,9 +101,11 @@ impl NodeHandle {
     /// Stops serving and shuts raft down.
     pub async fn stop(mut self) {
         if let Some(shutdown) = self.shutdown.take() {
-            let _ = shutdown.send(());
+            let _ = shutdown.send(true);
         }
-        let _ = (&mut self.server).await;
+        for server in &mut self.servers {
+            let _ = server.await;
+        }
         for task in &self.tasks {
             task.abort();
         }
@@ -192,6 +201,16 @@ pub async fn start(config: NodeConfig) -> anyhow::Result<NodeHandle> {
     let listener =
         tokio::net::TcpListener::bind(config.listen).await.with_context(|| format!("binding {}", config.listen))?;
     let address = listener.local_addr()?;
+    let raft_listener = match config.raft_listen {
+        None => None,
+        Some(raft_listen) => {
+            Some(tokio::net::TcpListener::bind(raft_listen).await.with_context(|| format!("binding {raft_listen}"))?)
+        }
+    };
+    let raft_address = match &raft_listener {
+        None => address,
+        Some(listener) => listener.local_addr()?,
+    };
     tracing::info!(
         node_id = config.node_id,
         node_key = %hex::encode(node_key.verifying_key().to_bytes()),
@@ -220,19 +239,27 @@ pub async fn start(config: NodeConfig) -> anyhow::Result<NodeHandle> {
         measurement,
         replay_guard: Arc::default(),
     };
-    let (shutdown_sender, shutdown_receiver) = oneshot::channel::<()>();
-    let server = tokio::spawn({
-        let router = router(app.clone());
-        async move {
+    let (shutdown_sender, shutdown_receiver) = watch::channel(false);
+    let serve = |listener: tokio::net::TcpListener, router: axum::Router, what: &'static str| {
+        let mut shutdown = shutdown_receiver.clone();
+        tokio::spawn(async move {
             let serve = axum::serve(listener, router).with_graceful_shutdown(async move {
-                let _ = shutdown_receiver.await;
+                let _ = shutdown.wait_for(|stop| *stop).await;
             });
             if let Err(error) = serve.await {
-                tracing::error!(%error, "ledger API server stopped");
+                tracing::error!(%error, what, "ledger server stopped");
             }
+        })
+    };
+    let mut servers = Vec::new();
+    match raft_listener {
+        None => servers.push(serve(listener, router(app.clone()), "API and raft")),
+        Some(raft_listener) => {
+            servers.push(serve(listener, crate::api::client_router(app.clone()), "client API"));
+            servers.push(serve(raft_listener, router(app.clone()), "raft"));
         }
-    });
-    tracing::info!(node_id = config.node_id, %address, "ledger node serving");
+    }
+    tracing::info!(node_id = config.node_id, %address, %raft_address, "ledger node serving");
     let signer =
         config.signature_interval.map(|interval| tokio::spawn(crate::signer::sign_roots(app.clone(), interval)));
     let backfill = tokio::spawn(fetch_missing_history(app.clone()));
@@ -240,7 +267,7 @@ pub async fn start(config: NodeConfig) -> anyhow::Result<NodeHandle> {
     if !raft.is_initialized().await? {
         let lowest = config.init_members.iter().map(|(id, _)| *id).min();
         if config.bootstrap {
-            let members = BTreeMap::from([(config.node_id, BasicNode::new(address.to_string()))]);
+            let members = BTreeMap::from([(config.node_id, BasicNode::new(raft_address.to_string()))]);
             raft.initialize(members).await.context("initialising the cluster")?;
             tracing::info!(node_id = config.node_id, "initialised a new single-node cluster");
         } else if lowest == Some(config.node_id) {
@@ -262,10 +289,11 @@ pub async fn start(config: NodeConfig) -> anyhow::Result<NodeHandle> {
     }
     Ok(NodeHandle {
         address,
+        raft_address,
         store,
         raft,
         shutdown: Some(shutdown_sender),
-        server,
+        servers,
         tasks: signer.into_iter().chain([backfill, ticker]).collect(),
     })
 }
