@@ -82,6 +82,18 @@ async fn private_reads_are_served_only_to_entitled_callers() -> anyhow::Result<(
     let (status, body) =
         get(&http, &url, &format!("/v1/customers/{other}/account"), Some(&billing), Some(&signed_for)).await?;
     assert_eq!((status, body["code"].as_str()), (401, Some("bad_client_signature")), "{body}");
+    // The meter registry stays public (gateways verify with it), but names households only by
+    // keyed-hash ids unless the caller is entitled.
+    let (status, anonymous) = get(&http, &url, "/v1/meters", None, None).await?;
+    assert_eq!(status, 200, "{anonymous}");
+    let customers = |listing: &serde_json::Value| -> Vec<String> {
+        listing.as_array().into_iter().flatten().filter_map(|m| m["customer_id"].as_str().map(String::from)).collect()
+    };
+    let hidden = customers(&anonymous);
+    assert!(!hidden.is_empty() && hidden.iter().all(|id| id.starts_with("h-") && id.len() == 32), "{anonymous}");
+    assert!(!hidden.contains(&customer.to_string()), "an anonymous meter listing names a customer: {anonymous}");
+    let (_, signed) = get(&http, &url, "/v1/meters", Some(&billing), None).await?;
+    assert!(customers(&signed).contains(&customer.to_string()), "billing's listing lacks {customer}: {signed}");
     // Public reads stay public: the transaction list and receipts name no household.
     assert_eq!(get(&http, &url, "/v1/transactions?from=0", None, None).await?.0, 200);
 

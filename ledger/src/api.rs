@@ -130,6 +130,31 @@ async fn refuse_while_installing(
     next.run(request).await
 }
 
+/// Who signed `request`, if the ledger entitles that key to private data (`client_auth.rs`).
+fn entitled_caller(
+    app: &AppState,
+    request: &axum::extract::Request,
+) -> Result<crate::client_auth::Caller, crate::client_auth::Refusal> {
+    let uri = request.uri();
+    let path_and_query = uri.path_and_query().map_or(uri.path(), |value| value.as_str());
+    let now_ms = domain::clock::wall_clock_now().0;
+    let key = crate::client_auth::authenticate(request.headers(), request.method().as_str(), path_and_query, now_ms)?;
+    let readers = app.store.scan_prefix(Table::Public, crate::registry::READER_PREFIX);
+    let state = app.store.state();
+    let members = crate::governance::members(&state);
+    let nodes = app.store.scan_prefix(Table::Public, b"n/");
+    let node_of_key = |key: &[u8; 32]| {
+        nodes.iter().find_map(|(stored, _)| {
+            let id = u64::from_be_bytes(stored.get(2..10)?.try_into().ok()?);
+            (stored.get(10..42) == Some(key.as_slice()) && !crate::registry::node_revoked(&state, id, key))
+                .then_some(id)
+        })
+    };
+    let entitlements =
+        crate::client_auth::Entitlements { readers: &readers, members: &members, node_of_key: &node_of_key };
+    crate::client_auth::entitle(&key, &entitlements)
+}
+
 /// Private reads (`client_auth.rs`): on a node that authenticates its peers, served only to a
 /// caller whose signed request names a registered reader, a member or an admitted node; every
 /// one served is logged (who, what) and counted. A node without peer authentication (development)
@@ -143,29 +168,7 @@ async fn require_entitled_reader(
         return next.run(request).await;
     }
     let path = request.uri().path().to_string();
-    let path_and_query = request.uri().path_and_query().map_or(path.clone(), |value| value.as_str().to_string());
-    let now_ms = domain::clock::wall_clock_now().0;
-    let caller =
-        crate::client_auth::authenticate(request.headers(), request.method().as_str(), &path_and_query, now_ms)
-            .and_then(|key| {
-                let readers = app.store.scan_prefix(Table::Public, crate::registry::READER_PREFIX);
-                let state = app.store.state();
-                let members = crate::governance::members(&state);
-                let nodes = app.store.scan_prefix(Table::Public, b"n/");
-                let node_of_key = |key: &[u8; 32]| {
-                    nodes.iter().find_map(|(stored, _)| {
-                        let id = u64::from_be_bytes(stored.get(2..10)?.try_into().ok()?);
-                        (stored.get(10..42) == Some(key.as_slice()) && !crate::registry::node_revoked(&state, id, key))
-                            .then_some(id)
-                    })
-                };
-                let entitlements = crate::client_auth::Entitlements {
-                    readers: &readers,
-                    members: &members,
-                    node_of_key: &node_of_key,
-                };
-                crate::client_auth::entitle(&key, &entitlements)
-            });
+    let caller = entitled_caller(&app, &request);
     match caller {
         Ok(caller) => {
             let kind = match caller {
@@ -330,7 +333,13 @@ pub(crate) async fn wait_covered(app: &AppState, index: u64) -> Result<(), ApiEr
     }
 }
 
-async fn list_meters(State(app): State<AppState>) -> Json<Vec<MeterInfo>> {
+/// The meter registry (gateways verify readings against its keys). On a node that authenticates,
+/// a caller the ledger does not entitle to private data sees each meter's customer only as a
+/// keyed-hash id (`h-` and 30 hex digits, the first 120 bits of its keyed hash, to fit an id):
+/// which household a meter serves is private.
+async fn list_meters(State(app): State<AppState>, request: axum::extract::Request) -> Json<Vec<MeterInfo>> {
+    let hide_customers = app.peer_trust.is_some() && entitled_caller(&app, &request).is_err();
+    let secrets = app.store.secrets().cloned();
     let meters = app
         .store
         .scan_prefix(Table::Private, state::METER_PREFIX)
@@ -342,7 +351,14 @@ async fn list_meters(State(app): State<AppState>) -> Json<Vec<MeterInfo>> {
                 meter_id: record.meter_id.clone(),
                 key_id: newest.key_id.0,
                 public_key: hex::encode(newest.public_key),
-                customer_id: record.customer_id,
+                customer_id: match (&secrets, hide_customers) {
+                    (Some(secrets), true) => CustomerId::new(format!(
+                        "h-{}",
+                        hex::encode(&secrets.keyed_id(record.customer_id.as_str().as_bytes())[..15])
+                    ))
+                    .expect("h- and 30 hex digits is a valid id"),
+                    _ => record.customer_id,
+                },
                 attested_by: record.attested_by,
                 keys: MeterInfo::describe_keys(&record.keys),
             }
