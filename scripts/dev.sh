@@ -9,8 +9,9 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 # Debian packages: libclang for RocksDB's bindings, a C++ compiler for RocksDB itself,
-# mosquitto and its clients for the integration tests, mbpoll (a Modbus client we did not write).
-packages=(libclang-dev clang g++ mosquitto mosquitto-clients mbpoll pkg-config)
+# mosquitto and its clients for the integration tests, mbpoll (a Modbus client we did not write),
+# PostgreSQL (billing's tests run its read model on SQLite and on a server they start themselves).
+packages=(libclang-dev clang g++ mosquitto mosquitto-clients mbpoll pkg-config postgresql)
 
 setup() {
   local missing=()
@@ -25,7 +26,8 @@ setup() {
     DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends "${missing[@]}" >&2
   fi
   # mosquitto's Debian package starts a service on port 1883 where an init system runs; the
-  # tests never use it (they start their own brokers on free ports).
+  # tests never use it (they start their own brokers on free ports). PostgreSQL's likewise: the
+  # billing tests initdb their own server in a temporary directory on a free port.
 }
 
 command="${1:-}"

@@ -398,6 +398,11 @@ struct BillingArgs {
     /// `register_reader` proposal: nodes that authenticate serve customers' data only to it.
     #[arg(long)]
     ledger_key: Option<PathBuf>,
+    /// Billing's read model: `sqlite://PATH?mode=rwc` (embedded, the default: a file in the
+    /// working directory) or `postgres://USER:PASSWORD@HOST:PORT/DATABASE`. Deleting it loses
+    /// nothing: billing rebuilds it from the ledger.
+    #[arg(long, default_value = billing::DATABASE_DEFAULT)]
+    database: String,
     #[arg(long)]
     ready_file: Option<PathBuf>,
 }
@@ -886,6 +891,7 @@ async fn run(command: Command) -> anyhow::Result<()> {
                 listen: args.listen,
                 ledger_url: args.ledger,
                 ledger_key: args.ledger_key.as_deref().map(ledger::node::read_signing_key).transpose()?,
+                database_url: args.database,
             })
             .await?;
             write_ready_file(args.ready_file.as_deref(), billing.address)?;

@@ -37,6 +37,11 @@ pub struct SandboxArgs {
     /// price, and exit 0 only if all match.
     #[arg(long)]
     exit_after_intervals: Option<u64>,
+    /// The fleet publishes N intervals, then stops; everything else keeps running (the ledger's
+    /// clock too, so periods still close and invoices are issued) until interrupted: a frozen
+    /// fleet whose bills stay still, for tests and screenshots.
+    #[arg(long, conflicts_with = "exit_after_intervals")]
+    intervals: Option<u64>,
     /// Each node snapshots its state (and purges the log behind it) after this many entries.
     #[arg(long, default_value_t = ledger::limits::SNAPSHOT_AFTER_ENTRIES_DEFAULT)]
     snapshot_after_entries: u64,
@@ -249,6 +254,7 @@ pub async fn run(args: SandboxArgs) -> anyhow::Result<()> {
         listen: "127.0.0.1:0".parse()?,
         ledger_url: ledger_url.clone(),
         ledger_key: Some(billing_key),
+        database_url: format!("sqlite://{}?mode=rwc", data_dir.join("billing.sqlite").display()),
     })
     .await?;
     let first_customer = firmware_sim::customer_id(0);
@@ -271,10 +277,16 @@ pub async fn run(args: SandboxArgs) -> anyhow::Result<()> {
     println!();
     println!("Fetch a customer's running bill:");
     println!("  curl -s http://{}/v1/customers/{first_customer}/bill", billing.address);
-    println!("its open statement (time of use, a dynamic-price day, PV feed-in, VAT; src/sandbox_tariff.rs):");
-    println!("  curl -s http://{}/v1/customers/{first_customer}/statements", billing.address);
-    println!("and usage and cost per 15-minute interval:");
-    println!("  curl -s http://{}/v1/customers/{first_customer}/intervals", billing.address);
+    println!(
+        "(lines: time of use, a dynamic-price day, PV feed-in, VAT; src/sandbox_tariff.rs), usage and cost by hour:"
+    );
+    let day = args.start.format("%Y-%m-%d");
+    println!(
+        "  curl -s 'http://{}/v1/customers/{first_customer}/usage?from={day}T00:00:00Z&to={day}T23:00:00Z&group_by=hour'",
+        billing.address
+    );
+    println!("and, once a month has closed, the invoices (each verifiable against the ledger's receipt):");
+    println!("  curl -s http://{}/v1/customers/{first_customer}/invoices", billing.address);
     println!();
     let truth_path = data_dir.join("ground-truth.bin");
     let sim_config = firmware_sim::SimConfig {
@@ -284,7 +296,7 @@ pub async fn run(args: SandboxArgs) -> anyhow::Result<()> {
         connections_per_site: 1,
         interval_s: 900,
         epoch: None,
-        intervals: args.exit_after_intervals,
+        intervals: args.exit_after_intervals.or(args.intervals),
         broker_host: "127.0.0.1".into(),
         broker_port,
         truth_out: Some(truth_path.clone()),
@@ -316,8 +328,20 @@ pub async fn run(args: SandboxArgs) -> anyhow::Result<()> {
             check_bills(&http, &format!("http://{}", billing.address), &truth_path, intervals, legacy).await
         }
         None => {
+            let frozen = args.intervals;
+            let sim = async move {
+                let summary = sim.await?;
+                if let Some(intervals) = frozen {
+                    println!(
+                        "the fleet published its {intervals} intervals ({} readings) and stopped; serving until interrupted",
+                        summary.published
+                    );
+                    std::future::pending::<()>().await;
+                }
+                Ok(())
+            };
             tokio::select! {
-                result = sim => result.map(|_| ()),
+                result = sim => result,
                 _ = shutdown_signal() => { crate::progress::finish(); println!("stopping..."); Ok(()) }
             }
         }
@@ -331,45 +355,38 @@ pub async fn run(args: SandboxArgs) -> anyhow::Result<()> {
     outcome
 }
 
-/// The open statement billing serves for `customer`: its interval lines must sum, unrounded, to
-/// the ground truth's charge, cover `count` intervals, and add up (net + VAT = total; VAT and
-/// the standing charge present).
-async fn check_statement(
+/// A sandbox customer's running bill must have the tariff's period lines (standing charge, VAT)
+/// and add up.
+fn check_bill_lines(bill: &billing::Bill) -> anyhow::Result<()> {
+    anyhow::ensure!(bill.period.is_some(), "no open period");
+    anyhow::ensure!(bill.net_total + bill.vat_total == bill.total, "net + VAT != total");
+    let net: Decimal = bill.lines.iter().filter(|line| line.component != "vat").map(|line| line.amount).sum();
+    anyhow::ensure!(net == bill.net_total, "the lines sum to {net}, the net total is {}", bill.net_total);
+    anyhow::ensure!(bill.lines.iter().any(|line| line.component == "standing"), "no standing charge");
+    anyhow::ensure!(bill.vat_total > Decimal::ZERO, "no VAT");
+    Ok(())
+}
+
+/// The customer's interval charges over `[from, to)` at full precision, summed from billing's
+/// usage endpoint (grouped by month).
+async fn usage_charge(
     http: &reqwest::Client,
     billing_url: &str,
     customer: &str,
-    charge: Decimal,
-    count: u64,
-) -> anyhow::Result<()> {
-    let statements: domain::api::CustomerStatements = http
-        .get(format!("{billing_url}/v1/customers/{customer}/statements"))
-        .send()
-        .await?
-        .error_for_status()?
-        .json()
-        .await?;
-    let [open] = statements.open.as_slice() else {
-        bail!("{} open statements, expected 1", statements.open.len());
-    };
-    let interval_lines = |line: &&domain::settle::StatementLine| {
-        !matches!(line.component, domain::tariff::Component::Standing | domain::tariff::Component::Vat)
-    };
-    let unrounded: Decimal = open.lines.iter().filter(interval_lines).map(|line| line.amount_unrounded).sum();
-    let has = |component: domain::tariff::Component| open.lines.iter().any(|line| line.component == component);
-    anyhow::ensure!(unrounded == charge, "interval lines sum to {unrounded}, the ground truth to {charge}");
-    anyhow::ensure!(u64::from(open.intervals_settled) == count, "{} intervals settled", open.intervals_settled);
-    anyhow::ensure!(open.net_total + open.vat_total == open.total, "net + VAT != total");
-    anyhow::ensure!(has(domain::tariff::Component::Standing), "no standing charge");
-    anyhow::ensure!(open.vat_total > Decimal::ZERO, "no VAT");
-    Ok(())
+    (from, to): (i64, i64),
+) -> anyhow::Result<Decimal> {
+    let url = format!("{billing_url}/v1/customers/{customer}/usage?from={from}&to={to}&group_by=month");
+    let page: billing::usage::UsagePage = http.get(url).send().await?.error_for_status()?.json().await?;
+    Ok(page.groups.iter().map(|group| group.cost_unrounded).sum())
 }
 
 async fn fetch_bill(http: &reqwest::Client, billing_url: &str, customer: &str) -> anyhow::Result<billing::Bill> {
     Ok(http.get(format!("{billing_url}/v1/customers/{customer}/bill")).send().await?.error_for_status()?.json().await?)
 }
 
-/// Smoke mode: every customer's served bill (its interval charges so far, rounded once) must
-/// equal the ground truth times the tariff, reckoned here by `sandbox_tariff::interval_charge`.
+/// Smoke mode: every customer's usage (its interval charges so far, at full precision) must
+/// equal the ground truth times the tariff, reckoned here by `sandbox_tariff::interval_charge`,
+/// and its running bill must show the same energy and intervals, with standing charge and VAT.
 async fn check_bills(
     http: &reqwest::Client,
     billing_url: &str,
@@ -395,6 +412,10 @@ async fn check_bills(
         let start = truth_file.fleet.interval_start(record.sequence).0;
         entry.2 += crate::sandbox_tariff::interval_charge(start, record.import_wh, record.export_wh, &prices);
     }
+    let range = truth.iter().fold((i64::MAX, i64::MIN), |(from, to), record| {
+        let start = truth_file.fleet.interval_start(record.sequence).0;
+        (from.min(start), to.max(start + 900))
+    });
     let mut bills = BTreeMap::new();
     let deadline = tokio::time::Instant::now() + SETTLE_WAIT_MAX;
     for customer in expected.keys() {
@@ -411,20 +432,17 @@ async fn check_bills(
     for (customer, (import_wh, count, charge)) in &expected {
         let bill = &bills[customer];
         let energy_kwh = Decimal::from(*import_wh) / Decimal::from(1000u32);
-        let amount = charge.round_dp_with_strategy(
-            bill.currency.minor_unit_digits(),
-            rust_decimal::RoundingStrategy::MidpointAwayFromZero,
-        );
-        if bill.amount != amount || bill.energy_import_kwh != energy_kwh || bill.intervals_settled != *count {
+        let served = usage_charge(http, billing_url, customer, range).await?;
+        if served != *charge || bill.energy_import_kwh != energy_kwh || bill.intervals_settled != *count {
             mismatches += 1;
             eprintln!(
-                "MISMATCH {customer}: served {} {} for {} kWh over {} intervals; ground truth {amount} for {energy_kwh} kWh over {count}",
-                bill.amount, bill.currency, bill.energy_import_kwh, bill.intervals_settled
+                "MISMATCH {customer}: served {served} {} for {} kWh over {} intervals; ground truth {charge} for {energy_kwh} kWh over {count}",
+                bill.currency, bill.energy_import_kwh, bill.intervals_settled
             );
         }
-        if let Err(reason) = check_statement(http, billing_url, customer, *charge, *count).await {
+        if let Err(reason) = check_bill_lines(bill) {
             mismatches += 1;
-            eprintln!("MISMATCH {customer}: statement: {reason}");
+            eprintln!("MISMATCH {customer}: bill: {reason}");
         }
     }
     let attested = fetch_bill(http, billing_url, &legacy_customer).await?;

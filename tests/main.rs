@@ -4,6 +4,7 @@
 mod attestation;
 mod audit;
 mod bench;
+mod billing;
 mod cluster;
 mod confidentiality;
 mod end_to_end;
@@ -18,6 +19,7 @@ mod governance;
 mod ledger_admission;
 mod modbus;
 mod peer_auth;
+mod postgres;
 mod private_reads;
 #[path = "../src/process.rs"]
 mod process;

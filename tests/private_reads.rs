@@ -110,8 +110,13 @@ async fn private_reads_are_served_only_to_entitled_callers() -> anyhow::Result<(
         (status == 403 && body["code"] == "not_entitled").then_some(())
     })
     .await?;
-    let (status, body) = get(&http, &billing_url, &format!("/v1/customers/{customer}/bill"), None, None).await?;
-    assert_eq!((status, body["code"].as_str()), (502, Some("ledger_refused")), "{body}");
+    // Billing's feed hears the refusal on its next read of the stream; from then on it shows nothing.
+    let bill_path = format!("/v1/customers/{customer}/bill");
+    poll_until("billing answers ledger_refused", Duration::from_secs(20), || async {
+        let (status, body) = get(&http, &billing_url, &bill_path, None, None).await.ok()?;
+        (status == 502 && body["code"] == "ledger_refused").then_some(())
+    })
+    .await?;
     let metrics = http.get(format!("{url}/metrics")).send().await?.text().await?;
     assert!(metrics.contains("wattle_ledger_private_reads_refused_total{reason=\"not_entitled\"}"), "{metrics}");
     sandbox.stop().await

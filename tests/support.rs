@@ -342,6 +342,17 @@ impl Sandbox {
         Ok(Sandbox { process, data, terminal, nodes, raft_nodes })
     }
 
+    /// The URL of a service the banner names (`billing`, `gateway`).
+    pub fn banner_url(&self, service: &str) -> anyhow::Result<String> {
+        let banner = std::fs::read_to_string(&self.terminal)?;
+        let address = banner
+            .lines()
+            .find(|line| line.trim_start().starts_with(&format!("{service} ")))
+            .and_then(|line| line.split_whitespace().nth(1))
+            .ok_or_else(|| anyhow::anyhow!("the banner names no {service}:\n{banner}"))?;
+        Ok(if address.starts_with("http") { address.to_string() } else { format!("http://{address}") })
+    }
+
     /// Passes a governance proposal (TOML text) with the sandbox's members: supplier proposes,
     /// grid approves (a majority of the three voting members).
     pub fn pass(&self, url: &str, proposal: &str) -> anyhow::Result<()> {

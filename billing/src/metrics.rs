@@ -9,7 +9,7 @@ use prometheus_client::registry::Registry;
 /// Why a ledger request failed.
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct LedgerErrorLabels {
-    /// `unreachable`, `status` (an unexpected answer) or `unparsable`.
+    /// `unreachable`, `refused`, `not_found`, `status` (an unexpected answer) or `unparsable`.
     pub reason: &'static str,
 }
 
@@ -20,6 +20,15 @@ pub struct Metrics {
     pub bills_served: Counter,
     pub ledger_errors: Family<LedgerErrorLabels, Counter>,
     pub ledger_latency_seconds: Histogram,
+    pub feed_pages: Counter,
+    pub customers_refreshed: Counter,
+    pub requests_refused: Family<RefusedLabels, Counter>,
+}
+
+/// Why billing refused a request.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RefusedLabels {
+    pub code: &'static str,
 }
 
 impl Metrics {
@@ -33,10 +42,36 @@ impl Metrics {
         let ledger_latency_seconds = Histogram::new(exponential_buckets(0.001, 2.0, 13));
         registry.register(
             "ledger_latency_seconds",
-            "Time the ledger took to answer an account request",
+            "Time the ledger took to answer one of billing's reads",
             ledger_latency_seconds.clone(),
         );
-        Metrics { registry, bills_served, ledger_errors, ledger_latency_seconds }
+        let feed_pages = Counter::default();
+        registry.register(
+            "feed_pages",
+            "Pages of the ledger's change stream applied to the read model",
+            feed_pages.clone(),
+        );
+        let customers_refreshed = Counter::default();
+        registry.register(
+            "customers_refreshed",
+            "Customers re-read from the ledger because the stream named them",
+            customers_refreshed.clone(),
+        );
+        let requests_refused = Family::<RefusedLabels, Counter>::default();
+        registry.register("requests_refused", "Requests refused, by error code", requests_refused.clone());
+        Metrics {
+            registry,
+            bills_served,
+            ledger_errors,
+            ledger_latency_seconds,
+            feed_pages,
+            customers_refreshed,
+            requests_refused,
+        }
+    }
+
+    pub fn refused(&self, code: &'static str) {
+        self.requests_refused.get_or_create(&RefusedLabels { code }).inc();
     }
 
     pub fn ledger_error(&self, reason: &'static str) {

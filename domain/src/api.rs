@@ -294,3 +294,46 @@ pub struct CustomerInterval {
     #[serde(with = "rust_decimal::serde::str")]
     pub charge: Decimal,
 }
+
+/// `GET /v1/customers/{id}/invoices` on the ledger: the customer's issued invoices, oldest first.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct IssuedInvoice {
+    pub number: String,
+    pub issuer: crate::ids::PartyId,
+    pub sequence: u64,
+    /// UTC start of the billing period it invoices.
+    pub period_start: i64,
+    /// The issuing transaction: its receipt's claims digest is SHA-256 of `document`.
+    pub tx_id: String,
+    pub ledger_index: u64,
+    /// The invoice document, canonical JSON (`domain::settle::InvoiceDocument`), exactly the
+    /// bytes the claims digest covers.
+    pub document: String,
+}
+
+/// `GET /v1/changes` on the ledger (billing's feed): committed entries from `from`, each with the
+/// customers whose private data it changed.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ChangePage {
+    pub changes: Vec<Change>,
+    /// Index to ask for next.
+    pub next: u64,
+    /// Highest index covered by a signature (what the page may reach).
+    pub signed_index: u64,
+}
+
+/// One committed entry, as billing's feed sees it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Change {
+    pub index: u64,
+    pub tx_id: String,
+    pub kind: String,
+    pub time_ms: i64,
+    /// Customers whose intervals, statements or invoices this entry changed.
+    pub customers: Vec<CustomerId>,
+    /// The earliest 15-minute interval (UTC start) it may have changed; `None`: any.
+    pub since_s: Option<i64>,
+    /// The entry may have changed any customer (configuration, governance, a period close):
+    /// refresh all of them.
+    pub all_customers: bool,
+}

@@ -49,6 +49,9 @@ pub enum TxBody {
     Signature(RootSignature),
     /// A member's proposal, ballot or withdrawal (issue 14), checked and decided on apply.
     Gov(crate::gov::SignedGov),
+    /// Issues the invoice of a customer's closed period (proposed by the leader after the close;
+    /// applying it assigns the issuer's next number; its claims document is the invoice).
+    IssueInvoice { customer: crate::ids::PartyId, period_start: crate::ids::UnixSeconds },
 }
 
 /// A node's signature over the Merkle root of the first `marker_index + 1` log entries.
@@ -537,6 +540,9 @@ impl Transaction {
                 writer.u8(6);
                 gov.encode(&mut writer);
             }
+            TxBody::IssueInvoice { customer, period_start } => {
+                writer.u8(7).short_bytes(customer.as_str().as_bytes()).i64(period_start.0);
+            }
         }
         writer.finish()
     }
@@ -582,6 +588,10 @@ impl Transaction {
                 signature: reader.array()?,
             }),
             6 => TxBody::Gov(crate::gov::SignedGov::decode(&mut reader)?),
+            7 => TxBody::IssueInvoice {
+                customer: decode_id(&mut reader, "customer")?,
+                period_start: crate::ids::UnixSeconds(reader.i64()?),
+            },
             other => return Err(DecodeError::invalid("body", format!("unknown kind {other}"))),
         };
         reader.finish()?;

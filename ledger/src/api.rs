@@ -80,6 +80,8 @@ fn routes(state: AppState, with_raft: bool) -> Router {
         .route("/v1/customers/{customer_id}/statements", get(crate::statements::customer_statements))
         .route("/v1/customers/{customer_id}/intervals", get(crate::statements::customer_intervals))
         .route("/v1/transactions/{tx_id}/claims", get(transaction_claims))
+        .route("/v1/customers/{customer_id}/invoices", get(crate::invoices::customer_invoices))
+        .route("/v1/changes", get(crate::changes::changes))
         .route("/v1/history", get(history))
         .route_layer(axum::middleware::from_fn_with_state(state.clone(), require_entitled_reader));
     let client_api = Router::new()
@@ -447,6 +449,7 @@ async fn list_transactions(
                     TxBody::SignatureMarker => ("signature_marker", Vec::new()),
                     TxBody::Signature(_) => ("signature", Vec::new()),
                     TxBody::Gov(_) => ("governance", Vec::new()),
+                    TxBody::IssueInvoice { .. } => ("invoice", Vec::new()),
                     TxBody::Readings(batch) => {
                         ("readings", batch.readings.iter().map(|item| item.reading.digest().to_string()).collect())
                     }
@@ -472,7 +475,7 @@ async fn list_transactions(
     Ok(Json(TransactionPage { transactions, next }))
 }
 
-fn storage_error(error: impl std::fmt::Display) -> ApiError {
+pub(crate) fn storage_error(error: impl std::fmt::Display) -> ApiError {
     ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "storage", error.to_string())
 }
 

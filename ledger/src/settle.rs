@@ -511,6 +511,7 @@ pub(crate) fn close_due(state: &mut Overlay<'_>, now: UnixSeconds) -> usize {
                     }
                     state.put(Table::Private, key_corrections(&customer), b"[]".to_vec());
                     record.statement = Some(statement);
+                    crate::invoices::mark_due(state, &customer, start);
                     open_next(state, &record, &mut opened);
                 }
                 Err(result) => record.close_refused = Some(result.code().to_string()),
@@ -557,6 +558,11 @@ fn open_next(state: &mut Overlay<'_>, record: &PeriodRecord, opened: &mut BTreeS
         opened.insert((record.customer.clone(), period.start));
         return;
     }
+}
+
+/// A customer's period record.
+pub(crate) fn period_record(state: &dyn StateRead, customer: &PartyId, start: UnixSeconds) -> Option<PeriodRecord> {
+    get_json(state, Table::Private, &key_period(customer, start))
 }
 
 /// The statement and postings that would close `record` now: what a close posts, and what the

@@ -44,6 +44,19 @@ impl Memory {
         self.state.borrow_mut().puts.extend(writes);
         result
     }
+    fn apply_with_claims(&self, time: &str, body: TxBody) -> (TxResult, Option<Vec<u8>>) {
+        let index = {
+            let mut index = self.index.borrow_mut();
+            *index += 1;
+            *index
+        };
+        let tx = Transaction { tx_id: TxId([9; 16]), rules_version: 2, time: UnixMillis(utc(time).0 * 1_000), body };
+        let mut overlay = Overlay::new(self);
+        let applied = apply(&mut overlay, index, &tx).expect("no halt");
+        let writes = overlay.writes.puts;
+        self.state.borrow_mut().puts.extend(writes);
+        (applied.result, applied.claims)
+    }
     fn admin(&self, action: AdminAction) -> Option<String> {
         let nonce = {
             let mut nonce = self.nonce.borrow_mut();
@@ -249,6 +262,44 @@ fn a_bound_meter_settles_by_its_tariff_and_ticks_close_its_periods() {
     assert_eq!(memory.balance("C1", AccountKind::Accrued), Decimal::ZERO);
     check_party_books(&memory.private()).expect("books balance");
     assert!(!close_is_due(&memory, utc("2026-12-03T00:00:00Z")), "nothing left to close");
+}
+
+/// A close leaves its statement due for an invoice; `IssueInvoice` issues it under the issuer's
+/// next number, its claims document is the canonical invoice, and it cannot be issued twice.
+#[test]
+fn a_closed_period_is_invoiced_once_under_a_gap_free_number() {
+    let memory = configured(true);
+    memory.apply_at(
+        "2026-10-05T10:20:00Z",
+        batch(&[reading(1, "2026-10-05T10:00:00Z", 1_000, 0), reading(2, "2026-10-05T10:15:00Z", 0, 2_000)]),
+    );
+    assert!(crate::invoices::due(&memory, 10).is_empty(), "nothing is due before a close");
+    memory.apply_at("2026-11-02T00:00:00Z", TxBody::Tick);
+    let due = crate::invoices::due(&memory, 10);
+    assert_eq!(due, [(c1(), utc("2026-09-30T22:00:00Z"))]);
+    let issue = || TxBody::IssueInvoice { customer: c1(), period_start: utc("2026-09-30T22:00:00Z") };
+    let (result, claims) = memory.apply_with_claims("2026-11-02T00:00:01Z", issue());
+    assert_eq!(result.admin_refused, None);
+    let document = domain::settle::InvoiceDocument::parse(&claims.expect("an invoice binds its document"))
+        .expect("the claims are the invoice");
+    assert_eq!(document.number, "supplier-a-000001");
+    assert_eq!(document.total, dec("15.15"));
+    assert_eq!(document.issued_at, "2026-11-02T00:00:01Z");
+    assert_eq!(document.completeness.by_quality.values().sum::<u32>(), 4);
+    assert_eq!(document.completeness.missing, 2_980 - 4);
+    assert!(crate::invoices::due(&memory, 10).is_empty());
+    let (again, claims) = memory.apply_with_claims("2026-11-02T00:00:02Z", issue());
+    assert!(again.admin_refused.as_deref().is_some_and(|reason| reason.starts_with("invoice_not_due")), "{again:?}");
+    assert_eq!(claims, None);
+    // November's invoice takes the next number.
+    memory.apply_at("2026-11-03T10:20:00Z", batch(&[reading(3, "2026-11-03T10:00:00Z", 2_000, 0)]));
+    memory.apply_at("2026-12-02T00:00:00Z", TxBody::Tick);
+    let (_, claims) = memory.apply_with_claims(
+        "2026-12-02T00:00:01Z",
+        TxBody::IssueInvoice { customer: c1(), period_start: utc("2026-10-31T23:00:00Z") },
+    );
+    let november = domain::settle::InvoiceDocument::parse(&claims.expect("claims")).expect("invoice");
+    assert_eq!((november.number.as_str(), november.sequence), ("supplier-a-000002", 2));
 }
 
 /// A bound meter's interval before its binding waits (`unbound`, nothing written, not marked

@@ -482,6 +482,12 @@ pub fn apply(state: &mut Overlay<'_>, log_index: u64, tx: &Transaction) -> Resul
             let refused = crate::governance::apply(state, log_index, now, gov).err();
             refusal_recorded(state, log_index, tx, refused)
         }
+        TxBody::IssueInvoice { customer, period_start } => {
+            match crate::invoices::issue(state, log_index, tx, customer, *period_start) {
+                Ok(document) => Applied { result: TxResult::default(), claims: Some(document) },
+                Err(reason) => refusal_recorded(state, log_index, tx, Some(reason)),
+            }
+        }
         TxBody::Signature(signature) => Applied {
             result: TxResult { readings: Vec::new(), admin_refused: apply_signature(state, log_index, signature)? },
             claims: None,

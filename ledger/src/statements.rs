@@ -19,7 +19,7 @@ use crate::state::{self, Table};
 /// day (2,980), so a month is one page.
 pub const INTERVALS_PER_PAGE_MAX: usize = 2_980;
 
-fn customer_party(app: &AppState, customer_id: &str) -> Result<(CustomerId, PartyId), ApiError> {
+pub(crate) fn customer_party(app: &AppState, customer_id: &str) -> Result<(CustomerId, PartyId), ApiError> {
     let bad = |error: String| ApiError::new(StatusCode::BAD_REQUEST, "bad_customer_id", error);
     let customer = CustomerId::new(customer_id).map_err(|error| bad(error.to_string()))?;
     let party: PartyId = customer_id.parse().map_err(|error: domain::ids::IdError| bad(error.to_string()))?;

@@ -1,7 +1,8 @@
 //! The leader's tick loop: the state machine never reads a clock, so deadlines (a billing
 //! period's close after its grace window) are driven by tick transactions the leader stamps with
 //! its time (DESIGN.md, Time). Every node runs the loop; it acts only while it leads, and
-//! proposes a tick only when one would close a period, so an idle ledger's log does not grow.
+//! proposes a tick only when one would close a period, so an idle ledger's log does not grow, and
+//! then an invoice for each statement the close froze (`invoices.rs`).
 
 use std::time::Duration;
 
@@ -20,14 +21,32 @@ pub async fn propose_ticks(app: AppState) {
             continue;
         }
         let now = UnixSeconds(app.clock.now().0.div_euclid(1_000));
-        if !crate::settle::close_is_due(&app.store.state(), now) {
-            continue;
-        }
-        match app.raft.client_write(crate::signer::internal_transaction(&app, TxBody::Tick)).await {
-            Ok(response) => {
-                tracing::info!(index = response.log_id.index, "tick proposed: a billing period is due to close")
+        if crate::settle::close_is_due(&app.store.state(), now) {
+            match app.raft.client_write(crate::signer::internal_transaction(&app, TxBody::Tick)).await {
+                Ok(response) => {
+                    tracing::info!(index = response.log_id.index, "tick proposed: a billing period is due to close")
+                }
+                Err(error) => tracing::debug!(%error, "tick not committed"),
             }
-            Err(error) => tracing::debug!(%error, "tick not committed"),
+        }
+        issue_due_invoices(&app).await;
+    }
+}
+
+/// Proposes one `IssueInvoice` per closed statement still without an invoice (`invoices.rs`),
+/// one at a time: each waits for the previous to apply, so none is proposed twice by this node
+/// (one proposed twice, by a new leader, is refused on apply as not due).
+async fn issue_due_invoices(app: &AppState) {
+    for (customer, period_start) in crate::invoices::due(&app.store.state(), crate::invoices::INVOICES_PER_ROUND_MAX) {
+        let body = TxBody::IssueInvoice { customer: customer.clone(), period_start };
+        match app.raft.client_write(crate::signer::internal_transaction(app, body)).await {
+            Ok(response) => {
+                tracing::info!(index = response.log_id.index, %customer, period_start = period_start.0, "invoice issued")
+            }
+            Err(error) => {
+                tracing::debug!(%error, "invoice not committed");
+                return;
+            }
         }
     }
 }

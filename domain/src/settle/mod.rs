@@ -11,6 +11,7 @@
 pub mod binding;
 pub mod close;
 pub mod correction;
+pub mod invoice;
 pub mod mapping;
 pub mod period;
 pub mod posting;
@@ -22,6 +23,7 @@ pub use close::{
     close_period, close_period_with_corrections, CloseError, Closed, Correction, Statement, StatementLine,
 };
 pub use correction::correction_postings;
+pub use invoice::{invoice_number, Completeness, InvoiceDocument, Issue, INVOICE_FORMAT};
 pub use mapping::{map_registers, MappedInterval, MappingError, RegisterSample};
 pub use period::{BillingPeriod, PeriodError};
 pub use posting::{

@@ -1,0 +1,338 @@
+//! Billing's read model in SQL (sqlx, one code path for SQLite and PostgreSQL through sqlx's `Any`
+//! driver; migrations in `billing/migrations/`). The feed (`feed.rs`) writes what the ledger
+//! settled; the API reads it. Money stays exact: decimals are TEXT, parsed with `rust_decimal`.
+
+use std::str::FromStr;
+use std::time::Duration;
+
+use anyhow::Context;
+use domain::api::{CustomerAccount, CustomerInterval, CustomerStatements, IssuedInvoice};
+use domain::settle::{InvoiceDocument, Statement};
+use rust_decimal::Decimal;
+use sqlx::any::{AnyPoolOptions, AnyRow};
+use sqlx::AnyPool;
+use sqlx::Row;
+
+static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
+
+/// Most connections the pool opens.
+pub const CONNECTIONS_MAX: u32 = 8;
+/// How long a query waits for a connection (or, on SQLite, for the write lock) before failing.
+pub const ACQUIRE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Where the model stands: the last ledger index it reflects and that entry's leader time.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Position {
+    pub ledger_index: u64,
+    pub as_of_ms: i64,
+}
+
+/// What the ledger holds for one customer, fetched by the feed.
+#[derive(Debug, Clone)]
+pub struct CustomerData {
+    pub account: CustomerAccount,
+    pub intervals: Vec<CustomerInterval>,
+    pub statements: CustomerStatements,
+    pub invoices: Vec<IssuedInvoice>,
+}
+
+/// One stored interval (`GET /v1/customers/{id}/usage` groups these).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct IntervalRow {
+    pub start_s: i64,
+    pub local_start: String,
+    pub import_wh: u64,
+    pub export_wh: u64,
+    pub quality: String,
+    pub complete: bool,
+    pub charge: Decimal,
+}
+
+/// One stored invoice.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct InvoiceRow {
+    pub number: String,
+    pub customer_id: String,
+    pub period_start: i64,
+    pub period_end: i64,
+    pub issued_at: String,
+    pub total: String,
+    pub currency: String,
+    pub tx_id: String,
+    pub ledger_index: u64,
+    pub document: String,
+}
+
+/// The SQL database behind billing.
+#[derive(Debug, Clone)]
+pub struct ReadModel {
+    pool: AnyPool,
+}
+
+fn to_i64(value: u64) -> i64 {
+    i64::try_from(value).unwrap_or(i64::MAX)
+}
+
+impl ReadModel {
+    /// Opens (creating if needed) and migrates the database at `url`: `sqlite://PATH?mode=rwc`,
+    /// `sqlite::memory:` or `postgres://USER@HOST:PORT/DB`.
+    pub async fn open(url: &str) -> anyhow::Result<ReadModel> {
+        sqlx::any::install_default_drivers();
+        let sqlite = url.starts_with("sqlite:");
+        let mut options = AnyPoolOptions::new().acquire_timeout(ACQUIRE_TIMEOUT);
+        if sqlite {
+            // One in-memory database is one connection's; a file is shared. WAL lets readers
+            // read while the feed writes; busy_timeout makes a writer wait, not fail.
+            let connections = if url.contains(":memory:") { 1 } else { CONNECTIONS_MAX };
+            options = options.max_connections(connections).after_connect(|connection, _| {
+                Box::pin(async move {
+                    sqlx::query("PRAGMA journal_mode=WAL").execute(&mut *connection).await?;
+                    sqlx::query("PRAGMA busy_timeout=10000").execute(&mut *connection).await?;
+                    Ok(())
+                })
+            });
+        } else {
+            options = options.max_connections(CONNECTIONS_MAX);
+        }
+        let pool = options.connect(url).await.with_context(|| format!("opening billing's database {}", redact(url)))?;
+        MIGRATOR.run(&pool).await.context("migrating billing's database")?;
+        Ok(ReadModel { pool })
+    }
+
+    pub async fn position(&self) -> anyhow::Result<Position> {
+        let row = sqlx::query("SELECT ledger_index, as_of_ms FROM feed_position WHERE id = 1")
+            .fetch_one(&self.pool)
+            .await
+            .context("reading the feed position")?;
+        Ok(Position { ledger_index: row.try_get::<i64, _>(0)?.max(0) as u64, as_of_ms: row.try_get(1)? })
+    }
+
+    /// Every customer the model knows.
+    pub async fn customers(&self) -> anyhow::Result<Vec<String>> {
+        let rows = sqlx::query("SELECT customer_id FROM accounts ORDER BY customer_id").fetch_all(&self.pool).await?;
+        rows.iter().map(|row| Ok(row.try_get::<String, _>(0)?)).collect()
+    }
+
+    /// Writes what the ledger holds for `customers` and moves the position, in one transaction:
+    /// a reader sees the model before or after the whole page, never half of it.
+    pub async fn apply(&self, customers: &[CustomerData], position: Position) -> anyhow::Result<()> {
+        let mut tx = self.pool.begin().await?;
+        for data in customers {
+            let customer = data.account.customer_id.as_str();
+            let account = &data.account;
+            sqlx::query(
+                "INSERT INTO accounts (customer_id, currency, energy_import_wh, energy_export_wh, amount, \
+                 intervals_settled, ledger_index) VALUES ($1, $2, $3, $4, $5, $6, $7) \
+                 ON CONFLICT (customer_id) DO UPDATE SET currency = excluded.currency, \
+                 energy_import_wh = excluded.energy_import_wh, energy_export_wh = excluded.energy_export_wh, \
+                 amount = excluded.amount, intervals_settled = excluded.intervals_settled, \
+                 ledger_index = excluded.ledger_index",
+            )
+            .bind(customer)
+            .bind(account.currency.code())
+            .bind(to_i64(account.energy_import_wh))
+            .bind(to_i64(account.energy_export_wh))
+            .bind(account.amount.to_string())
+            .bind(to_i64(account.intervals_settled))
+            .bind(to_i64(account.applied_index))
+            .execute(&mut *tx)
+            .await?;
+            for interval in &data.intervals {
+                let quality = serde_json::to_value(interval.quality)?;
+                let meters: Vec<&str> = interval.meters.iter().map(|meter| meter.as_str()).collect();
+                sqlx::query(
+                    "INSERT INTO intervals (customer_id, start_s, local_start, import_wh, export_wh, quality, \
+                     complete, tariff, charge, lines_json, meters) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11) \
+                     ON CONFLICT (customer_id, start_s) DO UPDATE SET local_start = excluded.local_start, \
+                     import_wh = excluded.import_wh, export_wh = excluded.export_wh, quality = excluded.quality, \
+                     complete = excluded.complete, tariff = excluded.tariff, charge = excluded.charge, \
+                     lines_json = excluded.lines_json, meters = excluded.meters",
+                )
+                .bind(customer)
+                .bind(interval.start)
+                .bind(interval.local_start.format("%Y-%m-%dT%H:%M:%S").to_string())
+                .bind(to_i64(interval.import_wh))
+                .bind(to_i64(interval.export_wh))
+                .bind(quality.as_str().unwrap_or("actual").to_string())
+                .bind(i64::from(interval.complete))
+                .bind(interval.tariff.as_str())
+                .bind(interval.charge.to_string())
+                .bind(serde_json::to_string(&interval.lines)?)
+                .bind(meters.join(","))
+                .execute(&mut *tx)
+                .await?;
+            }
+            let statements = data.statements.open.iter().map(|statement| ("open", statement));
+            let closed = data.statements.closed.iter().map(|statement| ("closed", statement));
+            for (status, statement) in statements.chain(closed) {
+                sqlx::query(
+                    "INSERT INTO statements (customer_id, period_start, period_end, status, total, currency, document) \
+                     VALUES ($1, $2, $3, $4, $5, $6, $7) ON CONFLICT (customer_id, period_start) DO UPDATE SET \
+                     period_end = excluded.period_end, status = excluded.status, total = excluded.total, \
+                     currency = excluded.currency, document = excluded.document",
+                )
+                .bind(customer)
+                .bind(statement.period.start.0)
+                .bind(statement.period.end.0)
+                .bind(status)
+                .bind(statement.total.to_string())
+                .bind(statement.currency.code())
+                .bind(serde_json::to_string(statement)?)
+                .execute(&mut *tx)
+                .await?;
+            }
+            for invoice in &data.invoices {
+                let document = InvoiceDocument::parse(invoice.document.as_bytes())
+                    .with_context(|| format!("invoice {} from the ledger does not parse", invoice.number))?;
+                // Issued invoices are immutable: a second write of the same number changes nothing.
+                sqlx::query(
+                    "INSERT INTO invoices (number, customer_id, issuer, sequence, period_start, period_end, issued_at, \
+                     total, currency, tx_id, ledger_index, document) \
+                     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12) ON CONFLICT (number) DO NOTHING",
+                )
+                .bind(invoice.number.as_str())
+                .bind(customer)
+                .bind(invoice.issuer.as_str())
+                .bind(to_i64(invoice.sequence))
+                .bind(document.period.start.0)
+                .bind(document.period.end.0)
+                .bind(document.issued_at.as_str())
+                .bind(document.total.to_string())
+                .bind(document.currency.code())
+                .bind(invoice.tx_id.as_str())
+                .bind(to_i64(invoice.ledger_index))
+                .bind(invoice.document.as_str())
+                .execute(&mut *tx)
+                .await?;
+            }
+        }
+        sqlx::query("UPDATE feed_position SET ledger_index = $1, as_of_ms = $2 WHERE id = 1")
+            .bind(to_i64(position.ledger_index))
+            .bind(position.as_of_ms)
+            .execute(&mut *tx)
+            .await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    /// A customer's account, if the model knows the customer.
+    pub async fn account(&self, customer: &str) -> anyhow::Result<Option<CustomerAccount>> {
+        let row = sqlx::query(
+            "SELECT currency, energy_import_wh, energy_export_wh, amount, intervals_settled, ledger_index \
+             FROM accounts WHERE customer_id = $1",
+        )
+        .bind(customer)
+        .fetch_optional(&self.pool)
+        .await?;
+        let Some(row) = row else { return Ok(None) };
+        Ok(Some(CustomerAccount {
+            customer_id: domain::ids::CustomerId::new(customer)?,
+            currency: domain::money::Currency::new(&row.try_get::<String, _>(0)?)?,
+            energy_import_wh: row.try_get::<i64, _>(1)?.max(0) as u64,
+            energy_export_wh: row.try_get::<i64, _>(2)?.max(0) as u64,
+            amount: Decimal::from_str(&row.try_get::<String, _>(3)?)?,
+            intervals_settled: row.try_get::<i64, _>(4)?.max(0) as u64,
+            as_of_ms: 0,
+            applied_index: row.try_get::<i64, _>(5)?.max(0) as u64,
+        }))
+    }
+
+    /// The customer's latest open statement (the running bill), if any.
+    pub async fn open_statement(&self, customer: &str) -> anyhow::Result<Option<Statement>> {
+        let row = sqlx::query(
+            "SELECT document FROM statements WHERE customer_id = $1 AND status = 'open' \
+             ORDER BY period_start DESC LIMIT 1",
+        )
+        .bind(customer)
+        .fetch_optional(&self.pool)
+        .await?;
+        row.map(|row| Ok(serde_json::from_str::<Statement>(&row.try_get::<String, _>(0)?)?)).transpose()
+    }
+
+    /// The customer's intervals with `from <= start < to`, in start order, at most `limit`.
+    pub async fn intervals(&self, customer: &str, from: i64, to: i64, limit: u64) -> anyhow::Result<Vec<IntervalRow>> {
+        let rows = sqlx::query(
+            "SELECT start_s, local_start, import_wh, export_wh, quality, complete, charge FROM intervals \
+             WHERE customer_id = $1 AND start_s >= $2 AND start_s < $3 ORDER BY start_s LIMIT $4",
+        )
+        .bind(customer)
+        .bind(from)
+        .bind(to)
+        .bind(to_i64(limit))
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter().map(interval_row).collect()
+    }
+
+    /// The customer's invoices, oldest period first.
+    pub async fn invoices_of(&self, customer: &str) -> anyhow::Result<Vec<InvoiceRow>> {
+        let rows = sqlx::query(&format!("{INVOICE_SELECT} WHERE customer_id = $1 ORDER BY period_start"))
+            .bind(customer)
+            .fetch_all(&self.pool)
+            .await?;
+        rows.iter().map(invoice_row).collect()
+    }
+
+    /// One invoice by number.
+    pub async fn invoice(&self, number: &str) -> anyhow::Result<Option<InvoiceRow>> {
+        let row =
+            sqlx::query(&format!("{INVOICE_SELECT} WHERE number = $1")).bind(number).fetch_optional(&self.pool).await?;
+        row.as_ref().map(invoice_row).transpose()
+    }
+}
+
+const INVOICE_SELECT: &str = "SELECT number, customer_id, period_start, period_end, issued_at, total, currency, \
+                              tx_id, ledger_index, document FROM invoices";
+
+fn interval_row(row: &AnyRow) -> anyhow::Result<IntervalRow> {
+    Ok(IntervalRow {
+        start_s: row.try_get(0)?,
+        local_start: row.try_get(1)?,
+        import_wh: row.try_get::<i64, _>(2)?.max(0) as u64,
+        export_wh: row.try_get::<i64, _>(3)?.max(0) as u64,
+        quality: row.try_get(4)?,
+        complete: row.try_get::<i64, _>(5)? != 0,
+        charge: Decimal::from_str(&row.try_get::<String, _>(6)?)?,
+    })
+}
+
+fn invoice_row(row: &AnyRow) -> anyhow::Result<InvoiceRow> {
+    Ok(InvoiceRow {
+        number: row.try_get(0)?,
+        customer_id: row.try_get(1)?,
+        period_start: row.try_get(2)?,
+        period_end: row.try_get(3)?,
+        issued_at: row.try_get(4)?,
+        total: row.try_get(5)?,
+        currency: row.try_get(6)?,
+        tx_id: row.try_get(7)?,
+        ledger_index: row.try_get::<i64, _>(8)?.max(0) as u64,
+        document: row.try_get(9)?,
+    })
+}
+
+/// A database URL without its password, for messages.
+pub fn redact(url: &str) -> String {
+    match (url.find("://"), url.rfind('@')) {
+        (Some(scheme), Some(at)) if at > scheme => {
+            let credentials = &url[scheme + 3..at];
+            match credentials.split_once(':') {
+                Some((user, _)) => format!("{}{user}:***{}", &url[..scheme + 3], &url[at..]),
+                None => url.to_string(),
+            }
+        }
+        _ => url.to_string(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn passwords_never_reach_messages() {
+        assert_eq!(
+            super::redact("postgres://billing:s3cret@127.0.0.1:5432/db"),
+            "postgres://billing:***@127.0.0.1:5432/db"
+        );
+        assert_eq!(super::redact("sqlite://billing.sqlite?mode=rwc"), "sqlite://billing.sqlite?mode=rwc");
+    }
+}
