@@ -12,6 +12,7 @@ cd "$(dirname "$0")/.."
 # mosquitto and its clients for the integration tests, mbpoll (a Modbus client we did not write),
 # PostgreSQL (billing's tests run its read model on SQLite and on a server they start themselves).
 packages=(libclang-dev clang g++ mosquitto mosquitto-clients mbpoll pkg-config postgresql)
+schemathesis_version=4.32.5
 
 setup() {
   local missing=()
@@ -24,6 +25,11 @@ setup() {
     [ "$(id -u)" -eq 0 ] || sudo="sudo"
     $sudo apt-get update -qq
     DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends "${missing[@]}" >&2
+  fi
+  # schemathesis (PyPI) checks billing's OpenAPI document against what billing serves (tests/billing.rs).
+  if ! command -v schemathesis >/dev/null; then
+    echo "installing schemathesis from PyPI" >&2
+    python3 -m pip install --quiet --disable-pip-version-check "schemathesis==${schemathesis_version}" >&2
   fi
   # mosquitto's Debian package starts a service on port 1883 where an init system runs; the
   # tests never use it (they start their own brokers on free ports). PostgreSQL's likewise: the

@@ -14,6 +14,7 @@ mod recovery_cli;
 mod sandbox;
 mod sandbox_tariff;
 mod tariff_cli;
+mod token_cli;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -76,8 +77,12 @@ enum Command {
     /// List a running gateway's quarantine: every rejected reading with its reason; or
     /// `wattle quarantine release` to re-submit held and unverified readings through its checks.
     Quarantine(QuarantineCommand),
-    /// Run the billing service: customers' running bills over HTTP.
+    /// Run the billing service: customers' running bills, usage with costs and invoices over
+    /// HTTP, for bearer tokens from `wattle token`.
     Billing(BillingArgs),
+    /// Issue, revoke and list the bearer tokens billing admits (customers' and operators').
+    #[command(subcommand)]
+    Token(token_cli::TokenCommand),
     /// Run a fleet of simulated meters that publish signed readings over MQTT.
     Sim(SimArgs),
     /// Measure the platform: `wattle bench ledger`, `wattle bench gateway` (see BENCHMARKS.md).
@@ -403,6 +408,15 @@ struct BillingArgs {
     /// nothing: billing rebuilds it from the ledger.
     #[arg(long, default_value = billing::DATABASE_DEFAULT)]
     database: String,
+    /// The token file: hashes of the bearer tokens `wattle token issue` (or an operator through
+    /// `POST /v1/tokens`) issued; created empty if missing. Kept apart from the database, which
+    /// may be deleted and rebuilt.
+    #[arg(long, default_value = "billing-tokens.json")]
+    tokens: PathBuf,
+    /// Requests per second one customer's token may make (twice as many at once; an operator's
+    /// token 20 times as many); beyond, 429.
+    #[arg(long, default_value_t = billing::auth::RATE_PER_TOKEN_DEFAULT)]
+    rate_per_token: u32,
     #[arg(long)]
     ready_file: Option<PathBuf>,
 }
@@ -892,6 +906,8 @@ async fn run(command: Command) -> anyhow::Result<()> {
                 ledger_url: args.ledger,
                 ledger_key: args.ledger_key.as_deref().map(ledger::node::read_signing_key).transpose()?,
                 database_url: args.database,
+                tokens_path: args.tokens,
+                rate_per_token: args.rate_per_token,
             })
             .await?;
             write_ready_file(args.ready_file.as_deref(), billing.address)?;
@@ -946,6 +962,7 @@ async fn run(command: Command) -> anyhow::Result<()> {
             Ok(())
         }
         Command::Recovery(command) => recovery_cli::run(command),
+        Command::Token(command) => token_cli::run(command),
         Command::Keygen { out } => {
             let secret: [u8; 32] = rand::random();
             let key = ed25519_dalek::SigningKey::from_bytes(&secret);

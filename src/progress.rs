@@ -22,6 +22,8 @@ pub struct Sources {
     pub gateway_url: String,
     pub billing_url: String,
     pub customer: String,
+    /// The customer's bearer token for billing.
+    pub customer_token: String,
 }
 
 /// Redraws the progress line until the task is aborted.
@@ -51,6 +53,10 @@ async fn json(http: &reqwest::Client, url: String) -> Option<serde_json::Value> 
     http.get(url).send().await.ok()?.json().await.ok()
 }
 
+async fn json_as(http: &reqwest::Client, url: String, token: &str) -> Option<serde_json::Value> {
+    http.get(url).bearer_auth(token).send().await.ok()?.json().await.ok()
+}
+
 async fn line(http: &reqwest::Client, sources: &Sources) -> String {
     let now = chrono::DateTime::from_timestamp_millis(sources.clock.now().0)
         .map(|time| time.format("%Y-%m-%d %H:%M").to_string())
@@ -58,7 +64,11 @@ async fn line(http: &reqwest::Client, sources: &Sources) -> String {
     let (ledger, gateway, bill) = tokio::join!(
         json(http, format!("{}/healthz", sources.ledger_url)),
         json(http, format!("{}/healthz", sources.gateway_url)),
-        json(http, format!("{}/v1/customers/{}/bill", sources.billing_url, sources.customer)),
+        json_as(
+            http,
+            format!("{}/v1/customers/{}/bill", sources.billing_url, sources.customer),
+            &sources.customer_token
+        ),
     );
     let field = |value: &Option<serde_json::Value>, name: &str| {
         value.as_ref().and_then(|value| value.get(name)).map(|value| value.to_string()).unwrap_or_else(|| "?".into())

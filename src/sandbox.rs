@@ -255,9 +255,20 @@ pub async fn run(args: SandboxArgs) -> anyhow::Result<()> {
         ledger_url: ledger_url.clone(),
         ledger_key: Some(billing_key),
         database_url: format!("sqlite://{}?mode=rwc", data_dir.join("billing.sqlite").display()),
+        tokens_path: data_dir.join("billing-tokens.json"),
+        rate_per_token: billing::auth::RATE_PER_TOKEN_DEFAULT,
     })
     .await?;
     let first_customer = firmware_sim::customer_id(0);
+    // Billing admits bearer tokens only: one for the operator (the smoke check reads every
+    // customer with it) and one for the first customer, kept 0600 in the data directory.
+    let tokens = billing::auth::TokenStore::open(&data_dir.join("billing-tokens.json"))?;
+    let operator_token_path = data_dir.join("billing-operator.token");
+    let customer_token_path = data_dir.join(format!("customer-{first_customer}.token"));
+    let operator_token = sandbox_token(&tokens, &operator_token_path, billing::auth::Role::Operator)?;
+    let customer_role = billing::auth::Role::Customer { customer_id: first_customer.clone() };
+    let customer_token = sandbox_token(&tokens, &customer_token_path, customer_role)?;
+    let bearer = format!("-H \"Authorization: Bearer $(cat {})\"", customer_token_path.display());
     println!();
     println!(
         "Wattle sandbox is running: {} meters, simulated time from {} at {}x",
@@ -275,18 +286,21 @@ pub async fn run(args: SandboxArgs) -> anyhow::Result<()> {
     println!("  billing       http://{}", billing.address);
     println!("  data          {}", data_dir.display());
     println!();
-    println!("Fetch a customer's running bill:");
-    println!("  curl -s http://{}/v1/customers/{first_customer}/bill", billing.address);
+    println!(
+        "Fetch a customer's running bill (with the customer's token; the operator's is in {}):",
+        operator_token_path.display()
+    );
+    println!("  curl -s {bearer} http://{}/v1/customers/{first_customer}/bill", billing.address);
     println!(
         "(lines: time of use, a dynamic-price day, PV feed-in, VAT; src/sandbox_tariff.rs), usage and cost by hour:"
     );
     let day = args.start.format("%Y-%m-%d");
     println!(
-        "  curl -s 'http://{}/v1/customers/{first_customer}/usage?from={day}T00:00:00Z&to={day}T23:00:00Z&group_by=hour'",
+        "  curl -s {bearer} 'http://{}/v1/customers/{first_customer}/usage?from={day}T00:00:00Z&to={day}T23:00:00Z&group_by=hour'",
         billing.address
     );
     println!("and, once a month has closed, the invoices (each verifiable against the ledger's receipt):");
-    println!("  curl -s http://{}/v1/customers/{first_customer}/invoices", billing.address);
+    println!("  curl -s {bearer} http://{}/v1/customers/{first_customer}/invoices", billing.address);
     println!();
     let truth_path = data_dir.join("ground-truth.bin");
     let sim_config = firmware_sim::SimConfig {
@@ -317,6 +331,7 @@ pub async fn run(args: SandboxArgs) -> anyhow::Result<()> {
         gateway_url: format!("http://{}", gateway.address),
         billing_url: format!("http://{}", billing.address),
         customer: first_customer.to_string(),
+        customer_token: customer_token.clone(),
     }));
     let outcome = match args.exit_after_intervals {
         Some(intervals) => {
@@ -325,7 +340,10 @@ pub async fn run(args: SandboxArgs) -> anyhow::Result<()> {
             crate::progress::finish();
             let summary = summary?;
             tracing::info!(published = summary.published, "fleet finished; checking the bills");
-            check_bills(&http, &format!("http://{}", billing.address), &truth_path, intervals, legacy).await
+            let mut headers = reqwest::header::HeaderMap::new();
+            headers.insert(reqwest::header::AUTHORIZATION, format!("Bearer {operator_token}").parse()?);
+            let billing_http = reqwest::Client::builder().default_headers(headers).build()?;
+            check_bills(&billing_http, &format!("http://{}", billing.address), &truth_path, intervals, legacy).await
         }
         None => {
             let frozen = args.intervals;
@@ -353,6 +371,17 @@ pub async fn run(args: SandboxArgs) -> anyhow::Result<()> {
         node.stop().await;
     }
     outcome
+}
+
+/// The sandbox's billing token kept at `path` (0600): the one a previous run on the same data
+/// directory issued, or a new one.
+fn sandbox_token(tokens: &billing::auth::TokenStore, path: &Path, role: billing::auth::Role) -> anyhow::Result<String> {
+    if let Ok(token) = std::fs::read_to_string(path) {
+        return Ok(token.trim().to_string());
+    }
+    let (token, _) = tokens.issue(role, "sandbox")?;
+    ledger::node::write_secret(path, &token)?;
+    Ok(token)
 }
 
 /// A sandbox customer's running bill must have the tariff's period lines (standing charge, VAT)

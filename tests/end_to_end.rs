@@ -78,10 +78,15 @@ async fn signed_readings_become_bills_equal_to_ground_truth() -> anyhow::Result<
     let mut command = wattle();
     command
         .args(["billing", "--listen", "127.0.0.1:0", "--ledger", &ledger_url])
+        .args(["--database", &format!("sqlite://{}?mode=rwc", path("billing.sqlite").display())])
+        .arg("--tokens")
+        .arg(path("billing-tokens.json"))
         .arg("--ready-file")
         .arg(path("billing.ready"));
     let mut billing = Process::spawn("billing", dir.path(), command)?;
     let billing_url = format!("http://{}", billing.ready_address(&path("billing.ready")).await?);
+    let billing_http =
+        crate::support::bearer_client(&crate::support::issue_token(&path("billing-tokens.json"), &["--operator"])?)?;
 
     // Tampered readings, published by the test itself.
     let key_zero = firmware_sim::meter_key(SEED, 0);
@@ -121,7 +126,7 @@ async fn signed_readings_become_bills_equal_to_ground_truth() -> anyhow::Result<
     for (customer, import_wh) in &expected {
         let bill: serde_json::Value =
             poll_until(&format!("bill of {customer} settled"), Duration::from_secs(60), || {
-                let request = http.get(format!("{billing_url}/v1/customers/{customer}/bill")).send();
+                let request = billing_http.get(format!("{billing_url}/v1/customers/{customer}/bill")).send();
                 async move {
                     let bill: serde_json::Value = request.await.ok()?.json().await.ok()?;
                     (bill["intervals_settled"].as_u64() == Some(INTERVALS)).then_some(bill)

@@ -98,7 +98,9 @@ async fn private_reads_are_served_only_to_entitled_callers() -> anyhow::Result<(
     assert_eq!(get(&http, &url, "/v1/transactions?from=0", None, None).await?.0, 200);
 
     // Billing signs its reads with its key: the running bill is served.
-    let (status, body) = get(&http, &billing_url, &format!("/v1/customers/{customer}/bill"), None, None).await?;
+    let billing_http = sandbox.billing_client()?;
+    let (status, body) =
+        get(&billing_http, &billing_url, &format!("/v1/customers/{customer}/bill"), None, None).await?;
     assert_eq!(status, 200, "billing's bill: {body}");
 
     // Governance revokes billing as a reader: from then on the ledger refuses it.
@@ -113,7 +115,7 @@ async fn private_reads_are_served_only_to_entitled_callers() -> anyhow::Result<(
     // Billing's feed hears the refusal on its next read of the stream; from then on it shows nothing.
     let bill_path = format!("/v1/customers/{customer}/bill");
     poll_until("billing answers ledger_refused", Duration::from_secs(20), || async {
-        let (status, body) = get(&http, &billing_url, &bill_path, None, None).await.ok()?;
+        let (status, body) = get(&billing_http, &billing_url, &bill_path, None, None).await.ok()?;
         (status == 502 && body["code"] == "ledger_refused").then_some(())
     })
     .await?;

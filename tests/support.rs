@@ -343,6 +343,11 @@ impl Sandbox {
     }
 
     /// The URL of a service the banner names (`billing`, `gateway`).
+    /// An HTTP client that sends the sandbox's billing operator token (`DATA_DIR/billing-operator.token`).
+    pub fn billing_client(&self) -> anyhow::Result<reqwest::Client> {
+        bearer_client(std::fs::read_to_string(self.data.join("billing-operator.token"))?.trim())
+    }
+
     pub fn banner_url(&self, service: &str) -> anyhow::Result<String> {
         let banner = std::fs::read_to_string(&self.terminal)?;
         let address = banner
@@ -382,4 +387,18 @@ impl Sandbox {
         anyhow::ensure!(status.success(), "the sandbox stopped with {status}:\n{}", self.process.log_tail());
         Ok(())
     }
+}
+
+/// An HTTP client that sends `Authorization: Bearer TOKEN` with every request (billing's API).
+pub fn bearer_client(token: &str) -> anyhow::Result<reqwest::Client> {
+    let mut headers = reqwest::header::HeaderMap::new();
+    headers.insert(reqwest::header::AUTHORIZATION, format!("Bearer {token}").parse()?);
+    Ok(reqwest::Client::builder().default_headers(headers).timeout(Duration::from_secs(15)).build()?)
+}
+
+/// Issues a billing token with `wattle token issue --tokens FILE ROLE_ARGS` and returns it.
+pub fn issue_token(tokens: &Path, role: &[&str]) -> anyhow::Result<String> {
+    let output = wattle().args(["token", "issue", "--tokens"]).arg(tokens).args(role).output()?;
+    anyhow::ensure!(output.status.success(), "token issue failed: {}", String::from_utf8_lossy(&output.stderr));
+    Ok(String::from_utf8(output.stdout)?.trim().to_string())
 }

@@ -4,11 +4,19 @@
 -- or milliseconds since 1970 in BIGINT columns; JSON documents are TEXT, exactly as the ledger
 -- gave them.
 
--- The ledger position the model reflects: one row.
+-- The ledger position the model reflects: one row. The anchors are the first and the last change
+-- the model took (index, transaction id and leader time): a ledger that does not hold them there
+-- is another ledger (or one that lost its history), and the model is rebuilt from it.
 CREATE TABLE feed_position (
     id INTEGER PRIMARY KEY,
     ledger_index BIGINT NOT NULL,
-    as_of_ms BIGINT NOT NULL
+    as_of_ms BIGINT NOT NULL,
+    first_tx_id TEXT,
+    first_index BIGINT,
+    first_time_ms BIGINT,
+    anchor_tx_id TEXT,
+    anchor_index BIGINT,
+    anchor_time_ms BIGINT
 );
 INSERT INTO feed_position (id, ledger_index, as_of_ms) VALUES (1, 0, 0);
 

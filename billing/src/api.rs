@@ -1,19 +1,24 @@
 //! Billing's HTTP API (axum, JSON, under `/v1`): served from the read model, every answer with the
 //! ledger position it reflects (`ledger_index` in the body and the `Wattle-Ledger-Index` header).
-//! Errors are `{"code", "message"}` with 400/404/422/502/503.
+//! Errors are `{"code", "message"}` with 400/401/403/404/413/422/429/502/503.
+//!
+//! Who may call what (`auth.rs`): customer endpoints need a bearer token, a customer's for that
+//! customer only or an operator's; token endpoints need an operator token; `/healthz` and
+//! `/metrics` are open (they name no customer).
 
 use std::sync::Arc;
 
-use axum::extract::rejection::QueryRejection;
-use axum::extract::{Path, Query, State};
-use axum::http::{HeaderValue, StatusCode};
+use axum::extract::rejection::{JsonRejection, PathRejection, QueryRejection};
+use axum::extract::{DefaultBodyLimit, Path, Query, State};
+use axum::http::{HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
-use axum::routing::get;
+use axum::routing::{delete, get};
 use axum::{Json, Router};
 use domain::api::ErrorBody;
 use domain::ids::CustomerId;
 use serde::Deserialize;
 
+use crate::auth::{Caller, Gate, Role};
 use crate::feed::FeedHandle;
 use crate::ledger_client::LedgerClient;
 use crate::metrics::Metrics;
@@ -22,6 +27,8 @@ use crate::usage::{UsagePage, UsageQuery};
 
 /// Header carrying the ledger index an answer reflects.
 pub const LEDGER_INDEX_HEADER: &str = "wattle-ledger-index";
+/// Header carrying the next page's cursor where the body has no room for it (Green Button XML).
+pub const NEXT_CURSOR_HEADER: &str = "wattle-next-cursor";
 
 #[derive(Clone)]
 pub struct Shared {
@@ -29,7 +36,11 @@ pub struct Shared {
     pub ledger: LedgerClient,
     pub feed: FeedHandle,
     pub metrics: Arc<Metrics>,
+    pub gate: Arc<Gate>,
 }
+
+/// Largest request body billing reads (`POST /v1/tokens`); larger ones are answered 413.
+pub const REQUEST_BODY_BYTES_MAX: usize = 16 * 1024;
 
 pub fn router(shared: Shared) -> Router {
     Router::new()
@@ -38,27 +49,50 @@ pub fn router(shared: Shared) -> Router {
         .route("/v1/customers/{customer_id}/invoices", get(customer_invoices))
         .route("/v1/invoices/{number}", get(invoice))
         .route("/v1/invoices/{number}/receipt", get(invoice_receipt))
+        .route("/v1/tokens", get(list_tokens).post(issue_token))
+        .route("/v1/tokens/{token_id}", delete(revoke_token))
+        .layer(DefaultBodyLimit::max(REQUEST_BODY_BYTES_MAX))
+        .route("/openapi.json", get(openapi_json))
         .route("/healthz", get(healthz))
         .route("/metrics", get(metrics))
         .with_state(shared)
 }
 
 /// An error answer, counted by code.
+#[derive(Debug)]
 pub struct Refusal {
     status: StatusCode,
     code: &'static str,
     message: String,
+    /// Seconds to wait before retrying (`Retry-After`, with 429).
+    retry_after_s: Option<u64>,
 }
 
 impl Refusal {
     pub fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {
-        Refusal { status, code, message: message.into() }
+        Refusal { status, code, message: message.into(), retry_after_s: None }
+    }
+
+    /// The same refusal with a `Retry-After` header.
+    pub fn retry_after(mut self, seconds: u64) -> Self {
+        self.retry_after_s = Some(seconds);
+        self
+    }
+
+    /// The stable error code.
+    pub fn code(&self) -> &'static str {
+        self.code
     }
 }
 
 impl IntoResponse for Refusal {
     fn into_response(self) -> Response {
-        (self.status, Json(ErrorBody { code: self.code.to_string(), message: self.message })).into_response()
+        let mut response =
+            (self.status, Json(ErrorBody { code: self.code.to_string(), message: self.message })).into_response();
+        if let Some(seconds) = self.retry_after_s {
+            response.headers_mut().insert(axum::http::header::RETRY_AFTER, HeaderValue::from(seconds));
+        }
+        response
     }
 }
 
@@ -80,6 +114,12 @@ fn checked<T>(query: Result<Query<T>, QueryRejection>) -> Result<T, Refusal> {
         .map_err(|rejection| Refusal::new(StatusCode::UNPROCESSABLE_ENTITY, "bad_query", rejection.body_text()))
 }
 
+/// A path parameter that does not decode (invalid percent-encoding) is a 400 with the reason.
+fn path_param(path: Result<Path<String>, PathRejection>) -> Result<String, Refusal> {
+    path.map(|Path(value)| value)
+        .map_err(|rejection| Refusal::new(StatusCode::BAD_REQUEST, "bad_path", rejection.body_text()))
+}
+
 fn with_position(mut response: Response, position: Position) -> Response {
     if let Ok(value) = HeaderValue::from_str(&position.ledger_index.to_string()) {
         response.headers_mut().insert(LEDGER_INDEX_HEADER, value);
@@ -87,10 +127,19 @@ fn with_position(mut response: Response, position: Position) -> Response {
     response
 }
 
-/// Checks the id, that the ledger still serves billing, and that the model knows the customer.
-async fn known_customer(shared: &Shared, customer_id: String) -> Result<(CustomerId, Position), Refusal> {
+/// Checks the caller's token, the id, the caller's entitlement to the customer, that the ledger
+/// still serves billing, and that the model knows the customer; logs the access.
+async fn known_customer(
+    shared: &Shared,
+    headers: &HeaderMap,
+    customer_id: String,
+    what: &str,
+) -> Result<(CustomerId, Position), Refusal> {
+    let caller = shared.gate.caller(headers)?;
     let customer = CustomerId::new(customer_id)
         .map_err(|reason| Refusal::new(StatusCode::BAD_REQUEST, "bad_customer_id", reason.to_string()))?;
+    caller.check_customer(&customer)?;
+    crate::auth::log_access(&caller, customer.as_str(), what);
     let status = shared.feed.status();
     if status.state == "refused" {
         return Err(Refusal::new(
@@ -111,10 +160,37 @@ async fn known_customer(shared: &Shared, customer_id: String) -> Result<(Custome
 }
 
 /// `GET /v1/customers/{id}/bill`: the running bill of the open period.
-#[tracing::instrument(skip(shared))]
-async fn bill(State(shared): State<Shared>, Path(customer_id): Path<String>) -> Response {
+#[utoipa::path(
+    get,
+    path = "/v1/customers/{customer_id}/bill",
+    tag = "customers",
+    summary = "The running bill of the open period (provisional)",
+    params(("customer_id" = String, Path, description = "The customer's id", example = "C0000000")),
+    responses(
+        (status = 200, description = "The running bill", body = crate::bill::Bill,
+         headers(("wattle-ledger-index" = u64, description = "The ledger index the answer reflects"))),
+        (status = 400, description = "Not a customer id", body = crate::openapi::ErrorBody),
+        (status = 401, description = "No valid token", body = crate::openapi::ErrorBody),
+        (status = 403, description = "Another customer's data", body = crate::openapi::ErrorBody),
+        (status = 404, description = "Unknown customer", body = crate::openapi::ErrorBody),
+        (status = 429, description = "The token is over its rate", body = crate::openapi::ErrorBody),
+        (status = 502, description = "The ledger refuses billing", body = crate::openapi::ErrorBody),
+        (status = 503, description = "Billing's database failed", body = crate::openapi::ErrorBody),
+    ),
+    security(("bearer" = []))
+)]
+#[tracing::instrument(skip(shared, headers))]
+pub(crate) async fn bill(
+    State(shared): State<Shared>,
+    headers: HeaderMap,
+    customer_id: Result<Path<String>, PathRejection>,
+) -> Response {
+    let customer_id = match path_param(customer_id) {
+        Ok(customer_id) => customer_id,
+        Err(refusal) => return refuse(&shared, refusal),
+    };
     let result = async {
-        let (customer, position) = known_customer(&shared, customer_id).await?;
+        let (customer, position) = known_customer(&shared, &headers, customer_id, "bill").await?;
         let bill = match shared.model.open_statement(customer.as_str()).await.map_err(internal)? {
             Some(statement) => {
                 let intervals = shared
@@ -142,20 +218,60 @@ async fn bill(State(shared): State<Shared>, Path(customer_id): Path<String>) -> 
 }
 
 /// `GET /v1/customers/{id}/usage?from=&to=&group_by=&page_size=&cursor=&format=csv`.
-#[tracing::instrument(skip(shared))]
-async fn usage(
+#[utoipa::path(
+    get,
+    path = "/v1/customers/{customer_id}/usage",
+    tag = "customers",
+    summary = "Energy and cost over [from, to), grouped by interval, hour, day or month",
+    params(("customer_id" = String, Path, description = "The customer's id", example = "C0000000"), crate::usage::UsageQuery),
+    responses(
+        (status = 200, description = "A page of groups (`format=csv`: CSV; `format=xml`: Green Button (ESPI) \
+                                      Atom XML of the page's intervals, the next cursor in `wattle-next-cursor`)", content(
+            (crate::usage::UsagePage = "application/json"),
+            (String = "text/csv"),
+            (String = "application/atom+xml")
+        ), headers(
+            ("wattle-ledger-index" = u64, description = "The ledger index the answer reflects"),
+            ("wattle-next-cursor" = String, description = "XML only: the next page's cursor, if more follow")
+        )),
+        (status = 400, description = "Not a customer id", body = crate::openapi::ErrorBody),
+        (status = 401, description = "No valid token", body = crate::openapi::ErrorBody),
+        (status = 403, description = "Another customer's data", body = crate::openapi::ErrorBody),
+        (status = 404, description = "Unknown customer", body = crate::openapi::ErrorBody),
+        (status = 422, description = "A range, page size or cursor out of bounds, or a query that does not parse",
+         body = crate::openapi::ErrorBody),
+        (status = 429, description = "The token is over its rate", body = crate::openapi::ErrorBody),
+        (status = 502, description = "The ledger refuses billing", body = crate::openapi::ErrorBody),
+        (status = 503, description = "Billing's database failed", body = crate::openapi::ErrorBody),
+    ),
+    security(("bearer" = []))
+)]
+#[tracing::instrument(skip(shared, headers))]
+pub(crate) async fn usage(
     State(shared): State<Shared>,
-    Path(customer_id): Path<String>,
+    headers: HeaderMap,
+    customer_id: Result<Path<String>, PathRejection>,
     query: Result<Query<UsageQuery>, QueryRejection>,
 ) -> Response {
+    let customer_id = match path_param(customer_id) {
+        Ok(customer_id) => customer_id,
+        Err(refusal) => return refuse(&shared, refusal),
+    };
     let query = match checked(query) {
         Ok(query) => query,
         Err(refusal) => return refuse(&shared, refusal),
     };
     let result = async {
-        let (customer, position) = known_customer(&shared, customer_id).await?;
+        let (customer, position) = known_customer(&shared, &headers, customer_id, "usage").await?;
         let range = crate::usage::check(&query)
             .map_err(|error| Refusal::new(StatusCode::UNPROCESSABLE_ENTITY, error.code(), error.to_string()))?;
+        if query.format.as_deref() == Some("xml") && range.group_by != crate::usage::GroupBy::Interval {
+            return Err(Refusal::new(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "xml_needs_intervals",
+                "Green Button XML carries 15-minute intervals: leave group_by out or set it to interval",
+            ));
+        }
         let account = shared.model.account(customer.as_str()).await.map_err(internal)?.expect("known customer");
         let rows = shared
             .model
@@ -176,11 +292,28 @@ async fn usage(
                 .map(|time| time.to_rfc3339_opts(chrono::SecondsFormat::Secs, true))
                 .unwrap_or_default(),
         };
-        Ok::<_, Refusal>((page, position))
+        Ok::<_, Refusal>((page, position, rows))
     }
     .await;
     match result {
-        Ok((page, position)) if query.format.as_deref() == Some("csv") => {
+        Ok((page, position, rows)) if query.format.as_deref() == Some("xml") => {
+            let starts: std::collections::BTreeSet<i64> = page.groups.iter().map(|group| group.start).collect();
+            let rows: Vec<_> = rows.into_iter().filter(|row| starts.contains(&row.start_s)).collect();
+            let xml = crate::green_button::render(
+                &page.customer_id,
+                &page.currency,
+                &rows,
+                (page.from, page.to),
+                position.as_of_ms.div_euclid(1000),
+            );
+            let mut response =
+                ([(axum::http::header::CONTENT_TYPE, "application/atom+xml; charset=utf-8")], xml).into_response();
+            if let Some(cursor) = page.next_cursor.as_deref().and_then(|cursor| HeaderValue::from_str(cursor).ok()) {
+                response.headers_mut().insert(NEXT_CURSOR_HEADER, cursor);
+            }
+            with_position(response, position)
+        }
+        Ok((page, position, _)) if query.format.as_deref() == Some("csv") => {
             let mut csv =
                 String::from("key,start,local_start,intervals,import_kwh,export_kwh,cost,cost_unrounded,currency\n");
             for group in &page.groups {
@@ -202,15 +335,42 @@ async fn usage(
                 position,
             )
         }
-        Ok((page, position)) => with_position(Json(page).into_response(), position),
+        Ok((page, position, _)) => with_position(Json(page).into_response(), position),
         Err(refusal) => refuse(&shared, refusal),
     }
 }
 
 /// `GET /v1/customers/{id}/invoices`.
-async fn customer_invoices(State(shared): State<Shared>, Path(customer_id): Path<String>) -> Response {
+#[utoipa::path(
+    get,
+    path = "/v1/customers/{customer_id}/invoices",
+    tag = "customers",
+    summary = "The customer's issued invoices",
+    params(("customer_id" = String, Path, description = "The customer's id", example = "C0000000")),
+    responses(
+        (status = 200, description = "Issued invoices, oldest period first", body = crate::openapi::InvoiceList,
+         headers(("wattle-ledger-index" = u64, description = "The ledger index the answer reflects"))),
+        (status = 400, description = "Not a customer id", body = crate::openapi::ErrorBody),
+        (status = 401, description = "No valid token", body = crate::openapi::ErrorBody),
+        (status = 403, description = "Another customer's data", body = crate::openapi::ErrorBody),
+        (status = 404, description = "Unknown customer", body = crate::openapi::ErrorBody),
+        (status = 429, description = "The token is over its rate", body = crate::openapi::ErrorBody),
+        (status = 502, description = "The ledger refuses billing", body = crate::openapi::ErrorBody),
+        (status = 503, description = "Billing's database failed", body = crate::openapi::ErrorBody),
+    ),
+    security(("bearer" = []))
+)]
+pub(crate) async fn customer_invoices(
+    State(shared): State<Shared>,
+    headers: HeaderMap,
+    customer_id: Result<Path<String>, PathRejection>,
+) -> Response {
+    let customer_id = match path_param(customer_id) {
+        Ok(customer_id) => customer_id,
+        Err(refusal) => return refuse(&shared, refusal),
+    };
     let result = async {
-        let (customer, position) = known_customer(&shared, customer_id).await?;
+        let (customer, position) = known_customer(&shared, &headers, customer_id, "invoices").await?;
         let rows = shared.model.invoices_of(customer.as_str()).await.map_err(internal)?;
         let invoices: Vec<_> = rows.iter().map(crate::invoices::InvoiceSummary::of).collect();
         Ok::<_, Refusal>((invoices, position))
@@ -225,12 +385,24 @@ async fn customer_invoices(State(shared): State<Shared>, Path(customer_id): Path
     }
 }
 
-#[derive(Debug, Deserialize)]
-struct FormatQuery {
+/// `?format=` of the invoice endpoints.
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
+pub(crate) struct FormatQuery {
+    /// `csv` (the document's lines) or `html` (the printable invoice) for
+    /// `GET /v1/invoices/{number}`; `json` for the receipt.
     format: Option<String>,
 }
 
-async fn invoice_row(shared: &Shared, number: &str) -> Result<crate::read_model::InvoiceRow, Refusal> {
+/// The invoice `number` if the caller may read it: another customer's invoice is answered as
+/// unknown, so numbers tell nothing of other customers.
+async fn invoice_row(
+    shared: &Shared,
+    headers: &HeaderMap,
+    number: &str,
+    what: &str,
+) -> Result<crate::read_model::InvoiceRow, Refusal> {
+    let caller = shared.gate.caller(headers)?;
     if number.len() > 200 {
         return Err(Refusal::new(
             StatusCode::BAD_REQUEST,
@@ -238,32 +410,72 @@ async fn invoice_row(shared: &Shared, number: &str) -> Result<crate::read_model:
             "an invoice number is at most 200 bytes",
         ));
     }
-    shared
-        .model
-        .invoice(number)
-        .await
-        .map_err(internal)?
-        .ok_or_else(|| Refusal::new(StatusCode::NOT_FOUND, "unknown_invoice", format!("no invoice {number}")))
+    let unknown = || Refusal::new(StatusCode::NOT_FOUND, "unknown_invoice", format!("no invoice {number}"));
+    let row = shared.model.invoice(number).await.map_err(internal)?.ok_or_else(unknown)?;
+    let customer = CustomerId::new(row.customer_id.as_str()).map_err(|error| internal(error.into()))?;
+    if !caller.may_read(&customer) {
+        return Err(unknown());
+    }
+    crate::auth::log_access(&caller, customer.as_str(), what);
+    Ok(row)
 }
 
 /// `GET /v1/invoices/{number}`: the invoice document, byte for byte as issued (`?format=csv`:
 /// its lines as CSV).
-async fn invoice(
+#[utoipa::path(
+    get,
+    path = "/v1/invoices/{number}",
+    tag = "invoices",
+    summary = "An invoice document, byte for byte as the ledger issued it",
+    params(("number" = String, Path, description = "The invoice number", example = "supplier-a-000001"), FormatQuery),
+    responses(
+        (status = 200, description = "The canonical invoice document (its SHA-256 is the receipt's claims digest);                                       `format=csv`: its lines; `format=html`: the printable invoice", content(
+            (Object = "application/json"),
+            (String = "text/csv"),
+            (String = "text/html")
+        )),
+        (status = 400, description = "Not an invoice number", body = crate::openapi::ErrorBody),
+        (status = 401, description = "No valid token", body = crate::openapi::ErrorBody),
+        (status = 404, description = "No such invoice for this token", body = crate::openapi::ErrorBody),
+        (status = 422, description = "A query that does not parse", body = crate::openapi::ErrorBody),
+        (status = 429, description = "The token is over its rate", body = crate::openapi::ErrorBody),
+        (status = 503, description = "Billing's database failed", body = crate::openapi::ErrorBody),
+    ),
+    security(("bearer" = []))
+)]
+pub(crate) async fn invoice(
     State(shared): State<Shared>,
-    Path(number): Path<String>,
+    headers: HeaderMap,
+    number: Result<Path<String>, PathRejection>,
     query: Result<Query<FormatQuery>, QueryRejection>,
 ) -> Response {
+    let number = match path_param(number) {
+        Ok(number) => number,
+        Err(refusal) => return refuse(&shared, refusal),
+    };
     let query = match checked(query) {
         Ok(query) => query,
         Err(refusal) => return refuse(&shared, refusal),
     };
-    match invoice_row(&shared, &number).await {
+    match invoice_row(&shared, &headers, &number, "invoice").await {
         Ok(row) if query.format.as_deref() == Some("csv") => {
             match domain::settle::InvoiceDocument::parse(row.document.as_bytes()) {
                 Ok(document) => {
                     ([(axum::http::header::CONTENT_TYPE, "text/csv; charset=utf-8")], crate::invoices::csv(&document))
                         .into_response()
                 }
+                Err(error) => {
+                    internal(anyhow::anyhow!("stored invoice {number} does not parse: {error}")).into_response()
+                }
+            }
+        }
+        Ok(row) if query.format.as_deref() == Some("html") => {
+            match domain::settle::InvoiceDocument::parse(row.document.as_bytes()) {
+                Ok(document) => (
+                    [(axum::http::header::CONTENT_TYPE, "text/html; charset=utf-8")],
+                    crate::invoice_html::render(&document, row.document.as_bytes(), &row.tx_id),
+                )
+                    .into_response(),
                 Err(error) => {
                     internal(anyhow::anyhow!("stored invoice {number} does not parse: {error}")).into_response()
                 }
@@ -276,16 +488,42 @@ async fn invoice(
 
 /// `GET /v1/invoices/{number}/receipt[?format=json]`: the ledger's receipt of the issuing
 /// transaction, passed through as the ledger gave it.
-async fn invoice_receipt(
+#[utoipa::path(
+    get,
+    path = "/v1/invoices/{number}/receipt",
+    tag = "invoices",
+    summary = "The ledger's receipt of the transaction that issued the invoice",
+    params(("number" = String, Path, description = "The invoice number", example = "supplier-a-000001"), FormatQuery),
+    responses(
+        (status = 200, description = "The receipt: canonical bytes (`wattle receipt verify`), or JSON with                                       `format=json`", content(
+            (Vec<u8> = "application/octet-stream"),
+            (Object = "application/json")
+        )),
+        (status = 400, description = "Not an invoice number", body = crate::openapi::ErrorBody),
+        (status = 401, description = "No valid token", body = crate::openapi::ErrorBody),
+        (status = 404, description = "No such invoice for this token", body = crate::openapi::ErrorBody),
+        (status = 422, description = "A query that does not parse", body = crate::openapi::ErrorBody),
+        (status = 429, description = "The token is over its rate", body = crate::openapi::ErrorBody),
+        (status = 502, description = "The ledger did not give the receipt", body = crate::openapi::ErrorBody),
+        (status = 503, description = "Billing's database failed", body = crate::openapi::ErrorBody),
+    ),
+    security(("bearer" = []))
+)]
+pub(crate) async fn invoice_receipt(
     State(shared): State<Shared>,
-    Path(number): Path<String>,
+    headers: HeaderMap,
+    number: Result<Path<String>, PathRejection>,
     query: Result<Query<FormatQuery>, QueryRejection>,
 ) -> Response {
+    let number = match path_param(number) {
+        Ok(number) => number,
+        Err(refusal) => return refuse(&shared, refusal),
+    };
     let query = match checked(query) {
         Ok(query) => query,
         Err(refusal) => return refuse(&shared, refusal),
     };
-    let row = match invoice_row(&shared, &number).await {
+    let row = match invoice_row(&shared, &headers, &number, "invoice_receipt").await {
         Ok(row) => row,
         Err(refusal) => return refuse(&shared, refusal),
     };
@@ -307,8 +545,172 @@ async fn invoice_receipt(
     }
 }
 
+/// `POST /v1/tokens` body: a customer's token (`customer_id`) or an operator's (`operator: true`).
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct IssueRequest {
+    customer_id: Option<String>,
+    #[serde(default)]
+    operator: bool,
+    #[serde(default)]
+    label: String,
+}
+
+fn operator(shared: &Shared, headers: &HeaderMap) -> Result<Caller, Refusal> {
+    let caller = shared.gate.caller(headers)?;
+    caller.check_operator()?;
+    Ok(caller)
+}
+
+fn token_error(error: crate::auth::TokenError) -> Refusal {
+    use crate::auth::TokenError;
+    match error {
+        TokenError::Unknown(_) => Refusal::new(StatusCode::NOT_FOUND, "unknown_token_id", error.to_string()),
+        TokenError::Full => Refusal::new(StatusCode::UNPROCESSABLE_ENTITY, "too_many_tokens", error.to_string()),
+        TokenError::LabelTooLong => Refusal::new(StatusCode::UNPROCESSABLE_ENTITY, "label_too_long", error.to_string()),
+        TokenError::Read { .. } | TokenError::Write { .. } => internal(error.into()),
+    }
+}
+
+/// A body that is not the JSON asked for: 413 over the size limit, 422 otherwise.
+fn body_refusal(rejection: JsonRejection) -> Refusal {
+    if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
+        Refusal::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "body_too_large",
+            format!("a request body is at most {REQUEST_BODY_BYTES_MAX} bytes"),
+        )
+    } else {
+        Refusal::new(StatusCode::UNPROCESSABLE_ENTITY, "bad_body", rejection.body_text())
+    }
+}
+
+/// `POST /v1/tokens` (operators): issues a token; the answer is the only place it appears.
+#[utoipa::path(
+    post,
+    path = "/v1/tokens",
+    tag = "tokens",
+    summary = "Issue a customer's or an operator's token",
+    request_body = IssueRequest,
+    responses(
+        (status = 201, description = "The token, shown only here, and its record", body = crate::openapi::IssuedToken),
+        (status = 401, description = "No valid token", body = crate::openapi::ErrorBody),
+        (status = 403, description = "Not an operator's token", body = crate::openapi::ErrorBody),
+        (status = 413, description = "A body over 16 KiB", body = crate::openapi::ErrorBody),
+        (status = 422, description = "A body that is not an issue request", body = crate::openapi::ErrorBody),
+        (status = 429, description = "The token is over its rate", body = crate::openapi::ErrorBody),
+        (status = 503, description = "The token file could not be written", body = crate::openapi::ErrorBody),
+    ),
+    security(("bearer" = []))
+)]
+pub(crate) async fn issue_token(
+    State(shared): State<Shared>,
+    headers: HeaderMap,
+    body: Result<Json<IssueRequest>, JsonRejection>,
+) -> Response {
+    let result = (|| {
+        let caller = operator(&shared, &headers)?;
+        let Json(request) = body.map_err(body_refusal)?;
+        let role = match (request.customer_id, request.operator) {
+            (Some(customer_id), false) => Role::Customer {
+                customer_id: CustomerId::new(customer_id).map_err(|reason| {
+                    Refusal::new(StatusCode::UNPROCESSABLE_ENTITY, "bad_customer_id", reason.to_string())
+                })?,
+            },
+            (None, true) => Role::Operator,
+            _ => {
+                return Err(Refusal::new(
+                    StatusCode::UNPROCESSABLE_ENTITY,
+                    "bad_body",
+                    "give either customer_id or operator: true",
+                ))
+            }
+        };
+        let (token, record) = shared.gate.tokens.issue(role, &request.label).map_err(token_error)?;
+        tracing::info!(target: "billing::access", by = %caller.token_id, token = %record.id, "token issued");
+        Ok::<_, Refusal>((token, record))
+    })();
+    match result {
+        Ok((token, record)) => {
+            (StatusCode::CREATED, Json(serde_json::json!({ "token": token, "record": record }))).into_response()
+        }
+        Err(refusal) => refuse(&shared, refusal),
+    }
+}
+
+/// `GET /v1/tokens` (operators): every token's record (hashes, never tokens).
+#[utoipa::path(
+    get,
+    path = "/v1/tokens",
+    tag = "tokens",
+    summary = "Every token's record",
+    responses(
+        (status = 200, description = "Records, oldest first", body = crate::openapi::TokenList),
+        (status = 401, description = "No valid token", body = crate::openapi::ErrorBody),
+        (status = 403, description = "Not an operator's token", body = crate::openapi::ErrorBody),
+        (status = 429, description = "The token is over its rate", body = crate::openapi::ErrorBody),
+        (status = 503, description = "The token file could not be read", body = crate::openapi::ErrorBody),
+    ),
+    security(("bearer" = []))
+)]
+pub(crate) async fn list_tokens(State(shared): State<Shared>, headers: HeaderMap) -> Response {
+    let result = operator(&shared, &headers).and_then(|_| shared.gate.tokens.list().map_err(token_error));
+    match result {
+        Ok(tokens) => Json(serde_json::json!({ "tokens": tokens })).into_response(),
+        Err(refusal) => refuse(&shared, refusal),
+    }
+}
+
+/// `DELETE /v1/tokens/{id}` (operators): revokes a token, at once.
+#[utoipa::path(
+    delete,
+    path = "/v1/tokens/{token_id}",
+    tag = "tokens",
+    summary = "Revoke a token",
+    params(("token_id" = String, Path, description = "The token's id")),
+    responses(
+        (status = 200, description = "The revoked token's record", body = crate::openapi::TokenRecord),
+        (status = 400, description = "A path that does not decode", body = crate::openapi::ErrorBody),
+        (status = 401, description = "No valid token", body = crate::openapi::ErrorBody),
+        (status = 403, description = "Not an operator's token", body = crate::openapi::ErrorBody),
+        (status = 404, description = "No token with this id", body = crate::openapi::ErrorBody),
+        (status = 429, description = "The token is over its rate", body = crate::openapi::ErrorBody),
+        (status = 503, description = "The token file could not be written", body = crate::openapi::ErrorBody),
+    ),
+    security(("bearer" = []))
+)]
+pub(crate) async fn revoke_token(
+    State(shared): State<Shared>,
+    headers: HeaderMap,
+    token_id: Result<Path<String>, PathRejection>,
+) -> Response {
+    let token_id = match path_param(token_id) {
+        Ok(token_id) => token_id,
+        Err(refusal) => return refuse(&shared, refusal),
+    };
+    let result = operator(&shared, &headers).and_then(|caller| {
+        let record = shared.gate.tokens.revoke(&token_id).map_err(token_error)?;
+        tracing::info!(target: "billing::access", by = %caller.token_id, token = %record.id, "token revoked");
+        Ok(record)
+    });
+    match result {
+        Ok(record) => Json(record).into_response(),
+        Err(refusal) => refuse(&shared, refusal),
+    }
+}
+
 /// `GET /healthz`: 200 while the feed follows the ledger, with how far the model is behind it.
-async fn healthz(State(shared): State<Shared>) -> Response {
+#[utoipa::path(
+    get,
+    path = "/healthz",
+    tag = "operations",
+    summary = "Whether the read model follows the ledger, and how far behind it is",
+    responses(
+        (status = 200, description = "Following", body = crate::openapi::Health),
+        (status = 503, description = "Not following, with the reason", body = crate::openapi::Health),
+    )
+)]
+pub(crate) async fn healthz(State(shared): State<Shared>) -> Response {
     let status = shared.feed.status();
     let behind = status.ledger_signed_index.saturating_sub(status.ledger_index);
     let body = serde_json::json!({
@@ -323,7 +725,20 @@ async fn healthz(State(shared): State<Shared>) -> Response {
     (code, Json(body)).into_response()
 }
 
-async fn metrics(State(shared): State<Shared>) -> Response {
+/// `GET /metrics`: OpenMetrics text.
+#[utoipa::path(
+    get,
+    path = "/metrics",
+    tag = "operations",
+    summary = "Counters and histograms in the OpenMetrics text format",
+    responses((status = 200, description = "OpenMetrics text", content_type = "application/openmetrics-text", body = String))
+)]
+pub(crate) async fn metrics(State(shared): State<Shared>) -> Response {
     ([(axum::http::header::CONTENT_TYPE, domain::api::OPENMETRICS_CONTENT_TYPE)], shared.metrics.render())
         .into_response()
+}
+
+/// `GET /openapi.json`: the document generated from the handlers above (`openapi.rs`).
+async fn openapi_json() -> Response {
+    ([(axum::http::header::CONTENT_TYPE, "application/json")], crate::openapi::document()).into_response()
 }

@@ -17,28 +17,31 @@ use serde::{Deserialize, Serialize};
 use crate::read_model::{IntervalRow, Position};
 
 /// One line of the bill, as the customer reads it.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct BillLine {
     /// Stable key: `energy:{window}`, `energy:dynamic`, `standing`, `network`, `levy:{name}`,
     /// `export`, `netting`, `demand`, `tier:{block}`, `vat`.
     pub component: String,
     pub description: String,
     #[serde(with = "rust_decimal::serde::str")]
+    #[schema(value_type = String)]
     pub quantity: Decimal,
     /// `kwh`, `kw`, `day` or `money` (VAT: the base).
     pub unit: String,
     /// `None` where the price varies over the period (dynamic energy).
     #[serde(with = "rust_decimal::serde::str_option")]
+    #[schema(value_type = Option<String>)]
     pub unit_price: Option<Decimal>,
     /// What the customer is charged (negative: a credit), rounded once.
     #[serde(with = "rust_decimal::serde::str")]
+    #[schema(value_type = String)]
     pub amount: Decimal,
     /// A correction of an interval of an earlier, closed period.
     pub correction: bool,
 }
 
 /// How the period's value was obtained so far.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct Completeness {
     pub intervals_in_period: u64,
     /// Intervals of the period that have begun by the bill's as-of time.
@@ -51,29 +54,38 @@ pub struct Completeness {
 }
 
 /// The running bill.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct Bill {
+    #[schema(value_type = String)]
     pub customer_id: CustomerId,
     /// Always true: figures change until the period closes.
     pub provisional: bool,
+    #[schema(value_type = String)]
     pub currency: Currency,
     /// The open billing period; `None` for a customer settled without billing periods.
+    #[schema(value_type = Option<crate::openapi::Period>)]
     pub period: Option<BillingPeriod>,
     pub lines: Vec<BillLine>,
     #[serde(with = "rust_decimal::serde::str")]
+    #[schema(value_type = String)]
     pub net_total: Decimal,
     #[serde(with = "rust_decimal::serde::str")]
+    #[schema(value_type = String)]
     pub vat_total: Decimal,
     /// What the customer owes so far (VAT included).
     #[serde(with = "rust_decimal::serde::str")]
+    #[schema(value_type = String)]
     pub total: Decimal,
     /// Same as `total` (kept for clients of the first billing API).
     #[serde(with = "rust_decimal::serde::str")]
+    #[schema(value_type = String)]
     pub amount: Decimal,
     /// Energy imported in the period so far, kWh, exact.
     #[serde(with = "rust_decimal::serde::str")]
+    #[schema(value_type = String)]
     pub energy_import_kwh: Decimal,
     #[serde(with = "rust_decimal::serde::str")]
+    #[schema(value_type = String)]
     pub energy_export_kwh: Decimal,
     pub intervals_settled: u64,
     pub completeness: Completeness,

@@ -15,7 +15,7 @@ use serde::Serialize;
 use tokio::sync::watch;
 
 use crate::ledger_client::{LedgerClient, LedgerError};
-use crate::read_model::{CustomerData, Position, ReadModel};
+use crate::read_model::{Anchor, CustomerData, Position, ReadModel};
 
 /// How long one long-poll of the stream waits for a new signed entry.
 pub const FEED_WAIT: Duration = Duration::from_secs(5);
@@ -25,9 +25,10 @@ pub const FEED_RETRY: Duration = Duration::from_millis(500);
 const LEDGER_INTERVALS_PAGE: usize = 2_980;
 
 /// How the feed is doing, for `/healthz` and for answers that must not pretend.
-#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Serialize, PartialEq, Eq, utoipa::ToSchema)]
 pub struct FeedStatus {
-    /// `starting`, `following`, `refused` (the ledger no longer serves billing), `unreachable`,
+    /// `starting`, `following`, `behind` (the ledger has not yet reached the model's position:
+    /// a node catching up), `refused` (the ledger no longer serves billing), `unreachable`,
     /// `error` (the database failed).
     pub state: String,
     pub message: Option<String>,
@@ -115,16 +116,130 @@ async fn all_customers(ledger: &LedgerClient) -> Result<BTreeSet<CustomerId>, Le
     Ok(meters.into_iter().map(|meter| meter.customer_id).filter(|id| !id.as_str().starts_with("h-")).collect())
 }
 
+/// Whether the ledger billing reads is the one its read model was built from.
+enum Identity {
+    Same,
+    /// The ledger has not reached the model's anchor yet (a node catching up): wait.
+    Behind(String),
+    /// Another ledger, one that lost the history the model reflects, or one that holds less than
+    /// the model's first change: rebuild.
+    Foreign(String),
+}
+
+/// Whether the ledger holds `anchor` where the model took it (the same change at the same index,
+/// stamped at the same time): `None` if it does, the reason if not.
+async fn holds(ledger: &LedgerClient, anchor: &Anchor) -> Result<Option<String>, StepError> {
+    let path = format!("/v1/changes?from={}&limit=1", anchor.index);
+    let page: ChangePage = ledger.get(&path).await.map_err(StepError::Ledger)?;
+    Ok(match page.changes.first() {
+        Some(change)
+            if change.index == anchor.index && change.tx_id == anchor.tx_id && change.time_ms == anchor.time_ms =>
+        {
+            None
+        }
+        Some(change) if change.index == anchor.index => Some(format!(
+            "at index {} the ledger holds transaction {} of {} ms, the model took {} of {} ms",
+            anchor.index, change.tx_id, change.time_ms, anchor.tx_id, anchor.time_ms
+        )),
+        _ => Some(format!(
+            "the ledger holds no change at index {} (the model took {} there)",
+            anchor.index, anchor.tx_id
+        )),
+    })
+}
+
+/// Checks the model's anchors against the ledger (`signed_index`: the ledger's, from a page): the
+/// last change the model took if the ledger has reached it, else the first (a ledger that holds
+/// the model's first change but not yet its last is the same ledger, catching up; one that holds
+/// less than the first is treated as another).
+async fn identity(model: &ReadModel, ledger: &LedgerClient, signed_index: u64) -> Result<Identity, StepError> {
+    let Some((first, anchor)) = model.anchors().await.map_err(StepError::Database)? else {
+        let position = model.position().await.map_err(StepError::Database)?;
+        // A model that took no change holds no customer: starting again from the ledger's first
+        // entry costs nothing and skips nothing.
+        return Ok(if position.ledger_index == 0 {
+            Identity::Same
+        } else {
+            Identity::Foreign(format!("the model took no change up to index {}", position.ledger_index))
+        });
+    };
+    let checked = if signed_index >= anchor.index { &anchor } else { &first };
+    if signed_index < checked.index {
+        // Holding less than the model's very first change, the ledger cannot show it is the same
+        // one: rebuilding from it is safe (the model is rebuildable by design), waiting might be
+        // forever.
+        return Ok(Identity::Foreign(format!(
+            "the ledger's signed index {signed_index} is below the read model's first change {}",
+            first.index
+        )));
+    }
+    Ok(match holds(ledger, checked).await? {
+        Some(reason) => Identity::Foreign(reason),
+        None if checked.index < anchor.index => Identity::Behind(format!(
+            "the ledger's signed index {signed_index} is below the read model's last change {} (a node catching up?)",
+            anchor.index
+        )),
+        None => Identity::Same,
+    })
+}
+
 /// One step: reads the next page of the stream and applies it. `Ok(false)`: nothing new.
+/// `checked`: the ledger's identity was confirmed (once after start, again whenever the ledger
+/// reports less than the model holds).
 async fn step(
     model: &ReadModel,
     ledger: &LedgerClient,
     feed: &FeedHandle,
     metrics: &crate::metrics::Metrics,
+    checked: &mut bool,
 ) -> Result<bool, StepError> {
     let position = model.position().await.map_err(StepError::Database)?;
     let path = format!("/v1/changes?from={}&wait_ms={}", position.ledger_index + 1, FEED_WAIT.as_millis());
-    let page: ChangePage = ledger.get_waiting(&path, FEED_WAIT).await.map_err(StepError::Ledger)?;
+    let wait = if *checked { FEED_WAIT } else { Duration::ZERO };
+    let path = if *checked { path } else { format!("/v1/changes?from={}&limit=1", position.ledger_index + 1) };
+    let page: ChangePage = ledger.get_waiting(&path, wait).await.map_err(StepError::Ledger)?;
+    if !*checked || page.signed_index < position.ledger_index {
+        match identity(model, ledger, page.signed_index).await? {
+            // Confirmed: the next step long-polls from the model's position.
+            Identity::Same if !*checked => {
+                *checked = true;
+                return Ok(true);
+            }
+            // The same ledger, not yet where the model is (a node catching up): wait for it.
+            Identity::Same | Identity::Behind(_) if page.signed_index < position.ledger_index => {
+                let message = format!(
+                    "the ledger's signed index {} is below the read model's position {}",
+                    page.signed_index, position.ledger_index
+                );
+                feed.set("behind", Some(message), |status| status.ledger_signed_index = page.signed_index);
+                tokio::time::sleep(FEED_RETRY).await;
+                return Ok(false);
+            }
+            Identity::Same => *checked = true,
+            Identity::Behind(message) => {
+                feed.set("behind", Some(message), |status| status.ledger_signed_index = page.signed_index);
+                tokio::time::sleep(FEED_RETRY).await;
+                return Ok(false);
+            }
+            Identity::Foreign(reason) => {
+                tracing::warn!(
+                    %reason,
+                    ledger = ledger.base_url(),
+                    "the read model was built from another ledger: rebuilding it from this one"
+                );
+                model.reset().await.map_err(StepError::Database)?;
+                metrics.rebuilds.inc();
+                let start = Position::default();
+                feed.set("starting", Some(format!("rebuilding: {reason}")), |status| {
+                    status.ledger_index = start.ledger_index;
+                    status.as_of_ms = start.as_of_ms;
+                });
+                feed.position.send_replace(start);
+                *checked = true;
+                return Ok(true);
+            }
+        }
+    }
     feed.set("following", None, |status| status.ledger_signed_index = page.signed_index);
     if page.next <= position.ledger_index + 1 {
         return Ok(false);
@@ -160,7 +275,12 @@ async fn step(
         }
     }
     let next = Position { ledger_index: page.next - 1, as_of_ms };
-    model.apply(&data, next).await.map_err(StepError::Database)?;
+    let anchor = page.changes.last().map(|change| Anchor {
+        tx_id: change.tx_id.clone(),
+        index: change.index,
+        time_ms: change.time_ms,
+    });
+    model.apply(&data, next, anchor.as_ref()).await.map_err(StepError::Database)?;
     metrics.feed_pages.inc();
     metrics.customers_refreshed.inc_by(data.len() as u64);
     feed.set("following", None, |status| {
@@ -178,8 +298,9 @@ enum StepError {
 
 /// Follows the stream until the task is dropped.
 pub async fn follow(model: ReadModel, ledger: LedgerClient, feed: FeedHandle, metrics: Arc<crate::metrics::Metrics>) {
+    let mut checked = false;
     loop {
-        match step(&model, &ledger, &feed, &metrics).await {
+        match step(&model, &ledger, &feed, &metrics, &mut checked).await {
             Ok(_) => {}
             Err(StepError::Ledger(error)) => {
                 let state = match error {

@@ -7,7 +7,7 @@ use serde::{Deserialize, Serialize};
 use crate::read_model::InvoiceRow;
 
 /// One entry of `GET /v1/customers/{id}/invoices`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct InvoiceSummary {
     pub number: String,
     pub customer_id: String,

@@ -7,11 +7,15 @@
 //! SQL) → `read_model` (the tables) → `bill`, `usage`, `invoices` (views) → `api` (HTTP).
 
 pub mod api;
+pub mod auth;
 pub mod bill;
 pub mod feed;
+pub mod green_button;
+pub mod invoice_html;
 pub mod invoices;
 pub mod ledger_client;
 pub mod metrics;
+pub mod openapi;
 pub mod read_model;
 pub mod usage;
 
@@ -40,6 +44,10 @@ pub struct BillingConfig {
     /// The read model: `sqlite://PATH?mode=rwc` (default [`DATABASE_DEFAULT`]) or
     /// `postgres://USER:PASSWORD@HOST:PORT/DATABASE`.
     pub database_url: String,
+    /// The token file (`auth.rs`): hashes of the bearer tokens the operator issued.
+    pub tokens_path: std::path::PathBuf,
+    /// Requests per second one token may make ([`auth::RATE_PER_TOKEN_DEFAULT`]).
+    pub rate_per_token: u32,
 }
 
 /// A running billing service.
@@ -69,6 +77,8 @@ impl BillingHandle {
 /// Opens the read model, starts the feed and serves.
 pub async fn start(config: BillingConfig) -> anyhow::Result<BillingHandle> {
     let metrics = Arc::new(metrics::Metrics::new());
+    let tokens = auth::TokenStore::open(&config.tokens_path)?;
+    let gate = Arc::new(auth::Gate::new(tokens, config.rate_per_token));
     let model = read_model::ReadModel::open(&config.database_url).await?;
     let position = model.position().await?;
     let ledger =
@@ -80,7 +90,7 @@ pub async fn start(config: BillingConfig) -> anyhow::Result<BillingHandle> {
         "billing's read model opened; following the ledger from there"
     );
     let feed_task = tokio::spawn(feed::follow(model.clone(), ledger.clone(), feed.clone(), metrics.clone()));
-    let router = api::router(api::Shared { model, ledger, feed, metrics });
+    let router = api::router(api::Shared { model, ledger, feed, metrics, gate });
     let listener =
         tokio::net::TcpListener::bind(config.listen).await.with_context(|| format!("binding {}", config.listen))?;
     let address = listener.local_addr()?;

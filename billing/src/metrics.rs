@@ -22,6 +22,7 @@ pub struct Metrics {
     pub ledger_latency_seconds: Histogram,
     pub feed_pages: Counter,
     pub customers_refreshed: Counter,
+    pub rebuilds: Counter,
     pub requests_refused: Family<RefusedLabels, Counter>,
 }
 
@@ -57,6 +58,12 @@ impl Metrics {
             "Customers re-read from the ledger because the stream named them",
             customers_refreshed.clone(),
         );
+        let rebuilds = Counter::default();
+        registry.register(
+            "rebuilds",
+            "Read models emptied and rebuilt because they reflected another ledger",
+            rebuilds.clone(),
+        );
         let requests_refused = Family::<RefusedLabels, Counter>::default();
         registry.register("requests_refused", "Requests refused, by error code", requests_refused.clone());
         Metrics {
@@ -66,6 +73,7 @@ impl Metrics {
             ledger_latency_seconds,
             feed_pages,
             customers_refreshed,
+            rebuilds,
             requests_refused,
         }
     }

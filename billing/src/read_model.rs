@@ -27,6 +27,20 @@ pub struct Position {
     pub as_of_ms: i64,
 }
 
+/// A change the model took: a ledger that holds the transaction `tx_id`, stamped by its leader at
+/// `time_ms`, at `index` is the ledger the model was built from. (Transaction ids alone do not
+/// tell ledgers apart: a retried admin transaction's id is derived from its bytes, a tick's from
+/// its time.)
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Anchor {
+    pub tx_id: String,
+    pub index: u64,
+    pub time_ms: i64,
+}
+
+/// Every table the feed fills, emptied by [`ReadModel::reset`].
+const FED_TABLES: [&str; 4] = ["accounts", "intervals", "statements", "invoices"];
+
 /// What the ledger holds for one customer, fetched by the feed.
 #[derive(Debug, Clone)]
 pub struct CustomerData {
@@ -107,6 +121,45 @@ impl ReadModel {
         Ok(Position { ledger_index: row.try_get::<i64, _>(0)?.max(0) as u64, as_of_ms: row.try_get(1)? })
     }
 
+    /// The first and the last change the model took, if it took any.
+    pub async fn anchors(&self) -> anyhow::Result<Option<(Anchor, Anchor)>> {
+        let row = sqlx::query(
+            "SELECT first_tx_id, first_index, first_time_ms, anchor_tx_id, anchor_index, anchor_time_ms \
+             FROM feed_position WHERE id = 1",
+        )
+        .fetch_one(&self.pool)
+        .await
+        .context("reading the feed's anchors")?;
+        let anchor = |column: usize| -> anyhow::Result<Option<Anchor>> {
+            let tx_id: Option<String> = row.try_get(column)?;
+            let index: Option<i64> = row.try_get(column + 1)?;
+            let time_ms: Option<i64> = row.try_get(column + 2)?;
+            Ok(tx_id.zip(index).zip(time_ms).map(|((tx_id, index), time_ms)| Anchor {
+                tx_id,
+                index: index.max(0) as u64,
+                time_ms,
+            }))
+        };
+        Ok(anchor(0)?.zip(anchor(3)?))
+    }
+
+    /// Empties every table the feed fills and moves the position back to the ledger's start, in
+    /// one transaction: the model is then rebuilt from the ledger it follows.
+    pub async fn reset(&self) -> anyhow::Result<()> {
+        let mut tx = self.pool.begin().await?;
+        for table in FED_TABLES {
+            sqlx::query(&format!("DELETE FROM {table}")).execute(&mut *tx).await?;
+        }
+        sqlx::query(
+            "UPDATE feed_position SET ledger_index = 0, as_of_ms = 0, first_tx_id = NULL, first_index = NULL, \
+             first_time_ms = NULL, anchor_tx_id = NULL, anchor_index = NULL, anchor_time_ms = NULL WHERE id = 1",
+        )
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await.context("resetting billing's read model")?;
+        Ok(())
+    }
+
     /// Every customer the model knows.
     pub async fn customers(&self) -> anyhow::Result<Vec<String>> {
         let rows = sqlx::query("SELECT customer_id FROM accounts ORDER BY customer_id").fetch_all(&self.pool).await?;
@@ -114,8 +167,15 @@ impl ReadModel {
     }
 
     /// Writes what the ledger holds for `customers` and moves the position, in one transaction:
-    /// a reader sees the model before or after the whole page, never half of it.
-    pub async fn apply(&self, customers: &[CustomerData], position: Position) -> anyhow::Result<()> {
+    /// a reader sees the model before or after the whole page, never half of it. `anchor`: the
+    /// page's last change (`None` keeps the anchor the model has); the model's first anchor is
+    /// the first it is given.
+    pub async fn apply(
+        &self,
+        customers: &[CustomerData],
+        position: Position,
+        anchor: Option<&Anchor>,
+    ) -> anyhow::Result<()> {
         let mut tx = self.pool.begin().await?;
         for data in customers {
             let customer = data.account.customer_id.as_str();
@@ -211,6 +271,25 @@ impl ReadModel {
             .bind(position.as_of_ms)
             .execute(&mut *tx)
             .await?;
+        if let Some(anchor) = anchor {
+            sqlx::query(
+                "UPDATE feed_position SET anchor_tx_id = $1, anchor_index = $2, anchor_time_ms = $3 WHERE id = 1",
+            )
+            .bind(anchor.tx_id.as_str())
+            .bind(to_i64(anchor.index))
+            .bind(anchor.time_ms)
+            .execute(&mut *tx)
+            .await?;
+            sqlx::query(
+                "UPDATE feed_position SET first_tx_id = $1, first_index = $2, first_time_ms = $3 \
+                 WHERE id = 1 AND first_tx_id IS NULL",
+            )
+            .bind(anchor.tx_id.as_str())
+            .bind(to_i64(anchor.index))
+            .bind(anchor.time_ms)
+            .execute(&mut *tx)
+            .await?;
+        }
         tx.commit().await?;
         Ok(())
     }

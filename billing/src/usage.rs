@@ -19,7 +19,7 @@ pub const RANGE_MAX_SECONDS: i64 = 366 * 86_400;
 pub const INTERVALS_PER_PAGE_MAX: u64 = (RANGE_MAX_SECONDS as u64 / 900) + 400;
 
 /// How intervals are grouped.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum GroupBy {
     #[default]
@@ -56,18 +56,21 @@ fn utc_offset(row: &IntervalRow) -> String {
 }
 
 /// The query of the usage endpoint.
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Default, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 pub struct UsageQuery {
     /// Inclusive start: RFC 3339 or UTC seconds.
+    #[param(example = "2026-01-31T00:00:00Z")]
     pub from: Option<String>,
     /// Exclusive end: RFC 3339 or UTC seconds.
+    #[param(example = "2026-02-02T00:00:00Z")]
     pub to: Option<String>,
     #[serde(default)]
     pub group_by: GroupBy,
     pub page_size: Option<u32>,
     /// From the previous page's `next_cursor`.
     pub cursor: Option<String>,
-    /// `csv` for CSV instead of JSON.
+    /// `csv` for CSV, `xml` for Green Button (ESPI) XML (15-minute intervals only), instead of JSON.
     pub format: Option<String>,
 }
 
@@ -147,7 +150,7 @@ pub fn check(query: &UsageQuery) -> Result<Range, UsageError> {
 }
 
 /// One group of intervals.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct UsageGroup {
     /// The group: UTC start seconds (interval), `YYYY-MM-DDTHH±HH:MM` (hour, with its UTC
     /// offset), `YYYY-MM-DD` (day) or `YYYY-MM` (month), local time.
@@ -157,13 +160,17 @@ pub struct UsageGroup {
     pub local_start: String,
     pub intervals: u32,
     #[serde(with = "rust_decimal::serde::str")]
+    #[schema(value_type = String)]
     pub import_kwh: Decimal,
     #[serde(with = "rust_decimal::serde::str")]
+    #[schema(value_type = String)]
     pub export_kwh: Decimal,
     /// Net cost (negative: a credit), rounded once, half away from zero, to 2 places.
     #[serde(with = "rust_decimal::serde::str")]
+    #[schema(value_type = String)]
     pub cost: Decimal,
     #[serde(with = "rust_decimal::serde::str")]
+    #[schema(value_type = String)]
     pub cost_unrounded: Decimal,
     /// Intervals by how their value was obtained.
     pub quality: std::collections::BTreeMap<String, u32>,
@@ -172,7 +179,7 @@ pub struct UsageGroup {
 }
 
 /// A page of usage.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct UsagePage {
     pub customer_id: String,
     pub from: i64,

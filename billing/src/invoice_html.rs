@@ -1,0 +1,135 @@
+//! The printable invoice (`GET /v1/invoices/{number}?format=html`): one self-contained HTML page
+//! (no script, no external asset) that prints well on A4, built from the invoice document the
+//! ledger issued. It states what the law and customers expect — supplier and customer, number,
+//! issue date, period, tariff, meters, every line with quantity and price, VAT, totals, how the
+//! period's values were obtained — and how to verify it: the document's SHA-256, which is the
+//! claims digest of the ledger's receipt, and the command that checks it offline. Sans-IO.
+
+use std::fmt::Write;
+
+use domain::settle::InvoiceDocument;
+use sha2::{Digest, Sha256};
+
+/// Escapes text for HTML element content and attribute values.
+fn escape(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    for character in text.chars() {
+        match character {
+            '&' => out.push_str("&amp;"),
+            '<' => out.push_str("&lt;"),
+            '>' => out.push_str("&gt;"),
+            '"' => out.push_str("&quot;"),
+            '\'' => out.push_str("&#39;"),
+            other => out.push(other),
+        }
+    }
+    out
+}
+
+const STYLE: &str = "body{font-family:system-ui,-apple-system,'Segoe UI',sans-serif;color:#1a1a1a;max-width:46rem;\
+margin:2rem auto;padding:0 1rem;line-height:1.4}h1{font-size:1.5rem;margin:0 0 .25rem}\
+table{width:100%;border-collapse:collapse;margin:1rem 0}th,td{padding:.35rem .5rem;border-bottom:1px solid #ccc;\
+text-align:left;vertical-align:top}td.n,th.n{text-align:right;font-variant-numeric:tabular-nums}\
+tr.total td{font-weight:700;border-top:2px solid #1a1a1a}.meta{display:grid;grid-template-columns:auto 1fr;\
+gap:.15rem 1rem}.meta dt{color:#555}.meta dd{margin:0}code{word-break:break-all;font-size:.85rem}\
+.verify{border:1px solid #999;padding:.5rem 1rem;margin-top:1.5rem}\
+@media print{body{margin:0;max-width:none}.verify{break-inside:avoid}@page{size:A4;margin:18mm}}";
+
+/// The page of `document` (`document_bytes`: exactly the bytes the receipt binds; `tx_id`: the
+/// issuing transaction).
+pub fn render(document: &InvoiceDocument, document_bytes: &[u8], tx_id: &str) -> String {
+    let currency = document.currency.to_string();
+    let mut page = String::new();
+    // Writing into a String cannot fail: the results below are ignored for that reason.
+    let _ = write!(
+        page,
+        "<!doctype html><html lang=\"en\"><head><meta charset=\"utf-8\">\
+         <meta name=\"viewport\" content=\"width=device-width,initial-scale=1\">\
+         <title>Invoice {number}</title><style>{STYLE}</style></head><body><main>\
+         <h1>Invoice {number}</h1><dl class=\"meta\">\
+         <dt>Supplier</dt><dd>{issuer}</dd><dt>Customer</dt><dd>{customer}</dd>\
+         <dt>Issued</dt><dd>{issued}</dd><dt>Period</dt><dd>{start} to {end} (the end day excluded)</dd>\
+         <dt>Tariff</dt><dd>{tariff}, version from {tariff_from}</dd><dt>Meters</dt><dd>{meters}</dd></dl>",
+        number = escape(&document.number),
+        issuer = escape(document.issuer.as_str()),
+        customer = escape(document.customer.as_str()),
+        issued = escape(&document.issued_at),
+        start = document.period.start_date,
+        end = document.period.end_date,
+        tariff = escape(document.tariff.as_str()),
+        tariff_from = document.tariff_from,
+        meters = escape(&document.meters.iter().map(|meter| meter.as_str()).collect::<Vec<_>>().join(", ")),
+    );
+    page.push_str("<table><caption class=\"n\">All amounts in ");
+    page.push_str(&escape(&currency));
+    page.push_str(
+        "</caption><thead><tr><th scope=\"col\">Item</th><th scope=\"col\" class=\"n\">Quantity</th>\
+         <th scope=\"col\">Unit</th><th scope=\"col\" class=\"n\">Unit price</th>\
+         <th scope=\"col\" class=\"n\">Amount</th></tr></thead><tbody>",
+    );
+    for line in &document.lines {
+        let unit =
+            serde_json::to_value(line.unit).ok().and_then(|v| v.as_str().map(str::to_string)).unwrap_or_default();
+        let description = crate::bill::describe(&line.component);
+        let _ = write!(
+            page,
+            "<tr><td>{description}{correction}</td><td class=\"n\">{quantity}</td><td>{unit}</td>\
+             <td class=\"n\">{price}</td><td class=\"n\">{amount}</td></tr>",
+            description = escape(&description),
+            correction = if line.correction { " (correction of an earlier period)" } else { "" },
+            quantity = line.quantity,
+            unit = escape(&unit),
+            price = line.unit_price.map(|price| price.to_string()).unwrap_or_else(|| "varies".into()),
+            amount = line.amount,
+        );
+    }
+    let _ = write!(
+        page,
+        "</tbody><tfoot><tr><td colspan=\"4\">Net</td><td class=\"n\">{net}</td></tr>\
+         <tr><td colspan=\"4\">VAT</td><td class=\"n\">{vat}</td></tr>\
+         <tr class=\"total\"><td colspan=\"4\">Total</td><td class=\"n\">{total} {currency}</td></tr></tfoot></table>",
+        net = document.net_total,
+        vat = document.vat_total,
+        total = document.total,
+        currency = escape(&currency),
+    );
+    let completeness = &document.completeness;
+    let obtained: Vec<String> = completeness
+        .by_quality
+        .iter()
+        .map(|(quality, count)| {
+            let name =
+                serde_json::to_value(quality).ok().and_then(|v| v.as_str().map(str::to_string)).unwrap_or_default();
+            format!("{count} {}", name.replace('_', " "))
+        })
+        .collect();
+    let _ = write!(
+        page,
+        "<h2>How the values were obtained</h2><p>Of the period's {in_period} quarter-hours: {obtained}; \
+         {missing} without a value at close. Actual values come from readings the meter signed; estimated ones \
+         from the rule in the supplier's documentation, replaced by a correction once the reading arrives.</p>",
+        in_period = completeness.intervals_in_period,
+        obtained = escape(&obtained.join(", ")),
+        missing = completeness.missing,
+    );
+    let _ = write!(
+        page,
+        "<section class=\"verify\"><h2>Verify this invoice</h2><p>This invoice was issued by the consortium \
+         ledger in transaction <code>{tx}</code>. The SHA-256 of its document (download it as JSON) is \
+         <code>{digest}</code>, the claims digest of that transaction's receipt. Anyone can check it \
+         offline:</p><p><code>wattle receipt verify receipt.bin --service-key KEY --claims {number}.json</code></p>\
+         </section></main></body></html>",
+        tx = escape(tx_id),
+        digest = hex::encode(Sha256::digest(document_bytes)),
+        number = escape(&document.number),
+    );
+    page
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn markup_in_a_field_is_text() {
+        assert_eq!(super::escape("<b>\"a\" & 'b'</b>"), "&lt;b&gt;&quot;a&quot; &amp; &#39;b&#39;&lt;/b&gt;");
+    }
+}
