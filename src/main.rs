@@ -1,6 +1,7 @@
 //! `wattle`: one command for every Wattle process, plus the sandbox that runs them all.
 
 mod bench;
+mod bench_billing;
 mod bench_gateway;
 mod bench_settle;
 mod bench_state;
@@ -308,6 +309,9 @@ enum BenchCommand {
     /// The settlement engine on one core: billing months of 15-minute intervals priced by an
     /// example tariff and closed into statements, against bare checked kWh x price arithmetic.
     Settle(bench_settle::SettleBenchArgs),
+    /// Reading-to-bill latency on a running platform (the sandbox): from a meter's publish until
+    /// its customer's running bill shows the reading, split at the ledger's apply.
+    BillLatency(bench_billing::BillLatencyArgs),
 }
 
 #[derive(Debug, clap::Args)]
@@ -941,6 +945,7 @@ async fn run(command: Command) -> anyhow::Result<()> {
         Command::Bench(BenchCommand::Gateway(args)) => bench_gateway::gateway(args).await,
         Command::Bench(BenchCommand::State(args)) => bench_state::state(args).await,
         Command::Bench(BenchCommand::Settle(args)) => bench_settle::settle(args),
+        Command::Bench(BenchCommand::BillLatency(args)) => bench_billing::bill_latency(args).await,
         Command::Cluster(args) => {
             let key = ledger::node::read_signing_key(&args.operator_key)?;
             let http = reqwest::Client::new();

@@ -8,7 +8,7 @@
 
 use std::sync::Arc;
 
-use axum::extract::rejection::{JsonRejection, PathRejection, QueryRejection};
+use axum::extract::rejection::{PathRejection, QueryRejection};
 use axum::extract::{DefaultBodyLimit, Path, Query, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
@@ -18,7 +18,7 @@ use domain::api::ErrorBody;
 use domain::ids::CustomerId;
 use serde::Deserialize;
 
-use crate::auth::{Caller, Gate, Role};
+use crate::auth::Gate;
 use crate::feed::FeedHandle;
 use crate::ledger_client::LedgerClient;
 use crate::metrics::Metrics;
@@ -49,8 +49,8 @@ pub fn router(shared: Shared) -> Router {
         .route("/v1/customers/{customer_id}/invoices", get(customer_invoices))
         .route("/v1/invoices/{number}", get(invoice))
         .route("/v1/invoices/{number}/receipt", get(invoice_receipt))
-        .route("/v1/tokens", get(list_tokens).post(issue_token))
-        .route("/v1/tokens/{token_id}", delete(revoke_token))
+        .route("/v1/tokens", get(crate::tokens_api::list_tokens).post(crate::tokens_api::issue_token))
+        .route("/v1/tokens/{token_id}", delete(crate::tokens_api::revoke_token))
         .layer(DefaultBodyLimit::max(REQUEST_BODY_BYTES_MAX))
         .route("/openapi.json", get(openapi_json))
         .route("/healthz", get(healthz))
@@ -96,12 +96,12 @@ impl IntoResponse for Refusal {
     }
 }
 
-fn internal(error: anyhow::Error) -> Refusal {
+pub(crate) fn internal(error: anyhow::Error) -> Refusal {
     tracing::error!(error = format!("{error:#}"), "billing's database failed a read");
     Refusal::new(StatusCode::SERVICE_UNAVAILABLE, "database_unavailable", "billing's database failed; retry")
 }
 
-fn refuse(shared: &Shared, refusal: Refusal) -> Response {
+pub(crate) fn refuse(shared: &Shared, refusal: Refusal) -> Response {
     shared.metrics.refused(refusal.code);
     refusal.into_response()
 }
@@ -115,7 +115,7 @@ fn checked<T>(query: Result<Query<T>, QueryRejection>) -> Result<T, Refusal> {
 }
 
 /// A path parameter that does not decode (invalid percent-encoding) is a 400 with the reason.
-fn path_param(path: Result<Path<String>, PathRejection>) -> Result<String, Refusal> {
+pub(crate) fn path_param(path: Result<Path<String>, PathRejection>) -> Result<String, Refusal> {
     path.map(|Path(value)| value)
         .map_err(|rejection| Refusal::new(StatusCode::BAD_REQUEST, "bad_path", rejection.body_text()))
 }
@@ -167,15 +167,9 @@ async fn known_customer(
     summary = "The running bill of the open period (provisional)",
     params(("customer_id" = String, Path, description = "The customer's id", example = "C0000000")),
     responses(
+        crate::openapi::CustomerRefusals,
         (status = 200, description = "The running bill", body = crate::bill::Bill,
          headers(("wattle-ledger-index" = u64, description = "The ledger index the answer reflects"))),
-        (status = 400, description = "Not a customer id", body = crate::openapi::ErrorBody),
-        (status = 401, description = "No valid token", body = crate::openapi::ErrorBody),
-        (status = 403, description = "Another customer's data", body = crate::openapi::ErrorBody),
-        (status = 404, description = "Unknown customer", body = crate::openapi::ErrorBody),
-        (status = 429, description = "The token is over its rate", body = crate::openapi::ErrorBody),
-        (status = 502, description = "The ledger refuses billing", body = crate::openapi::ErrorBody),
-        (status = 503, description = "Billing's database failed", body = crate::openapi::ErrorBody),
     ),
     security(("bearer" = []))
 )]
@@ -225,6 +219,7 @@ pub(crate) async fn bill(
     summary = "Energy and cost over [from, to), grouped by interval, hour, day or month",
     params(("customer_id" = String, Path, description = "The customer's id", example = "C0000000"), crate::usage::UsageQuery),
     responses(
+        crate::openapi::CustomerRefusals,
         (status = 200, description = "A page of groups (`format=csv`: CSV; `format=xml`: Green Button (ESPI) \
                                       Atom XML of the page's intervals, the next cursor in `wattle-next-cursor`)", content(
             (crate::usage::UsagePage = "application/json"),
@@ -234,15 +229,6 @@ pub(crate) async fn bill(
             ("wattle-ledger-index" = u64, description = "The ledger index the answer reflects"),
             ("wattle-next-cursor" = String, description = "XML only: the next page's cursor, if more follow")
         )),
-        (status = 400, description = "Not a customer id", body = crate::openapi::ErrorBody),
-        (status = 401, description = "No valid token", body = crate::openapi::ErrorBody),
-        (status = 403, description = "Another customer's data", body = crate::openapi::ErrorBody),
-        (status = 404, description = "Unknown customer", body = crate::openapi::ErrorBody),
-        (status = 422, description = "A range, page size or cursor out of bounds, or a query that does not parse",
-         body = crate::openapi::ErrorBody),
-        (status = 429, description = "The token is over its rate", body = crate::openapi::ErrorBody),
-        (status = 502, description = "The ledger refuses billing", body = crate::openapi::ErrorBody),
-        (status = 503, description = "Billing's database failed", body = crate::openapi::ErrorBody),
     ),
     security(("bearer" = []))
 )]
@@ -348,15 +334,9 @@ pub(crate) async fn usage(
     summary = "The customer's issued invoices",
     params(("customer_id" = String, Path, description = "The customer's id", example = "C0000000")),
     responses(
+        crate::openapi::CustomerRefusals,
         (status = 200, description = "Issued invoices, oldest period first", body = crate::openapi::InvoiceList,
          headers(("wattle-ledger-index" = u64, description = "The ledger index the answer reflects"))),
-        (status = 400, description = "Not a customer id", body = crate::openapi::ErrorBody),
-        (status = 401, description = "No valid token", body = crate::openapi::ErrorBody),
-        (status = 403, description = "Another customer's data", body = crate::openapi::ErrorBody),
-        (status = 404, description = "Unknown customer", body = crate::openapi::ErrorBody),
-        (status = 429, description = "The token is over its rate", body = crate::openapi::ErrorBody),
-        (status = 502, description = "The ledger refuses billing", body = crate::openapi::ErrorBody),
-        (status = 503, description = "Billing's database failed", body = crate::openapi::ErrorBody),
     ),
     security(("bearer" = []))
 )]
@@ -429,17 +409,12 @@ async fn invoice_row(
     summary = "An invoice document, byte for byte as the ledger issued it",
     params(("number" = String, Path, description = "The invoice number", example = "supplier-a-000001"), FormatQuery),
     responses(
-        (status = 200, description = "The canonical invoice document (its SHA-256 is the receipt's claims digest);                                       `format=csv`: its lines; `format=html`: the printable invoice", content(
+        crate::openapi::InvoiceRefusals,
+        (status = 200, description = "The canonical invoice document (its SHA-256 is the receipt's claims digest); `format=csv`: its lines; `format=html`: the printable invoice", content(
             (Object = "application/json"),
             (String = "text/csv"),
             (String = "text/html")
         )),
-        (status = 400, description = "Not an invoice number", body = crate::openapi::ErrorBody),
-        (status = 401, description = "No valid token", body = crate::openapi::ErrorBody),
-        (status = 404, description = "No such invoice for this token", body = crate::openapi::ErrorBody),
-        (status = 422, description = "A query that does not parse", body = crate::openapi::ErrorBody),
-        (status = 429, description = "The token is over its rate", body = crate::openapi::ErrorBody),
-        (status = 503, description = "Billing's database failed", body = crate::openapi::ErrorBody),
     ),
     security(("bearer" = []))
 )]
@@ -495,17 +470,11 @@ pub(crate) async fn invoice(
     summary = "The ledger's receipt of the transaction that issued the invoice",
     params(("number" = String, Path, description = "The invoice number", example = "supplier-a-000001"), FormatQuery),
     responses(
-        (status = 200, description = "The receipt: canonical bytes (`wattle receipt verify`), or JSON with                                       `format=json`", content(
+        crate::openapi::InvoiceRefusals,
+        (status = 200, description = "The receipt: canonical bytes (`wattle receipt verify`), or JSON with `format=json`", content(
             (Vec<u8> = "application/octet-stream"),
             (Object = "application/json")
         )),
-        (status = 400, description = "Not an invoice number", body = crate::openapi::ErrorBody),
-        (status = 401, description = "No valid token", body = crate::openapi::ErrorBody),
-        (status = 404, description = "No such invoice for this token", body = crate::openapi::ErrorBody),
-        (status = 422, description = "A query that does not parse", body = crate::openapi::ErrorBody),
-        (status = 429, description = "The token is over its rate", body = crate::openapi::ErrorBody),
-        (status = 502, description = "The ledger did not give the receipt", body = crate::openapi::ErrorBody),
-        (status = 503, description = "Billing's database failed", body = crate::openapi::ErrorBody),
     ),
     security(("bearer" = []))
 )]
@@ -542,160 +511,6 @@ pub(crate) async fn invoice_receipt(
                 format!("the receipt could not be fetched: {error}"),
             ),
         ),
-    }
-}
-
-/// `POST /v1/tokens` body: a customer's token (`customer_id`) or an operator's (`operator: true`).
-#[derive(Debug, Deserialize, utoipa::ToSchema)]
-#[serde(deny_unknown_fields)]
-pub(crate) struct IssueRequest {
-    customer_id: Option<String>,
-    #[serde(default)]
-    operator: bool,
-    #[serde(default)]
-    label: String,
-}
-
-fn operator(shared: &Shared, headers: &HeaderMap) -> Result<Caller, Refusal> {
-    let caller = shared.gate.caller(headers)?;
-    caller.check_operator()?;
-    Ok(caller)
-}
-
-fn token_error(error: crate::auth::TokenError) -> Refusal {
-    use crate::auth::TokenError;
-    match error {
-        TokenError::Unknown(_) => Refusal::new(StatusCode::NOT_FOUND, "unknown_token_id", error.to_string()),
-        TokenError::Full => Refusal::new(StatusCode::UNPROCESSABLE_ENTITY, "too_many_tokens", error.to_string()),
-        TokenError::LabelTooLong => Refusal::new(StatusCode::UNPROCESSABLE_ENTITY, "label_too_long", error.to_string()),
-        TokenError::Read { .. } | TokenError::Write { .. } => internal(error.into()),
-    }
-}
-
-/// A body that is not the JSON asked for: 413 over the size limit, 422 otherwise.
-fn body_refusal(rejection: JsonRejection) -> Refusal {
-    if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
-        Refusal::new(
-            StatusCode::PAYLOAD_TOO_LARGE,
-            "body_too_large",
-            format!("a request body is at most {REQUEST_BODY_BYTES_MAX} bytes"),
-        )
-    } else {
-        Refusal::new(StatusCode::UNPROCESSABLE_ENTITY, "bad_body", rejection.body_text())
-    }
-}
-
-/// `POST /v1/tokens` (operators): issues a token; the answer is the only place it appears.
-#[utoipa::path(
-    post,
-    path = "/v1/tokens",
-    tag = "tokens",
-    summary = "Issue a customer's or an operator's token",
-    request_body = IssueRequest,
-    responses(
-        (status = 201, description = "The token, shown only here, and its record", body = crate::openapi::IssuedToken),
-        (status = 401, description = "No valid token", body = crate::openapi::ErrorBody),
-        (status = 403, description = "Not an operator's token", body = crate::openapi::ErrorBody),
-        (status = 413, description = "A body over 16 KiB", body = crate::openapi::ErrorBody),
-        (status = 422, description = "A body that is not an issue request", body = crate::openapi::ErrorBody),
-        (status = 429, description = "The token is over its rate", body = crate::openapi::ErrorBody),
-        (status = 503, description = "The token file could not be written", body = crate::openapi::ErrorBody),
-    ),
-    security(("bearer" = []))
-)]
-pub(crate) async fn issue_token(
-    State(shared): State<Shared>,
-    headers: HeaderMap,
-    body: Result<Json<IssueRequest>, JsonRejection>,
-) -> Response {
-    let result = (|| {
-        let caller = operator(&shared, &headers)?;
-        let Json(request) = body.map_err(body_refusal)?;
-        let role = match (request.customer_id, request.operator) {
-            (Some(customer_id), false) => Role::Customer {
-                customer_id: CustomerId::new(customer_id).map_err(|reason| {
-                    Refusal::new(StatusCode::UNPROCESSABLE_ENTITY, "bad_customer_id", reason.to_string())
-                })?,
-            },
-            (None, true) => Role::Operator,
-            _ => {
-                return Err(Refusal::new(
-                    StatusCode::UNPROCESSABLE_ENTITY,
-                    "bad_body",
-                    "give either customer_id or operator: true",
-                ))
-            }
-        };
-        let (token, record) = shared.gate.tokens.issue(role, &request.label).map_err(token_error)?;
-        tracing::info!(target: "billing::access", by = %caller.token_id, token = %record.id, "token issued");
-        Ok::<_, Refusal>((token, record))
-    })();
-    match result {
-        Ok((token, record)) => {
-            (StatusCode::CREATED, Json(serde_json::json!({ "token": token, "record": record }))).into_response()
-        }
-        Err(refusal) => refuse(&shared, refusal),
-    }
-}
-
-/// `GET /v1/tokens` (operators): every token's record (hashes, never tokens).
-#[utoipa::path(
-    get,
-    path = "/v1/tokens",
-    tag = "tokens",
-    summary = "Every token's record",
-    responses(
-        (status = 200, description = "Records, oldest first", body = crate::openapi::TokenList),
-        (status = 401, description = "No valid token", body = crate::openapi::ErrorBody),
-        (status = 403, description = "Not an operator's token", body = crate::openapi::ErrorBody),
-        (status = 429, description = "The token is over its rate", body = crate::openapi::ErrorBody),
-        (status = 503, description = "The token file could not be read", body = crate::openapi::ErrorBody),
-    ),
-    security(("bearer" = []))
-)]
-pub(crate) async fn list_tokens(State(shared): State<Shared>, headers: HeaderMap) -> Response {
-    let result = operator(&shared, &headers).and_then(|_| shared.gate.tokens.list().map_err(token_error));
-    match result {
-        Ok(tokens) => Json(serde_json::json!({ "tokens": tokens })).into_response(),
-        Err(refusal) => refuse(&shared, refusal),
-    }
-}
-
-/// `DELETE /v1/tokens/{id}` (operators): revokes a token, at once.
-#[utoipa::path(
-    delete,
-    path = "/v1/tokens/{token_id}",
-    tag = "tokens",
-    summary = "Revoke a token",
-    params(("token_id" = String, Path, description = "The token's id")),
-    responses(
-        (status = 200, description = "The revoked token's record", body = crate::openapi::TokenRecord),
-        (status = 400, description = "A path that does not decode", body = crate::openapi::ErrorBody),
-        (status = 401, description = "No valid token", body = crate::openapi::ErrorBody),
-        (status = 403, description = "Not an operator's token", body = crate::openapi::ErrorBody),
-        (status = 404, description = "No token with this id", body = crate::openapi::ErrorBody),
-        (status = 429, description = "The token is over its rate", body = crate::openapi::ErrorBody),
-        (status = 503, description = "The token file could not be written", body = crate::openapi::ErrorBody),
-    ),
-    security(("bearer" = []))
-)]
-pub(crate) async fn revoke_token(
-    State(shared): State<Shared>,
-    headers: HeaderMap,
-    token_id: Result<Path<String>, PathRejection>,
-) -> Response {
-    let token_id = match path_param(token_id) {
-        Ok(token_id) => token_id,
-        Err(refusal) => return refuse(&shared, refusal),
-    };
-    let result = operator(&shared, &headers).and_then(|caller| {
-        let record = shared.gate.tokens.revoke(&token_id).map_err(token_error)?;
-        tracing::info!(target: "billing::access", by = %caller.token_id, token = %record.id, "token revoked");
-        Ok(record)
-    });
-    match result {
-        Ok(record) => Json(record).into_response(),
-        Err(refusal) => refuse(&shared, refusal),
     }
 }
 

@@ -4,7 +4,8 @@
 //! ledger's statements and rounds once per line or group. It never writes settlement state.
 //!
 //! Stages, one per file: `ledger_client` (signed reads of the ledger) → `feed` (the stream into
-//! SQL) → `read_model` (the tables) → `bill`, `usage`, `invoices` (views) → `api` (HTTP).
+//! SQL) → `read_model` (the tables) → `bill`, `usage`, `invoices`, `invoice_html`, `green_button`
+//! (views) → `api`, `tokens_api` (HTTP; `auth` says who may call, `openapi` documents it).
 
 pub mod api;
 pub mod auth;
@@ -17,6 +18,7 @@ pub mod ledger_client;
 pub mod metrics;
 pub mod openapi;
 pub mod read_model;
+pub mod tokens_api;
 pub mod usage;
 
 use std::net::SocketAddr;

@@ -28,6 +28,93 @@ pub struct ErrorBody {
     message: String,
 }
 
+/// What a customer endpoint may refuse (every refusal is an [`ErrorBody`]).
+#[derive(utoipa::IntoResponses)]
+#[allow(dead_code)] // Documentation only: `api::Refusal` is what is answered.
+pub enum CustomerRefusals {
+    /// Not a customer id, or a path that does not decode.
+    #[response(status = 400)]
+    BadRequest(ErrorBody),
+    /// No token, or one that is malformed, unknown or revoked.
+    #[response(status = 401)]
+    Unauthorized(ErrorBody),
+    /// Another customer's data.
+    #[response(status = 403)]
+    Forbidden(ErrorBody),
+    /// No such customer (as of the ledger index in the message).
+    #[response(status = 404)]
+    NotFound(ErrorBody),
+    /// A range, page size or cursor out of bounds, or a query that does not parse.
+    #[response(status = 422)]
+    Unprocessable(ErrorBody),
+    /// The token is over its rate (`Retry-After` says when to retry).
+    #[response(status = 429)]
+    TooMany(ErrorBody),
+    /// The ledger refuses billing, or did not answer.
+    #[response(status = 502)]
+    BadGateway(ErrorBody),
+    /// Billing's database failed.
+    #[response(status = 503)]
+    Unavailable(ErrorBody),
+}
+
+/// What an invoice endpoint may refuse.
+#[derive(utoipa::IntoResponses)]
+#[allow(dead_code)] // Documentation only.
+pub enum InvoiceRefusals {
+    /// Not an invoice number, or a path that does not decode.
+    #[response(status = 400)]
+    BadRequest(ErrorBody),
+    /// No token, or one that is malformed, unknown or revoked.
+    #[response(status = 401)]
+    Unauthorized(ErrorBody),
+    /// No such invoice for this token (another customer's invoice is answered so).
+    #[response(status = 404)]
+    NotFound(ErrorBody),
+    /// A query that does not parse.
+    #[response(status = 422)]
+    Unprocessable(ErrorBody),
+    /// The token is over its rate.
+    #[response(status = 429)]
+    TooMany(ErrorBody),
+    /// The ledger did not give the receipt.
+    #[response(status = 502)]
+    BadGateway(ErrorBody),
+    /// Billing's database failed.
+    #[response(status = 503)]
+    Unavailable(ErrorBody),
+}
+
+/// What a token endpoint may refuse.
+#[derive(utoipa::IntoResponses)]
+#[allow(dead_code)] // Documentation only.
+pub enum TokenRefusals {
+    /// A path that does not decode.
+    #[response(status = 400)]
+    BadRequest(ErrorBody),
+    /// No token, or one that is malformed, unknown or revoked.
+    #[response(status = 401)]
+    Unauthorized(ErrorBody),
+    /// Not an operator's token.
+    #[response(status = 403)]
+    Forbidden(ErrorBody),
+    /// No token with this id.
+    #[response(status = 404)]
+    NotFound(ErrorBody),
+    /// A body over 16 KiB.
+    #[response(status = 413)]
+    TooLarge(ErrorBody),
+    /// A body that is not an issue request.
+    #[response(status = 422)]
+    Unprocessable(ErrorBody),
+    /// The token is over its rate.
+    #[response(status = 429)]
+    TooMany(ErrorBody),
+    /// The token file could not be read or written.
+    #[response(status = 503)]
+    Unavailable(ErrorBody),
+}
+
 /// A token's record, as the token file keeps it: never the token.
 #[derive(ToSchema)]
 #[allow(dead_code)] // A schema only: `auth::TokenRecord` is what is serialized.
@@ -107,9 +194,9 @@ impl Modify for BearerAuth {
         crate::api::customer_invoices,
         crate::api::invoice,
         crate::api::invoice_receipt,
-        crate::api::issue_token,
-        crate::api::list_tokens,
-        crate::api::revoke_token,
+        crate::tokens_api::issue_token,
+        crate::tokens_api::list_tokens,
+        crate::tokens_api::revoke_token,
         crate::api::healthz,
         crate::api::metrics,
     ),
@@ -121,7 +208,7 @@ impl Modify for BearerAuth {
         crate::usage::UsageGroup,
         crate::usage::GroupBy,
         crate::invoices::InvoiceSummary,
-        crate::api::IssueRequest,
+        crate::tokens_api::IssueRequest,
         Period,
         ErrorBody,
         TokenRecord,

@@ -1,0 +1,222 @@
+//! `wattle bench bill-latency`: reading-to-bill latency on a running platform (the sandbox, say):
+//! from a meter's publish until the customer's running bill shows the reading, at the fleet's
+//! steady rate, and where the time goes. Three observers run side by side:
+//!
+//! - an MQTT subscriber to the meter's reading topic: `t0`, when the broker hands the reading on
+//!   (what the gateway sees, less one loopback hop);
+//! - a long-poll of the ledger's public transaction stream: `t1`, when the entry holding the
+//!   reading's digest is applied on that node (gateway verification, outbox, batching, the
+//!   leader's re-verification and consensus);
+//! - a poll of billing's `GET /v1/customers/{id}/bill`: `t2`, when `intervals_settled` counts it
+//!   (the signature that covers the entry, billing's change feed, the SQL write, the read).
+//!
+//! Prints p50, p99 and the maximum of `t1 − t0`, `t2 − t1` and `t2 − t0` over `--samples`.
+
+use std::collections::VecDeque;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use domain::api::TransactionPage;
+use domain::reading::Envelope;
+use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS};
+
+/// Readings timed first and left out of the figures: one published before the subscription may
+/// be billed while a later one waits at the front, so the first few can read too short.
+const WARM_UP_SAMPLES: usize = 3;
+
+/// Options of `wattle bench bill-latency`.
+#[derive(Debug, clap::Args)]
+pub struct BillLatencyArgs {
+    /// The MQTT broker the meters publish to (HOST:PORT).
+    #[arg(long)]
+    broker: String,
+    /// A ledger node's client API (its public transaction stream).
+    #[arg(long)]
+    ledger: String,
+    /// Billing's base URL.
+    #[arg(long)]
+    billing: String,
+    /// File holding a billing token that may read the customer (the sandbox writes
+    /// DATA_DIR/billing-operator.token).
+    #[arg(long)]
+    token_file: std::path::PathBuf,
+    /// The meter to follow.
+    #[arg(long, default_value = "WTL0000000000")]
+    meter: String,
+    /// Its customer (the only customer of that meter: each reading is one more settled interval).
+    #[arg(long, default_value = "C0000000")]
+    customer: String,
+    /// Readings to time.
+    #[arg(long, default_value_t = 60)]
+    samples: usize,
+    /// How often the bill is read (ms): the resolution of `t2`.
+    #[arg(long, default_value_t = 5)]
+    poll_ms: u64,
+    /// Give up after this many seconds.
+    #[arg(long, default_value_t = 600)]
+    timeout_s: u64,
+}
+
+/// One reading on its way.
+#[derive(Debug, Clone)]
+struct Sample {
+    digest: String,
+    published: Instant,
+    applied: Option<Instant>,
+    billed: Option<Instant>,
+}
+
+/// Readings seen on the broker, oldest first; finished ones move to `done`.
+#[derive(Debug, Default)]
+struct Samples {
+    pending: VecDeque<Sample>,
+    done: Vec<Sample>,
+}
+
+fn percentile(sorted: &[Duration], fraction: f64) -> Duration {
+    if sorted.is_empty() {
+        return Duration::ZERO;
+    }
+    let rank = ((sorted.len() as f64) * fraction).ceil() as usize;
+    sorted[rank.clamp(1, sorted.len()) - 1]
+}
+
+fn describe(name: &str, mut values: Vec<Duration>) -> String {
+    values.sort();
+    let ms = |duration: Duration| duration.as_secs_f64() * 1000.0;
+    format!(
+        "{name:<44} p50 {:>8.1} ms   p99 {:>8.1} ms   max {:>8.1} ms",
+        ms(percentile(&values, 0.50)),
+        ms(percentile(&values, 0.99)),
+        ms(values.last().copied().unwrap_or_default())
+    )
+}
+
+async fn bill_settled(http: &reqwest::Client, url: &str, token: &str) -> anyhow::Result<u64> {
+    let bill: serde_json::Value = http.get(url).bearer_auth(token).send().await?.error_for_status()?.json().await?;
+    bill["intervals_settled"].as_u64().context("the bill has no intervals_settled")
+}
+
+/// Runs the measurement and prints the figures.
+pub async fn bill_latency(args: BillLatencyArgs) -> anyhow::Result<()> {
+    let token = std::fs::read_to_string(&args.token_file)
+        .with_context(|| format!("reading {}", args.token_file.display()))?
+        .trim()
+        .to_string();
+    let (host, port) = args.broker.rsplit_once(':').context("--broker is HOST:PORT")?;
+    let port: u16 = port.parse().context("--broker's port")?;
+    let http = reqwest::Client::builder().timeout(Duration::from_secs(15)).build()?;
+    let bill_url = format!("{}/v1/customers/{}/bill", args.billing, args.customer);
+    let samples = Arc::new(Mutex::new(Samples::default()));
+    let deadline = Instant::now() + Duration::from_secs(args.timeout_s);
+
+    // t0: the broker hands the reading on.
+    let mut options = MqttOptions::new(format!("wattle-bench-latency-{}", std::process::id()), host, port);
+    options.set_keep_alive(Duration::from_secs(30));
+    let (client, mut event_loop) = AsyncClient::new(options, 64);
+    client.subscribe(format!("wattle/v1/+/{}/reading", args.meter), QoS::AtLeastOnce).await?;
+    let subscriber = {
+        let samples = samples.clone();
+        tokio::spawn(async move {
+            loop {
+                let event = event_loop.poll().await.context("the MQTT connection failed")?;
+                let Event::Incoming(Packet::Publish(publish)) = event else { continue };
+                let published = Instant::now();
+                let Ok(envelope) = Envelope::parse_json(&publish.payload) else { continue };
+                if envelope.backfill {
+                    continue;
+                }
+                let Ok(reading) = envelope.open() else { continue };
+                let digest = reading.digest().to_string();
+                let mut samples = samples.lock().expect("samples lock is never poisoned");
+                samples.pending.push_back(Sample { digest, published, applied: None, billed: None });
+            }
+            #[allow(unreachable_code)]
+            anyhow::Ok(())
+        })
+    };
+
+    // t1: the ledger's stream shows the entry holding the digest.
+    let follower = {
+        let samples = samples.clone();
+        let http = http.clone();
+        let ledger = args.ledger.clone();
+        tokio::spawn(async move {
+            let health: serde_json::Value = http.get(format!("{ledger}/healthz")).send().await?.json().await?;
+            let mut next = health["applied_index"].as_u64().unwrap_or(0) + 1;
+            loop {
+                let url = format!("{ledger}/v1/transactions?from={next}&wait_ms=1000");
+                let page: TransactionPage = http.get(url).send().await?.error_for_status()?.json().await?;
+                let now = Instant::now();
+                let mut samples = samples.lock().expect("samples lock is never poisoned");
+                for transaction in &page.transactions {
+                    for sample in samples.pending.iter_mut().filter(|sample| sample.applied.is_none()) {
+                        if transaction.reading_digests.contains(&sample.digest) {
+                            sample.applied = Some(now);
+                        }
+                    }
+                }
+                next = next.max(page.next);
+            }
+            #[allow(unreachable_code)]
+            anyhow::Ok(())
+        })
+    };
+
+    // t2: the bill counts it.
+    let mut settled = bill_settled(&http, &bill_url, &token).await.context("reading the bill")?;
+    let mut printed = 0;
+    loop {
+        tokio::time::sleep(Duration::from_millis(args.poll_ms)).await;
+        let now_settled = bill_settled(&http, &bill_url, &token).await?;
+        let now = Instant::now();
+        let mut guard = samples.lock().expect("samples lock is never poisoned");
+        let state = &mut *guard;
+        // Intervals counted before a reading was seen on the broker (a run started mid-interval)
+        // are skipped; each further one finishes the oldest reading the ledger applied.
+        for _ in settled..now_settled {
+            match state.pending.front() {
+                Some(sample) if sample.applied.is_some() => {
+                    let mut sample = state.pending.pop_front().expect("front exists");
+                    sample.billed = Some(now);
+                    state.done.push(sample);
+                }
+                _ => {}
+            }
+        }
+        settled = settled.max(now_settled);
+        if state.done.len() >= printed + 10 {
+            printed = state.done.len();
+            println!("{printed} of {} readings timed", args.samples);
+        }
+        if state.done.len() >= args.samples + WARM_UP_SAMPLES {
+            break;
+        }
+        anyhow::ensure!(
+            Instant::now() < deadline,
+            "only {} of {} readings timed in time",
+            state.done.len(),
+            args.samples
+        );
+        anyhow::ensure!(!subscriber.is_finished(), "the MQTT subscriber stopped");
+        anyhow::ensure!(!follower.is_finished(), "the ledger follower stopped");
+    }
+    subscriber.abort();
+    follower.abort();
+    let mut done = std::mem::take(&mut samples.lock().expect("samples lock is never poisoned").done);
+    done.drain(..WARM_UP_SAMPLES.min(done.len()));
+    let span = |from: fn(&Sample) -> Option<Instant>, to: fn(&Sample) -> Option<Instant>| -> Vec<Duration> {
+        done.iter().filter_map(|sample| Some(to(sample)?.saturating_duration_since(from(sample)?))).collect()
+    };
+    println!(
+        "reading-to-bill latency of {} readings of {} (bill read every {} ms):",
+        done.len(),
+        args.meter,
+        args.poll_ms
+    );
+    println!("{}", describe("broker → ledger applied (gateway + ledger)", span(|s| Some(s.published), |s| s.applied)));
+    println!("{}", describe("ledger applied → bill shows it (signature + billing)", span(|s| s.applied, |s| s.billed)));
+    println!("{}", describe("broker → bill shows it", span(|s| Some(s.published), |s| s.billed)));
+    Ok(())
+}
