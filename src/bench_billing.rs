@@ -165,7 +165,17 @@ pub async fn bill_latency(args: BillLatencyArgs) -> anyhow::Result<()> {
     };
 
     // t2: the bill counts it.
-    let mut settled = bill_settled(&http, &bill_url, &token).await.context("reading the bill")?;
+    // Billing may not know the customer yet (a platform just started): wait for its bill.
+    let mut settled = loop {
+        match bill_settled(&http, &bill_url, &token).await {
+            Ok(settled) => break settled,
+            Err(error) if Instant::now() < deadline => {
+                tracing::debug!(error = format!("{error:#}"), "waiting for the customer's bill");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            Err(error) => return Err(error.context("reading the bill")),
+        }
+    };
     let mut printed = 0;
     loop {
         tokio::time::sleep(Duration::from_millis(args.poll_ms)).await;
