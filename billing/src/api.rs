@@ -173,7 +173,7 @@ async fn known_customer(
     ),
     security(("bearer" = []))
 )]
-#[tracing::instrument(skip(shared, headers))]
+#[tracing::instrument(skip_all)]
 pub(crate) async fn bill(
     State(shared): State<Shared>,
     headers: HeaderMap,
@@ -232,7 +232,7 @@ pub(crate) async fn bill(
     ),
     security(("bearer" = []))
 )]
-#[tracing::instrument(skip(shared, headers))]
+#[tracing::instrument(skip_all)]
 pub(crate) async fn usage(
     State(shared): State<Shared>,
     headers: HeaderMap,
