@@ -28,9 +28,9 @@ pub struct Position {
 }
 
 /// A change the model took: a ledger that holds the transaction `tx_id`, stamped by its leader at
-/// `time_ms`, at `index` is the ledger the model was built from. (Transaction ids alone do not
-/// tell ledgers apart: a retried admin transaction's id is derived from its bytes, a tick's from
-/// its time.)
+/// `time_ms`, at `index` is the ledger the model was built from. (Transaction ids alone may not
+/// tell ledgers apart: an admin transaction's id is derived from its signed bytes, so two ledgers
+/// configured from the same file with the same operator key carry the same ids.)
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Anchor {
     pub tx_id: String,
