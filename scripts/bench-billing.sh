@@ -23,8 +23,11 @@ work=$(mktemp -d /tmp/wattle-bench-billing.XXXXXX)
 chmod 755 "$work"
 pids=()
 pg_data=""
+# Processes started in command substitutions (subshells) record their PIDs here.
+pid_file="$work/pids"
+touch "$pid_file"
 cleanup() {
-  for pid in "${pids[@]}"; do kill "$pid" 2>/dev/null || true; done
+  for pid in "${pids[@]}" $(cat "$pid_file"); do kill "$pid" 2>/dev/null || true; done
   if [ -n "$pg_data" ]; then as_pg "$pg_bin/pg_ctl" -D "$pg_data" -m fast -w stop >/dev/null 2>&1 || true; fi
 }
 trap cleanup EXIT
@@ -57,7 +60,7 @@ start_billing() { # NAME DATABASE -> prints the URL
   local port; port=$(free_port)
   "$wattle" billing --listen "127.0.0.1:$port" --ledger "$ledger" --ledger-key "$work/sandbox/billing.key" \
     --database "$2" --tokens "$tokens" --rate-per-token 10000000 >"$work/$1.log" 2>&1 &
-  pids+=($!)
+  echo $! >>"$pid_file"  # this runs in a subshell: `pids` would not reach cleanup
   wait_for "http://127.0.0.1:$port/healthz" "billing on $1"
   echo "http://127.0.0.1:$port"
 }
