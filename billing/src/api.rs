@@ -134,7 +134,7 @@ async fn known_customer(
     headers: &HeaderMap,
     customer_id: String,
     what: &str,
-) -> Result<(CustomerId, Position), Refusal> {
+) -> Result<(CustomerId, Position, domain::api::CustomerAccount), Refusal> {
     let caller = shared.gate.caller(headers)?;
     let customer = CustomerId::new(customer_id)
         .map_err(|reason| Refusal::new(StatusCode::BAD_REQUEST, "bad_customer_id", reason.to_string()))?;
@@ -149,14 +149,14 @@ async fn known_customer(
         ));
     }
     let position = shared.model.position().await.map_err(internal)?;
-    if shared.model.account(customer.as_str()).await.map_err(internal)?.is_none() {
+    let Some(account) = shared.model.account(customer.as_str()).await.map_err(internal)? else {
         return Err(Refusal::new(
             StatusCode::NOT_FOUND,
             "unknown_customer",
             format!("no customer {customer} as of ledger index {}", position.ledger_index),
         ));
-    }
-    Ok((customer, position))
+    };
+    Ok((customer, position, account))
 }
 
 /// `GET /v1/customers/{id}/bill`: the running bill of the open period.
@@ -184,7 +184,7 @@ pub(crate) async fn bill(
         Err(refusal) => return refuse(&shared, refusal),
     };
     let result = async {
-        let (customer, position) = known_customer(&shared, &headers, customer_id, "bill").await?;
+        let (customer, position, account) = known_customer(&shared, &headers, customer_id, "bill").await?;
         let bill = match shared.model.open_statement(customer.as_str()).await.map_err(internal)? {
             Some(statement) => {
                 let intervals = shared
@@ -194,10 +194,7 @@ pub(crate) async fn bill(
                     .map_err(internal)?;
                 crate::bill::from_statement(&statement, &intervals, position)
             }
-            None => {
-                let account = shared.model.account(customer.as_str()).await.map_err(internal)?;
-                crate::bill::from_account(&account.expect("known_customer checked it"), position)
-            }
+            None => crate::bill::from_account(&account, position),
         };
         Ok::<_, Refusal>((bill, position))
     }
@@ -248,7 +245,7 @@ pub(crate) async fn usage(
         Err(refusal) => return refuse(&shared, refusal),
     };
     let result = async {
-        let (customer, position) = known_customer(&shared, &headers, customer_id, "usage").await?;
+        let (customer, position, account) = known_customer(&shared, &headers, customer_id, "usage").await?;
         let range = crate::usage::check(&query)
             .map_err(|error| Refusal::new(StatusCode::UNPROCESSABLE_ENTITY, error.code(), error.to_string()))?;
         if query.format.as_deref() == Some("xml") && range.group_by != crate::usage::GroupBy::Interval {
@@ -258,7 +255,6 @@ pub(crate) async fn usage(
                 "Green Button XML carries 15-minute intervals: leave group_by out or set it to interval",
             ));
         }
-        let account = shared.model.account(customer.as_str()).await.map_err(internal)?.expect("known customer");
         let rows = shared
             .model
             .intervals(customer.as_str(), range.read_from, range.to, crate::usage::INTERVALS_PER_PAGE_MAX)
@@ -350,7 +346,7 @@ pub(crate) async fn customer_invoices(
         Err(refusal) => return refuse(&shared, refusal),
     };
     let result = async {
-        let (customer, position) = known_customer(&shared, &headers, customer_id, "invoices").await?;
+        let (customer, position, _) = known_customer(&shared, &headers, customer_id, "invoices").await?;
         let rows = shared.model.invoices_of(customer.as_str()).await.map_err(internal)?;
         let invoices: Vec<_> = rows.iter().map(crate::invoices::InvoiceSummary::of).collect();
         Ok::<_, Refusal>((invoices, position))
