@@ -449,7 +449,15 @@ async fn check_bills(
     let deadline = tokio::time::Instant::now() + SETTLE_WAIT_MAX;
     for customer in expected.keys() {
         loop {
-            let bill = fetch_bill(http, billing_url, customer).await?;
+            // A customer billing's feed has not reached yet is a 404: wait for it, within the deadline.
+            let bill = match fetch_bill(http, billing_url, customer).await {
+                Ok(bill) => bill,
+                Err(_) if tokio::time::Instant::now() < deadline => {
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+                Err(error) => return Err(error),
+            };
             if bill.intervals_settled >= intervals || tokio::time::Instant::now() >= deadline {
                 bills.insert(customer.clone(), bill);
                 break;

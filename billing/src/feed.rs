@@ -19,6 +19,8 @@ use crate::read_model::{Anchor, CustomerData, Position, ReadModel};
 
 /// How long one long-poll of the stream waits for a new signed entry.
 pub const FEED_WAIT: Duration = Duration::from_secs(5);
+/// Customers the feed reads from the ledger at once.
+pub const FETCH_CONCURRENCY: usize = 8;
 /// Pause after a failed read of the ledger before the next try.
 pub const FEED_RETRY: Duration = Duration::from_millis(500);
 /// Most intervals the ledger returns per page (`ledger::statements::INTERVALS_PER_PAGE_MAX`).
@@ -269,11 +271,24 @@ async fn step(
         }
     }
     let mut data = Vec::with_capacity(touched.len());
-    for (customer, since) in &touched {
-        if let Some(customer_data) = fetch_customer(ledger, customer, *since).await.map_err(StepError::Ledger)? {
+    // Customers are read `FETCH_CONCURRENCY` at a time: a page that names the whole fleet (every
+    // meter publishes at the interval boundary) would otherwise cost its reads in sequence.
+    let mut pending = touched.iter();
+    let mut reads = tokio::task::JoinSet::new();
+    loop {
+        while reads.len() < FETCH_CONCURRENCY {
+            let Some((customer, since)) = pending.next() else { break };
+            let (ledger, customer, since) = (ledger.clone(), customer.clone(), *since);
+            reads.spawn(async move { fetch_customer(&ledger, &customer, since).await });
+        }
+        let Some(read) = reads.join_next().await else { break };
+        let read = read.map_err(|error| StepError::Database(anyhow::anyhow!("a customer read panicked: {error}")))?;
+        if let Some(customer_data) = read.map_err(StepError::Ledger)? {
             data.push(customer_data);
         }
     }
+    // The SQL transaction writes customers in id order, whatever order the reads finished in.
+    data.sort_by(|a, b| a.account.customer_id.cmp(&b.account.customer_id));
     let next = Position { ledger_index: page.next - 1, as_of_ms };
     let anchor = page.changes.last().map(|change| Anchor {
         tx_id: change.tx_id.clone(),
