@@ -535,6 +535,7 @@ async fn run_sim(args: SimArgs) -> anyhow::Result<()> {
         interval_s: args.interval_s,
         epoch: args.epoch.map(|epoch| domain::ids::UnixSeconds(epoch.timestamp())),
         intervals: args.intervals,
+        steps: None,
         broker_host,
         broker_port,
         truth_out: args.truth_out,

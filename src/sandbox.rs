@@ -3,6 +3,7 @@
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{bail, Context};
@@ -39,7 +40,8 @@ pub struct SandboxArgs {
     exit_after_intervals: Option<u64>,
     /// The fleet publishes N intervals, then stops; everything else keeps running (the ledger's
     /// clock too, so periods still close and invoices are issued) until interrupted: a frozen
-    /// fleet whose bills stay still, for tests and screenshots.
+    /// fleet whose bills stay still, for tests and screenshots. SIGUSR1 (`kill -USR1 PID`) makes
+    /// it publish one more interval (the next in sequence, at once).
     #[arg(long, conflicts_with = "exit_after_intervals")]
     intervals: Option<u64>,
     /// Each node snapshots its state (and purges the log behind it) after this many entries.
@@ -303,6 +305,13 @@ pub async fn run(args: SandboxArgs) -> anyhow::Result<()> {
     println!("  curl -s {bearer} http://{}/v1/customers/{first_customer}/invoices", billing.address);
     println!();
     let truth_path = data_dir.join("ground-truth.bin");
+    let (step_sender, granted) = tokio::sync::watch::channel(0u64);
+    let frozen = Arc::new(tokio::sync::watch::channel(None).0);
+    let steps = args.intervals.map(|_| firmware_sim::Steps { granted, frozen: frozen.clone() });
+    if steps.is_some() {
+        tokio::spawn(announce_freezes(frozen.subscribe()));
+        tokio::spawn(step_on_signal(step_sender));
+    }
     let sim_config = firmware_sim::SimConfig {
         meters: args.meters,
         seed: args.seed,
@@ -311,6 +320,7 @@ pub async fn run(args: SandboxArgs) -> anyhow::Result<()> {
         interval_s: 900,
         epoch: None,
         intervals: args.exit_after_intervals.or(args.intervals),
+        steps,
         broker_host: "127.0.0.1".into(),
         broker_port,
         truth_out: Some(truth_path.clone()),
@@ -346,18 +356,7 @@ pub async fn run(args: SandboxArgs) -> anyhow::Result<()> {
             check_bills(&billing_http, &format!("http://{}", billing.address), &truth_path, intervals, legacy).await
         }
         None => {
-            let frozen = args.intervals;
-            let sim = async move {
-                let summary = sim.await?;
-                if let Some(intervals) = frozen {
-                    println!(
-                        "the fleet published its {intervals} intervals ({} readings) and stopped; serving until interrupted",
-                        summary.published
-                    );
-                    std::future::pending::<()>().await;
-                }
-                Ok(())
-            };
+            let sim = async move { sim.await.map(|_| ()) };
             tokio::select! {
                 result = sim => result,
                 _ = shutdown_signal() => { crate::progress::finish(); println!("stopping..."); Ok(()) }
@@ -603,3 +602,29 @@ impl Consortium {
 
 /// How long the sandbox waits for its admin configuration to hand the ledger to the members.
 const GOVERNANCE_WAIT_MAX: std::time::Duration = std::time::Duration::from_secs(120);
+
+/// Prints each time the frozen fleet (`--intervals N`) stops, and how to step it.
+async fn announce_freezes(mut frozen: tokio::sync::watch::Receiver<Option<firmware_sim::SimSummary>>) {
+    while frozen.changed().await.is_ok() {
+        let Some(summary) = *frozen.borrow_and_update() else { continue };
+        println!(
+            "the fleet published {} intervals ({} readings) and is frozen; serving until interrupted \
+             (`kill -USR1 {}` publishes one more interval)",
+            summary.intervals,
+            summary.published,
+            std::process::id()
+        );
+    }
+}
+
+/// SIGUSR1 grants the frozen fleet one more interval.
+async fn step_on_signal(steps: tokio::sync::watch::Sender<u64>) {
+    let Ok(mut signal) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::user_defined1()) else {
+        tracing::warn!("SIGUSR1 cannot be handled here; the frozen fleet cannot be stepped");
+        return;
+    };
+    while signal.recv().await.is_some() {
+        steps.send_modify(|granted| *granted += 1);
+        println!("step: the fleet publishes one more interval");
+    }
+}

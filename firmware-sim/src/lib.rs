@@ -102,6 +102,11 @@ pub struct SimConfig {
     pub epoch: Option<UnixSeconds>,
     /// Stop after this many intervals (run until stopped if `None`).
     pub intervals: Option<u64>,
+    /// With `intervals`: instead of stopping after them, wait (the fleet frozen, its connections
+    /// open) and publish one more interval for each step this counter adds (`wattle sandbox
+    /// --intervals N`, SIGUSR1). A step's interval is the next in sequence, published at once
+    /// even if the clock is past its end (the ledger settles it as late data of the open period).
+    pub steps: Option<Steps>,
     pub broker_host: String,
     pub broker_port: u16,
     pub truth_out: Option<PathBuf>,
@@ -118,6 +123,15 @@ pub struct SimConfig {
     pub legacy_meters: std::collections::HashSet<u32>,
     /// Load profile, PV share, site and time zone of the fleet.
     pub load: load::LoadConfig,
+}
+
+/// Stepping a frozen fleet ([`SimConfig::steps`]).
+#[derive(Debug, Clone)]
+pub struct Steps {
+    /// Intervals granted beyond `intervals`: the fleet publishes one more for each.
+    pub granted: watch::Receiver<u64>,
+    /// Set each time the fleet freezes: what it has published so far.
+    pub frozen: Arc<watch::Sender<Option<SimSummary>>>,
 }
 
 /// What a run did.
@@ -222,7 +236,25 @@ pub async fn run(config: SimConfig, fleet: Fleet) -> anyhow::Result<SimSummary> 
     let faults_planned = fleet.plan.faults.len();
     let mut sequence = 0u64;
     let mut last_progress = Instant::now();
-    while config.intervals.is_none_or(|limit| sequence < limit) {
+    let mut steps = config.steps.clone();
+    loop {
+        if let Some(limit) = config.intervals {
+            if sequence >= limit + steps.as_ref().map_or(0, |steps| *steps.granted.borrow()) {
+                let Some(steps) = steps.as_mut() else { break };
+                let published = counters.published.load(Ordering::Relaxed);
+                tracing::info!(interval = sequence, published, "fleet frozen; waiting for a step");
+                steps.frozen.send_replace(Some(SimSummary {
+                    published,
+                    intervals: sequence,
+                    backfilled: counters.backfilled.load(Ordering::Relaxed),
+                    elapsed_s: started.elapsed().as_secs_f64(),
+                }));
+                if steps.granted.changed().await.is_err() {
+                    break;
+                }
+                continue;
+            }
+        }
         let next = sequence + 1;
         let end_ms = (fleet.interval_start(next).0 + fleet.interval_s) * 1_000;
         loop {
@@ -257,7 +289,7 @@ pub async fn run(config: SimConfig, fleet: Fleet) -> anyhow::Result<SimSummary> 
                 "simulated day complete"
             );
         }
-        if last_progress.elapsed() >= Duration::from_secs(1) || config.intervals == Some(sequence) {
+        if last_progress.elapsed() >= Duration::from_secs(1) || config.intervals.is_some_and(|limit| sequence >= limit) {
             last_progress = Instant::now();
             let published = counters.published.load(Ordering::Relaxed);
             tracing::info!(
