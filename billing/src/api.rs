@@ -37,6 +37,7 @@ pub struct Shared {
     pub feed: FeedHandle,
     pub metrics: Arc<Metrics>,
     pub gate: Arc<Gate>,
+    pub streams: Arc<crate::stream::Streams>,
 }
 
 /// Largest request body billing reads (`POST /v1/tokens`); larger ones are answered 413.
@@ -45,6 +46,7 @@ pub const REQUEST_BODY_BYTES_MAX: usize = 16 * 1024;
 pub fn router(shared: Shared) -> Router {
     Router::new()
         .route("/v1/customers/{customer_id}/bill", get(bill))
+        .route("/v1/customers/{customer_id}/bill/stream", get(crate::stream::bill_stream))
         .route("/v1/customers/{customer_id}/usage", get(usage))
         .route("/v1/customers/{customer_id}/invoices", get(customer_invoices))
         .route("/v1/invoices/{number}", get(invoice))
@@ -83,6 +85,11 @@ impl Refusal {
     pub fn code(&self) -> &'static str {
         self.code
     }
+
+    /// The reason, for people.
+    pub fn message(&self) -> &str {
+        &self.message
+    }
 }
 
 impl IntoResponse for Refusal {
@@ -108,7 +115,7 @@ pub(crate) fn refuse(shared: &Shared, refusal: Refusal) -> Response {
 
 /// A query string that does not parse (a number that is not one, say) is a 422 with the reason,
 /// in the same JSON body as every other refusal.
-fn checked<T>(query: Result<Query<T>, QueryRejection>) -> Result<T, Refusal> {
+pub(crate) fn checked<T>(query: Result<Query<T>, QueryRejection>) -> Result<T, Refusal> {
     query
         .map(|Query(query)| query)
         .map_err(|rejection| Refusal::new(StatusCode::UNPROCESSABLE_ENTITY, "bad_query", rejection.body_text()))
@@ -129,17 +136,28 @@ fn with_position(mut response: Response, position: Position) -> Response {
 
 /// Checks the caller's token, the id, the caller's entitlement to the customer, that the ledger
 /// still serves billing, and that the model knows the customer; logs the access.
-async fn known_customer(
+pub(crate) async fn known_customer(
     shared: &Shared,
     headers: &HeaderMap,
     customer_id: String,
     what: &str,
 ) -> Result<(CustomerId, Position, domain::api::CustomerAccount), Refusal> {
     let caller = shared.gate.caller(headers)?;
+    let (customer, position, account) = known_customer_of(shared, &caller, customer_id, what).await?;
+    Ok((customer, position, account))
+}
+
+/// [`known_customer`] for a caller already admitted.
+pub(crate) async fn known_customer_of(
+    shared: &Shared,
+    caller: &crate::auth::Caller,
+    customer_id: String,
+    what: &str,
+) -> Result<(CustomerId, Position, domain::api::CustomerAccount), Refusal> {
     let customer = CustomerId::new(customer_id)
         .map_err(|reason| Refusal::new(StatusCode::BAD_REQUEST, "bad_customer_id", reason.to_string()))?;
     caller.check_customer(&customer)?;
-    crate::auth::log_access(&caller, customer.as_str(), what);
+    crate::auth::log_access(caller, customer.as_str(), what);
     let status = shared.feed.status();
     if status.state == "refused" {
         return Err(Refusal::new(
@@ -185,17 +203,7 @@ pub(crate) async fn bill(
     };
     let result = async {
         let (customer, position, account) = known_customer(&shared, &headers, customer_id, "bill").await?;
-        let bill = match shared.model.open_statement(customer.as_str()).await.map_err(internal)? {
-            Some(statement) => {
-                let intervals = shared
-                    .model
-                    .intervals(customer.as_str(), statement.period.start.0, statement.period.end.0, 3_000)
-                    .await
-                    .map_err(internal)?;
-                crate::bill::from_statement(&statement, &intervals, position)
-            }
-            None => crate::bill::from_account(&account, position),
-        };
+        let bill = running_bill(&shared, &customer, &account, position).await?;
         Ok::<_, Refusal>((bill, position))
     }
     .await;
@@ -206,6 +214,26 @@ pub(crate) async fn bill(
         }
         Err(refusal) => refuse(&shared, refusal),
     }
+}
+
+/// The running bill of `customer` (whose account is `account`) at `position`.
+pub(crate) async fn running_bill(
+    shared: &Shared,
+    customer: &CustomerId,
+    account: &domain::api::CustomerAccount,
+    position: Position,
+) -> Result<crate::bill::Bill, Refusal> {
+    Ok(match shared.model.open_statement(customer.as_str()).await.map_err(internal)? {
+        Some(statement) => {
+            let intervals = shared
+                .model
+                .intervals(customer.as_str(), statement.period.start.0, statement.period.end.0, 3_000)
+                .await
+                .map_err(internal)?;
+            crate::bill::from_statement(&statement, &intervals, position)
+        }
+        None => crate::bill::from_account(account, position),
+    })
 }
 
 /// `GET /v1/customers/{id}/usage?from=&to=&group_by=&page_size=&cursor=&format=csv`.

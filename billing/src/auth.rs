@@ -211,6 +211,20 @@ impl TokenStore {
         Ok(self.read()?.tokens)
     }
 
+    /// Whether the token `id` is still known and not revoked (a live stream re-checks its
+    /// caller with this on every event).
+    fn still_valid(&self, id: &str) -> Result<(), Refusal> {
+        if let Err(error) = self.refresh() {
+            tracing::error!(%error, "the token file could not be read; keeping the tokens read before");
+        }
+        let cache = self.cache.lock().expect("token cache lock is never poisoned");
+        let record = cache.by_id.get(id).ok_or_else(|| unauthorized("unknown_token", "this token is gone"))?;
+        match &record.revoked_at {
+            Some(revoked_at) => Err(unauthorized("revoked_token", format!("token {id} was revoked at {revoked_at}"))),
+            None => Ok(()),
+        }
+    }
+
     /// The record of a presented token, checked against its stored hash.
     fn lookup(&self, token: &str) -> Result<TokenRecord, Refusal> {
         let id = token
@@ -365,6 +379,14 @@ impl Gate {
             .retry_after(wait_s.ceil().max(1.0) as u64));
         }
         Ok(Caller { token_id: record.id, role: record.role })
+    }
+}
+
+impl Gate {
+    /// Whether a caller admitted earlier may still read (its token not revoked since): a live
+    /// stream asks before every event. Not rate-limited: the stream is one request.
+    pub fn still_admitted(&self, caller: &Caller) -> Result<(), Refusal> {
+        self.tokens.still_valid(&caller.token_id)
     }
 }
 

@@ -12,7 +12,7 @@ use domain::api::{ChangePage, CustomerAccount, CustomerInterval, CustomerStateme
 use domain::ids::CustomerId;
 use domain::limits::SETTLEMENT_INTERVAL_SECONDS;
 use serde::Serialize;
-use tokio::sync::watch;
+use tokio::sync::{broadcast, watch};
 
 use crate::ledger_client::{LedgerClient, LedgerError};
 use crate::read_model::{Anchor, CustomerData, Position, ReadModel};
@@ -21,6 +21,9 @@ use crate::read_model::{Anchor, CustomerData, Position, ReadModel};
 pub const FEED_WAIT: Duration = Duration::from_secs(5);
 /// Customers the feed reads from the ledger at once.
 pub const FETCH_CONCURRENCY: usize = 8;
+/// Pages of changes kept for live streams that have not caught up (`stream.rs`); a stream that
+/// falls further behind re-reads its customer.
+pub const CHANGES_BUFFERED: usize = 1_024;
 /// Pause after a failed read of the ledger before the next try.
 pub const FEED_RETRY: Duration = Duration::from_millis(500);
 /// Most intervals the ledger returns per page (`ledger::statements::INTERVALS_PER_PAGE_MAX`).
@@ -41,11 +44,23 @@ pub struct FeedStatus {
     pub as_of_ms: i64,
 }
 
-/// The feed's status, shared with the API; `position` wakes watchers (live bills) on every page.
+/// What one page of the feed changed, for live streams (`stream.rs`).
+#[derive(Debug, Clone)]
+pub struct Changed {
+    pub position: Position,
+    /// Customers whose data the page rewrote.
+    pub customers: Arc<BTreeSet<String>>,
+    /// The model was emptied to be rebuilt from another ledger: every stream starts again.
+    pub reset: bool,
+}
+
+/// The feed's status, shared with the API; `position` wakes watchers on every page, `changes`
+/// tells live streams which customers each page rewrote.
 #[derive(Clone)]
 pub struct FeedHandle {
     status: Arc<Mutex<FeedStatus>>,
     position: watch::Sender<Position>,
+    changes: broadcast::Sender<Changed>,
 }
 
 impl FeedHandle {
@@ -59,6 +74,7 @@ impl FeedHandle {
                 as_of_ms: position.as_of_ms,
             })),
             position: watch::channel(position).0,
+            changes: broadcast::channel(CHANGES_BUFFERED).0,
         }
     }
     pub fn status(&self) -> FeedStatus {
@@ -67,6 +83,15 @@ impl FeedHandle {
     /// Wakes on every position the read model reaches.
     pub fn subscribe(&self) -> watch::Receiver<Position> {
         self.position.subscribe()
+    }
+    /// Every page's changes from now on.
+    pub fn subscribe_changes(&self) -> broadcast::Receiver<Changed> {
+        self.changes.subscribe()
+    }
+    fn announce(&self, position: Position, customers: BTreeSet<String>, reset: bool) {
+        self.position.send_replace(position);
+        // No receiver (no live stream open) is not an error.
+        let _ = self.changes.send(Changed { position, customers: Arc::new(customers), reset });
     }
     fn set(&self, state: &str, message: Option<String>, update: impl FnOnce(&mut FeedStatus)) {
         let mut status = self.status.lock().expect("feed status lock is never poisoned");
@@ -236,7 +261,7 @@ async fn step(
                     status.ledger_index = start.ledger_index;
                     status.as_of_ms = start.as_of_ms;
                 });
-                feed.position.send_replace(start);
+                feed.announce(start, BTreeSet::new(), true);
                 *checked = true;
                 return Ok(true);
             }
@@ -302,7 +327,7 @@ async fn step(
         status.ledger_index = next.ledger_index;
         status.as_of_ms = next.as_of_ms;
     });
-    feed.position.send_replace(next);
+    feed.announce(next, data.iter().map(|customer| customer.account.customer_id.to_string()).collect(), false);
     Ok(true)
 }
 

@@ -136,6 +136,7 @@ mod tests {
             quality: quality.into(),
             complete: true,
             charge: charge.parse().expect("decimal"),
+            ..IntervalRow::default()
         };
         let rows = [row(1_767_225_600, 250, "actual", "0.0718500"), row(1_767_226_500, 300, "estimated", "0.086")];
         let xml = render("C<1>", "EUR", &rows, (1_767_225_600, 1_767_227_400), 1_767_227_400);

@@ -3,6 +3,7 @@
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
 use prometheus_client::registry::Registry;
 
@@ -24,6 +25,15 @@ pub struct Metrics {
     pub customers_refreshed: Counter,
     pub rebuilds: Counter,
     pub requests_refused: Family<RefusedLabels, Counter>,
+    pub streams_open: Gauge,
+    pub stream_events: Family<EventLabels, Counter>,
+}
+
+/// What a live stream sent.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct EventLabels {
+    /// `bill`, `intervals`, `reset` or `error`.
+    pub event: &'static str,
 }
 
 /// Why billing refused a request.
@@ -66,6 +76,10 @@ impl Metrics {
         );
         let requests_refused = Family::<RefusedLabels, Counter>::default();
         registry.register("requests_refused", "Requests refused, by error code", requests_refused.clone());
+        let streams_open = Gauge::default();
+        registry.register("streams_open", "Live bill streams open (server-sent events)", streams_open.clone());
+        let stream_events = Family::<EventLabels, Counter>::default();
+        registry.register("stream_events", "Events sent on live bill streams, by event", stream_events.clone());
         Metrics {
             registry,
             bills_served,
@@ -75,6 +89,8 @@ impl Metrics {
             customers_refreshed,
             rebuilds,
             requests_refused,
+            streams_open,
+            stream_events,
         }
     }
 

@@ -190,6 +190,7 @@ impl Modify for BearerAuth {
     ),
     paths(
         crate::api::bill,
+        crate::stream::bill_stream,
         crate::api::usage,
         crate::api::customer_invoices,
         crate::api::invoice,

@@ -51,7 +51,7 @@ pub struct CustomerData {
 }
 
 /// One stored interval (`GET /v1/customers/{id}/usage` groups these).
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct IntervalRow {
     pub start_s: i64,
     pub local_start: String,
@@ -60,6 +60,12 @@ pub struct IntervalRow {
     pub quality: String,
     pub complete: bool,
     pub charge: Decimal,
+    /// The tariff window that priced the imported energy (`flat`, `dynamic`, `SEASON.WINDOW`).
+    pub energy_window: Option<String>,
+    /// Its price per kWh.
+    pub energy_price: Option<Decimal>,
+    /// The ledger position at which billing wrote the row.
+    pub ledger_index: u64,
 }
 
 /// One stored invoice.
@@ -200,13 +206,17 @@ impl ReadModel {
             for interval in &data.intervals {
                 let quality = serde_json::to_value(interval.quality)?;
                 let meters: Vec<&str> = interval.meters.iter().map(|meter| meter.as_str()).collect();
+                let energy = energy_price(&interval.lines);
                 sqlx::query(
                     "INSERT INTO intervals (customer_id, start_s, local_start, import_wh, export_wh, quality, \
-                     complete, tariff, charge, lines_json, meters) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11) \
+                     complete, tariff, charge, lines_json, meters, energy_window, energy_price, ledger_index) \
+                     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14) \
                      ON CONFLICT (customer_id, start_s) DO UPDATE SET local_start = excluded.local_start, \
                      import_wh = excluded.import_wh, export_wh = excluded.export_wh, quality = excluded.quality, \
                      complete = excluded.complete, tariff = excluded.tariff, charge = excluded.charge, \
-                     lines_json = excluded.lines_json, meters = excluded.meters",
+                     lines_json = excluded.lines_json, meters = excluded.meters, \
+                     energy_window = excluded.energy_window, energy_price = excluded.energy_price, \
+                     ledger_index = excluded.ledger_index",
                 )
                 .bind(customer)
                 .bind(interval.start)
@@ -219,6 +229,9 @@ impl ReadModel {
                 .bind(interval.charge.to_string())
                 .bind(serde_json::to_string(&interval.lines)?)
                 .bind(meters.join(","))
+                .bind(energy.map(|(window, _)| window))
+                .bind(energy.map(|(_, price)| price.to_string()))
+                .bind(to_i64(position.ledger_index))
                 .execute(&mut *tx)
                 .await?;
             }
@@ -330,13 +343,26 @@ impl ReadModel {
 
     /// The customer's intervals with `from <= start < to`, in start order, at most `limit`.
     pub async fn intervals(&self, customer: &str, from: i64, to: i64, limit: u64) -> anyhow::Result<Vec<IntervalRow>> {
-        let rows = sqlx::query(
-            "SELECT start_s, local_start, import_wh, export_wh, quality, complete, charge FROM intervals \
-             WHERE customer_id = $1 AND start_s >= $2 AND start_s < $3 ORDER BY start_s LIMIT $4",
-        )
+        let rows = sqlx::query(&format!(
+            "{INTERVAL_SELECT} WHERE customer_id = $1 AND start_s >= $2 AND start_s < $3 ORDER BY start_s LIMIT $4"
+        ))
         .bind(customer)
         .bind(from)
         .bind(to)
+        .bind(to_i64(limit))
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter().map(interval_row).collect()
+    }
+
+    /// The customer's intervals the model wrote after ledger position `after`, in start order, at
+    /// most `limit` (a live stream resumed from `after`).
+    pub async fn intervals_changed(&self, customer: &str, after: u64, limit: u64) -> anyhow::Result<Vec<IntervalRow>> {
+        let rows = sqlx::query(&format!(
+            "{INTERVAL_SELECT} WHERE customer_id = $1 AND ledger_index > $2 ORDER BY start_s LIMIT $3"
+        ))
+        .bind(customer)
+        .bind(to_i64(after))
         .bind(to_i64(limit))
         .fetch_all(&self.pool)
         .await?;
@@ -363,6 +389,10 @@ impl ReadModel {
 const INVOICE_SELECT: &str = "SELECT number, customer_id, period_start, period_end, issued_at, total, currency, \
                               tx_id, ledger_index, document FROM invoices";
 
+/// The columns [`interval_row`] reads.
+const INTERVAL_SELECT: &str = "SELECT start_s, local_start, import_wh, export_wh, quality, complete, charge, \
+    energy_window, energy_price, ledger_index FROM intervals";
+
 fn interval_row(row: &AnyRow) -> anyhow::Result<IntervalRow> {
     Ok(IntervalRow {
         start_s: row.try_get(0)?,
@@ -372,6 +402,18 @@ fn interval_row(row: &AnyRow) -> anyhow::Result<IntervalRow> {
         quality: row.try_get(4)?,
         complete: row.try_get::<i64, _>(5)? != 0,
         charge: Decimal::from_str(&row.try_get::<String, _>(6)?)?,
+        energy_window: row.try_get(7)?,
+        energy_price: row.try_get::<Option<String>, _>(8)?.map(|price| Decimal::from_str(&price)).transpose()?,
+        ledger_index: row.try_get::<i64, _>(9)?.max(0) as u64,
+    })
+}
+
+/// The window and unit price of an interval's imported energy: its energy line (an interval is
+/// priced by one window; `None` if it has no energy line).
+fn energy_price(lines: &[domain::tariff::Line]) -> Option<(&str, Decimal)> {
+    lines.iter().find_map(|line| match &line.component {
+        domain::tariff::Component::Energy { window } => Some((window.as_str(), line.unit_price)),
+        _ => None,
     })
 }
 

@@ -176,6 +176,15 @@ pub struct UsageGroup {
     pub quality: std::collections::BTreeMap<String, u32>,
     /// Whether every interval of the group is covered by readings in full.
     pub complete: bool,
+    /// The tariff windows that priced the group's imported energy (`flat`, `dynamic`, or
+    /// `SEASON.WINDOW` of a time-of-use tariff), in order of first use.
+    pub windows: Vec<String>,
+    /// Price per kWh of imported energy: the one price if every interval had the same, else the
+    /// mean weighted by the energy imported (unweighted if none was), to 5 places. `None` if no
+    /// interval of the group has an energy price.
+    #[serde(with = "rust_decimal::serde::str_option")]
+    #[schema(value_type = Option<String>)]
+    pub energy_price: Option<Decimal>,
 }
 
 /// A page of usage.
@@ -197,12 +206,14 @@ pub struct UsagePage {
 /// `range.page_size` groups, and the cursor of the next group if more follow.
 pub fn group(rows: &[IntervalRow], range: &Range, minor_digits: u32) -> (Vec<UsageGroup>, Option<String>) {
     let mut groups: Vec<UsageGroup> = Vec::new();
+    // Per group: each interval's energy price and the Wh it priced.
+    let mut prices: Vec<Vec<(Decimal, u64)>> = Vec::new();
     let mut last_key = String::new();
     for row in rows {
         let key = range.group_by.key(row);
         if groups.is_empty() || key != last_key {
             if groups.len() == range.page_size as usize {
-                return (finish(groups, minor_digits), Some(format!("s{}", row.start_s)));
+                return (finish(groups, &prices, minor_digits), Some(format!("s{}", row.start_s)));
             }
             groups.push(UsageGroup {
                 key: key.clone(),
@@ -215,7 +226,10 @@ pub fn group(rows: &[IntervalRow], range: &Range, minor_digits: u32) -> (Vec<Usa
                 cost_unrounded: Decimal::ZERO,
                 quality: Default::default(),
                 complete: true,
+                windows: Vec::new(),
+                energy_price: None,
             });
+            prices.push(Vec::new());
             last_key = key;
         }
         let group = groups.last_mut().expect("a group was just pushed");
@@ -225,12 +239,38 @@ pub fn group(rows: &[IntervalRow], range: &Range, minor_digits: u32) -> (Vec<Usa
         group.cost_unrounded += row.charge;
         *group.quality.entry(row.quality.clone()).or_default() += 1;
         group.complete &= row.complete;
+        if let Some(window) = &row.energy_window {
+            if !group.windows.contains(window) {
+                group.windows.push(window.clone());
+            }
+        }
+        if let (Some(price), Some(group_prices)) = (row.energy_price, prices.last_mut()) {
+            group_prices.push((price, row.import_wh));
+        }
     }
-    (finish(groups, minor_digits), None)
+    (finish(groups, &prices, minor_digits), None)
 }
 
-fn finish(mut groups: Vec<UsageGroup>, minor_digits: u32) -> Vec<UsageGroup> {
-    for group in &mut groups {
+/// Most decimal places of a group's mean energy price.
+const PRICE_PLACES: u32 = 5;
+
+fn mean_price(prices: &[(Decimal, u64)]) -> Option<Decimal> {
+    let (first, _) = prices.first()?;
+    if prices.iter().all(|(price, _)| price == first) {
+        return Some(first.normalize());
+    }
+    let wh: u64 = prices.iter().map(|(_, wh)| wh).sum();
+    let mean = if wh > 0 {
+        prices.iter().map(|(price, wh)| price * Decimal::from(*wh)).sum::<Decimal>() / Decimal::from(wh)
+    } else {
+        prices.iter().map(|(price, _)| price).sum::<Decimal>() / Decimal::from(prices.len())
+    };
+    Some(mean.round_dp_with_strategy(PRICE_PLACES, rust_decimal::RoundingStrategy::MidpointAwayFromZero).normalize())
+}
+
+fn finish(mut groups: Vec<UsageGroup>, prices: &[Vec<(Decimal, u64)>], minor_digits: u32) -> Vec<UsageGroup> {
+    for (group, group_prices) in groups.iter_mut().zip(prices) {
+        group.energy_price = mean_price(group_prices);
         group.cost = group
             .cost_unrounded
             .round_dp_with_strategy(minor_digits, rust_decimal::RoundingStrategy::MidpointAwayFromZero);
@@ -252,6 +292,7 @@ mod tests {
             quality: "actual".into(),
             complete: true,
             charge: Decimal::from_str(charge).expect("decimal"),
+            ..IntervalRow::default()
         }
     }
 
@@ -284,6 +325,29 @@ mod tests {
         );
         let (intervals, _) = group(&rows, &check(&query("1792879200", "1792965600", GroupBy::Interval)).expect("r"), 2);
         assert_eq!(intervals.len(), 5, "by interval, the repeated hour's intervals stay apart");
+    }
+
+    #[test]
+    fn groups_name_their_windows_and_price_energy_by_the_kwh_it_priced() {
+        let priced = |start_s: i64, import_wh: u64, window: &str, price: &str| IntervalRow {
+            energy_window: Some(window.into()),
+            energy_price: Some(Decimal::from_str(price).expect("decimal")),
+            ..row(start_s, "", import_wh, "0")
+        };
+        let rows = [
+            priced(1_767_225_600, 300, "winter.peak", "0.30"),
+            priced(1_767_226_500, 100, "winter.off", "0.10"),
+            priced(1_767_227_400, 0, "winter.off", "0.10"),
+        ];
+        let range = check(&query("1767225600", "1767312000", GroupBy::Day)).expect("range");
+        let (day, _) = group(&rows, &range, 2);
+        assert_eq!(day[0].windows, ["winter.peak", "winter.off"]);
+        // (0.30 × 300 + 0.10 × 100 + 0.10 × 0) / 400 Wh = 0.25.
+        assert_eq!(day[0].energy_price, Some(Decimal::from_str("0.25").expect("d")));
+        let (intervals, _) = group(&rows, &check(&query("1767225600", "1767312000", GroupBy::Interval)).expect("r"), 2);
+        assert_eq!(intervals[2].energy_price, Some(Decimal::from_str("0.1").expect("d")), "unweighted: nothing imported");
+        let unpriced = [row(1_767_225_600, "", 100, "0")];
+        assert_eq!(group(&unpriced, &range, 2).0[0].energy_price, None);
     }
 
     #[test]
