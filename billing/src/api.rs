@@ -38,6 +38,7 @@ pub struct Shared {
     pub metrics: Arc<Metrics>,
     pub gate: Arc<Gate>,
     pub streams: Arc<crate::stream::Streams>,
+    pub tariffs: Arc<crate::tariffs::TariffCache>,
 }
 
 /// Largest request body billing reads (`POST /v1/tokens`); larger ones are answered 413.
@@ -53,9 +54,12 @@ pub fn router(shared: Shared) -> Router {
         .route("/v1/invoices/{number}/receipt", get(invoice_receipt))
         .route("/v1/tokens", get(crate::tokens_api::list_tokens).post(crate::tokens_api::issue_token))
         .route("/v1/tokens/{token_id}", delete(crate::tokens_api::revoke_token))
+        .route("/v1/me", get(crate::tokens_api::me))
+        .route("/v1/tariffs", get(crate::tariffs::list))
         .layer(DefaultBodyLimit::max(REQUEST_BODY_BYTES_MAX))
         .route("/openapi.json", get(openapi_json))
         .route("/healthz", get(healthz))
+        .merge(crate::page::routes())
         .route("/metrics", get(metrics))
         .with_state(shared)
 }

@@ -62,6 +62,9 @@ pub struct Bill {
     pub provisional: bool,
     #[schema(value_type = String)]
     pub currency: Currency,
+    /// The tariff the open period is settled by (`GET /v1/tariffs` has its versions); `None` for
+    /// a customer settled without billing periods.
+    pub tariff: Option<String>,
     /// The open billing period; `None` for a customer settled without billing periods.
     #[schema(value_type = Option<crate::openapi::Period>)]
     pub period: Option<BillingPeriod>,
@@ -88,6 +91,8 @@ pub struct Bill {
     #[schema(value_type = String)]
     pub energy_export_kwh: Decimal,
     pub intervals_settled: u64,
+    /// UTC start (seconds) of the latest interval settled in the period, if any.
+    pub latest_interval_start: Option<i64>,
     pub completeness: Completeness,
     /// Leader time of the last ledger entry the bill reflects, RFC 3339 UTC.
     pub as_of: String,
@@ -165,6 +170,7 @@ pub fn from_statement(statement: &Statement, intervals: &[IntervalRow], position
         customer_id: CustomerId::new(statement.customer.as_str()).expect("a statement's customer is a customer id"),
         provisional: true,
         currency: statement.currency,
+        tariff: Some(statement.tariff.to_string()),
         period: Some(period),
         lines,
         net_total: statement.net_total,
@@ -174,6 +180,7 @@ pub fn from_statement(statement: &Statement, intervals: &[IntervalRow], position
         energy_import_kwh: kwh(import_wh),
         energy_export_kwh: kwh(export_wh),
         intervals_settled: intervals.len() as u64,
+        latest_interval_start: intervals.iter().map(|interval| interval.start_s).max(),
         completeness,
         as_of: rfc3339(position.as_of_ms),
         ledger_index: position.ledger_index,
@@ -187,6 +194,7 @@ pub fn from_account(account: &CustomerAccount, position: Position) -> Bill {
         customer_id: account.customer_id.clone(),
         provisional: true,
         currency: account.currency,
+        tariff: None,
         period: None,
         lines: Vec::new(),
         net_total: total,
@@ -196,6 +204,7 @@ pub fn from_account(account: &CustomerAccount, position: Position) -> Bill {
         energy_import_kwh: kwh(account.energy_import_wh),
         energy_export_kwh: kwh(account.energy_export_wh),
         intervals_settled: account.intervals_settled,
+        latest_interval_start: None,
         completeness: Completeness::default(),
         as_of: rfc3339(position.as_of_ms),
         ledger_index: position.ledger_index,

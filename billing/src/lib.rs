@@ -17,8 +17,10 @@ pub mod invoices;
 pub mod ledger_client;
 pub mod metrics;
 pub mod openapi;
+pub mod page;
 pub mod read_model;
 pub mod stream;
+pub mod tariffs;
 pub mod tokens_api;
 pub mod usage;
 
@@ -93,7 +95,15 @@ pub async fn start(config: BillingConfig) -> anyhow::Result<BillingHandle> {
         "billing's read model opened; following the ledger from there"
     );
     let feed_task = tokio::spawn(feed::follow(model.clone(), ledger.clone(), feed.clone(), metrics.clone()));
-    let router = api::router(api::Shared { model, ledger, feed, metrics, gate, streams: Default::default() });
+    let router = api::router(api::Shared {
+        model,
+        ledger,
+        feed,
+        metrics,
+        gate,
+        streams: Default::default(),
+        tariffs: Default::default(),
+    });
     let listener =
         tokio::net::TcpListener::bind(config.listen).await.with_context(|| format!("binding {}", config.listen))?;
     let address = listener.local_addr()?;

@@ -198,6 +198,8 @@ impl Modify for BearerAuth {
         crate::tokens_api::issue_token,
         crate::tokens_api::list_tokens,
         crate::tokens_api::revoke_token,
+        crate::tokens_api::me,
+        crate::tariffs::list,
         crate::api::healthz,
         crate::api::metrics,
     ),

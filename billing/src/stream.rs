@@ -62,11 +62,7 @@ struct Slot {
 }
 
 impl Streams {
-    fn open(
-        self: &Arc<Self>,
-        token_id: &str,
-        metrics: &Arc<crate::metrics::Metrics>,
-    ) -> Result<Slot, Refusal> {
+    fn open(self: &Arc<Self>, token_id: &str, metrics: &Arc<crate::metrics::Metrics>) -> Result<Slot, Refusal> {
         let mut open = self.open.lock().expect("stream registry lock is never poisoned");
         let total: usize = open.values().sum();
         let mine = open.get(token_id).copied().unwrap_or(0);

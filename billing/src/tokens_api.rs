@@ -153,3 +153,42 @@ pub(crate) async fn revoke_token(
         Err(refusal) => refuse(&shared, refusal),
     }
 }
+
+/// `GET /v1/me`: who the presented token (or identity-provider token) is.
+#[derive(Debug, serde::Serialize, utoipa::ToSchema)]
+pub(crate) struct Me {
+    /// The token's id (a JWT: `issuer#subject`).
+    token_id: String,
+    /// `customer` or `operator`.
+    role: &'static str,
+    /// The customer a customer's token reads.
+    customer_id: Option<String>,
+}
+
+/// `GET /v1/me` (any token): the caller's role and, for a customer, whose data it reads (the
+/// customer's page asks this after sign-in).
+#[utoipa::path(
+    get,
+    path = "/v1/me",
+    tag = "tokens",
+    summary = "Who the presented token is: its role and customer",
+    responses(
+        crate::openapi::TokenRefusals,
+        (status = 200, description = "The caller", body = Me),
+    ),
+    security(("bearer" = []))
+)]
+pub(crate) async fn me(State(shared): State<Shared>, headers: HeaderMap) -> Response {
+    match shared.gate.caller(&headers) {
+        Ok(caller) => Json(Me {
+            role: caller.role_name(),
+            customer_id: match &caller.role {
+                Role::Customer { customer_id } => Some(customer_id.to_string()),
+                Role::Operator => None,
+            },
+            token_id: caller.token_id,
+        })
+        .into_response(),
+        Err(refusal) => refuse(&shared, refusal),
+    }
+}

@@ -345,7 +345,11 @@ mod tests {
         // (0.30 × 300 + 0.10 × 100 + 0.10 × 0) / 400 Wh = 0.25.
         assert_eq!(day[0].energy_price, Some(Decimal::from_str("0.25").expect("d")));
         let (intervals, _) = group(&rows, &check(&query("1767225600", "1767312000", GroupBy::Interval)).expect("r"), 2);
-        assert_eq!(intervals[2].energy_price, Some(Decimal::from_str("0.1").expect("d")), "unweighted: nothing imported");
+        assert_eq!(
+            intervals[2].energy_price,
+            Some(Decimal::from_str("0.1").expect("d")),
+            "unweighted: nothing imported"
+        );
         let unpriced = [row(1_767_225_600, "", 100, "0")];
         assert_eq!(group(&unpriced, &range, 2).0[0].energy_price, None);
     }

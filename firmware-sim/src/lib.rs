@@ -289,7 +289,8 @@ pub async fn run(config: SimConfig, fleet: Fleet) -> anyhow::Result<SimSummary> 
                 "simulated day complete"
             );
         }
-        if last_progress.elapsed() >= Duration::from_secs(1) || config.intervals.is_some_and(|limit| sequence >= limit) {
+        if last_progress.elapsed() >= Duration::from_secs(1) || config.intervals.is_some_and(|limit| sequence >= limit)
+        {
             last_progress = Instant::now();
             let published = counters.published.load(Ordering::Relaxed);
             tracing::info!(
