@@ -10,8 +10,9 @@ cd "$(dirname "$0")/.."
 
 # Debian packages: libclang for RocksDB's bindings, a C++ compiler for RocksDB itself,
 # mosquitto and its clients for the integration tests, mbpoll (a Modbus client we did not write),
-# PostgreSQL (billing's tests run its read model on SQLite and on a server they start themselves).
-packages=(libclang-dev clang g++ mosquitto mosquitto-clients mbpoll pkg-config postgresql)
+# PostgreSQL (billing's tests run its read model on SQLite and on a server they start themselves),
+# Chromium and a font (tests/customer_page.rs loads the customer's page in headless Chromium).
+packages=(libclang-dev clang g++ mosquitto mosquitto-clients mbpoll pkg-config postgresql chromium fonts-dejavu-core)
 schemathesis_version=4.32.5
 
 setup() {

@@ -148,5 +148,152 @@ async fn the_page_shows_the_running_bill_and_follows_it_live() -> anyhow::Result
     browser.close().await?;
     let _ = browser.wait().await;
     driver.abort();
+
+    stream_resumes_and_refuses(&sandbox, &billing, &customer, &token).await?;
     sandbox.stop().await
+}
+
+/// One server-sent event.
+#[derive(Debug, Default)]
+struct Event {
+    event: String,
+    id: Option<String>,
+    data: String,
+}
+
+/// An open bill stream, read event by event.
+struct Stream {
+    response: reqwest::Response,
+    buffer: String,
+}
+
+impl Stream {
+    async fn open(billing: &str, customer: &str, token: &str, last_event_id: Option<&str>) -> anyhow::Result<Stream> {
+        let mut request = reqwest::Client::new()
+            .get(format!("{billing}/v1/customers/{customer}/bill/stream"))
+            .bearer_auth(token)
+            .header("accept", "text/event-stream");
+        if let Some(id) = last_event_id {
+            request = request.header("last-event-id", id);
+        }
+        let response = request.send().await?;
+        anyhow::ensure!(response.status() == 200, "stream: {} {}", response.status(), response.text().await?);
+        Ok(Stream { response, buffer: String::new() })
+    }
+
+    /// The next event (comments skipped), within `limit`.
+    async fn next(&mut self, limit: Duration) -> anyhow::Result<Event> {
+        let deadline = tokio::time::Instant::now() + limit;
+        loop {
+            if let Some(end) = self.buffer.find("\n\n") {
+                let raw: String = self.buffer.drain(..end + 2).collect();
+                let mut event = Event::default();
+                for line in raw.lines() {
+                    match line.split_once(':') {
+                        Some(("event", value)) => event.event = value.trim_start().to_string(),
+                        Some(("id", value)) => event.id = Some(value.trim_start().to_string()),
+                        Some(("data", value)) => event.data.push_str(value.trim_start()),
+                        _ => {}
+                    }
+                }
+                if event.event.is_empty() && event.data.is_empty() {
+                    continue;
+                }
+                return Ok(event);
+            }
+            let chunk = tokio::time::timeout_at(deadline, self.response.chunk())
+                .await
+                .context("no event in time")??
+                .context("the stream ended")?;
+            self.buffer.push_str(std::str::from_utf8(&chunk)?);
+        }
+    }
+
+    /// Events until one named `name`.
+    async fn until(&mut self, name: &str, limit: Duration) -> anyhow::Result<Vec<Event>> {
+        let deadline = tokio::time::Instant::now() + limit;
+        let mut seen = Vec::new();
+        loop {
+            let event = self.next(deadline.saturating_duration_since(tokio::time::Instant::now())).await?;
+            let done = event.event == name;
+            seen.push(event);
+            if done {
+                return Ok(seen);
+            }
+        }
+    }
+}
+
+/// The bill stream: a reconnect with `Last-Event-ID` gets what settled while it was away; other
+/// customers, no token, a revoked token and a fifth stream of one token are refused.
+async fn stream_resumes_and_refuses(
+    sandbox: &Sandbox,
+    billing: &str,
+    customer: &str,
+    token: &str,
+) -> anyhow::Result<()> {
+    let status = |token: Option<String>, customer: String| async move {
+        let mut request = reqwest::Client::new().get(format!("{billing}/v1/customers/{customer}/bill/stream"));
+        if let Some(token) = token {
+            request = request.bearer_auth(token);
+        }
+        let response = request.send().await?;
+        let status = response.status().as_u16();
+        let body: serde_json::Value = response.json().await.unwrap_or_default();
+        anyhow::Ok((status, body["code"].as_str().unwrap_or_default().to_string()))
+    };
+    let other = firmware_sim::customer_id(1).to_string();
+    assert_eq!(status(Some(token.into()), other).await?, (403, "not_your_customer".into()));
+    assert_eq!(status(None, customer.into()).await?, (401, "missing_token".into()));
+
+    // Connected: the bill; dropped; one more interval settles; resumed from the last id.
+    let mut stream = Stream::open(billing, customer, token, None).await?;
+    let first = stream.next(Duration::from_secs(10)).await?;
+    assert_eq!(first.event, "bill", "{first:?}");
+    let last_id = first.id.clone().context("the bill event carries an id")?;
+    let bill: serde_json::Value = serde_json::from_str(&first.data)?;
+    let settled = bill["intervals_settled"].as_u64().context("intervals_settled")?;
+    drop(stream);
+    sandbox.process.signal("USR1")?;
+    let operator = sandbox.billing_client()?;
+    poll_until("one more interval", Duration::from_secs(60), || async {
+        let bill = api_bill(&operator, billing, customer).await.ok()?;
+        (bill["intervals_settled"].as_u64() == Some(settled + 1)).then_some(())
+    })
+    .await?;
+    let mut resumed = Stream::open(billing, customer, token, Some(&last_id)).await?;
+    let events = resumed.until("bill", Duration::from_secs(10)).await?;
+    let intervals = events.iter().find(|event| event.event == "intervals").context("no intervals event on resume")?;
+    let intervals: serde_json::Value = serde_json::from_str(&intervals.data)?;
+    let latest = serde_json::from_str::<serde_json::Value>(&events.last().context("bill")?.data)?;
+    let newest = latest["latest_interval_start"].as_i64().context("latest_interval_start")?;
+    assert!(
+        intervals["intervals"].as_array().is_some_and(|list| list.iter().any(|group| group["start"] == newest)),
+        "the resumed stream carries the interval settled while it was away ({newest}): {intervals}"
+    );
+    assert_eq!(latest["intervals_settled"].as_u64(), Some(settled + 1));
+
+    // A token revoked while its stream is open: the stream says so and ends.
+    let issued: serde_json::Value = operator
+        .post(format!("{billing}/v1/tokens"))
+        .json(&serde_json::json!({ "customer_id": customer, "label": "stream test" }))
+        .send()
+        .await?
+        .json()
+        .await?;
+    let fresh = issued["token"].as_str().context("token")?.to_string();
+    let fresh_id = issued["record"]["id"].as_str().context("id")?.to_string();
+    let mut streams = Vec::new();
+    for _ in 0..billing::stream::STREAMS_PER_TOKEN_MAX {
+        streams.push(Stream::open(billing, customer, &fresh, None).await?);
+    }
+    assert_eq!(status(Some(fresh.clone()), customer.into()).await?, (429, "too_many_streams".into()));
+    let revoked = operator.delete(format!("{billing}/v1/tokens/{fresh_id}")).send().await?;
+    assert_eq!(revoked.status(), 200);
+    sandbox.process.signal("USR1")?;
+    let events = streams[0].until("error", Duration::from_secs(60)).await?;
+    let error: serde_json::Value = serde_json::from_str(&events.last().context("error")?.data)?;
+    assert_eq!(error["code"], "revoked_token", "{error}");
+    assert!(streams[0].next(Duration::from_secs(5)).await.is_err(), "the stream ends after its error");
+    Ok(())
 }
