@@ -421,6 +421,20 @@ struct BillingArgs {
     /// token 20 times as many); beyond, 429.
     #[arg(long, default_value_t = billing::auth::RATE_PER_TOKEN_DEFAULT)]
     rate_per_token: u32,
+    /// Also sign customers in with JWTs of the utility's OpenID Connect provider: its issuer
+    /// (`iss`, exactly as it writes it). Needs --oidc-audience and --oidc-jwks.
+    #[arg(long, requires_all = ["oidc_audience", "oidc_jwks"])]
+    oidc_issuer: Option<String>,
+    /// Billing's audience (`aud`) at the provider.
+    #[arg(long, requires = "oidc_issuer")]
+    oidc_audience: Option<String>,
+    /// The provider's signing keys (JWKS): a file, or an http:// URL; re-read hourly and when a
+    /// token names an unknown key.
+    #[arg(long, requires = "oidc_issuer")]
+    oidc_jwks: Option<String>,
+    /// The JWT claim that names the customer the token reads.
+    #[arg(long, default_value = "customer_id")]
+    oidc_customer_claim: String,
     #[arg(long)]
     ready_file: Option<PathBuf>,
 }
@@ -913,6 +927,12 @@ async fn run(command: Command) -> anyhow::Result<()> {
                 database_url: args.database,
                 tokens_path: args.tokens,
                 rate_per_token: args.rate_per_token,
+                oidc: args.oidc_issuer.clone().map(|issuer| billing::oidc::OidcConfig {
+                    issuer,
+                    audience: args.oidc_audience.clone().unwrap_or_default(),
+                    jwks: args.oidc_jwks.clone().unwrap_or_default(),
+                    customer_claim: args.oidc_customer_claim.clone(),
+                }),
             })
             .await?;
             write_ready_file(args.ready_file.as_deref(), billing.address)?;

@@ -259,6 +259,7 @@ pub async fn run(args: SandboxArgs) -> anyhow::Result<()> {
         database_url: format!("sqlite://{}?mode=rwc", data_dir.join("billing.sqlite").display()),
         tokens_path: data_dir.join("billing-tokens.json"),
         rate_per_token: billing::auth::RATE_PER_TOKEN_DEFAULT,
+        oidc: None,
     })
     .await?;
     let first_customer = firmware_sim::customer_id(0);

@@ -150,6 +150,8 @@ async fn the_page_shows_the_running_bill_and_follows_it_live() -> anyhow::Result
     driver.abort();
 
     stream_resumes_and_refuses(&sandbox, &billing, &customer, &token).await?;
+    let total = api_bill(&http, &billing, &customer).await?["total"].as_str().context("total")?.to_string();
+    crate::oidc::jwt_sign_in(dir.path(), &sandbox, &customer, &total).await?;
     sandbox.stop().await
 }
 

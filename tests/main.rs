@@ -19,6 +19,7 @@ mod gateway_restart;
 mod governance;
 mod ledger_admission;
 mod modbus;
+mod oidc;
 mod peer_auth;
 mod postgres;
 mod private_reads;

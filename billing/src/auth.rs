@@ -253,8 +253,19 @@ fn unauthorized(code: &'static str, message: impl Into<String>) -> Refusal {
 /// An authenticated caller.
 #[derive(Debug, Clone)]
 pub struct Caller {
+    /// The token's id (a JWT's caller: `oidc:{sub}`), in logs and rate limits.
     pub token_id: String,
     pub role: Role,
+    pub via: Via,
+}
+
+/// How a caller signed in.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Via {
+    /// A token the operator issued (`wtk_…`), revocable in the token file.
+    Token,
+    /// A JWT of the utility's identity provider (`oidc.rs`), valid until `exp`.
+    Jwt { expires_at_s: i64 },
 }
 
 impl Caller {
@@ -343,6 +354,8 @@ pub struct Gate {
     pub customer_limiter: RateLimiter,
     /// Operators' tokens, at [`OPERATOR_RATE_FACTOR`] times that.
     pub operator_limiter: RateLimiter,
+    /// The utility's identity provider, if billing accepts its JWTs.
+    pub oidc: Option<std::sync::Arc<crate::oidc::Oidc>>,
 }
 
 impl Gate {
@@ -351,7 +364,14 @@ impl Gate {
             tokens,
             customer_limiter: RateLimiter::new(rate_per_token),
             operator_limiter: RateLimiter::new(rate_per_token.saturating_mul(OPERATOR_RATE_FACTOR)),
+            oidc: None,
         }
+    }
+
+    /// The same gate, accepting the identity provider's JWTs too.
+    pub fn with_oidc(mut self, oidc: std::sync::Arc<crate::oidc::Oidc>) -> Gate {
+        self.oidc = Some(oidc);
+        self
     }
 
     /// The caller of a request: its bearer token, known, not revoked, within its rate.
@@ -365,20 +385,26 @@ impl Gate {
             .and_then(|value| value.strip_prefix("Bearer "))
             .map(str::trim)
             .ok_or_else(|| unauthorized("malformed_token", "the Authorization header reads Bearer <token>"))?;
-        let record = self.tokens.lookup(token)?;
-        let limiter = match record.role {
+        let caller = match &self.oidc {
+            Some(oidc) if !token.starts_with(TOKEN_PREFIX) && token.matches('.').count() == 2 => oidc.verify(token)?,
+            _ => {
+                let record = self.tokens.lookup(token)?;
+                Caller { token_id: record.id, role: record.role, via: Via::Token }
+            }
+        };
+        let limiter = match caller.role {
             Role::Operator => &self.operator_limiter,
             Role::Customer { .. } => &self.customer_limiter,
         };
-        if let Err(wait_s) = limiter.take(&record.id, Instant::now()) {
+        if let Err(wait_s) = limiter.take(&caller.token_id, Instant::now()) {
             return Err(Refusal::new(
                 StatusCode::TOO_MANY_REQUESTS,
                 "rate_limited",
-                format!("token {} is over its rate; retry in {:.0} ms", record.id, (wait_s * 1000.0).ceil()),
+                format!("token {} is over its rate; retry in {:.0} ms", caller.token_id, (wait_s * 1000.0).ceil()),
             )
             .retry_after(wait_s.ceil().max(1.0) as u64));
         }
-        Ok(Caller { token_id: record.id, role: record.role })
+        Ok(caller)
     }
 }
 
@@ -386,7 +412,17 @@ impl Gate {
     /// Whether a caller admitted earlier may still read (its token not revoked since): a live
     /// stream asks before every event. Not rate-limited: the stream is one request.
     pub fn still_admitted(&self, caller: &Caller) -> Result<(), Refusal> {
-        self.tokens.still_valid(&caller.token_id)
+        match caller.via {
+            Via::Token => self.tokens.still_valid(&caller.token_id),
+            Via::Jwt { expires_at_s } => {
+                let now_s = domain::clock::wall_clock_now().0.div_euclid(1000);
+                if now_s > expires_at_s.saturating_add(crate::oidc::LEEWAY_SECONDS as i64) {
+                    Err(unauthorized("expired_token", "the JWT has expired (exp); sign in again"))
+                } else {
+                    Ok(())
+                }
+            }
+        }
     }
 }
 

@@ -16,6 +16,7 @@ pub mod invoice_html;
 pub mod invoices;
 pub mod ledger_client;
 pub mod metrics;
+pub mod oidc;
 pub mod openapi;
 pub mod page;
 pub mod read_model;
@@ -53,6 +54,8 @@ pub struct BillingConfig {
     pub tokens_path: std::path::PathBuf,
     /// Requests per second one token may make ([`auth::RATE_PER_TOKEN_DEFAULT`]).
     pub rate_per_token: u32,
+    /// The utility's identity provider, whose JWTs sign customers in beside the tokens.
+    pub oidc: Option<oidc::OidcConfig>,
 }
 
 /// A running billing service.
@@ -83,7 +86,11 @@ impl BillingHandle {
 pub async fn start(config: BillingConfig) -> anyhow::Result<BillingHandle> {
     let metrics = Arc::new(metrics::Metrics::new());
     let tokens = auth::TokenStore::open(&config.tokens_path)?;
-    let gate = Arc::new(auth::Gate::new(tokens, config.rate_per_token));
+    let mut gate = auth::Gate::new(tokens, config.rate_per_token);
+    if let Some(oidc) = config.oidc.clone() {
+        gate = gate.with_oidc(oidc::Oidc::open(oidc).await?);
+    }
+    let gate = Arc::new(gate);
     let model = read_model::ReadModel::open(&config.database_url).await?;
     let position = model.position().await?;
     let ledger =
