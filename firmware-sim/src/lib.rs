@@ -169,6 +169,35 @@ pub fn build_fleet(config: &SimConfig) -> Result<Fleet, load::LoadConfigError> {
     Fleet::new(config.seed, config.meters, config.sites, config.interval_s, epoch, plan).with_model(config.load)
 }
 
+/// Starts a Modbus TCP server per site (if `config.modbus_listen`), serving the registers of the
+/// interval `tick` names.
+async fn serve_modbus(
+    config: &SimConfig,
+    fleet: &Arc<Fleet>,
+    tick: &watch::Receiver<u64>,
+) -> anyhow::Result<Vec<tokio::task::JoinHandle<anyhow::Result<()>>>> {
+    let mut servers = Vec::new();
+    let Some(listen) = config.modbus_listen else { return Ok(servers) };
+    let memory_intervals = (u64::from(config.memory_days) * 86_400 / fleet.interval_s.max(1) as u64).max(1);
+    for site in 0..fleet.sites {
+        let address =
+            std::net::SocketAddr::new(listen.ip(), listen.port().checked_add(site as u16).context("Modbus port")?);
+        let listener = tokio::net::TcpListener::bind(address)
+            .await
+            .with_context(|| format!("binding the Modbus server of site {site} to {address}"))?;
+        tracing::info!(site = %Fleet::site_name(site), %address, "Modbus TCP server listening");
+        servers.push(tokio::spawn(modbus::serve_site(
+            fleet.clone(),
+            site,
+            listener,
+            config.legacy_meters.clone(),
+            tick.clone(),
+            memory_intervals,
+        )));
+    }
+    Ok(servers)
+}
+
 /// Runs the fleet: as the clock passes each interval's end, every meter publishes what the plan
 /// says; waits at the end until the broker has acknowledged every publish.
 pub async fn run(config: SimConfig, fleet: Fleet) -> anyhow::Result<SimSummary> {
@@ -177,26 +206,7 @@ pub async fn run(config: SimConfig, fleet: Fleet) -> anyhow::Result<SimSummary> 
     let (tick_sender, tick) = watch::channel(0u64);
     let mut connections = Vec::new();
     let (done_sender, mut done) = mpsc::channel::<(u32, u32, u64)>(1_024);
-    let mut servers = Vec::new();
-    if let Some(listen) = config.modbus_listen {
-        let memory_intervals = (u64::from(config.memory_days) * 86_400 / fleet.interval_s.max(1) as u64).max(1);
-        for site in 0..fleet.sites {
-            let address =
-                std::net::SocketAddr::new(listen.ip(), listen.port().checked_add(site as u16).context("Modbus port")?);
-            let listener = tokio::net::TcpListener::bind(address)
-                .await
-                .with_context(|| format!("binding the Modbus server of site {site} to {address}"))?;
-            tracing::info!(site = %Fleet::site_name(site), %address, "Modbus TCP server listening");
-            servers.push(tokio::spawn(modbus::serve_site(
-                fleet.clone(),
-                site,
-                listener,
-                config.legacy_meters.clone(),
-                tick.clone(),
-                memory_intervals,
-            )));
-        }
-    }
+    let mut servers = serve_modbus(&config, &fleet, &tick).await?;
     for site in 0..fleet.sites {
         let site_meters: Vec<u32> = (0..fleet.meters)
             .filter(|meter| fleet.site_of(*meter) == site && !config.legacy_meters.contains(meter))
@@ -241,6 +251,11 @@ pub async fn run(config: SimConfig, fleet: Fleet) -> anyhow::Result<SimSummary> 
         if let Some(limit) = config.intervals {
             if sequence >= limit + steps.as_ref().map_or(0, |steps| *steps.granted.borrow()) {
                 let Some(steps) = steps.as_mut() else { break };
+                // Frozen means frozen: the Modbus servers stop too, or a gateway polling a
+                // legacy meter would go on attesting (empty) intervals.
+                for server in servers.drain(..) {
+                    server.abort();
+                }
                 let published = counters.published.load(Ordering::Relaxed);
                 tracing::info!(interval = sequence, published, "fleet frozen; waiting for a step");
                 steps.frozen.send_replace(Some(SimSummary {
@@ -252,6 +267,7 @@ pub async fn run(config: SimConfig, fleet: Fleet) -> anyhow::Result<SimSummary> 
                 if steps.granted.changed().await.is_err() {
                     break;
                 }
+                servers = serve_modbus(&config, &fleet, &tick).await?;
                 continue;
             }
         }
