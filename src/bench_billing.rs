@@ -8,9 +8,12 @@
 //!   reading's digest is applied on that node (gateway verification, outbox, batching, the
 //!   leader's re-verification and consensus);
 //! - a poll of billing's `GET /v1/customers/{id}/bill`: `t2`, when `intervals_settled` counts it
-//!   (the signature that covers the entry, billing's change feed, the SQL write, the read).
+//!   (the signature that covers the entry, billing's change feed, the SQL write, the read);
+//! - billing's live stream `GET /v1/customers/{id}/bill/stream`: `t3`, when a `bill` event counts
+//!   it (what the customer's page shows, pushed rather than polled).
 //!
-//! Prints p50, p99 and the maximum of `t1 − t0`, `t2 − t1` and `t2 − t0` over `--samples`.
+//! Prints p50, p99 and the maximum of `t1 − t0`, `t2 − t1`, `t2 − t0` and `t3 − t0` over
+//! `--samples`.
 
 use std::collections::VecDeque;
 use std::sync::{Arc, Mutex};
@@ -65,6 +68,8 @@ struct Sample {
     published: Instant,
     applied: Option<Instant>,
     billed: Option<Instant>,
+    /// The bill's `intervals_settled` once it counted this reading.
+    count: u64,
 }
 
 /// Readings seen on the broker, oldest first; finished ones move to `done`.
@@ -130,7 +135,7 @@ pub async fn bill_latency(args: BillLatencyArgs) -> anyhow::Result<()> {
                 let Ok(reading) = envelope.open() else { continue };
                 let digest = reading.digest().to_string();
                 let mut samples = samples.lock().expect("samples lock is never poisoned");
-                samples.pending.push_back(Sample { digest, published, applied: None, billed: None });
+                samples.pending.push_back(Sample { digest, published, applied: None, billed: None, count: 0 });
             }
             #[allow(unreachable_code)]
             anyhow::Ok(())
@@ -164,6 +169,35 @@ pub async fn bill_latency(args: BillLatencyArgs) -> anyhow::Result<()> {
         })
     };
 
+    // t3: the live stream's first `bill` event with each count.
+    let streamed: Arc<Mutex<std::collections::HashMap<u64, Instant>>> = Arc::default();
+    let streamer = {
+        let streamed = streamed.clone();
+        let url = format!("{}/v1/customers/{}/bill/stream", args.billing, args.customer);
+        let token = token.clone();
+        tokio::spawn(async move {
+            let client = reqwest::Client::new();
+            let mut response = client.get(url).bearer_auth(token).send().await?.error_for_status()?;
+            let mut buffer = String::new();
+            while let Some(chunk) = response.chunk().await? {
+                let now = Instant::now();
+                buffer.push_str(&String::from_utf8_lossy(&chunk));
+                while let Some(end) = buffer.find("\n\n") {
+                    let event: String = buffer.drain(..end + 2).collect();
+                    if !event.lines().any(|line| line == "event: bill") {
+                        continue;
+                    }
+                    let data = event.lines().find_map(|line| line.strip_prefix("data: ")).unwrap_or_default();
+                    let bill: serde_json::Value = serde_json::from_str(data)?;
+                    if let Some(count) = bill["intervals_settled"].as_u64() {
+                        streamed.lock().expect("stream lock is never poisoned").entry(count).or_insert(now);
+                    }
+                }
+            }
+            anyhow::Ok(())
+        })
+    };
+
     // t2: the bill counts it.
     // Billing may not know the customer yet (a platform just started): wait for its bill.
     let mut settled = loop {
@@ -185,11 +219,12 @@ pub async fn bill_latency(args: BillLatencyArgs) -> anyhow::Result<()> {
         let state = &mut *guard;
         // Intervals counted before a reading was seen on the broker (a run started mid-interval)
         // are skipped; each further one finishes the oldest reading the ledger applied.
-        for _ in settled..now_settled {
+        for count in settled..now_settled {
             match state.pending.front() {
                 Some(sample) if sample.applied.is_some() => {
                     let mut sample = state.pending.pop_front().expect("front exists");
                     sample.billed = Some(now);
+                    sample.count = count + 1;
                     state.done.push(sample);
                 }
                 _ => {}
@@ -212,8 +247,12 @@ pub async fn bill_latency(args: BillLatencyArgs) -> anyhow::Result<()> {
         anyhow::ensure!(!subscriber.is_finished(), "the MQTT subscriber stopped");
         anyhow::ensure!(!follower.is_finished(), "the ledger follower stopped");
     }
+    // The stream's event for the last count may trail the poll by a moment.
+    tokio::time::sleep(Duration::from_millis(500)).await;
     subscriber.abort();
     follower.abort();
+    streamer.abort();
+    let streamed = std::mem::take(&mut *streamed.lock().expect("stream lock is never poisoned"));
     let mut done = std::mem::take(&mut samples.lock().expect("samples lock is never poisoned").done);
     done.drain(..WARM_UP_SAMPLES.min(done.len()));
     let span = |from: fn(&Sample) -> Option<Instant>, to: fn(&Sample) -> Option<Instant>| -> Vec<Duration> {
@@ -228,5 +267,10 @@ pub async fn bill_latency(args: BillLatencyArgs) -> anyhow::Result<()> {
     println!("{}", describe("broker → ledger applied (gateway + ledger)", span(|s| Some(s.published), |s| s.applied)));
     println!("{}", describe("ledger applied → bill shows it (signature + billing)", span(|s| s.applied, |s| s.billed)));
     println!("{}", describe("broker → bill shows it", span(|s| Some(s.published), |s| s.billed)));
+    let pushed: Vec<Duration> = done
+        .iter()
+        .filter_map(|sample| Some(streamed.get(&sample.count)?.saturating_duration_since(sample.published)))
+        .collect();
+    println!("{}", describe(&format!("broker → live stream shows it ({} of them)", pushed.len()), pushed));
     Ok(())
 }

@@ -286,7 +286,7 @@ pub async fn run(args: SandboxArgs) -> anyhow::Result<()> {
         legacy + 1,
         firmware_sim::meter_id(legacy)
     );
-    println!("  billing       http://{}", billing.address);
+    println!("  billing       http://{}  (/openapi.json, /healthz, /metrics)", billing.address);
     println!("  data          {}", data_dir.display());
     println!();
     println!(
@@ -304,6 +304,8 @@ pub async fn run(args: SandboxArgs) -> anyhow::Result<()> {
     );
     println!("and, once a month has closed, the invoices (each verifiable against the ledger's receipt):");
     println!("  curl -s {bearer} http://{}/v1/customers/{first_customer}/invoices", billing.address);
+    println!("The customer's page (signed in with the customer's token; the token leaves the address bar at once):");
+    println!("  http://{}/#access_token={customer_token}", billing.address);
     println!();
     let truth_path = data_dir.join("ground-truth.bin");
     let (step_sender, granted) = tokio::sync::watch::channel(0u64);

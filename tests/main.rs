@@ -17,6 +17,7 @@ mod gateway_held;
 mod gateway_modbus;
 mod gateway_restart;
 mod governance;
+mod invoice_month;
 mod ledger_admission;
 mod modbus;
 mod oidc;
@@ -28,6 +29,10 @@ mod process;
 mod recovery;
 mod registry;
 mod sandbox;
+// The sandbox tariff's published dynamic prices, for tests/invoice_month.rs's own reckoning.
+#[path = "../src/sandbox_tariff.rs"]
+#[allow(dead_code)]
+mod sandbox_tariff;
 mod settlement;
 mod support;
 mod tariff_cli;
