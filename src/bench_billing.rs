@@ -251,7 +251,15 @@ pub async fn bill_latency(args: BillLatencyArgs) -> anyhow::Result<()> {
     tokio::time::sleep(Duration::from_millis(500)).await;
     subscriber.abort();
     follower.abort();
-    streamer.abort();
+    if streamer.is_finished() {
+        match streamer.await {
+            Ok(Err(error)) => println!("the live stream failed: {error:#}"),
+            Ok(Ok(())) => println!("the live stream ended early"),
+            Err(error) => println!("the live stream task: {error}"),
+        }
+    } else {
+        streamer.abort();
+    }
     let streamed = std::mem::take(&mut *streamed.lock().expect("stream lock is never poisoned"));
     let mut done = std::mem::take(&mut samples.lock().expect("samples lock is never poisoned").done);
     done.drain(..WARM_UP_SAMPLES.min(done.len()));
