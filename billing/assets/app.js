@@ -349,8 +349,11 @@ function renderChart() {
   const currency = page.currency;
   const groups = page.groups;
   const layout = slots(range);
-  const W = 960; const H = 330; const L = 56; const R = 64; const T = 26; const B = 40;
+  // Drawn at the width it is shown at (a phone's 350 px or a desktop's 960), so text stays legible.
+  const W = Math.round(Math.min(960, Math.max(320, $('chart').clientWidth || 960)));
+  const H = W < 600 ? 240 : 330; const L = 44; const R = 52; const T = 26; const B = 40;
   const plotW = W - L - R; const plotH = H - T - B;
+  state.narrow = W < 600;
   const importMax = Math.max(0.001, ...groups.map((g) => Number(g.import_kwh)));
   const exportMax = Math.max(0, ...groups.map((g) => Number(g.export_kwh)));
   const top = niceCeil(importMax);
@@ -375,7 +378,7 @@ function renderChart() {
     for (const tick of [priceBottom, priceTop / 2, priceTop]) {
       chart.append(svg('text', { x: W - R + 6, y: py(tick) + 4 }, num(tick, 2)));
     }
-    chart.append(svg('text', { x: W - R + 6, y: 12 }, `${currency}/kWh`));
+    chart.append(svg('text', { x: W - 2, y: 12, 'text-anchor': 'end' }, `${currency}/kWh`));
   }
   chart.append(svg('line', { class: 'axis', x1: L, x2: W - R, y1: y(0), y2: y(0) }));
   let pricePath = '';
@@ -415,11 +418,12 @@ function niceCeil(value) {
 function xLabels(range, count) {
   const labels = [];
   if (state.view === 'day') {
-    for (let hour = 0; hour <= 24; hour += 3) labels.push([Math.min(hour * 4, count), `${String(hour).padStart(2, '0')}:00`]);
+    const step = state.narrow ? 6 : 3;
+    for (let hour = 0; hour <= 24; hour += step) labels.push([Math.min(hour * 4, count), `${String(hour).padStart(2, '0')}:00`]);
   } else if (state.view === 'week') {
-    for (let day = 0; day < 7; day += 1) labels.push([day * 24 + 12, formatDate(addDays(range.fromDate, day), { weekday: 'short', day: 'numeric' })]);
+    for (let day = 0; day < 7; day += 1) labels.push([day * 24 + 12, formatDate(addDays(range.fromDate, day), state.narrow ? { weekday: 'narrow' } : { weekday: 'short', day: 'numeric' })]);
   } else {
-    for (let day = 0; day < count; day += 5) labels.push([day + 0.5, String(day + 1)]);
+    for (let day = 0; day < count; day += state.narrow ? 7 : 5) labels.push([day + 0.5, String(day + 1)]);
   }
   return labels;
 }
@@ -647,6 +651,10 @@ document.addEventListener('DOMContentLoaded', () => {
   });
   $('sign-out').addEventListener('click', () => signOut('Signed out.'));
   for (const button of document.querySelectorAll('.views button')) button.addEventListener('click', () => setView(button.dataset.view));
+  window.addEventListener('resize', () => {
+    clearTimeout(state.resize);
+    state.resize = setTimeout(() => { if (state.usage) renderChart(); }, 200);
+  });
   $('prev').addEventListener('click', () => shift(-1));
   $('next').addEventListener('click', () => shift(1));
   start();
