@@ -154,7 +154,24 @@ pub async fn complete_truth(dir: &Path, meters: u32, intervals: u64) -> anyhow::
 /// Starts one bootstrapped ledger node in `dir` (after `configure_ledger`), loading the admin
 /// configuration; returns it and its URL once it serves.
 pub async fn start_single_ledger(dir: &Path, clock: &[String]) -> anyhow::Result<(Process, String)> {
-    start_single_ledger_on(dir, free_port(), clock).await
+    on_a_free_port(dir, clock, true).await
+}
+
+/// Starts on a port `free_port` chose. Between that choice and the node's bind another process
+/// may be handed the port (seen in CI: "Address already in use", with a headless Chromium and
+/// other tests' processes opening sockets meanwhile); such a start is retried on a new port.
+async fn on_a_free_port(dir: &Path, clock: &[String], configured: bool) -> anyhow::Result<(Process, String)> {
+    const ATTEMPTS: usize = 3;
+    let mut attempt = 1;
+    loop {
+        match spawn_single_ledger(dir, free_port(), clock, configured).await {
+            Err(error) if attempt < ATTEMPTS && format!("{error:#}").contains("Address already in use") => {
+                eprintln!("the ledger's port was taken before it bound it; trying another ({error:#})");
+                attempt += 1;
+            }
+            result => return result,
+        }
+    }
 }
 
 /// `start_single_ledger` on a given port; run again after the node stopped, it restarts the node
@@ -165,7 +182,7 @@ pub async fn start_single_ledger_on(dir: &Path, port: u16, clock: &[String]) -> 
 
 /// A single ledger node with no admin configuration: no meter, no customer, no price.
 pub async fn start_bare_ledger(dir: &Path, clock: &[String]) -> anyhow::Result<(Process, String)> {
-    spawn_single_ledger(dir, free_port(), clock, false).await
+    on_a_free_port(dir, clock, false).await
 }
 
 async fn spawn_single_ledger(

@@ -474,11 +474,25 @@ pub(crate) async fn invoice(
         }
         Ok(row) if query.format.as_deref() == Some("html") => {
             match domain::settle::InvoiceDocument::parse(row.document.as_bytes()) {
-                Ok(document) => (
-                    [(axum::http::header::CONTENT_TYPE, "text/html; charset=utf-8")],
-                    crate::invoice_html::render(&document, row.document.as_bytes(), &row.tx_id),
-                )
-                    .into_response(),
+                Ok(document) => {
+                    // The customer's other invoices, for last year's comparison.
+                    let others: Vec<domain::settle::InvoiceDocument> =
+                        match shared.model.invoices_of(&row.customer_id).await {
+                            Ok(rows) => rows
+                                .iter()
+                                .filter_map(|other| {
+                                    domain::settle::InvoiceDocument::parse(other.document.as_bytes()).ok()
+                                })
+                                .collect(),
+                            Err(error) => return refuse(&shared, internal(error)),
+                        };
+                    let last_year = crate::invoice_html::same_period_last_year(&document, &others);
+                    (
+                        [(axum::http::header::CONTENT_TYPE, "text/html; charset=utf-8")],
+                        crate::invoice_html::render(&document, row.document.as_bytes(), &row.tx_id, last_year),
+                    )
+                        .into_response()
+                }
                 Err(error) => {
                     internal(anyhow::anyhow!("stored invoice {number} does not parse: {error}")).into_response()
                 }

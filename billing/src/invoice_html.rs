@@ -2,10 +2,13 @@
 //! (no script, no external asset) that prints well on A4, built from the invoice document the
 //! ledger issued. It states what the law and customers expect — supplier and customer, number,
 //! issue date, period, tariff, meters, every line with quantity and price, VAT, totals, how the
-//! period's values were obtained — and how to verify it: the document's SHA-256, which is the
-//! claims digest of the ledger's receipt, and the command that checks it offline. Sans-IO.
+//! period's values were obtained, the same period last year where billing holds its invoice — and
+//! how to verify it: the document's SHA-256, which is the claims digest of the ledger's receipt,
+//! and the command that checks it offline. Sans-IO.
 
 use std::fmt::Write;
+
+use chrono::Datelike;
 
 use domain::settle::InvoiceDocument;
 use sha2::{Digest, Sha256};
@@ -35,9 +38,35 @@ gap:.15rem 1rem}.meta dt{color:#555}.meta dd{margin:0}code{word-break:break-all;
 .verify{border:1px solid #999;padding:.5rem 1rem;margin-top:1.5rem}\
 @media print{body{margin:0;max-width:none}.verify{break-inside:avoid}@page{size:A4;margin:18mm}}";
 
+/// Energy imported over an invoice's period, kWh: the quantities of its energy lines (tier
+/// adjustments and corrections aside, which re-price energy already counted).
+pub fn energy_kwh(document: &InvoiceDocument) -> rust_decimal::Decimal {
+    document
+        .lines
+        .iter()
+        .filter(|line| !line.correction && matches!(line.component, domain::tariff::Component::Energy { .. }))
+        .map(|line| line.quantity)
+        .sum()
+}
+
+/// The invoice among `invoices` whose period starts one year before `document`'s.
+pub fn same_period_last_year<'a>(
+    document: &InvoiceDocument,
+    invoices: &'a [InvoiceDocument],
+) -> Option<&'a InvoiceDocument> {
+    let start = document.period.start_date;
+    let year_before = start.with_year(start.year() - 1)?;
+    invoices.iter().find(|other| other.period.start_date == year_before && other.customer == document.customer)
+}
+
 /// The page of `document` (`document_bytes`: exactly the bytes the receipt binds; `tx_id`: the
-/// issuing transaction).
-pub fn render(document: &InvoiceDocument, document_bytes: &[u8], tx_id: &str) -> String {
+/// issuing transaction; `last_year`: the invoice of the same period a year earlier, if any).
+pub fn render(
+    document: &InvoiceDocument,
+    document_bytes: &[u8],
+    tx_id: &str,
+    last_year: Option<&InvoiceDocument>,
+) -> String {
     let currency = document.currency.to_string();
     let mut page = String::new();
     // Writing into a String cannot fail: the results below are ignored for that reason.
@@ -93,6 +122,32 @@ pub fn render(document: &InvoiceDocument, document_bytes: &[u8], tx_id: &str) ->
         total = document.total,
         currency = escape(&currency),
     );
+    match last_year {
+        Some(previous) => {
+            let (now_kwh, then_kwh) = (energy_kwh(document), energy_kwh(previous));
+            let change = if then_kwh.is_zero() {
+                String::new()
+            } else {
+                let percent = ((now_kwh - then_kwh) / then_kwh * rust_decimal::Decimal::from(100)).round_dp(1);
+                format!(" ({}{percent} %)", if percent.is_sign_positive() { "+" } else { "" })
+            };
+            let _ = write!(
+                page,
+                "<h2>Compared with the same period last year</h2><table><thead><tr><th scope=\"col\"></th>\
+                 <th scope=\"col\" class=\"n\">{then_start} to {then_end}</th><th scope=\"col\" class=\"n\">This invoice</th>\
+                 </tr></thead><tbody><tr><td>Energy imported, kWh</td><td class=\"n\">{then_kwh}</td>\
+                 <td class=\"n\">{now_kwh}{change}</td></tr><tr><td>Total, {currency}</td><td class=\"n\">{then_total}</td>\
+                 <td class=\"n\">{now_total}</td></tr></tbody></table><p>Last year's figures are from invoice {then_number}.</p>",
+                then_start = previous.period.start_date,
+                then_end = previous.period.end_date,
+                currency = escape(&currency),
+                then_total = previous.total,
+                now_total = document.total,
+                then_number = escape(&previous.number),
+            );
+        }
+        None => page.push_str("<p>No invoice of the same period last year to compare with.</p>"),
+    }
     let completeness = &document.completeness;
     let obtained: Vec<String> = completeness
         .by_quality
@@ -128,6 +183,67 @@ pub fn render(document: &InvoiceDocument, document_bytes: &[u8], tx_id: &str) ->
 
 #[cfg(test)]
 mod tests {
+    use std::collections::BTreeMap;
+
+    use domain::settle::{BillingPeriod, InvoiceDocument, Issue, Run, Statement, StatementLine};
+    use domain::tariff::{Component, Unit};
+    use rust_decimal::Decimal;
+
+    /// An issued invoice of `customer`'s period from `year`-01-01 with `kwh` of energy.
+    fn invoice(customer: &str, year: i32, kwh: i64, total: i64) -> InvoiceDocument {
+        let zone: chrono_tz::Tz = "Europe/Berlin".parse().expect("zone");
+        let start = chrono::NaiveDate::from_ymd_opt(year, 1, 1).expect("date");
+        let statement = Statement {
+            customer: customer.parse().expect("id"),
+            tariff: "t-home".parse().expect("id"),
+            currency: domain::money::Currency::new("EUR").expect("EUR"),
+            period: BillingPeriod::starting(zone, start).expect("period"),
+            run: Run(0),
+            lines: vec![StatementLine {
+                component: Component::Energy { window: "flat".into() },
+                unit: Unit::Kwh,
+                quantity: Decimal::from(kwh),
+                unit_price: Some(Decimal::new(30, 2)),
+                amount_unrounded: Decimal::new(total, 2),
+                amount: Decimal::new(total, 2),
+                party: "supplier".parse().expect("id"),
+                correction: false,
+            }],
+            net_total: Decimal::new(total, 2),
+            vat_total: Decimal::ZERO,
+            total: Decimal::new(total, 2),
+            intervals_settled: 1,
+            intervals_in_period: 2976,
+            flags: BTreeMap::new(),
+        };
+        let issuer = "supplier".parse().expect("id");
+        InvoiceDocument::issue(
+            &statement,
+            Issue {
+                issuer: &issuer,
+                sequence: year as u64,
+                issued_at: chrono::DateTime::from_timestamp(1_770_000_000, 0).expect("time"),
+                tariff_from: start.and_hms_opt(0, 0, 0).expect("t"),
+                meters: Vec::new(),
+                by_quality: BTreeMap::new(),
+            },
+        )
+    }
+
+    #[test]
+    fn the_same_period_last_year_is_compared_where_billing_holds_it() {
+        let now = invoice("C1", 2026, 110, 3300);
+        let others = [invoice("C1", 2024, 90, 2700), invoice("C2", 2025, 1, 30), invoice("C1", 2025, 100, 3000)];
+        let last_year = super::same_period_last_year(&now, &others).expect("2025's invoice");
+        assert_eq!(last_year.period.start_date.to_string(), "2025-01-01");
+        assert_eq!(last_year.customer.as_str(), "C1", "never another customer's");
+        let page = super::render(&now, &now.canonical(), "00", Some(last_year));
+        assert!(page.contains("Compared with the same period last year"), "{page}");
+        assert!(page.contains("<td class=\"n\">100</td>") && page.contains("110 (+10.0 %)"), "{page}");
+        let alone = super::render(&now, &now.canonical(), "00", super::same_period_last_year(&now, &[]));
+        assert!(alone.contains("No invoice of the same period last year"), "{alone}");
+    }
+
     #[test]
     fn markup_in_a_field_is_text() {
         assert_eq!(super::escape("<b>\"a\" & 'b'</b>"), "&lt;b&gt;&quot;a&quot; &amp; &#39;b&#39;&lt;/b&gt;");
