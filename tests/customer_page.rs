@@ -116,6 +116,22 @@ async fn the_page_shows_the_running_bill_and_follows_it_live() -> anyhow::Result
     page.save_screenshot(ScreenshotParams::builder().full_page(true).build(), &screenshot).await?;
     eprintln!("screenshot of the customer's page: {}", screenshot.display());
 
+    // The week (by hour) and month (by day) views draw the same readings; then back to the day.
+    for (view, label) in [("week", "Jan"), ("month", "January 2026"), ("day", "Tue")] {
+        page.evaluate(format!("document.querySelector('[data-view={view}]').click()")).await?;
+        poll_until(&format!("the {view} view"), Duration::from_secs(10), || async {
+            let pressed =
+                text_of(&page, &format!("document.querySelector('[data-view={view}]').getAttribute('aria-pressed')"))
+                    .await
+                    .ok()?;
+            let range = text_of(&page, "document.getElementById('range-label').textContent").await.ok()?;
+            let bars: u64 =
+                text_of(&page, "document.querySelectorAll('#chart svg rect').length").await.ok()?.parse().ok()?;
+            (pressed == "true" && range.contains(label) && bars > 0).then_some(())
+        })
+        .await?;
+    }
+
     // One more interval settles: the page shows the new total without a reload (a reload would
     // lose this marker).
     page.evaluate("window.wattleTestMarker = 'still here'").await?;
