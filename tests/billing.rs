@@ -333,19 +333,19 @@ async fn billing_serves_verifiable_invoices_and_rebuilds_the_same_answers_on_sql
 
     check_authorization(&billing, &http, &sandbox.data.join("billing-tokens.json"), &customer, &number).await?;
 
-    // The sandbox's billing, caught up with the quiet ledger: the reference answers. Quiet: the
-    // other customers' January invoices are issued too (one transaction each, after C0000000's),
-    // so the position holds still for two seconds.
-    let mut position = caught_up(&http, &billing, 0).await?;
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
-    loop {
-        tokio::time::sleep(Duration::from_secs(2)).await;
-        let now = caught_up(&http, &billing, position).await?;
-        if now == position || tokio::time::Instant::now() >= deadline {
-            break;
+    // The sandbox's billing, caught up with the quiet ledger: the reference answers. Quiet: every
+    // customer's January invoice is issued (one transaction each, after C0000000's); nothing else
+    // writes until February closes.
+    poll_until("every customer's January invoice", Duration::from_secs(60), || async {
+        for meter in 0..3 {
+            let url = format!("{billing}/v1/customers/{}/invoices", firmware_sim::customer_id(meter));
+            let list: serde_json::Value = http.get(url).send().await.ok()?.json().await.ok()?;
+            list["invoices"].as_array().filter(|invoices| !invoices.is_empty())?;
         }
-        position = now;
-    }
+        Some(())
+    })
+    .await?;
+    let position = caught_up(&http, &billing, 0).await?;
     let reference = answers(&http, &billing, &customer, &number).await?;
     let bill: serde_json::Value = serde_json::from_str(&reference.bill).context("the bill")?;
     assert_eq!(bill["ledger_index"].as_u64(), Some(position), "{bill}");
