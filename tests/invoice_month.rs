@@ -6,6 +6,11 @@
 //! the rules of docs/tariffs.md ("Periods and close"): lines grouped by component and unit price,
 //! each rounded once half away from zero, VAT at 19 % of the rounded lines in its base. Its
 //! receipt verifies against the document. Nothing here calls the settlement engine.
+//!
+//! Each invoice line is also rebuilt from the claims documents of the period's readings
+//! transactions, as docs/receipts.md ("Checking an invoice line against the receipts of its
+//! readings") tells a customer to: their component lines, grouped, sum to the line's
+//! `amount_unrounded` less the estimated intervals' part (estimates have no reading).
 
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -22,6 +27,10 @@ use crate::support::{Sandbox, CLUSTER_SERIAL};
 /// One expected statement line: quantity and full-precision amount, keyed by component and unit
 /// price (dynamic energy: one line, no unit price).
 type Lines = BTreeMap<(String, Option<Decimal>), (Decimal, Decimal)>;
+
+/// Quantity and full-precision amount from the claims of readings, keyed by component, other
+/// party and unit price (dynamic energy: none).
+type ClaimedLines = BTreeMap<(String, String, Option<Decimal>), (Decimal, Decimal)>;
 
 fn dec(text: &str) -> Decimal {
     text.parse().expect("a decimal")
@@ -57,6 +66,79 @@ fn interval_lines(lines: &mut Lines, start_utc: i64, import_wh: u64, export_wh: 
     if export_wh > 0 {
         add("export", Some(dec("0.0794")), exported, -(exported * dec("0.0794")));
     }
+}
+
+/// Every readings transaction's claims document on the ledger at `url` (claims are private: read
+/// with a member's key, `docs/client-auth` style signed GETs).
+async fn readings_claims(url: &str, member: &ed25519_dalek::SigningKey) -> anyhow::Result<Vec<String>> {
+    let http = reqwest::Client::builder().timeout(Duration::from_secs(15)).build()?;
+    let transactions = crate::support::ledger_transactions(&http, url).await.context("the transaction list")?;
+    let mut documents = Vec::new();
+    for transaction in transactions.iter().filter(|transaction| transaction["kind"] == "readings") {
+        let tx_id = transaction["tx_id"].as_str().context("tx_id")?;
+        let path = format!("/v1/transactions/{tx_id}/claims");
+        let mut request = http.get(format!("{url}{path}"));
+        for (name, value) in domain::client_read::sign_request(member, "GET", &path, domain::clock::wall_clock_now().0)
+        {
+            request = request.header(name, value);
+        }
+        documents.push(request.send().await?.error_for_status()?.text().await?);
+    }
+    Ok(documents)
+}
+
+/// Claimed quantity and amount per (component, party, unit price) over the claims `documents`,
+/// as docs/receipts.md ("The claims document", v2) specifies them, written from the document:
+/// the component lines of the intervals of `customer`'s meters in the period starting at
+/// `period_start` that settled while it was open. Dynamic energy is one group (no unit price).
+fn claimed_lines(documents: &[String], customer: &str, period_start: i64) -> anyhow::Result<ClaimedLines> {
+    let mut groups = ClaimedLines::new();
+    for document in documents {
+        let mut lines = document.lines();
+        anyhow::ensure!(lines.next() == Some("wattle.claims.v2"), "not a v2 claims document: {document}");
+        let (mut ours, mut in_period) = (false, false);
+        let mut reading_amount = Decimal::ZERO;
+        let mut components_amount = Decimal::ZERO;
+        for line in lines {
+            let fields: Vec<&str> = line.split_whitespace().collect();
+            if let Some(component) = line.strip_prefix("    ") {
+                let [key, unit, quantity, unit_price, party, amount] = component.split(' ').collect::<Vec<_>>()[..]
+                else {
+                    anyhow::bail!("a component line of six fields: {line:?}");
+                };
+                anyhow::ensure!(unit == "kwh", "{line:?}");
+                let amount: Decimal = amount.parse()?;
+                components_amount += amount;
+                if ours && in_period {
+                    let price =
+                        if key == "energy:dynamic" { None } else { Some(unit_price.parse::<Decimal>()?.normalize()) };
+                    let group = groups.entry((key.to_string(), party.to_string(), price)).or_default();
+                    group.0 += quantity.parse::<Decimal>()?;
+                    group.1 += amount;
+                }
+            } else if line.starts_with("  interval ") {
+                // interval START period PERIOD_START open|closed tariff T@F import_wh N export_wh N quality Q flags F
+                anyhow::ensure!(fields.len() == 15 && fields[2] == "period", "an interval line: {line:?}");
+                in_period = fields[3] == period_start.to_string() && fields[4] == "open";
+            } else {
+                sums_agree(reading_amount, components_amount)?;
+                // meter key_id sequence result amount currency
+                anyhow::ensure!(fields.len() == 6, "a reading line: {line:?}");
+                let customer_of = firmware_sim::meter_index(fields[0]).map(firmware_sim::customer_id);
+                ours = customer_of.is_some_and(|id| id.as_str() == customer);
+                reading_amount = if fields[3] == "accepted" { fields[4].parse()? } else { Decimal::ZERO };
+                components_amount = Decimal::ZERO;
+            }
+        }
+        sums_agree(reading_amount, components_amount)?;
+    }
+    Ok(groups)
+}
+
+/// A reading's amount is the sum of its component lines (docs/receipts.md).
+fn sums_agree(reading: Decimal, components: Decimal) -> anyhow::Result<()> {
+    anyhow::ensure!(reading == components, "a reading's amount {reading} is not its components' sum {components}");
+    Ok(())
 }
 
 fn round(amount: Decimal) -> Decimal {
@@ -101,6 +183,8 @@ async fn a_simulated_months_invoices_equal_an_independent_calculation_to_the_cen
     }
     let mut expected: BTreeMap<String, Lines> = BTreeMap::new();
     let mut estimated: BTreeMap<String, u32> = BTreeMap::new();
+    // The estimated intervals' share of each line: in no reading's claims.
+    let mut estimated_lines: BTreeMap<String, Lines> = BTreeMap::new();
     for (customer, intervals) in &actual {
         let lines = expected.entry(customer.clone()).or_default();
         for (start, (import_wh, export_wh)) in intervals {
@@ -108,6 +192,8 @@ async fn a_simulated_months_invoices_equal_an_independent_calculation_to_the_cen
             let week_later = start + 7 * 86_400;
             if week_later < january_end && !intervals.contains_key(&week_later) {
                 interval_lines(lines, week_later, *import_wh, *export_wh, &prices);
+                let estimates = estimated_lines.entry(customer.clone()).or_default();
+                interval_lines(estimates, week_later, *import_wh, *export_wh, &prices);
                 *estimated.entry(customer.clone()).or_default() += 1;
             }
         }
@@ -119,6 +205,9 @@ async fn a_simulated_months_invoices_equal_an_independent_calculation_to_the_cen
 
     let service = ledger::node::read_signing_key(&sandbox.data.join("service.key"))?;
     let service_key = hex::encode(service.verifying_key().to_bytes());
+    let ledger_url = format!("http://{}", sandbox.nodes[0].1);
+    let member = ledger::node::read_signing_key(&sandbox.data.join("supplier.key"))?;
+    let mut claims: Option<Vec<String>> = None;
     let mut checked = 0;
     for (customer, lines) in &expected {
         let list: serde_json::Value = poll_until("January's invoice", Duration::from_secs(300), || async {
@@ -158,6 +247,41 @@ async fn a_simulated_months_invoices_equal_an_independent_calculation_to_the_cen
             })
             .collect();
         assert_eq!(got, want, "{customer}'s invoice {number} lines");
+
+        // The same lines from the claims of the readings (fetched once: every reading of January
+        // was settled before its close, so before the first invoice).
+        if claims.is_none() {
+            let fetched = tokio::time::timeout(Duration::from_secs(120), readings_claims(&ledger_url, &member))
+                .await
+                .context("fetching every readings transaction's claims took over two minutes")??;
+            claims = Some(fetched);
+        }
+        let from_claims = claimed_lines(claims.as_deref().unwrap_or_default(), customer, document.period.start.0)?;
+        let estimates = &estimated_lines.get(customer).cloned().unwrap_or_default();
+        let mut rebuilt = std::collections::BTreeSet::new();
+        for line in document.lines.iter().filter(|line| !line.correction) {
+            let key = line.component.key();
+            if matches!(key.as_str(), "standing" | "vat" | "rounding") {
+                continue;
+            }
+            let price = if key == "energy:dynamic" { None } else { line.unit_price.map(|price| price.normalize()) };
+            let (estimated_quantity, estimated_amount) =
+                estimates.get(&(key.clone(), price)).copied().unwrap_or_default();
+            let group = (key.clone(), line.party.to_string(), price);
+            let claimed = from_claims.get(&group).copied().unwrap_or_default();
+            assert_eq!(
+                claimed,
+                (line.quantity - estimated_quantity, line.amount_unrounded - estimated_amount),
+                "{customer}'s {key} line at {price:?}: the claims of its readings (quantity, amount) against \
+                 the invoice less its estimates"
+            );
+            rebuilt.insert(group);
+        }
+        assert!(
+            from_claims.keys().all(|group| rebuilt.contains(group)),
+            "{customer}: a claimed group is on no invoice line: {from_claims:?}"
+        );
+        assert!(!from_claims.is_empty(), "{customer}: no claims of its readings");
         let vat_line = document.lines.iter().find(|line| line.component.key() == "vat").context("VAT line")?;
         assert_eq!((vat_line.amount, document.vat_total), (vat, vat), "{customer}'s VAT");
         assert_eq!((document.net_total, document.total), (net, net + vat), "{customer}'s totals");

@@ -215,7 +215,7 @@ pub async fn get_json(http: &reqwest::Client, url: &str) -> Option<serde_json::V
 }
 
 /// Every transaction summary of the ledger at `url`, in log order; `None` on any failure.
-async fn ledger_transactions(http: &reqwest::Client, url: &str) -> Option<Vec<serde_json::Value>> {
+pub async fn ledger_transactions(http: &reqwest::Client, url: &str) -> Option<Vec<serde_json::Value>> {
     let mut transactions = Vec::new();
     let mut from = 0u64;
     loop {
@@ -263,11 +263,12 @@ pub async fn ledger_readings(http: &reqwest::Client, url: &str) -> Option<Vec<Le
         let claims_url = format!("{url}/v1/transactions/{tx_id}/claims");
         let claims = http.get(claims_url).send().await.ok()?.error_for_status().ok()?.text().await.ok()?;
         let mut lines = claims.lines();
-        if lines.next() != Some("wattle.claims.v1") {
+        if !matches!(lines.next(), Some("wattle.claims.v1" | "wattle.claims.v2")) {
             return None;
         }
         let digests = transaction["reading_digests"].as_array()?;
-        let lines: Vec<&str> = lines.collect();
+        // v2 follows a reading line with its interval and component lines, indented.
+        let lines: Vec<&str> = lines.filter(|line| !line.starts_with(' ')).collect();
         if lines.len() != digests.len() {
             return None;
         }

@@ -18,7 +18,11 @@ use crate::verify::VerifiedReading;
 ///   priced by the tariff its binding names, posted double-entry among the parties, and closed
 ///   per billing period on ticks. A meter with no binding at all still settles at the flat price
 ///   if one is set (the walking skeleton's configuration; governance, issue 14, retires it).
-pub const RULES_VERSION: u32 = 2;
+/// - 3: settles as 2; a readings transaction's claims document is `wattle.claims.v2` (issue 16):
+///   each reading settled by bindings lists the intervals it settled and their priced lines, so
+///   a customer can rebuild an invoice line from the receipts of its readings
+///   (docs/receipts.md). Entries of versions 1 and 2 keep the v1 document.
+pub const RULES_VERSION: u32 = 3;
 
 /// Rules versions this build can execute: every version it ever settled by, so a replay of an
 /// old ledger gives the same money.

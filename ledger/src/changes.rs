@@ -18,7 +18,7 @@ use openraft::EntryPayload;
 use serde::Deserialize;
 
 use crate::api::{ApiError, AppState};
-use crate::state::{StateRead, CLAIMS_HEADER};
+use crate::state::{claims_reading_lines, StateRead};
 
 /// Most entries one page carries.
 pub const CHANGES_PAGE_MAX: u64 = 1_000;
@@ -37,10 +37,7 @@ pub struct ChangesQuery {
 /// Per reading of a readings entry's claims document, whether it was accepted (settled).
 fn accepted(claims: &[u8]) -> Vec<bool> {
     let text = String::from_utf8_lossy(claims);
-    let mut lines = text.lines();
-    if lines.next() != Some(CLAIMS_HEADER) {
-        return Vec::new();
-    }
+    let Some(lines) = claims_reading_lines(&text) else { return Vec::new() };
     lines.map(|line| line.split(' ').nth(3) == Some("accepted")).collect()
 }
 
@@ -129,10 +126,11 @@ mod tests {
 
     #[test]
     fn only_accepted_readings_count() {
-        let claims = format!(
-            "{CLAIMS_HEADER}\nWTL0000000001 1 7 accepted 0.07817500 EUR\nWTL0000000002 1 3 duplicate - -\nWTL0000000003 2 1 accepted 0.1 EUR\n"
-        );
+        let claims = "wattle.claims.v1\nWTL0000000001 1 7 accepted 0.07817500 EUR\nWTL0000000002 1 3 duplicate - -\nWTL0000000003 2 1 accepted 0.1 EUR\n";
         assert_eq!(accepted(claims.as_bytes()), [true, false, true]);
+        // v2: a reading's interval and component lines are not readings.
+        let claims = "wattle.claims.v2\nWTL0000000001 1 7 accepted 0.1 EUR\n  interval 1767571200 period 1767222000 open tariff t1@2026-01-01T00:00:00 import_wh 1000 export_wh 0 quality actual flags -\n    energy:flat kwh 1.000 0.1 supplier-a 0.1000\nWTL0000000002 1 3 duplicate - -\n";
+        assert_eq!(accepted(claims.as_bytes()), [true, false]);
         assert!(accepted(b"not claims\nWTL0000000001 1 7 accepted 1 EUR\n").is_empty());
     }
 }

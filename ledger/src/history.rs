@@ -30,7 +30,7 @@ use rust_decimal::Decimal;
 
 use crate::entry::decode_entry;
 use crate::kv::{Batch, Cf};
-use crate::state::{ReadingResult, CLAIMS_HEADER};
+use crate::state::{claims_reading_lines, ReadingResult};
 
 /// One entry of the ledger's history: its canonical bytes, its claims document, its Merkle leaf
 /// and the root over every entry up to and including it.
@@ -140,7 +140,8 @@ pub fn reading_key(meter: &MeterId, key_id: KeyId, sequence: Sequence) -> Vec<u8
 }
 
 /// The settlement lines of a readings transaction applied at `log_index`, read from its claims
-/// document (one line per reading, in batch order; `state::apply_readings` writes it).
+/// document, v1 or v2 (one reading line per reading, in batch order; v2's interval and component
+/// lines are not kept here; `state::apply_readings` writes it).
 pub fn settled_lines(
     log_index: u64,
     tx: &Transaction,
@@ -149,10 +150,7 @@ pub fn settled_lines(
     let TxBody::Readings(batch) = &tx.body else { return Ok(Vec::new()) };
     let claims = claims.ok_or("a readings transaction without claims")?;
     let text = std::str::from_utf8(claims).map_err(|_| "claims are not UTF-8")?;
-    let mut lines = text.lines();
-    if lines.next() != Some(CLAIMS_HEADER) {
-        return Err("claims do not start with their header".into());
-    }
+    let mut lines = claims_reading_lines(text).ok_or("claims do not start with their header")?;
     let mut settled = Vec::new();
     for (position, item) in batch.readings.iter().enumerate() {
         let line = lines.next().ok_or_else(|| format!("no claims line for reading {position}"))?;

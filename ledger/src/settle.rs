@@ -207,10 +207,37 @@ pub fn dynamic_price(state: &dyn StateRead, tariff: &TariffId, start: UnixSecond
 type IntervalWrite = (PartyId, UnixSeconds, IntervalRecord, Option<PeriodRecord>, Option<LateInterval>);
 
 /// What settling one reading produced: the customer's net charge (for the claims line and the
-/// meter's totals) in the customer's currency.
+/// meter's totals) in the customer's currency, and each interval it settled (for the claims of
+/// rules version 3).
 pub struct ReadingCharge {
     pub amount: Decimal,
     pub currency: Currency,
+    pub intervals: Vec<ClaimedInterval>,
+}
+
+/// The reading's part of one 15-minute interval, as its claims state it (docs/receipts.md,
+/// "The claims document", v2): what a customer needs to rebuild a statement line from it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ClaimedInterval {
+    pub start: UnixSeconds,
+    /// UTC start of the billing period the interval belongs to.
+    pub period_start: UnixSeconds,
+    /// The period had closed when the reading settled: its lines are stated on the customer's
+    /// next statement as correction lines, not on the period's own.
+    pub period_closed: bool,
+    pub tariff: TariffId,
+    pub tariff_from: NaiveDateTime,
+    /// The reading's energy in the interval (not the interval's total over all readings).
+    pub import_wh: u64,
+    pub export_wh: u64,
+    /// `actual`, `gateway_attested`, or `corrected` when this part replaced an estimate.
+    pub quality: Quality,
+    pub flags: BTreeSet<Flag>,
+    /// The part's priced lines, full precision.
+    pub lines: Vec<Line>,
+    /// The customer the lines are priced for (not written to the claims: it gives their sign
+    /// and other party).
+    pub customer: PartyId,
 }
 
 /// Settles one reading of a bound meter by its bindings and tariffs. Writes nothing unless every
@@ -234,6 +261,7 @@ pub(crate) fn settle_reading(
     let mut postings: Vec<Posting> = Vec::new();
     let mut total = Decimal::ZERO;
     let mut currency = None;
+    let mut claimed = Vec::new();
     for (start, interval) in mapped {
         let binding = bindings.lookup(&reading.meter_id, start).map_err(|_| ReadingResult::Unbound)?;
         let customer = &binding.customer;
@@ -278,6 +306,19 @@ pub(crate) fn settle_reading(
         .into_iter()
         .flatten()
         .collect();
+        let mut claim = ClaimedInterval {
+            start,
+            period_start: period.start,
+            period_closed: false,
+            tariff: tariff.id.clone(),
+            tariff_from: tariff.valid_from,
+            import_wh: interval.energy.import_wh,
+            export_wh: interval.energy.export_wh,
+            quality: Quality::Actual,
+            flags: priced.flags.clone(),
+            lines: priced.lines.clone(),
+            customer: customer.clone(),
+        };
         let part = Part {
             meter: &reading.meter_id,
             tariff: &tariff,
@@ -287,7 +328,10 @@ pub(crate) fn settle_reading(
             edges,
             attested,
         };
-        let (record, period_record, late, replaced) = add_to_interval(state, customer, part)?;
+        let (record, period_record, late, replaced, quality) = add_to_interval(state, customer, part)?;
+        claim.quality = quality;
+        claim.period_closed = late.is_some();
+        claimed.push(claim);
         if !replaced.is_empty() {
             // The estimate this actual value replaces is reversed under run 1.
             let subject = estimate_subject(customer);
@@ -323,7 +367,7 @@ pub(crate) fn settle_reading(
     if let Some(opened) = opened {
         put_json(state, Table::Private, KEY_OPEN_PERIODS.to_vec(), &opened);
     }
-    Ok(ReadingCharge { amount: total, currency })
+    Ok(ReadingCharge { amount: total, currency, intervals: claimed })
 }
 
 /// The billing period of a binding's interval: monthly on its billing day in its zone, cut to
@@ -350,8 +394,8 @@ pub(crate) fn estimate_subject(customer: &PartyId) -> String {
 }
 
 /// What adding a part gives: the interval record, the period record, the late interval of a
-/// closed period, and the lines of a replaced estimate.
-type Added = (IntervalRecord, Option<PeriodRecord>, Option<LateInterval>, Vec<Line>);
+/// closed period, the lines of a replaced estimate, and the part's own quality.
+type Added = (IntervalRecord, Option<PeriodRecord>, Option<LateInterval>, Vec<Line>, Quality);
 
 /// One meter's priced part of an interval, from one reading.
 struct Part<'a> {
@@ -367,8 +411,9 @@ struct Part<'a> {
 
 /// Adds one meter's priced part of an interval to the customer's interval record; returns the
 /// record, the period record to write (new, or with one more interval), for a closed period the
-/// late interval to state on the next statement, and the lines of an estimate the part replaces
-/// (to reverse: an actual value replaces an estimate whole, quality `corrected`).
+/// late interval to state on the next statement, the lines of an estimate the part replaces
+/// (to reverse: an actual value replaces an estimate whole, quality `corrected`), and the part's
+/// quality (`corrected` if it replaced an estimate, else how it was read).
 fn add_to_interval(state: &dyn StateRead, customer: &PartyId, part: Part<'_>) -> Result<Added, ReadingResult> {
     let Part { meter, tariff, period, priced, covered_s, edges, attested } = part;
     let start = priced.energy.start;
@@ -398,12 +443,15 @@ fn add_to_interval(state: &dyn StateRead, customer: &PartyId, part: Part<'_>) ->
         period_start: period.start,
         samples: BTreeMap::from([(meter.clone(), edges.clone())]),
     };
+    let read = if attested { Quality::GatewayAttested } else { Quality::Actual };
+    let mut part_quality = read;
     let mut replaced = Vec::new();
     let (record, new_interval) = match get_json::<IntervalRecord>(state, Table::Private, &key_interval(customer, start))
     {
-        None => (fresh(if attested { Quality::GatewayAttested } else { Quality::Actual }), true),
+        None => (fresh(read), true),
         Some(estimate) if estimate.quality == Quality::Estimated => {
             replaced = estimate.priced.lines;
+            part_quality = Quality::Corrected;
             (fresh(Quality::Corrected), false)
         }
         Some(mut record) => {
@@ -419,7 +467,7 @@ fn add_to_interval(state: &dyn StateRead, customer: &PartyId, part: Part<'_>) ->
         period_record.intervals_settled = period_record.intervals_settled.saturating_add(1);
     }
     let late = closed.then(|| LateInterval { start, old: replaced.clone(), new: priced.lines.clone() });
-    Ok((record, Some(period_record), late, replaced))
+    Ok((record, Some(period_record), late, replaced, part_quality))
 }
 
 /// Adds `part`'s energy, lines (same component, price and parties: summed) and flags to `into`.

@@ -561,3 +561,221 @@ fn a_gateway_attested_reading_keeps_its_quality() {
         get_json(&signed, Table::Private, &key_interval(&c1(), utc("2026-10-05T10:00:00Z"))).expect("settled");
     assert_eq!(interval.quality, Quality::Actual);
 }
+
+/// t1 from 5 October 2026: time of use (weekdays 07–21 h 0.3127, 21–07 h 0.2000, weekends
+/// 0.2500), network 0.0900 to grid-op, electricity tax 0.0205 to customs-de, feed-in 0.0794.
+const TIME_OF_USE_TARIFF: &str = r#"
+id = "t1"
+currency = "EUR"
+supplier = "supplier-a"
+time_zone = "Europe/Berlin"
+valid_from = "2026-10-05T00:00:00"
+rounding = "half_away_from_zero"
+standing_charge_per_day = "0.40"
+
+[energy]
+kind = "time_of_use"
+
+[[energy.seasons]]
+name = "year"
+from = "01-01"
+to = "12-31"
+
+[[energy.seasons.windows]]
+name = "peak"
+days = ["weekday"]
+from = "07:00"
+to = "21:00"
+per_kwh = "0.3127"
+
+[[energy.seasons.windows]]
+name = "offpeak"
+days = ["weekday"]
+from = "21:00"
+to = "07:00"
+per_kwh = "0.2000"
+
+[[energy.seasons.windows]]
+name = "weekend"
+days = ["weekend", "holiday"]
+from = "00:00"
+to = "24:00"
+per_kwh = "0.2500"
+
+[network]
+per_kwh = "0.0900"
+operator = "grid-op"
+
+[[levies]]
+name = "electricity_tax"
+per_kwh = "0.0205"
+recipient = "customs-de"
+
+[export]
+kind = "feed_in"
+per_kwh = "0.0794"
+
+[vat]
+rate = "0.19"
+base = ["energy", "standing", "network", "levies"]
+authority = "tax-de"
+"#;
+
+impl Memory {
+    /// Applies `body` as an entry of `rules_version`; its result and claims document.
+    fn apply_versioned(&self, rules_version: u32, time: &str, body: TxBody) -> (TxResult, String) {
+        let index = {
+            let mut index = self.index.borrow_mut();
+            *index += 1;
+            *index
+        };
+        let tx = Transaction { tx_id: TxId([8; 16]), rules_version, time: UnixMillis(utc(time).0 * 1_000), body };
+        let mut overlay = Overlay::new(self);
+        let applied = apply(&mut overlay, index, &tx).expect("no halt");
+        let writes = overlay.writes.puts;
+        self.state.borrow_mut().puts.extend(writes);
+        let claims = String::from_utf8(applied.claims.expect("a readings transaction has claims")).expect("UTF-8");
+        (applied.result, claims)
+    }
+}
+
+/// The v2 example of docs/receipts.md ("The claims document"), between its markers.
+fn documented_claims_example() -> String {
+    let doc = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../docs/receipts.md"))
+        .expect("docs/receipts.md is readable");
+    let start = doc.find("<!-- claims-v2-example-begin -->").expect("example start marker");
+    let end = doc.find("<!-- claims-v2-example-end -->").expect("example end marker");
+    doc[start..end].lines().filter(|line| !line.starts_with("<!--") && !line.starts_with("```")).fold(
+        String::new(),
+        |mut text, line| {
+            text.push_str(line);
+            text.push('\n');
+            text
+        },
+    )
+}
+
+/// Per reading line of a v2 claims document: its amount, and the sum of its component lines'
+/// amounts (the last field of each line indented by four spaces).
+fn reading_and_component_sums(claims: &str) -> Vec<(Decimal, Decimal)> {
+    let mut sums: Vec<(Decimal, Decimal)> = Vec::new();
+    for line in claims.lines().skip(1) {
+        if let Some(component) = line.strip_prefix("    ") {
+            let amount = component.rsplit(' ').next().expect("an amount");
+            sums.last_mut().expect("a reading line first").1 += dec(amount);
+        } else if !line.starts_with(' ') {
+            let fields: Vec<&str> = line.split(' ').collect();
+            sums.push((fields[4].parse().unwrap_or_default(), Decimal::ZERO));
+        }
+    }
+    sums
+}
+
+/// Issue 16: from rules version 3 a reading's claims carry each interval it settled (start,
+/// billing period, tariff version, energy, quality, flags) and each priced line of it (component,
+/// unit, quantity, unit price, other party, what it charges the customer), and the reading's
+/// amount is the sum of its component lines. Worked by hand, Tuesday 6 October 2026, 12:00 CEST
+/// (10:00 UTC, peak), 250 Wh: energy 0.250 × 0.3127 = 0.0781750, network 0.250 × 0.09 = 0.02250
+/// (published prices are kept normalised), tax 0.250 × 0.0205 = 0.0051250; 0.1058000 in all:
+/// docs/receipts.md's example, read from the document. An entry of rules version 2 still gives
+/// the v1 document, byte for byte.
+#[test]
+fn claims_v2_carry_each_interval_and_component_of_a_reading() {
+    let memory = configured(true);
+    let time_of_use = domain::tariff::parse_toml(TIME_OF_USE_TARIFF).expect("valid tariff");
+    assert_eq!(memory.admin(AdminAction::PublishTariff { tariff_json: time_of_use.to_canonical_json() }), None);
+
+    // Reading 2 spans 20:45–21:15 CEST across the peak/off-peak edge, importing and exporting:
+    // split into two intervals, one peak and one off-peak.
+    let mut spanning = reading(2, "2026-10-06T18:45:00Z", 1_001, 300);
+    spanning.interval_end = UnixSeconds(utc("2026-10-06T19:15:00Z").0);
+    let (result, claims) = memory.apply_versioned(
+        domain::settlement::RULES_VERSION,
+        "2026-10-06T19:20:00Z",
+        batch(&[reading(1, "2026-10-06T10:00:00Z", 250, 0), spanning]),
+    );
+    assert_eq!(codes(&result), ["accepted", "accepted"]);
+    let mut lines = claims.lines();
+    let first: Vec<&str> = lines.by_ref().take(6).collect();
+    let documented = documented_claims_example();
+    assert_eq!(
+        documented,
+        "wattle.claims.v2
+M1 1 1 accepted 0.1058000 EUR
+  interval 1791280800 period 1790805600 open tariff t1@2026-10-05T00:00:00 import_wh 250 export_wh 0 quality actual flags -
+    energy:year.peak kwh 0.250 0.3127 supplier-a 0.0781750
+    network kwh 0.250 0.09 grid-op 0.02250
+    levy:electricity_tax kwh 0.250 0.0205 customs-de 0.0051250
+"
+    );
+    assert_eq!(first.join("\n") + "\n", documented);
+    let spanning: Vec<&str> = lines.collect();
+    assert!(spanning[0].starts_with("M1 1 2 accepted "), "{claims}");
+    let intervals: Vec<&&str> = spanning.iter().filter(|line| line.starts_with("  interval ")).collect();
+    assert_eq!(intervals.len(), 2, "{claims}");
+    assert!(intervals.iter().all(|line| line.ends_with(" quality actual flags split")), "{claims}");
+    let windows: Vec<&str> = spanning
+        .iter()
+        .filter_map(|line| line.strip_prefix("    energy:").and_then(|rest| rest.split(' ').next()))
+        .collect();
+    assert_eq!(windows, ["year.peak", "year.offpeak"], "{claims}");
+    let exported: Decimal = spanning
+        .iter()
+        .filter_map(|line| line.strip_prefix("    export kwh "))
+        .map(|rest| dec(rest.rsplit(' ').next().expect("amount")))
+        .sum();
+    assert_eq!(exported, dec("-0.0238200"), "0.300 kWh × 0.0794 credited: {claims}");
+    for (amount, components) in reading_and_component_sums(&claims) {
+        assert_eq!(amount, components, "{claims}");
+    }
+    assert!(claims.ends_with('\n') && !claims.contains("\n\n") && !claims.contains(" \n"));
+
+    // The history reads the reading lines of v2 as of v1.
+    let tx = Transaction {
+        tx_id: TxId([8; 16]),
+        rules_version: 3,
+        time: UnixMillis(0),
+        body: batch(&[reading(1, "2026-10-06T10:00:00Z", 250, 0)]),
+    };
+    let settled = crate::history::settled_lines(5, &tx, Some(documented.as_bytes())).expect("v2 parses");
+    assert_eq!(settled.iter().map(|(_, line)| line.amount).collect::<Vec<_>>(), [dec("0.1058000")]);
+
+    // The same kind of reading in an entry of rules version 2: the v1 document.
+    let (result, claims) =
+        memory.apply_versioned(2, "2026-10-06T10:50:00Z", batch(&[reading(3, "2026-10-06T10:30:00Z", 250, 0)]));
+    assert_eq!(codes(&result), ["accepted"]);
+    assert_eq!(claims, "wattle.claims.v1\nM1 1 3 accepted 0.1058000 EUR\n");
+
+    // After October closes, the 13th's 12:00 interval is an estimate (a week after reading 1);
+    // its reading arrives late: quality `corrected`, its period `closed` (stated as a correction
+    // on November's statement).
+    memory.apply_at("2026-11-02T00:00:00Z", TxBody::Tick);
+    let (result, claims) = memory.apply_versioned(
+        domain::settlement::RULES_VERSION,
+        "2026-11-03T00:00:00Z",
+        batch(&[reading(4, "2026-10-13T10:00:00Z", 250, 0)]),
+    );
+    assert_eq!(codes(&result), ["accepted"]);
+    assert!(
+        claims.contains(
+            "\n  interval 1791885600 period 1790805600 closed tariff t1@2026-10-05T00:00:00 import_wh 250 export_wh 0 \
+             quality corrected flags -\n"
+        ),
+        "{claims}"
+    );
+}
+
+/// A reading settled at the flat price (its meter has no binding) gets no interval lines in v2.
+#[test]
+fn claims_v2_of_a_flat_price_reading_have_no_intervals() {
+    let memory = configured(false);
+    let price = domain::money::UnitPrice { per_kwh: dec("0.3127"), currency: eur() };
+    assert_eq!(memory.admin(AdminAction::SetFlatPrice(price)), None);
+    let (result, claims) = memory.apply_versioned(
+        domain::settlement::RULES_VERSION,
+        "2026-10-06T10:20:00Z",
+        batch(&[reading(1, "2026-10-06T10:00:00Z", 250, 0)]),
+    );
+    assert_eq!(codes(&result), ["accepted"]);
+    assert_eq!(claims, "wattle.claims.v2\nM1 1 1 accepted 0.0781750 EUR\n");
+}

@@ -721,16 +721,38 @@ pub(crate) fn execute_action(state: &mut Overlay<'_>, action: &AdminAction) -> R
     Ok(())
 }
 
-/// First line of a readings transaction's claims document.
-pub const CLAIMS_HEADER: &str = "wattle.claims.v1";
+/// First line of a readings transaction's claims document of rules version 1 and 2: one line
+/// per reading.
+pub const CLAIMS_HEADER_V1: &str = "wattle.claims.v1";
+/// First line of a readings transaction's claims document from rules version
+/// [`CLAIMS_V2_RULES_VERSION`]: each reading line followed by the intervals it settled and their
+/// priced lines.
+pub const CLAIMS_HEADER_V2: &str = "wattle.claims.v2";
+/// The first rules version whose readings transactions carry claims v2. Older entries keep
+/// producing v1, byte for byte, so replaying an old log gives its stored leaves.
+pub const CLAIMS_V2_RULES_VERSION: u32 = 3;
 
-/// Settles a batch; returns each reading's fate and the claims document: a header line, then per
-/// reading `meter key_id sequence result amount currency` (amount and currency `-` unless
-/// accepted), each line ending in `\n`. The history keeps each accepted reading's settlement line
-/// from it (`history::settled_lines`).
+/// The reading lines of a readings transaction's claims document of either version, one per
+/// reading in batch order (v2's indented interval and component lines left out); `None` if the
+/// text starts with neither header.
+pub fn claims_reading_lines(text: &str) -> Option<impl Iterator<Item = &str>> {
+    let mut lines = text.lines();
+    match lines.next() {
+        Some(CLAIMS_HEADER_V1 | CLAIMS_HEADER_V2) => Some(lines.filter(|line| !line.starts_with(' '))),
+        _ => None,
+    }
+}
+
+/// Settles a batch; returns each reading's fate and the claims document (`docs/receipts.md`,
+/// "The claims document"): a header line, then per reading `meter key_id sequence result amount
+/// currency` (amount and currency `-` unless accepted), each line ending in `\n`. From rules
+/// version 3 (v2) an accepted reading settled by bindings is followed by its intervals and their
+/// component lines ([`write_claimed_interval`]). The history keeps each accepted reading's
+/// settlement line from it (`history::settled_lines`).
 fn apply_readings(state: &mut Overlay<'_>, batch: &ReadingBatch, rules_version: u32) -> (Vec<ReadingResult>, Vec<u8>) {
     use std::fmt::Write as _;
-    let mut claims = format!("{CLAIMS_HEADER}\n");
+    let v2 = rules_version >= CLAIMS_V2_RULES_VERSION;
+    let mut claims = format!("{}\n", if v2 { CLAIMS_HEADER_V2 } else { CLAIMS_HEADER_V1 });
     let mut results = Vec::with_capacity(batch.readings.len());
     let gateway_admitted = !matches!(
         crate::registry::gateway_standing(state, &batch.gateway_id),
@@ -746,14 +768,102 @@ fn apply_readings(state: &mut Overlay<'_>, batch: &ReadingBatch, rules_version: 
         let result = outcome.as_ref().map_or_else(|result| *result, |_| ReadingResult::Accepted);
         let _ = write!(claims, "{} {} {} {} ", reading.meter_id, reading.key_id.0, reading.sequence.0, result.code());
         match outcome {
-            Ok((amount, currency)) => {
-                let _ = writeln!(claims, "{amount} {currency}");
+            Ok(settled) => {
+                let _ = writeln!(claims, "{} {}", settled.amount, settled.currency);
+                if v2 {
+                    for interval in &settled.intervals {
+                        write_claimed_interval(&mut claims, interval);
+                    }
+                }
             }
             Err(_) => claims.push_str("- -\n"),
         }
         results.push(result);
     }
     (results, claims.into_bytes())
+}
+
+/// One interval of a v2 claims document: the interval line, then one line per priced component
+/// of the reading's part, in pricing order (energy, network, levies, export):
+///
+/// ```text
+///   interval {start} period {period_start} {open|closed} tariff {tariff}@{tariff_from} import_wh {n} export_wh {n} quality {quality} flags {flags|-}
+///     {component} {unit} {quantity} {unit_price} {party} {amount}
+/// ```
+///
+/// `party` is the line's other party and `amount` what it charges the customer (negative: a
+/// credit), so the component amounts sum to the reading's amount.
+fn write_claimed_interval(claims: &mut String, interval: &crate::settle::ClaimedInterval) {
+    use std::fmt::Write as _;
+    let flags: Vec<&str> = interval.flags.iter().map(|flag| flag_code(*flag)).collect();
+    let _ = writeln!(
+        claims,
+        "  interval {} period {} {} tariff {}@{} import_wh {} export_wh {} quality {} flags {}",
+        interval.start.0,
+        interval.period_start.0,
+        if interval.period_closed { "closed" } else { "open" },
+        interval.tariff,
+        interval.tariff_from.format("%Y-%m-%dT%H:%M:%S"),
+        interval.import_wh,
+        interval.export_wh,
+        quality_code(interval.quality),
+        if flags.is_empty() { "-".to_string() } else { flags.join(",") },
+    );
+    for line in &interval.lines {
+        let party = if line.debtor == interval.customer { &line.creditor } else { &line.debtor };
+        let _ = writeln!(
+            claims,
+            "    {} {} {} {} {} {}",
+            line.component.key(),
+            unit_code(line.unit),
+            line.quantity,
+            line.unit_price,
+            party,
+            line.customer_charge(&interval.customer),
+        );
+    }
+}
+
+// The words of a v2 claims document, written out here rather than taken from serde: these are
+// hashed bytes (a receipt binds them), so a renamed variant must not change them unnoticed.
+
+fn quality_code(quality: domain::settle::Quality) -> &'static str {
+    use domain::settle::Quality;
+    match quality {
+        Quality::Actual => "actual",
+        Quality::Estimated => "estimated",
+        Quality::Corrected => "corrected",
+        Quality::GatewayAttested => "gateway_attested",
+    }
+}
+
+fn unit_code(unit: domain::tariff::Unit) -> &'static str {
+    use domain::tariff::Unit;
+    match unit {
+        Unit::Kwh => "kwh",
+        Unit::Kw => "kw",
+        Unit::Day => "day",
+        Unit::Money => "money",
+    }
+}
+
+fn flag_code(flag: domain::tariff::Flag) -> &'static str {
+    use domain::tariff::Flag;
+    match flag {
+        Flag::DynamicPriceFallback => "dynamic_price_fallback",
+        Flag::Split => "split",
+        Flag::Outage => "outage",
+        Flag::CounterReset => "counter_reset",
+        Flag::Partial => "partial",
+    }
+}
+
+/// What an accepted reading settled: its charge, and the intervals settled by bindings (none at
+/// the flat price).
+struct Settled {
+    amount: Decimal,
+    currency: Currency,
+    intervals: Vec<crate::settle::ClaimedInterval>,
 }
 
 /// One reading: its charge if settled, else why not. Writes nothing unless it settles.
@@ -763,7 +873,7 @@ fn apply_reading(
     state: &mut Overlay<'_>,
     verified: &domain::verify::VerifiedReading,
     rules_version: u32,
-) -> Result<(Decimal, Currency), ReadingResult> {
+) -> Result<Settled, ReadingResult> {
     let reading = verified.reading();
     let Some(meter_record) = meter(state, &reading.meter_id) else {
         return Err(ReadingResult::UnknownMeter);
@@ -786,7 +896,7 @@ fn apply_reading(
     }
     let overflow = ReadingResult::SettlementOverflow;
     let bindings = if rules_version >= 2 { crate::settle::bindings_of(state, &reading.meter_id) } else { Vec::new() };
-    let (amount, currency) = if bindings.is_empty() {
+    let (amount, currency, intervals) = if bindings.is_empty() {
         let Some(price) = flat_price(state) else {
             return Err(ReadingResult::NoTariff);
         };
@@ -794,7 +904,7 @@ fn apply_reading(
         if currency != price.currency {
             return Err(ReadingResult::CurrencyMismatch);
         }
-        (settle_flat(verified, &price).map_err(|_| overflow)?.amount.amount, currency)
+        (settle_flat(verified, &price).map_err(|_| overflow)?.amount.amount, currency, Vec::new())
     } else {
         let bindings = domain::settle::Bindings::from_list(bindings).expect("committed bindings do not overlap");
         // Checks every sum before writing; on `Err` it wrote nothing.
@@ -802,7 +912,7 @@ fn apply_reading(
         let charge = crate::settle::settle_reading(&mut trial, verified, &bindings)?;
         let writes = trial.writes.puts;
         state.writes.puts.extend(writes);
-        (charge.amount, charge.currency)
+        (charge.amount, charge.currency, charge.intervals)
     };
     let (import_wh, export_wh) = (reading.import_energy().0, reading.export_energy().0);
     // Every sum first, checked; nothing is written unless all of them fit.
@@ -832,7 +942,7 @@ fn apply_reading(
     state.put(Table::Private, summary_key, summary.encode());
     state.put(Table::Private, key_account(&debit_name), debit.encode());
     state.put(Table::Private, key_account(&credit_name), credit.encode());
-    Ok((amount, currency))
+    Ok(Settled { amount, currency, intervals })
 }
 
 #[cfg(test)]
