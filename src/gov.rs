@@ -180,10 +180,32 @@ enum ActionFile {
     RevokeReader {
         reader_id: String,
     },
+    /// Take some lines of an issued invoice back (a partial credit note): `invoice`, `reason`,
+    /// `lines = [{ line = 0, amount = "2.50" }]` (line positions from 0, amounts in the line's sign).
+    CreditInvoice {
+        invoice: String,
+        reason: String,
+        lines: Vec<domain::settle::LineCredit>,
+    },
+    /// Void an issued invoice (a credit note for all of it); `reissue = true` invoices its
+    /// period again under a new number.
+    VoidInvoice {
+        invoice: String,
+        reason: String,
+        #[serde(default)]
+        reissue: bool,
+    },
 }
 
 fn public_key(hex_text: &str) -> anyhow::Result<[u8; 32]> {
     hex::decode(hex_text).ok().and_then(|bytes| bytes.try_into().ok()).context("a public key is 64 hex digits")
+}
+
+/// A `CreditInvoice` action, checked as the ledger will check it before anything is sent.
+fn credit_order(invoice: String, reason: String, scope: domain::settle::CreditScope) -> anyhow::Result<AdminAction> {
+    let order = domain::settle::CreditOrder { invoice, reason, scope }.to_canonical_json();
+    domain::settle::CreditOrder::parse(&order).map_err(|error| anyhow::anyhow!("{}: {error}", error.code()))?;
+    Ok(AdminAction::CreditInvoice { order_json: order })
 }
 
 impl ActionFile {
@@ -278,6 +300,12 @@ impl ActionFile {
             }
             ActionFile::RevokeReader { reader_id } => {
                 AdminAction::RevokeReader { reader_id: ReaderId::new(reader_id)? }
+            }
+            ActionFile::CreditInvoice { invoice, reason, lines } => {
+                credit_order(invoice, reason, domain::settle::CreditScope::Lines { lines })?
+            }
+            ActionFile::VoidInvoice { invoice, reason, reissue } => {
+                credit_order(invoice, reason, domain::settle::CreditScope::Void { reissue })?
             }
         })
     }

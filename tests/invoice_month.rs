@@ -209,6 +209,7 @@ async fn a_simulated_months_invoices_equal_an_independent_calculation_to_the_cen
     let member = ledger::node::read_signing_key(&sandbox.data.join("supplier.key"))?;
     let mut claims: Option<Vec<String>> = None;
     let mut checked = 0;
+    let mut corrected: Option<(String, String)> = None;
     for (customer, lines) in &expected {
         let list: serde_json::Value = poll_until("January's invoice", Duration::from_secs(300), || async {
             let list: serde_json::Value =
@@ -293,6 +294,19 @@ async fn a_simulated_months_invoices_equal_an_independent_calculation_to_the_cen
             document.completeness
         );
 
+        // The meter's reads: the first reading's start and the last one's end, as the meter signed
+        // them; between them, every Wh it measured (the estimates lie a week later, apart).
+        let [reads] = document.registers.as_slice() else { anyhow::bail!("{customer}: one meter's reads") };
+        let measured: u64 = actual[customer].values().map(|(import_wh, _)| import_wh).sum();
+        let exported: u64 = actual[customer].values().map(|(_, export_wh)| export_wh).sum();
+        assert_eq!((reads.start.how, reads.end.how), (Quality::Actual, Quality::Actual), "{customer}: {reads:?}");
+        assert_eq!(
+            (reads.end.import_wh - reads.start.import_wh, reads.end.export_wh - reads.start.export_wh),
+            (measured, exported),
+            "{customer}'s register reads {reads:?}"
+        );
+        assert_eq!(reads.start.at, actual[customer].keys().next().copied().context("a reading")?);
+
         // Its receipt binds this document.
         let receipt = http.get(format!("{billing}/v1/invoices/{number}/receipt")).send().await?;
         assert_eq!(receipt.status(), 200);
@@ -308,7 +322,11 @@ async fn a_simulated_months_invoices_equal_an_independent_calculation_to_the_cen
         assert!(ok, "{customer}'s invoice receipt: {output}");
         eprintln!("{customer}: invoice {number} = {} EUR, equal to the independent calculation", document.total);
         checked += 1;
+        corrected.get_or_insert((customer.to_string(), number));
     }
     assert_eq!(checked, expected.len());
+    // One of them corrected through the consortium: a partial credit, then void and reissue.
+    let (customer, number) = corrected.context("an invoice")?;
+    crate::credit_notes::credit_void_and_reissue(&sandbox, &billing, &http, &customer, &number, dir.path()).await?;
     sandbox.stop().await
 }

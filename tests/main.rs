@@ -7,6 +7,7 @@ mod bench;
 mod billing;
 mod cluster;
 mod confidentiality;
+mod credit_notes;
 mod customer_page;
 mod end_to_end;
 mod fleet;

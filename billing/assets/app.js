@@ -502,7 +502,10 @@ function showError(error) {
 // ---- invoices ------------------------------------------------------------------------------
 
 async function loadInvoices() {
-  const { invoices } = await api(`/v1/customers/${enc(state.customer)}/invoices`);
+  const [{ invoices }, { credit_notes: notes }] = await Promise.all([
+    api(`/v1/customers/${enc(state.customer)}/invoices`),
+    api(`/v1/customers/${enc(state.customer)}/credit-notes`),
+  ]);
   const list = $('invoices');
   list.replaceChildren();
   $('no-invoices').hidden = invoices.length > 0;
@@ -511,8 +514,20 @@ async function loadInvoices() {
     const period = `${formatDate(invoice.period_start_date || localDate(state.zone, invoice.period_start * 1000), { dateStyle: 'medium' })} – ${formatDate(addDays(invoice.period_end_date || localDate(state.zone, invoice.period_end * 1000), -1), { dateStyle: 'medium' })}`;
     const number = invoice.number;
     const download = (label, path, name) => el('button', { type: 'button', class: 'quiet', onclick: () => save(path, name).catch(showError) }, label);
-    list.append(el('li', {},
+    // What credit notes did to it: the status, the balance, a replacement.
+    const status = [];
+    if (invoice.status === 'voided') status.push(`Void${invoice.replaced_by ? `, replaced by ${invoice.replaced_by}` : ''}`);
+    if (invoice.status === 'credited') status.push(`Credited ${money(invoice.credited, invoice.currency)}: ${money(invoice.balance, invoice.currency)} due`);
+    if (invoice.replaces) status.push(`Replaces ${invoice.replaces}`);
+    const credits = notes.filter((note) => note.invoice === number).map((note) => el('li', {},
+      el('span', {}, `Credit note ${note.number} (${note.kind === 'void' ? 'void' : 'partial'}): ${note.reason} `),
+      el('span', { class: 'amount' }, money(note.total, note.currency)), ' ',
+      download('Document (JSON)', `/v1/credit-notes/${enc(note.number)}`, `${note.number}.json`),
+      download('Receipt', `/v1/credit-notes/${enc(note.number)}/receipt`, `${note.number}.receipt.bin`)));
+    list.append(el('li', { class: invoice.status === 'voided' ? 'voided' : '' },
       el('div', { class: 'head' }, el('strong', {}, number), el('span', {}, period), el('span', { class: 'amount' }, money(invoice.total, invoice.currency))),
+      status.length ? el('p', { class: 'status' }, status.join(' · ')) : '',
+      credits.length ? el('ul', { class: 'credits' }, ...credits) : '',
       el('div', { class: 'actions' },
         download('Printable invoice', `/v1/invoices/${enc(number)}?format=html`, `${number}.html`),
         download('CSV', `/v1/invoices/${enc(number)}?format=csv`, `${number}.csv`),

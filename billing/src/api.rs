@@ -16,7 +16,6 @@ use axum::routing::{delete, get};
 use axum::{Json, Router};
 use domain::api::ErrorBody;
 use domain::ids::CustomerId;
-use serde::Deserialize;
 
 use crate::auth::Gate;
 use crate::feed::FeedHandle;
@@ -49,9 +48,12 @@ pub fn router(shared: Shared) -> Router {
         .route("/v1/customers/{customer_id}/bill", get(bill))
         .route("/v1/customers/{customer_id}/bill/stream", get(crate::stream::bill_stream))
         .route("/v1/customers/{customer_id}/usage", get(usage))
-        .route("/v1/customers/{customer_id}/invoices", get(customer_invoices))
-        .route("/v1/invoices/{number}", get(invoice))
-        .route("/v1/invoices/{number}/receipt", get(invoice_receipt))
+        .route("/v1/customers/{customer_id}/invoices", get(crate::invoices::customer_invoices))
+        .route("/v1/invoices/{number}", get(crate::invoices::invoice))
+        .route("/v1/invoices/{number}/receipt", get(crate::invoices::invoice_receipt))
+        .route("/v1/customers/{customer_id}/credit-notes", get(crate::invoices::customer_credit_notes))
+        .route("/v1/credit-notes/{number}", get(crate::invoices::credit_note))
+        .route("/v1/credit-notes/{number}/receipt", get(crate::invoices::credit_note_receipt))
         .route("/v1/tokens", get(crate::tokens_api::list_tokens).post(crate::tokens_api::issue_token))
         .route("/v1/tokens/{token_id}", delete(crate::tokens_api::revoke_token))
         .route("/v1/me", get(crate::tokens_api::me))
@@ -131,7 +133,7 @@ pub(crate) fn path_param(path: Result<Path<String>, PathRejection>) -> Result<St
         .map_err(|rejection| Refusal::new(StatusCode::BAD_REQUEST, "bad_path", rejection.body_text()))
 }
 
-fn with_position(mut response: Response, position: Position) -> Response {
+pub(crate) fn with_position(mut response: Response, position: Position) -> Response {
     if let Ok(value) = HeaderValue::from_str(&position.ledger_index.to_string()) {
         response.headers_mut().insert(LEDGER_INDEX_HEADER, value);
     }
@@ -351,208 +353,6 @@ pub(crate) async fn usage(
         }
         Ok((page, position, _)) => with_position(Json(page).into_response(), position),
         Err(refusal) => refuse(&shared, refusal),
-    }
-}
-
-/// `GET /v1/customers/{id}/invoices`.
-#[utoipa::path(
-    get,
-    path = "/v1/customers/{customer_id}/invoices",
-    tag = "customers",
-    summary = "The customer's issued invoices",
-    params(("customer_id" = String, Path, description = "The customer's id", example = "C0000000")),
-    responses(
-        crate::openapi::CustomerRefusals,
-        (status = 200, description = "Issued invoices, oldest period first", body = crate::openapi::InvoiceList,
-         headers(("wattle-ledger-index" = u64, description = "The ledger index the answer reflects"))),
-    ),
-    security(("bearer" = []))
-)]
-pub(crate) async fn customer_invoices(
-    State(shared): State<Shared>,
-    headers: HeaderMap,
-    customer_id: Result<Path<String>, PathRejection>,
-) -> Response {
-    let customer_id = match path_param(customer_id) {
-        Ok(customer_id) => customer_id,
-        Err(refusal) => return refuse(&shared, refusal),
-    };
-    let result = async {
-        let (customer, position, _) = known_customer(&shared, &headers, customer_id, "invoices").await?;
-        let rows = shared.model.invoices_of(customer.as_str()).await.map_err(internal)?;
-        let invoices: Vec<_> = rows.iter().map(crate::invoices::InvoiceSummary::of).collect();
-        Ok::<_, Refusal>((invoices, position))
-    }
-    .await;
-    match result {
-        Ok((invoices, position)) => with_position(
-            Json(serde_json::json!({ "invoices": invoices, "ledger_index": position.ledger_index })).into_response(),
-            position,
-        ),
-        Err(refusal) => refuse(&shared, refusal),
-    }
-}
-
-/// `?format=` of the invoice endpoints.
-#[derive(Debug, Deserialize, utoipa::IntoParams)]
-#[into_params(parameter_in = Query)]
-pub(crate) struct FormatQuery {
-    /// `csv` (the document's lines) or `html` (the printable invoice) for
-    /// `GET /v1/invoices/{number}`; `json` for the receipt.
-    format: Option<String>,
-}
-
-/// The invoice `number` if the caller may read it: another customer's invoice is answered as
-/// unknown, so numbers tell nothing of other customers.
-async fn invoice_row(
-    shared: &Shared,
-    headers: &HeaderMap,
-    number: &str,
-    what: &str,
-) -> Result<crate::read_model::InvoiceRow, Refusal> {
-    let caller = shared.gate.caller(headers)?;
-    if number.len() > 200 {
-        return Err(Refusal::new(
-            StatusCode::BAD_REQUEST,
-            "bad_invoice_number",
-            "an invoice number is at most 200 bytes",
-        ));
-    }
-    let unknown = || Refusal::new(StatusCode::NOT_FOUND, "unknown_invoice", format!("no invoice {number}"));
-    let row = shared.model.invoice(number).await.map_err(internal)?.ok_or_else(unknown)?;
-    let customer = CustomerId::new(row.customer_id.as_str()).map_err(|error| internal(error.into()))?;
-    if !caller.may_read(&customer) {
-        return Err(unknown());
-    }
-    crate::auth::log_access(&caller, customer.as_str(), what);
-    Ok(row)
-}
-
-/// `GET /v1/invoices/{number}`: the invoice document, byte for byte as issued (`?format=csv`:
-/// its lines as CSV).
-#[utoipa::path(
-    get,
-    path = "/v1/invoices/{number}",
-    tag = "invoices",
-    summary = "An invoice document, byte for byte as the ledger issued it",
-    params(("number" = String, Path, description = "The invoice number", example = "supplier-a-000001"), FormatQuery),
-    responses(
-        crate::openapi::InvoiceRefusals,
-        (status = 200, description = "The canonical invoice document (its SHA-256 is the receipt's claims digest); `format=csv`: its lines; `format=html`: the printable invoice", content(
-            (Object = "application/json"),
-            (String = "text/csv"),
-            (String = "text/html")
-        )),
-    ),
-    security(("bearer" = []))
-)]
-pub(crate) async fn invoice(
-    State(shared): State<Shared>,
-    headers: HeaderMap,
-    number: Result<Path<String>, PathRejection>,
-    query: Result<Query<FormatQuery>, QueryRejection>,
-) -> Response {
-    let number = match path_param(number) {
-        Ok(number) => number,
-        Err(refusal) => return refuse(&shared, refusal),
-    };
-    let query = match checked(query) {
-        Ok(query) => query,
-        Err(refusal) => return refuse(&shared, refusal),
-    };
-    match invoice_row(&shared, &headers, &number, "invoice").await {
-        Ok(row) if query.format.as_deref() == Some("csv") => {
-            match domain::settle::InvoiceDocument::parse(row.document.as_bytes()) {
-                Ok(document) => {
-                    ([(axum::http::header::CONTENT_TYPE, "text/csv; charset=utf-8")], crate::invoices::csv(&document))
-                        .into_response()
-                }
-                Err(error) => {
-                    internal(anyhow::anyhow!("stored invoice {number} does not parse: {error}")).into_response()
-                }
-            }
-        }
-        Ok(row) if query.format.as_deref() == Some("html") => {
-            match domain::settle::InvoiceDocument::parse(row.document.as_bytes()) {
-                Ok(document) => {
-                    // The customer's other invoices, for last year's comparison.
-                    let others: Vec<domain::settle::InvoiceDocument> =
-                        match shared.model.invoices_of(&row.customer_id).await {
-                            Ok(rows) => rows
-                                .iter()
-                                .filter_map(|other| {
-                                    domain::settle::InvoiceDocument::parse(other.document.as_bytes()).ok()
-                                })
-                                .collect(),
-                            Err(error) => return refuse(&shared, internal(error)),
-                        };
-                    let last_year = crate::invoice_html::same_period_last_year(&document, &others);
-                    (
-                        [(axum::http::header::CONTENT_TYPE, "text/html; charset=utf-8")],
-                        crate::invoice_html::render(&document, row.document.as_bytes(), &row.tx_id, last_year),
-                    )
-                        .into_response()
-                }
-                Err(error) => {
-                    internal(anyhow::anyhow!("stored invoice {number} does not parse: {error}")).into_response()
-                }
-            }
-        }
-        Ok(row) => ([(axum::http::header::CONTENT_TYPE, "application/json")], row.document).into_response(),
-        Err(refusal) => refuse(&shared, refusal),
-    }
-}
-
-/// `GET /v1/invoices/{number}/receipt[?format=json]`: the ledger's receipt of the issuing
-/// transaction, passed through as the ledger gave it.
-#[utoipa::path(
-    get,
-    path = "/v1/invoices/{number}/receipt",
-    tag = "invoices",
-    summary = "The ledger's receipt of the transaction that issued the invoice",
-    params(("number" = String, Path, description = "The invoice number", example = "supplier-a-000001"), FormatQuery),
-    responses(
-        crate::openapi::InvoiceRefusals,
-        (status = 200, description = "The receipt: canonical bytes (`wattle receipt verify`), or JSON with `format=json`", content(
-            (Vec<u8> = "application/octet-stream"),
-            (Object = "application/json")
-        )),
-    ),
-    security(("bearer" = []))
-)]
-pub(crate) async fn invoice_receipt(
-    State(shared): State<Shared>,
-    headers: HeaderMap,
-    number: Result<Path<String>, PathRejection>,
-    query: Result<Query<FormatQuery>, QueryRejection>,
-) -> Response {
-    let number = match path_param(number) {
-        Ok(number) => number,
-        Err(refusal) => return refuse(&shared, refusal),
-    };
-    let query = match checked(query) {
-        Ok(query) => query,
-        Err(refusal) => return refuse(&shared, refusal),
-    };
-    let row = match invoice_row(&shared, &headers, &number, "invoice_receipt").await {
-        Ok(row) => row,
-        Err(refusal) => return refuse(&shared, refusal),
-    };
-    let json = query.format.as_deref() == Some("json");
-    let path = format!("/v1/receipts/{}{}", row.tx_id, if json { "?format=json" } else { "" });
-    match shared.ledger.get_bytes(&path, std::time::Duration::ZERO).await {
-        Ok(bytes) => {
-            let content_type = if json { "application/json" } else { "application/octet-stream" };
-            ([(axum::http::header::CONTENT_TYPE, content_type)], bytes).into_response()
-        }
-        Err(error) => refuse(
-            &shared,
-            Refusal::new(
-                StatusCode::BAD_GATEWAY,
-                "ledger_unavailable",
-                format!("the receipt could not be fetched: {error}"),
-            ),
-        ),
     }
 }
 

@@ -134,7 +134,8 @@ async fn fetch_customer(
     }
     let statements: CustomerStatements = ledger.get(&format!("{base}/statements")).await?;
     let invoices: Vec<IssuedInvoice> = ledger.get(&format!("{base}/invoices")).await?;
-    Ok(Some(CustomerData { account, intervals, statements, invoices }))
+    let credit_notes: Vec<IssuedInvoice> = ledger.get(&format!("{base}/credit-notes")).await?;
+    Ok(Some(CustomerData { account, intervals, statements, invoices, credit_notes }))
 }
 
 /// Every customer with a registered meter.

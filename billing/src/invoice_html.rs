@@ -36,6 +36,7 @@ text-align:left;vertical-align:top}td.n,th.n{text-align:right;font-variant-numer
 tr.total td{font-weight:700;border-top:2px solid #1a1a1a}.meta{display:grid;grid-template-columns:auto 1fr;\
 gap:.15rem 1rem}.meta dt{color:#555}.meta dd{margin:0}code{word-break:break-all;font-size:.85rem}\
 .verify{border:1px solid #999;padding:.5rem 1rem;margin-top:1.5rem}\
+.notice{border-left:4px solid #555;padding:.25rem .75rem;background:#f3f3f3}.void{border-color:#a00}\
 @media print{body{margin:0;max-width:none}.verify{break-inside:avoid}@page{size:A4;margin:18mm}}";
 
 /// Energy imported over an invoice's period, kWh: the quantities of its energy lines (tier
@@ -66,6 +67,7 @@ pub fn render(
     document_bytes: &[u8],
     tx_id: &str,
     last_year: Option<&InvoiceDocument>,
+    status: &crate::invoices::InvoiceSummary,
 ) -> String {
     let currency = document.currency.to_string();
     let mut page = String::new();
@@ -89,6 +91,7 @@ pub fn render(
         tariff_from = document.tariff_from,
         meters = escape(&document.meters.iter().map(|meter| meter.as_str()).collect::<Vec<_>>().join(", ")),
     );
+    page.push_str(&status_notice(status));
     page.push_str("<table><caption class=\"n\">All amounts in ");
     page.push_str(&escape(&currency));
     page.push_str(
@@ -167,6 +170,7 @@ pub fn render(
         obtained = escape(&obtained.join(", ")),
         missing = completeness.missing,
     );
+    page.push_str(&meter_reads(document));
     let _ = write!(
         page,
         "<section class=\"verify\"><h2>Verify this invoice</h2><p>This invoice was issued by the consortium \
@@ -179,6 +183,96 @@ pub fn render(
         number = escape(&document.number),
     );
     page
+}
+
+/// The meters' register values at the start and end of the period, with how each was obtained
+/// and the consumption between them.
+fn meter_reads(document: &InvoiceDocument) -> String {
+    if document.registers.is_empty() {
+        return String::new();
+    }
+    let at = |seconds: i64| {
+        if seconds == document.period.start.0 {
+            format!("{} 00:00", document.period.start_date)
+        } else if seconds == document.period.end.0 {
+            format!("{} 00:00", document.period.end_date)
+        } else {
+            chrono::DateTime::from_timestamp(seconds, 0)
+                .map_or_else(|| seconds.to_string(), |time| time.format("%Y-%m-%d %H:%M UTC").to_string())
+        }
+    };
+    let kwh = |wh: u64| rust_decimal::Decimal::new(wh as i64, 3);
+    let how = |quality: domain::settle::Quality| {
+        serde_json::to_value(quality).ok().and_then(|v| v.as_str().map(|s| s.replace('_', " "))).unwrap_or_default()
+    };
+    let mut section = String::from(
+        "<h2>Meter readings</h2><table><thead><tr><th scope=\"col\">Meter</th><th scope=\"col\">Register</th>\
+         <th scope=\"col\">Start</th><th scope=\"col\" class=\"n\">kWh</th><th scope=\"col\">End</th>\
+         <th scope=\"col\" class=\"n\">kWh</th><th scope=\"col\" class=\"n\">Difference, kWh</th></tr></thead><tbody>",
+    );
+    for reads in &document.registers {
+        for (register, start, end) in [
+            ("import", reads.start.import_wh, reads.end.import_wh),
+            ("export", reads.start.export_wh, reads.end.export_wh),
+        ] {
+            let _ = write!(
+                section,
+                "<tr><td>{meter}</td><td>{register}</td><td>{start_at} ({start_how})</td><td class=\"n\">{start}</td>\
+                 <td>{end_at} ({end_how})</td><td class=\"n\">{end}</td><td class=\"n\">{difference}</td></tr>",
+                meter = escape(reads.meter.as_str()),
+                start_at = at(reads.start.at),
+                start_how = how(reads.start.how),
+                start = kwh(start),
+                end_at = at(reads.end.at),
+                end_how = how(reads.end.how),
+                end = kwh(end),
+                difference = kwh(end.saturating_sub(start)),
+            );
+        }
+    }
+    section.push_str(
+        "</tbody></table><p>Values the meter signed are <em>actual</em> (<em>gateway attested</em>: a legacy \
+         meter read and signed by the utility's gateway; <em>corrected</em>: a reading that replaced an estimate). \
+         An <em>estimated</em> value is the nearest value read, less or plus the estimated quarter-hours \
+         in between.</p>",
+    );
+    section
+}
+
+/// What credit notes did to the invoice: a void, credits and the balance left, a replacement.
+fn status_notice(status: &crate::invoices::InvoiceSummary) -> String {
+    let mut notice = String::new();
+    if let Some(replaced) = &status.replaces {
+        let _ =
+            write!(notice, "<p class=\"notice\">This invoice replaces the voided invoice {}.</p>", escape(replaced));
+    }
+    let notes = escape(&status.credit_notes.join(", "));
+    match status.status.as_str() {
+        "voided" => {
+            let _ = write!(
+                notice,
+                "<p class=\"notice void\"><strong>Void.</strong> This invoice was cancelled by credit note(s) {notes}{by}; \
+                 it asks for nothing.</p>",
+                by = status
+                    .replaced_by
+                    .as_ref()
+                    .map(|number| format!(" and replaced by invoice {}", escape(number)))
+                    .unwrap_or_default(),
+            );
+        }
+        "credited" => {
+            let _ = write!(
+                notice,
+                "<p class=\"notice\">Credit note(s) {notes} took back {credited} {currency}: {balance} {currency} \
+                 of this invoice remain due.</p>",
+                credited = escape(status.credited.trim_start_matches('-')),
+                balance = escape(&status.balance),
+                currency = escape(&status.currency),
+            );
+        }
+        _ => {}
+    }
+    notice
 }
 
 #[cfg(test)]
@@ -225,9 +319,30 @@ mod tests {
                 issued_at: chrono::DateTime::from_timestamp(1_770_000_000, 0).expect("time"),
                 tariff_from: start.and_hms_opt(0, 0, 0).expect("t"),
                 meters: Vec::new(),
+                registers: Vec::new(),
                 by_quality: BTreeMap::new(),
+                replaces: None,
             },
         )
+    }
+
+    fn summary(
+        document: &InvoiceDocument,
+        notes: &[domain::settle::CreditNoteDocument],
+    ) -> crate::invoices::InvoiceSummary {
+        let row = crate::read_model::InvoiceRow {
+            number: document.number.clone(),
+            customer_id: document.customer.to_string(),
+            period_start: document.period.start.0,
+            period_end: document.period.end.0,
+            issued_at: document.issued_at.clone(),
+            total: document.total.to_string(),
+            currency: document.currency.to_string(),
+            tx_id: "00".into(),
+            ledger_index: 1,
+            document: String::new(),
+        };
+        crate::invoices::InvoiceSummary::of(&row, notes, std::slice::from_ref(document))
     }
 
     #[test]
@@ -237,11 +352,51 @@ mod tests {
         let last_year = super::same_period_last_year(&now, &others).expect("2025's invoice");
         assert_eq!(last_year.period.start_date.to_string(), "2025-01-01");
         assert_eq!(last_year.customer.as_str(), "C1", "never another customer's");
-        let page = super::render(&now, &now.canonical(), "00", Some(last_year));
+        let page = super::render(&now, &now.canonical(), "00", Some(last_year), &summary(&now, &[]));
         assert!(page.contains("Compared with the same period last year"), "{page}");
         assert!(page.contains("<td class=\"n\">100</td>") && page.contains("110 (+10.0 %)"), "{page}");
-        let alone = super::render(&now, &now.canonical(), "00", super::same_period_last_year(&now, &[]));
+        let alone =
+            super::render(&now, &now.canonical(), "00", super::same_period_last_year(&now, &[]), &summary(&now, &[]));
         assert!(alone.contains("No invoice of the same period last year"), "{alone}");
+    }
+
+    #[test]
+    fn a_credited_or_voided_invoice_says_so_with_its_credit_notes() {
+        use domain::settle::{CreditIssue, CreditNoteDocument, CreditOrder, CreditScope, Credited, LineCredit};
+        let invoice = invoice("C1", 2026, 110, 3300);
+        let mut credited = Credited::default();
+        let mut note = |sequence, scope| {
+            let order = CreditOrder { invoice: invoice.number.clone(), reason: "goodwill".into(), scope };
+            CreditNoteDocument::issue(
+                &invoice,
+                &mut credited,
+                &order,
+                CreditIssue {
+                    sequence,
+                    issued_at: chrono::DateTime::from_timestamp(1_770_100_000, 0).expect("time"),
+                    invoice_sha256: [0; 32],
+                    vat: None,
+                    rounding: domain::tariff::Rounding::HalfAwayFromZero,
+                },
+            )
+            .expect("credits")
+        };
+        let partial = note(1, CreditScope::Lines { lines: vec![LineCredit { line: 0, amount: Decimal::new(500, 2) }] });
+        let status = summary(&invoice, std::slice::from_ref(&partial));
+        assert_eq!(
+            (status.status.as_str(), status.credited.as_str(), status.balance.as_str()),
+            ("credited", "-5.00", "28.00")
+        );
+        let page = super::render(&invoice, &invoice.canonical(), "00", None, &status);
+        assert!(page.contains("supplier-CN-000001 took back 5.00 EUR: 28.00 EUR"), "{page}");
+        let void = note(2, CreditScope::Void { reissue: false });
+        let status = summary(&invoice, &[partial, void]);
+        assert_eq!((status.status.as_str(), status.balance.as_str()), ("voided", "0.00"));
+        let page = super::render(&invoice, &invoice.canonical(), "00", None, &status);
+        assert!(
+            page.contains("<strong>Void.</strong>") && page.contains("supplier-CN-000001, supplier-CN-000002"),
+            "{page}"
+        );
     }
 
     #[test]

@@ -58,17 +58,17 @@ pub enum CustomerRefusals {
     Unavailable(ErrorBody),
 }
 
-/// What an invoice endpoint may refuse.
+/// What an invoice or credit note endpoint may refuse.
 #[derive(utoipa::IntoResponses)]
 #[allow(dead_code)] // Documentation only.
 pub enum InvoiceRefusals {
-    /// Not an invoice number, or a path that does not decode.
+    /// Not an invoice or credit note number, or a path that does not decode.
     #[response(status = 400)]
     BadRequest(ErrorBody),
     /// No token, or one that is malformed, unknown or revoked.
     #[response(status = 401)]
     Unauthorized(ErrorBody),
-    /// No such invoice for this token (another customer's invoice is answered so).
+    /// No such invoice or credit note for this token (another customer's is answered so).
     #[response(status = 404)]
     NotFound(ErrorBody),
     /// A query that does not parse.
@@ -154,6 +154,14 @@ pub struct InvoiceList {
     ledger_index: u64,
 }
 
+/// `GET /v1/customers/{id}/credit-notes`.
+#[derive(ToSchema)]
+#[allow(dead_code)]
+pub struct CreditNoteList {
+    credit_notes: Vec<crate::invoices::CreditNoteSummary>,
+    ledger_index: u64,
+}
+
 /// `GET /healthz`.
 #[derive(ToSchema)]
 #[allow(dead_code)]
@@ -192,9 +200,12 @@ impl Modify for BearerAuth {
         crate::api::bill,
         crate::stream::bill_stream,
         crate::api::usage,
-        crate::api::customer_invoices,
-        crate::api::invoice,
-        crate::api::invoice_receipt,
+        crate::invoices::customer_invoices,
+        crate::invoices::invoice,
+        crate::invoices::invoice_receipt,
+        crate::invoices::customer_credit_notes,
+        crate::invoices::credit_note,
+        crate::invoices::credit_note_receipt,
         crate::tokens_api::issue_token,
         crate::tokens_api::list_tokens,
         crate::tokens_api::revoke_token,
@@ -211,6 +222,7 @@ impl Modify for BearerAuth {
         crate::usage::UsageGroup,
         crate::usage::GroupBy,
         crate::invoices::InvoiceSummary,
+        crate::invoices::CreditNoteSummary,
         crate::tokens_api::IssueRequest,
         Period,
         ErrorBody,
@@ -218,12 +230,13 @@ impl Modify for BearerAuth {
         IssuedToken,
         TokenList,
         InvoiceList,
+        CreditNoteList,
         Health,
     )),
     modifiers(&BearerAuth),
     tags(
         (name = "customers", description = "A customer's bill, usage and invoices (customer or operator token)"),
-        (name = "invoices", description = "Invoice documents and their ledger receipts"),
+        (name = "invoices", description = "Invoice and credit note documents and their ledger receipts"),
         (name = "tokens", description = "Bearer tokens (operator token)"),
         (name = "operations", description = "Health and metrics (open)"),
     )

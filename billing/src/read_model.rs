@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 use domain::api::{CustomerAccount, CustomerInterval, CustomerStatements, IssuedInvoice};
-use domain::settle::{InvoiceDocument, Statement};
+use domain::settle::{CreditNoteDocument, InvoiceDocument, Statement};
 use rust_decimal::Decimal;
 use sqlx::any::{AnyPoolOptions, AnyRow};
 use sqlx::AnyPool;
@@ -39,7 +39,7 @@ pub struct Anchor {
 }
 
 /// Every table the feed fills, emptied by [`ReadModel::reset`].
-const FED_TABLES: [&str; 4] = ["accounts", "intervals", "statements", "invoices"];
+const FED_TABLES: [&str; 5] = ["accounts", "intervals", "statements", "invoices", "credit_notes"];
 
 /// What the ledger holds for one customer, fetched by the feed.
 #[derive(Debug, Clone)]
@@ -48,6 +48,8 @@ pub struct CustomerData {
     pub intervals: Vec<CustomerInterval>,
     pub statements: CustomerStatements,
     pub invoices: Vec<IssuedInvoice>,
+    /// The customer's credit notes (the same record as an invoice's).
+    pub credit_notes: Vec<IssuedInvoice>,
 }
 
 /// One stored interval (`GET /v1/customers/{id}/usage` groups these).
@@ -68,7 +70,7 @@ pub struct IntervalRow {
     pub ledger_index: u64,
 }
 
-/// One stored invoice.
+/// One stored invoice (or credit note: the same columns).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct InvoiceRow {
     pub number: String,
@@ -260,8 +262,8 @@ impl ReadModel {
                 // Issued invoices are immutable: a second write of the same number changes nothing.
                 sqlx::query(
                     "INSERT INTO invoices (number, customer_id, issuer, sequence, period_start, period_end, issued_at, \
-                     total, currency, tx_id, ledger_index, document) \
-                     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12) ON CONFLICT (number) DO NOTHING",
+                     total, currency, tx_id, ledger_index, document, replaces) \
+                     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13) ON CONFLICT (number) DO NOTHING",
                 )
                 .bind(invoice.number.as_str())
                 .bind(customer)
@@ -275,6 +277,34 @@ impl ReadModel {
                 .bind(invoice.tx_id.as_str())
                 .bind(to_i64(invoice.ledger_index))
                 .bind(invoice.document.as_str())
+                .bind(document.replaces.as_deref())
+                .execute(&mut *tx)
+                .await?;
+            }
+            for note in &data.credit_notes {
+                let document = CreditNoteDocument::parse(note.document.as_bytes())
+                    .with_context(|| format!("credit note {} from the ledger does not parse", note.number))?;
+                let kind = serde_json::to_value(document.kind)?.as_str().unwrap_or_default().to_string();
+                // Immutable like invoices.
+                sqlx::query(
+                    "INSERT INTO credit_notes (number, customer_id, issuer, sequence, invoice_number, kind, \
+                     period_start, period_end, issued_at, total, currency, tx_id, ledger_index, document) \
+                     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14) ON CONFLICT (number) DO NOTHING",
+                )
+                .bind(note.number.as_str())
+                .bind(customer)
+                .bind(note.issuer.as_str())
+                .bind(to_i64(note.sequence))
+                .bind(document.invoice.as_str())
+                .bind(kind)
+                .bind(document.period.start.0)
+                .bind(document.period.end.0)
+                .bind(document.issued_at.as_str())
+                .bind(document.total.to_string())
+                .bind(document.currency.code())
+                .bind(note.tx_id.as_str())
+                .bind(to_i64(note.ledger_index))
+                .bind(note.document.as_str())
                 .execute(&mut *tx)
                 .await?;
             }
@@ -384,10 +414,31 @@ impl ReadModel {
             sqlx::query(&format!("{INVOICE_SELECT} WHERE number = $1")).bind(number).fetch_optional(&self.pool).await?;
         row.as_ref().map(invoice_row).transpose()
     }
+
+    /// The customer's credit notes, in the order the ledger issued them.
+    pub async fn credit_notes_of(&self, customer: &str) -> anyhow::Result<Vec<InvoiceRow>> {
+        let rows = sqlx::query(&format!("{CREDIT_NOTE_SELECT} WHERE customer_id = $1 ORDER BY ledger_index"))
+            .bind(customer)
+            .fetch_all(&self.pool)
+            .await?;
+        rows.iter().map(invoice_row).collect()
+    }
+
+    /// One credit note by number.
+    pub async fn credit_note(&self, number: &str) -> anyhow::Result<Option<InvoiceRow>> {
+        let row = sqlx::query(&format!("{CREDIT_NOTE_SELECT} WHERE number = $1"))
+            .bind(number)
+            .fetch_optional(&self.pool)
+            .await?;
+        row.as_ref().map(invoice_row).transpose()
+    }
 }
 
 const INVOICE_SELECT: &str = "SELECT number, customer_id, period_start, period_end, issued_at, total, currency, \
                               tx_id, ledger_index, document FROM invoices";
+/// A credit note is read as an [`InvoiceRow`]: the same columns.
+const CREDIT_NOTE_SELECT: &str = "SELECT number, customer_id, period_start, period_end, issued_at, total, currency, \
+                                  tx_id, ledger_index, document FROM credit_notes";
 
 /// The columns [`interval_row`] reads.
 const INTERVAL_SELECT: &str = "SELECT start_s, local_start, import_wh, export_wh, quality, complete, charge, \

@@ -57,6 +57,8 @@ pub const TARIFF_HOLIDAYS_MAX: usize = 1_000;
 /// Largest TOML tariff document: a full tariff is a few kB.
 pub const TARIFF_TOML_BYTES_MAX: usize = 64 * 1024;
 
+/// Largest canonical JSON of a credit order in an admin transaction (`CreditInvoice`).
+pub const CREDIT_ORDER_JSON_BYTES_MAX: usize = 16 * 1024;
 /// Largest canonical JSON of a tariff version in an admin transaction (`PublishTariff`).
 pub const TARIFF_JSON_BYTES_MAX: usize = 64 * 1024;
 

@@ -7,8 +7,8 @@ use serde::{Deserialize, Deserializer, Serialize, Serializer};
 use crate::codec::{DecodeError, Reader, Writer};
 use crate::ids::{CustomerId, GatewayId, KeyId, MemberId, MeterId, ReaderId, TxId, UnixMillis, UnixSeconds};
 use crate::limits::{
-    BATCH_READINGS_MAX, BINDING_JSON_BYTES_MAX, GOV_DOCUMENT_JSON_BYTES_MAX, PRICE_SERIES_JSON_BYTES_MAX,
-    READING_BYTES, TARIFF_JSON_BYTES_MAX, TRANSACTION_BYTES_MAX,
+    BATCH_READINGS_MAX, BINDING_JSON_BYTES_MAX, CREDIT_ORDER_JSON_BYTES_MAX, GOV_DOCUMENT_JSON_BYTES_MAX,
+    PRICE_SERIES_JSON_BYTES_MAX, READING_BYTES, TARIFF_JSON_BYTES_MAX, TRANSACTION_BYTES_MAX,
 };
 use crate::money::{Currency, UnitPrice};
 use crate::reading::SignedReading;
@@ -52,6 +52,9 @@ pub enum TxBody {
     /// Issues the invoice of a customer's closed period (proposed by the leader after the close;
     /// applying it assigns the issuer's next number; its claims document is the invoice).
     IssueInvoice { customer: crate::ids::PartyId, period_start: crate::ids::UnixSeconds },
+    /// Issues the credit note of a decided credit order (`CreditInvoice`, numbered by the ledger
+    /// in decision order); its claims document is the credit note.
+    IssueCreditNote { customer: crate::ids::PartyId, order: u64 },
 }
 
 /// A node's signature over the Merkle root of the first `marker_index + 1` log entries.
@@ -227,6 +230,13 @@ pub enum AdminAction {
     /// Revoke a reader: its requests are refused from now on.
     RevokeReader {
         reader_id: ReaderId,
+    },
+    /// Credit an issued invoice, in part or whole (void, with or without reissue): a
+    /// `settle::CreditOrder`, canonical JSON. The ledger then issues the credit note in its own
+    /// transaction (`IssueCreditNote`).
+    CreditInvoice {
+        /// At most `CREDIT_ORDER_JSON_BYTES_MAX` bytes.
+        order_json: Vec<u8>,
     },
 }
 
@@ -407,6 +417,13 @@ impl AdminAction {
             AdminAction::RevokeReader { reader_id } => {
                 writer.u8(23).short_bytes(reader_id.as_str().as_bytes());
             }
+            AdminAction::CreditInvoice { order_json } => {
+                assert!(
+                    order_json.len() <= CREDIT_ORDER_JSON_BYTES_MAX,
+                    "credit order over CREDIT_ORDER_JSON_BYTES_MAX"
+                );
+                writer.u8(24).long_bytes(order_json);
+            }
         }
     }
     pub(crate) fn decode(reader: &mut Reader<'_>) -> Result<Self, DecodeError> {
@@ -486,6 +503,9 @@ impl AdminAction {
                 public_key: reader.array()?,
             }),
             23 => Ok(AdminAction::RevokeReader { reader_id: decode_id(reader, "reader_id")? }),
+            24 => {
+                Ok(AdminAction::CreditInvoice { order_json: reader.long_bytes(CREDIT_ORDER_JSON_BYTES_MAX)?.to_vec() })
+            }
             other => Err(DecodeError::invalid("admin_action", format!("unknown kind {other}"))),
         }
     }
@@ -543,6 +563,9 @@ impl Transaction {
             TxBody::IssueInvoice { customer, period_start } => {
                 writer.u8(7).short_bytes(customer.as_str().as_bytes()).i64(period_start.0);
             }
+            TxBody::IssueCreditNote { customer, order } => {
+                writer.u8(8).short_bytes(customer.as_str().as_bytes()).u64(*order);
+            }
         }
         writer.finish()
     }
@@ -592,6 +615,7 @@ impl Transaction {
                 customer: decode_id(&mut reader, "customer")?,
                 period_start: crate::ids::UnixSeconds(reader.i64()?),
             },
+            8 => TxBody::IssueCreditNote { customer: decode_id(&mut reader, "customer")?, order: reader.u64()? },
             other => return Err(DecodeError::invalid("body", format!("unknown kind {other}"))),
         };
         reader.finish()?;

@@ -81,6 +81,7 @@ fn routes(state: AppState, with_raft: bool) -> Router {
         .route("/v1/customers/{customer_id}/intervals", get(crate::statements::customer_intervals))
         .route("/v1/transactions/{tx_id}/claims", get(transaction_claims))
         .route("/v1/customers/{customer_id}/invoices", get(crate::invoices::customer_invoices))
+        .route("/v1/customers/{customer_id}/credit-notes", get(crate::credit_notes::customer_credit_notes))
         .route("/v1/changes", get(crate::changes::changes))
         .route("/v1/history", get(history))
         .route_layer(axum::middleware::from_fn_with_state(state.clone(), require_entitled_reader));
@@ -450,6 +451,7 @@ async fn list_transactions(
                     TxBody::Signature(_) => ("signature", Vec::new()),
                     TxBody::Gov(_) => ("governance", Vec::new()),
                     TxBody::IssueInvoice { .. } => ("invoice", Vec::new()),
+                    TxBody::IssueCreditNote { .. } => ("credit_note", Vec::new()),
                     TxBody::Readings(batch) => {
                         ("readings", batch.readings.iter().map(|item| item.reading.digest().to_string()).collect())
                     }

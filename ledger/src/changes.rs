@@ -99,6 +99,10 @@ pub async fn changes(
                 customers.extend(CustomerId::new(customer.as_str()).ok());
                 ("invoice", false)
             }
+            TxBody::IssueCreditNote { customer, .. } => {
+                customers.extend(CustomerId::new(customer.as_str()).ok());
+                ("credit_note", false)
+            }
             TxBody::Tick => ("tick", true),
             TxBody::Admin(_) => ("admin", true),
             TxBody::Gov(_) => ("governance", true),

@@ -515,6 +515,20 @@ pub fn summary(action: &AdminAction) -> String {
             format!("register reader {reader_id} with key {}", hex::encode(public_key))
         }
         AdminAction::RevokeReader { reader_id } => format!("revoke reader {reader_id}"),
+        AdminAction::CreditInvoice { order_json } => match domain::settle::CreditOrder::parse(order_json) {
+            Ok(order) => match order.scope {
+                domain::settle::CreditScope::Void { reissue: true } => {
+                    format!("void and reissue invoice {}: {}", order.invoice, order.reason)
+                }
+                domain::settle::CreditScope::Void { reissue: false } => {
+                    format!("void invoice {}: {}", order.invoice, order.reason)
+                }
+                domain::settle::CreditScope::Lines { lines } => {
+                    format!("credit {} line(s) of invoice {}: {}", lines.len(), order.invoice, order.reason)
+                }
+            },
+            Err(error) => format!("credit an invoice ({error})"),
+        },
     }
 }
 

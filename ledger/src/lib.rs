@@ -10,6 +10,7 @@ pub mod attestation;
 pub mod audit;
 pub mod changes;
 pub mod client_auth;
+pub mod credit_notes;
 pub mod danger;
 pub mod driver;
 pub mod entry;

@@ -779,3 +779,6 @@ fn claims_v2_of_a_flat_price_reading_have_no_intervals() {
     assert_eq!(codes(&result), ["accepted"]);
     assert_eq!(claims, "wattle.claims.v2\nM1 1 1 accepted 0.0781750 EUR\n");
 }
+
+#[path = "credit_notes_tests.rs"]
+mod credit_notes;

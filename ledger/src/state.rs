@@ -488,6 +488,12 @@ pub fn apply(state: &mut Overlay<'_>, log_index: u64, tx: &Transaction) -> Resul
                 Err(reason) => refusal_recorded(state, log_index, tx, Some(reason)),
             }
         }
+        TxBody::IssueCreditNote { customer, order } => {
+            match crate::credit_notes::issue(state, log_index, tx, customer, *order) {
+                Ok(document) => Applied { result: TxResult::default(), claims: Some(document) },
+                Err(reason) => refusal_recorded(state, log_index, tx, Some(reason)),
+            }
+        }
         TxBody::Signature(signature) => Applied {
             result: TxResult { readings: Vec::new(), admin_refused: apply_signature(state, log_index, signature)? },
             claims: None,
@@ -704,6 +710,7 @@ pub(crate) fn execute_action(state: &mut Overlay<'_>, action: &AdminAction) -> R
         AdminAction::SetConstitution { constitution_json } => {
             crate::governance::set_constitution(state, constitution_json)?
         }
+        AdminAction::CreditInvoice { order_json } => crate::credit_notes::order(state, order_json)?,
         AdminAction::RegisterMeter { .. }
         | AdminAction::RegisterAttestedMeter { .. }
         | AdminAction::RotateMeterKey { .. }

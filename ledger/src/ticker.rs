@@ -2,7 +2,8 @@
 //! period's close after its grace window) are driven by tick transactions the leader stamps with
 //! its time (DESIGN.md, Time). Every node runs the loop; it acts only while it leads, and
 //! proposes a tick only when one would close a period, so an idle ledger's log does not grow, and
-//! then an invoice for each statement the close froze (`invoices.rs`).
+//! then an invoice for each statement the close froze (`invoices.rs`) and a credit note for each
+//! credit order the consortium decided (`credit_notes.rs`).
 
 use std::time::Duration;
 
@@ -30,6 +31,7 @@ pub async fn propose_ticks(app: AppState) {
             }
         }
         issue_due_invoices(&app).await;
+        issue_due_credit_notes(&app).await;
     }
 }
 
@@ -45,6 +47,22 @@ async fn issue_due_invoices(app: &AppState) {
             }
             Err(error) => {
                 tracing::debug!(%error, "invoice not committed");
+                return;
+            }
+        }
+    }
+}
+
+/// Proposes one `IssueCreditNote` per decided credit order (`credit_notes.rs`), one at a time,
+/// like invoices.
+async fn issue_due_credit_notes(app: &AppState) {
+    let due = crate::credit_notes::due(&app.store.state(), crate::credit_notes::CREDIT_NOTES_PER_ROUND_MAX);
+    for (order, customer) in due {
+        let body = TxBody::IssueCreditNote { customer: customer.clone(), order };
+        match app.raft.client_write(crate::signer::internal_transaction(app, body)).await {
+            Ok(response) => tracing::info!(index = response.log_id.index, %customer, order, "credit note issued"),
+            Err(error) => {
+                tracing::debug!(%error, "credit note not committed");
                 return;
             }
         }

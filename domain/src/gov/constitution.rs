@@ -113,6 +113,7 @@ pub enum ActionKind {
     RevokeMeasurement,
     RegisterReader,
     RevokeReader,
+    CreditInvoice,
 }
 
 impl ActionKind {
@@ -142,6 +143,7 @@ impl ActionKind {
             AdminAction::RevokeMeasurement { .. } => ActionKind::RevokeMeasurement,
             AdminAction::RegisterReader { .. } => ActionKind::RegisterReader,
             AdminAction::RevokeReader { .. } => ActionKind::RevokeReader,
+            AdminAction::CreditInvoice { .. } => ActionKind::CreditInvoice,
         }
     }
 

@@ -16,6 +16,7 @@ use crate::money::Currency;
 
 use super::close::{Statement, StatementLine};
 use super::period::BillingPeriod;
+use super::registers::MeterReads;
 use super::vee::Quality;
 
 /// First field of every invoice document.
@@ -40,6 +41,10 @@ pub struct InvoiceDocument {
     pub currency: Currency,
     /// The meters whose readings the period settled.
     pub meters: Vec<MeterId>,
+    /// Each meter's register values at the start and end of the period, and how each was
+    /// obtained (`registers.rs`); absent where none was read.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub registers: Vec<MeterReads>,
     pub lines: Vec<StatementLine>,
     #[serde(with = "rust_decimal::serde::str")]
     pub net_total: Decimal,
@@ -48,6 +53,10 @@ pub struct InvoiceDocument {
     #[serde(with = "rust_decimal::serde::str")]
     pub total: Decimal,
     pub completeness: Completeness,
+    /// The voided invoice this one replaces (void and reissue, `credit.rs`); absent otherwise,
+    /// so documents that replace nothing keep their form.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub replaces: Option<String>,
 }
 
 /// How the period's intervals were obtained.
@@ -68,7 +77,10 @@ pub struct Issue<'a> {
     pub issued_at: chrono::DateTime<chrono::Utc>,
     pub tariff_from: NaiveDateTime,
     pub meters: Vec<MeterId>,
+    pub registers: Vec<MeterReads>,
     pub by_quality: BTreeMap<Quality, u32>,
+    /// The voided invoice a reissue replaces.
+    pub replaces: Option<String>,
 }
 
 /// The invoice number of an issuer's `sequence`-th invoice.
@@ -92,6 +104,7 @@ impl InvoiceDocument {
             tariff_from: issue.tariff_from,
             currency: statement.currency,
             meters: issue.meters,
+            registers: issue.registers,
             lines: statement.lines.clone(),
             net_total: statement.net_total,
             vat_total: statement.vat_total,
@@ -101,6 +114,7 @@ impl InvoiceDocument {
                 by_quality: issue.by_quality,
                 missing: statement.intervals_in_period.saturating_sub(settled),
             },
+            replaces: issue.replaces,
         }
     }
 
@@ -152,7 +166,9 @@ mod tests {
                 issued_at: chrono::DateTime::from_timestamp(1_764_547_200, 0).expect("time"),
                 tariff_from: chrono::NaiveDate::from_ymd_opt(2026, 1, 1).expect("d").and_hms_opt(0, 0, 0).expect("t"),
                 meters: vec!["WTL0000000001".parse().expect("id")],
+                registers: Vec::new(),
                 by_quality: BTreeMap::from([(Quality::Actual, 1), (Quality::Estimated, 1)]),
+                replaces: None,
             },
         );
         assert_eq!(document.number, "supplier-000007");

@@ -11,10 +11,12 @@
 pub mod binding;
 pub mod close;
 pub mod correction;
+pub mod credit;
 pub mod invoice;
 pub mod mapping;
 pub mod period;
 pub mod posting;
+pub mod registers;
 pub mod run;
 pub mod vee;
 
@@ -23,12 +25,17 @@ pub use close::{
     close_period, close_period_with_corrections, CloseError, Closed, Correction, Statement, StatementLine,
 };
 pub use correction::correction_postings;
+pub use credit::{
+    credit_note_number, document_postings, CreditError, CreditIssue, CreditKind, CreditNoteDocument, CreditNoteLine,
+    CreditOrder, CreditScope, Credited, LineCredit, CREDIT_NOTE_FORMAT,
+};
 pub use invoice::{invoice_number, Completeness, InvoiceDocument, Issue, INVOICE_FORMAT};
 pub use mapping::{map_registers, MappedInterval, MappingError, RegisterSample};
 pub use period::{BillingPeriod, PeriodError};
 pub use posting::{
     check_books, interval_postings, posting, Account, AccountKind, Books, BooksError, Posting, PostingId, Run,
 };
+pub use registers::{register_reads, MeterReads, RegisterRead, SettledInterval};
 pub use run::{settle_period, PeriodSettlement, SettleError};
 pub use vee::{estimate_interval, EstimationRule, QualifiedInterval, Quality};
 
