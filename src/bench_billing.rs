@@ -7,13 +7,17 @@
 //! - a long-poll of the ledger's public transaction stream: `t1`, when the entry holding the
 //!   reading's digest is applied on that node (gateway verification, outbox, batching, the
 //!   leader's re-verification and consensus);
+//! - a poll of the ledger's `/healthz`: `ts`, when its signed index covers the entry (the
+//!   signature transaction billing's feed waits for: it shows only what a receipt can prove);
 //! - a poll of billing's `GET /v1/customers/{id}/bill`: `t2`, when `intervals_settled` counts it
-//!   (the signature that covers the entry, billing's change feed, the SQL write, the read);
+//!   (billing's change feed: the long-poll's wake-up, re-reading the customer from the ledger,
+//!   the SQL write; then the read);
 //! - billing's live stream `GET /v1/customers/{id}/bill/stream`: `t3`, when a `bill` event counts
 //!   it (what the customer's page shows, pushed rather than polled).
 //!
-//! Prints p50, p99 and the maximum of `t1 − t0`, `t2 − t1`, `t2 − t0` and `t3 − t0` over
-//! `--samples`.
+//! Prints p50, p99 and the maximum of `t1 − t0`, `ts − t1`, `t2 − ts`, `t2 − t0` and `t3 − t0`
+//! over `--samples`, then billing's own split of its feed pages (`/metrics`: reading customers
+//! from the ledger, writing them to SQL) over the run.
 
 use std::collections::VecDeque;
 use std::sync::{Arc, Mutex};
@@ -67,6 +71,9 @@ struct Sample {
     digest: String,
     published: Instant,
     applied: Option<Instant>,
+    /// The entry's log index, and when the ledger's signed index covered it.
+    index: Option<u64>,
+    signed: Option<Instant>,
     billed: Option<Instant>,
     /// The bill's `intervals_settled` once it counted this reading.
     count: u64,
@@ -135,7 +142,15 @@ pub async fn bill_latency(args: BillLatencyArgs) -> anyhow::Result<()> {
                 let Ok(reading) = envelope.open() else { continue };
                 let digest = reading.digest().to_string();
                 let mut samples = samples.lock().expect("samples lock is never poisoned");
-                samples.pending.push_back(Sample { digest, published, applied: None, billed: None, count: 0 });
+                samples.pending.push_back(Sample {
+                    digest,
+                    published,
+                    applied: None,
+                    index: None,
+                    signed: None,
+                    billed: None,
+                    count: 0,
+                });
             }
             #[allow(unreachable_code)]
             anyhow::Ok(())
@@ -159,10 +174,35 @@ pub async fn bill_latency(args: BillLatencyArgs) -> anyhow::Result<()> {
                     for sample in samples.pending.iter_mut().filter(|sample| sample.applied.is_none()) {
                         if transaction.reading_digests.contains(&sample.digest) {
                             sample.applied = Some(now);
+                            sample.index = Some(transaction.index);
                         }
                     }
                 }
                 next = next.max(page.next);
+            }
+            #[allow(unreachable_code)]
+            anyhow::Ok(())
+        })
+    };
+
+    // ts: the ledger's signed index covers the entry.
+    let signer = {
+        let samples = samples.clone();
+        let http = http.clone();
+        let url = format!("{}/healthz", args.ledger);
+        let poll = Duration::from_millis(args.poll_ms);
+        tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(poll).await;
+                let health: serde_json::Value = http.get(&url).send().await?.json().await?;
+                let now = Instant::now();
+                let signed = health["signed_index"].as_u64().unwrap_or(0);
+                let mut samples = samples.lock().expect("samples lock is never poisoned");
+                for sample in samples.pending.iter_mut() {
+                    if sample.signed.is_none() && sample.index.is_some_and(|index| index <= signed) {
+                        sample.signed = Some(now);
+                    }
+                }
             }
             #[allow(unreachable_code)]
             anyhow::Ok(())
@@ -251,6 +291,7 @@ pub async fn bill_latency(args: BillLatencyArgs) -> anyhow::Result<()> {
     tokio::time::sleep(Duration::from_millis(500)).await;
     subscriber.abort();
     follower.abort();
+    signer.abort();
     if streamer.is_finished() {
         match streamer.await {
             Ok(Err(error)) => println!("the live stream failed: {error:#}"),
@@ -274,11 +315,53 @@ pub async fn bill_latency(args: BillLatencyArgs) -> anyhow::Result<()> {
     );
     println!("{}", describe("broker → ledger applied (gateway + ledger)", span(|s| Some(s.published), |s| s.applied)));
     println!("{}", describe("ledger applied → bill shows it (signature + billing)", span(|s| s.applied, |s| s.billed)));
+    println!("{}", describe("  applied → signed (the next signature)", span(|s| s.applied, |s| s.signed)));
+    println!("{}", describe("  signed → bill shows it (billing's feed)", span(|s| s.signed, |s| s.billed)));
     println!("{}", describe("broker → bill shows it", span(|s| Some(s.published), |s| s.billed)));
     let pushed: Vec<Duration> = done
         .iter()
         .filter_map(|sample| Some(streamed.get(&sample.count)?.saturating_duration_since(sample.published)))
         .collect();
     println!("{}", describe(&format!("broker → live stream shows it ({} of them)", pushed.len()), pushed));
+    match http.get(format!("{}/metrics", args.billing)).send().await {
+        Ok(response) => print_feed_split(&response.text().await.unwrap_or_default()),
+        Err(error) => println!("billing's /metrics: {error}"),
+    }
     Ok(())
+}
+
+/// Billing's feed pages since it started, from its `/metrics` histograms: how many, their mean
+/// read and write times, and how many took longer than 64 and 256 ms.
+fn print_feed_split(metrics: &str) {
+    let value = |name: &str| {
+        metrics.lines().find_map(|line| line.strip_prefix(name)?.trim().parse::<f64>().ok()).unwrap_or(0.0)
+    };
+    for (stage, name) in [("reading customers", "feed_read_seconds"), ("SQL write", "feed_write_seconds")] {
+        let metric = format!("wattle_billing_{name}");
+        let count = value(&format!("{metric}_count "));
+        let sum = value(&format!("{metric}_sum "));
+        // Cumulative bucket counts by upper bound (the bounds print as floats: compare as floats).
+        let bucket = format!("{metric}_bucket{{le=\"");
+        let at_most = |bound: f64| {
+            metrics
+                .lines()
+                .filter_map(|line| {
+                    let (le, count) = line.strip_prefix(&bucket)?.split_once("\"} ")?;
+                    Some((le.parse::<f64>().ok()?, count.trim().parse::<f64>().ok()?))
+                })
+                .find(|(le, _)| (le - bound).abs() < 1e-9)
+                .map_or(0.0, |(_, count)| count)
+        };
+        println!(
+            "billing's feed, {stage:<18} {count:>6.0} pages   mean {:>6.1} ms   over 64 ms {:>4.0}   over 256 ms {:>4.0}",
+            if count > 0.0 { sum / count * 1000.0 } else { 0.0 },
+            count - at_most(0.064),
+            count - at_most(0.256),
+        );
+    }
+    let pages = value("wattle_billing_feed_page_customers_count ");
+    let customers = value("wattle_billing_feed_page_customers_sum ");
+    if pages > 0.0 {
+        println!("billing's feed, customers per page: mean {:.1}", customers / pages);
+    }
 }

@@ -64,10 +64,19 @@ enum GovCommand {
         #[command(flatten)]
         signer: Signer,
     },
-    /// List proposals, newest first.
-    List,
-    /// Show one proposal: its actions, ballots, tally and outcome.
-    Show { id: String },
+    /// List proposals, newest first. The households actions name (customers, meters, supply
+    /// points) show as keyed-hash ids unless the request is signed with a member's key.
+    List {
+        /// Sign the request with this member key file to see the households' ids.
+        #[arg(long)]
+        member_key: Option<PathBuf>,
+    },
+    /// Show one proposal: its actions, ballots, tally and outcome (`--member-key`: as for `list`).
+    Show {
+        id: String,
+        #[arg(long)]
+        member_key: Option<PathBuf>,
+    },
     /// Show the members and the constitution in force.
     Constitution,
 }
@@ -332,12 +341,20 @@ pub fn read_proposal(file: &Path, ledger_time_s: i64, nonce: u64) -> anyhow::Res
 struct Client {
     http: reqwest::Client,
     ledger: String,
+    /// Signs reads (`domain::client_read`), so the ledger shows a member private ids.
+    key: Option<ed25519_dalek::SigningKey>,
 }
 
 impl Client {
     async fn get<T: serde::de::DeserializeOwned>(&self, path: &str) -> anyhow::Result<T> {
-        let response = self.http.get(format!("{}{path}", self.ledger)).send().await?;
-        answer(response).await
+        let mut request = self.http.get(format!("{}{path}", self.ledger));
+        if let Some(key) = &self.key {
+            let now_ms = domain::clock::wall_clock_now().0;
+            for (name, value) in domain::client_read::sign_request(key, "GET", path, now_ms) {
+                request = request.header(name, value);
+            }
+        }
+        answer(request.send().await?).await
     }
 
     async fn submit(&self, gov: &SignedGov) -> anyhow::Result<SubmitGovResponse> {
@@ -349,7 +366,7 @@ impl Client {
 
 /// Submits a signed act to `ledger_url`; a refusal is an error naming its code and reason.
 pub async fn submit_to(http: &reqwest::Client, ledger_url: &str, gov: &SignedGov) -> anyhow::Result<SubmitGovResponse> {
-    Client { http: http.clone(), ledger: ledger_url.trim_end_matches('/').to_string() }.submit(gov).await
+    Client { http: http.clone(), ledger: ledger_url.trim_end_matches('/').to_string(), key: None }.submit(gov).await
 }
 
 /// The body of a success, or the ledger's refusal as an error naming its code and reason.
@@ -367,9 +384,16 @@ async fn answer<T: serde::de::DeserializeOwned>(response: reqwest::Response) -> 
 
 /// Runs a `wattle gov` command.
 pub async fn run(args: GovArgs) -> anyhow::Result<()> {
+    let reader_key = match &args.command {
+        GovCommand::List { member_key: Some(file) } | GovCommand::Show { member_key: Some(file), .. } => {
+            Some(ledger::node::read_signing_key(file)?)
+        }
+        _ => None,
+    };
     let client = Client {
         http: reqwest::Client::builder().timeout(std::time::Duration::from_secs(30)).build()?,
         ledger: args.ledger.trim_end_matches('/').to_string(),
+        key: reader_key,
     };
     let json = args.json;
     match args.command {
@@ -394,7 +418,7 @@ pub async fn run(args: GovArgs) -> anyhow::Result<()> {
             let gov = sign(&signer, &view, GovAct::Withdraw { proposal })?;
             report(client.submit(&gov).await?, json)
         }
-        GovCommand::List => {
+        GovCommand::List { .. } => {
             let page: ProposalPage = client.get("/v1/gov/proposals").await?;
             if json {
                 println!("{}", serde_json::to_string_pretty(&page)?);
@@ -408,7 +432,7 @@ pub async fn run(args: GovArgs) -> anyhow::Result<()> {
             }
             Ok(())
         }
-        GovCommand::Show { id } => {
+        GovCommand::Show { id, .. } => {
             let proposal: ProposalView = client.get(&format!("/v1/gov/proposals/{id}")).await?;
             if json {
                 println!("{}", serde_json::to_string_pretty(&proposal)?);

@@ -16,27 +16,6 @@ use rust_decimal::{Decimal, RoundingStrategy};
 use crate::process::poll_until;
 use crate::support::{wattle, Sandbox};
 
-/// Proposes `proposal` (TOML) as the supplier and approves it as the grid; the vote's output.
-fn vote(sandbox: &Sandbox, ledger: &str, proposal: &str) -> anyhow::Result<String> {
-    let file = sandbox.data.join(format!("credit-{}.toml", rand::random::<u32>()));
-    std::fs::write(&file, proposal)?;
-    let gov = |member: &str, args: &[&str]| {
-        crate::verifiable::run(
-            wattle()
-                .arg("gov")
-                .args(args)
-                .args(["--ledger", ledger, "--json", "--member-key"])
-                .arg(sandbox.data.join(format!("{member}.key"))),
-        )
-    };
-    let (ok, output) = gov("supplier", &["propose", file.to_str().context("a UTF-8 path")?])?;
-    anyhow::ensure!(ok, "propose: {output}");
-    let id = crate::governance::proposal_of(&output)?.record.id;
-    let (ok, output) = gov("grid", &["vote", &id, "--approve"])?;
-    anyhow::ensure!(ok, "vote: {output}");
-    Ok(output)
-}
-
 /// `wattle receipt verify` of a document against the receipt billing serves for it.
 async fn verify(
     http: &reqwest::Client,
@@ -104,8 +83,7 @@ pub(crate) async fn credit_void_and_reissue(
     let over = energy.amount + Decimal::new(1, 2);
 
     // Refused: more than the line, and a VAT line on its own.
-    let refused = vote(
-        sandbox,
+    let refused = sandbox.vote(
         &ledger,
         &format!(
             "title = \"too much\"\n[[action]]\nkind = \"credit_invoice\"\ninvoice = \"{number}\"\nreason = \"x\"\n\
@@ -115,8 +93,7 @@ pub(crate) async fn credit_void_and_reissue(
     assert!(refused.contains("failed") && refused.contains("over_credit"), "{refused}");
 
     // A partial credit: the line by `credit`, VAT 19 % of it rounded once.
-    let output = vote(
-        sandbox,
+    let output = sandbox.vote(
         &ledger,
         &format!(
             "title = \"goodwill\"\n[[action]]\nkind = \"credit_invoice\"\ninvoice = \"{number}\"\n\
@@ -157,8 +134,7 @@ pub(crate) async fn credit_void_and_reissue(
     assert_eq!(reqwest::Client::new().get(&url).send().await?.status(), 401);
 
     // Void and reissue.
-    let output = vote(
-        sandbox,
+    let output = sandbox.vote(
         &ledger,
         &format!(
             "title = \"wrong addressee\"\n[[action]]\nkind = \"void_invoice\"\ninvoice = \"{number}\"\n\

@@ -94,6 +94,21 @@ async fn private_reads_are_served_only_to_entitled_callers() -> anyhow::Result<(
     assert!(!hidden.contains(&customer.to_string()), "an anonymous meter listing names a customer: {anonymous}");
     let (_, signed) = get(&http, &url, "/v1/meters", Some(&billing), None).await?;
     assert!(customers(&signed).contains(&customer.to_string()), "billing's listing lacks {customer}: {signed}");
+    // Governance records are public, the households they name are not: the sandbox's
+    // configuration proposal registered and bound this customer's meters.
+    let (status, proposals) = get(&http, &url, "/v1/gov/proposals", None, None).await?;
+    assert_eq!(status, 200, "{proposals}");
+    let text = proposals.to_string();
+    assert!(text.contains("register meter") && text.contains("h-"), "{proposals}");
+    assert!(
+        !text.contains(&customer.to_string()) && !text.contains("WTL000000000"),
+        "an anonymous reader sees households: {text}"
+    );
+    let (_, for_member) = get(&http, &url, "/v1/gov/proposals", Some(&member), None).await?;
+    assert!(
+        for_member.to_string().contains(&customer.to_string()),
+        "a member sees the households it decided on: {for_member}"
+    );
     // Public reads stay public: the transaction list and receipts name no household.
     assert_eq!(get(&http, &url, "/v1/transactions?from=0", None, None).await?.0, 200);
 

@@ -379,6 +379,14 @@ impl Sandbox {
     /// Passes a governance proposal (TOML text) with the sandbox's members: supplier proposes,
     /// grid approves (a majority of the three voting members).
     pub fn pass(&self, url: &str, proposal: &str) -> anyhow::Result<()> {
+        let output = self.vote(url, proposal)?;
+        anyhow::ensure!(output.contains("accepted"), "vote: {output}");
+        Ok(())
+    }
+
+    /// Proposes (supplier) and approves (grid) a proposal; the vote's output, which says whether
+    /// it passed, failed (and why) or is still open.
+    pub fn vote(&self, url: &str, proposal: &str) -> anyhow::Result<String> {
         let file = self.data.join(format!("proposal-{}.toml", rand::random::<u32>()));
         std::fs::write(&file, proposal)?;
         let gov = |member: &str, args: &[&str]| {
@@ -394,8 +402,8 @@ impl Sandbox {
         anyhow::ensure!(ok, "propose: {output}");
         let id = crate::governance::proposal_of(&output)?.record.id;
         let (ok, output) = gov("grid", &["vote", &id, "--approve"])?;
-        anyhow::ensure!(ok && output.contains("accepted"), "vote: {output}");
-        Ok(())
+        anyhow::ensure!(ok, "vote: {output}");
+        Ok(output)
     }
 
     /// Stops it with SIGINT; it must exit cleanly within 30 s.

@@ -28,6 +28,8 @@ pub const CHANGES_BUFFERED: usize = 1_024;
 pub const FEED_RETRY: Duration = Duration::from_millis(500);
 /// Most intervals the ledger returns per page (`ledger::statements::INTERVALS_PER_PAGE_MAX`).
 const LEDGER_INTERVALS_PAGE: usize = 2_980;
+/// A feed page whose reads and write take this long is logged (`slow feed page`, with the split).
+const SLOW_PAGE: Duration = Duration::from_millis(100);
 
 /// How the feed is doing, for `/healthz` and for answers that must not pretend.
 #[derive(Debug, Clone, Serialize, PartialEq, Eq, utoipa::ToSchema)]
@@ -296,6 +298,7 @@ async fn step(
             touched.insert(customer, None);
         }
     }
+    let read_started = std::time::Instant::now();
     let mut data = Vec::with_capacity(touched.len());
     // Customers are read `FETCH_CONCURRENCY` at a time: a page that names the whole fleet (every
     // meter publishes at the interval boundary) would otherwise cost its reads in sequence.
@@ -321,7 +324,22 @@ async fn step(
         index: change.index,
         time_ms: change.time_ms,
     });
+    let write_started = std::time::Instant::now();
     model.apply(&data, next, anchor.as_ref()).await.map_err(StepError::Database)?;
+    let (read, write) = (write_started - read_started, write_started.elapsed());
+    metrics.feed_read_seconds.observe(read.as_secs_f64());
+    metrics.feed_write_seconds.observe(write.as_secs_f64());
+    metrics.feed_page_customers.observe(data.len() as f64);
+    if read + write >= SLOW_PAGE {
+        tracing::info!(
+            customers = data.len(),
+            everyone,
+            changes = page.changes.len(),
+            read_ms = read.as_millis() as u64,
+            write_ms = write.as_millis() as u64,
+            "slow feed page"
+        );
+    }
     metrics.feed_pages.inc();
     metrics.customers_refreshed.inc_by(data.len() as u64);
     feed.set("following", None, |status| {

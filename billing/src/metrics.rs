@@ -23,6 +23,10 @@ pub struct Metrics {
     pub ledger_latency_seconds: Histogram,
     pub feed_pages: Counter,
     pub customers_refreshed: Counter,
+    /// Per feed page: reading the customers it names from the ledger, writing them to SQL.
+    pub feed_read_seconds: Histogram,
+    pub feed_write_seconds: Histogram,
+    pub feed_page_customers: Histogram,
     pub rebuilds: Counter,
     pub requests_refused: Family<RefusedLabels, Counter>,
     pub streams_open: Gauge,
@@ -68,6 +72,22 @@ impl Metrics {
             "Customers re-read from the ledger because the stream named them",
             customers_refreshed.clone(),
         );
+        // 1 ms .. ~4 s, as the ledger's latency.
+        let feed_read_seconds = Histogram::new(exponential_buckets(0.001, 2.0, 13));
+        registry.register(
+            "feed_read_seconds",
+            "Time a feed page spent re-reading the customers it names from the ledger",
+            feed_read_seconds.clone(),
+        );
+        let feed_write_seconds = Histogram::new(exponential_buckets(0.001, 2.0, 13));
+        registry.register(
+            "feed_write_seconds",
+            "Time a feed page spent writing its customers and position in one SQL transaction",
+            feed_write_seconds.clone(),
+        );
+        // 1 .. 4,096 customers.
+        let feed_page_customers = Histogram::new(exponential_buckets(1.0, 2.0, 13));
+        registry.register("feed_page_customers", "Customers a feed page re-read", feed_page_customers.clone());
         let rebuilds = Counter::default();
         registry.register(
             "rebuilds",
@@ -87,6 +107,9 @@ impl Metrics {
             ledger_latency_seconds,
             feed_pages,
             customers_refreshed,
+            feed_read_seconds,
+            feed_write_seconds,
+            feed_page_customers,
             rebuilds,
             requests_refused,
             streams_open,

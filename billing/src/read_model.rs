@@ -401,7 +401,7 @@ impl ReadModel {
 
     /// The customer's invoices, oldest period first.
     pub async fn invoices_of(&self, customer: &str) -> anyhow::Result<Vec<InvoiceRow>> {
-        let rows = sqlx::query(&format!("{INVOICE_SELECT} WHERE customer_id = $1 ORDER BY period_start"))
+        let rows = sqlx::query(&format!("{INVOICE_SELECT} WHERE customer_id = $1 ORDER BY period_start, sequence"))
             .bind(customer)
             .fetch_all(&self.pool)
             .await?;

@@ -134,7 +134,7 @@ async fn refuse_while_installing(
 }
 
 /// Who signed `request`, if the ledger entitles that key to private data (`client_auth.rs`).
-fn entitled_caller(
+pub(crate) fn entitled_caller(
     app: &AppState,
     request: &axum::extract::Request,
 ) -> Result<crate::client_auth::Caller, crate::client_auth::Refusal> {
@@ -340,6 +340,12 @@ pub(crate) async fn wait_covered(app: &AppState, index: u64) -> Result<(), ApiEr
 /// a caller the ledger does not entitle to private data sees each meter's customer only as a
 /// keyed-hash id (`h-` and 30 hex digits, the first 120 bits of its keyed hash, to fit an id):
 /// which household a meter serves is private.
+/// The keyed-hash id callers not entitled to private data see for a household's id: `h-` and 30
+/// hex digits (the first 120 bits of its keyed hash, to fit an id).
+pub(crate) fn keyed_id(secrets: &crate::secrets::LedgerSecrets, id: &str) -> String {
+    format!("h-{}", hex::encode(&secrets.keyed_id(id.as_bytes())[..15]))
+}
+
 async fn list_meters(State(app): State<AppState>, request: axum::extract::Request) -> Json<Vec<MeterInfo>> {
     let hide_customers = app.peer_trust.is_some() && entitled_caller(&app, &request).is_err();
     let secrets = app.store.secrets().cloned();
@@ -355,11 +361,8 @@ async fn list_meters(State(app): State<AppState>, request: axum::extract::Reques
                 key_id: newest.key_id.0,
                 public_key: hex::encode(newest.public_key),
                 customer_id: match (&secrets, hide_customers) {
-                    (Some(secrets), true) => CustomerId::new(format!(
-                        "h-{}",
-                        hex::encode(&secrets.keyed_id(record.customer_id.as_str().as_bytes())[..15])
-                    ))
-                    .expect("h- and 30 hex digits is a valid id"),
+                    (Some(secrets), true) => CustomerId::new(keyed_id(secrets, record.customer_id.as_str()))
+                        .expect("h- and 30 hex digits is a valid id"),
                     _ => record.customer_id,
                 },
                 attested_by: record.attested_by,

@@ -69,12 +69,29 @@ pub struct ProposalPage {
     pub next_before: Option<u64>,
 }
 
-fn view(app: &AppState, record: ProposalRecord) -> ProposalView {
+/// A proposal as the API shows it. `hide_private`: the caller is not entitled to private data,
+/// so the households its actions name appear as keyed-hash ids (the same ids `/v1/meters`
+/// shows such callers).
+fn view(app: &AppState, mut record: ProposalRecord, hide_private: bool) -> ProposalView {
     let state = app.store.state();
     let tally = governance::tally(&state, &record);
     let now_s = app.clock.now().0.div_euclid(1_000);
     let expired = record.status == Status::Open && now_s >= record.expires_at;
+    let secrets = app.store.secrets().cloned();
+    for action in &mut record.actions {
+        for id in std::mem::take(&mut action.private_ids) {
+            if let (true, Some(secrets)) = (hide_private, &secrets) {
+                action.summary = action.summary.replace(&id, &crate::api::keyed_id(secrets, &id));
+            }
+        }
+    }
     ProposalView { record, tally, expired }
+}
+
+/// Whether a request's caller sees households as keyed-hash ids (a node that authenticates, a
+/// caller it does not entitle to private data).
+fn hides_private(app: &AppState, request: &axum::extract::Request) -> bool {
+    app.peer_trust.is_some() && crate::api::entitled_caller(app, request).is_err()
 }
 
 /// `POST /v1/gov`.
@@ -91,6 +108,9 @@ pub(crate) async fn submit_gov(
         GovAct::Vote { proposal, .. } | GovAct::Withdraw { proposal } => *proposal,
     };
     let verb = gov.act.verb();
+    // A proposer sent the actions itself; a ballot or withdrawal (which anyone holding its signed
+    // bytes could replay) is answered with households as keyed-hash ids.
+    let hide = app.peer_trust.is_some() && !matches!(gov.act, GovAct::Propose(_));
     let member = gov.member.clone();
     let tx_id = gov.tx_id();
     let submitted =
@@ -110,7 +130,7 @@ pub(crate) async fn submit_gov(
             change_membership(&app, &action).await?;
         }
     }
-    let proposal = record.map(|record| view(&app, record));
+    let proposal = record.map(|record| view(&app, record, hide));
     Ok(Json(SubmitGovResponse { log_index, refused, retried, proposal }).into_response())
 }
 
@@ -132,7 +152,9 @@ fn accepted_actions(app: &AppState, record: &ProposalRecord) -> Vec<domain::tx::
 pub(crate) async fn list_proposals(
     State(app): State<AppState>,
     Query(query): Query<ListQuery>,
+    request: axum::extract::Request,
 ) -> Result<Json<ProposalPage>, ApiError> {
+    let hide = hides_private(&app, &request);
     let limit = query.limit.unwrap_or(PROPOSALS_PER_PAGE_MAX);
     if limit == 0 || limit > PROPOSALS_PER_PAGE_MAX {
         return Err(ApiError::new(
@@ -148,7 +170,7 @@ pub(crate) async fn list_proposals(
         .into_iter()
         .take(limit)
         .filter_map(|(_, id)| governance::proposal(&state, &id))
-        .map(|record| view(&app, record))
+        .map(|record| view(&app, record, hide))
         .collect();
     Ok(Json(ProposalPage { proposals, next_before }))
 }
@@ -157,12 +179,14 @@ pub(crate) async fn list_proposals(
 pub(crate) async fn show_proposal(
     State(app): State<AppState>,
     Path(id): Path<String>,
+    request: axum::extract::Request,
 ) -> Result<Json<ProposalView>, ApiError> {
+    let hide = hides_private(&app, &request);
     let id: ProposalId =
         id.parse().map_err(|error| ApiError::new(StatusCode::BAD_REQUEST, "bad_proposal_id", error))?;
     let record = governance::proposal(&app.store.state(), &id)
         .ok_or_else(|| ApiError::new(StatusCode::NOT_FOUND, "unknown_proposal", format!("no proposal {id}")))?;
-    Ok(Json(view(&app, record)))
+    Ok(Json(view(&app, record, hide)))
 }
 
 /// `GET /v1/gov/constitution`.

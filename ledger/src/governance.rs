@@ -92,6 +92,10 @@ pub struct ActionRecord {
     pub summary: String,
     /// Its position in the proposal (0-based); actions execute in this order.
     pub proposal_index: u32,
+    /// The customer, meter and supply point ids the summary names: the API shows them only to
+    /// callers entitled to private data, keyed-hash ids to anyone else (`gov_api.rs`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub private_ids: Vec<String>,
 }
 
 /// Whether governance has started (the operator key then signs nothing more).
@@ -308,6 +312,7 @@ fn propose(
             kind: ActionKind::of(action),
             summary: summary(action),
             proposal_index: index as u32,
+            private_ids: private_ids(action),
         })
         .collect();
     let mut record = ProposalRecord {
@@ -456,6 +461,30 @@ fn rejection_reason(decision: &Decision) -> String {
             ),
         })
         .unwrap_or_default()
+}
+
+/// The ids of households an action names (customers, meters, supply points): private data.
+pub fn private_ids(action: &AdminAction) -> Vec<String> {
+    let mut ids = match action {
+        AdminAction::RegisterCustomer { customer_id, .. } => vec![customer_id.to_string()],
+        AdminAction::RegisterMeter { meter_id, customer_id, .. }
+        | AdminAction::RegisterAttestedMeter { meter_id, customer_id, .. } => {
+            vec![meter_id.to_string(), customer_id.to_string()]
+        }
+        AdminAction::RotateMeterKey { meter_id, .. } | AdminAction::RevokeMeterKey { meter_id, .. } => {
+            vec![meter_id.to_string()]
+        }
+        AdminAction::Bind { binding_json } => ["meter", "customer", "supply_point"]
+            .into_iter()
+            .map(|field| json_field(binding_json, field))
+            .filter(|id| id != "?")
+            .collect(),
+        _ => Vec::new(),
+    };
+    // Longest first, so that replacing one never cuts into another that contains it.
+    ids.sort_by_key(|id| std::cmp::Reverse(id.len()));
+    ids.dedup();
+    ids
 }
 
 /// One line on what an action does, for people reading a proposal.
