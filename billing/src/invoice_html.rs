@@ -80,7 +80,7 @@ pub fn render(
          <h1>Invoice {number}</h1><dl class=\"meta\">\
          <dt>Supplier</dt><dd>{issuer}</dd><dt>Customer</dt><dd>{customer}</dd>\
          <dt>Issued</dt><dd>{issued}</dd><dt>Period</dt><dd>{start} to {end} (the end day excluded)</dd>\
-         <dt>Tariff</dt><dd>{tariff}, version from {tariff_from}</dd><dt>Meters</dt><dd>{meters}</dd></dl>",
+         <dt>Tariff</dt><dd>{tariff}, version from {tariff_from}</dd><dt>Meters</dt><dd>{meters}</dd><dt>Supply points</dt><dd>{points}</dd></dl>",
         number = escape(&document.number),
         issuer = escape(document.issuer.as_str()),
         customer = escape(document.customer.as_str()),
@@ -90,6 +90,7 @@ pub fn render(
         tariff = escape(document.tariff.as_str()),
         tariff_from = document.tariff_from,
         meters = escape(&document.meters.iter().map(|meter| meter.as_str()).collect::<Vec<_>>().join(", ")),
+        points = if document.supply_points.is_empty() { "–".to_string() } else { escape(&document.supply_points.join(", ")) },
     );
     page.push_str(&status_notice(status));
     page.push_str("<table><caption class=\"n\">All amounts in ");
@@ -319,6 +320,7 @@ mod tests {
                 issued_at: chrono::DateTime::from_timestamp(1_770_000_000, 0).expect("time"),
                 tariff_from: start.and_hms_opt(0, 0, 0).expect("t"),
                 meters: Vec::new(),
+                supply_points: Vec::new(),
                 registers: Vec::new(),
                 by_quality: BTreeMap::new(),
                 replaces: None,

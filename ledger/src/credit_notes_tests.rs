@@ -100,6 +100,7 @@ fn an_invoice_is_credited_in_part_then_voided_and_reissued_and_the_books_follow(
         }]
     );
     assert_eq!(reissued.registers, original.registers);
+    assert_eq!(original.supply_points, ["malo-1"], "the meter's binding names its supply point");
     assert_eq!((reissued.lines.clone(), reissued.total), (original.lines.clone(), original.total));
     assert_eq!(reissued.completeness, original.completeness);
     assert_eq!(memory.balance("C1", AccountKind::Billed), dec("15.15"));

@@ -60,6 +60,22 @@ pub(crate) fn by_number(state: &dyn StateRead, number: &str) -> Option<(PartyId,
     Some((document.customer, invoice))
 }
 
+/// The supply points of the period's meters' bindings to the customer that overlap the period.
+fn supply_points(state: &dyn StateRead, customer: &PartyId, record: &crate::settle::PeriodRecord) -> Vec<String> {
+    let (start, end) =
+        (record.period.start_date.and_time(Default::default()), record.period.end_date.and_time(Default::default()));
+    let mut points: Vec<String> = record
+        .meters
+        .iter()
+        .flat_map(|meter| crate::settle::bindings_of(state, meter))
+        .filter(|binding| &binding.customer == customer && binding.from < end && binding.to.is_none_or(|to| to > start))
+        .map(|binding| binding.supply_point)
+        .collect();
+    points.sort();
+    points.dedup();
+    points
+}
+
 /// Called by a void with reissue: the period is invoiced again, replacing `replaces`.
 pub(crate) fn mark_reissue(state: &mut Overlay<'_>, customer: &PartyId, start: UnixSeconds, replaces: &str) {
     put_json(state, Table::Private, key_reissue(customer, start), &Some(replaces));
@@ -138,6 +154,7 @@ pub(crate) fn issue(
             issued_at,
             tariff_from: record.tariff_from,
             meters: record.meters.iter().cloned().collect(),
+            supply_points: supply_points(state, customer, &record),
             registers,
             by_quality,
             replaces: replaces.clone(),

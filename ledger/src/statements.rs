@@ -51,13 +51,31 @@ pub async fn customer_statements(
             (None, Some(reason)) => {
                 statements.refused.push(RefusedClose { period: record.period, reason: reason.clone() })
             }
-            (None, None) => match settle::close(&view, &record) {
+            (None, None) => match settle::close_over(&view, &record, period_intervals(&app, &party, &record)) {
                 Ok((statement, _)) => statements.open.push(statement),
                 Err(reason) => statements.refused.push(RefusedClose { period: record.period, reason }),
             },
         }
     }
     Ok(Json(statements))
+}
+
+/// A period's interval records in one range scan of the customer's intervals (what
+/// `settle::period_intervals` finds with a lookup per quarter-hour, for the state machine).
+fn period_intervals(
+    app: &AppState,
+    party: &PartyId,
+    record: &settle::PeriodRecord,
+) -> Vec<(domain::ids::UnixSeconds, settle::IntervalRecord)> {
+    let prefix = settle::interval_prefix(party);
+    let key = |at: i64| [prefix.as_slice(), &at.to_be_bytes()].concat();
+    app.store
+        .scan_between(Table::Private, &prefix, &key(record.period.start.0), &key(record.period.end.0))
+        .into_iter()
+        .map(|(_, bytes)| settle::decode_interval(&bytes))
+        .filter(|interval| interval.period_start == record.period.start)
+        .map(|interval| (interval.priced.energy.start, interval))
+        .collect()
 }
 
 /// The `from`/`to` query of the intervals endpoint: UTC seconds, `[from, to)`.

@@ -399,6 +399,21 @@ impl Store {
         items
     }
 
+    /// Every key in `[from, until)` under `prefix`, in key order: one seek, then a walk.
+    pub fn scan_between(&self, table: Table, prefix: &[u8], from: &[u8], until: &[u8]) -> Vec<(Vec<u8>, Vec<u8>)> {
+        let mut items = Vec::new();
+        self.kv
+            .scan(table_cf(table), from, &mut |key, value| {
+                let inside = key.starts_with(prefix) && key < until;
+                if inside {
+                    items.push((key.to_vec(), value.to_vec()));
+                }
+                inside
+            })
+            .expect("state database readable");
+        items
+    }
+
     /// SHA-256 over every key and value of the public and private tables: equal state, equal digest.
     pub fn state_digest(&self) -> StorageResult<[u8; 32]> {
         let mut hasher = Sha256::new();

@@ -69,6 +69,7 @@ fn invoice() -> InvoiceDocument {
             issued_at: chrono::DateTime::from_timestamp(1_770_000_000, 0).expect("time"),
             tariff_from: chrono::NaiveDate::from_ymd_opt(2026, 1, 1).expect("d").and_hms_opt(0, 0, 0).expect("t"),
             meters: Vec::new(),
+            supply_points: Vec::new(),
             registers: Vec::new(),
             by_quality: BTreeMap::new(),
             replaces: None,

@@ -41,6 +41,10 @@ pub struct InvoiceDocument {
     pub currency: Currency,
     /// The meters whose readings the period settled.
     pub meters: Vec<MeterId>,
+    /// The supply points (German MaLo, UK MPAN) those meters served the customer at in the
+    /// period, from their bindings; absent where none is known.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub supply_points: Vec<String>,
     /// Each meter's register values at the start and end of the period, and how each was
     /// obtained (`registers.rs`); absent where none was read.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
@@ -77,6 +81,7 @@ pub struct Issue<'a> {
     pub issued_at: chrono::DateTime<chrono::Utc>,
     pub tariff_from: NaiveDateTime,
     pub meters: Vec<MeterId>,
+    pub supply_points: Vec<String>,
     pub registers: Vec<MeterReads>,
     pub by_quality: BTreeMap<Quality, u32>,
     /// The voided invoice a reissue replaces.
@@ -104,6 +109,7 @@ impl InvoiceDocument {
             tariff_from: issue.tariff_from,
             currency: statement.currency,
             meters: issue.meters,
+            supply_points: issue.supply_points,
             registers: issue.registers,
             lines: statement.lines.clone(),
             net_total: statement.net_total,
@@ -166,6 +172,7 @@ mod tests {
                 issued_at: chrono::DateTime::from_timestamp(1_764_547_200, 0).expect("time"),
                 tariff_from: chrono::NaiveDate::from_ymd_opt(2026, 1, 1).expect("d").and_hms_opt(0, 0, 0).expect("t"),
                 meters: vec!["WTL0000000001".parse().expect("id")],
+                supply_points: Vec::new(),
                 registers: Vec::new(),
                 by_quality: BTreeMap::from([(Quality::Actual, 1), (Quality::Estimated, 1)]),
                 replaces: None,
