@@ -109,6 +109,7 @@ async fn fetch_customer(
     ledger: &LedgerClient,
     customer: &CustomerId,
     since: Option<i64>,
+    documents: bool,
 ) -> Result<Option<CustomerData>, LedgerError> {
     let base = format!("/v1/customers/{customer}");
     let account: CustomerAccount = match ledger.get(&format!("{base}/account")).await {
@@ -135,8 +136,13 @@ async fn fetch_customer(
         }
     }
     let statements: CustomerStatements = ledger.get(&format!("{base}/statements")).await?;
-    let invoices: Vec<IssuedInvoice> = ledger.get(&format!("{base}/invoices")).await?;
-    let credit_notes: Vec<IssuedInvoice> = ledger.get(&format!("{base}/credit-notes")).await?;
+    // Invoices and credit notes are only ever added (the model inserts, never rewrites them):
+    // read them only when the page may have added one.
+    let (invoices, credit_notes): (Vec<IssuedInvoice>, Vec<IssuedInvoice>) = if documents {
+        (ledger.get(&format!("{base}/invoices")).await?, ledger.get(&format!("{base}/credit-notes")).await?)
+    } else {
+        (Vec::new(), Vec::new())
+    };
     Ok(Some(CustomerData { account, intervals, statements, invoices, credit_notes }))
 }
 
@@ -298,6 +304,9 @@ async fn step(
             touched.insert(customer, None);
         }
     }
+    // Only these changes (and a page that re-reads everyone) can add an invoice or credit note.
+    let documents =
+        everyone || page.changes.iter().any(|change| matches!(change.kind.as_str(), "invoice" | "credit_note"));
     let read_started = std::time::Instant::now();
     let mut data = Vec::with_capacity(touched.len());
     // Customers are read `FETCH_CONCURRENCY` at a time: a page that names the whole fleet (every
@@ -308,7 +317,7 @@ async fn step(
         while reads.len() < FETCH_CONCURRENCY {
             let Some((customer, since)) = pending.next() else { break };
             let (ledger, customer, since) = (ledger.clone(), customer.clone(), *since);
-            reads.spawn(async move { fetch_customer(&ledger, &customer, since).await });
+            reads.spawn(async move { fetch_customer(&ledger, &customer, since, documents).await });
         }
         let Some(read) = reads.join_next().await else { break };
         let read = read.map_err(|error| StepError::Database(anyhow::anyhow!("a customer read panicked: {error}")))?;
