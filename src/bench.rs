@@ -177,9 +177,16 @@ async fn ledger_cluster(
         let node_dir = dir.join(format!("node-{id}"));
         std::fs::create_dir_all(&node_dir)?;
         let node_key = ledger::node::load_or_create_key(&node_dir.join("node.key"))?.verifying_key().to_bytes();
-        let peer_auth = confidential.then(|| ledger::node::PeerAuth {
-            service_key: service.verifying_key().to_bytes(),
-            endorsement: domain::receipt::endorse(&service, *id, &node_key),
+        let peer_auth = confidential.then(|| {
+            let validity = ledger::endorsements::period_from(
+                domain::clock::wall_clock_now().0,
+                ledger::endorsements::VALID_DAYS_DEFAULT,
+            );
+            ledger::node::PeerAuth {
+                service_key: service.verifying_key().to_bytes(),
+                endorsement: domain::receipt::endorse_for(&service, *id, &node_key, Some(validity)),
+                validity: Some(validity),
+            }
         });
         let config = ledger::node::NodeConfig {
             node_id: *id,

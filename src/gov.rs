@@ -134,11 +134,16 @@ enum ActionFile {
     SetVoters {
         voters: Vec<u64>,
     },
-    /// The CLI signs the endorsement with the service key file.
+    /// The CLI signs the endorsement with the service key file, for `valid_days` days from the
+    /// ledger's time (default a year), or without a period with `no_expiry = true`.
     EndorseNode {
         node_id: u64,
         node_key: String,
         service_key_file: PathBuf,
+        #[serde(default)]
+        valid_days: Option<u32>,
+        #[serde(default)]
+        no_expiry: bool,
     },
     AddMember {
         id: MemberId,
@@ -218,7 +223,7 @@ fn credit_order(invoice: String, reason: String, scope: domain::settle::CreditSc
 }
 
 impl ActionFile {
-    fn into_action(self, base: &Path) -> anyhow::Result<AdminAction> {
+    fn into_action(self, base: &Path, ledger_time_s: i64) -> anyhow::Result<AdminAction> {
         let read = |file: &Path| {
             let path = base.join(file);
             std::fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))
@@ -260,14 +265,21 @@ impl ActionFile {
             ActionFile::Bind { binding } => AdminAction::Bind { binding_json: binding.to_canonical_json() },
             ActionFile::AddNode { node_id, address } => AdminAction::AddNode { node_id, address },
             ActionFile::SetVoters { voters } => AdminAction::SetVoters { voters },
-            ActionFile::EndorseNode { node_id, node_key, service_key_file } => {
+            ActionFile::EndorseNode { node_id, node_key, service_key_file, valid_days, no_expiry } => {
                 let service = ledger::node::read_signing_key(&base.join(service_key_file))?;
                 let node_key = public_key(&node_key)?;
+                if no_expiry && valid_days.is_some() {
+                    bail!("endorse_node takes valid_days or no_expiry, not both");
+                }
+                let days = valid_days.unwrap_or(ledger::endorsements::VALID_DAYS_DEFAULT);
+                let validity =
+                    (!no_expiry).then(|| ledger::endorsements::period_from(ledger_time_s.saturating_mul(1_000), days));
                 AdminAction::EndorseNode {
                     node_id,
                     node_key,
                     service_key: service.verifying_key().to_bytes(),
-                    endorsement: domain::receipt::endorse(&service, node_id, &node_key),
+                    endorsement: domain::receipt::endorse_for(&service, node_id, &node_key, validity),
+                    validity,
                 }
             }
             ActionFile::AddMember { id, role, public_key: key } => {
@@ -329,7 +341,7 @@ pub fn read_proposal(file: &Path, ledger_time_s: i64, nonce: u64) -> anyhow::Res
         .actions
         .into_iter()
         .enumerate()
-        .map(|(index, action)| action.into_action(base).with_context(|| format!("action {}", index + 1)))
+        .map(|(index, action)| action.into_action(base, ledger_time_s).with_context(|| format!("action {}", index + 1)))
         .collect::<anyhow::Result<Vec<_>>>()?;
     let days = parsed.expires_in_days.unwrap_or(EXPIRES_IN_DAYS_DEFAULT);
     if !(1..=90).contains(&days) {

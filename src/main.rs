@@ -170,10 +170,20 @@ enum NodeAction {
         /// The operator's secret key file that signs the admin transaction.
         #[arg(long)]
         operator_key: PathBuf,
+        /// Days the endorsement holds, from the ledger's clock (its period starts a day earlier
+        /// to cover roots the node signed while waiting); receipts of roots signed outside it do
+        /// not verify. Renew before it ends: earlier endorsements are kept for older receipts.
+        #[arg(long, default_value_t = ledger::endorsements::VALID_DAYS_DEFAULT, conflicts_with = "no_expiry")]
+        valid_days: u32,
+        /// Endorse without a period (valid until governance revokes the key), as before periods
+        /// existed.
+        #[arg(long)]
+        no_expiry: bool,
     },
     /// Print the service key's endorsement of a node's id and key, made offline (no ledger
     /// needed): give it to the node as `--endorsement`, with `--peer-service-key`, so its peers
-    /// take its raft requests.
+    /// take its raft requests. Printed as HEX:NOT_BEFORE_MS:NOT_AFTER_MS (its period, by the wall
+    /// clock), or bare HEX with `--no-expiry`.
     Endorsement {
         /// The node's id in the cluster.
         #[arg(long)]
@@ -184,6 +194,13 @@ enum NodeAction {
         /// The service's secret key file (64 hex characters).
         #[arg(long)]
         service_key: PathBuf,
+        /// Days the endorsement holds from now; the node refuses to start outside them and its
+        /// peers refuse its raft requests (`expired_endorsement`).
+        #[arg(long, default_value_t = ledger::endorsements::VALID_DAYS_DEFAULT, conflicts_with = "no_expiry")]
+        valid_days: u32,
+        /// An endorsement without a period (valid until revoked).
+        #[arg(long)]
+        no_expiry: bool,
     },
     /// Print the code measurement a node attests (virtual attestation: the SHA-256 of the
     /// executable), for an `accept_measurement` proposal: nodes whose measurement governance has
@@ -267,8 +284,8 @@ struct NodeArgs {
     /// Without it raft requests are not authenticated (a single-operator test cluster).
     #[arg(long, requires = "endorsement")]
     peer_service_key: Option<String>,
-    /// The service key's endorsement of this node's id and key (128 hex characters), from
-    /// `wattle node endorsement`.
+    /// The service key's endorsement of this node's id and key, from `wattle node endorsement`
+    /// (128 hex characters, then `:NOT_BEFORE_MS:NOT_AFTER_MS` for one with a period).
     #[arg(long, requires = "peer_service_key")]
     endorsement: Option<String>,
     #[command(flatten)]
@@ -708,11 +725,9 @@ fn peer_auth(service_key: Option<&str>, endorsement: Option<&str>) -> anyhow::Re
         .ok()
         .and_then(|bytes| bytes.try_into().ok())
         .context("--peer-service-key: 64 hex characters")?;
-    let endorsement = hex::decode(endorsement.trim())
-        .ok()
-        .and_then(|bytes| bytes.try_into().ok())
-        .context("--endorsement: 128 hex characters")?;
-    Ok(Some(ledger::node::PeerAuth { service_key, endorsement }))
+    let (endorsement, validity) = ledger::endorsements::parse_endorsement(endorsement)
+        .map_err(|reason| anyhow::anyhow!("--endorsement: {reason}"))?;
+    Ok(Some(ledger::node::PeerAuth { service_key, endorsement, validity }))
 }
 
 async fn run(command: Command) -> anyhow::Result<()> {
@@ -720,13 +735,16 @@ async fn run(command: Command) -> anyhow::Result<()> {
         Command::Simulate(_) => unreachable!("handled before the runtime starts"),
         Command::Sandbox(args) => sandbox::run(args).await,
         Command::Node(NodeCommand {
-            action: Some(NodeAction::Endorse { ledger: ledger_url, node, service_key, operator_key }),
+            action:
+                Some(NodeAction::Endorse { ledger: ledger_url, node, service_key, operator_key, valid_days, no_expiry }),
             ..
         }) => {
             let service = ledger::node::read_signing_key(&service_key)?;
             let operator = ledger::node::read_signing_key(&operator_key)?;
+            let days = (!no_expiry).then_some(valid_days);
             let response =
-                ledger::node::endorse_node(&reqwest::Client::new(), &ledger_url, &node, &service, &operator).await?;
+                ledger::node::endorse_node(&reqwest::Client::new(), &ledger_url, &node, &service, &operator, days)
+                    .await?;
             println!(
                 "endorsed the key of {node} at log index {}; service public key {}",
                 response.log_index,
@@ -735,14 +753,18 @@ async fn run(command: Command) -> anyhow::Result<()> {
             Ok(())
         }
         Command::Node(NodeCommand {
-            action: Some(NodeAction::Endorsement { node_id, node_key, service_key }), ..
+            action: Some(NodeAction::Endorsement { node_id, node_key, service_key, valid_days, no_expiry }),
+            ..
         }) => {
             let service = ledger::node::read_signing_key(&service_key)?;
             let node_key: [u8; 32] = hex::decode(node_key.trim())
                 .ok()
                 .and_then(|bytes| bytes.try_into().ok())
                 .context("--node-key: 64 hex characters")?;
-            println!("{}", hex::encode(domain::receipt::endorse(&service, node_id, &node_key)));
+            let validity =
+                (!no_expiry).then(|| ledger::endorsements::period_from(domain::clock::wall_clock_now().0, valid_days));
+            let endorsement = domain::receipt::endorse_for(&service, node_id, &node_key, validity);
+            println!("{}", ledger::endorsements::format_endorsement(&endorsement, validity));
             Ok(())
         }
         Command::Node(NodeCommand { action: Some(NodeAction::Measurement { executable }), .. }) => {
@@ -788,8 +810,21 @@ async fn run(command: Command) -> anyhow::Result<()> {
                     receipt.node_id
                 );
             }
+            let instant = |ms: i64| {
+                chrono::DateTime::from_timestamp_millis(ms).map_or_else(|| format!("{ms} ms"), |at| at.to_rfc3339())
+            };
+            let when = match (receipt.signed_at, receipt.endorsement_validity) {
+                (Some(at), Some(period)) => format!(
+                    " at {}, inside its endorsement ({} to {})",
+                    instant(at),
+                    instant(period.not_before),
+                    instant(period.not_after)
+                ),
+                (Some(at), None) => format!(" at {} (endorsed without expiry)", instant(at)),
+                _ => " (endorsed without expiry)".to_string(),
+            };
             println!(
-                "receipt verifies: transaction {} is entry {} of a ledger of {} entries, root {} signed by node {}{}",
+                "receipt verifies: transaction {} is entry {} of a ledger of {} entries, root {} signed by node {}{when}{}",
                 receipt.tx_id(),
                 receipt.leaf_index,
                 receipt.tree_size,

@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use anyhow::{bail, Context};
 use domain::clock::{wall_clock_now, Clock};
-use domain::ids::{GatewayId, UnixMillis};
+use domain::ids::{GatewayId, UnixMillis, UnixSeconds};
 use rust_decimal::Decimal;
 
 use crate::cli::shutdown_signal;
@@ -80,6 +80,7 @@ pub async fn run(args: SandboxArgs) -> anyhow::Result<()> {
     let log_path = data_dir.join("sandbox.log");
     crate::init_logging(crate::LOG_FILTER_DEFAULT, Some(&log_path))?;
     println!("Starting the Wattle sandbox (logs: {})", log_path.display());
+    let clock_start_ms = args.start.timestamp_millis() - ledger::endorsements::PERIOD_LEAD_MS;
     let clock = Clock::Simulated {
         start: UnixMillis(args.start.timestamp_millis()),
         anchor: wall_clock_now(),
@@ -131,9 +132,17 @@ pub async fn run(args: SandboxArgs) -> anyhow::Result<()> {
         let node_dir = data_dir.join(format!("node-{id}"));
         ledger::store::create_private_dir(&node_dir)?;
         let node_key = ledger::node::load_or_create_key(&node_dir.join("node.key"))?;
+        // Peers judge this endorsement by the wall clock: a year from now.
+        let validity = ledger::endorsements::period_from(wall_clock_now().0, ledger::endorsements::VALID_DAYS_DEFAULT);
         let peer_auth = ledger::node::PeerAuth {
             service_key: service_key.verifying_key().to_bytes(),
-            endorsement: domain::receipt::endorse(&service_key, *id, &node_key.verifying_key().to_bytes()),
+            endorsement: domain::receipt::endorse_for(
+                &service_key,
+                *id,
+                &node_key.verifying_key().to_bytes(),
+                Some(validity),
+            ),
+            validity: Some(validity),
         };
         let config = ledger::node::NodeConfig {
             node_id: *id,
@@ -170,11 +179,16 @@ pub async fn run(args: SandboxArgs) -> anyhow::Result<()> {
     let mut admission = Vec::new();
     for url in &ledger_urls {
         let (node_id, node_key) = ledger::node::node_identity(&consortium.http, url).await?;
+        // Receipts judge this one by the ledger's (simulated) clock: from before the sandbox's
+        // first entry to a year after it.
+        let validity = ledger::endorsements::period_from(clock.now().0, ledger::endorsements::VALID_DAYS_DEFAULT);
+        let validity = domain::receipt::Validity { not_before: validity.not_before.min(clock_start_ms), ..validity };
         admission.push(domain::tx::AdminAction::EndorseNode {
             node_id,
             node_key,
             service_key: service_key.verifying_key().to_bytes(),
-            endorsement: domain::receipt::endorse(&service_key, node_id, &node_key),
+            endorsement: domain::receipt::endorse_for(&service_key, node_id, &node_key, Some(validity)),
+            validity: Some(validity),
         });
     }
     let gateway_public = gateway_key.verifying_key().to_bytes();
@@ -321,7 +335,14 @@ pub async fn run(args: SandboxArgs) -> anyhow::Result<()> {
         sites,
         connections_per_site: 1,
         interval_s: 900,
-        epoch: None,
+        // Smoke mode checks the attested legacy meter, whose first reading needs the gateway's
+        // Modbus session up before its first interval begins: start the fleet's first interval at
+        // the next boundary rather than inside the one the clock is in, which may end before the
+        // session opens (how far in depends on how long the start took).
+        epoch: args.exit_after_intervals.map(|_| {
+            let interval_ms = 900_000;
+            UnixSeconds((clock.now().0.div_euclid(interval_ms) + 1) * interval_ms / 1_000)
+        }),
         intervals: args.exit_after_intervals.or(args.intervals),
         steps,
         broker_host: "127.0.0.1".into(),

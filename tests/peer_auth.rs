@@ -111,6 +111,7 @@ async fn raft_requests_from_nodes_the_consortium_did_not_admit_are_refused() -> 
         node_id: 9,
         key: intruder.clone(),
         endorsement: domain::receipt::endorse(&stranger, 9, &intruder.verifying_key().to_bytes()),
+        validity: None,
     };
     let headers = self_endorsed.headers("vote", leader_id, (now(), 1), &body);
     assert_eq!(refused(&http, &leader_address, &headers, &body).await?, "not_admitted");
@@ -132,9 +133,23 @@ async fn raft_requests_from_nodes_the_consortium_did_not_admit_are_refused() -> 
         node_id: 9,
         key: intruder.clone(),
         endorsement: domain::receipt::endorse(&service, 9, &intruder.verifying_key().to_bytes()),
+        validity: None,
     };
     let stale = admitted.headers("vote", leader_id, (now() - 60_000, 2), &body);
     assert_eq!(refused(&http, &leader_address, &stale, &body).await?, "stale_request");
+    // Endorsed by the service key, but for a period that ended yesterday, or begins tomorrow.
+    for (offset, code) in [(-2, "expired_endorsement"), (1, "endorsement_not_yet_valid")] {
+        let day = 86_400_000;
+        let period =
+            domain::receipt::Validity { not_before: now() + offset * day, not_after: now() + (offset + 1) * day };
+        let dated = PeerCredentials {
+            validity: Some(period),
+            endorsement: domain::receipt::endorse_for(&service, 9, &intruder.verifying_key().to_bytes(), Some(period)),
+            ..admitted.clone()
+        };
+        let headers = dated.headers("vote", leader_id, (now(), rand::random()), &body);
+        assert_eq!(refused(&http, &leader_address, &headers, &body).await?, code);
+    }
     let elsewhere = admitted.headers("vote", leader_id + 1, (now(), 3), &body);
     assert_eq!(refused(&http, &leader_address, &elsewhere, &body).await?, "bad_node_signature");
     // An admitted node's raft bodies are sealed under the ledger secret (node 3's copy here):
@@ -156,7 +171,14 @@ async fn raft_requests_from_nodes_the_consortium_did_not_admit_are_refused() -> 
     };
     assert!(counted("missing_node_credentials") >= 16, "{metrics}");
     assert_eq!(counted("not_admitted"), 5, "vote, then append, snapshot, secrets and vote again");
-    for reason in ["stale_request", "bad_node_signature", "unsealed_raft_message", "impersonation"] {
+    for reason in [
+        "stale_request",
+        "expired_endorsement",
+        "endorsement_not_yet_valid",
+        "bad_node_signature",
+        "unsealed_raft_message",
+        "impersonation",
+    ] {
         assert_eq!(counted(reason), 1, "{reason}");
     }
     let last = health(&http, &leader_address).await?;
@@ -166,8 +188,12 @@ async fn raft_requests_from_nodes_the_consortium_did_not_admit_are_refused() -> 
     // its real endorsement, asking for a vote in a term long past (raft answers it, and no more).
     let node_3 = ledger::node::read_signing_key(&data.join("node-3").join("node.key"))?;
     let node_3_public = node_3.verifying_key().to_bytes();
-    let credentials =
-        PeerCredentials { node_id: 3, key: node_3, endorsement: domain::receipt::endorse(&service, 3, &node_3_public) };
+    let credentials = PeerCredentials {
+        node_id: 3,
+        key: node_3,
+        endorsement: domain::receipt::endorse(&service, 3, &node_3_public),
+        validity: None,
+    };
     let past: openraft::raft::VoteRequest<u64> = openraft::raft::VoteRequest::new(openraft::Vote::new(0, 3), None);
     let past = serde_json::to_vec(&past)?;
     let target = if leader_id == 3 { 1 } else { leader_id };

@@ -2,7 +2,10 @@
 //! second, and every intermediate value. `cargo run -p domain --example receipt_example`.
 
 use domain::merkle::{self, NO_CLAIMS};
-use domain::receipt::{endorse, endorsement_message, root_message, Receipt};
+use domain::receipt::{
+    endorse, endorse_for, endorsement_message, endorsement_message_for, root_message, root_message_at, Receipt,
+    Validity,
+};
 use ed25519_dalek::{Signer, SigningKey};
 
 fn main() {
@@ -51,6 +54,8 @@ fn main() {
         node_id,
         node_key,
         endorsement: endorse(&service, node_id, &node_key),
+        signed_at: None,
+        endorsement_validity: None,
     };
     receipt.verify(&service.verifying_key().to_bytes(), Some(claims)).expect("the example verifies");
     println!("signature            {}", hex::encode(receipt.signature));
@@ -59,4 +64,26 @@ fn main() {
     for chunk in receipt.encode().chunks(32) {
         println!("  {}", hex::encode(chunk));
     }
+    // Version 2: the same root signed at a time, under an endorsement for a period.
+    let signed_at = 1_767_225_600_000; // 2026-01-01T00:00:00Z
+    let validity = Validity { not_before: 1_767_139_200_000, not_after: 1_798_761_600_000 };
+    let timed_message = root_message_at(3, &root, Some(signed_at));
+    println!("version 2: signed_at {signed_at}, not_before {}, not_after {}", validity.not_before, validity.not_after);
+    println!("root message v2      {}", hex::encode(&timed_message));
+    println!("endorsement msg v2   {}", hex::encode(endorsement_message_for(node_id, &node_key, Some(validity))));
+    let timed = Receipt {
+        signature: node.sign(&timed_message).to_bytes(),
+        endorsement: endorse_for(&service, node_id, &node_key, Some(validity)),
+        signed_at: Some(signed_at),
+        endorsement_validity: Some(validity),
+        ..receipt
+    };
+    timed.verify(&service.verifying_key().to_bytes(), Some(claims)).expect("the timed example verifies");
+    println!("signature v2         {}", hex::encode(timed.signature));
+    println!("endorsement v2       {}", hex::encode(timed.endorsement));
+    println!("receipt v2 (canonical, {} bytes):", timed.encode().len());
+    for chunk in timed.encode().chunks(32) {
+        println!("  {}", hex::encode(chunk));
+    }
+    println!("receipt v2 (JSON): {}", timed.to_json());
 }

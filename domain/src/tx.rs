@@ -65,24 +65,29 @@ pub struct RootSignature {
     pub node_id: u64,
     pub node_key: [u8; 32],
     pub signature: [u8; 64],
+    /// When the node signed (ms since the Unix epoch): the signature transaction's time, which
+    /// the signature covers so a receipt can show the key was endorsed then. `None` in
+    /// signatures made before signing times existed (body tag 5; tag 9 carries the time).
+    pub signed_at: Option<i64>,
 }
 
 impl RootSignature {
-    /// Signs the root of a tree of `marker_index + 1` leaves.
-    pub fn sign(marker_index: u64, root: [u8; 32], node_id: u64, key: &SigningKey) -> Self {
-        let message = crate::receipt::root_message(marker_index + 1, &root);
+    /// Signs the root of a tree of `marker_index + 1` leaves at `signed_at`.
+    pub fn sign(marker_index: u64, root: [u8; 32], node_id: u64, key: &SigningKey, signed_at: Option<i64>) -> Self {
+        let message = crate::receipt::root_message_at(marker_index + 1, &root, signed_at);
         RootSignature {
             marker_index,
             root,
             node_id,
             node_key: key.verifying_key().to_bytes(),
             signature: key.sign(&message).to_bytes(),
+            signed_at,
         }
     }
 
     /// Checks the signature under the key it names (not whether that key is endorsed).
     pub fn verify(&self) -> Result<(), SignatureError> {
-        let message = crate::receipt::root_message(self.marker_index + 1, &self.root);
+        let message = crate::receipt::root_message_at(self.marker_index + 1, &self.root, self.signed_at);
         verify_signature(&self.node_key, &self.signature, &message)
     }
 }
@@ -125,12 +130,14 @@ pub enum AdminAction {
         voters: Vec<u64>,
     },
     /// Record a node's signing key with the service key's endorsement of it (receipts carry
-    /// both). The first endorsement pins the service key.
+    /// both), for a validity period when given (tag 25; tag 6 without one: valid until
+    /// revoked). The first endorsement pins the service key.
     EndorseNode {
         node_id: u64,
         node_key: [u8; 32],
         service_key: [u8; 32],
         endorsement: [u8; 64],
+        validity: Option<crate::receipt::Validity>,
     },
     /// Register an unsigned (legacy) meter whose readings a gateway attests: they are signed by
     /// that gateway's key, registered here as the meter's key, and marked as attested.
@@ -352,8 +359,16 @@ impl AdminAction {
                     .fixed(gateway_key)
                     .short_bytes(customer_id.as_str().as_bytes());
             }
-            AdminAction::EndorseNode { node_id, node_key, service_key, endorsement } => {
-                writer.u8(6).u64(*node_id).fixed(node_key).fixed(service_key).fixed(endorsement);
+            AdminAction::EndorseNode { node_id, node_key, service_key, endorsement, validity } => {
+                writer
+                    .u8(if validity.is_some() { 25 } else { 6 })
+                    .u64(*node_id)
+                    .fixed(node_key)
+                    .fixed(service_key)
+                    .fixed(endorsement);
+                if let Some(period) = validity {
+                    writer.i64(period.not_before).i64(period.not_after);
+                }
             }
             AdminAction::PublishTariff { tariff_json } => {
                 assert!(tariff_json.len() <= TARIFF_JSON_BYTES_MAX, "tariff over TARIFF_JSON_BYTES_MAX");
@@ -453,11 +468,16 @@ impl AdminAction {
                 }
                 Ok(AdminAction::SetVoters { voters: (0..count).map(|_| reader.u64()).collect::<Result<_, _>>()? })
             }
-            6 => Ok(AdminAction::EndorseNode {
+            tag @ (6 | 25) => Ok(AdminAction::EndorseNode {
                 node_id: reader.u64()?,
                 node_key: reader.array()?,
                 service_key: reader.array()?,
                 endorsement: reader.array()?,
+                validity: if tag == 25 {
+                    Some(crate::receipt::Validity { not_before: reader.i64()?, not_after: reader.i64()? })
+                } else {
+                    None
+                },
             }),
             7 => Ok(AdminAction::RegisterAttestedMeter {
                 meter_id: decode_id(reader, "meter_id")?,
@@ -549,12 +569,15 @@ impl Transaction {
             }
             TxBody::Signature(signed) => {
                 writer
-                    .u8(5)
+                    .u8(if signed.signed_at.is_some() { 9 } else { 5 })
                     .u64(signed.marker_index)
                     .fixed(&signed.root)
                     .u64(signed.node_id)
                     .fixed(&signed.node_key)
                     .fixed(&signed.signature);
+                if let Some(at) = signed.signed_at {
+                    writer.i64(at);
+                }
             }
             TxBody::Gov(gov) => {
                 writer.u8(6);
@@ -603,12 +626,13 @@ impl Transaction {
             }
             3 => TxBody::Tick,
             4 => TxBody::SignatureMarker,
-            5 => TxBody::Signature(RootSignature {
+            tag @ (5 | 9) => TxBody::Signature(RootSignature {
                 marker_index: reader.u64()?,
                 root: reader.array()?,
                 node_id: reader.u64()?,
                 node_key: reader.array()?,
                 signature: reader.array()?,
+                signed_at: if tag == 9 { Some(reader.i64()?) } else { None },
             }),
             6 => TxBody::Gov(crate::gov::SignedGov::decode(&mut reader)?),
             7 => TxBody::IssueInvoice {

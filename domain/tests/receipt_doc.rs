@@ -7,10 +7,14 @@ const SERVICE_PUBLIC_KEY: &str = "d04ab232742bb4ab3a1368bd4615e4e6d0224ab71a016b
 const CLAIMS: &[u8] = b"wattle.claims.v1\nWTL0000000001 1 7 accepted 0.07817500 EUR\n";
 
 fn documented_receipt() -> Vec<u8> {
+    documented_block("receipt-example")
+}
+
+fn documented_block(name: &str) -> Vec<u8> {
     let doc = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../docs/receipts.md"))
         .expect("docs/receipts.md is readable");
-    let start = doc.find("<!-- receipt-example-begin -->").expect("example start marker");
-    let end = doc.find("<!-- receipt-example-end -->").expect("example end marker");
+    let start = doc.find(&format!("<!-- {name}-begin -->")).expect("example start marker");
+    let end = doc.find(&format!("<!-- {name}-end -->")).expect("example end marker");
     let hex_text: String = doc[start..end]
         .lines()
         .filter(|line| !line.is_empty() && line.chars().all(|c| c.is_ascii_hexdigit()))
@@ -31,6 +35,27 @@ fn the_documented_receipt_verifies() {
     let mut changed = receipt.clone();
     changed.tree_size = 4;
     assert!(changed.verify(&service, Some(CLAIMS)).is_err());
+}
+
+#[test]
+fn the_documented_version_2_receipt_verifies_inside_its_period_only() {
+    let bytes = documented_block("receipt-v2-example");
+    assert_eq!(bytes.len(), 402);
+    let receipt = Receipt::decode(&bytes).expect("canonical");
+    assert_eq!(receipt.encode(), bytes, "one canonical encoding");
+    let service: [u8; 32] = hex::decode(SERVICE_PUBLIC_KEY).expect("hex").try_into().expect("32 bytes");
+    assert_eq!(receipt.verify(&service, Some(CLAIMS)), Ok(()));
+    assert_eq!(receipt.signed_at, Some(1_767_225_600_000));
+    let period = receipt.endorsement_validity.expect("a period");
+    assert_eq!((period.not_before, period.not_after), (1_767_139_200_000, 1_798_761_600_000));
+    // The same root and signature with the time moved past the period: the root signature no
+    // longer matches; the period shortened to end before the time: the endorsement no longer does.
+    let mut later = receipt.clone();
+    later.signed_at = Some(1_800_000_000_000);
+    assert!(later.verify(&service, Some(CLAIMS)).is_err());
+    let mut shortened = receipt.clone();
+    shortened.endorsement_validity = Some(domain::receipt::Validity { not_after: 1_767_225_599_999, ..period });
+    assert!(shortened.verify(&service, Some(CLAIMS)).is_err());
 }
 
 /// The fold of docs/receipts.md, as the document states it (pinned below, so a change to the

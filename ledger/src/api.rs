@@ -532,7 +532,10 @@ async fn receipt(
         crate::receipts::ReceiptUnavailable::NotEndorsed { node_id } => ApiError::new(
             StatusCode::SERVICE_UNAVAILABLE,
             "not_endorsed",
-            format!("node {node_id} signed the root but its key has no endorsement yet"),
+            format!(
+                "node {node_id} signed the root but its key has no endorsement (yet) that held when it signed: \
+                 renew the node's endorsement to cover that time"
+            ),
         ),
         crate::receipts::ReceiptUnavailable::Storage(message) => storage_error(message),
     })?;
@@ -585,6 +588,9 @@ async fn healthz(State(app): State<AppState>) -> Response {
         "purged_index": metrics.purged.map(|log_id| log_id.index),
         "signed_index": app.store.signed_index(),
         "node_key": hex::encode(app.node_key.verifying_key().to_bytes()),
+        // The node's clock (ms since the epoch): what it stamps entries with as leader, and what
+        // endorsement periods are judged by (`wattle node endorse` starts one from it).
+        "clock_ms": app.clock.now().0,
     });
     let status = if metrics.current_leader.is_some() { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
     (status, Json(body)).into_response()

@@ -155,6 +155,9 @@ impl StateRead for Replay {
     }
 }
 
+/// A root signature met in the replay: (log index, tx id, node id, node key, signing time).
+type RootSigner = (u64, String, u64, [u8; 32], Option<i64>);
+
 /// Audits a node's store against the trust anchors; `progress(done, total)` is called every
 /// [`AUDIT_PROGRESS_ENTRIES`] entries.
 pub fn audit(
@@ -182,7 +185,7 @@ pub fn audit(
     let mut tx_ids: BTreeMap<u64, String> = BTreeMap::new();
     // Root signatures that took effect: (log index, tx id, node id, node key), checked against
     // the endorsements once the whole history is replayed (a node signs before it is endorsed).
-    let mut root_signers: Vec<(u64, String, u64, [u8; 32])> = Vec::new();
+    let mut root_signers: Vec<RootSigner> = Vec::new();
     // The settlement lines re-execution produces, to compare with the history's index.
     let mut lines = BTreeMap::new();
     let mut report = AuditReport::default();
@@ -248,7 +251,13 @@ pub fn audit(
                     if applied.result.admin_refused.is_none() {
                         check_anchors(anchors, tx, &mut report).map_err(|reason| fail(at, &tx_id, reason))?;
                         if let TxBody::Signature(signature) = &tx.body {
-                            root_signers.push((at, tx_id.clone(), signature.node_id, signature.node_key));
+                            root_signers.push((
+                                at,
+                                tx_id.clone(),
+                                signature.node_id,
+                                signature.node_key,
+                                signature.signed_at,
+                            ));
                         }
                     }
                     let root = check_leaf(store, &mut frontier, at, &record, &tx.tx_id.0, applied.claims)
@@ -281,16 +290,18 @@ pub fn audit(
         }
     }
     report.root = frontier.root();
-    for (at, tx_id, node_id, node_key) in &root_signers {
-        // Endorsements are recorded only when the service anchor signed them (checked above).
-        if state::endorsement(&replay, *node_id, node_key).is_none() {
+    for (at, tx_id, node_id, node_key, signed_at) in &root_signers {
+        // Endorsements are recorded only when the service anchor signed them (checked above);
+        // a root names the time it was signed, which an endorsement's period must cover.
+        if crate::endorsements::endorsement_at(&replay, *node_id, node_key, *signed_at).is_none() {
             return Err(fail(
                 *at,
                 tx_id,
                 format!(
-                    "unendorsed_signer: node {node_id} signed a root with key {}, which the trusted service key \
-                     never endorsed",
-                    hex::encode(node_key)
+                    "unendorsed_signer: node {node_id} signed a root with key {}{}, which the trusted service key \
+                     never endorsed for that time",
+                    hex::encode(node_key),
+                    signed_at.map_or(String::new(), |at| format!(" at {at} ms"))
                 ),
             ));
         }

@@ -9,7 +9,7 @@ use domain::ids::{CustomerId, GatewayId, KeyId, MeterId, Sequence, TxId, UnixMil
 use domain::money::{Currency, UnitPrice};
 use domain::reading::Reading;
 use domain::tx::{AdminAction, BatchReading, ReadingBatch, RootSignature, SignedAdmin, Transaction, TxBody};
-use ed25519_dalek::{Signer, SigningKey};
+use ed25519_dalek::SigningKey;
 use openraft::storage::RaftStateMachine;
 use openraft::{CommittedLeaderId, Entry, EntryPayload, LogId};
 use rust_decimal::Decimal;
@@ -20,6 +20,8 @@ use crate::store::{StateMachineStore, Store};
 
 /// The node id the driver signs roots as.
 pub const DRIVER_NODE_ID: u64 = 1;
+/// The time of the driver's entries: this instant plus one millisecond per transaction applied.
+pub const DRIVER_EPOCH_MS: i64 = 1_767_225_600_000;
 
 /// A store fed with committed entries.
 pub struct Driver {
@@ -118,7 +120,7 @@ impl Driver {
                 EntryPayload::Normal(Transaction {
                     tx_id: TxId(tx_id),
                     rules_version: domain::settlement::RULES_VERSION,
-                    time: UnixMillis(1_767_225_600_000 + self.next_tx as i64),
+                    time: UnixMillis(DRIVER_EPOCH_MS + self.next_tx as i64),
                     body,
                 })
             })
@@ -160,12 +162,15 @@ impl Driver {
             .map_err(|reason| refused("meter", reason))?;
         }
         let node_key = self.node_key.verifying_key().to_bytes();
-        let message = domain::receipt::endorsement_message(DRIVER_NODE_ID, &node_key);
+        // Endorsed for a year from the driver's epoch (its entries' times).
+        let validity =
+            domain::receipt::Validity { not_before: DRIVER_EPOCH_MS, not_after: DRIVER_EPOCH_MS + 365 * 86_400_000 };
         self.admin(AdminAction::EndorseNode {
             node_id: DRIVER_NODE_ID,
             node_key,
             service_key: self.service_key.verifying_key().to_bytes(),
-            endorsement: self.service_key.sign(&message).to_bytes(),
+            endorsement: domain::receipt::endorse_for(&self.service_key, DRIVER_NODE_ID, &node_key, Some(validity)),
+            validity: Some(validity),
         })
         .await?
         .map_err(|reason| refused("endorsement", reason))?;
@@ -215,7 +220,9 @@ impl Driver {
         let marker = self.next_index;
         self.apply(vec![TxBody::SignatureMarker]).await?;
         let root = self.store.history(marker)?.context("the marker's history record")?.root;
-        let signature = RootSignature::sign(marker, root, DRIVER_NODE_ID, &self.node_key);
+        // The next entry's time (`apply`), which the signature covers.
+        let signed_at = DRIVER_EPOCH_MS + self.next_tx as i64 + 1;
+        let signature = RootSignature::sign(marker, root, DRIVER_NODE_ID, &self.node_key, Some(signed_at));
         let result = self.apply(vec![TxBody::Signature(signature)]).await?;
         if let Some(reason) = result.first().and_then(|result| result.admin_refused.clone()) {
             anyhow::bail!("signature refused: {reason}");

@@ -13,6 +13,7 @@ pub mod client_auth;
 pub mod credit_notes;
 pub mod danger;
 pub mod driver;
+pub mod endorsements;
 pub mod entry;
 pub mod estimate;
 pub mod forward;

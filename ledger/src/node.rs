@@ -74,8 +74,10 @@ pub struct NodeConfig {
 pub struct PeerAuth {
     /// The service public key every node's key must be endorsed by.
     pub service_key: [u8; 32],
-    /// The service key's endorsement of this node's (id, key) (`domain::receipt::endorse`).
+    /// The service key's endorsement of this node's (id, key) (`domain::receipt::endorse_for`),
+    /// for this period when given (judged by the wall clock).
     pub endorsement: [u8; 64],
+    pub validity: Option<domain::receipt::Validity>,
 }
 
 /// A running node.
@@ -146,13 +148,22 @@ pub async fn start(config: NodeConfig) -> anyhow::Result<NodeHandle> {
     let credentials = match &config.peer_auth {
         None => None,
         Some(auth) => {
-            let own = domain::receipt::endorsement_message(config.node_id, &node_key.verifying_key().to_bytes());
-            domain::verify::verify_signature(&auth.service_key, &auth.endorsement, &own)
-                .map_err(|_| anyhow::anyhow!("this node's endorsement is not the service key's for its id and key"))?;
+            let own = domain::receipt::endorsement_message_for(
+                config.node_id,
+                &node_key.verifying_key().to_bytes(),
+                auth.validity,
+            );
+            domain::verify::verify_signature(&auth.service_key, &auth.endorsement, &own).map_err(|_| {
+                anyhow::anyhow!("this node's endorsement is not the service key's for its id, key and period")
+            })?;
+            if let Some(period) = auth.validity {
+                crate::endorsements::check_own_period(config.node_id, period, domain::clock::wall_clock_now().0)?;
+            }
             Some(crate::peer_auth::PeerCredentials {
                 node_id: config.node_id,
                 key: (*node_key).clone(),
                 endorsement: auth.endorsement,
+                validity: auth.validity,
             })
         }
     };
@@ -403,8 +414,17 @@ pub async fn endorse_node(
     node_url: &str,
     service_key: &SigningKey,
     operator_key: &SigningKey,
+    valid_days: Option<u32>,
 ) -> anyhow::Result<SubmitAdminResponse> {
     let (node_id, node_key) = node_identity(http, node_url).await?;
+    let validity = match valid_days {
+        None => None,
+        Some(days) => {
+            let health: serde_json::Value = http.get(format!("{ledger_url}/healthz")).send().await?.json().await?;
+            let now = health["clock_ms"].as_i64().context("clock_ms in the ledger's /healthz")?;
+            Some(crate::endorsements::period_from(now, days))
+        }
+    };
     let config: serde_json::Value =
         http.get(format!("{ledger_url}/v1/config")).send().await?.error_for_status()?.json().await?;
     let nonce = config["admin_nonce"].as_u64().context("admin_nonce in /v1/config")? + 1;
@@ -412,7 +432,8 @@ pub async fn endorse_node(
         node_id,
         node_key,
         service_key: service_key.verifying_key().to_bytes(),
-        endorsement: domain::receipt::endorse(service_key, node_id, &node_key),
+        endorsement: domain::receipt::endorse_for(service_key, node_id, &node_key, validity),
+        validity,
     };
     let response = submit_admin_to(http, ledger_url, &SignedAdmin::sign(nonce, action, operator_key)).await?;
     if let Some(reason) = &response.refused {

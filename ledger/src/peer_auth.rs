@@ -10,10 +10,16 @@
 //!
 //! A captured request cannot be replayed: it is only valid within `RAFT_RPC_SKEW_MAX_MS`, only at
 //! the node it was addressed to, and that node remembers the signatures it accepted within the
-//! window (`ReplayGuard`) and refuses a second one. Expiry of endorsements, TLS and encryption of
-//! the traffic follow with the rest of issue 15.
+//! window (`ReplayGuard`) and refuses a second one.
+//!
+//! An endorsement made for a period (`wattle node endorsement --valid-days`) travels with that
+//! period (`wattle-endorsement-period: {not_before},{not_after}`, ms since the epoch); the
+//! service key's signature covers it, and outside it the sender is refused (`expired_endorsement`,
+//! `endorsement_not_yet_valid`) by the receiver's wall clock. One without a period holds until
+//! governance revokes the key.
 
 use axum::http::HeaderMap;
+use domain::receipt::Validity;
 use domain::verify::verify_signature;
 use ed25519_dalek::{Signer, SigningKey};
 use sha2::{Digest, Sha256};
@@ -26,6 +32,7 @@ pub const RAFT_RPC_SKEW_MAX_MS: i64 = 30_000;
 const HEADER_NODE: &str = "wattle-node-id";
 const HEADER_KEY: &str = "wattle-node-key";
 const HEADER_ENDORSEMENT: &str = "wattle-endorsement";
+const HEADER_PERIOD: &str = "wattle-endorsement-period";
 const HEADER_TIME: &str = "wattle-time-ms";
 const HEADER_NONCE: &str = "wattle-nonce";
 const HEADER_SIGNATURE: &str = "wattle-signature";
@@ -35,8 +42,9 @@ const HEADER_SIGNATURE: &str = "wattle-signature";
 pub struct PeerCredentials {
     pub node_id: NodeId,
     pub key: SigningKey,
-    /// The service key's endorsement of (node id, node key).
+    /// The service key's endorsement of (node id, node key), for this period when given.
     pub endorsement: [u8; 64],
+    pub validity: Option<domain::receipt::Validity>,
 }
 
 /// The message a sender signs.
@@ -65,14 +73,18 @@ impl PeerCredentials {
         body: &[u8],
     ) -> Vec<(&'static str, String)> {
         let signature = self.key.sign(&message(path, target, (time_ms, nonce), body));
-        vec![
+        let mut headers = vec![
             (HEADER_NODE, self.node_id.to_string()),
             (HEADER_KEY, hex::encode(self.key.verifying_key().to_bytes())),
             (HEADER_ENDORSEMENT, hex::encode(self.endorsement)),
             (HEADER_TIME, time_ms.to_string()),
             (HEADER_NONCE, nonce.to_string()),
             (HEADER_SIGNATURE, hex::encode(signature.to_bytes())),
-        ]
+        ];
+        if let Some(period) = self.validity {
+            headers.push((HEADER_PERIOD, format!("{},{}", period.not_before, period.not_after)));
+        }
+        headers
     }
 }
 
@@ -124,9 +136,41 @@ pub fn authenticate(
         .parse()
         .map_err(|_| refuse("malformed_node_credentials", "the nonce is not a number"))?;
     let signature: [u8; 64] = hex_array(header(headers, HEADER_SIGNATURE)?, HEADER_SIGNATURE)?;
-    verify_signature(service_key, &endorsement, &domain::receipt::endorsement_message(node_id, &node_key)).map_err(
-        |_| refuse("not_admitted", format!("node {node_id}'s key is not endorsed by this ledger's service key")),
-    )?;
+    let validity = match headers.get(HEADER_PERIOD) {
+        None => None,
+        Some(value) => Some(
+            value
+                .to_str()
+                .ok()
+                .and_then(|text| text.split_once(','))
+                .and_then(|(from, to)| Some(Validity { not_before: from.parse().ok()?, not_after: to.parse().ok()? }))
+                .ok_or_else(|| {
+                    refuse("malformed_node_credentials", format!("{HEADER_PERIOD} reads NOT_BEFORE_MS,NOT_AFTER_MS"))
+                })?,
+        ),
+    };
+    verify_signature(
+        service_key,
+        &endorsement,
+        &domain::receipt::endorsement_message_for(node_id, &node_key, validity),
+    )
+    .map_err(|_| {
+        refuse("not_admitted", format!("node {node_id}'s key is not endorsed by this ledger's service key"))
+    })?;
+    if let Some(period) = validity {
+        if now_ms > period.not_after {
+            return Err(refuse(
+                "expired_endorsement",
+                format!("node {node_id}'s endorsement expired at {} ms (now {now_ms})", period.not_after),
+            ));
+        }
+        if now_ms < period.not_before {
+            return Err(refuse(
+                "endorsement_not_yet_valid",
+                format!("node {node_id}'s endorsement holds from {} ms (now {now_ms})", period.not_before),
+            ));
+        }
+    }
     if revoked(node_id, &node_key) {
         return Err(refuse("revoked_node", format!("the consortium revoked node {node_id}'s key")));
     }
@@ -218,7 +262,7 @@ mod tests {
         let service_key = service.verifying_key().to_bytes();
         let key = SigningKey::from_bytes(&[2; 32]);
         let endorsement = domain::receipt::endorse(&service, 2, &key.verifying_key().to_bytes());
-        let node = PeerCredentials { node_id: 2, key: key.clone(), endorsement };
+        let node = PeerCredentials { node_id: 2, key: key.clone(), endorsement, validity: None };
         let now = 1_000_000;
         let body = b"{\"vote\":1}";
         let ok = to_headers(node.headers("vote", 1, (now, 7), body));
@@ -249,6 +293,7 @@ mod tests {
             node_id: 2,
             key: key.clone(),
             endorsement: domain::receipt::endorse(&stranger, 2, &key.verifying_key().to_bytes()),
+            validity: None,
         };
         let forged = to_headers(self_endorsed.headers("vote", 1, (now, 7), body));
         assert_eq!(code(authenticate(&service_key, |_, _| false, 1, now, "vote", &forged, body)), "not_admitted");
@@ -262,6 +307,38 @@ mod tests {
         assert_eq!(same_sender(2, 3).expect_err("impersonation").code, "impersonation");
         let revoked = |id: NodeId, _: &[u8; 32]| id == 2;
         assert_eq!(code(authenticate(&service_key, revoked, 1, now, "vote", &ok, body)), "revoked_node");
+    }
+
+    #[test]
+    fn an_endorsement_for_a_period_is_heard_only_inside_it() {
+        let service = SigningKey::from_bytes(&[1; 32]);
+        let service_key = service.verifying_key().to_bytes();
+        let key = SigningKey::from_bytes(&[2; 32]);
+        let period = Validity { not_before: 1_000_000, not_after: 2_000_000 };
+        let endorsement = domain::receipt::endorse_for(&service, 2, &key.verifying_key().to_bytes(), Some(period));
+        let node = PeerCredentials { node_id: 2, key, endorsement, validity: Some(period) };
+        let body = b"{}";
+        let at = |now: i64| {
+            let headers = to_headers(node.headers("vote", 1, (now, 7), body));
+            authenticate(&service_key, |_, _| false, 1, now, "vote", &headers, body).map_err(|refusal| refusal.code)
+        };
+        assert_eq!(at(1_000_000), Ok(2));
+        assert_eq!(at(2_000_000), Ok(2));
+        assert_eq!(at(2_000_001), Err("expired_endorsement"));
+        assert_eq!(at(999_999), Err("endorsement_not_yet_valid"));
+        // The period is signed: a sender cannot stretch it, nor drop it to pass as period-less.
+        let mut stretched = to_headers(node.headers("vote", 1, (3_000_000, 7), body));
+        stretched.insert(HEADER_PERIOD, "1000000,4000000".parse().expect("header"));
+        let code = |headers: &HeaderMap| {
+            authenticate(&service_key, |_, _| false, 1, 3_000_000, "vote", headers, body).expect_err("refused").code
+        };
+        assert_eq!(code(&stretched), "not_admitted");
+        let mut dropped = to_headers(node.headers("vote", 1, (3_000_000, 7), body));
+        dropped.remove(HEADER_PERIOD);
+        assert_eq!(code(&dropped), "not_admitted");
+        let mut garbled = to_headers(node.headers("vote", 1, (3_000_000, 7), body));
+        garbled.insert(HEADER_PERIOD, "soon".parse().expect("header"));
+        assert_eq!(code(&garbled), "malformed_node_credentials");
     }
 
     #[test]

@@ -12,7 +12,7 @@ use crate::store::Store;
 pub enum ReceiptUnavailable {
     /// No committed signature covers the transaction yet.
     NotSigned,
-    /// The signing node's key has no endorsement on the ledger.
+    /// The signing node's key has no endorsement on the ledger that held when it signed.
     NotEndorsed {
         node_id: u64,
     },
@@ -59,8 +59,14 @@ pub fn build(store: &Store, index: u64) -> Result<Receipt, ReceiptUnavailable> {
             signature.marker_index
         )));
     }
-    let endorsement = state::endorsement(&store.state(), signature.node_id, &signature.node_key)
-        .ok_or(ReceiptUnavailable::NotEndorsed { node_id: signature.node_id })?;
+    // The endorsement that held when the root was signed (a renewal keeps the earlier ones).
+    let endorsement = crate::endorsements::endorsement_at(
+        &store.state(),
+        signature.node_id,
+        &signature.node_key,
+        signature.signed_at,
+    )
+    .ok_or(ReceiptUnavailable::NotEndorsed { node_id: signature.node_id })?;
     let entry = crate::entry::decode_entry(&record.entry).map_err(storage)?;
     let tx_id = match &entry.payload {
         EntryPayload::Normal(tx) => tx.tx_id.0,
@@ -77,6 +83,8 @@ pub fn build(store: &Store, index: u64) -> Result<Receipt, ReceiptUnavailable> {
         signature: signature.signature,
         node_id: signature.node_id,
         node_key: signature.node_key,
-        endorsement,
+        endorsement: endorsement.signature,
+        signed_at: signature.signed_at,
+        endorsement_validity: endorsement.validity,
     })
 }

@@ -52,8 +52,11 @@ pub async fn sign_roots(app: AppState, interval: std::time::Duration) {
             Ok(Some(record)) => record.root,
             _ => continue, // not applied here yet
         };
-        let signature = RootSignature::sign(marker, root, app.node_id, &app.node_key);
-        if let Err(error) = app.raft.client_write(internal_transaction(&app, TxBody::Signature(signature))).await {
+        // The signature covers its transaction's time, so a receipt shows the key was endorsed then.
+        let mut transaction = internal_transaction(&app, TxBody::SignatureMarker);
+        let signature = RootSignature::sign(marker, root, app.node_id, &app.node_key, Some(transaction.time.0));
+        transaction.body = TxBody::Signature(signature);
+        if let Err(error) = app.raft.client_write(transaction).await {
             tracing::debug!(%error, "signature not committed");
             continue;
         }

@@ -359,7 +359,7 @@ pub fn admin_nonce(state: &dyn StateRead) -> u64 {
 }
 
 /// Committed state that does not decode is a broken invariant: crash rather than replicate it.
-fn decode_or_crash<T>(result: Result<T, DecodeError>) -> T {
+pub(crate) fn decode_or_crash<T>(result: Result<T, DecodeError>) -> T {
     match result {
         Ok(value) => value,
         Err(error) => panic!("committed state does not decode: {error}"),
@@ -495,7 +495,10 @@ pub fn apply(state: &mut Overlay<'_>, log_index: u64, tx: &Transaction) -> Resul
             }
         }
         TxBody::Signature(signature) => Applied {
-            result: TxResult { readings: Vec::new(), admin_refused: apply_signature(state, log_index, signature)? },
+            result: TxResult {
+                readings: Vec::new(),
+                admin_refused: apply_signature(state, log_index, signature, tx.time)?,
+            },
             claims: None,
         },
     })
@@ -544,6 +547,10 @@ impl SignatureRecord {
             .fixed(&signature.node_key)
             .fixed(&signature.signature)
             .u64(self.log_index);
+        // Signatures that name their time append it (older records end at the log index).
+        if let Some(at) = signature.signed_at {
+            writer.i64(at);
+        }
         writer.finish()
     }
     pub fn decode(bytes: &[u8]) -> Result<Self, DecodeError> {
@@ -555,9 +562,14 @@ impl SignatureRecord {
                 node_id: reader.u64()?,
                 node_key: reader.array()?,
                 signature: reader.array()?,
+                signed_at: None,
             },
             log_index: reader.u64()?,
         };
+        let mut record = record;
+        if reader.remaining() > 0 {
+            record.signature.signed_at = Some(reader.i64()?);
+        }
         reader.finish()?;
         Ok(record)
     }
@@ -591,13 +603,6 @@ pub fn last_signed(state: &dyn StateRead) -> Option<(u64, u64)> {
     })
 }
 
-/// The service key's endorsement of a node key, if recorded.
-pub fn endorsement(state: &dyn StateRead, node_id: u64, node_key: &[u8; 32]) -> Option<[u8; 64]> {
-    state
-        .get(Table::Public, &key_endorsement(node_id, node_key))
-        .map(|bytes| bytes.as_slice().try_into().expect("endorsements are stored as 64 bytes"))
-}
-
 /// The pinned service key, if any node was endorsed.
 pub fn service_key(state: &dyn StateRead) -> Option<[u8; 32]> {
     state.get(Table::Public, KEY_SERVICE_KEY).map(|bytes| bytes.as_slice().try_into().expect("32 bytes"))
@@ -610,7 +615,14 @@ fn apply_signature(
     state: &mut Overlay<'_>,
     log_index: u64,
     signature: &domain::tx::RootSignature,
+    time: domain::ids::UnixMillis,
 ) -> Result<Option<String>, Halt> {
+    if signature.signed_at.is_some_and(|at| at != time.0) {
+        return Ok(Some(format!(
+            "signature_time_mismatch: the root names {:?}, its transaction {}",
+            signature.signed_at, time.0
+        )));
+    }
     let pending = pending_marker_root(state).filter(|(marker, _)| *marker == signature.marker_index);
     let Some((_, own)) = pending else {
         return Ok(Some(format!("stale_signature: marker {} is not pending", signature.marker_index)));
@@ -689,17 +701,15 @@ pub(crate) fn execute_action(state: &mut Overlay<'_>, action: &AdminAction) -> R
                 return Err("no_voters: a cluster needs at least one voter".into());
             }
         }
-        AdminAction::EndorseNode { node_id, node_key, service_key: endorsing_key, endorsement } => {
+        AdminAction::EndorseNode { node_id, node_key, service_key: endorsing_key, endorsement, validity } => {
             match service_key(state) {
                 // The first endorsement pins the service key.
                 None => state.put(Table::Public, KEY_SERVICE_KEY.to_vec(), endorsing_key.to_vec()),
                 Some(pinned) if pinned == *endorsing_key => {}
                 Some(_) => return Err("not_service_key: endorsed by a key other than the pinned service key".into()),
             }
-            let message = domain::receipt::endorsement_message(*node_id, node_key);
-            domain::verify::verify_signature(endorsing_key, endorsement, &message)
-                .map_err(|error| format!("bad_endorsement: {error}"))?;
-            state.put(Table::Public, key_endorsement(*node_id, node_key), endorsement.to_vec());
+            let endorsement = crate::endorsements::NodeEndorsement { signature: *endorsement, validity: *validity };
+            crate::endorsements::record(state, *node_id, node_key, endorsing_key, endorsement)?;
         }
         AdminAction::PublishTariff { tariff_json } => crate::tariffs::publish(state, tariff_json)?,
         AdminAction::Bind { binding_json } => crate::settle::bind(state, binding_json)?,
