@@ -10,6 +10,7 @@ mod confidentiality;
 mod credit_notes;
 mod customer_page;
 mod end_to_end;
+mod endorsement_expiry;
 mod fleet;
 mod gateway;
 mod gateway_faults;
