@@ -209,6 +209,8 @@ enum ActionFile {
         #[serde(default)]
         reissue: bool,
     },
+    /// Rotate the ledger secret (no fields): the leader draws the next version.
+    RotateLedgerSecret {},
 }
 
 fn public_key(hex_text: &str) -> anyhow::Result<[u8; 32]> {
@@ -328,6 +330,7 @@ impl ActionFile {
             ActionFile::VoidInvoice { invoice, reason, reissue } => {
                 credit_order(invoice, reason, domain::settle::CreditScope::Void { reissue })?
             }
+            ActionFile::RotateLedgerSecret {} => AdminAction::RotateLedgerSecret,
         })
     }
 }

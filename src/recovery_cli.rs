@@ -129,7 +129,7 @@ pub(crate) fn run(command: RecoveryCommand) -> anyhow::Result<()> {
             ledger::provision::store_local(&data_dir, &secrets)?;
             println!(
                 "restored the ledger secrets ({} version(s)) into {}, wrapped for the node's X25519 key",
-                secrets.versions().count(),
+                secrets.versions().len(),
                 data_dir.join(ledger::provision::SECRETS_FILE).display()
             );
             Ok(())

@@ -31,6 +31,7 @@ mod process;
 mod recovery;
 mod registry;
 mod sandbox;
+mod secret_rotation;
 // The sandbox tariff's published dynamic prices, for tests/invoice_month.rs's own reckoning.
 #[path = "../src/sandbox_tariff.rs"]
 #[allow(dead_code)]

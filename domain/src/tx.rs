@@ -55,7 +55,14 @@ pub enum TxBody {
     /// Issues the credit note of a decided credit order (`CreditInvoice`, numbered by the ledger
     /// in decision order); its claims document is the credit note.
     IssueCreditNote { customer: crate::ids::PartyId, order: u64 },
+    /// The next version of the ledger secret, after governance voted a rotation
+    /// (`RotateLedgerSecret`): its 32 bytes sealed (AES-256-GCM) under the current version, which
+    /// every admitted node holds, bound to `version`. Proposed by the leader, which draws it.
+    RotateSecret { version: u32, sealed: [u8; ROTATION_SEALED_BYTES] },
 }
+
+/// Bytes of a rotation's sealed secret: version (4), nonce (12), the secret (32), the tag (16).
+pub const ROTATION_SEALED_BYTES: usize = 64;
 
 /// A node's signature over the Merkle root of the first `marker_index + 1` log entries.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -245,6 +252,9 @@ pub enum AdminAction {
         /// At most `CREDIT_ORDER_JSON_BYTES_MAX` bytes.
         order_json: Vec<u8>,
     },
+    /// Rotate the ledger secret: the leader draws the next version and proposes it
+    /// (`TxBody::RotateSecret`); values sealed from then on use it, older ones keep opening.
+    RotateLedgerSecret,
 }
 
 /// Longest node address in an admin action.
@@ -439,6 +449,9 @@ impl AdminAction {
                 );
                 writer.u8(24).long_bytes(order_json);
             }
+            AdminAction::RotateLedgerSecret => {
+                writer.u8(26);
+            }
         }
     }
     pub(crate) fn decode(reader: &mut Reader<'_>) -> Result<Self, DecodeError> {
@@ -526,6 +539,7 @@ impl AdminAction {
             24 => {
                 Ok(AdminAction::CreditInvoice { order_json: reader.long_bytes(CREDIT_ORDER_JSON_BYTES_MAX)?.to_vec() })
             }
+            26 => Ok(AdminAction::RotateLedgerSecret),
             other => Err(DecodeError::invalid("admin_action", format!("unknown kind {other}"))),
         }
     }
@@ -589,6 +603,9 @@ impl Transaction {
             TxBody::IssueCreditNote { customer, order } => {
                 writer.u8(8).short_bytes(customer.as_str().as_bytes()).u64(*order);
             }
+            TxBody::RotateSecret { version, sealed } => {
+                writer.u8(10).u32(*version).fixed(sealed);
+            }
         }
         writer.finish()
     }
@@ -640,6 +657,7 @@ impl Transaction {
                 period_start: crate::ids::UnixSeconds(reader.i64()?),
             },
             8 => TxBody::IssueCreditNote { customer: decode_id(&mut reader, "customer")?, order: reader.u64()? },
+            10 => TxBody::RotateSecret { version: reader.u32()?, sealed: reader.array()? },
             other => return Err(DecodeError::invalid("body", format!("unknown kind {other}"))),
         };
         reader.finish()?;

@@ -212,6 +212,7 @@ fn action_strategy() -> impl Strategy<Value = AdminAction> {
         id_strategy()
             .prop_map(|reader| AdminAction::RevokeReader { reader_id: ReaderId::new(reader).expect("valid id") }),
         proptest::collection::vec(any::<u8>(), 0..64).prop_map(|order_json| AdminAction::CreditInvoice { order_json }),
+        Just(AdminAction::RotateLedgerSecret),
     ]
 }
 
@@ -262,6 +263,10 @@ fn body_strategy() -> impl Strategy<Value = TxBody> {
         Just(TxBody::Tick),
         Just(TxBody::SignatureMarker),
         gov_strategy(),
+        (any::<u32>(), any::<[u8; 32]>(), any::<[u8; 32]>()).prop_map(|(version, low, high)| TxBody::RotateSecret {
+            version,
+            sealed: std::array::from_fn(|byte| if byte < 32 { low[byte] } else { high[byte - 32] }),
+        }),
         (any::<u64>(), any::<[u8; 32]>(), any::<u64>(), any::<u64>(), proptest::option::of(any::<i64>())).prop_map(
             |(marker_index, root, node_id, seed, signed_at)| {
                 let key = SigningKey::from_bytes(&rand::rngs::StdRng::seed_from_u64(seed).gen());
@@ -304,9 +309,9 @@ proptest! {
         // Kinds 1 to 8 exist (6, governance, since issue 14: `6 + extra % 250` then hit it for
         // one `extra` in 250 and a governance body decoded as itself — a CI run caught it; 7
         // and 8, issue invoice and issue credit note, since issue 16, share one layout; 9, a
-        // signature with its signing time, since issue 15).
+        // signature with its signing time, and 10, a ledger secret rotation, since issue 15).
         let mut unknown = bytes.clone();
-        unknown[1 + 16 + 4 + 8] = 10 + extra % 246;
+        unknown[1 + 16 + 4 + 8] = 11 + extra % 245;
         prop_assert!(Transaction::decode(&unknown).is_err());
     }
 }

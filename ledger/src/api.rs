@@ -455,6 +455,7 @@ async fn list_transactions(
                     TxBody::Gov(_) => ("governance", Vec::new()),
                     TxBody::IssueInvoice { .. } => ("invoice", Vec::new()),
                     TxBody::IssueCreditNote { .. } => ("credit_note", Vec::new()),
+                    TxBody::RotateSecret { .. } => ("secret_rotation", Vec::new()),
                     TxBody::Readings(batch) => {
                         ("readings", batch.readings.iter().map(|item| item.reading.digest().to_string()).collect())
                     }
@@ -591,6 +592,8 @@ async fn healthz(State(app): State<AppState>) -> Response {
         // The node's clock (ms since the epoch): what it stamps entries with as leader, and what
         // endorsement periods are judged by (`wattle node endorse` starts one from it).
         "clock_ms": app.clock.now().0,
+        // The newest ledger secret version this node holds (it seals new values with it).
+        "secret_version": app.store.secrets().map(|secrets| secrets.current().version),
     });
     let status = if metrics.current_leader.is_some() { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
     (status, Json(body)).into_response()

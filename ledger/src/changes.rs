@@ -106,7 +106,7 @@ pub async fn changes(
             TxBody::Tick => ("tick", true),
             TxBody::Admin(_) => ("admin", true),
             TxBody::Gov(_) => ("governance", true),
-            TxBody::SignatureMarker | TxBody::Signature(_) => continue,
+            TxBody::SignatureMarker | TxBody::Signature(_) | TxBody::RotateSecret { .. } => continue,
         };
         if customers.is_empty() && !all_customers {
             continue;

@@ -544,6 +544,7 @@ pub fn summary(action: &AdminAction) -> String {
             format!("register reader {reader_id} with key {}", hex::encode(public_key))
         }
         AdminAction::RevokeReader { reader_id } => format!("revoke reader {reader_id}"),
+        AdminAction::RotateLedgerSecret => "rotate the ledger secret".to_string(),
         AdminAction::CreditInvoice { order_json } => match domain::settle::CreditOrder::parse(order_json) {
             Ok(order) => match order.scope {
                 domain::settle::CreditScope::Void { reissue: true } => {

@@ -34,6 +34,7 @@ pub mod raft_channel;
 pub mod receipts;
 pub mod recovery;
 pub mod registry;
+pub mod rotation;
 pub mod runtime;
 pub mod sealed_kv;
 pub mod secrets;

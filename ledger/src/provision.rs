@@ -134,6 +134,7 @@ pub async fn obtain(provisioning: Provisioning<'_>) -> anyhow::Result<LedgerSecr
     let data_dir = provisioning.data_dir;
     crate::store::create_private_dir(data_dir)?;
     if let Some(secrets) = load_local(data_dir)? {
+        refresh_from_peers(&provisioning, &secrets).await;
         return Ok(secrets);
     }
     if data_dir.join("db").exists() {
@@ -153,20 +154,12 @@ pub async fn obtain(provisioning: Provisioning<'_>) -> anyhow::Result<LedgerSecr
         bail!("this node has no ledger secrets and no peer to ask for them (give --init-members)");
     }
     let own = load_or_create_x25519(data_dir)?;
-    let measurement = provisioning.measurement;
-    let node_key = provisioning.node_key.verifying_key().to_bytes();
-    let attestor = crate::attestation::VirtualAttestor::new(measurement, provisioning.node_key.clone());
-    let report = crate::attestation::Attestor::report(
-        &attestor,
-        crate::attestation::report_data(provisioning.node_id, &node_key, &x25519_public(&own)),
+    tracing::info!(
+        node_id = provisioning.node_id,
+        measurement = %hex::encode(provisioning.measurement),
+        "asking peers for the ledger secrets"
     );
-    tracing::info!(node_id = provisioning.node_id, measurement = %hex::encode(measurement), "asking peers for the ledger secrets");
-    let request = SecretsRequest {
-        node_id: provisioning.node_id,
-        node_key: hex::encode(node_key),
-        x25519_public: hex::encode(x25519_public(&own)),
-        attestation: report,
-    };
+    let request = secrets_request(&provisioning, &own);
     let http = reqwest::Client::builder().timeout(Duration::from_secs(5)).build()?;
     let deadline = tokio::time::Instant::now() + SECRETS_WAIT_MAX;
     let mut last_error;
@@ -196,6 +189,53 @@ pub async fn obtain(provisioning: Provisioning<'_>) -> anyhow::Result<LedgerSecr
             bail!("no peer handed over the ledger secrets within {SECRETS_WAIT_MAX:?}; last: {last_error}");
         }
         tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+}
+
+/// This node's request for the secrets: its keys and its attestation report.
+fn secrets_request(provisioning: &Provisioning<'_>, own: &StaticSecret) -> SecretsRequest {
+    let node_key = provisioning.node_key.verifying_key().to_bytes();
+    let attestor = crate::attestation::VirtualAttestor::new(provisioning.measurement, provisioning.node_key.clone());
+    let report = crate::attestation::Attestor::report(
+        &attestor,
+        crate::attestation::report_data(provisioning.node_id, &node_key, &x25519_public(own)),
+    );
+    SecretsRequest {
+        node_id: provisioning.node_id,
+        node_key: hex::encode(node_key),
+        x25519_public: hex::encode(x25519_public(own)),
+        attestation: report,
+    }
+}
+
+/// A node that kept its secrets may have missed a rotation while it was down (`rotation.rs`;
+/// its log may since have been purged past it, so a snapshot would bring values sealed under a
+/// version it lacks): it asks its peers once, briefly, and takes the versions they hold beyond
+/// its own. Peers that do not answer (the whole cluster restarting) change nothing.
+async fn refresh_from_peers(provisioning: &Provisioning<'_>, secrets: &LedgerSecrets) {
+    if provisioning.peers.is_empty() {
+        return;
+    }
+    let Ok(own) = load_or_create_x25519(provisioning.data_dir) else { return };
+    let request = secrets_request(provisioning, &own);
+    let Ok(http) = reqwest::Client::builder().timeout(Duration::from_secs(2)).build() else { return };
+    for (peer_id, address) in &provisioning.peers {
+        let Ok(theirs) = ask(&http, provisioning, &request, (*peer_id, address), &own).await else { continue };
+        match secrets.extend_from(&theirs) {
+            Ok(0) => {}
+            Ok(added) => match store_local(provisioning.data_dir, secrets) {
+                Ok(()) => tracing::info!(
+                    node_id = provisioning.node_id,
+                    peer = peer_id,
+                    added,
+                    version = secrets.current().version,
+                    "took ledger secret versions rotated in while this node was away"
+                ),
+                Err(error) => tracing::error!(%error, "could not keep the refreshed ledger secrets"),
+            },
+            Err(error) => tracing::error!(peer = peer_id, %error, "a peer's ledger secrets are not this service's"),
+        }
+        return;
     }
 }
 

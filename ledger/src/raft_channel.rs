@@ -8,6 +8,10 @@
 //! openraft sees it. The secret handover itself (`/raft/secrets`) is not sealed: the joining
 //! node holds no secret yet, and what it is sent is wrapped for its X25519 key.
 //!
+//! Raft bodies are sealed under the ring's first version, not its newest: after a rotation
+//! (`secrets.rs`), a follower that has appended but not yet applied the rotation must still open
+//! the leader's next append, which is what tells it to apply it. Rotation re-keys data at rest.
+//!
 //! Together with the signature this is the "equivalent authenticated encryption of every raft
 //! message" the issue allows instead of TLS. Responses (a vote granted, an append's last log id)
 //! carry no private data and travel in the clear.
@@ -45,7 +49,7 @@ impl Envelope<'_> {
 
 /// Seals a raft request's body for `envelope`.
 pub fn seal(secrets: &LedgerSecrets, envelope: Envelope<'_>, body: &[u8]) -> Vec<u8> {
-    secrets.seal(&envelope.aad(), body)
+    secrets.seal_first(&envelope.aad(), body)
 }
 
 /// Opens a body [`seal`] made for exactly this `envelope`.

@@ -62,25 +62,43 @@ impl LedgerSecret {
     }
 }
 
-/// Every version of the ledger secret this node holds (the newest seals), and the id key.
-#[derive(Clone)]
+/// Every version of the ledger secret this node holds (the newest seals), and the id key. A
+/// running node adds versions in place (`adopt`, when it applies a rotation), so the ring is
+/// shared (`Arc<LedgerSecrets>`) and its versions sit behind a lock.
 pub struct LedgerSecrets {
     id_key: [u8; 32],
-    versions: Vec<LedgerSecret>,
+    versions: std::sync::RwLock<Vec<LedgerSecret>>,
+}
+
+impl Clone for LedgerSecrets {
+    fn clone(&self) -> Self {
+        LedgerSecrets { id_key: self.id_key, versions: std::sync::RwLock::new(self.all()) }
+    }
 }
 
 impl std::fmt::Debug for LedgerSecrets {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         // Never the key material.
-        f.debug_struct("LedgerSecrets").field("versions", &self.versions.len()).finish()
+        f.debug_struct("LedgerSecrets").field("versions", &self.all().len()).finish()
     }
 }
+
+/// Domain tag of a rotation's new secret, sealed under the secret before it.
+const ROTATION_AAD: &[u8] = b"wattle.ledger-secret.rotation\0";
 
 impl LedgerSecrets {
     /// A new service's secrets: version 1 and the id key, from the given random bytes (the
     /// caller draws them, so this module stays free of randomness sources).
     pub fn new(id_key: [u8; 32], first: [u8; 32]) -> Self {
-        LedgerSecrets { id_key, versions: vec![LedgerSecret::from_bytes(1, first)] }
+        LedgerSecrets { id_key, versions: std::sync::RwLock::new(vec![LedgerSecret::from_bytes(1, first)]) }
+    }
+
+    fn read(&self) -> std::sync::RwLockReadGuard<'_, Vec<LedgerSecret>> {
+        self.versions.read().expect("the secret ring's lock is never poisoned")
+    }
+
+    fn all(&self) -> Vec<LedgerSecret> {
+        self.read().clone()
     }
 
     /// Freshly drawn secrets from the operating system's generator.
@@ -88,26 +106,83 @@ impl LedgerSecrets {
         Self::new(rand::random(), rand::random())
     }
 
-    pub fn current(&self) -> &LedgerSecret {
-        self.versions.last().expect("a ring holds at least one secret")
+    pub fn current(&self) -> LedgerSecret {
+        self.read().last().expect("a ring holds at least one secret").clone()
     }
 
-    pub fn versions(&self) -> impl Iterator<Item = &LedgerSecret> {
-        self.versions.iter()
+    /// The oldest version: it seals raft traffic (`raft_channel.rs`), which must open on a node
+    /// that has not applied a rotation yet.
+    pub fn first(&self) -> LedgerSecret {
+        self.read().first().expect("a ring holds at least one secret").clone()
+    }
+
+    pub fn versions(&self) -> Vec<LedgerSecret> {
+        self.all()
     }
 
     /// Adds the next version, which seals from now on; every older one still opens.
-    pub fn rotate(&mut self, key: [u8; 32]) -> Result<u32, SecretError> {
-        if self.versions.len() >= SECRET_VERSIONS_MAX {
+    pub fn rotate(&self, key: [u8; 32]) -> Result<u32, SecretError> {
+        let mut versions = self.versions.write().expect("the secret ring's lock is never poisoned");
+        if versions.len() >= SECRET_VERSIONS_MAX {
             return Err(SecretError::Malformed(format!("more than {SECRET_VERSIONS_MAX} secret versions")));
         }
-        let version = self.current().version + 1;
-        self.versions.push(LedgerSecret::from_bytes(version, key));
+        let version = versions.last().expect("a ring holds at least one secret").version + 1;
+        versions.push(LedgerSecret::from_bytes(version, key));
         Ok(version)
     }
 
-    fn version(&self, version: u32) -> Option<&LedgerSecret> {
-        self.versions.iter().find(|secret| secret.version == version)
+    fn version(&self, version: u32) -> Option<LedgerSecret> {
+        self.read().iter().find(|secret| secret.version == version).cloned()
+    }
+
+    /// A rotation's payload: `key`, the secret of the next version, sealed under the current one
+    /// (every admitted node holds it), bound to that next version.
+    pub fn seal_next(&self, key: &[u8; 32], nonce: [u8; NONCE_BYTES]) -> (u32, Vec<u8>) {
+        let next = self.current().version + 1;
+        (next, self.seal_with_nonce(&rotation_aad(next), key, nonce))
+    }
+
+    /// Applies a rotation's payload: opens the next version's secret (sealed under a version this
+    /// ring holds) and adds it. A version the ring already holds is taken as already adopted
+    /// (a node replaying its log after a restart) when its secret matches.
+    pub fn adopt(&self, version: u32, sealed: &[u8]) -> Result<(), SecretError> {
+        let key: [u8; 32] = self
+            .open(&rotation_aad(version), sealed)?
+            .try_into()
+            .map_err(|_| SecretError::Malformed("a rotated secret is 32 bytes".into()))?;
+        if let Some(held) = self.version(version) {
+            return if held.key == key {
+                Ok(())
+            } else {
+                Err(SecretError::Malformed(format!("version {version} differs")))
+            };
+        }
+        let current = self.current().version;
+        if version != current + 1 {
+            return Err(SecretError::Malformed(format!(
+                "rotation to version {version}, but this ring is at {current}"
+            )));
+        }
+        self.rotate(key).map(|_| ())
+    }
+
+    /// Takes the versions `other` holds beyond this ring's (peers' ring after a rotation this node
+    /// missed); both must be the same service's (id key and shared versions equal). Returns how
+    /// many versions were added.
+    pub fn extend_from(&self, other: &LedgerSecrets) -> Result<usize, SecretError> {
+        if other.id_key != self.id_key {
+            return Err(SecretError::Malformed("another service's secrets".into()));
+        }
+        let theirs = other.all();
+        let mut versions = self.versions.write().expect("the secret ring's lock is never poisoned");
+        for (mine, their) in versions.iter().zip(&theirs) {
+            if mine.version != their.version || mine.key != their.key {
+                return Err(SecretError::Malformed(format!("version {} differs", mine.version)));
+            }
+        }
+        let held = versions.len();
+        versions.extend(theirs.into_iter().skip(held));
+        Ok(versions.len() - held)
     }
 
     /// The keyed hash that stands for an id in keys and logs.
@@ -121,18 +196,33 @@ impl LedgerSecrets {
     /// Seals `plaintext` under the current secret with `aad` bound to it, with the given nonce.
     /// Layout: version (u32, big-endian) ‖ nonce (12) ‖ AES-256-GCM ciphertext and tag.
     pub fn seal_with_nonce(&self, aad: &[u8], plaintext: &[u8], nonce: [u8; NONCE_BYTES]) -> Vec<u8> {
-        let secret = self.current();
-        let cipher = Aes256Gcm::new_from_slice(&secret.key).expect("32-byte key");
-        let sealed = cipher
-            .encrypt(Nonce::from_slice(&nonce), Payload { msg: plaintext, aad })
-            .expect("AES-GCM encrypts any length this ledger writes");
-        let mut out = Vec::with_capacity(4 + NONCE_BYTES + sealed.len());
-        out.extend_from_slice(&secret.version.to_be_bytes());
-        out.extend_from_slice(&nonce);
-        out.extend_from_slice(&sealed);
-        out
+        seal_under(&self.current(), aad, plaintext, nonce)
     }
 
+    /// Seals under the first version (raft traffic, `raft_channel.rs`).
+    pub fn seal_first(&self, aad: &[u8], plaintext: &[u8]) -> Vec<u8> {
+        seal_under(&self.first(), aad, plaintext, rand::random())
+    }
+}
+
+fn rotation_aad(version: u32) -> Vec<u8> {
+    [ROTATION_AAD, &version.to_be_bytes()].concat()
+}
+
+/// Layout: version (u32, big-endian) ‖ nonce (12) ‖ AES-256-GCM ciphertext and tag.
+fn seal_under(secret: &LedgerSecret, aad: &[u8], plaintext: &[u8], nonce: [u8; NONCE_BYTES]) -> Vec<u8> {
+    let cipher = Aes256Gcm::new_from_slice(&secret.key).expect("32-byte key");
+    let sealed = cipher
+        .encrypt(Nonce::from_slice(&nonce), Payload { msg: plaintext, aad })
+        .expect("AES-GCM encrypts any length this ledger writes");
+    let mut out = Vec::with_capacity(4 + NONCE_BYTES + sealed.len());
+    out.extend_from_slice(&secret.version.to_be_bytes());
+    out.extend_from_slice(&nonce);
+    out.extend_from_slice(&sealed);
+    out
+}
+
+impl LedgerSecrets {
     /// Seals with a fresh random nonce (96 random bits: safe far beyond the 2^32 values one
     /// secret version should seal; rotate before that).
     pub fn seal(&self, aad: &[u8], plaintext: &[u8]) -> Vec<u8> {
@@ -154,9 +244,10 @@ impl LedgerSecrets {
 
     /// The ring's canonical bytes (only ever stored or sent wrapped).
     pub fn encode(&self) -> Vec<u8> {
+        let versions = self.all();
         let mut writer = Writer::default();
-        writer.u8(RING_VERSION).fixed(&self.id_key).u32(self.versions.len() as u32);
-        for secret in &self.versions {
+        writer.u8(RING_VERSION).fixed(&self.id_key).u32(versions.len() as u32);
+        for secret in &versions {
             writer.u32(secret.version).fixed(&secret.key);
         }
         writer.finish()
@@ -182,7 +273,7 @@ impl LedgerSecrets {
             versions.push(LedgerSecret::from_bytes(number, reader.array::<32>()?));
         }
         reader.finish()?;
-        Ok(LedgerSecrets { id_key, versions })
+        Ok(LedgerSecrets { id_key, versions: std::sync::RwLock::new(versions) })
     }
 
     /// Wraps the ring for the holder of `recipient`'s X25519 secret: an ephemeral X25519 key
@@ -267,7 +358,7 @@ mod tests {
 
     #[test]
     fn after_a_rotation_old_values_still_open_and_new_ones_use_the_new_version() {
-        let mut secrets = ring();
+        let secrets = ring();
         let old = secrets.seal(b"a", b"before");
         assert_eq!(secrets.rotate([9; 32]).expect("test"), 2);
         let new = secrets.seal(b"a", b"after");
@@ -296,13 +387,36 @@ mod tests {
     }
 
     #[test]
+    fn a_rotation_payload_opens_only_as_the_next_version_on_a_ring_of_the_same_service() {
+        let leader = ring();
+        let follower = ring();
+        let (version, sealed) = leader.seal_next(&[7; 32], [3; 12]);
+        assert_eq!(version, 2);
+        leader.adopt(version, &sealed).expect("the leader adopts its own");
+        follower.adopt(version, &sealed).expect("a follower adopts it");
+        assert_eq!(follower.encode(), leader.encode());
+        follower.adopt(version, &sealed).expect("a replay is idempotent");
+        assert!(follower.adopt(3, &sealed).is_err(), "bound to version 2");
+        let stranger = LedgerSecrets::new([1; 32], [9; 32]);
+        assert_eq!(stranger.adopt(version, &sealed), Err(SecretError::Tampered));
+        // Raft traffic stays under version 1, which a node behind on rotations holds.
+        let channel = leader.seal_first(b"raft", b"append");
+        assert_eq!(ring().open(b"raft", &channel).expect("version 1"), b"append");
+        // A node that missed it catches up from a peer's ring.
+        let behind = ring();
+        assert_eq!(behind.extend_from(&leader), Ok(1));
+        assert_eq!(behind.encode(), leader.encode());
+        assert!(behind.extend_from(&stranger).is_err());
+    }
+
+    #[test]
     fn the_ring_decoder_refuses_what_it_did_not_write() {
         let bytes = ring().encode();
         assert!(LedgerSecrets::decode(&bytes[..bytes.len() - 1]).is_err());
         let mut zero = bytes.clone();
         zero[33..37].copy_from_slice(&0u32.to_be_bytes());
         assert!(LedgerSecrets::decode(&zero).is_err());
-        let mut rotated = ring();
+        let rotated = ring();
         rotated.rotate([4; 32]).expect("test");
         assert_eq!(LedgerSecrets::decode(&rotated.encode()).expect("test").current().version, 2);
     }

@@ -494,6 +494,11 @@ pub fn apply(state: &mut Overlay<'_>, log_index: u64, tx: &Transaction) -> Resul
                 Err(reason) => refusal_recorded(state, log_index, tx, Some(reason)),
             }
         }
+        TxBody::RotateSecret { version, .. } => {
+            // The store adopts the new secret into the node's ring once this accepts it.
+            let refused = crate::rotation::apply(state, *version).err();
+            refusal_recorded(state, log_index, tx, refused)
+        }
         TxBody::Signature(signature) => Applied {
             result: TxResult {
                 readings: Vec::new(),
@@ -721,6 +726,7 @@ pub(crate) fn execute_action(state: &mut Overlay<'_>, action: &AdminAction) -> R
             crate::governance::set_constitution(state, constitution_json)?
         }
         AdminAction::CreditInvoice { order_json } => crate::credit_notes::order(state, order_json)?,
+        AdminAction::RotateLedgerSecret => crate::rotation::request(state),
         AdminAction::RegisterMeter { .. }
         | AdminAction::RegisterAttestedMeter { .. }
         | AdminAction::RotateMeterKey { .. }

@@ -16,7 +16,9 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
+use anyhow::Context;
 use domain::codec::{DecodeError, Reader, Writer};
+use domain::tx::TxBody;
 use openraft::storage::{LogFlushed, LogState, RaftLogStorage, RaftStateMachine, Snapshot};
 use openraft::{
     AnyError, EntryPayload, ErrorSubject, ErrorVerb, LogId, RaftLogReader, RaftSnapshotBuilder, SnapshotMeta,
@@ -178,6 +180,17 @@ impl Store {
         store.finish_interrupted_install()?;
         store.signed = Arc::new(tokio::sync::watch::channel(store.signed_index()).0);
         Ok(store)
+    }
+
+    /// Adopts a rotation's new ledger secret (`rotation.rs`): adds it to the ring and keeps the
+    /// ring, wrapped for this node's key, in its data directory. The memory store holds no ring.
+    fn adopt_secret(&self, version: u32, sealed: &[u8]) -> anyhow::Result<()> {
+        let Some(secrets) = &self.secrets else { return Ok(()) };
+        secrets.adopt(version, sealed).with_context(|| format!("adopting ledger secret version {version}"))?;
+        let data_dir = self.snapshot_dir.parent().context("the snapshot directory lies in the data directory")?;
+        crate::provision::store_local(data_dir, secrets)?;
+        tracing::info!(version, "adopted the rotated ledger secret: new values are sealed under it");
+        Ok(())
     }
 
     /// The ledger secrets the database is sealed under (none in the simulation).
@@ -713,6 +726,14 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
                     as_of = Some(tx.time.0);
                     let applied = state::apply(&mut overlay, index, &tx)
                         .map_err(|halt| write_error(std::io::Error::other(halt.to_string())))?;
+                    if let TxBody::RotateSecret { version, sealed } = &tx.body {
+                        // Before this batch's writes are sealed: they, and all after, use it.
+                        if applied.result.admin_refused.is_none() {
+                            self.store
+                                .adopt_secret(*version, sealed)
+                                .map_err(|error| write_error(std::io::Error::other(format!("{error:#}"))))?;
+                        }
+                    }
                     let settled = history::settled_lines(index, &tx, applied.claims.as_deref())
                         .map_err(|error| write_error(std::io::Error::other(error)))?;
                     lines.extend(settled);

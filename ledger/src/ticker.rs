@@ -32,6 +32,37 @@ pub async fn propose_ticks(app: AppState) {
         }
         issue_due_invoices(&app).await;
         issue_due_credit_notes(&app).await;
+        propose_secret_rotation(&app).await;
+    }
+}
+
+/// Carries out a rotation of the ledger secret the consortium voted (`rotation.rs`): draws the
+/// next version's secret and proposes it sealed under the current one. Applying it (on every
+/// node, this one included) adds it to the ring.
+async fn propose_secret_rotation(app: &AppState) {
+    let state = app.store.state();
+    if !crate::rotation::pending(&state) {
+        return;
+    }
+    let Some(secrets) = app.store.secrets() else { return };
+    let (version, sealed) = secrets.seal_next(&rand::random(), rand::random());
+    let expected = crate::rotation::secret_version(&state).saturating_add(1);
+    if version != expected {
+        tracing::error!(
+            ring = version - 1,
+            state = expected - 1,
+            "this node's ledger secret ring and the ledger disagree on the current version; not rotating"
+        );
+        return;
+    }
+    let Ok(sealed) = sealed.try_into() else {
+        tracing::error!("a sealed secret is not ROTATION_SEALED_BYTES long");
+        return;
+    };
+    let body = TxBody::RotateSecret { version, sealed };
+    match app.raft.client_write(crate::signer::internal_transaction(app, body)).await {
+        Ok(response) => tracing::info!(version, index = response.log_id.index, "ledger secret rotation proposed"),
+        Err(error) => tracing::debug!(%error, "ledger secret rotation not committed"),
     }
 }
 

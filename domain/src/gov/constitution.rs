@@ -114,6 +114,7 @@ pub enum ActionKind {
     RegisterReader,
     RevokeReader,
     CreditInvoice,
+    RotateLedgerSecret,
 }
 
 impl ActionKind {
@@ -144,6 +145,7 @@ impl ActionKind {
             AdminAction::RegisterReader { .. } => ActionKind::RegisterReader,
             AdminAction::RevokeReader { .. } => ActionKind::RevokeReader,
             AdminAction::CreditInvoice { .. } => ActionKind::CreditInvoice,
+            AdminAction::RotateLedgerSecret => ActionKind::RotateLedgerSecret,
         }
     }
 
