@@ -12,6 +12,7 @@ mod customer_page;
 mod end_to_end;
 mod fleet;
 mod gateway;
+mod gateway_access;
 mod gateway_faults;
 mod gateway_garbage;
 mod gateway_held;

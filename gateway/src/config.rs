@@ -29,6 +29,9 @@ pub struct FileConfig {
     pub attest_interval_s: Option<i64>,
     pub disk_budget_mb: Option<u64>,
     pub key_file: Option<PathBuf>,
+    /// The operators' token file (`wattle gateway token issue`); without one, `/v1/quarantine`
+    /// refuses every call.
+    pub tokens: Option<PathBuf>,
     /// Most entries in the garbage store (docs/gateway.md, "Quarantine").
     pub garbage_entries_max: Option<u64>,
     /// Retention of garbage-store entries (s).
