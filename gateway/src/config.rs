@@ -101,6 +101,7 @@ mod tests {
         let config: FileConfig = toml::from_str(
             r#"
             gateway_id = "gw-7"
+            tokens = "/etc/wattle/gw-tokens.json"
             [[modbus]]
             address = "127.0.0.1:5020"
             unit = 1
@@ -125,6 +126,7 @@ mod tests {
             "#,
         )
         .expect("parses");
+        assert_eq!(config.tokens.as_deref(), Some(Path::new("/etc/wattle/gw-tokens.json")));
         let devices = config.devices().expect("resolves");
         assert_eq!(devices[0].1, DeviceMap::SunSpec);
         assert_eq!(devices[1].1, DeviceMap::Energy(EnergyMap::SDM630));
