@@ -73,8 +73,9 @@ enum Command {
     #[command(subcommand)]
     Recovery(recovery_cli::RecoveryCommand),
     /// Run an edge gateway: MQTT and Modbus in, verification, durable outbox, forwarding to the
-    /// ledger, every batch signed with the gateway's key.
-    Gateway(GatewayArgs),
+    /// ledger, every batch signed with the gateway's key; or `wattle gateway token issue|revoke|list`
+    /// for the operators' tokens its quarantine endpoints admit.
+    Gateway(GatewayCommand),
     /// List a running gateway's quarantine: every rejected reading with its reason; or
     /// `wattle quarantine release` to re-submit held and unverified readings through its checks.
     Quarantine(QuarantineCommand),
@@ -361,6 +362,23 @@ enum ClusterChange {
 }
 
 #[derive(Debug, clap::Args)]
+#[command(args_conflicts_with_subcommands = true)]
+struct GatewayCommand {
+    #[command(subcommand)]
+    action: Option<GatewayAction>,
+    #[command(flatten)]
+    run: GatewayArgs,
+}
+
+#[derive(Debug, Subcommand)]
+enum GatewayAction {
+    /// Issue, revoke and list the operators' bearer tokens of a gateway (kept as hashes in its
+    /// token file, `--tokens`): `GET /v1/quarantine` and its release admit only them.
+    #[command(subcommand)]
+    Token(token_cli::GatewayTokenCommand),
+}
+
+#[derive(Debug, clap::Args)]
 struct GatewayArgs {
     /// TOML configuration file: the settings below plus Modbus devices (`[[modbus]]`) and
     /// register maps (`[modbus_maps.NAME]`); see docs/gateway.md. Command-line values win.
@@ -383,6 +401,10 @@ struct GatewayArgs {
     /// Address for /healthz, /metrics and /v1/quarantine. Default 127.0.0.1:7100.
     #[arg(long)]
     listen: Option<SocketAddr>,
+    /// The operators' token file: hashes of the tokens `wattle gateway token issue` issued
+    /// (created empty if missing). Without one, /v1/quarantine and its release refuse every call.
+    #[arg(long)]
+    tokens: Option<PathBuf>,
     #[arg(long)]
     ready_file: Option<PathBuf>,
     /// Largest power a metering point can carry (kW): a reading with more energy than that
@@ -900,7 +922,10 @@ async fn run(command: Command) -> anyhow::Result<()> {
             node.stop().await;
             Ok(())
         }
-        Command::Gateway(args) => {
+        Command::Gateway(GatewayCommand { action: Some(GatewayAction::Token(command)), .. }) => {
+            token_cli::run_gateway(command)
+        }
+        Command::Gateway(GatewayCommand { action: None, run: args }) => {
             let file = match &args.config {
                 Some(path) => gateway::config::FileConfig::load(path)?,
                 None => gateway::config::FileConfig::default(),
@@ -946,6 +971,7 @@ async fn run(command: Command) -> anyhow::Result<()> {
                     .or(file.disk_budget_mb)
                     .map_or(gateway::limits::DISK_BUDGET_BYTES_DEFAULT, |mb| mb.saturating_mul(1024 * 1024)),
                 quarantine,
+                tokens_path: args.tokens.or(file.tokens),
             })
             .await?;
             write_ready_file(args.ready_file.as_deref(), gateway.address)?;

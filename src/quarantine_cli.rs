@@ -1,5 +1,6 @@
 //! `wattle quarantine`: list what a running gateway holds, and release what the cause of which
-//! was fixed (through the gateway's ops API).
+//! was fixed (through the gateway's ops API, with an operator's token from `wattle gateway token
+//! issue`).
 
 use anyhow::Context;
 
@@ -25,6 +26,9 @@ pub(crate) struct ReleaseArgs {
     /// The running gateway's HTTP address (its --listen).
     #[arg(long, default_value = "http://127.0.0.1:7100")]
     gateway: String,
+    /// An operator's token of the gateway (`wattle gateway token issue`).
+    #[arg(long, env = "WATTLE_GATEWAY_TOKEN", hide_env_values = true)]
+    token: Option<String>,
     /// Only entries with this reason code (e.g. clock_future, ledger_no_tariff).
     #[arg(long)]
     reason: Option<String>,
@@ -42,7 +46,13 @@ pub(crate) struct ReleaseArgs {
     class: Option<String>,
 }
 
+/// The operator's token given with --token or in WATTLE_GATEWAY_TOKEN.
+fn token_of(token: Option<&str>) -> anyhow::Result<&str> {
+    token.context("the gateway's quarantine needs an operator's token: --token TOKEN or WATTLE_GATEWAY_TOKEN (`wattle gateway token issue`)")
+}
+
 pub(crate) async fn release_quarantine(args: ReleaseArgs) -> anyhow::Result<()> {
+    let token = token_of(args.token.as_deref())?;
     let url = format!("{}/v1/quarantine/release", args.gateway.trim_end_matches('/'));
     let filter = serde_json::json!({
         "reason": args.reason,
@@ -55,7 +65,8 @@ pub(crate) async fn release_quarantine(args: ReleaseArgs) -> anyhow::Result<()> 
     let (mut released, mut not_releasable) = (0u64, 0u64);
     // Bounded: each round releases at most the gateway's page, and released entries leave.
     for _ in 0..gateway::limits::RELEASE_ROUNDS_MAX {
-        let response = http.post(&url).json(&filter).send().await.with_context(|| format!("asking {url}"))?;
+        let response =
+            http.post(&url).bearer_auth(token).json(&filter).send().await.with_context(|| format!("asking {url}"))?;
         let status = response.status();
         let body: serde_json::Value = response.json().await.with_context(|| format!("{url} answered {status}"))?;
         anyhow::ensure!(status.is_success(), "{url} answered {status}: {body}");
@@ -75,6 +86,9 @@ pub(crate) struct QuarantineArgs {
     /// The gateway's HTTP address (its --listen).
     #[arg(long, default_value = "http://127.0.0.1:7100")]
     gateway: String,
+    /// An operator's token of the gateway (`wattle gateway token issue`).
+    #[arg(long, env = "WATTLE_GATEWAY_TOKEN", hide_env_values = true)]
+    token: Option<String>,
     /// First entry id to list.
     #[arg(long, default_value_t = 0)]
     from: u64,
@@ -90,9 +104,13 @@ pub(crate) struct QuarantineArgs {
 }
 
 pub(crate) async fn list_quarantine(args: QuarantineArgs) -> anyhow::Result<()> {
+    let token = token_of(args.token.as_deref())?;
     let url = format!("{}/v1/quarantine?from={}&limit={}", args.gateway.trim_end_matches('/'), args.from, args.limit);
-    let body: serde_json::Value =
-        reqwest::get(&url).await.with_context(|| format!("asking {url}"))?.error_for_status()?.json().await?;
+    let response =
+        reqwest::Client::new().get(&url).bearer_auth(token).send().await.with_context(|| format!("asking {url}"))?;
+    let status = response.status();
+    let body: serde_json::Value = response.json().await.with_context(|| format!("{url} answered {status}"))?;
+    anyhow::ensure!(status.is_success(), "{url} answered {status}: {body}");
     let entries = body["entries"].as_array().context("the gateway's answer has no entries")?;
     let wanted = |entry: &&serde_json::Value| args.reason.as_deref().is_none_or(|reason| entry["reason"] == reason);
     if args.json {

@@ -242,6 +242,15 @@ pub async fn run(args: SandboxArgs) -> anyhow::Result<()> {
         };
     let mut modbus = (0..legacy.min(4)).map(|meter| device(meter, "sunspec")).collect::<anyhow::Result<Vec<_>>>()?;
     modbus.push(device(legacy, "sdm630")?);
+    // The gateway's quarantine (meter ids, signed readings) admits operators' tokens only: one
+    // for the sandbox's operator, kept 0600 in the data directory like billing's.
+    let gateway_tokens_path = data_dir.join("gateway-tokens.json");
+    let gateway_token_path = data_dir.join("gateway-operator.token");
+    sandbox_token(
+        &gateway::access::TokenStore::open(&gateway_tokens_path)?,
+        &gateway_token_path,
+        gateway::access::Role::Operator,
+    )?;
     let gateway = gateway::start(gateway::GatewayConfig {
         gateway_id: gateway_id.clone(),
         data_dir: data_dir.join("gateway"),
@@ -258,6 +267,7 @@ pub async fn run(args: SandboxArgs) -> anyhow::Result<()> {
         key_file: None,
         disk_budget_bytes: gateway::limits::DISK_BUDGET_BYTES_DEFAULT,
         quarantine: gateway::QuarantineSettings::default(),
+        tokens_path: Some(gateway_tokens_path),
     })
     .await?;
     let http = reqwest::Client::new();
@@ -293,7 +303,11 @@ pub async fn run(args: SandboxArgs) -> anyhow::Result<()> {
     );
     println!("  MQTT broker   127.0.0.1:{broker_port} (topics wattle/v1/{{site}}/{{meter}}/reading, .../birth)");
     println!("  ledger        {}  (3 nodes; /healthz, /metrics, /v1/meters, /v1/transactions)", ledger_urls.join(" "));
-    println!("  gateway       http://{}  (/healthz, /metrics, /v1/quarantine)", gateway.address);
+    println!(
+        "  gateway       http://{}  (/healthz, /metrics; /v1/quarantine with the operator's token in {})",
+        gateway.address,
+        gateway_token_path.display()
+    );
     println!(
         "  Modbus TCP    {modbus_address}  (site-0; unit N+1 is meter N; SunSpec 1/203 + signed block at 40177; \
          unit {} is {}, an SDM630 legacy meter whose readings the gateway attests)",
@@ -396,9 +410,12 @@ pub async fn run(args: SandboxArgs) -> anyhow::Result<()> {
     outcome
 }
 
-/// The sandbox's billing token kept at `path` (0600): the one a previous run on the same data
-/// directory issued, or a new one.
-fn sandbox_token(tokens: &billing::auth::TokenStore, path: &Path, role: billing::auth::Role) -> anyhow::Result<String> {
+/// The sandbox's token (billing's or the gateway's) kept at `path` (0600): the one a previous run
+/// on the same data directory issued, or a new one.
+fn sandbox_token<R>(tokens: &domain::token::TokenStore<R>, path: &Path, role: R) -> anyhow::Result<String>
+where
+    R: Clone + serde::Serialize + serde::de::DeserializeOwned,
+{
     if let Ok(token) = std::fs::read_to_string(path) {
         return Ok(token.trim().to_string());
     }

@@ -142,7 +142,9 @@ async fn signed_readings_become_bills_equal_to_ground_truth() -> anyhow::Result<
     }
 
     // The tampered readings sit in the quarantine with their reasons.
-    let quarantine: serde_json::Value = http.get(format!("{gateway_url}/v1/quarantine")).send().await?.json().await?;
+    let operator = crate::support::gateway_client(dir.path())?;
+    let quarantine: serde_json::Value =
+        operator.get(format!("{gateway_url}/v1/quarantine")).send().await?.error_for_status()?.json().await?;
     let entries = quarantine["entries"].as_array().context("entries")?;
     let reason_of = |digest: &str| {
         entries

@@ -171,8 +171,9 @@ async fn garbage_on_the_mqtt_input_is_quarantined_and_the_gateway_keeps_running(
         anyhow::ensure!(status.success(), "mosquitto_pub failed");
     }
     let count = inputs.len();
+    let operator = crate::support::gateway_client(dir.path())?;
     let quarantine = poll_until("every input quarantined", Duration::from_secs(30), || {
-        let request = http.get(format!("{gateway_url}/v1/quarantine")).send();
+        let request = operator.get(format!("{gateway_url}/v1/quarantine")).send();
         async move {
             let page: serde_json::Value = request.await.ok()?.json().await.ok()?;
             let entries = page["entries"].as_array()?.clone();
@@ -205,15 +206,18 @@ async fn garbage_on_the_mqtt_input_is_quarantined_and_the_gateway_keeps_running(
     let health = http.get(format!("{gateway_url}/healthz")).send().await?;
     assert!(health.status().is_success(), "the gateway is healthy after the garbage");
     // The operator's view: `wattle quarantine`, filtered by reason, as JSON lines and as a table.
+    // The operator's token from the environment, then from --token.
+    let token = crate::support::gateway_token(dir.path())?;
     let listed = wattle()
         .args(["quarantine", "--gateway", &gateway_url, "--reason", "malformed_envelope", "--json"])
+        .env("WATTLE_GATEWAY_TOKEN", &token)
         .output()?;
     anyhow::ensure!(listed.status.success(), "wattle quarantine failed: {}", String::from_utf8_lossy(&listed.stderr));
     let lines: Vec<serde_json::Value> =
         String::from_utf8(listed.stdout)?.lines().map(serde_json::from_str).collect::<Result<_, _>>()?;
     assert_eq!(lines.len(), expected.iter().filter(|reason| **reason == "malformed_envelope").count());
     assert!(lines.iter().all(|entry| entry["reason"] == "malformed_envelope" && entry["source"] == topic.as_str()));
-    let table = wattle().args(["quarantine", "--gateway", &gateway_url]).output()?;
+    let table = wattle().args(["quarantine", "--gateway", &gateway_url, "--token", &token]).output()?;
     let table = String::from_utf8(table.stdout)?;
     assert!(table.contains("payload_too_large") && table.contains(&format!("{count} entries")), "{table}");
     Ok(())

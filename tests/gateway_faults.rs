@@ -125,10 +125,12 @@ async fn run() -> anyhow::Result<Outcome> {
     for meter in 0..METERS {
         accounts.insert(meter, customer_account(&http, &ledger_url, meter).await.context("an account")?);
     }
+    let operator = crate::support::gateway_client(dir.path())?;
     let mut quarantine = Vec::new();
     loop {
         let from = quarantine.last().and_then(|entry: &serde_json::Value| entry["id"].as_u64()).map_or(0, |id| id + 1);
-        let page = get_json(&http, &format!("{gateway_url}/v1/quarantine?from={from}")).await.context("quarantine")?;
+        let page =
+            get_json(&operator, &format!("{gateway_url}/v1/quarantine?from={from}")).await.context("quarantine")?;
         let entries = page["entries"].as_array().context("quarantine entries")?;
         if entries.is_empty() {
             break;

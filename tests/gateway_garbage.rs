@@ -124,7 +124,9 @@ async fn a_gigabyte_of_garbage_leaves_the_gateway_under_budget_with_every_readin
     assert_eq!(counter("wattle_gateway_readings_deferred_disk_budget_total"), 0, "{}", diagnostics());
     let health = get_json(&http, &format!("{gateway_url}/healthz")).await.context("healthz")?;
     assert_eq!(health["over_disk_budget"], false, "{health}");
-    let quarantine = get_json(&http, &format!("{gateway_url}/v1/quarantine?limit=1000")).await.context("quarantine")?;
+    let operator = crate::support::gateway_client(dir.path())?;
+    let quarantine =
+        get_json(&operator, &format!("{gateway_url}/v1/quarantine?limit=1000")).await.context("quarantine")?;
     let listed = quarantine["entries"].as_array().context("entries")?.len() as u64;
     assert_eq!(listed, kept, "the listing shows what the store keeps");
     Ok(())

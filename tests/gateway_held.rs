@@ -219,8 +219,10 @@ async fn a_wrong_clock_window_holds_readings_until_they_are_released() -> anyhow
     gateway.kill()?;
     let (mut gateway, gateway_url) = start_gateway(dir.path(), GATEWAY, broker.port, &ledger_urls, &clock).await?;
     let truth = complete_truth(dir.path(), METERS, INTERVALS).await.with_context(|| log_tails(&[&sim]))?;
-    let released =
-        wattle().args(["quarantine", "release", "--gateway", &gateway_url, "--reason", "clock_future"]).output()?;
+    let token = crate::support::gateway_token(dir.path())?;
+    let released = wattle()
+        .args(["quarantine", "release", "--gateway", &gateway_url, "--reason", "clock_future", "--token", &token])
+        .output()?;
     anyhow::ensure!(
         released.status.success(),
         "wattle quarantine release failed: {}",
@@ -232,7 +234,8 @@ async fn a_wrong_clock_window_holds_readings_until_they_are_released() -> anyhow
     assert!(count >= u64::from(METERS) * 10, "{report}");
     let diagnostics = || log_tails(&[&gateway, &node, &sim]);
     assert_every_reading_settled_once(&http, &ledger_url, &truth, METERS, diagnostics).await?;
-    let page = get_json(&http, &format!("{gateway_url}/v1/quarantine")).await.context("quarantine")?;
+    let operator = crate::support::gateway_client(dir.path())?;
+    let page = get_json(&operator, &format!("{gateway_url}/v1/quarantine")).await.context("quarantine")?;
     let left: Vec<&serde_json::Value> = page["entries"]
         .as_array()
         .context("entries")?

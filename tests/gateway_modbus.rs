@@ -160,8 +160,9 @@ async fn modbus_meters_reach_the_ledger_with_history_backfill_and_attested_legac
     let attested = metric(&http, &gateway_url, "wattle_gateway_readings_attested_total").await.unwrap_or(0);
     assert!(attested >= 4, "{attested} attested readings");
 
+    let operator = crate::support::gateway_client(dir.path())?;
     // Nothing quarantined; batches carry the gateway's signature, and the ledger refuses a forged one.
-    let quarantine = get_json(&http, &format!("{gateway_url}/v1/quarantine")).await.context("quarantine")?;
+    let quarantine = get_json(&operator, &format!("{gateway_url}/v1/quarantine")).await.context("quarantine")?;
     assert_eq!(quarantine["entries"].as_array().map(Vec::len), Some(0), "{quarantine}");
     let forged = serde_json::json!({
         "gateway_id": "gw-modbus",
@@ -280,9 +281,10 @@ async fn invalid_modbus_replies_are_counted_or_quarantined_and_the_gateway_keeps
     let dead_ledger = format!("http://127.0.0.1:{}", free_port());
     let (mut gateway, gateway_url) =
         start_gateway_with(dir.path(), "gw-garbage", broker.port, &[dead_ledger], &[], &extra).await?;
+    let operator = crate::support::gateway_client(dir.path())?;
     let source = format!("modbus://127.0.0.1:{port}/1");
     let entry = poll_until("the garbage record quarantined", Duration::from_secs(45), || async {
-        let quarantine = get_json(&http, &format!("{gateway_url}/v1/quarantine")).await?;
+        let quarantine = get_json(&operator, &format!("{gateway_url}/v1/quarantine")).await?;
         quarantine["entries"].as_array()?.iter().find(|entry| entry["source"] == source.as_str()).cloned()
     })
     .await
@@ -304,7 +306,7 @@ async fn invalid_modbus_replies_are_counted_or_quarantined_and_the_gateway_keeps
         (metric(&http, &gateway_url, "wattle_gateway_modbus_polls_total").await? >= polls + 3).then_some(())
     })
     .await?;
-    let quarantine = get_json(&http, &format!("{gateway_url}/v1/quarantine")).await.context("quarantine")?;
+    let quarantine = get_json(&operator, &format!("{gateway_url}/v1/quarantine")).await.context("quarantine")?;
     let entries = quarantine["entries"].as_array().context("entries")?;
     assert_eq!(entries.iter().filter(|entry| entry["source"] == source.as_str()).count(), 1);
     assert!(gateway.try_wait().is_none(), "the gateway exited:\n{}", gateway.log_tail());

@@ -13,6 +13,7 @@ mod end_to_end;
 mod endorsement_expiry;
 mod fleet;
 mod gateway;
+mod gateway_access;
 mod gateway_faults;
 mod gateway_garbage;
 mod gateway_held;

@@ -44,8 +44,36 @@ pub fn clock_args(start: &str, speed: u32, anchor_ms: i64) -> Vec<String> {
     ]
 }
 
+/// The token file of the gateways a test starts in `dir` (their `--tokens`).
+pub fn gateway_tokens(dir: &Path) -> std::path::PathBuf {
+    dir.join("gateway-tokens.json")
+}
+
+/// The operator's token of the gateways a test starts in `dir`: issued once with `wattle gateway
+/// token issue` into [`gateway_tokens`], kept in `dir/gateway-operator.token`.
+pub fn gateway_token(dir: &Path) -> anyhow::Result<String> {
+    let kept = dir.join("gateway-operator.token");
+    if let Ok(token) = std::fs::read_to_string(&kept) {
+        return Ok(token);
+    }
+    let output = wattle()
+        .args(["gateway", "token", "issue", "--label", "test operator", "--tokens"])
+        .arg(gateway_tokens(dir))
+        .output()?;
+    anyhow::ensure!(output.status.success(), "gateway token issue: {}", String::from_utf8_lossy(&output.stderr));
+    let token = String::from_utf8(output.stdout)?.trim().to_string();
+    std::fs::write(&kept, &token)?;
+    Ok(token)
+}
+
+/// An HTTP client that sends the operator's token of the gateways in `dir` (their quarantine).
+pub fn gateway_client(dir: &Path) -> anyhow::Result<reqwest::Client> {
+    bearer_client(&gateway_token(dir)?)
+}
+
 /// Starts `wattle gateway` against a broker and ledger nodes, with its data in `dir/gateway_id`
-/// (a restart with the same id continues on the same data); returns it once subscribed.
+/// (a restart with the same id continues on the same data) and the token file of
+/// [`gateway_token`]; returns it once subscribed.
 pub async fn start_gateway(
     dir: &Path,
     gateway_id: &str,
@@ -68,6 +96,7 @@ pub async fn start_gateway_with(
     let ready = dir.join(format!("{gateway_id}.ready"));
     // A restart on the same data directory must not read the previous run's address.
     let _ = std::fs::remove_file(&ready);
+    gateway_token(dir)?;
     let mut command = wattle();
     command
         .args(["gateway", "--gateway-id", gateway_id, "--listen", "127.0.0.1:0"])
@@ -76,6 +105,8 @@ pub async fn start_gateway_with(
         .arg(dir.join(gateway_id))
         .arg("--ready-file")
         .arg(&ready)
+        .arg("--tokens")
+        .arg(gateway_tokens(dir))
         .args(clock)
         .args(extra);
     let mut gateway = Process::spawn(gateway_id, dir, command)?;
@@ -415,7 +446,8 @@ impl Sandbox {
     }
 }
 
-/// An HTTP client that sends `Authorization: Bearer TOKEN` with every request (billing's API).
+/// An HTTP client that sends `Authorization: Bearer TOKEN` with every request (billing's API, the
+/// gateway's quarantine).
 pub fn bearer_client(token: &str) -> anyhow::Result<reqwest::Client> {
     let mut headers = reqwest::header::HeaderMap::new();
     headers.insert(reqwest::header::AUTHORIZATION, format!("Bearer {token}").parse()?);

@@ -6,25 +6,20 @@
 //!
 //! The token file lives beside billing's database, not in it: the read model can be deleted and
 //! rebuilt from the ledger without logging every customer out. Billing re-reads the file when it
-//! changes, so `wattle token revoke` takes effect on the next request.
+//! changes, so `wattle token revoke` takes effect on the next request. The file and the token
+//! format are `domain::token`'s, shared with the gateway's operator tokens; the roles are billing's.
 
 use std::collections::HashMap;
-use std::path::{Path, PathBuf};
 use std::sync::Mutex;
-use std::time::{Instant, SystemTime};
+use std::time::Instant;
 
 use axum::http::{HeaderMap, StatusCode};
 use domain::ids::CustomerId;
-use rand::RngCore;
+use domain::token::{TokenRefusal, TOKEN_PREFIX};
 use serde::{Deserialize, Serialize};
-use sha2::{Digest, Sha256};
 
 use crate::api::Refusal;
 
-/// Prefix of every token, so a leaked one is recognisable (secret scanners, logs).
-pub const TOKEN_PREFIX: &str = "wtk";
-/// Most tokens one file holds: the file is read whole on every change.
-pub const TOKENS_MAX: usize = 100_000;
 /// Requests one token may make per second, sustained (`--rate-per-token`).
 pub const RATE_PER_TOKEN_DEFAULT: u32 = 50;
 /// Requests one token may make at once after being idle: twice the per-second rate.
@@ -35,8 +30,6 @@ pub const OPERATOR_RATE_FACTOR: u32 = 20;
 /// Most tokens the rate limiter tracks; beyond it the idlest half is forgotten (they start again
 /// with a full bucket, which is the most a forgotten token could have had anyway).
 pub const RATE_TRACKED_MAX: usize = 100_000;
-/// Longest label a token may carry.
-pub const LABEL_BYTES_MAX: usize = 200;
 
 /// What a token entitles its bearer to.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -48,202 +41,16 @@ pub enum Role {
     Operator,
 }
 
-/// One issued token, as the file keeps it: never the token itself.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct TokenRecord {
-    /// Public id (the token's middle part): names the token in logs, lists and revocations.
-    pub id: String,
-    #[serde(flatten)]
-    pub role: Role,
-    /// SHA-256 of the whole token, hex.
-    pub sha256: String,
-    pub label: String,
-    /// RFC 3339 UTC.
-    pub issued_at: String,
-    /// RFC 3339 UTC; a revoked token is refused with `revoked_token`.
-    pub revoked_at: Option<String>,
-}
+/// One issued token of billing's, as its token file keeps it (`domain::token`).
+pub type TokenRecord = domain::token::TokenRecord<Role>;
 
-#[derive(Debug, Default, Serialize, Deserialize)]
-struct TokenFile {
-    tokens: Vec<TokenRecord>,
-}
-
-/// Why a token operation failed.
-#[derive(Debug, thiserror::Error)]
-pub enum TokenError {
-    #[error("reading the token file {path}: {reason}")]
-    Read { path: String, reason: String },
-    #[error("writing the token file {path}: {reason}")]
-    Write { path: String, reason: String },
-    #[error("no token with id {0}")]
-    Unknown(String),
-    #[error("the token file holds {TOKENS_MAX} tokens, the most it may")]
-    Full,
-    #[error("a label is at most {LABEL_BYTES_MAX} bytes")]
-    LabelTooLong,
-}
-
-fn sha256_hex(bytes: &[u8]) -> String {
-    hex::encode(Sha256::digest(bytes))
-}
-
-fn now_rfc3339() -> String {
-    chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
-}
-
-/// The token file: issue, revoke, list (the CLI and the operator API), and look up (every
+/// Billing's token file: issue, revoke, list (the CLI and the operator API), and look up (every
 /// request). Re-read when its modification time or length changes.
-#[derive(Debug)]
-pub struct TokenStore {
-    path: PathBuf,
-    cache: Mutex<Cache>,
-}
+pub type TokenStore = domain::token::TokenStore<Role>;
 
-#[derive(Debug, Default)]
-struct Cache {
-    stamp: Option<(SystemTime, u64)>,
-    by_id: HashMap<String, TokenRecord>,
-}
-
-impl TokenStore {
-    /// Opens the token file at `path` (created empty, mode 0600, if missing).
-    pub fn open(path: &Path) -> Result<TokenStore, TokenError> {
-        let store = TokenStore { path: path.to_path_buf(), cache: Mutex::new(Cache::default()) };
-        if !path.exists() {
-            store.write(&TokenFile::default())?;
-        }
-        store.refresh()?;
-        Ok(store)
-    }
-
-    pub fn path(&self) -> &Path {
-        &self.path
-    }
-
-    fn read(&self) -> Result<TokenFile, TokenError> {
-        let error = |reason: String| TokenError::Read { path: self.path.display().to_string(), reason };
-        let bytes = std::fs::read(&self.path).map_err(|e| error(e.to_string()))?;
-        let file: TokenFile = serde_json::from_slice(&bytes).map_err(|e| error(e.to_string()))?;
-        if file.tokens.len() > TOKENS_MAX {
-            return Err(error(format!("{} tokens, more than {TOKENS_MAX}", file.tokens.len())));
-        }
-        Ok(file)
-    }
-
-    /// Writes the whole file atomically (a temporary file renamed over it), mode 0600.
-    fn write(&self, file: &TokenFile) -> Result<(), TokenError> {
-        let error = |reason: String| TokenError::Write { path: self.path.display().to_string(), reason };
-        let json = serde_json::to_vec_pretty(file).map_err(|e| error(e.to_string()))?;
-        let temporary = self.path.with_extension("tmp");
-        {
-            use std::io::Write;
-            use std::os::unix::fs::OpenOptionsExt;
-            let mut out = std::fs::OpenOptions::new()
-                .write(true)
-                .create(true)
-                .truncate(true)
-                .mode(0o600)
-                .open(&temporary)
-                .map_err(|e| error(e.to_string()))?;
-            out.write_all(&json).and_then(|()| out.sync_all()).map_err(|e| error(e.to_string()))?;
-        }
-        std::fs::rename(&temporary, &self.path).map_err(|e| error(e.to_string()))
-    }
-
-    /// Re-reads the file if it changed since the last read.
-    fn refresh(&self) -> Result<(), TokenError> {
-        let meta = std::fs::metadata(&self.path)
-            .map_err(|e| TokenError::Read { path: self.path.display().to_string(), reason: e.to_string() })?;
-        let stamp = (meta.modified().unwrap_or(SystemTime::UNIX_EPOCH), meta.len());
-        let mut cache = self.cache.lock().expect("token cache lock is never poisoned");
-        if cache.stamp == Some(stamp) {
-            return Ok(());
-        }
-        let file = self.read()?;
-        cache.by_id = file.tokens.into_iter().map(|record| (record.id.clone(), record)).collect();
-        cache.stamp = Some(stamp);
-        Ok(())
-    }
-
-    /// Issues a token for `role`: returns the token (shown once, never stored) and its record.
-    pub fn issue(&self, role: Role, label: &str) -> Result<(String, TokenRecord), TokenError> {
-        if label.len() > LABEL_BYTES_MAX {
-            return Err(TokenError::LabelTooLong);
-        }
-        let mut file = self.read()?;
-        if file.tokens.len() >= TOKENS_MAX {
-            return Err(TokenError::Full);
-        }
-        let mut id = [0u8; 8];
-        let mut secret = [0u8; 32];
-        rand::rngs::OsRng.fill_bytes(&mut id);
-        rand::rngs::OsRng.fill_bytes(&mut secret);
-        let id = hex::encode(id);
-        let token = format!("{TOKEN_PREFIX}_{id}_{}", hex::encode(secret));
-        let record = TokenRecord {
-            id,
-            role,
-            sha256: sha256_hex(token.as_bytes()),
-            label: label.to_string(),
-            issued_at: now_rfc3339(),
-            revoked_at: None,
-        };
-        file.tokens.push(record.clone());
-        self.write(&file)?;
-        self.refresh()?;
-        Ok((token, record))
-    }
-
-    /// Revokes the token `id` (revoking a revoked token keeps its first revocation time).
-    pub fn revoke(&self, id: &str) -> Result<TokenRecord, TokenError> {
-        let mut file = self.read()?;
-        let record = file.tokens.iter_mut().find(|record| record.id == id).ok_or(TokenError::Unknown(id.into()))?;
-        record.revoked_at.get_or_insert_with(now_rfc3339);
-        let record = record.clone();
-        self.write(&file)?;
-        self.refresh()?;
-        Ok(record)
-    }
-
-    /// Every token's record, oldest first.
-    pub fn list(&self) -> Result<Vec<TokenRecord>, TokenError> {
-        Ok(self.read()?.tokens)
-    }
-
-    /// Whether the token `id` is still known and not revoked (a live stream re-checks its
-    /// caller with this on every event).
-    fn still_valid(&self, id: &str) -> Result<(), Refusal> {
-        if let Err(error) = self.refresh() {
-            tracing::error!(%error, "the token file could not be read; keeping the tokens read before");
-        }
-        let cache = self.cache.lock().expect("token cache lock is never poisoned");
-        let record = cache.by_id.get(id).ok_or_else(|| unauthorized("unknown_token", "this token is gone"))?;
-        match &record.revoked_at {
-            Some(revoked_at) => Err(unauthorized("revoked_token", format!("token {id} was revoked at {revoked_at}"))),
-            None => Ok(()),
-        }
-    }
-
-    /// The record of a presented token, checked against its stored hash.
-    fn lookup(&self, token: &str) -> Result<TokenRecord, Refusal> {
-        let id = token
-            .strip_prefix(TOKEN_PREFIX)
-            .and_then(|rest| rest.strip_prefix('_'))
-            .and_then(|rest| rest.split_once('_'))
-            .map(|(id, _)| id)
-            .ok_or_else(|| unauthorized("malformed_token", "a token reads wtk_<id>_<secret>"))?;
-        if let Err(error) = self.refresh() {
-            tracing::error!(%error, "the token file could not be read; keeping the tokens read before");
-        }
-        let cache = self.cache.lock().expect("token cache lock is never poisoned");
-        let record = cache.by_id.get(id).filter(|record| record.sha256 == sha256_hex(token.as_bytes()));
-        let record = record.ok_or_else(|| unauthorized("unknown_token", "this token was not issued here"))?;
-        if let Some(revoked_at) = &record.revoked_at {
-            return Err(unauthorized("revoked_token", format!("token {} was revoked at {revoked_at}", record.id)));
-        }
-        Ok(record.clone())
-    }
+/// A presented token's refusal as billing answers it.
+fn refused(refusal: TokenRefusal) -> Refusal {
+    unauthorized(refusal.code(), refusal.to_string())
 }
 
 fn unauthorized(code: &'static str, message: impl Into<String>) -> Refusal {
@@ -388,7 +195,7 @@ impl Gate {
         let caller = match &self.oidc {
             Some(oidc) if !token.starts_with(TOKEN_PREFIX) && token.matches('.').count() == 2 => oidc.verify(token)?,
             _ => {
-                let record = self.tokens.lookup(token)?;
+                let record = self.tokens.lookup(token).map_err(refused)?;
                 Caller { token_id: record.id, role: record.role, via: Via::Token }
             }
         };
@@ -413,7 +220,10 @@ impl Gate {
     /// stream asks before every event. Not rate-limited: the stream is one request.
     pub fn still_admitted(&self, caller: &Caller) -> Result<(), Refusal> {
         match caller.via {
-            Via::Token => self.tokens.still_valid(&caller.token_id),
+            Via::Token => self.tokens.still_valid(&caller.token_id).map_err(|refusal| match refusal {
+                TokenRefusal::Unknown => unauthorized("unknown_token", "this token is gone"),
+                refusal => refused(refusal),
+            }),
             Via::Jwt { expires_at_s } => {
                 let now_s = domain::clock::wall_clock_now().0.div_euclid(1000);
                 if now_s > expires_at_s.saturating_add(crate::oidc::LEEWAY_SECONDS as i64) {

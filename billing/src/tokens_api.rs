@@ -30,8 +30,8 @@ fn operator(shared: &Shared, headers: &HeaderMap) -> Result<Caller, Refusal> {
     Ok(caller)
 }
 
-fn token_error(error: crate::auth::TokenError) -> Refusal {
-    use crate::auth::TokenError;
+fn token_error(error: domain::token::TokenError) -> Refusal {
+    use domain::token::TokenError;
     match error {
         TokenError::Unknown(_) => Refusal::new(StatusCode::NOT_FOUND, "unknown_token_id", error.to_string()),
         TokenError::Full => Refusal::new(StatusCode::UNPROCESSABLE_ENTITY, "too_many_tokens", error.to_string()),

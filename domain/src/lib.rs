@@ -6,7 +6,9 @@
 //!
 //! Nothing here touches the network, the disk or a database. The one exception is
 //! [`clock::Clock::now`], which reads the wall clock for the runtimes; the ledger's state
-//! machine and settlement never call it (the leader stamps time into transactions).
+//! machine and settlement never call it (the leader stamps time into transactions). The other is
+//! the bearer-token file (`token::TokenStore`), behind the `token-file` feature that only the
+//! services admitting tokens (billing, the gateway) turn on.
 
 pub mod api;
 pub mod client_read;
@@ -24,5 +26,6 @@ pub mod receipt;
 pub mod settle;
 pub mod settlement;
 pub mod tariff;
+pub mod token;
 pub mod tx;
 pub mod verify;

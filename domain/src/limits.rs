@@ -106,3 +106,10 @@ pub const GOV_DOCUMENT_JSON_BYTES_MAX: usize = 16 * 1024;
 
 /// Most keys one meter keeps over its life (`keyring`): rotations beyond this need a new meter id.
 pub const METER_KEYS_MAX: usize = 16;
+
+/// Most tokens one token file holds (billing's, the gateway's): the file is read whole on every
+/// change.
+pub const TOKEN_RECORDS_MAX: usize = 100_000;
+
+/// Longest label a token may carry.
+pub const TOKEN_LABEL_BYTES_MAX: usize = 200;

@@ -29,6 +29,9 @@ pub struct FileConfig {
     pub attest_interval_s: Option<i64>,
     pub disk_budget_mb: Option<u64>,
     pub key_file: Option<PathBuf>,
+    /// The operators' token file (`wattle gateway token issue`); without one, `/v1/quarantine`
+    /// refuses every call.
+    pub tokens: Option<PathBuf>,
     /// Most entries in the garbage store (docs/gateway.md, "Quarantine").
     pub garbage_entries_max: Option<u64>,
     /// Retention of garbage-store entries (s).
@@ -98,6 +101,7 @@ mod tests {
         let config: FileConfig = toml::from_str(
             r#"
             gateway_id = "gw-7"
+            tokens = "/etc/wattle/gw-tokens.json"
             [[modbus]]
             address = "127.0.0.1:5020"
             unit = 1
@@ -122,6 +126,7 @@ mod tests {
             "#,
         )
         .expect("parses");
+        assert_eq!(config.tokens.as_deref(), Some(Path::new("/etc/wattle/gw-tokens.json")));
         let devices = config.devices().expect("resolves");
         assert_eq!(devices[0].1, DeviceMap::SunSpec);
         assert_eq!(devices[1].1, DeviceMap::Energy(EnergyMap::SDM630));

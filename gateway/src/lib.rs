@@ -6,9 +6,10 @@
 //! gateway's own key.
 //!
 //! One module per stage: [`mqtt`] (broker in), `ingest` (verify, check, store), `gaps` (backfill
-//! requests), `forward` (outbox to the ledger), `registry`, `disk` (the budget), `http` and
-//! `metrics`.
+//! requests), `forward` (outbox to the ledger), `registry`, `disk` (the budget), `http`,
+//! [`access`] (who may call it: operators' bearer tokens) and `metrics`.
 
+pub mod access;
 pub mod config;
 mod disk;
 mod forward;
@@ -82,6 +83,9 @@ pub struct GatewayConfig {
     pub disk_budget_bytes: u64,
     /// The garbage store's bounds and the retry horizon of readings the ledger refused.
     pub quarantine: QuarantineSettings,
+    /// The operators' token file (`wattle gateway token issue`; created empty if missing). With
+    /// none, `/v1/quarantine` and its release refuse every call.
+    pub tokens_path: Option<PathBuf>,
 }
 
 /// How long refused readings are retried and how much garbage is kept (docs/gateway.md).
@@ -128,6 +132,8 @@ pub(crate) struct Shared {
     pub(crate) registry_grew: Arc<Notify>,
     /// Held by whoever stages and commits tracker changes (ingest, gap recovery): one at a time.
     pub(crate) tracker_write: Arc<tokio::sync::Mutex<()>>,
+    /// Who may call the operator endpoints.
+    pub(crate) access: Arc<access::Access>,
 }
 
 impl Shared {
@@ -187,8 +193,18 @@ pub async fn start(config: GatewayConfig) -> anyhow::Result<GatewayHandle> {
         );
         modbus_receivers.push((device.clone(), *map, receiver));
     }
+    let access = match &config.tokens_path {
+        Some(path) => access::Access::Tokens(
+            access::TokenStore::open(path).with_context(|| format!("opening the token file {}", path.display()))?,
+        ),
+        None => {
+            tracing::warn!("no operator token file (--tokens): /v1/quarantine and its release refuse every call");
+            access::Access::Unconfigured
+        }
+    };
     let (sender, receiver) = mpsc::channel::<Incoming>(INGEST_QUEUE_MAX);
     let shared = Shared {
+        access: Arc::new(access),
         ingest: sender.clone(),
         registry_grew: Arc::new(Notify::new()),
         tracker_write: Arc::new(tokio::sync::Mutex::new(())),

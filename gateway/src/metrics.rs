@@ -29,6 +29,13 @@ pub(crate) struct ClassLabels {
     pub(crate) class: &'static str,
 }
 
+/// Why an operator call was refused.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub(crate) struct RefusalLabels {
+    /// One of `access::REFUSAL_CODES`.
+    pub(crate) code: &'static str,
+}
+
 /// The gateway's metrics, registered once. Counters are incremented where things happen; the
 /// values other parts own (outbox depth, open gaps, garbage-store counts: the private fields) are
 /// copied in by `render` just before encoding, so a scrape reports them as they are now.
@@ -64,6 +71,7 @@ pub struct Metrics {
     garbage_dropped: Family<ClassLabels, Counter>,
     pub(crate) modbus_errors_by_reason: Family<ReasonLabels, Counter>,
     pub(crate) rejected_by_reason: Family<ReasonLabels, Counter>,
+    requests_refused: Family<RefusalLabels, Counter>,
     /// State, not exported: `/healthz` reports these.
     pub(crate) mqtt_connected: AtomicBool,
     pub(crate) mqtt_subscribed: AtomicBool,
@@ -88,7 +96,7 @@ impl Metrics {
         let r = &mut registry;
         // Fields are initialised in the order written, which is the exposition's order.
         // prometheus-client appends `_total` to a counter's name and a full stop to each help.
-        Metrics {
+        let metrics = Metrics {
             readings_in: register(r, "readings_in", "Messages received from MQTT"),
             readings_accepted: register(r, "readings_accepted", "Readings verified and stored in the outbox"),
             readings_forwarded: register(r, "readings_forwarded", "Readings the ledger reported final"),
@@ -173,11 +181,25 @@ impl Metrics {
                 "Modbus polls that failed or returned invalid data, by reason",
             ),
             rejected_by_reason: register(r, "readings_rejected", "Readings quarantined, by reason"),
+            requests_refused: register(
+                r,
+                "requests_refused",
+                "Calls of the operator endpoints refused (no, a bad or a revoked token; no token file), by code",
+            ),
             mqtt_connected: AtomicBool::new(false),
             mqtt_subscribed: AtomicBool::new(false),
             over_disk_budget: AtomicBool::new(false),
             registry,
+        };
+        for code in crate::access::REFUSAL_CODES {
+            let _ = metrics.requests_refused.get_or_create(&RefusalLabels { code });
         }
+        metrics
+    }
+
+    /// Counts an operator call refused with `code` (one of `access::REFUSAL_CODES`).
+    pub(crate) fn refuse(&self, code: &'static str) {
+        self.requests_refused.get_or_create(&RefusalLabels { code }).inc();
     }
 
     pub(crate) fn modbus_error(&self, reason: &str) {
@@ -247,6 +269,7 @@ mod tests {
         metrics.reject("ledger_unknown \"meter\"");
         metrics.modbus_error("modbus_timeout");
         metrics.disk_bytes.set(4096);
+        metrics.refuse("missing_token");
         let text = metrics.encode();
         let samples = samples(&text);
         for expected in [
@@ -256,6 +279,8 @@ mod tests {
             "wattle_gateway_readings_rejected_total{reason=\"ledger_unknown \\\"meter\\\"\"} 1",
             "wattle_gateway_modbus_errors_total{reason=\"modbus_timeout\"} 1",
             "wattle_gateway_disk_bytes 4096",
+            "wattle_gateway_requests_refused_total{code=\"missing_token\"} 1",
+            "wattle_gateway_requests_refused_total{code=\"unknown_token\"} 0",
         ] {
             assert!(samples.contains(&expected), "{expected:?} missing from:\n{text}");
         }
@@ -330,6 +355,7 @@ mod tests {
             "wattle_gateway_garbage_dropped counter",
             "wattle_gateway_modbus_errors counter",
             "wattle_gateway_readings_rejected counter",
+            "wattle_gateway_requests_refused counter",
         ];
         assert_eq!(types, expected, "{text}");
         assert!(text.contains("# HELP wattle_gateway_readings_in Messages received from MQTT.\n"), "{text}");
