@@ -23,8 +23,9 @@ pub(crate) enum RecoveryCommand {
         /// The node's id.
         #[arg(long)]
         node_id: u64,
-        /// The service key's endorsement of this node's id and key (128 hex characters, from
-        /// `wattle node endorsement`); checked against `--service-key`.
+        /// The service key's endorsement of this node's id and key (from `wattle node
+        /// endorsement`: 128 hex characters, then `:NOT_BEFORE_MS:NOT_AFTER_MS` for one with a
+        /// period); checked against `--service-key`.
         #[arg(long)]
         endorsement: String,
         /// The service's public key (64 hex characters, or a file holding them).
@@ -54,6 +55,22 @@ pub(crate) enum RecoveryCommand {
         /// The members' share files: --share a.share.json --share b.share.json ...
         #[arg(long = "share", required = true)]
         shares: Vec<PathBuf>,
+    },
+    /// After the majority of the cluster is lost for good: make one surviving node, stopped, a
+    /// new cluster of one that resumes from its last applied entry (entries it appended but never
+    /// applied are dropped). Start it again with the same id, keys and endorsement; it elects
+    /// itself, keeps its history and the service identity (old receipts still verify), and new
+    /// nodes join it as any node does. Restore its secrets from shares first if they were lost.
+    NewCluster {
+        /// The surviving node's data directory (the node must be stopped).
+        #[arg(long)]
+        data_dir: PathBuf,
+        /// Its node id.
+        #[arg(long)]
+        node_id: u64,
+        /// The address it will serve raft on (its `--raft-listen`, or `--listen` without one).
+        #[arg(long)]
+        raft_address: String,
     },
 }
 
@@ -90,22 +107,29 @@ fn opens_database(data_dir: &Path, secrets: &ledger::secrets::LedgerSecrets) -> 
 
 pub(crate) fn run(command: RecoveryCommand) -> anyhow::Result<()> {
     match command {
+        RecoveryCommand::NewCluster { data_dir, node_id, raft_address } => {
+            let done = ledger::reconstitute::new_cluster_from(&data_dir, node_id, &raft_address)?;
+            println!(
+                "node {node_id} is now a cluster of one resuming after entry {} ({} appended but unapplied entries \
+                 dropped); start it with its usual flags, then add nodes (docs/operations.md)",
+                done.resume_index, done.dropped_entries
+            );
+            Ok(())
+        }
         RecoveryCommand::Split { data_dir, node_id, endorsement, service_key, threshold, members, out } => {
             let service_key = ledger::audit::public_key_argument(&service_key).context("--service-key")?;
             let secrets = ledger::provision::load_local(&data_dir)?
                 .with_context(|| format!("{} holds no ledger secrets", data_dir.display()))?;
             let node_key = ledger::node::read_signing_key(&data_dir.join("node.key"))?;
-            let endorsement: [u8; 64] = hex::decode(endorsement.trim())
-                .ok()
-                .and_then(|bytes| bytes.try_into().ok())
-                .context("--endorsement: 128 hex characters")?;
+            let (endorsement, validity) = ledger::endorsements::parse_endorsement(&endorsement)
+                .map_err(|reason| anyhow::anyhow!("--endorsement: {reason}"))?;
             domain::verify::verify_signature(
                 &service_key,
                 &endorsement,
-                &domain::receipt::endorsement_message(node_id, &node_key.verifying_key().to_bytes()),
+                &domain::receipt::endorsement_message_for(node_id, &node_key.verifying_key().to_bytes(), validity),
             )
             .map_err(|_| anyhow::anyhow!("--endorsement is not the service key's for node {node_id} and its key"))?;
-            let shares = split(&secrets, threshold, &members, (node_id, &node_key, &endorsement))?;
+            let shares = split(&secrets, threshold, &members, (node_id, &node_key, (&endorsement, validity)))?;
             ledger::store::create_private_dir(&out)?;
             for share in &shares {
                 let path = out.join(format!("{}.share.json", share.member));

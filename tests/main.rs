@@ -23,6 +23,7 @@ mod governance;
 mod invoice_month;
 mod ledger_admission;
 mod modbus;
+mod new_cluster;
 mod oidc;
 mod peer_auth;
 mod postgres;

@@ -32,6 +32,8 @@ pub mod provision;
 pub mod raft_api;
 pub mod raft_channel;
 pub mod receipts;
+#[cfg(feature = "rocksdb")]
+pub mod reconstitute;
 pub mod recovery;
 pub mod registry;
 pub mod rotation;

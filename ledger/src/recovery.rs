@@ -45,7 +45,9 @@ pub struct RecoveryShare {
     pub ring_digest: String,
     /// The share's bytes (hex).
     pub share: String,
-    /// The node that split the secrets, its key and the service key's endorsement of both (hex).
+    /// The node that split the secrets, its key and the service key's endorsement of both (hex;
+    /// `HEX:NOT_BEFORE_MS:NOT_AFTER_MS` for an endorsement with a period, whose end does not
+    /// matter here: recovery may come long after it).
     pub node_id: NodeId,
     pub node_key: String,
     pub endorsement: String,
@@ -98,7 +100,7 @@ pub fn split(
     secrets: &LedgerSecrets,
     threshold: usize,
     members: &[String],
-    (node_id, node_key, endorsement): (NodeId, &SigningKey, &[u8; 64]),
+    (node_id, node_key, endorsement): (NodeId, &SigningKey, (&[u8; 64], Option<domain::receipt::Validity>)),
 ) -> Result<Vec<RecoveryShare>, RecoveryError> {
     if threshold == 0 || threshold > members.len() || members.len() > SHARES_MAX {
         return Err(RecoveryError::BadSplit { threshold, shares: members.len() });
@@ -123,7 +125,7 @@ pub fn split(
                 share: hex::encode(&bytes),
                 node_id,
                 node_key: hex::encode(node_key.verifying_key().to_bytes()),
-                endorsement: hex::encode(endorsement),
+                endorsement: crate::endorsements::format_endorsement(endorsement.0, endorsement.1),
                 signature: String::new(),
             };
             share.signature = hex::encode(node_key.sign(&signed_bytes(&share, &digest, &bytes)).to_bytes());
@@ -150,14 +152,14 @@ pub fn check(share: &RecoveryShare, service_key: &[u8; 32]) -> Result<([u8; 32],
         hex_array(&share.ring_digest).ok_or_else(|| corrupted("ring digest is not 32 bytes of hex"))?;
     let bytes = hex::decode(&share.share).map_err(|_| corrupted("share is not hex"))?;
     let node_key: [u8; 32] = hex_array(&share.node_key).ok_or_else(|| corrupted("node key is not 32 bytes of hex"))?;
-    let endorsement: [u8; 64] =
-        hex_array(&share.endorsement).ok_or_else(|| corrupted("endorsement is not 64 bytes of hex"))?;
+    let (endorsement, validity) = crate::endorsements::parse_endorsement(&share.endorsement)
+        .map_err(|reason| corrupted(&format!("endorsement: {reason}")))?;
     let signature: [u8; 64] =
         hex_array(&share.signature).ok_or_else(|| corrupted("signature is not 64 bytes of hex"))?;
     domain::verify::verify_signature(
         service_key,
         &endorsement,
-        &domain::receipt::endorsement_message(share.node_id, &node_key),
+        &domain::receipt::endorsement_message_for(share.node_id, &node_key, validity),
     )
     .map_err(|_| corrupted("the splitting node's key is not endorsed by this service key"))?;
     domain::verify::verify_signature(&node_key, &signature, &signed_bytes(share, &digest, &bytes))
@@ -218,8 +220,27 @@ mod tests {
         let node = SigningKey::from_bytes(&[2; 32]);
         let endorsement = domain::receipt::endorse(&service, 1, &node.verifying_key().to_bytes());
         let members: Vec<String> = ["supplier", "grid", "regulator"].map(String::from).to_vec();
-        let shares = split(&secrets, 2, &members, (1, &node, &endorsement)).expect("splits");
+        let shares = split(&secrets, 2, &members, (1, &node, (&endorsement, None))).expect("splits");
         (secrets, service, [0; 32], shares)
+    }
+
+    #[test]
+    fn a_share_made_under_an_endorsement_with_a_period_checks_against_that_period() {
+        let secrets = LedgerSecrets::generate();
+        let service = SigningKey::from_bytes(&[1; 32]);
+        let node = SigningKey::from_bytes(&[2; 32]);
+        let period = domain::receipt::Validity { not_before: 10, not_after: 20 };
+        let endorsement = domain::receipt::endorse_for(&service, 1, &node.verifying_key().to_bytes(), Some(period));
+        let members: Vec<String> = ["supplier", "grid"].map(String::from).to_vec();
+        let shares = split(&secrets, 2, &members, (1, &node, (&endorsement, Some(period)))).expect("splits");
+        assert!(shares[0].endorsement.ends_with(":10:20"), "{}", shares[0].endorsement);
+        let service_key = service.verifying_key().to_bytes();
+        assert_eq!(combine(&shares, &service_key).expect("recovers").encode(), secrets.encode());
+        let mut stretched = shares.clone();
+        stretched[1].endorsement = stretched[1].endorsement.replace(":10:20", ":10:30");
+        assert!(
+            matches!(combine(&stretched, &service_key), Err(RecoveryError::CorruptedShare { index, .. }) if index == shares[1].index)
+        );
     }
 
     #[test]
@@ -263,14 +284,14 @@ mod tests {
         let node = SigningKey::from_bytes(&[2; 32]);
         let endorsement = domain::receipt::endorse(&service, 1, &node.verifying_key().to_bytes());
         let members: Vec<String> = ["a", "b", "c"].map(String::from).to_vec();
-        let other = split(&LedgerSecrets::generate(), 2, &members, (1, &node, &endorsement)).expect("splits");
+        let other = split(&LedgerSecrets::generate(), 2, &members, (1, &node, (&endorsement, None))).expect("splits");
         let service_key = service.verifying_key().to_bytes();
         assert!(matches!(
             combine(&[first[0].clone(), other[1].clone()], &service_key),
             Err(RecoveryError::MixedSplits(_))
         ));
-        assert!(split(&secrets, 0, &members, (1, &node, &endorsement)).is_err());
-        assert!(split(&secrets, 4, &members, (1, &node, &endorsement)).is_err());
-        assert!(split(&secrets, 2, &["".into(), "b".into()], (1, &node, &endorsement)).is_err());
+        assert!(split(&secrets, 0, &members, (1, &node, (&endorsement, None))).is_err());
+        assert!(split(&secrets, 4, &members, (1, &node, (&endorsement, None))).is_err());
+        assert!(split(&secrets, 2, &["".into(), "b".into()], (1, &node, (&endorsement, None))).is_err());
     }
 }
