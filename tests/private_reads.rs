@@ -136,5 +136,10 @@ async fn private_reads_are_served_only_to_entitled_callers() -> anyhow::Result<(
     .await?;
     let metrics = http.get(format!("{url}/metrics")).send().await?.text().await?;
     assert!(metrics.contains("wattle_ledger_private_reads_refused_total{reason=\"not_entitled\"}"), "{metrics}");
+    // The nodes' log lines name the customer by its keyed-hash id, never its id.
+    let log = std::fs::read_to_string(sandbox.data.join("sandbox.log"))?;
+    let node_lines: Vec<&str> = log.lines().filter(|line| line.contains("private read")).collect();
+    assert!(node_lines.iter().any(|line| line.contains("/v1/customers/h-")), "{node_lines:?}");
+    assert!(node_lines.iter().all(|line| !line.contains(&customer.to_string())), "{node_lines:?}");
     sandbox.stop().await
 }

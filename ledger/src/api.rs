@@ -61,6 +61,30 @@ pub struct AppState {
     pub replay_guard: Arc<std::sync::Mutex<crate::peer_auth::ReplayGuard>>,
 }
 
+impl AppState {
+    /// A customer's or meter's id as log lines name it: its keyed-hash id (`h-…`, what
+    /// `/v1/meters` shows callers not entitled to the id), so logs name no household. Without
+    /// ledger secrets (the simulation's memory store) the id itself.
+    pub(crate) fn log_id(&self, id: &str) -> String {
+        match self.store.secrets() {
+            Some(secrets) => keyed_id(secrets, id),
+            None => id.to_string(),
+        }
+    }
+
+    /// A request path as log lines name it: the segment after `customers/` or `meters/` (an id)
+    /// replaced by its keyed-hash id.
+    pub(crate) fn log_path(&self, path: &str) -> String {
+        let mut out = Vec::new();
+        let mut hide_next = false;
+        for segment in path.split('/') {
+            out.push(if hide_next && !segment.is_empty() { self.log_id(segment) } else { segment.to_string() });
+            hide_next = matches!(segment, "customers" | "meters");
+        }
+        out.join("/")
+    }
+}
+
 /// The router of a ledger node: the client API, `/healthz`, `/metrics` and the raft endpoints.
 pub fn router(state: AppState) -> Router {
     routes(state, true)
@@ -170,7 +194,7 @@ async fn require_entitled_reader(
     if app.peer_trust.is_none() {
         return next.run(request).await;
     }
-    let path = request.uri().path().to_string();
+    let path = app.log_path(request.uri().path());
     let caller = entitled_caller(&app, &request);
     match caller {
         Ok(caller) => {

@@ -202,7 +202,7 @@ pub(crate) async fn submit_readings(
                 // Validly signed by the meter, other bytes than the settled reading: the meter
                 // equivocates. Refused with an alarm and never proposed, so a replayed
                 // equivocation grows nothing either.
-                let meter = &candidate.signed.reading().meter_id;
+                let meter = app.log_id(candidate.signed.reading().meter_id.as_str());
                 tracing::error!(%meter, %digest, settled = %settled, "equivocation: same meter and sequence, different bytes");
                 outcomes[candidate.position] = Some(ReadingOutcome {
                     digest: Some(digest),
@@ -215,7 +215,7 @@ pub(crate) async fn submit_readings(
                 batch.push(BatchReading { reading, backfill: candidate.backfill });
             }
             (Err(refused), _) => {
-                let meter = &refused.signed.reading().meter_id;
+                let meter = app.log_id(refused.signed.reading().meter_id.as_str());
                 tracing::info!(%meter, error = %refused.error, "reading refused by the leader");
                 outcomes[candidate.position] =
                     Some(ReadingOutcome { digest: Some(digest), ..rejected("bad_signature") });

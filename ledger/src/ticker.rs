@@ -74,6 +74,7 @@ async fn issue_due_invoices(app: &AppState) {
         let body = TxBody::IssueInvoice { customer: customer.clone(), period_start };
         match app.raft.client_write(crate::signer::internal_transaction(app, body)).await {
             Ok(response) => {
+                let customer = app.log_id(customer.as_str());
                 tracing::info!(index = response.log_id.index, %customer, period_start = period_start.0, "invoice issued")
             }
             Err(error) => {
@@ -91,7 +92,10 @@ async fn issue_due_credit_notes(app: &AppState) {
     for (order, customer) in due {
         let body = TxBody::IssueCreditNote { customer: customer.clone(), order };
         match app.raft.client_write(crate::signer::internal_transaction(app, body)).await {
-            Ok(response) => tracing::info!(index = response.log_id.index, %customer, order, "credit note issued"),
+            Ok(response) => {
+                let customer = app.log_id(customer.as_str());
+                tracing::info!(index = response.log_id.index, %customer, order, "credit note issued")
+            }
             Err(error) => {
                 tracing::debug!(%error, "credit note not committed");
                 return;
