@@ -12,7 +12,7 @@ cd "$(dirname "$0")/.."
 # mosquitto and its clients for the integration tests, mbpoll (a Modbus client we did not write),
 # PostgreSQL (billing's tests run its read model on SQLite and on a server they start themselves),
 # Chromium and a font (tests/customer_page.rs loads the customer's page in headless Chromium).
-packages=(libclang-dev clang g++ mosquitto mosquitto-clients mbpoll pkg-config postgresql chromium fonts-dejavu-core)
+packages=(libclang-dev clang g++ mosquitto mosquitto-clients mbpoll openssl pkg-config postgresql chromium fonts-dejavu-core)
 schemathesis_version=4.32.5
 
 setup() {

@@ -394,6 +394,17 @@ struct GatewayArgs {
     /// MQTT broker, host:port. Default 127.0.0.1:1883.
     #[arg(long)]
     broker: Option<String>,
+    /// Connect to the broker over TLS, trusting this CA certificate (PEM) for the broker's
+    /// certificate, whose name must match the broker's host.
+    #[arg(long)]
+    broker_ca_file: Option<PathBuf>,
+    /// The gateway's client certificate (PEM), for a broker that requires one
+    /// (`require_certificate true` in mosquitto); needs `--broker-key-file`.
+    #[arg(long, requires = "broker_key_file")]
+    broker_cert_file: Option<PathBuf>,
+    /// The key of `--broker-cert-file` (PEM: PKCS#8, SEC1 or PKCS#1).
+    #[arg(long, requires = "broker_cert_file")]
+    broker_key_file: Option<PathBuf>,
     /// Ledger nodes' client API base URLs (repeat or separate with commas); any node will do.
     /// Default http://127.0.0.1:7000.
     #[arg(long, value_delimiter = ',')]
@@ -934,6 +945,11 @@ async fn run(command: Command) -> anyhow::Result<()> {
             let quarantine = file.quarantine();
             let broker = args.broker.or(file.broker).unwrap_or_else(|| "127.0.0.1:1883".into());
             let (broker_host, broker_port) = parse_host_port(&broker)?;
+            let broker_tls = gateway::BrokerTls::from_files(
+                args.broker_ca_file.or(file.broker_ca_file),
+                args.broker_cert_file.or(file.broker_cert_file),
+                args.broker_key_file.or(file.broker_key_file),
+            )?;
             let ledger_urls = if args.ledger.is_empty() {
                 file.ledger.unwrap_or_else(|| vec!["http://127.0.0.1:7000".into()])
             } else {
@@ -946,6 +962,7 @@ async fn run(command: Command) -> anyhow::Result<()> {
                 data_dir,
                 broker_host,
                 broker_port,
+                broker_tls,
                 ledger_urls,
                 listen: args.listen.or(file.listen).unwrap_or_else(|| ([127, 0, 0, 1], 7100).into()),
                 clock: args.clock.clock(),

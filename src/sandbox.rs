@@ -256,6 +256,8 @@ pub async fn run(args: SandboxArgs) -> anyhow::Result<()> {
         data_dir: data_dir.join("gateway"),
         broker_host: "127.0.0.1".into(),
         broker_port,
+        // The embedded broker listens on loopback only.
+        broker_tls: None,
         ledger_urls: ledger_urls.clone(),
         listen: "127.0.0.1:0".parse()?,
         clock,

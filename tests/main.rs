@@ -19,6 +19,7 @@ mod gateway_garbage;
 mod gateway_held;
 mod gateway_modbus;
 mod gateway_restart;
+mod gateway_tls;
 mod governance;
 mod invoice_month;
 mod ledger_admission;

@@ -20,6 +20,12 @@ pub struct FileConfig {
     pub data_dir: Option<PathBuf>,
     /// MQTT broker, host:port.
     pub broker: Option<String>,
+    /// TLS to the broker: the CA certificate (PEM) that signed the broker's certificate; with it
+    /// the gateway connects over TLS and checks the broker's name.
+    pub broker_ca_file: Option<PathBuf>,
+    /// The gateway's client certificate (PEM) for a broker that requires one, with its key.
+    pub broker_cert_file: Option<PathBuf>,
+    pub broker_key_file: Option<PathBuf>,
     /// Ledger nodes' client API base URLs.
     pub ledger: Option<Vec<String>>,
     pub listen: Option<SocketAddr>,

@@ -59,6 +59,8 @@ pub struct GatewayConfig {
     pub data_dir: PathBuf,
     pub broker_host: String,
     pub broker_port: u16,
+    /// TLS to the broker (`None`: plain TCP, for a broker on loopback).
+    pub broker_tls: Option<BrokerTls>,
     /// Base URLs of the ledger nodes' client APIs, e.g. `http://127.0.0.1:7000`; any node takes
     /// writes (followers forward them to the leader), and the gateway moves to the next URL when
     /// one fails.
@@ -86,6 +88,45 @@ pub struct GatewayConfig {
     /// The operators' token file (`wattle gateway token issue`; created empty if missing). With
     /// none, `/v1/quarantine` and its release refuse every call.
     pub tokens_path: Option<PathBuf>,
+}
+
+/// TLS to the MQTT broker: the CA that signed the broker's certificate, and the gateway's own
+/// certificate and key for a broker that requires clients to present one (PEM files).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BrokerTls {
+    pub ca_file: PathBuf,
+    pub client_cert_and_key: Option<(PathBuf, PathBuf)>,
+}
+
+impl BrokerTls {
+    /// From the three optional files: a CA alone (server-authenticated TLS), a CA with a
+    /// certificate and key (mutual TLS), or nothing; anything else is a configuration error.
+    pub fn from_files(
+        ca_file: Option<PathBuf>,
+        cert_file: Option<PathBuf>,
+        key_file: Option<PathBuf>,
+    ) -> anyhow::Result<Option<BrokerTls>> {
+        match (ca_file, cert_file, key_file) {
+            (None, None, None) => Ok(None),
+            (Some(ca_file), None, None) => Ok(Some(BrokerTls { ca_file, client_cert_and_key: None })),
+            (Some(ca_file), Some(cert), Some(key)) => {
+                Ok(Some(BrokerTls { ca_file, client_cert_and_key: Some((cert, key)) }))
+            }
+            (None, ..) => anyhow::bail!("a broker client certificate needs the broker's CA file (--broker-ca-file)"),
+            _ => anyhow::bail!("a broker client certificate needs its key, and a key its certificate"),
+        }
+    }
+
+    /// rumqttc's TLS transport, the files read now (a missing or unreadable file fails the start).
+    fn transport(&self) -> anyhow::Result<rumqttc::Transport> {
+        let read = |path: &PathBuf| std::fs::read(path).with_context(|| format!("reading {}", path.display()));
+        let ca = read(&self.ca_file)?;
+        let client = match &self.client_cert_and_key {
+            None => None,
+            Some((cert, key)) => Some((read(cert)?, read(key)?)),
+        };
+        Ok(rumqttc::Transport::tls(ca, client, None))
+    }
 }
 
 /// How long refused readings are retried and how much garbage is kept (docs/gateway.md).
@@ -250,6 +291,10 @@ pub async fn start(config: GatewayConfig) -> anyhow::Result<GatewayHandle> {
     });
     let mut options =
         MqttOptions::new(format!("wattle-gateway-{}", config.gateway_id), &config.broker_host, config.broker_port);
+    if let Some(tls) = &config.broker_tls {
+        options.set_transport(tls.transport()?);
+        tracing::info!(ca = %tls.ca_file.display(), client_certificate = tls.client_cert_and_key.is_some(), "MQTT over TLS");
+    }
     // A persistent session: the broker keeps our subscription and queues QoS 1 messages while
     // we are away; we acknowledge only what is durably stored.
     options.set_clean_session(false);
