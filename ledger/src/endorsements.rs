@@ -201,12 +201,7 @@ mod tests {
     use domain::receipt::endorse_for;
     use ed25519_dalek::SigningKey;
 
-    struct Empty;
-    impl StateRead for Empty {
-        fn get(&self, _: Table, _: &[u8]) -> Option<Vec<u8>> {
-            None
-        }
-    }
+    use crate::state::EmptyState as Empty;
 
     fn endorsed(validity: Option<Validity>) -> NodeEndorsement {
         let service = SigningKey::from_bytes(&[9; 32]);

@@ -342,13 +342,7 @@ pub(crate) fn execute(state: &mut Overlay<'_>, action: &AdminAction) -> Option<R
 mod tests {
     use super::*;
 
-    struct Empty;
-
-    impl StateRead for Empty {
-        fn get(&self, _: Table, _: &[u8]) -> Option<Vec<u8>> {
-            None
-        }
-    }
+    use crate::state::EmptyState as Empty;
 
     /// Found while testing node revocation: revocations first lived under `n/`, where
     /// endorsements are, so every endorsed node read as revoked; gateways under `g/`, where

@@ -58,12 +58,7 @@ pub fn apply(state: &mut Overlay<'_>, version: u32) -> Result<(), String> {
 mod tests {
     use super::*;
 
-    struct Empty;
-    impl StateRead for Empty {
-        fn get(&self, _: Table, _: &[u8]) -> Option<Vec<u8>> {
-            None
-        }
-    }
+    use crate::state::EmptyState as Empty;
 
     #[test]
     fn a_rotation_is_carried_out_once_per_vote_and_in_version_order() {

@@ -31,6 +31,17 @@ pub trait StateRead {
     fn get(&self, table: Table, key: &[u8]) -> Option<Vec<u8>>;
 }
 
+/// A state with nothing in it, under an [`Overlay`] in tests of the state machine's parts.
+#[cfg(test)]
+pub(crate) struct EmptyState;
+
+#[cfg(test)]
+impl StateRead for EmptyState {
+    fn get(&self, _: Table, _: &[u8]) -> Option<Vec<u8>> {
+        None
+    }
+}
+
 /// Writes produced by applying transactions, readable through [`Overlay`] before they commit.
 #[derive(Debug, Default)]
 pub struct WriteSet {
