@@ -80,7 +80,7 @@ pub async fn run(args: SandboxArgs) -> anyhow::Result<()> {
     let log_path = data_dir.join("sandbox.log");
     crate::init_logging(crate::LOG_FILTER_DEFAULT, Some(&log_path))?;
     println!("Starting the Wattle sandbox (logs: {})", log_path.display());
-    let clock_start_ms = args.start.timestamp_millis() - ledger::endorsements::PERIOD_LEAD_MS;
+    let before_first_entry_ms = args.start.timestamp_millis() - ledger::endorsements::PERIOD_LEAD_MS;
     let clock = Clock::Simulated {
         start: UnixMillis(args.start.timestamp_millis()),
         anchor: wall_clock_now(),
@@ -182,7 +182,8 @@ pub async fn run(args: SandboxArgs) -> anyhow::Result<()> {
         // Receipts judge this one by the ledger's (simulated) clock: from before the sandbox's
         // first entry to a year after it.
         let validity = ledger::endorsements::period_from(clock.now().0, ledger::endorsements::VALID_DAYS_DEFAULT);
-        let validity = domain::receipt::Validity { not_before: validity.not_before.min(clock_start_ms), ..validity };
+        let validity =
+            domain::receipt::Validity { not_before: validity.not_before.min(before_first_entry_ms), ..validity };
         admission.push(domain::tx::AdminAction::EndorseNode {
             node_id,
             node_key,

@@ -183,15 +183,8 @@ impl Gate {
 
     /// The caller of a request: its bearer token, known, not revoked, within its rate.
     pub fn caller(&self, headers: &HeaderMap) -> Result<Caller, Refusal> {
-        let value = headers.get(axum::http::header::AUTHORIZATION).ok_or_else(|| {
-            unauthorized("missing_token", "send Authorization: Bearer <token> (issued by the operator)")
-        })?;
-        let token = value
-            .to_str()
-            .ok()
-            .and_then(|value| value.strip_prefix("Bearer "))
-            .map(str::trim)
-            .ok_or_else(|| unauthorized("malformed_token", "the Authorization header reads Bearer <token>"))?;
+        let token = domain::token::bearer(headers.get(axum::http::header::AUTHORIZATION).map(|value| value.as_bytes()))
+            .map_err(|(code, message)| unauthorized(code, format!("{message} (issued by the operator)")))?;
         let caller = match &self.oidc {
             Some(oidc) if !token.starts_with(TOKEN_PREFIX) && token.matches('.').count() == 2 => oidc.verify(token)?,
             _ => {

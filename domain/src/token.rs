@@ -89,6 +89,17 @@ impl TokenRefusal {
     }
 }
 
+/// Why an `Authorization` header names no bearer token: its code (`missing_token`,
+/// `malformed_token`) and what to send instead; each service adds where tokens come from.
+pub fn bearer(authorization: Option<&[u8]>) -> Result<&str, (&'static str, &'static str)> {
+    let value = authorization.ok_or(("missing_token", "send Authorization: Bearer <token>"))?;
+    std::str::from_utf8(value)
+        .ok()
+        .and_then(|value| value.strip_prefix("Bearer "))
+        .map(str::trim)
+        .ok_or(("malformed_token", "the Authorization header reads Bearer <token>"))
+}
+
 /// SHA-256 of `bytes`, lower-case hex.
 pub fn sha256_hex(bytes: &[u8]) -> String {
     hex::encode(Sha256::digest(bytes))

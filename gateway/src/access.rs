@@ -67,15 +67,8 @@ impl Access {
                 ))
             }
         };
-        let value = headers.get(axum::http::header::AUTHORIZATION).ok_or_else(|| {
-            unauthorized("missing_token", "send Authorization: Bearer <token> (`wattle gateway token issue`)")
-        })?;
-        let token = value
-            .to_str()
-            .ok()
-            .and_then(|value| value.strip_prefix("Bearer "))
-            .map(str::trim)
-            .ok_or_else(|| unauthorized("malformed_token", "the Authorization header reads Bearer <token>"))?;
+        let token = domain::token::bearer(headers.get(axum::http::header::AUTHORIZATION).map(|value| value.as_bytes()))
+            .map_err(|(code, message)| unauthorized(code, format!("{message} (`wattle gateway token issue`)")))?;
         let record = tokens.lookup(token).map_err(|refusal| unauthorized(refusal.code(), refusal.to_string()))?;
         match record.role {
             Role::Operator => Ok(Operator { token_id: record.id }),
