@@ -204,6 +204,7 @@ async fn ledger_cluster(
             peer_auth,
             measurement: None,
             seal: confidential,
+            tls: confidential,
         };
         starting.push(tokio::spawn(ledger::node::start(config)));
     }
@@ -212,9 +213,9 @@ async fn ledger_cluster(
         nodes.push(handle.await??);
     }
     let leader = nodes[0].raft.current_leader().await.context("a leader")?;
-    let leader_url = format!("http://{}", members[leader as usize - 1].1);
+    let leader_url = format!("{}://{}", nodes[0].scheme, members[leader as usize - 1].1);
     eprintln!(
-        "{} nodes up (signatures {}, sealed and authenticated {}); leader is node {leader}; pre-signing readings...",
+        "{} nodes up (signatures {}, sealed, authenticated and TLS {}); leader is node {leader}; pre-signing readings...",
         args.nodes,
         if signatures { "on" } else { "off" },
         if confidential { "on" } else { "off" }
@@ -233,8 +234,13 @@ async fn ledger_cluster(
         .collect();
     let public: Vec<[u8; 32]> = keys.iter().map(|key| key.verifying_key().to_bytes()).collect();
 
-    let http =
-        reqwest::Client::builder().timeout(Duration::from_secs(60)).pool_max_idle_per_host(args.concurrency).build()?;
+    // Over TLS the load client trusts the service's nodes, as a gateway does.
+    let trust = confidential.then(|| service.verifying_key().to_bytes());
+    let builder = reqwest::Client::builder().timeout(Duration::from_secs(60)).pool_max_idle_per_host(args.concurrency);
+    let http = match trust {
+        None => builder.build()?,
+        Some(key) => builder.use_preconfigured_tls(domain::tls::client_config(key, None)?).build()?,
+    };
     let mut rows = Vec::new();
     let mut offset = 0usize;
     for &batch in &args.batch_sizes {

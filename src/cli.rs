@@ -45,6 +45,40 @@ pub fn write_ready_file(path: Option<&Path>, address: std::net::SocketAddr) -> a
     std::fs::rename(&temporary, path).with_context(|| format!("writing {}", path.display()))
 }
 
+/// The environment variable holding the ledger's service public key (64 hex characters): every
+/// command that talks to a ledger over `https://` trusts only the nodes it endorses.
+pub const LEDGER_SERVICE_KEY_ENV: &str = "WATTLE_LEDGER_SERVICE_KEY";
+
+/// Parses a service public key argument (64 hex characters).
+pub fn parse_service_key(text: &str) -> Result<[u8; 32], String> {
+    domain::tls::parse_service_key(text)
+}
+
+/// An HTTP client for a ledger node: over `https://` it trusts only nodes the service key in
+/// [`LEDGER_SERVICE_KEY_ENV`] endorses (`domain::tls`); without that variable it speaks plain
+/// HTTP only.
+pub fn ledger_client(timeout: std::time::Duration) -> anyhow::Result<reqwest::Client> {
+    let service_key = match std::env::var(LEDGER_SERVICE_KEY_ENV) {
+        Ok(text) => Some(parse_service_key(&text).map_err(|error| anyhow::anyhow!("{LEDGER_SERVICE_KEY_ENV}: {error}"))?),
+        Err(std::env::VarError::NotPresent) => None,
+        Err(error) => anyhow::bail!("{LEDGER_SERVICE_KEY_ENV}: {error}"),
+    };
+    ledger_client_trusting(service_key, timeout)
+}
+
+/// An HTTP client that reaches `https://` ledger nodes only if `service_key` endorses them.
+pub fn ledger_client_trusting(
+    service_key: Option<[u8; 32]>,
+    timeout: std::time::Duration,
+) -> anyhow::Result<reqwest::Client> {
+    let builder = reqwest::Client::builder().timeout(timeout);
+    let builder = match service_key {
+        None => builder,
+        Some(key) => builder.use_preconfigured_tls(domain::tls::client_config(key, None)?),
+    };
+    Ok(builder.build()?)
+}
+
 /// Resolves on Ctrl-C or SIGTERM.
 pub async fn shutdown_signal() {
     let terminate = async {

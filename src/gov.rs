@@ -406,7 +406,7 @@ pub async fn run(args: GovArgs) -> anyhow::Result<()> {
         _ => None,
     };
     let client = Client {
-        http: reqwest::Client::builder().timeout(std::time::Duration::from_secs(30)).build()?,
+        http: crate::cli::ledger_client(std::time::Duration::from_secs(30))?,
         ledger: args.ledger.trim_end_matches('/').to_string(),
         key: reader_key,
     };

@@ -289,6 +289,12 @@ struct NodeArgs {
     /// (128 hex characters, then `:NOT_BEFORE_MS:NOT_AFTER_MS` for one with a period).
     #[arg(long, requires = "peer_service_key")]
     endorsement: Option<String>,
+    /// Serve both ports over TLS 1.3 with a certificate carrying this node's endorsement, and
+    /// reach peers over TLS trusting only nodes the service key endorses. Clients then use
+    /// https:// and trust the service key (`--ledger-service-key`, WATTLE_LEDGER_SERVICE_KEY).
+    /// Every node of a cluster runs with it or none does.
+    #[arg(long, requires = "endorsement")]
+    tls: bool,
     #[command(flatten)]
     clock: ClockArgs,
 }
@@ -441,6 +447,10 @@ struct GatewayArgs {
     /// first start. It signs every batch sent to the ledger and attested readings.
     #[arg(long)]
     key_file: Option<PathBuf>,
+    /// The ledger's service public key (64 hex characters): reach `https://` ledger URLs
+    /// trusting only nodes it endorses (nodes run with `--tls`).
+    #[arg(long, env = cli::LEDGER_SERVICE_KEY_ENV, value_parser = cli::parse_service_key)]
+    ledger_service_key: Option<[u8; 32]>,
     #[command(flatten)]
     clock: ClockArgs,
 }
@@ -457,6 +467,10 @@ struct BillingArgs {
     /// `register_reader` proposal: nodes that authenticate serve customers' data only to it.
     #[arg(long)]
     ledger_key: Option<PathBuf>,
+    /// The ledger's service public key (64 hex characters): reach an `https://` ledger trusting
+    /// only nodes it endorses (nodes run with `--tls`), so customers' data travels encrypted.
+    #[arg(long, env = cli::LEDGER_SERVICE_KEY_ENV, value_parser = cli::parse_service_key)]
+    ledger_service_key: Option<[u8; 32]>,
     /// Billing's read model: `sqlite://PATH?mode=rwc` (embedded, the default: a file in the
     /// working directory) or `postgres://USER:PASSWORD@HOST:PORT/DATABASE`. Deleting it loses
     /// nothing: billing rebuilds it from the ledger.
@@ -776,7 +790,7 @@ async fn run(command: Command) -> anyhow::Result<()> {
             let operator = ledger::node::read_signing_key(&operator_key)?;
             let days = (!no_expiry).then_some(valid_days);
             let response =
-                ledger::node::endorse_node(&reqwest::Client::new(), &ledger_url, &node, &service, &operator, days)
+                ledger::node::endorse_node(&cli::ledger_client(std::time::Duration::from_secs(30))?, &ledger_url, &node, &service, &operator, days)
                     .await?;
             println!(
                 "endorsed the key of {node} at log index {}; service public key {}",
@@ -827,8 +841,10 @@ async fn run(command: Command) -> anyhow::Result<()> {
                 .transpose()?;
             receipt.verify(&service, document.as_deref()).context("the receipt does not verify")?;
             if let Some(ledger_url) = &ledger {
+                // An https:// ledger is trusted by the same service key the receipt is checked with.
+                let http = cli::ledger_client_trusting(Some(service), std::time::Duration::from_secs(30))?;
                 let config: serde_json::Value =
-                    reqwest::get(format!("{ledger_url}/v1/config")).await?.error_for_status()?.json().await?;
+                    http.get(format!("{ledger_url}/v1/config")).send().await?.error_for_status()?.json().await?;
                 let signer_key = hex::encode(receipt.node_key);
                 let revoked = config["revoked_nodes"]
                     .as_array()
@@ -925,6 +941,7 @@ async fn run(command: Command) -> anyhow::Result<()> {
                 peer_auth: peer_auth(args.peer_service_key.as_deref(), args.endorsement.as_deref())?,
                 measurement: None,
                 seal: true,
+                tls: args.tls,
             })
             .await?;
             write_ready_file(args.ready_file.as_deref(), node.address)?;
@@ -989,6 +1006,13 @@ async fn run(command: Command) -> anyhow::Result<()> {
                     .map_or(gateway::limits::DISK_BUDGET_BYTES_DEFAULT, |mb| mb.saturating_mul(1024 * 1024)),
                 quarantine,
                 tokens_path: args.tokens.or(file.tokens),
+                ledger_service_key: match (args.ledger_service_key, file.ledger_service_key.as_deref()) {
+                    (Some(key), _) => Some(key),
+                    (None, None) => None,
+                    (None, Some(text)) => Some(
+                        cli::parse_service_key(text).map_err(|error| anyhow::anyhow!("ledger_service_key: {error}"))?,
+                    ),
+                },
             })
             .await?;
             write_ready_file(args.ready_file.as_deref(), gateway.address)?;
@@ -1002,6 +1026,7 @@ async fn run(command: Command) -> anyhow::Result<()> {
                 listen: args.listen,
                 ledger_url: args.ledger,
                 ledger_key: args.ledger_key.as_deref().map(ledger::node::read_signing_key).transpose()?,
+                ledger_service_key: args.ledger_service_key,
                 database_url: args.database,
                 tokens_path: args.tokens,
                 rate_per_token: args.rate_per_token,
@@ -1047,7 +1072,7 @@ async fn run(command: Command) -> anyhow::Result<()> {
         Command::Bench(BenchCommand::BillLatency(args)) => bench_billing::bill_latency(args).await,
         Command::Cluster(args) => {
             let key = ledger::node::read_signing_key(&args.operator_key)?;
-            let http = reqwest::Client::new();
+            let http = cli::ledger_client(std::time::Duration::from_secs(30))?;
             let config: serde_json::Value =
                 http.get(format!("{}/v1/config", args.ledger)).send().await?.error_for_status()?.json().await?;
             let nonce = config["admin_nonce"].as_u64().context("admin_nonce in /v1/config")? + 1;

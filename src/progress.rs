@@ -19,6 +19,8 @@ const REQUEST_TIMEOUT: Duration = Duration::from_millis(800);
 pub struct Sources {
     pub clock: Clock,
     pub ledger_url: String,
+    /// Trust for an `https://` ledger (the service public key).
+    pub ledger_service_key: Option<[u8; 32]>,
     pub gateway_url: String,
     pub billing_url: String,
     pub customer: String,
@@ -29,7 +31,8 @@ pub struct Sources {
 /// Redraws the progress line until the task is aborted.
 pub async fn report(sources: Sources) {
     let terminal = std::io::stdout().is_terminal();
-    let http = reqwest::Client::builder().timeout(REQUEST_TIMEOUT).build().unwrap_or_default();
+    // One client for all three: its trust in the service's nodes applies to https:// only.
+    let http = crate::cli::ledger_client_trusting(sources.ledger_service_key, REQUEST_TIMEOUT).unwrap_or_default();
     let mut ticks = tokio::time::interval(if terminal { REDRAW_PERIOD } else { PRINT_PERIOD });
     ticks.tick().await;
     loop {

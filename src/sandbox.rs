@@ -47,6 +47,11 @@ pub struct SandboxArgs {
     /// Each node snapshots its state (and purges the log behind it) after this many entries.
     #[arg(long, default_value_t = ledger::limits::SNAPSHOT_AFTER_ENTRIES_DEFAULT)]
     snapshot_after_entries: u64,
+    /// Serve the ledger over plain HTTP instead of TLS (nodes' certificates endorsed by the
+    /// service key; the gateway, billing and the nodes themselves trust only those). For
+    /// looking at the traffic with ordinary tools, never for production.
+    #[arg(long)]
+    no_tls: bool,
 }
 
 /// Ledger nodes the sandbox runs.
@@ -127,6 +132,9 @@ pub async fn run(args: SandboxArgs) -> anyhow::Result<()> {
     // endorsed nodes (`ledger::peer_auth`), and every receipt verifies offline.
     let service_key_path = data_dir.join("service.key");
     let service_key = ledger::node::load_or_create_key(&service_key_path)?;
+    // Over TLS every client of the ledger (the nodes, the gateway, billing, the sandbox's own
+    // governance) trusts exactly the nodes this key endorses (`domain::tls`).
+    let trust = (!args.no_tls).then(|| service_key.verifying_key().to_bytes());
     let mut starting = Vec::new();
     for ((id, address), (_, raft_address)) in clients.iter().zip(&members) {
         let node_dir = data_dir.join(format!("node-{id}"));
@@ -160,6 +168,7 @@ pub async fn run(args: SandboxArgs) -> anyhow::Result<()> {
             peer_auth: Some(peer_auth),
             measurement: None,
             seal: true,
+            tls: trust.is_some(),
         };
         starting.push(tokio::spawn(ledger::node::start(config)));
     }
@@ -167,8 +176,9 @@ pub async fn run(args: SandboxArgs) -> anyhow::Result<()> {
     for node in starting {
         nodes.push(node.await??);
     }
-    let ledger_urls: Vec<String> = nodes.iter().map(|node| format!("http://{}", node.address)).collect();
-    let consortium = Consortium::wait_governed(&data_dir, &ledger_urls[0]).await?;
+    let ledger_urls: Vec<String> = nodes.iter().map(|node| format!("{}://{}", node.scheme, node.address)).collect();
+    let ledger_http = crate::cli::ledger_client_trusting(trust, Duration::from_secs(30))?;
+    let consortium = Consortium::wait_governed(&data_dir, &ledger_urls[0], ledger_http).await?;
     // What the consortium configuration asks that the ledger lacks (nothing on a restart).
     let plan = ledger::node::config_plan(&nodes[0].store.state(), &consortium_config)?;
     for (part, actions) in plan.actions.chunks(domain::limits::PROPOSAL_ACTIONS_MAX).enumerate() {
@@ -260,6 +270,7 @@ pub async fn run(args: SandboxArgs) -> anyhow::Result<()> {
         // The embedded broker listens on loopback only.
         broker_tls: None,
         ledger_urls: ledger_urls.clone(),
+        ledger_service_key: trust,
         listen: "127.0.0.1:0".parse()?,
         clock,
         max_power_w: gateway::limits::MAX_POWER_W_DEFAULT,
@@ -283,6 +294,7 @@ pub async fn run(args: SandboxArgs) -> anyhow::Result<()> {
         listen: "127.0.0.1:0".parse()?,
         ledger_url: ledger_url.clone(),
         ledger_key: Some(billing_key),
+        ledger_service_key: trust,
         database_url: format!("sqlite://{}?mode=rwc", data_dir.join("billing.sqlite").display()),
         tokens_path: data_dir.join("billing-tokens.json"),
         rate_per_token: billing::auth::RATE_PER_TOKEN_DEFAULT,
@@ -306,6 +318,13 @@ pub async fn run(args: SandboxArgs) -> anyhow::Result<()> {
     );
     println!("  MQTT broker   127.0.0.1:{broker_port} (topics wattle/v1/{{site}}/{{meter}}/reading, .../birth)");
     println!("  ledger        {}  (3 nodes; /healthz, /metrics, /v1/meters, /v1/transactions)", ledger_urls.join(" "));
+    if trust.is_some() {
+        println!(
+            "                TLS: certificates endorsed by the service key; `wattle` commands trust them with \
+             {}=<service public key>, curl needs -k (it cannot check an endorsement)",
+            crate::cli::LEDGER_SERVICE_KEY_ENV
+        );
+    }
     println!(
         "  gateway       http://{}  (/healthz, /metrics; /v1/quarantine with the operator's token in {})",
         gateway.address,
@@ -379,6 +398,7 @@ pub async fn run(args: SandboxArgs) -> anyhow::Result<()> {
     let progress = tokio::spawn(crate::progress::report(crate::progress::Sources {
         clock,
         ledger_url: ledger_url.clone(),
+        ledger_service_key: trust,
         gateway_url: format!("http://{}", gateway.address),
         billing_url: format!("http://{}", billing.address),
         customer: first_customer.to_string(),
@@ -602,8 +622,12 @@ struct Consortium {
 
 impl Consortium {
     /// Waits until the operator's genesis has handed the ledger to the members.
-    async fn wait_governed(data_dir: &std::path::Path, leader_url: &str) -> anyhow::Result<Self> {
-        let http = reqwest::Client::builder().timeout(std::time::Duration::from_secs(30)).build()?;
+    /// `http` reaches the ledger (over TLS it trusts the service's nodes).
+    async fn wait_governed(
+        data_dir: &std::path::Path,
+        leader_url: &str,
+        http: reqwest::Client,
+    ) -> anyhow::Result<Self> {
         let deadline = std::time::Instant::now() + GOVERNANCE_WAIT_MAX;
         loop {
             let view: Result<ledger::gov_api::ConstitutionView, reqwest::Error> =

@@ -51,9 +51,16 @@ impl LedgerClient {
     pub fn new(
         base_url: String,
         key: Option<ed25519_dalek::SigningKey>,
+        service_key: Option<[u8; 32]>,
         metrics: std::sync::Arc<Metrics>,
     ) -> anyhow::Result<Self> {
-        Ok(LedgerClient { base_url, key, http: reqwest::Client::builder().build()?, metrics })
+        let builder = match service_key {
+            None => reqwest::Client::builder(),
+            Some(service_key) => {
+                reqwest::Client::builder().use_preconfigured_tls(domain::tls::client_config(service_key, None)?)
+            }
+        };
+        Ok(LedgerClient { base_url, key, http: builder.build()?, metrics })
     }
 
     pub fn base_url(&self) -> &str {

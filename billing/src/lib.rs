@@ -47,6 +47,9 @@ pub struct BillingConfig {
     /// a customer's data is signed with it (`domain::client_read`). `None`: unsigned reads, which
     /// only a development node (no peer authentication) serves.
     pub ledger_key: Option<ed25519_dalek::SigningKey>,
+    /// The ledger's service public key: an `https://` ledger is trusted only if its nodes'
+    /// certificates carry this key's endorsement (`domain::tls`). `None`: plain HTTP only.
+    pub ledger_service_key: Option<[u8; 32]>,
     /// The read model: `sqlite://PATH?mode=rwc` (default [`DATABASE_DEFAULT`]) or
     /// `postgres://USER:PASSWORD@HOST:PORT/DATABASE`.
     pub database_url: String,
@@ -94,7 +97,12 @@ pub async fn start(config: BillingConfig) -> anyhow::Result<BillingHandle> {
     let model = read_model::ReadModel::open(&config.database_url).await?;
     let position = model.position().await?;
     let ledger =
-        ledger_client::LedgerClient::new(config.ledger_url.clone(), config.ledger_key.clone(), metrics.clone())?;
+        ledger_client::LedgerClient::new(
+            config.ledger_url.clone(),
+            config.ledger_key.clone(),
+            config.ledger_service_key,
+            metrics.clone(),
+        )?;
     let feed = feed::FeedHandle::new(position);
     tracing::info!(
         database = read_model::redact(&config.database_url),

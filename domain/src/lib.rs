@@ -27,5 +27,7 @@ pub mod settle;
 pub mod settlement;
 pub mod tariff;
 pub mod token;
+#[cfg(feature = "tls")]
+pub mod tls;
 pub mod tx;
 pub mod verify;

@@ -28,6 +28,8 @@ pub struct FileConfig {
     pub broker_key_file: Option<PathBuf>,
     /// Ledger nodes' client API base URLs.
     pub ledger: Option<Vec<String>>,
+    /// The ledger's service public key (64 hex characters), for `https://` ledger URLs.
+    pub ledger_service_key: Option<String>,
     pub listen: Option<SocketAddr>,
     pub max_power_kw: Option<u64>,
     pub clock_ahead_s: Option<i64>,

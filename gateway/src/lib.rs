@@ -65,6 +65,9 @@ pub struct GatewayConfig {
     /// writes (followers forward them to the leader), and the gateway moves to the next URL when
     /// one fails.
     pub ledger_urls: Vec<String>,
+    /// The ledger's service public key: `https://` ledger URLs are trusted only if the node's
+    /// certificate carries this key's endorsement (`domain::tls`). `None`: plain HTTP only.
+    pub ledger_service_key: Option<[u8; 32]>,
     pub listen: SocketAddr,
     pub clock: Clock,
     /// The largest power a meter can carry, in watts: a reading with more energy in its
@@ -219,7 +222,13 @@ impl GatewayHandle {
 /// Starts the gateway: HTTP first (so `/healthz` answers), then MQTT ingest and forwarding.
 pub async fn start(config: GatewayConfig) -> anyhow::Result<GatewayHandle> {
     let store = GatewayStore::open(&config.data_dir, config.quarantine.garbage)?;
-    let http = reqwest::Client::builder().timeout(LEDGER_REQUEST_TIMEOUT).build()?;
+    let http = match config.ledger_service_key {
+        None => reqwest::Client::builder(),
+        Some(service_key) => {
+            reqwest::Client::builder().use_preconfigured_tls(domain::tls::client_config(service_key, None)?)
+        }
+    };
+    let http = http.timeout(LEDGER_REQUEST_TIMEOUT).build()?;
     let key_file = config.key_file.clone().unwrap_or_else(|| config.data_dir.join("gateway.key"));
     let key = load_or_create_key(&key_file)?;
     tracing::info!(public_key = %hex::encode(key.verifying_key().to_bytes()), file = %key_file.display(), "gateway key");

@@ -83,7 +83,7 @@ async fn submit_admin(
     address: SocketAddr,
     admin: &SignedAdmin,
 ) -> Result<SubmitAdminResponse, SubmitAdminError> {
-    submit_admin_to(&app.http, &format!("http://{address}"), admin).await
+    submit_admin_to(&app.http, &app.peer.url(&address.to_string(), ""), admin).await
 }
 
 /// Why submitting an admin action failed.

@@ -29,8 +29,10 @@ pub struct AppState {
     pub store: Store,
     pub clock: crate::runtime::NodeClock,
     pub metrics: Arc<crate::metrics::Metrics>,
-    /// HTTP client for reaching peers (history fetch, admin configuration).
+    /// HTTP client for reaching peers (history fetch, admin configuration), built by `peer`.
     pub http: reqwest::Client,
+    /// Plain HTTP or TLS to peers: their URLs' scheme and how their clients trust them.
+    pub peer: crate::peer_http::PeerHttp,
     /// The way a follower forwards writes to the leader.
     pub forwarder: crate::forward::Forwarder,
     /// Verify reading signatures on the runtime thread instead of the blocking pool: the

@@ -83,7 +83,7 @@ pub(crate) async fn forward<T: serde::Serialize>(
     let (status, retry_after, bytes) = match &app.forwarder {
         Forwarder::Http(http) => {
             let response = http
-                .post(format!("http://{leader}{path}"))
+                .post(app.peer.url(leader, path))
                 .header(FORWARDED_HEADER, "1")
                 .json(body)
                 .send()

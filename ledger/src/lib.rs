@@ -28,6 +28,7 @@ pub mod network;
 #[cfg(feature = "rocksdb")]
 pub mod node;
 pub mod peer_auth;
+pub mod peer_http;
 pub mod provision;
 pub mod raft_api;
 pub mod raft_channel;
@@ -43,6 +44,8 @@ pub mod secrets;
 pub mod settle;
 pub mod signer;
 pub mod simulation;
+#[cfg(feature = "tls")]
+pub mod tls;
 pub mod snapshot;
 pub mod state;
 pub mod statements;

@@ -18,6 +18,14 @@ pub const COMMIT_WAIT_MAX: Duration = Duration::from_secs(10);
 /// Timeout of one raft RPC to a peer (snapshot chunks included).
 pub const RAFT_RPC_TIMEOUT: Duration = Duration::from_secs(5);
 
+/// Longest a TLS handshake may take (`tls.rs`): a client that connects and stays silent is
+/// dropped, not waited for.
+pub const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Most TLS handshakes in progress at once per port; further connections wait in the kernel's
+/// backlog until one finishes.
+pub const TLS_HANDSHAKES_IN_FLIGHT_MAX: usize = 256;
+
 /// Heartbeat and election timeouts, generous for a loaded 2-core machine.
 pub const HEARTBEAT_INTERVAL_MS: u64 = 250;
 pub const ELECTION_TIMEOUT_MIN_MS: u64 = 1_000;

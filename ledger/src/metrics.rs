@@ -41,6 +41,8 @@ pub struct Metrics {
     pub transactions_proposed: Counter,
     /// Admin submissions recognised as a transaction already applied (retries).
     pub admin_retries: Counter,
+    /// TLS handshakes that failed or timed out (plain HTTP to a TLS port, an untrusting client).
+    pub tls_handshakes_failed: Counter,
     readings_rejected: Family<ReasonLabels, Counter>,
     submissions_busy: Family<CodeLabels, Counter>,
     admin_refused: Family<ReasonLabels, Counter>,
@@ -83,6 +85,8 @@ impl Metrics {
         let readings_equivocation = counter("readings_equivocation", "Equivocations refused");
         let transactions_proposed = counter("transactions_proposed", "Transactions proposed");
         let admin_retries = counter("admin_retries", "Admin submissions recognised as a transaction already applied");
+        let tls_handshakes_failed =
+            counter("tls_handshakes_failed", "TLS handshakes that failed or timed out (`--tls` nodes)");
         let readings_rejected = Family::<ReasonLabels, Counter>::default();
         registry.register("readings_rejected", "Readings refused, by reason", readings_rejected.clone());
         let submissions_busy = Family::<CodeLabels, Counter>::default();
@@ -144,6 +148,7 @@ impl Metrics {
             readings_equivocation,
             transactions_proposed,
             admin_retries,
+            tls_handshakes_failed,
             readings_rejected,
             submissions_busy,
             admin_refused,

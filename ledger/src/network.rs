@@ -18,12 +18,14 @@ use std::sync::Arc;
 use crate::entry::{NodeId, TypeConfig};
 use crate::limits::RAFT_RPC_TIMEOUT;
 use crate::peer_auth::PeerCredentials;
+use crate::peer_http::PeerHttp;
 use crate::raft_channel::Envelope;
 use crate::secrets::LedgerSecrets;
 
 /// Creates a connection per peer; they share one HTTP client (and its connection pool).
 #[derive(Clone, Debug)]
 pub struct HttpNetwork {
+    peer: PeerHttp,
     client: reqwest::Client,
     channel: Option<Arc<Channel>>,
 }
@@ -39,9 +41,11 @@ impl HttpNetwork {
     /// `channel`: sign every RPC as this admitted node and seal its body under the ledger
     /// secrets (peers that authenticate require both); `None`: plain JSON (unauthenticated
     /// clusters only).
-    pub fn new(channel: Option<(PeerCredentials, Arc<LedgerSecrets>)>) -> anyhow::Result<Self> {
+    /// `peer`: plain HTTP, or TLS where each connection accepts only the node it means to reach.
+    pub fn new(peer: PeerHttp, channel: Option<(PeerCredentials, Arc<LedgerSecrets>)>) -> anyhow::Result<Self> {
         Ok(HttpNetwork {
-            client: reqwest::Client::builder().timeout(RAFT_RPC_TIMEOUT).build()?,
+            client: peer.client(RAFT_RPC_TIMEOUT, None)?,
+            peer,
             channel: channel.map(|(credentials, secrets)| Arc::new(Channel { credentials, secrets })),
         })
     }
@@ -53,18 +57,28 @@ pub struct HttpConnection {
     client: reqwest::Client,
     channel: Option<Arc<Channel>>,
     target: NodeId,
-    address: String,
+    /// The peer's raft URL prefix (`http://` or `https://` HOST:PORT `/raft/`).
+    base: String,
 }
 
 impl RaftNetworkFactory<TypeConfig> for HttpNetwork {
     type Network = HttpConnection;
 
     async fn new_client(&mut self, target: NodeId, node: &BasicNode) -> HttpConnection {
+        // Over TLS a connection trusts only the node it means to reach: a peer's endorsed key
+        // cannot stand in for another's. Plain HTTP shares one client (and its pool).
+        let client = match self.peer.is_tls() {
+            false => self.client.clone(),
+            true => self.peer.client(RAFT_RPC_TIMEOUT, Some(target)).unwrap_or_else(|error| {
+                tracing::error!(%error, target, "building a TLS client for a peer; its calls will fail");
+                self.client.clone()
+            }),
+        };
         HttpConnection {
-            client: self.client.clone(),
+            client,
             channel: self.channel.clone(),
             target,
-            address: node.addr.clone(),
+            base: self.peer.url(&node.addr, "/raft/"),
         }
     }
 }
@@ -80,7 +94,7 @@ impl HttpConnection {
         Response: DeserializeOwned,
         Error: std::error::Error + DeserializeOwned,
     {
-        let url = format!("http://{}/raft/{path}", self.address);
+        let url = format!("{}{path}", self.base);
         let body = serde_json::to_vec(request).map_err(|error| RPCError::Network(NetworkError::new(&error)))?;
         let mut post = self.client.post(url);
         let body = match &self.channel {

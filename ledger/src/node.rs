@@ -67,6 +67,10 @@ pub struct NodeConfig {
     /// `raft_channel.rs`). `false` only to measure what that costs (`wattle bench ledger
     /// --confidentiality off`): the node then keeps everything in the clear.
     pub seal: bool,
+    /// Serve both ports over TLS with a certificate carrying this node's endorsement, and reach
+    /// peers over TLS trusting only nodes the service key endorses (`tls.rs`, `domain::tls`).
+    /// Needs `peer_auth`; every node of a cluster runs with it or none does.
+    pub tls: bool,
 }
 
 /// A node's standing in an authenticated cluster.
@@ -83,6 +87,8 @@ pub struct PeerAuth {
 /// A running node.
 pub struct NodeHandle {
     pub address: SocketAddr,
+    /// `http` or `https` (`NodeConfig::tls`).
+    pub scheme: &'static str,
     /// Where it serves raft: `address` unless it was given a raft port of its own.
     pub raft_address: SocketAddr,
     /// The node's store: its committed state, for an embedding process (the sandbox) to read.
@@ -168,6 +174,14 @@ pub async fn start(config: NodeConfig) -> anyhow::Result<NodeHandle> {
         }
     };
     anyhow::ensure!(
+        !config.tls || credentials.is_some(),
+        "a TLS node's certificate carries its endorsement: --tls needs --peer-service-key and --endorsement"
+    );
+    let peer = match &config.peer_auth {
+        Some(auth) if config.tls => crate::tls::peer_http(auth.service_key)?,
+        _ => crate::peer_http::PeerHttp::plain(),
+    };
+    anyhow::ensure!(
         config.seal || credentials.is_none(),
         "authenticated raft traffic is sealed under the ledger secrets: peer authentication needs a sealed node"
     );
@@ -191,6 +205,7 @@ pub async fn start(config: NodeConfig) -> anyhow::Result<NodeHandle> {
         credentials: credentials.as_ref(),
         node_key: &node_key,
         measurement,
+        peer: &peer,
     })
     .await
     .context("obtaining the ledger secrets")?;
@@ -203,7 +218,7 @@ pub async fn start(config: NodeConfig) -> anyhow::Result<NodeHandle> {
     let raft = Raft::new(
         config.node_id,
         raft_config,
-        HttpNetwork::new(credentials.map(|credentials| (credentials, secrets)))?,
+        HttpNetwork::new(peer.clone(), credentials.clone().map(|credentials| (credentials, secrets)))?,
         store.log_store(),
         store.state_machine(),
     )
@@ -227,7 +242,18 @@ pub async fn start(config: NodeConfig) -> anyhow::Result<NodeHandle> {
         node_key = %hex::encode(node_key.verifying_key().to_bytes()),
         "node signing key loaded"
     );
-    let http = reqwest::Client::builder().timeout(crate::limits::COMMIT_WAIT_MAX * 2).build()?;
+    let http = peer.client(crate::limits::COMMIT_WAIT_MAX * 2, None)?;
+    let server_tls = match (&credentials, config.tls) {
+        (Some(credentials), true) => Some(domain::tls::server_config(
+            &credentials.key,
+            &domain::tls::Endorsement {
+                node_id: credentials.node_id,
+                validity: credentials.validity,
+                signature: credentials.endorsement,
+            },
+        )?),
+        _ => None,
+    };
     let app = AppState {
         node_key,
         signature_interval: config.signature_interval,
@@ -238,6 +264,7 @@ pub async fn start(config: NodeConfig) -> anyhow::Result<NodeHandle> {
         clock: crate::runtime::NodeClock::Process(config.clock),
         metrics: Arc::new(crate::metrics::Metrics::default()),
         http: http.clone(),
+        peer: peer.clone(),
         forwarder: crate::forward::Forwarder::Http(http),
         verify_inline: false,
         pending: Arc::default(),
@@ -251,13 +278,22 @@ pub async fn start(config: NodeConfig) -> anyhow::Result<NodeHandle> {
         replay_guard: Arc::default(),
     };
     let (shutdown_sender, shutdown_receiver) = watch::channel(false);
+    let failures = app.metrics.tls_handshakes_failed.clone();
     let serve = |listener: tokio::net::TcpListener, router: axum::Router, what: &'static str| {
         let mut shutdown = shutdown_receiver.clone();
+        let (tls, failures) = (server_tls.clone(), failures.clone());
         tokio::spawn(async move {
-            let serve = axum::serve(listener, router).with_graceful_shutdown(async move {
+            let stopped = async move {
                 let _ = shutdown.wait_for(|stop| *stop).await;
-            });
-            if let Err(error) = serve.await {
+            };
+            let served = match tls {
+                None => axum::serve(listener, router).with_graceful_shutdown(stopped).await,
+                Some(config) => match crate::tls::TlsListener::new(listener, config, failures) {
+                    Ok(listener) => axum::serve(listener, router).with_graceful_shutdown(stopped).await,
+                    Err(error) => Err(error),
+                },
+            };
+            if let Err(error) = served {
                 tracing::error!(%error, what, "ledger server stopped");
             }
         })
@@ -270,7 +306,7 @@ pub async fn start(config: NodeConfig) -> anyhow::Result<NodeHandle> {
             servers.push(serve(raft_listener, router(app.clone()), "raft"));
         }
     }
-    tracing::info!(node_id = config.node_id, %address, %raft_address, "ledger node serving");
+    tracing::info!(node_id = config.node_id, %address, %raft_address, scheme = peer.scheme(), "ledger node serving");
     let signer =
         config.signature_interval.map(|interval| tokio::spawn(crate::signer::sign_roots(app.clone(), interval)));
     let backfill = tokio::spawn(fetch_missing_history(app.clone()));
@@ -300,6 +336,7 @@ pub async fn start(config: NodeConfig) -> anyhow::Result<NodeHandle> {
     }
     Ok(NodeHandle {
         address,
+        scheme: peer.scheme(),
         raft_address,
         store,
         raft,
@@ -364,7 +401,7 @@ async fn fetch_history_from(app: &AppState, http: &reqwest::Client, peer: &str, 
         let limit = (start - from).min(crate::limits::TRANSACTION_PAGE_MAX);
         // Signed with this node's key: peers serve the history only to entitled callers.
         let path = format!("/v1/history?from={from}&limit={limit}");
-        let mut request = http.get(format!("http://{peer}{path}"));
+        let mut request = http.get(app.peer.url(peer, &path));
         for (name, value) in
             crate::client_auth::sign_request(&app.node_key, "GET", &path, domain::clock::wall_clock_now().0)
         {

@@ -127,6 +127,8 @@ pub struct Provisioning<'a> {
     pub node_key: &'a ed25519_dalek::SigningKey,
     /// The measurement the node attests (`attestation::measure_self` unless configured).
     pub measurement: [u8; 32],
+    /// Plain HTTP or TLS to the peers.
+    pub peer: &'a crate::peer_http::PeerHttp,
 }
 
 /// The node's ledger secrets: its own, freshly drawn if it founds the service, else its peers'.
@@ -160,7 +162,7 @@ pub async fn obtain(provisioning: Provisioning<'_>) -> anyhow::Result<LedgerSecr
         "asking peers for the ledger secrets"
     );
     let request = secrets_request(&provisioning, &own);
-    let http = reqwest::Client::builder().timeout(Duration::from_secs(5)).build()?;
+    let http = provisioning.peer.client(Duration::from_secs(5), None)?;
     let deadline = tokio::time::Instant::now() + SECRETS_WAIT_MAX;
     let mut last_error;
     let mut rounds = 0u32;
@@ -218,7 +220,7 @@ async fn refresh_from_peers(provisioning: &Provisioning<'_>, secrets: &LedgerSec
     }
     let Ok(own) = load_or_create_x25519(provisioning.data_dir) else { return };
     let request = secrets_request(provisioning, &own);
-    let Ok(http) = reqwest::Client::builder().timeout(Duration::from_secs(2)).build() else { return };
+    let Ok(http) = provisioning.peer.client(Duration::from_secs(2), None) else { return };
     for (peer_id, address) in &provisioning.peers {
         let Ok(theirs) = ask(&http, provisioning, &request, (*peer_id, address), &own).await else { continue };
         match secrets.extend_from(&theirs) {
@@ -248,7 +250,7 @@ async fn ask(
 ) -> anyhow::Result<LedgerSecrets> {
     let body = serde_json::to_vec(request)?;
     let mut call = http
-        .post(format!("http://{address}/raft/{SECRETS_PATH}"))
+        .post(provisioning.peer.url(address, &format!("/raft/{SECRETS_PATH}")))
         .header(reqwest::header::CONTENT_TYPE, "application/json");
     if let Some(credentials) = provisioning.credentials {
         let now_ms = domain::clock::wall_clock_now().0;

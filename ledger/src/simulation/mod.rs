@@ -397,6 +397,7 @@ impl Simulation {
             clock: NodeClock::Runtime { start: UnixMillis(EPOCH_MS), anchor: self.origin },
             metrics: Arc::new(crate::metrics::Metrics::default()),
             http: self.http.clone(),
+            peer: crate::peer_http::PeerHttp::plain(),
             forwarder: crate::forward::Forwarder::InProcess(Arc::new(move |address: &str| {
                 network::reach(&net, source, address)
             })),
