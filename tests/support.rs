@@ -370,6 +370,12 @@ pub struct Sandbox {
     /// Their raft ports (id, HOST:PORT), from `DATA_DIR/raft_nodes.json`: raft and node-to-node
     /// traffic only (they also serve the client API, for forwarded writes and history fetches).
     pub raft_nodes: Vec<(u64, String)>,
+    /// `https` (the sandbox's default: TLS, nodes endorsed by the service key) or `http`
+    /// (`--no-tls`).
+    pub scheme: &'static str,
+    /// The service public key (`DATA_DIR/service.key`'s), in hex: what receipts verify against
+    /// and what clients of a TLS ledger trust.
+    pub service_public: String,
 }
 
 impl Sandbox {
@@ -388,7 +394,35 @@ impl Sandbox {
         .map_err(|error| anyhow::anyhow!("{error}\n{}", process.log_tail()))?;
         let nodes = serde_json::from_str(&std::fs::read_to_string(data.join("nodes.json"))?)?;
         let raft_nodes = serde_json::from_str(&std::fs::read_to_string(data.join("raft_nodes.json"))?)?;
-        Ok(Sandbox { process, data, terminal, nodes, raft_nodes })
+        let scheme = if args.contains(&"--no-tls") { "http" } else { "https" };
+        let service_key = ledger::node::read_signing_key(&data.join("service.key"))?;
+        let service_public = hex::encode(service_key.verifying_key().to_bytes());
+        Ok(Sandbox { process, data, terminal, nodes, raft_nodes, scheme, service_public })
+    }
+
+    /// The client URL of node `id` (1-based, as the nodes are numbered).
+    pub fn node_url(&self, id: u64) -> String {
+        let (_, address) = self.nodes.iter().find(|(node, _)| *node == id).expect("the sandbox runs node {id}");
+        format!("{}://{address}", self.scheme)
+    }
+
+    /// The URL of a node's client or raft address (HOST:PORT) as this sandbox serves it.
+    pub fn url_of(&self, address: &str) -> String {
+        format!("{}://{address}", self.scheme)
+    }
+
+    /// An HTTP client for the sandbox's ledger: over TLS it trusts exactly the nodes the
+    /// sandbox's service key endorses, as the gateway and billing do.
+    pub fn ledger_client(&self) -> anyhow::Result<reqwest::Client> {
+        trusting_client(&self.service_public)
+    }
+
+    /// `wattle ARGS` with the service key in `WATTLE_LEDGER_SERVICE_KEY`, so its ledger calls
+    /// reach the sandbox's TLS nodes.
+    pub fn wattle(&self) -> Command {
+        let mut command = wattle();
+        command.env("WATTLE_LEDGER_SERVICE_KEY", &self.service_public);
+        command
     }
 
     /// The URL of a service the banner names (`billing`, `gateway`).
@@ -422,7 +456,7 @@ impl Sandbox {
         std::fs::write(&file, proposal)?;
         let gov = |member: &str, args: &[&str]| {
             crate::verifiable::run(
-                wattle()
+                self.wattle()
                     .arg("gov")
                     .args(args)
                     .args(["--ledger", url, "--json", "--member-key"])
@@ -452,6 +486,16 @@ pub fn bearer_client(token: &str) -> anyhow::Result<reqwest::Client> {
     let mut headers = reqwest::header::HeaderMap::new();
     headers.insert(reqwest::header::AUTHORIZATION, format!("Bearer {token}").parse()?);
     Ok(reqwest::Client::builder().default_headers(headers).timeout(Duration::from_secs(15)).build()?)
+}
+
+/// An HTTP client that reaches `https://` ledger nodes only if `service_public` (hex) endorses
+/// them; plain `http://` as any client.
+pub fn trusting_client(service_public: &str) -> anyhow::Result<reqwest::Client> {
+    let key = domain::tls::parse_service_key(service_public).map_err(anyhow::Error::msg)?;
+    Ok(reqwest::Client::builder()
+        .timeout(Duration::from_secs(15))
+        .use_preconfigured_tls(domain::tls::client_config(key, None)?)
+        .build()?)
 }
 
 /// Issues a billing token with `wattle token issue --tokens FILE ROLE_ARGS` and returns it.
