@@ -23,6 +23,7 @@ mod gateway_tls;
 mod governance;
 mod invoice_month;
 mod ledger_admission;
+mod ledger_tls;
 mod modbus;
 mod new_cluster;
 mod oidc;

@@ -109,3 +109,77 @@ pub fn peer_http(service_key: [u8; 32]) -> anyhow::Result<PeerHttp> {
         builder.use_preconfigured_tls(config)
     })))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use domain::receipt::Validity;
+    use domain::tls::Endorsement;
+    use ed25519_dalek::SigningKey;
+
+    /// Serves `GET /` over TLS as node 2 with `endorsement`; its address and failure counter.
+    async fn serve(
+        endorsement: Endorsement,
+        node_key: &SigningKey,
+    ) -> (SocketAddr, prometheus_client::metrics::counter::Counter) {
+        let config = domain::tls::server_config(node_key, &endorsement).expect("a server configuration");
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("a port");
+        let failures = prometheus_client::metrics::counter::Counter::default();
+        let listener = TlsListener::new(listener, config, failures.clone()).expect("a TLS listener");
+        let address = axum::serve::Listener::local_addr(&listener).expect("an address");
+        let router = axum::Router::new().route("/", axum::routing::get(|| async { "node 2" }));
+        tokio::spawn(async move { axum::serve(listener, router).await });
+        (address, failures)
+    }
+
+    fn endorse(service: &SigningKey, node_id: u64, key: &SigningKey, validity: Option<Validity>) -> Endorsement {
+        let signature = domain::receipt::endorse_for(service, node_id, &key.verifying_key().to_bytes(), validity);
+        Endorsement { node_id, validity, signature }
+    }
+
+    async fn get(address: SocketAddr, service: &SigningKey, node: Option<u64>) -> Result<String, reqwest::Error> {
+        let config =
+            domain::tls::client_config(service.verifying_key().to_bytes(), node).expect("a client configuration");
+        let client = reqwest::Client::builder()
+            .timeout(std::time::Duration::from_secs(5))
+            .use_preconfigured_tls(config)
+            .build()?;
+        client.get(format!("https://{address}/")).send().await?.text().await
+    }
+
+    #[tokio::test]
+    async fn a_client_reaches_an_endorsed_node_over_tls_and_nothing_else() {
+        let (service, stranger, node_key) =
+            (SigningKey::from_bytes(&[1; 32]), SigningKey::from_bytes(&[9; 32]), SigningKey::from_bytes(&[2; 32]));
+        let now = domain::clock::wall_clock_now().0;
+        let current = Validity { not_before: now - 60_000, not_after: now + 3_600_000 };
+        let (address, failures) = serve(endorse(&service, 2, &node_key, Some(current)), &node_key).await;
+        assert_eq!(get(address, &service, None).await.expect("served"), "node 2");
+        assert_eq!(get(address, &service, Some(2)).await.expect("served"), "node 2");
+        // A client that trusts another service, or means to reach another node, gets nothing.
+        assert!(get(address, &stranger, None).await.is_err());
+        assert!(get(address, &service, Some(3)).await.is_err());
+        // Plain HTTP to the TLS port is not served; the failed handshake is counted.
+        let plain = reqwest::Client::builder().timeout(std::time::Duration::from_secs(5)).build().expect("a client");
+        assert!(plain.get(format!("http://{address}/")).send().await.is_err());
+        let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(5);
+        while failures.get() < 3 && tokio::time::Instant::now() < deadline {
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+        assert_eq!(failures.get(), 3, "the two refused TLS clients and the plain one");
+    }
+
+    #[tokio::test]
+    async fn a_node_whose_endorsement_expired_or_was_never_the_services_is_refused() {
+        let (service, node_key) = (SigningKey::from_bytes(&[1; 32]), SigningKey::from_bytes(&[2; 32]));
+        let now = domain::clock::wall_clock_now().0;
+        let lapsed = Validity { not_before: now - 7_200_000, not_after: now - 3_600_000 };
+        let (expired, _) = serve(endorse(&service, 2, &node_key, Some(lapsed)), &node_key).await;
+        let error = get(expired, &service, None).await.expect_err("an expired node is refused");
+        assert!(format!("{error:?}").contains("not valid now"), "{error:?}");
+        // An impostor endorses its own key with a key of its own choosing.
+        let (impostor, _) = serve(endorse(&node_key, 2, &node_key, None), &node_key).await;
+        let error = get(impostor, &service, None).await.expect_err("an impostor is refused");
+        assert!(format!("{error:?}").contains("not the service key's"), "{error:?}");
+    }
+}
