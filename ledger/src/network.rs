@@ -1,7 +1,7 @@
 //! Raft RPCs between nodes over HTTP/JSON (reqwest client, axum server in `api.rs`), with a
 //! timeout on every call, signed with the node's endorsed key when it has one (`peer_auth.rs`)
-//! and then sealed under the ledger secret (`raft_channel.rs`): an authenticated node's raft
-//! traffic is encrypted and authenticated end to end, without TLS.
+//! and then sealed under the ledger secret (`raft_channel.rs`); in a `--tls` cluster every call
+//! also runs over TLS to exactly the node it addresses (`peer_http.rs`, `domain::tls`).
 
 use openraft::error::{InstallSnapshotError, NetworkError, RPCError, RaftError, RemoteError, Unreachable};
 use openraft::network::{RPCOption, RaftNetwork, RaftNetworkFactory};

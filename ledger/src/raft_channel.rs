@@ -12,9 +12,10 @@
 //! (`secrets.rs`), a follower that has appended but not yet applied the rotation must still open
 //! the leader's next append, which is what tells it to apply it. Rotation re-keys data at rest.
 //!
-//! Together with the signature this is the "equivalent authenticated encryption of every raft
-//! message" the issue allows instead of TLS. Responses (a vote granted, an append's last log id)
-//! carry no private data and travel in the clear.
+//! Responses (a vote granted, an append's last log id) carry no private data and are not sealed;
+//! a `--tls` cluster (`tls.rs`) encrypts them too and authenticates the answering node, so a
+//! forged vote grant or acknowledgement cannot be injected on the wire. Sealing stays on under
+//! TLS: the bodies are bound to their sender and receiver, not just to the channel.
 
 use crate::entry::NodeId;
 use crate::secrets::{LedgerSecrets, SecretError};
