@@ -76,6 +76,8 @@ pub enum TlsError {
     OutsidePeriod { node_id: u64, at: i64, not_before: i64, not_after: i64 },
     #[error("the server is node {actual}, not node {expected}")]
     WrongNode { expected: u64, actual: u64 },
+    #[error("node {node_id} is refused: {reason}")]
+    Refused { node_id: u64, reason: String },
     #[error("building the TLS configuration: {0}")]
     Config(String),
 }
@@ -158,18 +160,37 @@ fn provider() -> Arc<rustls::crypto::CryptoProvider> {
     Arc::new(rustls::crypto::ring::default_provider())
 }
 
-/// Accepts a server only if its certificate is endorsed by the service key, valid now, and (when
-/// `expect_node` is set) the node the caller meant to reach.
-#[derive(Debug)]
+/// A further check of an endorsed server, `Err(reason)` to refuse it: a node checks its peers
+/// against the ledger's revoked list.
+pub type NodeCheck = Arc<dyn Fn(&EndorsedNode) -> Result<(), String> + Send + Sync>;
+
+/// Accepts a server only if its certificate is endorsed by the service key, valid now, (when
+/// `expect_node` is set) the node the caller meant to reach, and passes `check` when given.
 pub struct ServiceVerifier {
     service_key: [u8; 32],
     expect_node: Option<u64>,
+    check: Option<NodeCheck>,
     provider: Arc<rustls::crypto::CryptoProvider>,
+}
+
+impl std::fmt::Debug for ServiceVerifier {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ServiceVerifier")
+            .field("service_key", &hex::encode(self.service_key))
+            .field("expect_node", &self.expect_node)
+            .field("check", &self.check.is_some())
+            .finish()
+    }
 }
 
 impl ServiceVerifier {
     pub fn new(service_key: [u8; 32], expect_node: Option<u64>) -> Self {
-        ServiceVerifier { service_key, expect_node, provider: provider() }
+        ServiceVerifier { service_key, expect_node, check: None, provider: provider() }
+    }
+
+    /// Refuses, beyond the endorsement, every server `check` refuses.
+    pub fn with_check(self, check: NodeCheck) -> Self {
+        ServiceVerifier { check: Some(check), ..self }
     }
 
     /// The check behind [`ServerCertVerifier::verify_server_cert`], at `now_ms` on the wall clock.
@@ -183,10 +204,13 @@ impl ServiceVerifier {
                 not_after: period.not_after,
             });
         }
-        match self.expect_node {
-            Some(expected) if expected != node.node_id => Err(TlsError::WrongNode { expected, actual: node.node_id }),
-            _ => Ok(node),
+        if let Some(expected) = self.expect_node.filter(|expected| *expected != node.node_id) {
+            return Err(TlsError::WrongNode { expected, actual: node.node_id });
         }
+        if let Some(check) = &self.check {
+            check(&node).map_err(|reason| TlsError::Refused { node_id: node.node_id, reason })?;
+        }
+        Ok(node)
     }
 }
 
@@ -230,11 +254,16 @@ impl ServerCertVerifier for ServiceVerifier {
 
 /// A client configuration that trusts exactly the nodes `service_key` endorses (TLS 1.3).
 pub fn client_config(service_key: [u8; 32], expect_node: Option<u64>) -> Result<rustls::ClientConfig, TlsError> {
+    verifying_config(ServiceVerifier::new(service_key, expect_node))
+}
+
+/// A client configuration that trusts the servers `verifier` accepts (TLS 1.3).
+pub fn verifying_config(verifier: ServiceVerifier) -> Result<rustls::ClientConfig, TlsError> {
     let mut config = rustls::ClientConfig::builder_with_provider(provider())
         .with_protocol_versions(&[&rustls::version::TLS13])
         .map_err(|error| TlsError::Config(error.to_string()))?
         .dangerous()
-        .with_custom_certificate_verifier(Arc::new(ServiceVerifier::new(service_key, expect_node)))
+        .with_custom_certificate_verifier(Arc::new(verifier))
         .with_no_client_auth();
     config.alpn_protocols = vec![ALPN_HTTP1.to_vec()];
     Ok(config)
@@ -316,6 +345,15 @@ mod tests {
         assert_eq!(
             verifier.check(&certificate(&key, &other), 1_500_000),
             Err(TlsError::WrongNode { expected: 3, actual: 4 })
+        );
+        // Endorsed, current, the right node, but revoked in the caller's record.
+        let revoked = verifier.with_check(Arc::new(|node: &EndorsedNode| match node.node_id {
+            3 => Err("revoked".into()),
+            _ => Ok(()),
+        }));
+        assert_eq!(
+            revoked.check(&certificate(&key, &signed), 1_500_000),
+            Err(TlsError::Refused { node_id: 3, reason: "revoked".into() })
         );
     }
 

@@ -177,8 +177,22 @@ pub async fn start(config: NodeConfig) -> anyhow::Result<NodeHandle> {
         !config.tls || credentials.is_some(),
         "a TLS node's certificate carries its endorsement: --tls needs --peer-service-key and --endorsement"
     );
+    // Over TLS a node refuses peers the ledger revoked, once its store is open (the secret
+    // handover before that trusts the endorsement alone, as the handover's own check does).
+    let revocations: Arc<std::sync::OnceLock<Store>> = Arc::default();
     let peer = match &config.peer_auth {
-        Some(auth) if config.tls => crate::tls::peer_http(auth.service_key)?,
+        Some(auth) if config.tls => {
+            let revocations = revocations.clone();
+            crate::tls::peer_http(
+                auth.service_key,
+                Arc::new(move |node: &domain::tls::EndorsedNode| match revocations.get() {
+                    Some(store) if crate::registry::node_revoked(&store.state(), node.node_id, &node.key) => {
+                        Err("the consortium revoked its key".into())
+                    }
+                    _ => Ok(()),
+                }),
+            )?
+        }
         _ => crate::peer_http::PeerHttp::plain(),
     };
     anyhow::ensure!(
@@ -215,6 +229,7 @@ pub async fn start(config: NodeConfig) -> anyhow::Result<NodeHandle> {
         false => Store::open_unsealed(&config.data_dir, secrets.clone()),
     }
     .context("opening the node's database")?;
+    let _ = revocations.set(store.clone());
     let raft = Raft::new(
         config.node_id,
         raft_config,

@@ -100,12 +100,14 @@ impl axum::serve::Listener for TlsListener {
     }
 }
 
-/// Peer clients over TLS that accept only nodes `service_key` endorses.
-pub fn peer_http(service_key: [u8; 32]) -> anyhow::Result<PeerHttp> {
+/// Peer clients over TLS that accept only nodes `service_key` endorses and `check` passes (the
+/// node's revoked list).
+pub fn peer_http(service_key: [u8; 32], check: domain::tls::NodeCheck) -> anyhow::Result<PeerHttp> {
+    let verifier = move |node| domain::tls::ServiceVerifier::new(service_key, node).with_check(check.clone());
     // Built once here so a configuration error stops the node at start, not at first use.
-    domain::tls::client_config(service_key, None)?;
+    domain::tls::verifying_config(verifier(None))?;
     Ok(PeerHttp::tls(Arc::new(move |builder: reqwest::ClientBuilder, node| {
-        let config = domain::tls::client_config(service_key, node).expect("checked when the node started");
+        let config = domain::tls::verifying_config(verifier(node)).expect("checked when the node started");
         builder.use_preconfigured_tls(config)
     })))
 }
