@@ -56,12 +56,15 @@ pub enum TxBody {
     /// in decision order); its claims document is the credit note.
     IssueCreditNote { customer: crate::ids::PartyId, order: u64 },
     /// The next version of the ledger secret, after governance voted a rotation
-    /// (`RotateLedgerSecret`): its 32 bytes sealed (AES-256-GCM) under the current version, which
-    /// every admitted node holds, bound to `version`. Proposed by the leader, which draws it.
+    /// (`RotateLedgerSecret`). `sealed` is the *previous* version's 32 bytes sealed (AES-256-GCM)
+    /// under the new one, bound to `version` (as CCF keeps past ledger secrets): the new secret
+    /// itself is never in the log; nodes get it from the leader, which draws it, over the secret
+    /// handover (wrapped for each node's X25519 key), and recognise it by opening `sealed`.
     RotateSecret { version: u32, sealed: [u8; ROTATION_SEALED_BYTES] },
 }
 
-/// Bytes of a rotation's sealed secret: version (4), nonce (12), the secret (32), the tag (16).
+/// Bytes of a rotation's sealed previous secret: version (4), nonce (12), the secret (32), the
+/// tag (16).
 pub const ROTATION_SEALED_BYTES: usize = 64;
 
 /// A node's signature over the Merkle root of the first `marker_index + 1` log entries.

@@ -3,8 +3,8 @@
 //! an expiry, a withdrawal, a forged, replayed or non-member act each end as the constitution and
 //! the rules say; a constitution change decides only the proposals made after it.
 
-use std::cell::RefCell;
 use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Mutex;
 
 use domain::gov::{
     Constitution, Genesis, GovAct, Member, MemberId, Proposal, ProposalId, Role, Rule, SignedGov, Threshold,
@@ -23,14 +23,14 @@ const NOW: i64 = 1_800_000_000;
 
 #[derive(Default)]
 struct Ledger {
-    state: RefCell<WriteSet>,
-    index: RefCell<u64>,
-    now: RefCell<i64>,
+    state: Mutex<WriteSet>,
+    index: Mutex<u64>,
+    now: Mutex<i64>,
 }
 
 impl StateRead for Ledger {
     fn get(&self, table: Table, key: &[u8]) -> Option<Vec<u8>> {
-        self.state.borrow().puts.get(&(table, key.to_vec())).cloned()
+        self.state.lock().expect("one test thread").puts.get(&(table, key.to_vec())).cloned()
     }
 }
 
@@ -53,7 +53,7 @@ fn rule(threshold: Threshold) -> Rule {
 impl Ledger {
     /// Governance started with supplier, grid and supplier-b voting, regulator auditing.
     fn governed(constitution: Constitution) -> Ledger {
-        let ledger = Ledger { now: RefCell::new(NOW), ..Ledger::default() };
+        let ledger = Ledger { now: Mutex::new(NOW), ..Ledger::default() };
         let genesis = Genesis::new(
             vec![
                 member("supplier", Role::Member),
@@ -69,18 +69,18 @@ impl Ledger {
 
     fn apply(&self, body: TxBody) -> Option<String> {
         let index = {
-            let mut index = self.index.borrow_mut();
+            let mut index = self.index.lock().expect("one test thread");
             *index += 1;
             *index
         };
         let mut tx_id = [0u8; 16];
         tx_id[..8].copy_from_slice(&index.to_be_bytes());
-        let time = UnixMillis(*self.now.borrow() * 1_000);
+        let time = UnixMillis(*self.now.lock().expect("one test thread") * 1_000);
         let tx = Transaction { tx_id: TxId(tx_id), rules_version: 2, time, body };
         let mut overlay = Overlay::new(self);
         let result = apply(&mut overlay, index, &tx).expect("no halt").result;
         let writes = overlay.writes.puts;
-        self.state.borrow_mut().puts.extend(writes);
+        self.state.lock().expect("one test thread").puts.extend(writes);
         result.admin_refused
     }
 
@@ -211,7 +211,7 @@ fn forged_replayed_non_member_expired_and_ineligible_acts_are_refused() {
     assert_eq!(code(ledger.vote("grid", ProposalId([0; 16]), true)), "unknown_proposal");
     assert_eq!(ledger.status(proposal_id), Status::Open);
     // Past its expiry it can no longer pass.
-    *ledger.now.borrow_mut() = NOW + 86_400;
+    *ledger.now.lock().expect("one test thread") = NOW + 86_400;
     assert_eq!(code(ledger.vote("grid", proposal_id, true)), "expired");
     assert_eq!(ledger.status(proposal_id), Status::Open);
     assert!(!registered(&ledger, "c-1"));

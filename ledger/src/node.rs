@@ -230,6 +230,41 @@ pub async fn start(config: NodeConfig) -> anyhow::Result<NodeHandle> {
     }
     .context("opening the node's database")?;
     let _ = revocations.set(store.clone());
+    // A rotated secret this node did not draw comes from its current peers (the secret handover).
+    let running: Arc<std::sync::OnceLock<Raft<crate::entry::TypeConfig>>> = Arc::default();
+    store.set_secret_source({
+        let (running, node_key, peer, credentials) =
+            (running.clone(), node_key.clone(), peer.clone(), credentials.clone());
+        let (node_id, data_dir) = (config.node_id, config.data_dir.clone());
+        Arc::new(move || {
+            let (running, node_key, peer, credentials) =
+                (running.clone(), node_key.clone(), peer.clone(), credentials.clone());
+            let data_dir = data_dir.clone();
+            Box::pin(async move {
+                let Some(raft) = running.get() else { return Vec::new() };
+                let peers: Vec<(NodeId, String)> = raft
+                    .metrics()
+                    .borrow()
+                    .membership_config
+                    .membership()
+                    .nodes()
+                    .filter(|(id, _)| **id != node_id)
+                    .map(|(id, node)| (*id, node.addr.clone()))
+                    .collect();
+                crate::provision::peers_rings(&crate::provision::Provisioning {
+                    node_id,
+                    data_dir: &data_dir,
+                    founds: false,
+                    peers,
+                    credentials: credentials.as_ref(),
+                    node_key: &node_key,
+                    measurement,
+                    peer: &peer,
+                })
+                .await
+            })
+        })
+    });
     let raft = Raft::new(
         config.node_id,
         raft_config,
@@ -239,6 +274,7 @@ pub async fn start(config: NodeConfig) -> anyhow::Result<NodeHandle> {
     )
     .await
     .context("starting raft")?;
+    let _ = running.set(raft.clone());
     let listener =
         tokio::net::TcpListener::bind(config.listen).await.with_context(|| format!("binding {}", config.listen))?;
     let address = listener.local_addr()?;

@@ -11,6 +11,10 @@
 //!   for the key in the signed request, so the answer is useless to anyone else.
 //! - A data directory with a database but no secrets is refused: its contents are sealed under
 //!   secrets this node no longer holds (restore the file, or recover with members' shares).
+//! - A rotation (`rotation.rs`) brings a secret no log entry reveals: the leader draws it and
+//!   keeps it staged (`DATA_DIR/ledger_secrets.staged`, wrapped like the ring) before proposing;
+//!   every other node, applying the rotation, asks its peers for their ring through the same
+//!   handover until one holds the new version ([`adopt_rotation`]).
 
 use std::path::Path;
 use std::time::Duration;
@@ -25,6 +29,15 @@ use crate::secrets::{x25519_public, LedgerSecrets};
 
 /// The node's ledger secrets, wrapped for its own X25519 key.
 pub const SECRETS_FILE: &str = "ledger_secrets.wrapped";
+/// The ring with the leader's draw for a voted rotation, kept until the rotation applies.
+pub const STAGED_FILE: &str = "ledger_secrets.staged";
+/// Longest pause between two rounds of asking peers for a rotated secret.
+pub const ROTATION_ASK_PAUSE_MAX: Duration = Duration::from_secs(5);
+
+/// Asks the node's current peers for their rings (the secret handover); what they answered.
+pub type SecretSource = std::sync::Arc<
+    dyn Fn() -> std::pin::Pin<Box<dyn std::future::Future<Output = Vec<LedgerSecrets>> + Send>> + Send + Sync,
+>;
 /// The node's X25519 secret key (64 hex characters).
 pub const X25519_KEY_FILE: &str = "node_x25519.key";
 /// The raft path peers ask for the secrets on.
@@ -101,10 +114,92 @@ pub fn load_local(data_dir: &Path) -> anyhow::Result<Option<LedgerSecrets>> {
 
 /// Keeps the secrets, wrapped for this node's own key; replaces the file atomically (rotation).
 pub fn store_local(data_dir: &Path, secrets: &LedgerSecrets) -> anyhow::Result<()> {
+    store_wrapped(data_dir, SECRETS_FILE, secrets)
+}
+
+/// The leader's draw for the next version, kept (with the ring it extends) before it proposes
+/// the rotation, so a restart between proposal and apply loses nothing.
+pub fn store_staged(data_dir: &Path, ring: &LedgerSecrets) -> anyhow::Result<()> {
+    store_wrapped(data_dir, STAGED_FILE, ring)
+}
+
+/// The staged ring, if this node drew one.
+pub fn load_staged(data_dir: &Path) -> anyhow::Result<Option<LedgerSecrets>> {
+    let path = data_dir.join(STAGED_FILE);
+    if !path.exists() {
+        return Ok(None);
+    }
+    let wrapped = std::fs::read(&path).with_context(|| format!("reading {}", path.display()))?;
+    Ok(Some(LedgerSecrets::unwrap(&read_x25519(data_dir)?, &wrapped)?))
+}
+
+/// Applies a rotation to `secrets`: the new version's secret is this node's staged draw or a
+/// peer's (asked through `source` round after round, pausing up to
+/// [`ROTATION_ASK_PAUSE_MAX`]; a source not yet set counts as peers not answering), whichever opens the rotation's payload into the previous
+/// version. Keeps the ring and drops the staged draw. Applying waits for it: values after the
+/// rotation are sealed under the new version. The leader staged its draw before proposing, so
+/// the wait ends once the leader (or any node that adopted it) answers.
+pub async fn adopt_rotation(
+    data_dir: &Path,
+    secrets: &LedgerSecrets,
+    source: &std::sync::OnceLock<SecretSource>,
+    version: u32,
+    sealed: &[u8],
+) -> anyhow::Result<()> {
+    let mut pause = Duration::from_millis(100);
+    let mut rounds = 0u32;
+    loop {
+        if secrets.key_of(version).is_some() {
+            // Held already (a node replaying its log after a restart): it must be the same.
+            secrets.adopt(version, sealed, None).with_context(|| format!("ledger secret version {version}"))?;
+            let _ = std::fs::remove_file(data_dir.join(STAGED_FILE));
+            return Ok(());
+        }
+        let fits = |ring: &LedgerSecrets| ring.key_of(version).filter(|key| secrets.recognises(version, key, sealed));
+        let mut found = load_staged(data_dir)?.as_ref().and_then(fits);
+        if found.is_none() {
+            if let Some(source) = source.get() {
+                found = source().await.iter().find_map(fits);
+            }
+        }
+        if let Some(key) = found {
+            secrets
+                .adopt(version, sealed, Some(&key))
+                .with_context(|| format!("adopting ledger secret version {version}"))?;
+            store_local(data_dir, secrets)?;
+            let _ = std::fs::remove_file(data_dir.join(STAGED_FILE));
+            tracing::info!(version, "adopted the rotated ledger secret: new values are sealed under it");
+            return Ok(());
+        }
+        rounds += 1;
+        if rounds == 1 || rounds % 20 == 0 {
+            tracing::warn!(version, rounds, "waiting for a peer to hand over the rotated ledger secret");
+        }
+        tokio::time::sleep(pause).await;
+        pause = (pause * 2).min(ROTATION_ASK_PAUSE_MAX);
+    }
+}
+
+/// Each current peer's ring, asked once (briefly) through the secret handover.
+pub async fn peers_rings(provisioning: &Provisioning<'_>) -> Vec<LedgerSecrets> {
+    let Ok(own) = load_or_create_x25519(provisioning.data_dir) else { return Vec::new() };
+    let request = secrets_request(provisioning, &own);
+    let Ok(http) = provisioning.peer.client(Duration::from_secs(2), None) else { return Vec::new() };
+    let mut rings = Vec::new();
+    for (peer_id, address) in &provisioning.peers {
+        match ask(&http, provisioning, &request, (*peer_id, address), &own).await {
+            Ok(ring) => rings.push(ring),
+            Err(error) => tracing::debug!(peer = peer_id, error = format!("{error:#}"), "no ring from this peer"),
+        }
+    }
+    rings
+}
+
+fn store_wrapped(data_dir: &Path, file: &str, secrets: &LedgerSecrets) -> anyhow::Result<()> {
     let own = load_or_create_x25519(data_dir)?;
     let wrapped = secrets.wrap_for_random(&x25519_public(&own));
-    let path = data_dir.join(SECRETS_FILE);
-    let part = data_dir.join(format!("{SECRETS_FILE}.part"));
+    let path = data_dir.join(file);
+    let part = data_dir.join(format!("{file}.part"));
     let _ = std::fs::remove_file(&part);
     write_secret(&part, &wrapped)?;
     std::fs::rename(&part, &path)?;

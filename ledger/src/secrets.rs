@@ -83,7 +83,7 @@ impl std::fmt::Debug for LedgerSecrets {
     }
 }
 
-/// Domain tag of a rotation's new secret, sealed under the secret before it.
+/// Domain tag of a rotation's payload: the previous secret, sealed under the new one.
 const ROTATION_AAD: &[u8] = b"wattle.ledger-secret.rotation\0";
 
 impl LedgerSecrets {
@@ -131,39 +131,54 @@ impl LedgerSecrets {
         Ok(version)
     }
 
+    /// The secret bytes of `version`, if this ring holds it.
+    pub fn key_of(&self, version: u32) -> Option<[u8; 32]> {
+        self.version(version).map(|secret| secret.key)
+    }
+
     fn version(&self, version: u32) -> Option<LedgerSecret> {
         self.read().iter().find(|secret| secret.version == version).cloned()
     }
 
-    /// A rotation's payload: `key`, the secret of the next version, sealed under the current one
-    /// (every admitted node holds it), bound to that next version.
-    pub fn seal_next(&self, key: &[u8; 32], nonce: [u8; NONCE_BYTES]) -> (u32, Vec<u8>) {
-        let next = self.current().version + 1;
-        (next, self.seal_with_nonce(&rotation_aad(next), key, nonce))
+    /// A rotation's payload for a freshly drawn `next` key: the version it becomes (current + 1)
+    /// and the current version's secret sealed under it (old wrapped under new). The new key is
+    /// not in it: whoever holds only older versions learns nothing of it from the log.
+    pub fn wrap_previous(&self, next: &[u8; 32], nonce: [u8; NONCE_BYTES]) -> (u32, Vec<u8>) {
+        let current = self.current();
+        let version = current.version + 1;
+        let sealed = seal_under(&LedgerSecret::from_bytes(version, *next), &rotation_aad(version), &current.key, nonce);
+        (version, sealed)
     }
 
-    /// Applies a rotation's payload: opens the next version's secret (sealed under a version this
-    /// ring holds) and adds it. A version the ring already holds is taken as already adopted
-    /// (a node replaying its log after a restart) when its secret matches.
-    pub fn adopt(&self, version: u32, sealed: &[u8]) -> Result<(), SecretError> {
-        let key: [u8; 32] = self
-            .open(&rotation_aad(version), sealed)?
-            .try_into()
-            .map_err(|_| SecretError::Malformed("a rotated secret is 32 bytes".into()))?;
+    /// Whether `key` is the secret of rotation `version`: it opens the rotation's payload into
+    /// the previous version's secret this ring holds.
+    pub fn recognises(&self, version: u32, key: &[u8; 32], sealed: &[u8]) -> bool {
+        let Some(previous) = version.checked_sub(1).and_then(|previous| self.version(previous)) else { return false };
+        let candidate = LedgerSecret::from_bytes(version, *key);
+        open_under(&candidate, &rotation_aad(version), sealed).is_ok_and(|opened| opened == previous.key)
+    }
+
+    /// Applies a rotation: `version`'s secret is the one this ring already holds (a node
+    /// replaying its log after a restart) or `candidate` (the leader's draw, or a peer's ring),
+    /// and it must open `sealed` into the previous version. Adds it as the newest version.
+    pub fn adopt(&self, version: u32, sealed: &[u8], candidate: Option<&[u8; 32]>) -> Result<(), SecretError> {
         if let Some(held) = self.version(version) {
-            return if held.key == key {
-                Ok(())
-            } else {
-                Err(SecretError::Malformed(format!("version {version} differs")))
+            return match self.recognises(version, &held.key, sealed) {
+                true => Ok(()),
+                false => Err(SecretError::Malformed(format!("version {version} differs"))),
             };
         }
+        let key = candidate.ok_or(SecretError::UnknownVersion(version))?;
         let current = self.current().version;
         if version != current + 1 {
             return Err(SecretError::Malformed(format!(
                 "rotation to version {version}, but this ring is at {current}"
             )));
         }
-        self.rotate(key).map(|_| ())
+        if !self.recognises(version, key, sealed) {
+            return Err(SecretError::Tampered);
+        }
+        self.rotate(*key).map(|_| ())
     }
 
     /// Takes the versions `other` holds beyond this ring's (peers' ring after a rotation this node
@@ -222,6 +237,20 @@ fn seal_under(secret: &LedgerSecret, aad: &[u8], plaintext: &[u8], nonce: [u8; N
     out
 }
 
+/// Opens a value [`seal_under`] made with exactly `secret`.
+fn open_under(secret: &LedgerSecret, aad: &[u8], sealed: &[u8]) -> Result<Vec<u8>, SecretError> {
+    if sealed.len() < 4 + NONCE_BYTES + 16 {
+        return Err(SecretError::Truncated(sealed.len()));
+    }
+    if sealed[..4] != secret.version.to_be_bytes() {
+        return Err(SecretError::UnknownVersion(u32::from_be_bytes(sealed[..4].try_into().expect("4 bytes"))));
+    }
+    let cipher = Aes256Gcm::new_from_slice(&secret.key).expect("32-byte key");
+    cipher
+        .decrypt(Nonce::from_slice(&sealed[4..4 + NONCE_BYTES]), Payload { msg: &sealed[4 + NONCE_BYTES..], aad })
+        .map_err(|_| SecretError::Tampered)
+}
+
 impl LedgerSecrets {
     /// Seals with a fresh random nonce (96 random bits: safe far beyond the 2^32 values one
     /// secret version should seal; rotate before that).
@@ -236,10 +265,7 @@ impl LedgerSecrets {
         }
         let version = u32::from_be_bytes(sealed[..4].try_into().expect("4 bytes"));
         let secret = self.version(version).ok_or(SecretError::UnknownVersion(version))?;
-        let cipher = Aes256Gcm::new_from_slice(&secret.key).expect("32-byte key");
-        cipher
-            .decrypt(Nonce::from_slice(&sealed[4..4 + NONCE_BYTES]), Payload { msg: &sealed[4 + NONCE_BYTES..], aad })
-            .map_err(|_| SecretError::Tampered)
+        open_under(&secret, aad, sealed)
     }
 
     /// The ring's canonical bytes (only ever stored or sent wrapped).
@@ -387,18 +413,24 @@ mod tests {
     }
 
     #[test]
-    fn a_rotation_payload_opens_only_as_the_next_version_on_a_ring_of_the_same_service() {
+    fn a_rotation_payload_names_the_new_secret_without_revealing_it() {
         let leader = ring();
         let follower = ring();
-        let (version, sealed) = leader.seal_next(&[7; 32], [3; 12]);
+        let drawn = [7; 32];
+        let (version, sealed) = leader.wrap_previous(&drawn, [3; 12]);
         assert_eq!(version, 2);
-        leader.adopt(version, &sealed).expect("the leader adopts its own");
-        follower.adopt(version, &sealed).expect("a follower adopts it");
+        // The payload is the old secret under the new one: the old ring cannot open it.
+        assert!(follower.open(&rotation_aad(2), &sealed).is_err(), "the new secret is not derivable from the old");
+        assert_eq!(follower.adopt(version, &sealed, None), Err(SecretError::UnknownVersion(2)));
+        assert_eq!(follower.adopt(version, &sealed, Some(&[8; 32])), Err(SecretError::Tampered), "a wrong candidate");
+        leader.adopt(version, &sealed, Some(&drawn)).expect("the leader adopts its own draw");
+        follower.adopt(version, &sealed, Some(&drawn)).expect("a follower adopts what it was handed");
         assert_eq!(follower.encode(), leader.encode());
-        follower.adopt(version, &sealed).expect("a replay is idempotent");
-        assert!(follower.adopt(3, &sealed).is_err(), "bound to version 2");
+        follower.adopt(version, &sealed, None).expect("a replay is idempotent");
+        assert!(follower.adopt(3, &sealed, Some(&drawn)).is_err(), "bound to version 2");
+        // Another service's ring recognises nothing.
         let stranger = LedgerSecrets::new([1; 32], [9; 32]);
-        assert_eq!(stranger.adopt(version, &sealed), Err(SecretError::Tampered));
+        assert!(!stranger.recognises(version, &drawn, &sealed));
         // Raft traffic stays under version 1, which a node behind on rotations holds.
         let channel = leader.seal_first(b"raft", b"append");
         assert_eq!(ring().open(b"raft", &channel).expect("version 1"), b"append");

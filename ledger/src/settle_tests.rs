@@ -2,8 +2,8 @@
 //! dynamic prices, party postings, ticks closing periods, late readings as corrections. Figures
 //! are worked out by hand in each test.
 
-use std::cell::RefCell;
 use std::str::FromStr;
+use std::sync::Mutex;
 
 use domain::ids::{CustomerId, GatewayId, KeyId, MeterId, PartyId, Sequence, TxId, UnixMillis, UnixSeconds};
 use domain::money::Currency;
@@ -19,19 +19,19 @@ use crate::state::{apply, Overlay, StateRead, Table, TxResult, WriteSet};
 
 #[derive(Default)]
 struct Memory {
-    state: RefCell<WriteSet>,
-    index: RefCell<u64>,
-    nonce: RefCell<u64>,
+    state: Mutex<WriteSet>,
+    index: Mutex<u64>,
+    nonce: Mutex<u64>,
 }
 impl StateRead for Memory {
     fn get(&self, table: Table, key: &[u8]) -> Option<Vec<u8>> {
-        self.state.borrow().puts.get(&(table, key.to_vec())).cloned()
+        self.state.lock().expect("one test thread").puts.get(&(table, key.to_vec())).cloned()
     }
 }
 impl Memory {
     fn apply_at(&self, time: &str, body: TxBody) -> TxResult {
         let index = {
-            let mut index = self.index.borrow_mut();
+            let mut index = self.index.lock().expect("one test thread");
             *index += 1;
             *index
         };
@@ -41,12 +41,12 @@ impl Memory {
         let mut overlay = Overlay::new(self);
         let result = apply(&mut overlay, index, &tx).expect("no halt").result;
         let writes = overlay.writes.puts;
-        self.state.borrow_mut().puts.extend(writes);
+        self.state.lock().expect("one test thread").puts.extend(writes);
         result
     }
     fn apply_with_claims(&self, time: &str, body: TxBody) -> (TxResult, Option<Vec<u8>>) {
         let index = {
-            let mut index = self.index.borrow_mut();
+            let mut index = self.index.lock().expect("one test thread");
             *index += 1;
             *index
         };
@@ -54,12 +54,12 @@ impl Memory {
         let mut overlay = Overlay::new(self);
         let applied = apply(&mut overlay, index, &tx).expect("no halt");
         let writes = overlay.writes.puts;
-        self.state.borrow_mut().puts.extend(writes);
+        self.state.lock().expect("one test thread").puts.extend(writes);
         (applied.result, applied.claims)
     }
     fn admin(&self, action: AdminAction) -> Option<String> {
         let nonce = {
-            let mut nonce = self.nonce.borrow_mut();
+            let mut nonce = self.nonce.lock().expect("one test thread");
             *nonce += 1;
             *nonce
         };
@@ -67,7 +67,7 @@ impl Memory {
         self.apply_at("2026-09-01T00:00:00Z", TxBody::Admin(SignedAdmin::sign(nonce, action, &operator))).admin_refused
     }
     fn private(&self) -> Vec<(Vec<u8>, Vec<u8>)> {
-        let state = self.state.borrow();
+        let state = self.state.lock().expect("one test thread");
         state
             .puts
             .iter()
@@ -625,7 +625,7 @@ impl Memory {
     /// Applies `body` as an entry of `rules_version`; its result and claims document.
     fn apply_versioned(&self, rules_version: u32, time: &str, body: TxBody) -> (TxResult, String) {
         let index = {
-            let mut index = self.index.borrow_mut();
+            let mut index = self.index.lock().expect("one test thread");
             *index += 1;
             *index
         };
@@ -633,7 +633,7 @@ impl Memory {
         let mut overlay = Overlay::new(self);
         let applied = apply(&mut overlay, index, &tx).expect("no halt");
         let writes = overlay.writes.puts;
-        self.state.borrow_mut().puts.extend(writes);
+        self.state.lock().expect("one test thread").puts.extend(writes);
         let claims = String::from_utf8(applied.claims.expect("a readings transaction has claims")).expect("UTF-8");
         (applied.result, claims)
     }

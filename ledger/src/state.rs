@@ -27,7 +27,8 @@ pub enum Table {
 }
 
 /// Read access to committed state.
-pub trait StateRead {
+/// `Sync`: a store applying entries may wait (a rotated secret) while it holds a view.
+pub trait StateRead: Sync {
     fn get(&self, table: Table, key: &[u8]) -> Option<Vec<u8>>;
 }
 
@@ -987,15 +988,15 @@ mod tests {
     use domain::tx::BatchReading;
     use ed25519_dalek::SigningKey;
     use proptest::prelude::*;
-    use std::cell::RefCell;
     use std::str::FromStr;
+    use std::sync::Mutex;
 
     /// Committed state in memory: the same state machine runs on it as on RocksDB.
     #[derive(Default)]
-    struct Memory(RefCell<WriteSet>);
+    struct Memory(Mutex<WriteSet>);
     impl StateRead for Memory {
         fn get(&self, table: Table, key: &[u8]) -> Option<Vec<u8>> {
-            self.0.borrow().puts.get(&(table, key.to_vec())).cloned()
+            self.0.lock().expect("one test thread").puts.get(&(table, key.to_vec())).cloned()
         }
     }
     impl Memory {
@@ -1005,7 +1006,7 @@ mod tests {
             let mut overlay = Overlay::new(self);
             let result = apply(&mut overlay, index, &tx).expect("no halt").result;
             let writes = overlay.writes.puts;
-            self.0.borrow_mut().puts.extend(writes);
+            self.0.lock().expect("one test thread").puts.extend(writes);
             result
         }
     }
@@ -1137,7 +1138,7 @@ mod tests {
 
     /// Plants committed state directly, as an older ledger (before prices were validated) left it.
     fn plant(memory: &Memory, table: Table, key: &[u8], value: Vec<u8>) {
-        memory.0.borrow_mut().puts.insert((table, key.to_vec()), value);
+        memory.0.lock().expect("one test thread").puts.insert((table, key.to_vec()), value);
     }
 
     /// Finding 5 of issue 12: a reading whose settlement overflows is refused with a reason, not a

@@ -90,6 +90,9 @@ pub struct Store {
     /// Set while a streamed install has replaced part of the state: readers answer `503` then,
     /// never from a state that is half old, half new.
     pub(crate) installing: Arc<std::sync::atomic::AtomicBool>,
+    /// Where a rotated ledger secret this node did not draw comes from: its peers' rings, over
+    /// the secret handover (`provision.rs`); set once the node runs.
+    secret_source: Arc<std::sync::OnceLock<crate::provision::SecretSource>>,
 }
 
 pub use crate::history::{entry_leaf, HistoryRecord};
@@ -148,6 +151,7 @@ impl Store {
             install_batch_records: crate::limits::SNAPSHOT_INSTALL_BATCH_RECORDS,
             snapshot_lock: Arc::default(),
             installing: Arc::default(),
+            secret_source: Arc::default(),
         };
         store.signed = Arc::new(tokio::sync::watch::channel(store.signed_index()).0);
         Ok(store)
@@ -176,21 +180,30 @@ impl Store {
             install_batch_records: crate::limits::SNAPSHOT_INSTALL_BATCH_RECORDS,
             snapshot_lock: Arc::default(),
             installing: Arc::default(),
+            secret_source: Arc::default(),
         };
         store.finish_interrupted_install()?;
         store.signed = Arc::new(tokio::sync::watch::channel(store.signed_index()).0);
         Ok(store)
     }
 
-    /// Adopts a rotation's new ledger secret (`rotation.rs`): adds it to the ring and keeps the
-    /// ring, wrapped for this node's key, in its data directory. The memory store holds no ring.
-    fn adopt_secret(&self, version: u32, sealed: &[u8]) -> anyhow::Result<()> {
+    /// Adopts a rotation's new ledger secret (`rotation.rs`, `provision::adopt_rotation`): this
+    /// node's own draw or a peer's, recognised by the rotation's payload; adds it to the ring and
+    /// keeps the ring, wrapped for this node's key, in its data directory. Waits until some node
+    /// hands it over. The memory store holds no ring.
+    async fn adopt_secret(&self, version: u32, sealed: &[u8]) -> anyhow::Result<()> {
         let Some(secrets) = &self.secrets else { return Ok(()) };
-        secrets.adopt(version, sealed).with_context(|| format!("adopting ledger secret version {version}"))?;
-        let data_dir = self.snapshot_dir.parent().context("the snapshot directory lies in the data directory")?;
-        crate::provision::store_local(data_dir, secrets)?;
-        tracing::info!(version, "adopted the rotated ledger secret: new values are sealed under it");
-        Ok(())
+        crate::provision::adopt_rotation(self.data_dir()?, secrets, &self.secret_source, version, sealed).await
+    }
+
+    /// The node's data directory (the snapshot directory's parent).
+    pub fn data_dir(&self) -> anyhow::Result<&Path> {
+        self.snapshot_dir.parent().context("the snapshot directory lies in the data directory")
+    }
+
+    /// Where rotated secrets this node did not draw come from (set once, when the node runs).
+    pub fn set_secret_source(&self, source: crate::provision::SecretSource) {
+        let _ = self.secret_source.set(source);
     }
 
     /// The ledger secrets the database is sealed under (none in the simulation).
@@ -731,6 +744,7 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
                         if applied.result.admin_refused.is_none() {
                             self.store
                                 .adopt_secret(*version, sealed)
+                                .await
                                 .map_err(|error| write_error(std::io::Error::other(format!("{error:#}"))))?;
                         }
                     }

@@ -37,15 +37,42 @@ pub async fn propose_ticks(app: AppState) {
 }
 
 /// Carries out a rotation of the ledger secret the consortium voted (`rotation.rs`): draws the
-/// next version's secret and proposes it sealed under the current one. Applying it (on every
-/// node, this one included) adds it to the ring.
+/// next version's secret, keeps it staged (`provision::store_staged`; a retry reuses it, so a
+/// proposal that commits late still finds its secret), and proposes the current secret sealed
+/// under it. Applying it (on every node, this one included) adds the new secret to the ring:
+/// this node from its staged draw, the others from its ring over the secret handover.
 async fn propose_secret_rotation(app: &AppState) {
     let state = app.store.state();
     if !crate::rotation::pending(&state) {
         return;
     }
     let Some(secrets) = app.store.secrets() else { return };
-    let (version, sealed) = secrets.seal_next(&rand::random(), rand::random());
+    let Ok(data_dir) = app.store.data_dir() else { return };
+    let next = secrets.current().version + 1;
+    let staged = match crate::provision::load_staged(data_dir) {
+        Ok(staged) => staged.and_then(|ring| ring.key_of(next)),
+        Err(error) => {
+            tracing::error!(error = format!("{error:#}"), "reading the staged ledger secret; not rotating");
+            return;
+        }
+    };
+    let key = match staged {
+        Some(key) => key,
+        None => {
+            let key: [u8; 32] = rand::random();
+            let ring = secrets.as_ref().clone();
+            if let Err(error) = ring
+                .rotate(key)
+                .map_err(anyhow::Error::from)
+                .and_then(|_| crate::provision::store_staged(data_dir, &ring))
+            {
+                tracing::error!(error = format!("{error:#}"), "staging the new ledger secret; not rotating");
+                return;
+            }
+            key
+        }
+    };
+    let (version, sealed) = secrets.wrap_previous(&key, rand::random());
     let expected = crate::rotation::secret_version(&state).saturating_add(1);
     if version != expected {
         tracing::error!(
