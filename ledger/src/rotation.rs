@@ -1,17 +1,21 @@
 //! Rotating the ledger secret by governance (issue 15). Part of the state machine (sans-IO):
 //!
 //! 1. Members vote a `rotate_ledger_secret` action; applying it marks a rotation pending.
-//! 2. The leader (`ticker.rs`) draws the next version's secret and proposes it sealed under the
-//!    current version (`TxBody::RotateSecret`), which every admitted node holds.
+//! 2. The leader (`ticker.rs`) draws the next version's secret, keeps it staged on its disk, and
+//!    proposes `TxBody::RotateSecret`: the *current* secret sealed under the new one (old wrapped
+//!    under new, as CCF keeps its past ledger secrets). The new secret is not in the log.
 //! 3. Applying it here checks it is the pending rotation's next version and records that version;
-//!    the store (`store.rs`) then opens the new secret, adds it to the node's ring and keeps the
-//!    ring, wrapped for the node's own key, before the entry's writes reach disk. From then on
-//!    values are sealed under the new version; every older version stays in the ring, so
-//!    everything sealed before still opens, and `wattle audit` with the node's ring replays it all.
+//!    the store (`store.rs`, `provision::adopt_rotation`) then takes the new secret — the
+//!    leader from its staged draw, every other node from a peer's ring over the secret handover
+//!    (wrapped for its X25519 key) — recognises it by opening the payload into the previous
+//!    version, adds it to the node's ring and keeps the ring, wrapped for the node's own key,
+//!    before the entry's writes reach disk. From then on values are sealed under the new
+//!    version; every older version stays in the ring, so everything sealed before still opens,
+//!    and `wattle audit` with the node's ring replays it all.
 //!
-//! The new secret travels in the log only sealed under the old one: a node that holds the ring
-//! learns it, nobody else does. A second proposal for the same version (two leaders) is refused
-//! on apply, so every node adopts the same secret.
+//! Whoever holds an older version and a copy of the log learns nothing of the newer ones. A
+//! second proposal for the same version (two leaders) is refused on apply, so every node adopts
+//! the same secret.
 
 use crate::state::{Overlay, StateRead, Table};
 
