@@ -107,7 +107,7 @@ async fn the_ledger_speaks_tls_only_to_clients_that_trust_its_service_key() -> a
         let error = format!("{:?}", answer.expect_err("a client trusting another service is refused"));
         assert!(error.contains("not the service key's"), "{address}: {error}");
         let health: serde_json::Value = http.get(format!("https://{address}/healthz")).send().await?.json().await?;
-        assert_eq!(health["node_id"], 1, "{address}: {health}");
+        assert_eq!((&health["node_id"], &health["tls"]), (&1.into(), &true.into()), "{address}: {health}");
     }
     poll_until("four failed handshakes counted", Duration::from_secs(10), || async {
         let failed = metric(&http, &node, "wattle_ledger_tls_handshakes_failed_total").await?;

@@ -620,6 +620,8 @@ async fn healthz(State(app): State<AppState>) -> Response {
         "clock_ms": app.clock.now().0,
         // The newest ledger secret version this node holds (it seals new values with it).
         "secret_version": app.store.secrets().map(|secrets| secrets.current().version),
+        // Whether the node serves and reaches its peers over TLS (`--tls`).
+        "tls": app.peer.is_tls(),
     });
     let status = if metrics.current_leader.is_some() { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
     (status, Json(body)).into_response()
