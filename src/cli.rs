@@ -59,7 +59,9 @@ pub fn parse_service_key(text: &str) -> Result<[u8; 32], String> {
 /// HTTP only.
 pub fn ledger_client(timeout: std::time::Duration) -> anyhow::Result<reqwest::Client> {
     let service_key = match std::env::var(LEDGER_SERVICE_KEY_ENV) {
-        Ok(text) => Some(parse_service_key(&text).map_err(|error| anyhow::anyhow!("{LEDGER_SERVICE_KEY_ENV}: {error}"))?),
+        Ok(text) => {
+            Some(parse_service_key(&text).map_err(|error| anyhow::anyhow!("{LEDGER_SERVICE_KEY_ENV}: {error}"))?)
+        }
         Err(std::env::VarError::NotPresent) => None,
         Err(error) => anyhow::bail!("{LEDGER_SERVICE_KEY_ENV}: {error}"),
     };

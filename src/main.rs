@@ -789,9 +789,15 @@ async fn run(command: Command) -> anyhow::Result<()> {
             let service = ledger::node::read_signing_key(&service_key)?;
             let operator = ledger::node::read_signing_key(&operator_key)?;
             let days = (!no_expiry).then_some(valid_days);
-            let response =
-                ledger::node::endorse_node(&cli::ledger_client(std::time::Duration::from_secs(30))?, &ledger_url, &node, &service, &operator, days)
-                    .await?;
+            let response = ledger::node::endorse_node(
+                &cli::ledger_client(std::time::Duration::from_secs(30))?,
+                &ledger_url,
+                &node,
+                &service,
+                &operator,
+                days,
+            )
+            .await?;
             println!(
                 "endorsed the key of {node} at log index {}; service public key {}",
                 response.log_index,

@@ -96,13 +96,12 @@ pub async fn start(config: BillingConfig) -> anyhow::Result<BillingHandle> {
     let gate = Arc::new(gate);
     let model = read_model::ReadModel::open(&config.database_url).await?;
     let position = model.position().await?;
-    let ledger =
-        ledger_client::LedgerClient::new(
-            config.ledger_url.clone(),
-            config.ledger_key.clone(),
-            config.ledger_service_key,
-            metrics.clone(),
-        )?;
+    let ledger = ledger_client::LedgerClient::new(
+        config.ledger_url.clone(),
+        config.ledger_key.clone(),
+        config.ledger_service_key,
+        metrics.clone(),
+    )?;
     let feed = feed::FeedHandle::new(position);
     tracing::info!(
         database = read_model::redact(&config.database_url),

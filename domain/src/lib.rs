@@ -26,8 +26,8 @@ pub mod receipt;
 pub mod settle;
 pub mod settlement;
 pub mod tariff;
-pub mod token;
 #[cfg(feature = "tls")]
 pub mod tls;
+pub mod token;
 pub mod tx;
 pub mod verify;

@@ -44,8 +44,6 @@ pub mod secrets;
 pub mod settle;
 pub mod signer;
 pub mod simulation;
-#[cfg(feature = "tls")]
-pub mod tls;
 pub mod snapshot;
 pub mod state;
 pub mod statements;
@@ -53,3 +51,5 @@ pub mod store;
 pub mod submit;
 pub mod tariffs;
 pub mod ticker;
+#[cfg(feature = "tls")]
+pub mod tls;

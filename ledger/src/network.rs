@@ -74,12 +74,7 @@ impl RaftNetworkFactory<TypeConfig> for HttpNetwork {
                 self.client.clone()
             }),
         };
-        HttpConnection {
-            client,
-            channel: self.channel.clone(),
-            target,
-            base: self.peer.url(&node.addr, "/raft/"),
-        }
+        HttpConnection { client, channel: self.channel.clone(), target, base: self.peer.url(&node.addr, "/raft/") }
     }
 }
 
