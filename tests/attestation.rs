@@ -58,16 +58,18 @@ async fn a_rebuilt_binary_gets_the_secrets_only_after_governance_accepts_its_mea
         .arg(path("node-4.key"))
         .args(["--init-members", &members.join(",")])
         .args(["--peer-service-key", &hex::encode(service_public), "--endorsement", endorsement.trim()])
+        // The sandbox's nodes serve TLS: a node of the cluster does too (all or none).
+        .arg("--tls")
         .arg("--ready-file")
         .arg(path("node-4.ready"));
     let mut node_4 = Process::spawn("node-4", dir.path(), node)?;
 
     // Refused by every admitted node, with the reason, and counted; node 4 holds no secrets.
-    let http = reqwest::Client::builder().timeout(Duration::from_secs(10)).build()?;
+    let http = sandbox.ledger_client()?;
     let refusals = || async {
         let mut total = 0;
         for (_, address) in &nodes {
-            let text = http.get(format!("http://{address}/metrics")).send().await.ok()?.text().await.ok()?;
+            let text = http.get(format!("{}/metrics", sandbox.url_of(address))).send().await.ok()?.text().await.ok()?;
             let line = "wattle_ledger_raft_requests_refused_total{reason=\"measurement_not_accepted\"} ";
             total += text.lines().find_map(|l| l.strip_prefix(line)?.parse::<u64>().ok()).unwrap_or(0);
         }
@@ -90,12 +92,12 @@ async fn a_rebuilt_binary_gets_the_secrets_only_after_governance_accepts_its_mea
 
     // Governance accepts the rebuilt code: two of the three voting members.
     let leader = poll_until("a leader", Duration::from_secs(20), || async {
-        let health = crate::support::get_json(&http, &format!("http://{}/healthz", nodes[0].1)).await?;
+        let health = crate::support::get_json(&http, &format!("{}/healthz", sandbox.node_url(1))).await?;
         let leader = health["leader"].as_u64()?;
         nodes.iter().find(|(id, _)| *id == leader).cloned()
     })
     .await?;
-    let leader_url = format!("http://{}", leader.1);
+    let leader_url = sandbox.url_of(&leader.1);
     sandbox.pass(
         &leader_url,
         &format!(
@@ -106,7 +108,8 @@ async fn a_rebuilt_binary_gets_the_secrets_only_after_governance_accepts_its_mea
     // Now node 4 gets the secrets, wrapped for its X25519 key, and serves.
     let address = node_4.ready_address_within(&path("node-4.ready"), Duration::from_secs(60)).await?;
     let address = address.trim_start_matches("http://");
-    let health: serde_json::Value = http.get(format!("http://{address}/healthz")).send().await?.json().await?;
+    let health: serde_json::Value =
+        http.get(format!("{}/healthz", sandbox.url_of(address))).send().await?.json().await?;
     assert_eq!(health["node_id"], 4, "{health}");
     let received = ledger::provision::load_local(&path("node-4"))?.expect("node 4 keeps the secrets it received");
     let founder = ledger::provision::load_local(&data.join("node-1"))?.expect("node 1 keeps its secrets");

@@ -56,13 +56,15 @@ async fn caught_up(http: &reqwest::Client, billing: &str, ledger_index: u64) -> 
     .await
 }
 
-/// Starts `wattle billing` on `database` against the sandbox's first node, signing as billing.
+/// Starts `wattle billing` on `database` against the sandbox's first node, signing as billing and
+/// trusting the nodes the sandbox's service key endorses.
 async fn start_billing(dir: &Path, name: &str, sandbox: &Sandbox, database: &str) -> anyhow::Result<(Process, String)> {
     let ready = dir.join(format!("{name}.ready"));
     let _ = std::fs::remove_file(&ready);
     let mut command = wattle();
     command
-        .args(["billing", "--listen", "127.0.0.1:0", "--ledger", &format!("http://{}", sandbox.nodes[0].1)])
+        .args(["billing", "--listen", "127.0.0.1:0", "--ledger", &sandbox.node_url(1)])
+        .args(["--ledger-service-key", &sandbox.service_public])
         .arg("--ledger-key")
         .arg(sandbox.data.join("billing.key"))
         .args(["--database", database])

@@ -67,7 +67,7 @@ pub(crate) async fn credit_void_and_reissue(
     number: &str,
     dir: &Path,
 ) -> anyhow::Result<()> {
-    let ledger = format!("http://{}", sandbox.nodes[0].1);
+    let ledger = sandbox.node_url(1);
     let service = ledger::node::read_signing_key(&sandbox.data.join("service.key"))?;
     let service_key = hex::encode(service.verifying_key().to_bytes());
     let invoice_text = http.get(format!("{billing}/v1/invoices/{number}")).send().await?.text().await?;

@@ -69,10 +69,14 @@ fn interval_lines(lines: &mut Lines, start_utc: i64, import_wh: u64, export_wh: 
 }
 
 /// Every readings transaction's claims document on the ledger at `url` (claims are private: read
-/// with a member's key, `docs/client-auth` style signed GETs).
-async fn readings_claims(url: &str, member: &ed25519_dalek::SigningKey) -> anyhow::Result<Vec<String>> {
-    let http = reqwest::Client::builder().timeout(Duration::from_secs(15)).build()?;
-    let transactions = crate::support::ledger_transactions(&http, url).await.context("the transaction list")?;
+/// with a member's key, `docs/client-auth` style signed GETs), through `http` (a client that
+/// trusts the ledger's nodes).
+async fn readings_claims(
+    http: &reqwest::Client,
+    url: &str,
+    member: &ed25519_dalek::SigningKey,
+) -> anyhow::Result<Vec<String>> {
+    let transactions = crate::support::ledger_transactions(http, url).await.context("the transaction list")?;
     let mut documents = Vec::new();
     for transaction in transactions.iter().filter(|transaction| transaction["kind"] == "readings") {
         let tx_id = transaction["tx_id"].as_str().context("tx_id")?;
@@ -205,7 +209,8 @@ async fn a_simulated_months_invoices_equal_an_independent_calculation_to_the_cen
 
     let service = ledger::node::read_signing_key(&sandbox.data.join("service.key"))?;
     let service_key = hex::encode(service.verifying_key().to_bytes());
-    let ledger_url = format!("http://{}", sandbox.nodes[0].1);
+    let ledger_url = sandbox.node_url(1);
+    let ledger_http = sandbox.ledger_client()?;
     let member = ledger::node::read_signing_key(&sandbox.data.join("supplier.key"))?;
     let mut claims: Option<Vec<String>> = None;
     let mut checked = 0;
@@ -252,9 +257,10 @@ async fn a_simulated_months_invoices_equal_an_independent_calculation_to_the_cen
         // The same lines from the claims of the readings (fetched once: every reading of January
         // was settled before its close, so before the first invoice).
         if claims.is_none() {
-            let fetched = tokio::time::timeout(Duration::from_secs(120), readings_claims(&ledger_url, &member))
-                .await
-                .context("fetching every readings transaction's claims took over two minutes")??;
+            let fetched =
+                tokio::time::timeout(Duration::from_secs(120), readings_claims(&ledger_http, &ledger_url, &member))
+                    .await
+                    .context("fetching every readings transaction's claims took over two minutes")??;
             claims = Some(fetched);
         }
         let from_claims = claimed_lines(claims.as_deref().unwrap_or_default(), customer, document.period.start.0)?;

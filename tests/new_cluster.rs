@@ -37,12 +37,15 @@ async fn a_surviving_node_and_k_shares_start_a_new_cluster_that_keeps_the_servic
     let _serial = CLUSTER_SERIAL.lock().await;
     let dir = tempfile::tempdir()?;
     let path = |name: &str| dir.path().join(name);
-    let http = reqwest::Client::builder().timeout(Duration::from_secs(15)).build()?;
 
     let sandbox = Sandbox::start(dir.path(), "sandbox", 2, &[]).await?;
     let data = sandbox.data.clone();
     let (client_address, raft_address) = (sandbox.nodes[0].1.clone(), sandbox.raft_nodes[0].1.clone());
-    let url = format!("http://{client_address}");
+    // The sandbox serves TLS, and so does the new cluster (`--tls` below), on node 1's addresses:
+    // one URL and one client trusting the service key's nodes serve both.
+    let url = sandbox.node_url(1);
+    let http = sandbox.ledger_client()?;
+    let service_public = sandbox.service_public.clone();
     let before_tx = poll_until("a settled readings transaction", Duration::from_secs(60), || async {
         let page = get_json(&http, &format!("{url}/v1/transactions?from=0")).await?;
         let found = page["transactions"].as_array()?.iter().find(|t| t["kind"] == "readings")?.clone();
@@ -52,8 +55,6 @@ async fn a_surviving_node_and_k_shares_start_a_new_cluster_that_keeps_the_servic
     sandbox.stop().await?;
 
     // Node 1 splits its secrets 2 of 3 (under an endorsement with a period, as issued today).
-    let service = ledger::node::read_signing_key(&data.join("service.key"))?;
-    let service_public = hex::encode(service.verifying_key().to_bytes());
     let node_1_public =
         hex::encode(ledger::node::read_signing_key(&data.join("node-1").join("node.key"))?.verifying_key().to_bytes());
     let (ok, endorsement) = run(wattle()
@@ -99,7 +100,9 @@ async fn a_surviving_node_and_k_shares_start_a_new_cluster_that_keeps_the_servic
         .args(["node", "--node-id", "1", "--listen", &client_address, "--raft-listen", &raft_address])
         .arg("--data-dir")
         .arg(data.join("node-1"))
-        .args(["--peer-service-key", &service_public, "--endorsement", &endorsement]);
+        .args(["--peer-service-key", &service_public, "--endorsement", &endorsement])
+        // As production runs: its certificate carries that endorsement.
+        .arg("--tls");
     let mut node = Process::spawn("node-1-alone", dir.path(), command)?;
     poll_until("the survivor leads a cluster of one", Duration::from_secs(60), || async {
         let health = get_json(&http, &format!("{url}/healthz")).await?;
@@ -133,6 +136,7 @@ async fn a_surviving_node_and_k_shares_start_a_new_cluster_that_keeps_the_servic
     )?;
     let gov = |member: &str, args: &[&str]| {
         run(wattle()
+            .env("WATTLE_LEDGER_SERVICE_KEY", &service_public)
             .arg("gov")
             .args(args)
             .args(["--ledger", &url, "--json", "--member-key"])

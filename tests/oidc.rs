@@ -63,7 +63,8 @@ pub async fn jwt_sign_in(dir: &Path, sandbox: &Sandbox, customer: &str, api_tota
     let ready = dir.join("billing-oidc.ready");
     let mut command = wattle();
     command
-        .args(["billing", "--listen", "127.0.0.1:0", "--ledger", &format!("http://{}", sandbox.nodes[0].1)])
+        .args(["billing", "--listen", "127.0.0.1:0", "--ledger", &sandbox.node_url(1)])
+        .args(["--ledger-service-key", &sandbox.service_public])
         .arg("--ledger-key")
         .arg(sandbox.data.join("billing.key"))
         .args(["--database", &format!("sqlite://{}?mode=rwc", dir.join("billing-oidc.sqlite").display())])

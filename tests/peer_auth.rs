@@ -30,8 +30,9 @@ struct Health {
     applied_index: u64,
 }
 
-async fn health(http: &reqwest::Client, address: &str) -> anyhow::Result<Health> {
-    let body: serde_json::Value = http.get(format!("http://{address}/healthz")).send().await?.json().await?;
+/// The health of the node at `url` (`http://` or `https://` HOST:PORT).
+async fn health(http: &reqwest::Client, url: &str) -> anyhow::Result<Health> {
+    let body: serde_json::Value = http.get(format!("{url}/healthz")).send().await?.json().await?;
     Ok(Health {
         is_leader: body["leader"].as_u64().is_some() && body["leader"] == body["node_id"],
         term: body["term"].as_u64().unwrap_or_default(),
@@ -39,24 +40,19 @@ async fn health(http: &reqwest::Client, address: &str) -> anyhow::Result<Health>
     })
 }
 
-async fn refused(
-    http: &reqwest::Client,
-    address: &str,
-    headers: &[(&str, String)],
-    body: &[u8],
-) -> anyhow::Result<String> {
-    refused_at(http, address, "vote", headers, body).await
+async fn refused(http: &reqwest::Client, url: &str, headers: &[(&str, String)], body: &[u8]) -> anyhow::Result<String> {
+    refused_at(http, url, "vote", headers, body).await
 }
 
-/// Sends a raft request to `/raft/{path}`; it must be answered 401; its code.
+/// Sends a raft request to `/raft/{path}` of the node at `url`; it must be answered 401; its code.
 async fn refused_at(
     http: &reqwest::Client,
-    address: &str,
+    url: &str,
     path: &str,
     headers: &[(&str, String)],
     body: &[u8],
 ) -> anyhow::Result<String> {
-    let mut post = http.post(format!("http://{address}/raft/{path}")).header("content-type", "application/json");
+    let mut post = http.post(format!("{url}/raft/{path}")).header("content-type", "application/json");
     for (name, value) in headers {
         post = post.header(*name, value);
     }
@@ -72,31 +68,36 @@ async fn raft_requests_from_nodes_the_consortium_did_not_admit_are_refused() -> 
     let _serial = CLUSTER_SERIAL.lock().await;
     let dir = tempfile::tempdir()?;
     let sandbox = Sandbox::start(dir.path(), "sandbox", 4, &[]).await?;
-    // Raft is served on ports of its own; the client ports have no `/raft/...` at all.
-    let (data, nodes) = (sandbox.data.clone(), sandbox.raft_nodes.clone());
-    let http = reqwest::Client::builder().timeout(Duration::from_secs(10)).build()?;
+    // Raft is served on ports of its own (their URLs here); the client ports have no
+    // `/raft/...` at all.
+    let data = sandbox.data.clone();
+    let nodes: Vec<(u64, String)> =
+        sandbox.raft_nodes.iter().map(|(id, address)| (*id, sandbox.url_of(address))).collect();
+    // The nodes serve TLS, but the service public key is public: an attacker who knows it
+    // completes the handshake as any client does, and its requests meet the nodes' own checks.
+    let http = crate::support::trusting_client(&sandbox.service_public)?;
     for (_, client) in &sandbox.nodes {
-        let answer = http.post(format!("http://{client}/raft/vote")).body(hostile_vote(9)).send().await?;
+        let answer = http.post(format!("{}/raft/vote", sandbox.url_of(client))).body(hostile_vote(9)).send().await?;
         assert_eq!(answer.status(), 404, "the client port {client} serves raft");
     }
     let mut leader = None;
-    for (id, address) in &nodes {
-        if health(&http, address).await?.is_leader {
-            leader = Some((*id, address.clone()));
+    for (id, url) in &nodes {
+        if health(&http, url).await?.is_leader {
+            leader = Some((*id, url.clone()));
         }
     }
-    let (leader_id, leader_address) = leader.ok_or_else(|| anyhow::anyhow!("no leader"))?;
-    let before = health(&http, &leader_address).await?;
+    let (leader_id, leader_url) = leader.ok_or_else(|| anyhow::anyhow!("no leader"))?;
+    let before = health(&http, &leader_url).await?;
 
     // Fifty anonymous votes, spread over every node, then the cluster must go on: it applies new
     // entries (the leader's ticks) under the same leader and term, waited for with a deadline
     // longer than several election timeouts.
     for attempt in 0..50u64 {
-        let (_, address) = &nodes[(attempt % 3) as usize];
-        assert_eq!(refused(&http, address, &[], &hostile_vote(9)).await?, "missing_node_credentials");
+        let (_, url) = &nodes[(attempt % 3) as usize];
+        assert_eq!(refused(&http, url, &[], &hostile_vote(9)).await?, "missing_node_credentials");
     }
     let after = poll_until("the cluster applies past the attack", Duration::from_secs(30), || async {
-        let after = health(&http, &leader_address).await.ok()?;
+        let after = health(&http, &leader_url).await.ok()?;
         (after.applied_index > before.applied_index).then_some(after)
     })
     .await?;
@@ -114,17 +115,17 @@ async fn raft_requests_from_nodes_the_consortium_did_not_admit_are_refused() -> 
         validity: None,
     };
     let headers = self_endorsed.headers("vote", leader_id, (now(), 1), &body);
-    assert_eq!(refused(&http, &leader_address, &headers, &body).await?, "not_admitted");
+    assert_eq!(refused(&http, &leader_url, &headers, &body).await?, "not_admitted");
     // Every raft endpoint, not only vote: append, snapshot and the secret handover, with no
     // credentials and with a stranger's self-endorsed key (the vote body is as good as any:
     // nothing is decoded before the sender is known).
     for path in ["append", "snapshot", "secrets", "vote"] {
         let body = hostile_vote(9);
-        let anonymous = refused_at(&http, &leader_address, path, &[], &body).await?;
+        let anonymous = refused_at(&http, &leader_url, path, &[], &body).await?;
         assert_eq!(anonymous, "missing_node_credentials", "anonymous /raft/{path}");
         let now_ms = domain::clock::wall_clock_now().0;
         let headers = self_endorsed.headers(path, leader_id, (now_ms, rand::random()), &body);
-        assert_eq!(refused_at(&http, &leader_address, path, &headers, &body).await?, "not_admitted", "/raft/{path}");
+        assert_eq!(refused_at(&http, &leader_url, path, &headers, &body).await?, "not_admitted", "/raft/{path}");
     }
 
     // A node the service key did endorse: stale, addressed to another node, or in another's name.
@@ -136,7 +137,7 @@ async fn raft_requests_from_nodes_the_consortium_did_not_admit_are_refused() -> 
         validity: None,
     };
     let stale = admitted.headers("vote", leader_id, (now() - 60_000, 2), &body);
-    assert_eq!(refused(&http, &leader_address, &stale, &body).await?, "stale_request");
+    assert_eq!(refused(&http, &leader_url, &stale, &body).await?, "stale_request");
     // Endorsed by the service key, but for a period that ended yesterday, or begins tomorrow.
     for (offset, code) in [(-2, "expired_endorsement"), (1, "endorsement_not_yet_valid")] {
         let day = 86_400_000;
@@ -148,23 +149,23 @@ async fn raft_requests_from_nodes_the_consortium_did_not_admit_are_refused() -> 
             ..admitted.clone()
         };
         let headers = dated.headers("vote", leader_id, (now(), rand::random()), &body);
-        assert_eq!(refused(&http, &leader_address, &headers, &body).await?, code);
+        assert_eq!(refused(&http, &leader_url, &headers, &body).await?, code);
     }
     let elsewhere = admitted.headers("vote", leader_id + 1, (now(), 3), &body);
-    assert_eq!(refused(&http, &leader_address, &elsewhere, &body).await?, "bad_node_signature");
+    assert_eq!(refused(&http, &leader_url, &elsewhere, &body).await?, "bad_node_signature");
     // An admitted node's raft bodies are sealed under the ledger secret (node 3's copy here):
     // in the clear it is refused before its contents are looked at; sealed, for what it says.
     let secrets = ledger::provision::load_local(&data.join("node-3"))?.context("node 3 keeps its ledger secrets")?;
     let in_another_name = hostile_vote(leader_id % 3 + 1);
     let headers = admitted.headers("vote", leader_id, (now(), 4), &in_another_name);
-    assert_eq!(refused(&http, &leader_address, &headers, &in_another_name).await?, "unsealed_raft_message");
+    assert_eq!(refused(&http, &leader_url, &headers, &in_another_name).await?, "unsealed_raft_message");
     let envelope =
         ledger::raft_channel::Envelope { path: "vote", sender: 9, target: leader_id, time_ms: now(), nonce: 5 };
     let sealed = ledger::raft_channel::seal(&secrets, envelope, &in_another_name);
     let headers = admitted.headers("vote", leader_id, (envelope.time_ms, envelope.nonce), &sealed);
-    assert_eq!(refused(&http, &leader_address, &headers, &sealed).await?, "impersonation");
+    assert_eq!(refused(&http, &leader_url, &headers, &sealed).await?, "impersonation");
 
-    let metrics = http.get(format!("http://{leader_address}/metrics")).send().await?.text().await?;
+    let metrics = http.get(format!("{leader_url}/metrics")).send().await?.text().await?;
     let counted = |reason: &str| {
         let start = format!("wattle_ledger_raft_requests_refused_total{{reason=\"{reason}\"}} ");
         metrics.lines().find_map(|line| line.strip_prefix(&start)?.parse::<u64>().ok()).unwrap_or(0)
@@ -181,7 +182,7 @@ async fn raft_requests_from_nodes_the_consortium_did_not_admit_are_refused() -> 
     ] {
         assert_eq!(counted(reason), 1, "{reason}");
     }
-    let last = health(&http, &leader_address).await?;
+    let last = health(&http, &leader_url).await?;
     assert!(last.is_leader && last.term == before.term, "{last:?}");
 
     // A node key the consortium revokes by vote is refused from then on. Node 3's own key, with
@@ -197,9 +198,9 @@ async fn raft_requests_from_nodes_the_consortium_did_not_admit_are_refused() -> 
     let past: openraft::raft::VoteRequest<u64> = openraft::raft::VoteRequest::new(openraft::Vote::new(0, 3), None);
     let past = serde_json::to_vec(&past)?;
     let target = if leader_id == 3 { 1 } else { leader_id };
-    let target_address = &nodes[target as usize - 1].1;
+    let target_url = &nodes[target as usize - 1].1;
     let send = |headers: Vec<(&'static str, String)>, body: Vec<u8>| {
-        let mut post = http.post(format!("http://{target_address}/raft/vote"));
+        let mut post = http.post(format!("{target_url}/raft/vote"));
         for (name, value) in headers {
             post = post.header(name, value);
         }
@@ -226,7 +227,7 @@ async fn raft_requests_from_nodes_the_consortium_did_not_admit_are_refused() -> 
         "title = \"revoke node 3\"\n[[action]]\nkind = \"revoke_node\"\nnode_id = 3\nnode_key = \"{}\"\n",
         hex::encode(node_3_public)
     );
-    sandbox.pass(&format!("http://{leader_address}"), &proposal)?;
+    sandbox.pass(&leader_url, &proposal)?;
     poll_until("node 3's revocation applied", Duration::from_secs(20), || async {
         let (headers, sealed) = signed_sealed();
         let answer = send(headers, sealed).await.ok()?;
@@ -276,14 +277,16 @@ async fn wattle_node_takes_its_endorsement_and_refuses_anonymous_raft() -> anyho
     let (ok, output) = run(&mut node(&for_node_2))?;
     assert!(!ok && output.contains("endorsement is not the service key's"), "{output}");
     let mut process = Process::spawn("node-1", dir.path(), node(&for_node_1))?;
+    // Without `--tls` the node serves plain HTTP.
     let address = process.ready_address(&path("node-1.ready")).await?.trim_start_matches("http://").to_string();
+    let url = format!("http://{address}");
     let http = reqwest::Client::builder().timeout(Duration::from_secs(10)).build()?;
     poll_until("the node leads", Duration::from_secs(30), || async {
-        health(&http, &address).await.ok()?.is_leader.then_some(())
+        health(&http, &url).await.ok()?.is_leader.then_some(())
     })
     .await?;
-    assert_eq!(refused(&http, &address, &[], &hostile_vote(2)).await?, "missing_node_credentials");
-    assert!(health(&http, &address).await?.is_leader);
+    assert_eq!(refused(&http, &url, &[], &hostile_vote(2)).await?, "missing_node_credentials");
+    assert!(health(&http, &url).await?.is_leader);
     process.kill()?;
     Ok(())
 }

@@ -45,8 +45,9 @@ async fn private_reads_are_served_only_to_entitled_callers() -> anyhow::Result<(
         .and_then(|line| line.split_whitespace().nth(1))
         .context("the banner names billing's address")?
         .to_string();
-    let url = format!("http://{}", sandbox.nodes[0].1);
-    let http = reqwest::Client::builder().timeout(Duration::from_secs(15)).build()?;
+    let url = sandbox.node_url(1);
+    // Trusts the nodes the service key endorses, as any client of the TLS ledger must.
+    let http = sandbox.ledger_client()?;
     let customer = firmware_sim::customer_id(0);
     let other = firmware_sim::customer_id(1);
 

@@ -20,12 +20,13 @@ async fn k_members_shares_restore_the_secrets_and_old_receipts_still_verify() ->
     let _serial = CLUSTER_SERIAL.lock().await;
     let dir = tempfile::tempdir()?;
     let path = |name: &str| dir.path().join(name);
-    let http = reqwest::Client::builder().timeout(Duration::from_secs(15)).build()?;
 
     // Run the cluster until node 1 has settled readings, note one transaction, stop.
     let sandbox = Sandbox::start(dir.path(), "sandbox", 2, &[]).await?;
+    // Trusts the nodes the service key endorses: the same key when the cluster runs again.
+    let http = sandbox.ledger_client()?;
     let data = sandbox.data.clone();
-    let url = format!("http://{}", sandbox.nodes[0].1);
+    let url = sandbox.node_url(1);
     let tx_id = poll_until("a settled readings transaction", Duration::from_secs(60), || async {
         let page = crate::support::get_json(&http, &format!("{url}/v1/transactions?from=0")).await?;
         let found = page["transactions"].as_array()?.iter().find(|t| t["kind"] == "readings")?.clone();

@@ -16,7 +16,7 @@ use crate::verifiable::{operator_public_key, run};
 async fn versions(http: &reqwest::Client, sandbox: &Sandbox) -> Option<Vec<u64>> {
     let mut versions = Vec::new();
     for (_, address) in &sandbox.nodes {
-        let health = get_json(http, &format!("http://{address}/healthz")).await?;
+        let health = get_json(http, &format!("{}/healthz", sandbox.url_of(address))).await?;
         versions.push(health["secret_version"].as_u64()?);
     }
     Some(versions)
@@ -36,10 +36,11 @@ async fn first_of(http: &reqwest::Client, url: &str, kind: &str, from: u64) -> a
 async fn a_voted_rotation_seals_new_data_under_a_new_secret_and_old_data_still_opens() -> anyhow::Result<()> {
     let _serial = CLUSTER_SERIAL.lock().await;
     let dir = tempfile::tempdir()?;
-    let http = reqwest::Client::builder().timeout(Duration::from_secs(15)).build()?;
     let sandbox = Sandbox::start(dir.path(), "sandbox", 2, &[]).await?;
+    // Trusts the nodes the service key endorses: the same key after the restart below.
+    let http = sandbox.ledger_client()?;
     let data = sandbox.data.clone();
-    let url = format!("http://{}", sandbox.nodes[0].1);
+    let url = sandbox.node_url(1);
     assert_eq!(versions(&http, &sandbox).await, Some(vec![1, 1, 1]), "a new service seals under version 1");
     let (before_index, before_tx) = first_of(&http, &url, "readings", 0).await?;
 
