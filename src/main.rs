@@ -290,11 +290,17 @@ struct NodeArgs {
     #[arg(long, requires = "peer_service_key")]
     endorsement: Option<String>,
     /// Serve both ports over TLS 1.3 with a certificate carrying this node's endorsement, and
-    /// reach peers over TLS trusting only nodes the service key endorses. Clients then use
-    /// https:// and trust the service key (`--ledger-service-key`, WATTLE_LEDGER_SERVICE_KEY).
-    /// Every node of a cluster runs with it or none does.
+    /// reach peers over TLS trusting only nodes the service key endorses: the default of a node
+    /// given `--peer-service-key` (this flag only says so). Clients then use https:// and trust
+    /// the service key (`--ledger-service-key`, WATTLE_LEDGER_SERVICE_KEY). Every node of a
+    /// cluster runs with TLS or none does.
     #[arg(long, requires = "endorsement")]
     tls: bool,
+    /// An authenticated node without TLS: raft bodies stay sealed and signed, but responses and
+    /// client traffic (customers' data to billing) cross the network in the clear. Only for a
+    /// network nobody else can read.
+    #[arg(long, conflicts_with = "tls")]
+    no_tls: bool,
     #[command(flatten)]
     clock: ClockArgs,
 }
@@ -947,7 +953,7 @@ async fn run(command: Command) -> anyhow::Result<()> {
                 peer_auth: peer_auth(args.peer_service_key.as_deref(), args.endorsement.as_deref())?,
                 measurement: None,
                 seal: true,
-                tls: args.tls,
+                tls: args.tls || (args.peer_service_key.is_some() && !args.no_tls),
             })
             .await?;
             write_ready_file(args.ready_file.as_deref(), node.address)?;

@@ -277,10 +277,13 @@ async fn wattle_node_takes_its_endorsement_and_refuses_anonymous_raft() -> anyho
     let (ok, output) = run(&mut node(&for_node_2))?;
     assert!(!ok && output.contains("endorsement is not the service key's"), "{output}");
     let mut process = Process::spawn("node-1", dir.path(), node(&for_node_1))?;
-    // Without `--tls` the node serves plain HTTP.
-    let address = process.ready_address(&path("node-1.ready")).await?.trim_start_matches("http://").to_string();
-    let url = format!("http://{address}");
-    let http = reqwest::Client::builder().timeout(Duration::from_secs(10)).build()?;
+    // An authenticated node serves TLS unless told `--no-tls`: a client trusts it by the
+    // service key (which an attacker knows too: the refusal below is the node's, not TLS's).
+    let address = process.ready_address(&path("node-1.ready")).await?;
+    let url = format!("https://{address}");
+    let http = crate::support::trusting_client(service_key.trim())?;
+    let plain = reqwest::Client::builder().timeout(Duration::from_secs(10)).build()?;
+    assert!(plain.get(format!("http://{address}/healthz")).send().await.is_err(), "plain HTTP was served");
     poll_until("the node leads", Duration::from_secs(30), || async {
         health(&http, &url).await.ok()?.is_leader.then_some(())
     })
