@@ -42,8 +42,9 @@ pub struct LedgerBenchArgs {
     bare_seconds: f64,
     /// Confidentiality (issue 15) as the sandbox runs it: databases sealed under the ledger
     /// secrets, raft requests signed by endorsed node keys, checked by every receiver and sealed
-    /// (`ledger::sealed_kv`, `ledger::peer_auth`, `ledger::raft_channel`); off: everything in
-    /// the clear and unauthenticated; both: one fresh cluster each, in one run.
+    /// (`ledger::sealed_kv`, `ledger::peer_auth`, `ledger::raft_channel`), every connection
+    /// (node to node, and the load client's) over TLS (`ledger::tls`); off: everything in the
+    /// clear and unauthenticated, plain HTTP; both: one fresh cluster each, in one run.
     #[arg(long, value_enum, default_value = "on")]
     confidentiality: SignatureMode,
 }
