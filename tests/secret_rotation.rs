@@ -68,6 +68,21 @@ async fn a_voted_rotation_seals_new_data_under_a_new_secret_and_old_data_still_o
     let ring = ledger::provision::load_local(&data.join("node-1"))?.context("a ring")?;
     let held = ring.versions();
     assert_ne!(held[0].bytes(), held[1].bytes(), "a new secret, not the old one again");
+    // The leader's staged draw is gone once adopted, and the new secret is nowhere in the log's
+    // rotation entry: whoever holds only version 1 cannot read version 2 out of it.
+    for id in 1..=3 {
+        let staged = data.join(format!("node-{id}")).join(ledger::provision::STAGED_FILE);
+        assert!(!staged.exists(), "node {id} kept its staged draw");
+    }
+    let record = crate::support::open_sealed(&data.join("node-1"))?
+        .get(Cf::History, &rotation_index.to_be_bytes())?
+        .context("the rotation's history record")?;
+    let entry = ledger::entry::decode_entry(&ledger::store::HistoryRecord::decode(&record)?.entry)?;
+    let openraft::EntryPayload::Normal(tx) = entry.payload else { anyhow::bail!("the rotation is a transaction") };
+    let domain::tx::TxBody::RotateSecret { version, sealed } = tx.body else { anyhow::bail!("a rotation body") };
+    assert_eq!(version, 2);
+    assert_eq!(u32::from_be_bytes(sealed[..4].try_into()?), 2, "sealed under the new version, not the old");
+    assert!(ring.recognises(2, held[1].bytes(), &sealed), "it holds version 1 under version 2");
     {
         let raw = RocksKv::open(&data.join("node-1").join("db"))?;
         let sealed_version = |index: u64| -> anyhow::Result<u32> {
