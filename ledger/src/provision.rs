@@ -152,11 +152,15 @@ pub async fn adopt_rotation(
         if secrets.key_of(version).is_some() {
             // Held already (a node replaying its log after a restart): it must be the same.
             secrets.adopt(version, sealed, None).with_context(|| format!("ledger secret version {version}"))?;
-            let _ = std::fs::remove_file(data_dir.join(STAGED_FILE));
+            drop_staged_through(data_dir, version);
             return Ok(());
         }
         let fits = |ring: &LedgerSecrets| ring.key_of(version).filter(|key| secrets.recognises(version, key, sealed));
-        let mut found = load_staged(data_dir)?.as_ref().and_then(fits);
+        let staged = load_staged(data_dir).unwrap_or_else(|error| {
+            tracing::warn!(error = format!("{error:#}"), "the staged ledger secret does not open; asking peers");
+            None
+        });
+        let mut found = staged.as_ref().and_then(fits);
         if found.is_none() {
             if let Some(source) = source.get() {
                 found = source().await.iter().find_map(fits);
@@ -167,7 +171,7 @@ pub async fn adopt_rotation(
                 .adopt(version, sealed, Some(&key))
                 .with_context(|| format!("adopting ledger secret version {version}"))?;
             store_local(data_dir, secrets)?;
-            let _ = std::fs::remove_file(data_dir.join(STAGED_FILE));
+            drop_staged_through(data_dir, version);
             tracing::info!(version, "adopted the rotated ledger secret: new values are sealed under it");
             return Ok(());
         }
@@ -177,6 +181,15 @@ pub async fn adopt_rotation(
         }
         tokio::time::sleep(pause).await;
         pause = (pause * 2).min(ROTATION_ASK_PAUSE_MAX);
+    }
+}
+
+/// Drops the staged draw once `version` is adopted, unless it is a draw for a later rotation
+/// (a leader that restarts replays older rotations before it applies its own proposal).
+fn drop_staged_through(data_dir: &Path, version: u32) {
+    let later = load_staged(data_dir).ok().flatten().is_some_and(|staged| staged.current().version > version);
+    if !later {
+        let _ = std::fs::remove_file(data_dir.join(STAGED_FILE));
     }
 }
 
@@ -408,4 +421,54 @@ pub fn answer(
         return Err(HandoverRefusal::MeasurementNotAccepted(hex::encode(measurement)));
     }
     Ok(SecretsResponse { wrapped: hex::encode(secrets.wrap_for_random(&recipient)) })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ring() -> LedgerSecrets {
+        LedgerSecrets::new([1; 32], [2; 32])
+    }
+
+    /// A source that answers with `rings` every time it is asked.
+    fn answering(rings: Vec<LedgerSecrets>) -> std::sync::OnceLock<SecretSource> {
+        let source = std::sync::OnceLock::new();
+        let rings = std::sync::Arc::new(rings);
+        let answer: SecretSource = std::sync::Arc::new(move || {
+            let rings = rings.clone();
+            Box::pin(async move { rings.iter().cloned().collect::<Vec<_>>() })
+        });
+        let _ = source.set(answer);
+        source
+    }
+
+    #[tokio::test]
+    async fn a_rotation_is_adopted_from_the_staged_draw_or_a_peer_and_never_from_a_stranger() {
+        let (leader_dir, follower_dir) = (tempfile::tempdir().expect("a dir"), tempfile::tempdir().expect("a dir"));
+        let (leader, follower) = (ring(), ring());
+        // The leader stages its draw, then proposes the old secret sealed under it.
+        let drawn = [7; 32];
+        let staged = ring();
+        staged.rotate(drawn).expect("rotates");
+        store_staged(leader_dir.path(), &staged).expect("staged");
+        let (version, sealed) = leader.wrap_previous(&drawn, [3; 12]);
+        let nobody = std::sync::OnceLock::new();
+        adopt_rotation(leader_dir.path(), &leader, &nobody, version, &sealed).await.expect("from its draw");
+        assert_eq!(leader.key_of(2), Some(drawn));
+        assert!(!leader_dir.path().join(STAGED_FILE).exists(), "the draw is dropped once adopted");
+        assert_eq!(load_local(leader_dir.path()).expect("kept").expect("a ring").key_of(2), Some(drawn));
+        // A follower takes it from a peer's ring, passing over a stranger's ring of version 2.
+        let stranger = LedgerSecrets::new([1; 32], [2; 32]);
+        stranger.rotate([8; 32]).expect("rotates");
+        let peers = answering(vec![stranger, leader.clone()]);
+        adopt_rotation(follower_dir.path(), &follower, &peers, version, &sealed).await.expect("from a peer");
+        assert_eq!(follower.encode(), leader.encode());
+        // A replay after a restart keeps a draw staged for a later rotation.
+        let later = leader.clone();
+        later.rotate([9; 32]).expect("rotates");
+        store_staged(leader_dir.path(), &later).expect("staged");
+        adopt_rotation(leader_dir.path(), &leader, &nobody, version, &sealed).await.expect("a replay");
+        assert!(leader_dir.path().join(STAGED_FILE).exists(), "the draw for version 3 is kept");
+    }
 }
