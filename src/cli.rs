@@ -54,17 +54,24 @@ pub fn parse_service_key(text: &str) -> Result<[u8; 32], String> {
     domain::tls::parse_service_key(text)
 }
 
-/// An HTTP client for a ledger node: over `https://` it trusts only nodes the service key in
-/// [`LEDGER_SERVICE_KEY_ENV`] endorses (`domain::tls`); without that variable it speaks plain
-/// HTTP only.
-pub fn ledger_client(timeout: std::time::Duration) -> anyhow::Result<reqwest::Client> {
+/// An HTTP client for the ledger node at `url`: over `https://` it trusts only nodes the service
+/// key in [`LEDGER_SERVICE_KEY_ENV`] (else `fallback`) endorses (`domain::tls`); without either
+/// an `https://` URL is refused with the reason.
+pub fn ledger_client(
+    url: &str,
+    fallback: Option<[u8; 32]>,
+    timeout: std::time::Duration,
+) -> anyhow::Result<reqwest::Client> {
     let service_key = match std::env::var(LEDGER_SERVICE_KEY_ENV) {
         Ok(text) => {
             Some(parse_service_key(&text).map_err(|error| anyhow::anyhow!("{LEDGER_SERVICE_KEY_ENV}: {error}"))?)
         }
-        Err(std::env::VarError::NotPresent) => None,
+        Err(std::env::VarError::NotPresent) => fallback,
         Err(error) => anyhow::bail!("{LEDGER_SERVICE_KEY_ENV}: {error}"),
     };
+    if let (None, Some(missing)) = (service_key, domain::tls::missing_service_key(url, LEDGER_SERVICE_KEY_ENV)) {
+        anyhow::bail!(missing);
+    }
     ledger_client_trusting(service_key, timeout)
 }
 

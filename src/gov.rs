@@ -406,7 +406,7 @@ pub async fn run(args: GovArgs) -> anyhow::Result<()> {
         _ => None,
     };
     let client = Client {
-        http: crate::cli::ledger_client(std::time::Duration::from_secs(30))?,
+        http: crate::cli::ledger_client(&args.ledger, None, std::time::Duration::from_secs(30))?,
         ledger: args.ledger.trim_end_matches('/').to_string(),
         key: reader_key,
     };

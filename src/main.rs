@@ -796,7 +796,12 @@ async fn run(command: Command) -> anyhow::Result<()> {
             let operator = ledger::node::read_signing_key(&operator_key)?;
             let days = (!no_expiry).then_some(valid_days);
             let response = ledger::node::endorse_node(
-                &cli::ledger_client(std::time::Duration::from_secs(30))?,
+                // The service key it signs with is the one the nodes' certificates carry.
+                &cli::ledger_client(
+                    &ledger_url,
+                    Some(service.verifying_key().to_bytes()),
+                    std::time::Duration::from_secs(30),
+                )?,
                 &ledger_url,
                 &node,
                 &service,
@@ -1084,7 +1089,7 @@ async fn run(command: Command) -> anyhow::Result<()> {
         Command::Bench(BenchCommand::BillLatency(args)) => bench_billing::bill_latency(args).await,
         Command::Cluster(args) => {
             let key = ledger::node::read_signing_key(&args.operator_key)?;
-            let http = cli::ledger_client(std::time::Duration::from_secs(30))?;
+            let http = cli::ledger_client(&args.ledger, None, std::time::Duration::from_secs(30))?;
             let config: serde_json::Value =
                 http.get(format!("{}/v1/config", args.ledger)).send().await?.error_for_status()?.json().await?;
             let nonce = config["admin_nonce"].as_u64().context("admin_nonce in /v1/config")? + 1;

@@ -42,7 +42,7 @@ pub(crate) async fn tariff_publish(
         domain::tariff::parse_toml(&text).with_context(|| format!("{} is not a valid tariff", file.display()))?;
     let tariff_json = tariff.to_canonical_json();
     let operator = ledger::node::read_signing_key(operator_key)?;
-    let http = crate::cli::ledger_client(std::time::Duration::from_secs(30))?;
+    let http = crate::cli::ledger_client(ledger_url, None, std::time::Duration::from_secs(30))?;
     let config: serde_json::Value =
         http.get(format!("{ledger_url}/v1/config")).send().await?.error_for_status()?.json().await?;
     let nonce = config["admin_nonce"].as_u64().context("admin_nonce in /v1/config")? + 1;

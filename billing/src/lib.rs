@@ -87,6 +87,11 @@ impl BillingHandle {
 
 /// Opens the read model, starts the feed and serves.
 pub async fn start(config: BillingConfig) -> anyhow::Result<BillingHandle> {
+    if let (None, Some(missing)) =
+        (config.ledger_service_key, domain::tls::missing_service_key(&config.ledger_url, "--ledger-service-key"))
+    {
+        anyhow::bail!(missing);
+    }
     let metrics = Arc::new(metrics::Metrics::new());
     let tokens = auth::TokenStore::open(&config.tokens_path)?;
     let mut gate = auth::Gate::new(tokens, config.rate_per_token);

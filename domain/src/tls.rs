@@ -282,6 +282,14 @@ pub fn server_config(node_key: &SigningKey, endorsement: &Endorsement) -> Result
     Ok(config)
 }
 
+/// Why a client without a service key cannot reach an `https://` ledger, in the words its user
+/// needs (`where`: the flag or variable that gives the key).
+pub fn missing_service_key(url: &str, r#where: &str) -> Option<String> {
+    url.starts_with("https://").then(|| {
+        format!("{url} serves TLS with certificates the ledger's service key endorses: give that key with {where}")
+    })
+}
+
 /// Parses a service public key given as 64 hex digits (a flag or an environment variable).
 pub fn parse_service_key(text: &str) -> Result<[u8; 32], String> {
     let bytes = hex::decode(text.trim()).map_err(|error| format!("not hex: {error}"))?;

@@ -271,6 +271,11 @@ pub async fn start(config: GatewayConfig) -> anyhow::Result<GatewayHandle> {
     };
     shared.tracker.lock().expect("tracker lock").extend(shared.store.meters()?);
     anyhow::ensure!(!config.ledger_urls.is_empty(), "at least one ledger URL is needed");
+    if config.ledger_service_key.is_none() {
+        let missing =
+            config.ledger_urls.iter().find_map(|url| domain::tls::missing_service_key(url, "--ledger-service-key"));
+        anyhow::ensure!(missing.is_none(), "{}", missing.unwrap_or_default());
+    }
     if let Err(error) = registry::refresh_registry(&shared).await {
         match registry::load_cached_registry(&shared) {
             Ok(true) => tracing::warn!(%error, "ledger not reachable; using the cached registry"),

@@ -86,7 +86,7 @@ impl Metrics {
         let transactions_proposed = counter("transactions_proposed", "Transactions proposed");
         let admin_retries = counter("admin_retries", "Admin submissions recognised as a transaction already applied");
         let tls_handshakes_failed =
-            counter("tls_handshakes_failed", "TLS handshakes that failed or timed out (`--tls` nodes)");
+            counter("tls_handshakes_failed", "TLS handshakes that failed or timed out (authenticated nodes serve TLS)");
         let readings_rejected = Family::<ReasonLabels, Counter>::default();
         registry.register("readings_rejected", "Readings refused, by reason", readings_rejected.clone());
         let submissions_busy = Family::<CodeLabels, Counter>::default();

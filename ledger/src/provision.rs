@@ -195,6 +195,9 @@ fn drop_staged_through(data_dir: &Path, version: u32) {
 
 /// Each current peer's ring, asked once (briefly) through the secret handover.
 pub async fn peers_rings(provisioning: &Provisioning<'_>) -> Vec<LedgerSecrets> {
+    if provisioning.peers.is_empty() {
+        return Vec::new();
+    }
     let Ok(own) = load_or_create_x25519(provisioning.data_dir) else { return Vec::new() };
     let request = secrets_request(provisioning, &own);
     let Ok(http) = provisioning.peer.client(Duration::from_secs(2), None) else { return Vec::new() };
@@ -323,29 +326,19 @@ fn secrets_request(provisioning: &Provisioning<'_>, own: &StaticSecret) -> Secre
 /// version it lacks): it asks its peers once, briefly, and takes the versions they hold beyond
 /// its own. Peers that do not answer (the whole cluster restarting) change nothing.
 async fn refresh_from_peers(provisioning: &Provisioning<'_>, secrets: &LedgerSecrets) {
-    if provisioning.peers.is_empty() {
-        return;
-    }
-    let Ok(own) = load_or_create_x25519(provisioning.data_dir) else { return };
-    let request = secrets_request(provisioning, &own);
-    let Ok(http) = provisioning.peer.client(Duration::from_secs(2), None) else { return };
-    for (peer_id, address) in &provisioning.peers {
-        let Ok(theirs) = ask(&http, provisioning, &request, (*peer_id, address), &own).await else { continue };
-        match secrets.extend_from(&theirs) {
-            Ok(0) => {}
-            Ok(added) => match store_local(provisioning.data_dir, secrets) {
-                Ok(()) => tracing::info!(
-                    node_id = provisioning.node_id,
-                    peer = peer_id,
-                    added,
-                    version = secrets.current().version,
-                    "took ledger secret versions rotated in while this node was away"
-                ),
-                Err(error) => tracing::error!(%error, "could not keep the refreshed ledger secrets"),
-            },
-            Err(error) => tracing::error!(peer = peer_id, %error, "a peer's ledger secrets are not this service's"),
-        }
-        return;
+    let Some(theirs) = peers_rings(provisioning).await.into_iter().next() else { return };
+    match secrets.extend_from(&theirs) {
+        Ok(0) => {}
+        Ok(added) => match store_local(provisioning.data_dir, secrets) {
+            Ok(()) => tracing::info!(
+                node_id = provisioning.node_id,
+                added,
+                version = secrets.current().version,
+                "took ledger secret versions rotated in while this node was away"
+            ),
+            Err(error) => tracing::error!(%error, "could not keep the refreshed ledger secrets"),
+        },
+        Err(error) => tracing::error!(%error, "a peer's ledger secrets are not this service's"),
     }
 }
 
